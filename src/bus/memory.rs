@@ -1,0 +1,223 @@
+//! The embedded engine: one process, histories in memory.
+//!
+//! Each channel has a log (epoch, head offset, retained messages) behind its own mutex.
+//! Publishing assigns the offset, appends and hands the message to the hub while holding
+//! that mutex, which is what keeps live delivery in offset order under racing publishers.
+//! Idle channels are swept so that memory follows the live working set.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, ready};
+
+use super::{Engine, History, Hub, now_ms};
+use crate::error::Result;
+use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+
+/// Retention settings of the memory engine.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    /// Messages kept per channel.
+    pub max_messages: usize,
+    /// How long a message is kept.
+    pub max_age: Duration,
+}
+
+/// The in-memory engine.
+pub struct MemoryEngine {
+    hub: Arc<Hub>,
+    retention: Retention,
+    // std Mutex: held only for map lookups, never across an await.
+    channels: Mutex<HashMap<Channel, Arc<Mutex<Log>>>>,
+}
+
+struct Log {
+    epoch: Epoch,
+    head: u64,
+    messages: VecDeque<(Instant, Arc<Message>)>,
+    touched: Instant,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log {
+            epoch: Epoch::random(),
+            head: 0,
+            messages: VecDeque::new(),
+            touched: Instant::now(),
+        }
+    }
+
+    fn trim(&mut self, retention: &Retention, now: Instant) {
+        while self.messages.len() > retention.max_messages {
+            self.messages.pop_front();
+        }
+        while let Some((at, _)) = self.messages.front() {
+            if now.duration_since(*at) <= retention.max_age {
+                break;
+            }
+            self.messages.pop_front();
+        }
+    }
+
+    /// The first retained offset, or the next one to be published when none is retained.
+    fn first(&self) -> u64 {
+        self.messages
+            .front()
+            .map_or(self.head + 1, |(_, m)| m.offset)
+    }
+
+    /// Up to `limit` messages after `from`, or an explicit gap when `from` is not retained.
+    fn read(&self, channel: &Channel, from: Option<&Position>, limit: usize) -> History {
+        let mut history = History {
+            epoch: self.epoch.clone(),
+            head: self.head,
+            gap: None,
+            messages: Vec::new(),
+        };
+        let Some(from) = from else {
+            return history;
+        };
+        let first = self.first();
+        let retained =
+            from.epoch == self.epoch && from.offset + 1 >= first && from.offset <= self.head;
+        let after = if retained {
+            from.offset
+        } else {
+            history.gap = Some(Gap {
+                channel: channel.clone(),
+                epoch: self.epoch.clone(),
+                first,
+            });
+            first - 1
+        };
+        // Retained offsets are exactly first..=head, so the index is arithmetic.
+        let skip = (after + 1 - first) as usize;
+        history.messages = self
+            .messages
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect();
+        history
+    }
+}
+
+impl MemoryEngine {
+    /// An engine that delivers into `hub`, with a background sweeper of idle channels.
+    pub fn new(hub: Arc<Hub>, retention: Retention) -> Arc<Self> {
+        let engine = Arc::new(MemoryEngine {
+            hub,
+            retention,
+            channels: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&engine);
+        let every = engine
+            .retention
+            .max_age
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(sweep_forever(weak, every));
+        engine
+    }
+
+    fn log(&self, channel: &Channel) -> Arc<Mutex<Log>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Log::new())))
+            .clone()
+    }
+
+    /// Drops channels that have no local subscriber, retain nothing, and were not touched
+    /// for a whole retention period. Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        // The map lock is held across the hub check so that a reader cannot fetch a log
+        // that is being dropped: it either sees the old log or creates a fresh epoch.
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let before = channels.len();
+        channels.retain(|channel, log| {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.trim(&self.retention, now);
+            !log.messages.is_empty()
+                || now.duration_since(log.touched) <= self.retention.max_age
+                || self.hub.has_subscribers(channel)
+        });
+        before - channels.len()
+    }
+
+    /// Number of channels with a live log.
+    pub fn channel_count(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn publish_now(&self, channel: &Channel, data: &[u8]) -> Arc<Message> {
+        let log = self.log(channel);
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        log.head += 1;
+        log.touched = now;
+        let message = Arc::new(Message::new(
+            channel.clone(),
+            log.epoch.clone(),
+            log.head,
+            now_ms(),
+            data,
+        ));
+        log.messages.push_back((now, message.clone()));
+        log.trim(&self.retention, now);
+        // Delivered under the log lock: this is the ordering guarantee the hub relies on.
+        self.hub.deliver(&message);
+        message
+    }
+
+    fn history_now(&self, channel: &Channel, from: Option<&Position>, limit: usize) -> History {
+        let log = self.log(channel);
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        log.trim(&self.retention, now);
+        log.touched = now;
+        log.read(channel, from, limit)
+    }
+}
+
+async fn sweep_forever(engine: Weak<MemoryEngine>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.sweep();
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>> {
+        ready(Ok(self.publish_now(channel, &data))).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a Channel,
+        from: Option<&'a Position>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>> {
+        ready(Ok(self.history_now(channel, from, limit))).boxed()
+    }
+
+    fn watch<'a>(&'a self, _channel: &'a Channel) -> BoxFuture<'a, Result<()>> {
+        // Every publish on this node reaches the hub directly.
+        ready(Ok(())).boxed()
+    }
+
+    fn unwatch(&self, _channel: &Channel) {}
+}

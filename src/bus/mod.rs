@@ -1,0 +1,185 @@
+//! The message bus: the one boundary between transports and engines.
+//!
+//! Transports see only [`Bus`] and [`Subscription`]; they never touch an engine. Engines
+//! implement [`Engine`] (offsets, epochs, history, and live delivery into the [`Hub`]);
+//! they never see HTTP. The hub and the subscription's history/live seam are shared by
+//! every engine, so the hardest part of the product has one tested implementation.
+
+mod hub;
+pub mod memory;
+mod subscription;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
+
+pub use hub::Hub;
+pub use subscription::{Closed, Event, Subscription};
+
+/// What an engine must provide. Offsets and epochs are the engine's to assign.
+///
+/// Live delivery: an engine calls [`Hub::deliver`] for every message, in offset order per
+/// channel, on every node that [`Engine::watch`]es the channel.
+pub trait Engine: Send + Sync + 'static {
+    /// Appends compact JSON `data` to the channel's history, delivers it live, and returns it.
+    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>>;
+
+    /// Reads up to `limit` retained messages after `from`; with `from` = `None`, only the
+    /// current epoch and head ("from now on").
+    fn history<'a>(
+        &'a self,
+        channel: &'a Channel,
+        from: Option<&'a Position>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>>;
+
+    /// Makes sure live messages of `channel` reach this node's hub; resolves once they do.
+    fn watch<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<()>>;
+
+    /// Tells the engine this node no longer has local subscribers on `channel`.
+    fn unwatch(&self, channel: &Channel);
+}
+
+/// The answer to a history read.
+#[derive(Debug)]
+pub struct History {
+    /// The channel's current epoch.
+    pub epoch: Epoch,
+    /// The last offset published in this epoch (0 when none).
+    pub head: u64,
+    /// Set when the requested position is no longer retained; `messages` then start at
+    /// `gap.first`.
+    pub gap: Option<Gap>,
+    /// Retained messages after the requested position, oldest first.
+    pub messages: Vec<Arc<Message>>,
+}
+
+/// Bus-wide settings.
+#[derive(Clone, Debug)]
+pub struct BusConfig {
+    /// Messages queued per subscriber before it is cut off.
+    pub subscriber_queue: usize,
+    /// Most messages one history read returns.
+    pub history_limit: usize,
+}
+
+/// The bus handle that transports hold: cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
+    config: BusConfig,
+    next_subscriber: AtomicU64,
+}
+
+impl Bus {
+    /// Joins an engine and the hub it delivers into.
+    pub fn new(engine: Arc<dyn Engine>, hub: Arc<Hub>, config: BusConfig) -> Self {
+        Bus {
+            inner: Arc::new(Inner {
+                engine,
+                hub,
+                config,
+                next_subscriber: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Publishes compact JSON `data` to `channel`.
+    pub async fn publish(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
+        self.inner.engine.publish(channel, data).await
+    }
+
+    /// An empty live subscription; add channels with [`Subscription::add`].
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribe_with_cut(CancellationToken::new())
+    }
+
+    /// Like [`Bus::subscribe`], but cutting the subscriber off (a full queue) cancels
+    /// `cut`, so a transport can tie it to the connection that must be dropped.
+    pub fn subscribe_with_cut(&self, cut: CancellationToken) -> Subscription {
+        let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        Subscription::new(self.clone(), id, self.inner.config.subscriber_queue, cut)
+    }
+
+    /// Channels with at least one subscriber on this node.
+    pub fn active_channels(&self) -> usize {
+        self.inner.hub.channel_count()
+    }
+
+    /// A one-shot read for polling clients: everything after each position in `cursor`,
+    /// without registering for live messages. Returns the events and the advanced cursor.
+    pub async fn catch_up(&self, cursor: &Cursor) -> Result<(Vec<Event>, Cursor)> {
+        let mut events = Vec::new();
+        let mut next = Cursor::default();
+        for (channel, from) in &cursor.entries {
+            let (_, end) = self.read_into(channel, from.as_ref(), &mut events).await?;
+            next.entries.push((channel.clone(), Some(end)));
+        }
+        Ok((events, next))
+    }
+
+    /// Reads history after `from` into `events`; returns the position delivery starts
+    /// from (after any gap) and the position reached.
+    async fn read_into(
+        &self,
+        channel: &Channel,
+        from: Option<&Position>,
+        events: &mut Vec<Event>,
+    ) -> Result<(Position, Position)> {
+        let limit = self.inner.config.history_limit;
+        let mut from = from.cloned();
+        let mut start = None;
+        loop {
+            let history = self
+                .inner
+                .engine
+                .history(channel, from.as_ref(), limit)
+                .await?;
+            let mut position = from.clone().unwrap_or(Position {
+                epoch: history.epoch.clone(),
+                offset: history.head,
+            });
+            if let Some(gap) = history.gap {
+                position = gap.position();
+                events.push(Event::Gap(gap));
+            }
+            start.get_or_insert_with(|| position.clone());
+            let complete = history.messages.len() < limit;
+            for message in history.messages {
+                position = message.position();
+                events.push(Event::Message(message));
+            }
+            if complete || position.offset >= history.head {
+                let start = start.unwrap_or_else(|| position.clone());
+                return Ok((start, position));
+            }
+            from = Some(position);
+        }
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    fn engine(&self) -> &dyn Engine {
+        &*self.inner.engine
+    }
+}
+
+/// Milliseconds since the unix epoch, the `ts` of a message.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,414 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `CASCADE_*`
+//! environment overrides. Every limit has a default and every key names its unit.
+//!
+//! Environment names are derived from the key path, so every key has one:
+//! `listen` is `CASCADE_LISTEN`, `[longpoll] timeout_ms` is `CASCADE_LONGPOLL_TIMEOUT_MS`.
+//! Lists are comma-separated (`CASCADE_TRANSPORTS=sse,poll`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Enabled transports, best first; `/negotiate` offers them in this order.
+    pub transports: Vec<Transport>,
+    /// Which engine carries the bus.
+    pub engine: EngineKind,
+    /// Retained history per channel.
+    pub history: HistoryConfig,
+    /// Long-polling settings.
+    pub longpoll: LongPollConfig,
+    /// Short-polling settings.
+    pub poll: PollConfig,
+    /// Server-Sent Events settings.
+    pub sse: SseConfig,
+    /// WebSocket settings.
+    pub websocket: WebSocketConfig,
+    /// Limits that bound what one client can cost.
+    pub limits: LimitsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// A transport rung of the ladder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `/ws`
+    Websocket,
+    /// `/sse`
+    Sse,
+    /// `/longpoll`
+    Longpoll,
+    /// `/poll`
+    Poll,
+}
+
+impl Transport {
+    /// Every transport, best first.
+    pub const ALL: [Transport; 4] = [
+        Transport::Websocket,
+        Transport::Sse,
+        Transport::Longpoll,
+        Transport::Poll,
+    ];
+
+    /// The name used on the wire and in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Websocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Longpoll => "longpoll",
+            Transport::Poll => "poll",
+        }
+    }
+
+    /// Looks a transport up by its wire name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// The engine behind the bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The embedded, single-node in-memory engine.
+    Memory,
+}
+
+/// Retained history per channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Messages kept per channel; older ones are dropped first.
+    pub max_messages: usize,
+    /// How long a message is kept, in milliseconds.
+    pub max_age_ms: u64,
+}
+
+/// Long-polling settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LongPollConfig {
+    /// How long a poll is held when the client does not say, in milliseconds.
+    pub timeout_ms: u64,
+    /// The longest hold a client may ask for with `timeout=`, in milliseconds.
+    pub max_timeout_ms: u64,
+}
+
+/// Short-polling settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// The interval `/negotiate` advises short-polling clients to use, in milliseconds.
+    pub interval_ms: u64,
+}
+
+/// Server-Sent Events settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Interval between comment heartbeats, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// The `retry:` reconnect delay sent when a stream opens, in milliseconds.
+    pub retry_ms: u64,
+}
+
+/// WebSocket settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Interval between pings, in milliseconds; a peer silent for two intervals is dropped.
+    pub ping_interval_ms: u64,
+    /// Largest frame or message a client may send, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+/// Limits that bound what one client can cost the gateway.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest `data` payload of one message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most channels one subscription may follow.
+    pub max_channels: usize,
+    /// Messages queued for one subscriber before it is cut off as `slow_consumer`.
+    pub subscriber_queue: usize,
+    /// How long one write to a client may block before it is cut off, in milliseconds.
+    pub write_timeout_ms: u64,
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long draining may take before the process exits anyway, in milliseconds.
+    pub drain_deadline_ms: u64,
+    /// Clients are told to reconnect after a random delay within this window, in
+    /// milliseconds, so that a deploy does not cause a reconnect storm.
+    pub reconnect_window_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            transports: Transport::ALL.to_vec(),
+            engine: EngineKind::Memory,
+            history: HistoryConfig::default(),
+            longpoll: LongPollConfig::default(),
+            poll: PollConfig::default(),
+            sse: SseConfig::default(),
+            websocket: WebSocketConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_messages: 1000,
+            max_age_ms: 300_000,
+        }
+    }
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            timeout_ms: 25_000,
+            max_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig { interval_ms: 2000 }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            heartbeat_ms: 15_000,
+            retry_ms: 2000,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval_ms: 25_000,
+            max_frame_bytes: 128 * 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_body_bytes: 128 * 1024,
+            max_channels: 128,
+            subscriber_queue: 1024,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_deadline_ms: 10_000,
+            reconnect_window_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overlaid by `file` when given, overlaid by the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?,
+            None => String::new(),
+        };
+        Self::from_sources(&text, std::env::vars())
+    }
+
+    /// Builds a config from TOML text and `(name, value)` environment pairs.
+    pub fn from_sources(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut tree: toml::Table = toml::from_str(toml_text).context("parsing config TOML")?;
+        // The defaults' shape tells which keys exist and what type each one has.
+        let defaults = toml::Table::try_from(Config::default())?;
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("CASCADE_"))
+            .collect();
+        apply_env(&mut tree, &defaults, "CASCADE", &env)?;
+        let config: Config = toml::Value::Table(tree)
+            .try_into()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.transports.is_empty() {
+            bail!("transports: enable at least one transport");
+        }
+        for (i, t) in self.transports.iter().enumerate() {
+            if self.transports[..i].contains(t) {
+                bail!("transports: {} is listed twice", t.name());
+            }
+        }
+        let positive = [
+            ("history.max_messages", self.history.max_messages as u64),
+            ("limits.max_channels", self.limits.max_channels as u64),
+            (
+                "limits.subscriber_queue",
+                self.limits.subscriber_queue as u64,
+            ),
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+            ),
+            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
+            ("sse.heartbeat_ms", self.sse.heartbeat_ms),
+            (
+                "websocket.ping_interval_ms",
+                self.websocket.ping_interval_ms,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `transport` is enabled.
+    pub fn enabled(&self, transport: Transport) -> bool {
+        self.transports.contains(&transport)
+    }
+
+    /// A millisecond key as a `Duration`.
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}
+
+/// Overlays `CASCADE_<PATH>` variables onto `tree`, typed after `defaults`.
+fn apply_env(
+    tree: &mut toml::Table,
+    defaults: &toml::Table,
+    prefix: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    for (key, default) in defaults {
+        let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+        if let toml::Value::Table(sub_defaults) = default {
+            let sub = tree
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(sub) = sub else {
+                bail!("config key {key} must be a table");
+            };
+            apply_env(sub, sub_defaults, &name, env)?;
+            continue;
+        }
+        if let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) {
+            let value = match default {
+                toml::Value::String(_) => toml::Value::String(raw.clone()),
+                toml::Value::Array(_) => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
+                _ => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .with_context(|| format!("{name}={raw:?} is not a valid value"))?,
+            };
+            tree.insert(key.clone(), value);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_field_norms() {
+        let c = Config::from_sources("", env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_message_bytes, 65536);
+        assert_eq!(c.limits.max_channels, 128);
+        assert_eq!(c.transports, Transport::ALL.to_vec());
+    }
+
+    #[test]
+    fn environment_overrides_file_for_every_kind_of_key() {
+        let file = "listen = \"127.0.0.1:1\"\n[longpoll]\ntimeout_ms = 5\n";
+        let c = Config::from_sources(
+            file,
+            env(&[
+                ("CASCADE_LISTEN", "127.0.0.1:9000"),
+                ("CASCADE_LONGPOLL_TIMEOUT_MS", "1234"),
+                ("CASCADE_TRANSPORTS", "sse, poll"),
+                ("CASCADE_HISTORY_MAX_AGE_MS", "60000"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.longpoll.timeout_ms, 1234);
+        assert_eq!(c.transports, vec![Transport::Sse, Transport::Poll]);
+        assert_eq!(c.history.max_age_ms, 60000);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        assert!(Config::from_sources("", env(&[("CASCADE_LONGPOLL_TIMEOUT_MS", "soon")])).is_err());
+        assert!(Config::from_sources("nonsense = 1", env(&[])).is_err());
+        assert!(Config::from_sources("transports = []", env(&[])).is_err());
+        assert!(Config::from_sources("transports = [\"sse\",\"sse\"]", env(&[])).is_err());
+        assert!(Config::from_sources("[limits]\nmax_channels = 0", env(&[])).is_err());
+    }
+
+    #[test]
+    fn shipped_config_file_parses() {
+        let text = include_str!("../config/cascade.toml");
+        Config::from_sources(text, env(&[])).unwrap();
+    }
+}

@@ -1,0 +1,132 @@
+//! The one error type of the gateway, and the one place that maps it to an HTTP status and
+//! a machine-readable code. Transports return `Error`; they never pick statuses themselves.
+
+use http::StatusCode;
+
+/// Result with the gateway's error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a request, from the client's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No route has this path.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("method {method} is not allowed here; use {allow}")]
+    MethodNotAllowed {
+        /// The method the client used.
+        method: String,
+        /// The methods the route accepts, for the `Allow` header.
+        allow: &'static str,
+    },
+    /// The transport exists but the operator disabled it.
+    #[error("the {0} transport is disabled on this gateway")]
+    TransportDisabled(&'static str),
+    /// A channel name outside the allowed alphabet or length.
+    #[error("bad channel name {0:?}: use 1 to 128 of A-Z a-z 0-9 _ - . : /")]
+    BadChannel(String),
+    /// A subscription that names no channel.
+    #[error("no channel given: pass channels=a,b or a cursor")]
+    NoChannels,
+    /// A subscription over the per-subscription channel limit.
+    #[error("too many channels: at most {0} per subscription")]
+    TooManyChannels(usize),
+    /// A cursor that does not parse.
+    #[error("bad cursor: {0}")]
+    BadCursor(String),
+    /// A query parameter that does not parse.
+    #[error("bad parameter {name}: {reason}")]
+    BadParam {
+        /// The parameter's name.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A body or frame that is not the JSON we expect.
+    #[error("bad JSON: {0}")]
+    BadJson(String),
+    /// A WebSocket frame of the wrong shape (unknown op, missing field, binary).
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    /// A request body over the configured limit.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// A message payload over the configured limit.
+    #[error("message data larger than {0} bytes")]
+    MessageTooLarge(usize),
+    /// A plain GET on the WebSocket route, or a malformed upgrade.
+    #[error("WebSocket upgrade required: {0}")]
+    UpgradeRequired(&'static str),
+    /// The gateway is draining for shutdown.
+    #[error("the gateway is shutting down; reconnect shortly")]
+    ShuttingDown,
+    /// The engine (for example Redis) cannot be reached.
+    #[error("the message engine is unavailable: {0}")]
+    EngineUnavailable(String),
+    /// A bug or an I/O failure on our side.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable, machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::TransportDisabled(_) => "transport_disabled",
+            Error::BadChannel(_) => "bad_channel",
+            Error::NoChannels => "no_channels",
+            Error::TooManyChannels(_) => "too_many_channels",
+            Error::BadCursor(_) => "bad_cursor",
+            Error::BadParam { .. } => "bad_param",
+            Error::BadJson(_) => "bad_json",
+            Error::BadFrame(_) => "bad_frame",
+            Error::BodyTooLarge(_) => "body_too_large",
+            Error::MessageTooLarge(_) => "message_too_large",
+            Error::UpgradeRequired(_) => "upgrade_required",
+            Error::ShuttingDown => "shutting_down",
+            Error::EngineUnavailable(_) => "engine_unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound(_) | Error::TransportDisabled(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::BadChannel(_)
+            | Error::NoChannels
+            | Error::TooManyChannels(_)
+            | Error::BadCursor(_)
+            | Error::BadParam { .. }
+            | Error::BadJson(_)
+            | Error::BadFrame(_) => StatusCode::BAD_REQUEST,
+            Error::BodyTooLarge(_) | Error::MessageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
+            Error::ShuttingDown | Error::EngineUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The error body, `{"error":{"code":..,"message":..}}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}}).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_carries_code_and_message() {
+        let err = Error::TooManyChannels(128);
+        let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
+        assert_eq!(body["error"]["code"], "too_many_channels");
+        assert!(body["error"]["message"].as_str().unwrap().contains("128"));
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+}

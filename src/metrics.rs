@@ -1,0 +1,254 @@
+//! Prometheus metrics, owned by the application state (no globals, so tests can run
+//! several gateways in one process).
+//!
+//! Per-transport handles are resolved once at start-up: the delivery path increments plain
+//! counters and never looks a label up.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::Transport;
+
+/// Reasons a client may give for a failed rung; anything else is counted as `other` so
+/// that clients cannot blow up the label cardinality.
+pub const FALLBACK_REASONS: [&str; 7] = [
+    "unknown",
+    "unsupported",
+    "refused",
+    "timeout",
+    "closed",
+    "buffered",
+    "error",
+];
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    transports: [TransportMetrics; 4],
+    /// Negotiations answered.
+    pub negotiations: IntCounter,
+    fallbacks: IntCounterVec,
+    published: IntCounterVec,
+    errors: IntCounterVec,
+    /// Channels with at least one subscriber on this node.
+    pub active_channels: IntGauge,
+}
+
+/// The metric handles of one transport.
+pub struct TransportMetrics {
+    /// Open connections (WebSocket, SSE) or requests in flight (polling).
+    pub open: IntGauge,
+    /// Connections accepted or requests served.
+    pub served: IntCounter,
+    /// Messages delivered.
+    pub delivered: IntCounter,
+    /// Bytes of message payload written.
+    pub bytes: IntCounter,
+    /// Publish-to-delivery lag.
+    pub lag: Histogram,
+    /// Subscribers cut off because they could not keep up.
+    pub slow_consumers: IntCounter,
+    /// Gaps reported to clients.
+    pub gaps: IntCounter,
+}
+
+impl TransportMetrics {
+    /// Records one delivered message of `bytes` bytes published at `ts_ms`.
+    pub fn record_delivery(&self, bytes: usize, ts_ms: u64, now_ms: u64) {
+        self.delivered.inc();
+        self.bytes.inc_by(bytes as u64);
+        self.lag
+            .observe(now_ms.saturating_sub(ts_ms) as f64 / 1000.0);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "cascade_connections",
+                "Open connections (websocket, sse) or requests in flight (longpoll, poll).",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let served = IntCounterVec::new(
+            Opts::new(
+                "cascade_connections_total",
+                "Connections accepted (websocket, sse) or requests served (longpoll, poll).",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let delivered = IntCounterVec::new(
+            Opts::new(
+                "cascade_messages_delivered_total",
+                "Messages delivered to clients.",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "cascade_delivered_bytes_total",
+                "Bytes of delivered message JSON written to clients.",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let lag = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "cascade_delivery_lag_seconds",
+                "Time from publish to the delivery write.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let slow = IntCounterVec::new(
+            Opts::new(
+                "cascade_slow_consumers_total",
+                "Subscribers cut off because their queue overflowed.",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let gaps = IntCounterVec::new(
+            Opts::new(
+                "cascade_gaps_total",
+                "Gaps reported to clients whose position was no longer retained.",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let negotiations = IntCounter::new(
+            "cascade_negotiations_total",
+            "Negotiations answered by /negotiate.",
+        )
+        .expect("valid metric");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "cascade_fallbacks_total",
+                "Transport failures reported by clients on /negotiate.",
+            ),
+            &["from", "to", "reason"],
+        )
+        .expect("valid metric");
+        let published = IntCounterVec::new(
+            Opts::new(
+                "cascade_messages_published_total",
+                "Messages published, by entry point.",
+            ),
+            &["via"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "cascade_errors_total",
+                "Requests and frames refused, by error code.",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let active_channels = IntGauge::new(
+            "cascade_active_channels",
+            "Channels with at least one subscriber on this node.",
+        )
+        .expect("valid metric");
+
+        for collector in [
+            Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(served.clone()),
+            Box::new(delivered.clone()),
+            Box::new(bytes.clone()),
+            Box::new(lag.clone()),
+            Box::new(slow.clone()),
+            Box::new(gaps.clone()),
+            Box::new(negotiations.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(published.clone()),
+            Box::new(errors.clone()),
+            Box::new(active_channels.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        for via in ["http", "websocket"] {
+            published.with_label_values(&[via]);
+        }
+
+        let transports = Transport::ALL.map(|t| {
+            let label = [t.name()];
+            TransportMetrics {
+                open: open.with_label_values(&label),
+                served: served.with_label_values(&label),
+                delivered: delivered.with_label_values(&label),
+                bytes: bytes.with_label_values(&label),
+                lag: lag.with_label_values(&label),
+                slow_consumers: slow.with_label_values(&label),
+                gaps: gaps.with_label_values(&label),
+            }
+        });
+        Metrics {
+            registry,
+            transports,
+            negotiations,
+            fallbacks,
+            published,
+            errors,
+            active_channels,
+        }
+    }
+
+    /// The handles of one transport.
+    pub fn transport(&self, transport: Transport) -> &TransportMetrics {
+        let index = Transport::ALL
+            .iter()
+            .position(|t| *t == transport)
+            .unwrap_or(0);
+        &self.transports[index]
+    }
+
+    /// Counts a client-reported failure of `from`, after which it moved on to `to`.
+    pub fn fallback(&self, from: Transport, to: Option<Transport>, reason: &str) {
+        let reason = if FALLBACK_REASONS.contains(&reason) {
+            reason
+        } else {
+            "other"
+        };
+        let to = to.map_or("none", Transport::name);
+        self.fallbacks
+            .with_label_values(&[from.name(), to, reason])
+            .inc();
+    }
+
+    /// Counts a published message by entry point (`http` or `websocket`).
+    pub fn published(&self, via: &str) {
+        self.published.with_label_values(&[via]).inc();
+    }
+
+    /// Counts a refused request or frame by its error code.
+    pub fn error(&self, code: &str) {
+        self.errors.with_label_values(&[code]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,457 @@
+//! The wire contract shared by every transport: channel names, epochs, positions, cursors,
+//! delivered messages and gaps (see `docs/PROTOCOL.md`).
+//!
+//! Everything here is pure: parsing and formatting only. It must not know about HTTP,
+//! sockets or engines, so that every transport encodes exactly the same bytes.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::Error;
+
+/// Longest channel name, in bytes (all allowed characters are ASCII).
+pub const MAX_CHANNEL_LEN: usize = 128;
+/// Longest epoch token.
+pub const MAX_EPOCH_LEN: usize = 16;
+
+/// A validated channel name: 1 to 128 characters from `A-Z a-z 0-9 _ - . : /`.
+///
+/// Cheap to clone; `,` and `@` can never appear because they delimit cursors.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Channel(Arc<str>);
+
+impl Channel {
+    /// Parses a channel name, rejecting anything outside the allowed alphabet.
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        let ok =
+            !name.is_empty() && name.len() <= MAX_CHANNEL_LEN && name.bytes().all(is_channel_byte);
+        if ok {
+            Ok(Channel(Arc::from(name)))
+        } else {
+            Err(Error::BadChannel(truncate_for_message(name)))
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The namespace: the part before the first `:`, or `""` when there is none.
+    pub fn namespace(&self) -> &str {
+        self.0.split_once(':').map_or("", |(ns, _)| ns)
+    }
+}
+
+fn is_channel_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/')
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// The identity of one channel history; offsets are only comparable within one epoch.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// Parses an epoch token: 1 to 16 ASCII letters and digits.
+    pub fn parse(token: &str) -> Option<Self> {
+        let ok = !token.is_empty()
+            && token.len() <= MAX_EPOCH_LEN
+            && token.bytes().all(|b| b.is_ascii_alphanumeric());
+        ok.then(|| Epoch(Arc::from(token)))
+    }
+
+    /// A fresh random epoch of eight characters.
+    pub fn random() -> Self {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let token: String = (0..8)
+            .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+            .collect();
+        Epoch(Arc::from(token))
+    }
+
+    /// The token as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// Where a reader stands in one channel: it has everything up to and including `offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The history this offset belongs to.
+    pub epoch: Epoch,
+    /// The last offset the reader has; 0 means none yet.
+    pub offset: u64,
+}
+
+/// A resume token over several channels: `chat@e1X9:42,room:lobby@k3Jd:7`.
+///
+/// An entry without a position (`chat`) means "from now on".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// One entry per channel, in the order given; channels are unique.
+    pub entries: Vec<(Channel, Option<Position>)>,
+}
+
+impl Cursor {
+    /// Parses a cursor, rejecting duplicate channels and more than `max_channels` entries.
+    pub fn parse(text: &str, max_channels: usize) -> Result<Self, Error> {
+        let mut entries: Vec<(Channel, Option<Position>)> = Vec::new();
+        if text.is_empty() {
+            return Ok(Cursor { entries });
+        }
+        for part in text.split(',') {
+            if entries.len() == max_channels {
+                return Err(Error::TooManyChannels(max_channels));
+            }
+            let (name, position) = match part.split_once('@') {
+                None => (part, None),
+                Some((name, rest)) => {
+                    let (epoch, offset) = rest.split_once(':').ok_or_else(|| {
+                        Error::BadCursor(format!("entry {part:?} lacks ':offset'"))
+                    })?;
+                    let epoch = Epoch::parse(epoch)
+                        .ok_or_else(|| Error::BadCursor(format!("bad epoch in {part:?}")))?;
+                    let offset = parse_offset(offset)
+                        .ok_or_else(|| Error::BadCursor(format!("bad offset in {part:?}")))?;
+                    (name, Some(Position { epoch, offset }))
+                }
+            };
+            let channel = Channel::parse(name).map_err(|_| {
+                Error::BadCursor(format!("bad channel in {:?}", truncate_for_message(part)))
+            })?;
+            if entries.iter().any(|(c, _)| *c == channel) {
+                return Err(Error::BadCursor(format!("channel {channel} appears twice")));
+            }
+            entries.push((channel, position));
+        }
+        Ok(Cursor { entries })
+    }
+
+    /// The position recorded for `channel`, if any.
+    pub fn position(&self, channel: &Channel) -> Option<&Position> {
+        self.entries
+            .iter()
+            .find(|(c, _)| c == channel)
+            .and_then(|(_, p)| p.as_ref())
+    }
+}
+
+/// Offsets are plain decimal u64: no sign, no leading `+`, at most 20 digits.
+fn parse_offset(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (channel, position)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match position {
+                Some(p) => write!(f, "{channel}@{}:{}", p.epoch, p.offset)?,
+                None => write!(f, "{channel}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tells a reader that the history it asked for is gone: it continues from `first`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The channel whose history was lost.
+    pub channel: Channel,
+    /// The channel's current epoch.
+    pub epoch: Epoch,
+    /// The first offset still retained (the next one to be published if none is).
+    pub first: u64,
+}
+
+impl Gap {
+    /// The gap as its JSON object, `{"channel":..,"epoch":..,"first":..}`.
+    pub fn to_json(&self) -> String {
+        // Channel and epoch alphabets need no JSON escaping.
+        format!(
+            r#"{{"channel":"{}","epoch":"{}","first":{}}}"#,
+            self.channel, self.epoch, self.first
+        )
+    }
+
+    /// The position a reader holds after accepting this gap.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.first.saturating_sub(1),
+        }
+    }
+}
+
+/// One published message, encoded once and shared by every subscriber and transport.
+pub struct Message {
+    /// The channel it was published to.
+    pub channel: Channel,
+    /// The epoch of the history that holds it.
+    pub epoch: Epoch,
+    /// Its offset within that epoch, starting at 1.
+    pub offset: u64,
+    /// Publish time, unix milliseconds.
+    pub ts: u64,
+    /// The delivered JSON object, built once at publish.
+    json: Bytes,
+    /// Where `data` starts inside `json`.
+    data_start: usize,
+    /// The WebSocket frame, built on first use: most messages never reach a WebSocket.
+    ws_frame: OnceLock<Bytes>,
+}
+
+impl Message {
+    /// Builds a message around `data`, which must be compact, valid JSON.
+    pub fn new(channel: Channel, epoch: Epoch, offset: u64, ts: u64, data: &[u8]) -> Self {
+        use std::fmt::Write as _;
+        let mut json = BytesMut::with_capacity(80 + channel.as_str().len() + data.len());
+        // Channel and epoch alphabets need no JSON escaping; writing to BytesMut cannot fail.
+        let _ = write!(
+            json,
+            r#"{{"channel":"{channel}","epoch":"{epoch}","offset":{offset},"ts":{ts},"data":"#
+        );
+        let data_start = json.len();
+        json.put_slice(data);
+        json.put_u8(b'}');
+        Message {
+            channel,
+            epoch,
+            offset,
+            ts,
+            json: json.freeze(),
+            data_start,
+            ws_frame: OnceLock::new(),
+        }
+    }
+
+    /// The message object as delivered by SSE and the polling transports.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// The data payload alone (a slice of the shared JSON).
+    pub fn data(&self) -> &[u8] {
+        &self.json[self.data_start..self.json.len() - 1]
+    }
+
+    /// The WebSocket text frame `{"op":"message",...}`, built once per message.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame.get_or_init(|| {
+            let mut frame = BytesMut::with_capacity(self.json.len() + 16);
+            frame.put_slice(b"{\"op\":\"message\",");
+            frame.put_slice(&self.json[1..]);
+            frame.freeze()
+        })
+    }
+
+    /// The position a reader holds once it has this message.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("channel", &self.channel)
+            .field("epoch", &self.epoch)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates `raw` as JSON and strips insignificant whitespace, so that a payload never
+/// carries a raw newline into an SSE `data:` line. Returns `None` for invalid JSON.
+pub fn compact_json(raw: &[u8]) -> Option<Bytes> {
+    serde_json::from_slice::<&serde_json::value::RawValue>(raw).ok()?;
+    if !raw
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return Some(Bytes::copy_from_slice(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in raw {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+/// Shortens hostile input before echoing it in an error message.
+pub(crate) fn truncate_for_message(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_alphabet() {
+        for ok in [
+            "chat",
+            "room:lobby",
+            "user:alice",
+            "a/b.c-d_e",
+            &"x".repeat(128),
+        ] {
+            assert!(Channel::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a,b", "a@b", "a b", "é", &"x".repeat(129), "a\0"] {
+            assert!(Channel::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Channel::parse("room:lobby").unwrap().namespace(), "room");
+        assert_eq!(Channel::parse("chat").unwrap().namespace(), "");
+    }
+
+    #[test]
+    fn cursor_round_trip() {
+        let text = "chat@e1X9:42,room:lobby@k3Jd:7,news";
+        let cursor = Cursor::parse(text, 128).unwrap();
+        assert_eq!(cursor.entries.len(), 3);
+        assert_eq!(cursor.to_string(), text);
+        let chat = Channel::parse("chat").unwrap();
+        assert_eq!(cursor.position(&chat).unwrap().offset, 42);
+        assert!(Cursor::parse("", 128).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn cursor_rejects_malformed_entries() {
+        for bad in [
+            "chat@",
+            "chat@e1",
+            "chat@e1:",
+            "chat@e1:-1",
+            "chat@e1:+1",
+            "chat@e1:x",
+            "chat@e1:99999999999999999999999",
+            "chat@:1",
+            "chat@e!:1",
+            "chat@aaaaaaaaaaaaaaaaa:1",
+            "@e1:1",
+            "chat,chat",
+            "chat,",
+            ",chat",
+            "a b@e:1",
+        ] {
+            assert!(Cursor::parse(bad, 128).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            Cursor::parse("a,b,c", 2),
+            Err(Error::TooManyChannels(2))
+        ));
+    }
+
+    #[test]
+    fn message_encodings_share_one_payload() {
+        let m = Message::new(
+            Channel::parse("chat").unwrap(),
+            Epoch::parse("e1X9").unwrap(),
+            42,
+            1_764_300_000_000,
+            br#"{"text":"hi"}"#,
+        );
+        let json: serde_json::Value = serde_json::from_slice(m.json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"channel":"chat","epoch":"e1X9","offset":42,"ts":1764300000000u64,"data":{"text":"hi"}})
+        );
+        assert_eq!(m.data(), br#"{"text":"hi"}"#);
+        let ws: serde_json::Value = serde_json::from_slice(m.ws_frame()).unwrap();
+        assert_eq!(ws["op"], "message");
+        assert_eq!(ws["offset"], 42);
+    }
+
+    #[test]
+    fn compact_json_strips_only_insignificant_whitespace() {
+        let raw = b"{ \"a\" :\n [1, 2],\t\"s\": \"x y\\\" z\" }";
+        assert_eq!(
+            &compact_json(raw).unwrap()[..],
+            b"{\"a\":[1,2],\"s\":\"x y\\\" z\"}"
+        );
+        assert!(compact_json(b"{").is_none());
+        assert!(compact_json(b"").is_none());
+        assert_eq!(&compact_json(b"42").unwrap()[..], b"42");
+    }
+
+    #[test]
+    fn gap_json_and_position() {
+        let gap = Gap {
+            channel: Channel::parse("chat").unwrap(),
+            epoch: Epoch::parse("k3Jd").unwrap(),
+            first: 5,
+        };
+        assert_eq!(
+            gap.to_json(),
+            r#"{"channel":"chat","epoch":"k3Jd","first":5}"#
+        );
+        assert_eq!(gap.position().offset, 4);
+    }
+
+    #[test]
+    fn random_epochs_are_valid_and_differ() {
+        let a = Epoch::random();
+        assert!(Epoch::parse(a.as_str()).is_some());
+        assert_ne!(a, Epoch::random());
+    }
+}

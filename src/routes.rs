@@ -1,0 +1,94 @@
+//! The router: one `match` from method and path to a transport. Errors from any handler
+//! become responses here, and are counted, so no handler picks a status itself.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::config::Transport;
+use crate::error::{Error, Result};
+use crate::http::{Body, error_response, full, json};
+use crate::transport::{long_poll, negotiate, publish, short_poll, sse, websocket};
+
+/// Routes one request; never fails (errors are answered as JSON).
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let response = match route(app.clone(), req).await {
+        Ok(response) => response,
+        Err(err) => {
+            app.metrics.error(err.code());
+            tracing::debug!(code = err.code(), error = %err, "request refused");
+            error_response(&err)
+        }
+    };
+    Ok(response)
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/ws") => {
+            enabled(&app, Transport::Websocket)?;
+            websocket::serve(app, req).await
+        }
+        (&Method::GET, "/sse") => {
+            enabled(&app, Transport::Sse)?;
+            sse::serve(app, req).await
+        }
+        (&Method::GET, "/longpoll") => {
+            enabled(&app, Transport::Longpoll)?;
+            long_poll::serve(app, req).await
+        }
+        (&Method::GET, "/poll") => {
+            enabled(&app, Transport::Poll)?;
+            short_poll::serve(app, req).await
+        }
+        (&Method::GET, "/negotiate") => negotiate::serve(app, req).await,
+        (&Method::POST, "/publish") => publish::serve(app, req).await,
+        (&Method::GET, "/healthz") => Ok(health(&app)),
+        (&Method::GET, "/metrics") => Ok(metrics(&app)),
+        (_, "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate" | "/healthz" | "/metrics") => {
+            Err(Error::MethodNotAllowed {
+                method: method.to_string(),
+                allow: "GET",
+            })
+        }
+        (_, "/publish") => Err(Error::MethodNotAllowed {
+            method: method.to_string(),
+            allow: "POST",
+        }),
+        _ => Err(Error::NotFound(crate::protocol::truncate_for_message(
+            &path,
+        ))),
+    }
+}
+
+fn enabled(app: &App, transport: Transport) -> Result<()> {
+    if app.config.enabled(transport) {
+        Ok(())
+    } else {
+        Err(Error::TransportDisabled(transport.name()))
+    }
+}
+
+fn health(app: &App) -> Response<Body> {
+    if app.shutdown.is_cancelled() {
+        return error_response(&Error::ShuttingDown);
+    }
+    json(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    app.metrics
+        .active_channels
+        .set(app.bus.active_channels() as i64);
+    let mut response = Response::new(full(app.metrics.encode()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

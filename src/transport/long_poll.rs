@@ -1,0 +1,71 @@
+//! `GET /longpoll`: the request is held until a message exists after the cursor or the
+//! timeout passes. The cursor carries everything published between two polls, so a client
+//! that polls again at once loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::bus::Event;
+use crate::config::Transport;
+use crate::error::Result;
+use crate::http::{Body, Query, json};
+use crate::transport::{InFlight, poll_body, requested_cursor};
+
+/// Most events one answer carries; the rest wait for the next poll.
+const MAX_BATCH: usize = 1000;
+
+/// Answers as soon as there is something after the cursor, or empty at the timeout.
+pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let metrics = app.metrics.transport(Transport::Longpoll);
+    let query = Query::parse(req.uri().query());
+    let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
+    let timeout = hold_time(&app, &query)?;
+    let _in_flight = InFlight::new(metrics);
+
+    let (mut events, mut next) = app.bus.catch_up(&cursor).await?;
+    let mut retry_ms = None;
+    if events.is_empty() && !timeout.is_zero() && !app.shutdown.is_cancelled() {
+        let mut subscription = app.bus.subscribe();
+        // Registers, then re-reads after `next`: anything published since catch_up is kept.
+        subscription.add(&next).await?;
+        tokio::select! {
+            event = subscription.next() => {
+                if let Ok(event) = event {
+                    events.push(event);
+                    // Coalesce whatever else is already queued into the same answer.
+                    while events.len() < MAX_BATCH {
+                        match subscription.try_next() {
+                            Some(Ok(event)) => events.push(event),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(timeout) => {}
+            _ = app.shutdown.cancelled() => {}
+        }
+        next = subscription.cursor();
+    }
+    if app.shutdown.is_cancelled() {
+        retry_ms = Some(app.reconnect_delay_ms());
+    }
+    if events.iter().any(|e| matches!(e, Event::Gap(_))) {
+        tracing::debug!(cursor = %cursor, "long poll reported a gap");
+    }
+    let body = poll_body(&events, &next, retry_ms, metrics);
+    Ok(json(StatusCode::OK, body))
+}
+
+/// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.
+fn hold_time(app: &App, query: &Query) -> Result<Duration> {
+    let config = &app.config.longpoll;
+    let ms = match query.number("timeout")? {
+        Some(seconds) => seconds.saturating_mul(1000).min(config.max_timeout_ms),
+        None => config.timeout_ms,
+    };
+    Ok(Duration::from_millis(ms))
+}

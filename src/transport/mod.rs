@@ -1,0 +1,225 @@
+//! The transports: each turns the bus into one rung of the ladder. They share the request
+//! parsing below and meet the bus only through [`crate::bus::Bus`] and
+//! [`crate::bus::Subscription`].
+
+pub mod long_poll;
+pub mod negotiate;
+pub mod publish;
+pub mod short_poll;
+pub mod sse;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prometheus::{IntCounter, IntGauge};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Event;
+use crate::config::Transport;
+use crate::error::{Error, Result};
+use crate::http::Query;
+use crate::metrics::TransportMetrics;
+use crate::protocol::{Channel, Cursor};
+
+/// Counts a connection or request for as long as it is open or in flight.
+pub struct InFlight {
+    open: IntGauge,
+}
+
+impl InFlight {
+    /// Counts one more served and one more open on the transport.
+    pub fn new(metrics: &TransportMetrics) -> Self {
+        metrics.served.inc();
+        metrics.open.inc();
+        InFlight {
+            open: metrics.open.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// The life of one long-lived connection (WebSocket, SSE): counted while open and logged
+/// once when it opens and once, with the reason, when it closes.
+pub struct Session {
+    transport: Transport,
+    remote: Option<SocketAddr>,
+    opened: Instant,
+    reason: &'static str,
+    cut: CancellationToken,
+    slow_consumers: IntCounter,
+    _in_flight: InFlight,
+}
+
+impl Session {
+    /// Opens and logs a session whose subscription is cut off through `cut`.
+    pub fn open(
+        transport: Transport,
+        metrics: &TransportMetrics,
+        remote: Option<SocketAddr>,
+        cut: CancellationToken,
+    ) -> Self {
+        tracing::info!(transport = transport.name(), remote = ?remote, "connection open");
+        Session {
+            transport,
+            remote,
+            opened: Instant::now(),
+            reason: "client_closed",
+            cut,
+            slow_consumers: metrics.slow_consumers.clone(),
+            _in_flight: InFlight::new(metrics),
+        }
+    }
+}
+
+impl Session {
+    /// Records why the session is ending, for the close log line.
+    pub fn ending(&mut self, reason: &'static str) {
+        self.reason = reason;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Counted here because a stalled SSE reader is dropped with its connection
+        // before its stream can notice anything.
+        if self.cut.is_cancelled() {
+            self.reason = "slow_consumer";
+            self.slow_consumers.inc();
+        }
+        tracing::info!(
+            transport = self.transport.name(),
+            remote = ?self.remote,
+            reason = self.reason,
+            seconds = self.opened.elapsed().as_secs_f64(),
+            "connection closed"
+        );
+    }
+}
+
+/// The channels a request follows: `channels=a,b` with positions from `cursor=` (or from
+/// the `Last-Event-ID` header on SSE), or the cursor's own channels when `channels` is
+/// absent. Cursor entries for channels not listed in `channels` are ignored.
+pub fn requested_cursor(
+    query: &Query,
+    cursor_override: Option<&str>,
+    max_channels: usize,
+) -> Result<Cursor> {
+    let cursor = cursor_override
+        .or_else(|| query.get("cursor"))
+        .unwrap_or("");
+    let names = query.get("channels").map(|list| list.split(','));
+    wanted_cursor(names, cursor, max_channels)
+}
+
+/// The rule of [`requested_cursor`] for any source of names (a query, a WebSocket frame).
+pub fn wanted_cursor<'a>(
+    names: Option<impl IntoIterator<Item = &'a str>>,
+    cursor: &str,
+    max_channels: usize,
+) -> Result<Cursor> {
+    let cursor = Cursor::parse(cursor, max_channels)?;
+    let Some(names) = names else {
+        if cursor.entries.is_empty() {
+            return Err(Error::NoChannels);
+        }
+        return Ok(cursor);
+    };
+    let mut wanted = Cursor::default();
+    for name in names {
+        let channel = Channel::parse(name)?;
+        if wanted.entries.iter().any(|(c, _)| *c == channel) {
+            continue;
+        }
+        if wanted.entries.len() == max_channels {
+            return Err(Error::TooManyChannels(max_channels));
+        }
+        let position = cursor.position(&channel).cloned();
+        wanted.entries.push((channel, position));
+    }
+    if wanted.entries.is_empty() {
+        return Err(Error::NoChannels);
+    }
+    Ok(wanted)
+}
+
+/// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..]}`, recording the
+/// deliveries; `retry_ms` is added when the gateway is draining.
+pub fn poll_body(
+    events: &[Event],
+    cursor: &Cursor,
+    retry_ms: Option<u64>,
+    metrics: &TransportMetrics,
+) -> Bytes {
+    let now = crate::bus::now_ms();
+    let mut body = BytesMut::with_capacity(64 + events.len() * 128);
+    body.put_slice(b"{\"messages\":[");
+    let mut first = true;
+    for event in events {
+        if let Event::Message(message) = event {
+            if !first {
+                body.put_u8(b',');
+            }
+            first = false;
+            body.put_slice(message.json());
+            metrics.record_delivery(message.json().len(), message.ts, now);
+        }
+    }
+    body.put_slice(b"],\"cursor\":\"");
+    // Cursor characters need no JSON escaping.
+    body.put_slice(cursor.to_string().as_bytes());
+    body.put_u8(b'"');
+    let gaps: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Gap(gap) => Some(gap.to_json()),
+            Event::Message(_) => None,
+        })
+        .collect();
+    if !gaps.is_empty() {
+        metrics.gaps.inc_by(gaps.len() as u64);
+        body.put_slice(b",\"gaps\":[");
+        body.put_slice(gaps.join(",").as_bytes());
+        body.put_u8(b']');
+    }
+    if let Some(retry_ms) = retry_ms {
+        body.put_slice(format!(",\"retry_ms\":{retry_ms}").as_bytes());
+    }
+    body.put_u8(b'}');
+    body.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(q: &str) -> Query {
+        Query::parse(Some(q))
+    }
+
+    #[test]
+    fn channels_take_positions_from_the_cursor() {
+        let c = requested_cursor(&query("channels=a,b&cursor=b@E:4,z@E:1"), None, 8).unwrap();
+        assert_eq!(c.to_string(), "a,b@E:4");
+        let c = requested_cursor(&query("cursor=b@E:4"), None, 8).unwrap();
+        assert_eq!(c.to_string(), "b@E:4");
+        let c = requested_cursor(&query("channels=a,a"), Some("a@X:2"), 8).unwrap();
+        assert_eq!(c.to_string(), "a@X:2");
+    }
+
+    #[test]
+    fn bad_requests_have_codes() {
+        let code = |q: &str, max| requested_cursor(&query(q), None, max).unwrap_err().code();
+        assert_eq!(code("", 8), "no_channels");
+        assert_eq!(code("channels=", 8), "bad_channel");
+        assert_eq!(code("channels=a@b", 8), "bad_channel");
+        assert_eq!(code("channels=a,b,c", 2), "too_many_channels");
+        assert_eq!(code("channels=a&cursor=a@", 8), "bad_cursor");
+    }
+}

@@ -1,0 +1,29 @@
+//! `GET /poll`: short polling, for networks where nothing else works. Answers at once from
+//! history without ever registering a live subscriber, so an idle poller costs nothing
+//! between requests.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::config::Transport;
+use crate::error::Result;
+use crate::http::{Body, Query, json};
+use crate::transport::{InFlight, poll_body, requested_cursor};
+
+/// Answers with everything after the request's cursor, possibly nothing.
+pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let metrics = app.metrics.transport(Transport::Poll);
+    let query = Query::parse(req.uri().query());
+    let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
+    let _in_flight = InFlight::new(metrics);
+    let (events, next) = app.bus.catch_up(&cursor).await?;
+    let retry_ms = app
+        .shutdown
+        .is_cancelled()
+        .then(|| app.reconnect_delay_ms());
+    let body = poll_body(&events, &next, retry_ms, metrics);
+    Ok(json(StatusCode::OK, body))
+}

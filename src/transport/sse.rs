@@ -1,0 +1,147 @@
+//! `GET /sse`: Server-Sent Events. One long response per client; every message carries
+//! the resume cursor as its event id, so the browser's own `Last-Event-ID` reconnect
+//! resumes exactly. The stream opens with an `open` event at once, which is how a client
+//! behind a buffering proxy can tell that nothing flows.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::bus::{Event, Subscription};
+use crate::config::Transport;
+use crate::error::Result;
+use crate::http::{Body, Query};
+use crate::protocol::Cursor;
+use crate::server::ConnInfo;
+use crate::transport::{Session, requested_cursor};
+
+/// A batch stops growing past this many bytes, so one write stays reasonably sized.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Opens an event stream from the request's cursor (or `Last-Event-ID`).
+pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let metrics = app.metrics.transport(Transport::Sse);
+    let query = Query::parse(req.uri().query());
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    // A stalled reader stops hyper from polling this body, so the cut must reach the
+    // connection itself: the server drops a connection whose token is cancelled.
+    let cut = conn
+        .as_ref()
+        .map_or_else(CancellationToken::new, |c| c.kill.clone());
+    let mut subscription = app.bus.subscribe_with_cut(cut.clone());
+    let start = subscription.add(&cursor).await?;
+    let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote), cut);
+    let frames =
+        events(app.clone(), subscription, start, session).map(|bytes| Ok(Frame::data(bytes)));
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn events(
+    app: Arc<App>,
+    mut subscription: Subscription,
+    start: Cursor,
+    mut session: Session,
+) -> impl Stream<Item = Bytes> + Send {
+    let heartbeat_every = Duration::from_millis(app.config.sse.heartbeat_ms);
+    // Drain waits for this stream to end: hyper's graceful shutdown does not know it.
+    let tracked = app.streams.token();
+    async_stream::stream! {
+        let _tracked = tracked;
+        let metrics = app.metrics.transport(Transport::Sse);
+        yield Bytes::from(format!(
+            "retry: {}\nevent: open\nid: {start}\ndata: {{\"cursor\":\"{start}\"}}\n\n",
+            app.config.sse.retry_ms
+        ));
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
+        loop {
+            tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => {
+                    session.ending("shutdown");
+                    let delay = app.reconnect_delay_ms();
+                    yield Bytes::from(format!(
+                        "retry: {delay}\nevent: reconnect\ndata: {{\"retry_ms\":{delay}}}\n\n"
+                    ));
+                    break;
+                }
+                event = subscription.next() => match event {
+                    Ok(event) => {
+                        let now = crate::bus::now_ms();
+                        let mut batch = BytesMut::new();
+                        encode(&mut batch, &event, &subscription, metrics, now);
+                        while batch.len() < BATCH_BYTES {
+                            match subscription.try_next() {
+                                Some(Ok(event)) => encode(&mut batch, &event, &subscription, metrics, now),
+                                _ => break,
+                            }
+                        }
+                        heartbeat.reset();
+                        yield batch.freeze();
+                    }
+                    Err(closed) => {
+                        session.ending(closed.code());
+                        yield Bytes::from(format!(
+                            "event: error\ndata: {{\"code\":\"{}\"}}\n\n",
+                            closed.code()
+                        ));
+                        break;
+                    }
+                },
+                _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
+            }
+        }
+    }
+}
+
+/// Appends one event: `id:` is the cursor that resumes right after it.
+fn encode(
+    out: &mut BytesMut,
+    event: &Event,
+    subscription: &Subscription,
+    metrics: &crate::metrics::TransportMetrics,
+    now: u64,
+) {
+    match event {
+        Event::Message(message) => {
+            out.put_slice(b"id: ");
+            // Writing to BytesMut cannot fail.
+            let _ = subscription.write_cursor(out);
+            out.put_slice(b"\ndata: ");
+            out.put_slice(message.json());
+            out.put_slice(b"\n\n");
+            metrics.record_delivery(message.json().len(), message.ts, now);
+        }
+        Event::Gap(gap) => {
+            metrics.gaps.inc();
+            out.put_slice(b"event: gap\nid: ");
+            let _ = subscription.write_cursor(out);
+            let _ = write!(out, "\ndata: {}\n\n", gap.to_json());
+        }
+    }
+}

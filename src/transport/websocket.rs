@@ -1,0 +1,439 @@
+//! `GET /ws`: the top rung. One upgraded connection carries subscribe, unsubscribe and
+//! publish from the client and messages, gaps and acks from the server, as JSON text
+//! frames. A malformed frame gets an `error` frame and the connection stays open; a
+//! protocol violation closes it with the matching close code.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::bus::{Event, Subscription};
+use crate::config::Transport;
+use crate::error::{Error, Result};
+use crate::http::{Body, full};
+use crate::metrics::TransportMetrics;
+use crate::server::ConnInfo;
+use crate::transport::publish::{acknowledgement, validate};
+use crate::transport::{Session, wanted_cursor};
+
+/// Close code for a subscriber cut off because it could not keep up.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code when the engine cannot be read; the client should resume later.
+pub const CLOSE_ENGINE_UNAVAILABLE: u16 = 4011;
+
+/// Most queued events written in one batch before flushing.
+const MAX_BATCH: usize = 256;
+
+/// Accepts the upgrade and spawns the connection; answers `101 Switching Protocols`.
+pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    let accept = accept_key(req.headers())?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let remote = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+    let task_app = app.clone();
+    app.streams.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "websocket upgrade failed");
+                return;
+            }
+        };
+        let limits = &task_app.config.websocket;
+        let config = WebSocketConfig::default()
+            // The default 128 KiB read buffer is allocated eagerly per connection.
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_message_size(Some(limits.max_frame_bytes))
+            .max_frame_size(Some(limits.max_frame_bytes));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        Connection::new(task_app.clone(), ws, remote).run().await;
+    });
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    Ok(response)
+}
+
+/// Checks the upgrade request and computes `Sec-WebSocket-Accept`.
+fn accept_key(headers: &HeaderMap) -> Result<String> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(Error::UpgradeRequired(
+            "send Connection: Upgrade and Upgrade: websocket",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Error::UpgradeRequired("Sec-WebSocket-Version must be 13"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| !k.is_empty())
+        .ok_or(Error::UpgradeRequired("Sec-WebSocket-Key is missing"))?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// A frame from the client.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientFrame<'a> {
+    Subscribe {
+        channels: Option<Vec<&'a str>>,
+        cursor: Option<&'a str>,
+    },
+    Unsubscribe {
+        channels: Vec<&'a str>,
+    },
+    Publish {
+        channel: &'a str,
+        #[serde(borrow)]
+        data: &'a RawValue,
+        id: Option<u64>,
+    },
+}
+
+/// Just the `id` of a frame that failed to parse, to echo it in the error.
+#[derive(Deserialize)]
+struct FrameId {
+    id: Option<u64>,
+}
+
+/// Why the connection loop stopped, and what to tell the peer.
+struct Stop {
+    reason: &'static str,
+    close: Option<(u16, String)>,
+}
+
+struct Connection {
+    app: Arc<App>,
+    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    subscription: Subscription,
+    session: Session,
+    last_heard: Instant,
+}
+
+impl Connection {
+    fn new(
+        app: Arc<App>,
+        ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Self {
+        let cut = CancellationToken::new();
+        let subscription = app.bus.subscribe_with_cut(cut.clone());
+        let metrics = app.metrics.transport(Transport::Websocket);
+        let session = Session::open(Transport::Websocket, metrics, remote, cut);
+        Connection {
+            app,
+            ws,
+            subscription,
+            session,
+            last_heard: Instant::now(),
+        }
+    }
+
+    fn metrics(&self) -> &TransportMetrics {
+        self.app.metrics.transport(Transport::Websocket)
+    }
+
+    async fn run(mut self) {
+        let ping_every = Duration::from_millis(self.app.config.websocket.ping_interval_ms);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let app = self.app.clone();
+        let stop = loop {
+            let step = tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => Err(Stop {
+                    reason: "shutdown",
+                    close: Some((1012, format!("retry_ms={}", app.reconnect_delay_ms()))),
+                }),
+                frame = self.ws.next() => self.on_frame(frame).await,
+                event = self.subscription.next() => match event {
+                    Ok(event) => self.deliver(event).await,
+                    Err(closed) => Err(Stop {
+                        reason: closed.code(),
+                        close: Some((close_code(closed), closed.code().to_owned())),
+                    }),
+                },
+                _ = ping.tick() => self.ping(ping_every).await,
+            };
+            if let Err(stop) = step {
+                break stop;
+            }
+        };
+        self.session.ending(stop.reason);
+        if let Some((code, reason)) = stop.close {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let write_timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
+            let _ = tokio::time::timeout(write_timeout, self.ws.close(Some(frame))).await;
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame, tungstenite::Error>>,
+    ) -> Result<(), Stop> {
+        self.last_heard = Instant::now();
+        match frame {
+            None => Err(Stop {
+                reason: "client_closed",
+                close: None,
+            }),
+            Some(Ok(Frame::Text(text))) => self.on_text(&text).await,
+            Some(Ok(Frame::Binary(_))) => {
+                let err = Error::BadFrame("binary frames are not supported; send JSON text".into());
+                self.send_error(None, &err).await
+            }
+            // tungstenite answers pings itself and replies to a close on the next flush.
+            Some(Ok(Frame::Close(_))) => {
+                let _ = self.ws.flush().await;
+                Err(Stop {
+                    reason: "client_closed",
+                    close: None,
+                })
+            }
+            Some(Ok(_)) => Ok(()),
+            Some(Err(err)) => Err(protocol_stop(&err, &self.app)),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                let id = serde_json::from_str::<FrameId>(text)
+                    .ok()
+                    .and_then(|f| f.id);
+                let err = if err.is_data() {
+                    Error::BadFrame(err.to_string())
+                } else {
+                    Error::BadJson(err.to_string())
+                };
+                return self.send_error(id, &err).await;
+            }
+        };
+        match frame {
+            ClientFrame::Subscribe { channels, cursor } => {
+                match self.subscribe(channels, cursor.unwrap_or("")).await {
+                    Ok(reply) => self.send_text(reply).await,
+                    Err(err) => self.send_error(None, &err).await,
+                }
+            }
+            ClientFrame::Unsubscribe { channels } => match self.unsubscribe(&channels) {
+                Ok(reply) => self.send_text(reply).await,
+                Err(err) => self.send_error(None, &err).await,
+            },
+            ClientFrame::Publish { channel, data, id } => match self.publish(channel, data).await {
+                Ok(ack) => match id {
+                    Some(id) => {
+                        self.send_text(format!(r#"{{"op":"ack","id":{id},{}"#, &ack[1..]))
+                            .await
+                    }
+                    None => Ok(()),
+                },
+                Err(err) => self.send_error(id, &err).await,
+            },
+        }
+    }
+
+    async fn subscribe(&mut self, channels: Option<Vec<&str>>, cursor: &str) -> Result<String> {
+        let max = self.app.config.limits.max_channels;
+        let wanted = wanted_cursor(channels, cursor, max)?;
+        let new = wanted
+            .entries
+            .iter()
+            .filter(|(c, _)| !self.subscription.follows(c))
+            .count();
+        if self.subscription.len() + new > max {
+            return Err(Error::TooManyChannels(max));
+        }
+        let start = self.subscription.add(&wanted).await?;
+        let names: Vec<&str> = start.entries.iter().map(|(c, _)| c.as_str()).collect();
+        Ok(
+            serde_json::json!({"op": "subscribed", "channels": names, "cursor": start.to_string()})
+                .to_string(),
+        )
+    }
+
+    fn unsubscribe(&mut self, names: &[&str]) -> Result<String> {
+        let channels = names
+            .iter()
+            .map(|n| crate::protocol::Channel::parse(n))
+            .collect::<Result<Vec<_>>>()?;
+        self.subscription.remove(&channels);
+        Ok(serde_json::json!({"op": "unsubscribed", "channels": names}).to_string())
+    }
+
+    async fn publish(&mut self, channel: &str, data: &RawValue) -> Result<String> {
+        let (channel, data) = validate(channel, data, self.app.config.limits.max_message_bytes)?;
+        let message = self.app.bus.publish(&channel, data).await?;
+        self.app.metrics.published("websocket");
+        Ok(acknowledgement(&message))
+    }
+
+    /// Writes `event` and whatever else is already queued, then flushes once.
+    async fn deliver(&mut self, event: Event) -> Result<(), Stop> {
+        let now = crate::bus::now_ms();
+        let mut next = Some(event);
+        let mut written = 0;
+        while let Some(event) = next.take() {
+            let frame = match &event {
+                Event::Message(message) => {
+                    self.metrics()
+                        .record_delivery(message.ws_frame().len(), message.ts, now);
+                    text_frame(message.ws_frame().clone())
+                }
+                Event::Gap(gap) => {
+                    self.metrics().gaps.inc();
+                    let json = gap.to_json();
+                    Frame::text(format!(r#"{{"op":"gap",{}"#, &json[1..]))
+                }
+            };
+            self.write(frame, false).await?;
+            written += 1;
+            if written < MAX_BATCH {
+                next = match self.subscription.try_next() {
+                    Some(Ok(event)) => Some(event),
+                    _ => None,
+                };
+            }
+        }
+        self.write_flush().await
+    }
+
+    async fn ping(&mut self, every: Duration) -> Result<(), Stop> {
+        if self.last_heard.elapsed() > every * 2 {
+            return Err(Stop {
+                reason: "ping_timeout",
+                close: None,
+            });
+        }
+        self.write(Frame::Ping(Default::default()), true).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), Stop> {
+        self.write(Frame::text(text), true).await
+    }
+
+    async fn send_error(&mut self, id: Option<u64>, err: &Error) -> Result<(), Stop> {
+        self.app.metrics.error(err.code());
+        let mut body =
+            serde_json::json!({"op": "error", "code": err.code(), "message": err.to_string()});
+        if let Some(id) = id {
+            body["id"] = id.into();
+        }
+        self.send_text(body.to_string()).await
+    }
+
+    /// Writes one frame, giving up when the client stalls past the write timeout or the
+    /// bus cuts it off meanwhile.
+    async fn write(&mut self, frame: Frame, flush: bool) -> Result<(), Stop> {
+        let timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
+        let ws = &mut self.ws;
+        let write = async {
+            if flush {
+                ws.send(frame).await
+            } else {
+                ws.feed(frame).await
+            }
+        };
+        let outcome = tokio::select! {
+            result = tokio::time::timeout(timeout, write) => result,
+            closed = self.subscription.cut_off() => {
+                return Err(Stop { reason: closed.code(), close: None });
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop {
+                reason: "write_failed",
+                close: None,
+            }),
+            Err(_) => Err(Stop {
+                reason: "write_timeout",
+                close: None,
+            }),
+        }
+    }
+
+    async fn write_flush(&mut self) -> Result<(), Stop> {
+        let timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
+        let ws = &mut self.ws;
+        tokio::select! {
+            result = tokio::time::timeout(timeout, ws.flush()) => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stop { reason: "write_failed", close: None }),
+                Err(_) => Err(Stop { reason: "write_timeout", close: None }),
+            },
+            closed = self.subscription.cut_off() => Err(Stop { reason: closed.code(), close: None }),
+        }
+    }
+}
+
+/// Our frames are built from validated JSON, so they are valid UTF-8.
+fn text_frame(bytes: bytes::Bytes) -> Frame {
+    match Utf8Bytes::try_from(bytes) {
+        Ok(text) => Frame::Text(text),
+        Err(_) => Frame::text(r#"{"op":"error","code":"internal","message":"invalid frame"}"#),
+    }
+}
+
+fn close_code(closed: crate::bus::Closed) -> u16 {
+    match closed {
+        crate::bus::Closed::SlowConsumer => CLOSE_SLOW_CONSUMER,
+        crate::bus::Closed::EngineUnavailable => CLOSE_ENGINE_UNAVAILABLE,
+    }
+}
+
+/// Maps a read error to the close the peer deserves.
+fn protocol_stop(err: &tungstenite::Error, app: &App) -> Stop {
+    use tungstenite::Error as E;
+    let (code, reason): (u16, &'static str) = match err {
+        E::Capacity(_) => (1009, "message_too_large"),
+        E::Utf8(_) => (1007, "invalid_utf8"),
+        E::Protocol(_) => (1002, "protocol_error"),
+        _ => {
+            return Stop {
+                reason: "read_failed",
+                close: None,
+            };
+        }
+    };
+    app.metrics.error(reason);
+    Stop {
+        reason,
+        close: Some((code, reason.to_owned())),
+    }
+}
