@@ -8,6 +8,8 @@
 mod hub;
 pub mod memory;
 mod subscription;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,328 @@
+//! Contract tests of the bus: offsets under racing publishers, the history/live seam,
+//! gaps, hole filling and slow consumers. The seam tests run many iterations because the
+//! races they guard against are timing-dependent.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, ready};
+
+use super::memory::{MemoryEngine, Retention};
+use super::*;
+use crate::error::Result;
+use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
+
+fn bus_with(retention: Retention, queue: usize) -> Bus {
+    let hub = Arc::new(Hub::new());
+    let history_limit = retention.max_messages;
+    let engine = MemoryEngine::new(hub.clone(), retention);
+    Bus::new(
+        engine,
+        hub,
+        BusConfig {
+            subscriber_queue: queue,
+            history_limit,
+        },
+    )
+}
+
+fn bus() -> Bus {
+    bus_with(
+        Retention {
+            max_messages: 1000,
+            max_age: Duration::from_secs(300),
+        },
+        4096,
+    )
+}
+
+fn chat() -> Channel {
+    Channel::parse("chat").unwrap()
+}
+
+fn data(n: u64) -> Bytes {
+    Bytes::from(n.to_string())
+}
+
+fn cursor(channel: &Channel, position: Option<Position>) -> Cursor {
+    Cursor {
+        entries: vec![(channel.clone(), position)],
+    }
+}
+
+async fn next_message(sub: &mut Subscription) -> Arc<Message> {
+    match tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event within the deadline")
+        .expect("not cut off")
+    {
+        Event::Message(m) => m,
+        Event::Gap(g) => panic!("unexpected gap {g:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_publishers_get_consecutive_offsets() {
+    let bus = bus();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for n in 0..250 {
+                offsets.push(bus.publish(&chat(), data(n)).await.unwrap().offset);
+                if n % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            offsets
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let offsets = task.await.unwrap();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "per publisher order"
+        );
+        all.extend(offsets);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=2000).collect::<Vec<u64>>());
+}
+
+/// The heart of the product: subscribing from a position while a publisher races must
+/// yield exactly the messages after that position, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher() {
+    for iteration in 0..200u64 {
+        let bus = bus();
+        let channel = Channel::parse(&format!("race:{iteration}")).unwrap();
+        let total = 60u64;
+        let publisher = {
+            let bus = bus.clone();
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                for n in 1..=total {
+                    bus.publish(&channel, data(n)).await.unwrap();
+                    if n % 3 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        // Join at a varying point of the stream: sometimes from a position, sometimes
+        // from now on.
+        for _ in 0..(iteration % 7) {
+            tokio::task::yield_now().await;
+        }
+        let mut sub = bus.subscribe();
+        let from_position = iteration % 2 == 0;
+        let start = if from_position {
+            let (_, now) = bus.catch_up(&cursor(&channel, None)).await.unwrap();
+            let position = now.entries[0].1.clone().unwrap();
+            let back = Position {
+                offset: position.offset.saturating_sub(iteration % 5),
+                ..position
+            };
+            sub.add(&cursor(&channel, Some(back))).await.unwrap()
+        } else {
+            sub.add(&cursor(&channel, None)).await.unwrap()
+        };
+        let mut expected = start.entries[0].1.as_ref().unwrap().offset + 1;
+        while expected <= total {
+            let message = next_message(&mut sub).await;
+            assert_eq!(message.offset, expected, "iteration {iteration}");
+            assert_eq!(message.data(), expected.to_string().as_bytes());
+            expected += 1;
+        }
+        publisher.await.unwrap();
+        assert!(sub.try_next().is_none(), "nothing after the last message");
+    }
+}
+
+#[tokio::test]
+async fn old_offset_and_wrong_epoch_are_reported_as_gaps() {
+    let bus = bus_with(
+        Retention {
+            max_messages: 3,
+            max_age: Duration::from_secs(300),
+        },
+        64,
+    );
+    let mut epoch = None;
+    for n in 1..=10 {
+        epoch = Some(bus.publish(&chat(), data(n)).await.unwrap().epoch.clone());
+    }
+    let epoch = epoch.unwrap();
+    let old = Position {
+        epoch: epoch.clone(),
+        offset: 2,
+    };
+    let wrong = Position {
+        epoch: Epoch::parse("other").unwrap(),
+        offset: 9,
+    };
+    for from in [old, wrong] {
+        let (events, next) = bus.catch_up(&cursor(&chat(), Some(from))).await.unwrap();
+        let Event::Gap(gap) = &events[0] else {
+            panic!("expected a gap first, got {events:?}");
+        };
+        assert_eq!(
+            *gap,
+            Gap {
+                channel: chat(),
+                epoch: epoch.clone(),
+                first: 8
+            }
+        );
+        let offsets: Vec<u64> = events[1..]
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => m.offset,
+                Event::Gap(_) => panic!("one gap only"),
+            })
+            .collect();
+        assert_eq!(offsets, vec![8, 9, 10]);
+        assert_eq!(next.to_string(), format!("chat@{epoch}:10"));
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_is_cut_off_alone() {
+    let bus = bus_with(
+        Retention {
+            max_messages: 100,
+            max_age: Duration::from_secs(300),
+        },
+        4,
+    );
+    let mut slow = bus.subscribe();
+    slow.add(&cursor(&chat(), None)).await.unwrap();
+    let mut fast = bus.subscribe();
+    fast.add(&cursor(&chat(), None)).await.unwrap();
+    for n in 1..=10 {
+        bus.publish(&chat(), data(n)).await.unwrap();
+        assert_eq!(next_message(&mut fast).await.offset, n);
+    }
+    assert_eq!(slow.next().await.unwrap_err(), Closed::SlowConsumer);
+    assert_eq!(slow.cut_off().now_or_never(), Some(Closed::SlowConsumer));
+}
+
+#[tokio::test]
+async fn idle_channels_are_swept_and_come_back_with_a_new_epoch() {
+    let hub = Arc::new(Hub::new());
+    let engine = MemoryEngine::new(
+        hub.clone(),
+        Retention {
+            max_messages: 10,
+            max_age: Duration::from_millis(1),
+        },
+    );
+    let first = engine.publish(&chat(), data(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await; // let the message age past max_age
+    // The background sweeper may have been first; either way the channel is gone.
+    engine.sweep();
+    assert_eq!(engine.channel_count(), 0);
+    let second = engine.publish(&chat(), data(2)).await.unwrap();
+    assert_eq!(second.offset, 1);
+    assert_ne!(second.epoch, first.epoch);
+}
+
+/// An engine that keeps history but only delivers the live messages it is told to, so
+/// that the subscription's hole filling can be tested without a network.
+struct LossyEngine {
+    hub: Arc<Hub>,
+    log: Mutex<(Epoch, VecDeque<Arc<Message>>)>,
+    deliver: fn(u64) -> bool,
+}
+
+impl LossyEngine {
+    fn head(&self) -> u64 {
+        self.log.lock().unwrap().1.back().map_or(0, |m| m.offset)
+    }
+}
+
+impl Engine for LossyEngine {
+    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>> {
+        let mut log = self.log.lock().unwrap();
+        let offset = log.1.back().map_or(1, |m| m.offset + 1);
+        let message = Arc::new(Message::new(
+            channel.clone(),
+            log.0.clone(),
+            offset,
+            0,
+            &data,
+        ));
+        log.1.push_back(message.clone());
+        if (self.deliver)(offset) {
+            self.hub.deliver(&message);
+        }
+        ready(Ok(message)).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        _channel: &'a Channel,
+        from: Option<&'a Position>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>> {
+        let log = self.log.lock().unwrap();
+        let head = log.1.back().map_or(0, |m| m.offset);
+        let messages = match from {
+            Some(p) => log
+                .1
+                .iter()
+                .filter(|m| m.offset > p.offset)
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        ready(Ok(History {
+            epoch: log.0.clone(),
+            head,
+            gap: None,
+            messages,
+        }))
+        .boxed()
+    }
+
+    fn watch<'a>(&'a self, _channel: &'a Channel) -> BoxFuture<'a, Result<()>> {
+        ready(Ok(())).boxed()
+    }
+
+    fn unwatch(&self, _channel: &Channel) {}
+}
+
+#[tokio::test]
+async fn missed_live_messages_are_filled_from_history() {
+    let hub = Arc::new(Hub::new());
+    let engine = Arc::new(LossyEngine {
+        hub: hub.clone(),
+        log: Mutex::new((Epoch::parse("e1").unwrap(), VecDeque::new())),
+        // Only every third message reaches the hub.
+        deliver: |offset| offset % 3 == 0,
+    });
+    let bus = Bus::new(
+        engine.clone(),
+        hub,
+        BusConfig {
+            subscriber_queue: 64,
+            history_limit: 100,
+        },
+    );
+    let mut sub = bus.subscribe();
+    sub.add(&cursor(&chat(), None)).await.unwrap();
+    for n in 1..=30 {
+        bus.publish(&chat(), data(n)).await.unwrap();
+    }
+    for expected in 1..=30 {
+        assert_eq!(next_message(&mut sub).await.offset, expected);
+    }
+    assert_eq!(engine.head(), 30);
+    assert_eq!(sub.cursor().to_string(), "chat@e1:30");
+}
