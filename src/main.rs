@@ -1,5 +1,6 @@
 //! The `cascade` binary: parse arguments, load the config, start logging, serve.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -30,13 +31,24 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CASCADE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+    }
+}
+
+/// Logs go to stderr: human-readable on a terminal, one JSON object per line when
+/// `CASCADE_LOG_FORMAT=json` (for log shippers). `CASCADE_LOG` sets the filter.
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("CASCADE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var("CASCADE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

@@ -49,7 +49,7 @@ impl Drop for InFlight {
 /// once when it opens and once, with the reason, when it closes.
 pub struct Session {
     transport: Transport,
-    remote: Option<SocketAddr>,
+    remote: String,
     opened: Instant,
     reason: &'static str,
     cut: CancellationToken,
@@ -65,7 +65,8 @@ impl Session {
         remote: Option<SocketAddr>,
         cut: CancellationToken,
     ) -> Self {
-        tracing::info!(transport = transport.name(), remote = ?remote, "connection open");
+        let remote = remote.map_or_else(|| "-".to_owned(), |r| r.to_string());
+        tracing::info!(transport = transport.name(), %remote, "connection open");
         Session {
             transport,
             remote,
@@ -95,7 +96,7 @@ impl Drop for Session {
         }
         tracing::info!(
             transport = self.transport.name(),
-            remote = ?self.remote,
+            remote = %self.remote,
             reason = self.reason,
             seconds = self.opened.elapsed().as_secs_f64(),
             "connection closed"
