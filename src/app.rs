@@ -7,8 +7,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::memory::{MemoryEngine, Retention};
-use crate::bus::{Bus, BusConfig, Hub};
+use crate::bus::redis::{RedisEngine, RedisSettings};
+use crate::bus::{Bus, BusConfig, Engine, Hub};
 use crate::config::{Config, EngineKind};
+use crate::error::Result;
 use crate::metrics::Metrics;
 
 /// Shared application state; handlers receive it as `Arc<App>`.
@@ -29,16 +31,28 @@ pub struct App {
 
 impl App {
     /// Builds the state, starting the configured engine. Must run inside a tokio runtime.
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config) -> Result<Arc<Self>> {
         let hub = Arc::new(Hub::new());
-        let engine = match config.engine {
+        let metrics = Metrics::new();
+        let max_age = Config::ms(config.history.max_age_ms);
+        let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Memory => MemoryEngine::new(
                 hub.clone(),
                 Retention {
                     max_messages: config.history.max_messages,
-                    max_age: Config::ms(config.history.max_age_ms),
+                    max_age,
                 },
             ),
+            EngineKind::Redis => RedisEngine::new(
+                hub.clone(),
+                RedisSettings {
+                    url: config.redis_url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    max_messages: config.history.max_messages,
+                    max_age,
+                },
+                metrics.engine(),
+            )?,
         };
         let bus = Bus::new(
             engine,
@@ -48,13 +62,13 @@ impl App {
                 history_limit: config.history.max_messages,
             },
         );
-        Arc::new(App {
+        Ok(Arc::new(App {
             config,
             bus,
-            metrics: Metrics::new(),
+            metrics,
             shutdown: CancellationToken::new(),
             streams: TaskTracker::new(),
-        })
+        }))
     }
 
     /// A reconnect delay drawn uniformly from the configured window, so that clients told

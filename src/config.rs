@@ -22,6 +22,11 @@ pub struct Config {
     pub transports: Vec<Transport>,
     /// Which engine carries the bus.
     pub engine: EngineKind,
+    /// The Redis server of the `redis` engine: `redis://host:port/db`.
+    pub redis_url: String,
+    /// Prefix of every Redis key and pub/sub channel, so that several clusters (or test
+    /// runs) can share one Redis.
+    pub redis_prefix: String,
     /// Retained history per channel.
     pub history: HistoryConfig,
     /// Long-polling settings.
@@ -83,6 +88,8 @@ impl Transport {
 pub enum EngineKind {
     /// The embedded, single-node in-memory engine.
     Memory,
+    /// Redis: many gateway nodes share one bus.
+    Redis,
 }
 
 /// Retained history per channel.
@@ -166,6 +173,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             transports: Transport::ALL.to_vec(),
             engine: EngineKind::Memory,
+            redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            redis_prefix: "cascade".to_owned(),
             history: HistoryConfig::default(),
             longpoll: LongPollConfig::default(),
             poll: PollConfig::default(),
@@ -272,6 +281,15 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let prefix_ok = !self.redis_prefix.is_empty()
+            && self.redis_prefix.len() <= 64
+            && self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !prefix_ok {
+            bail!("redis_prefix: use 1 to 64 of A-Z a-z 0-9 _ - . :");
+        }
         if self.transports.is_empty() {
             bail!("transports: enable at least one transport");
         }

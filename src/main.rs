@@ -59,7 +59,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "cascade listening");
-        let app = App::new(config);
+        let app = App::new(config)?;
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;

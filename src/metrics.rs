@@ -34,6 +34,7 @@ pub struct Metrics {
     errors: IntCounterVec,
     /// Channels with at least one subscriber on this node.
     pub active_channels: IntGauge,
+    engine: crate::bus::redis::EngineMetrics,
 }
 
 /// The metric handles of one transport.
@@ -169,8 +170,28 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let engine_up = IntGauge::new(
+            "cascade_engine_up",
+            "1 while the bus engine answers, 0 while it does not.",
+        )
+        .expect("valid metric");
+        let engine_roundtrip = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "cascade_engine_roundtrip_seconds",
+                "Round trip of one engine operation (redis engine).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric");
+        engine_up.set(1);
+
         for collector in [
-            Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(engine_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(engine_roundtrip.clone()),
+            Box::new(open.clone()),
             Box::new(served.clone()),
             Box::new(delivered.clone()),
             Box::new(bytes.clone()),
@@ -209,7 +230,17 @@ impl Metrics {
             published,
             errors,
             active_channels,
+            engine: crate::bus::redis::EngineMetrics {
+                up: engine_up,
+                publish_seconds: engine_roundtrip.with_label_values(&["publish"]),
+                history_seconds: engine_roundtrip.with_label_values(&["history"]),
+            },
         }
+    }
+
+    /// The handles an engine reports its health and latency through.
+    pub fn engine(&self) -> crate::bus::redis::EngineMetrics {
+        self.engine.clone()
     }
 
     /// The handles of one transport.

@@ -258,6 +258,30 @@ impl Message {
         }
     }
 
+    /// Parses a message object in the canonical shape built by [`Message::new`] (as an
+    /// engine stores it), reusing `json` without copying. `None` for any other shape.
+    pub fn from_json(json: Bytes) -> Option<Self> {
+        let text = std::str::from_utf8(&json).ok()?;
+        let rest = text.strip_prefix("{\"channel\":\"")?;
+        let (channel, rest) = rest.split_once("\",\"epoch\":\"")?;
+        let (epoch, rest) = rest.split_once("\",\"offset\":")?;
+        let (offset, rest) = rest.split_once(",\"ts\":")?;
+        let (ts, rest) = rest.split_once(",\"data\":")?;
+        if !rest.ends_with('}') {
+            return None;
+        }
+        let data_start = json.len() - rest.len();
+        Some(Message {
+            channel: Channel::parse(channel).ok()?,
+            epoch: Epoch::parse(epoch)?,
+            offset: parse_offset(offset)?,
+            ts: parse_offset(ts)?,
+            data_start,
+            json,
+            ws_frame: OnceLock::new(),
+        })
+    }
+
     /// The message object as delivered by SSE and the polling transports.
     pub fn json(&self) -> &Bytes {
         &self.json
@@ -420,6 +444,25 @@ mod tests {
         let ws: serde_json::Value = serde_json::from_slice(m.ws_frame()).unwrap();
         assert_eq!(ws["op"], "message");
         assert_eq!(ws["offset"], 42);
+    }
+
+    #[test]
+    fn canonical_json_parses_back() {
+        let m = Message::new(
+            Channel::parse("room:lobby").unwrap(),
+            Epoch::parse("k3Jd").unwrap(),
+            7,
+            1_764_300_000_000,
+            br#"{"t":"a\",\"data\":1"}"#,
+        );
+        let back = Message::from_json(m.json().clone()).unwrap();
+        assert_eq!(back.channel.as_str(), "room:lobby");
+        assert_eq!(back.epoch.as_str(), "k3Jd");
+        assert_eq!((back.offset, back.ts), (7, 1_764_300_000_000));
+        assert_eq!(back.data(), m.data());
+        for bad in [&b"{}"[..], b"{\"channel\":\"a\"}", b"\xff"] {
+            assert!(Message::from_json(Bytes::copy_from_slice(bad)).is_none());
+        }
     }
 
     #[test]

@@ -49,13 +49,16 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         (&Method::GET, "/negotiate") => negotiate::serve(app, req).await,
         (&Method::POST, "/publish") => publish::serve(app, req).await,
         (&Method::GET, "/healthz") => Ok(health(&app)),
+        (&Method::GET, "/readyz") => ready(&app),
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
-        (_, "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate" | "/healthz" | "/metrics") => {
-            Err(Error::MethodNotAllowed {
-                method: method.to_string(),
-                allow: "GET",
-            })
-        }
+        (
+            _,
+            "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate" | "/healthz" | "/readyz"
+            | "/metrics",
+        ) => Err(Error::MethodNotAllowed {
+            method: method.to_string(),
+            allow: "GET",
+        }),
         (_, "/publish") => Err(Error::MethodNotAllowed {
             method: method.to_string(),
             allow: "POST",
@@ -74,11 +77,34 @@ fn enabled(app: &App, transport: Transport) -> Result<()> {
     }
 }
 
+/// Liveness: the process serves. Reports the engine without failing on it, so that an
+/// orchestrator does not restart gateways because Redis blinked.
 fn health(app: &App) -> Response<Body> {
     if app.shutdown.is_cancelled() {
         return error_response(&Error::ShuttingDown);
     }
-    json(StatusCode::OK, r#"{"status":"ok"}"#)
+    let (engine, up) = app.bus.engine_health();
+    json(
+        StatusCode::OK,
+        format!(r#"{{"status":"ok","engine":"{engine}","engine_up":{up}}}"#),
+    )
+}
+
+/// Readiness: the gateway can carry messages right now (its engine answers).
+fn ready(app: &App) -> Result<Response<Body>> {
+    if app.shutdown.is_cancelled() {
+        return Err(Error::ShuttingDown);
+    }
+    let (engine, up) = app.bus.engine_health();
+    if !up {
+        return Err(Error::EngineUnavailable(format!(
+            "the {engine} engine does not answer"
+        )));
+    }
+    Ok(json(
+        StatusCode::OK,
+        format!(r#"{{"status":"ready","engine":"{engine}"}}"#),
+    ))
 }
 
 fn metrics(app: &App) -> Response<Body> {

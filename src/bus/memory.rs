@@ -220,4 +220,8 @@ impl Engine for MemoryEngine {
     }
 
     fn unwatch(&self, _channel: &Channel) {}
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
 }

@@ -7,6 +7,7 @@
 
 mod hub;
 pub mod memory;
+pub mod redis;
 mod subscription;
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Tells the engine this node no longer has local subscribers on `channel`.
     fn unwatch(&self, channel: &Channel);
+
+    /// Whether the engine currently answers (always, for an embedded one).
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    /// The engine's name, for health reports.
+    fn name(&self) -> &'static str;
 }
 
 /// The answer to a history read.
@@ -112,6 +121,11 @@ impl Bus {
     pub fn subscribe_with_cut(&self, cut: CancellationToken) -> Subscription {
         let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
         Subscription::new(self.clone(), id, self.inner.config.subscriber_queue, cut)
+    }
+
+    /// The engine's name and whether it currently answers.
+    pub fn engine_health(&self) -> (&'static str, bool) {
+        (self.inner.engine.name(), self.inner.engine.is_up())
     }
 
     /// Channels with at least one subscriber on this node.

@@ -296,6 +296,10 @@ impl Engine for LossyEngine {
     }
 
     fn unwatch(&self, _channel: &Channel) {}
+
+    fn name(&self) -> &'static str {
+        "lossy"
+    }
 }
 
 #[tokio::test]

@@ -42,7 +42,7 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let app = App::new(config);
+        let app = App::new(config).expect("app");
         let task = tokio::spawn(cascade::server::run(listener, app.clone()));
         TestServer {
             addr,

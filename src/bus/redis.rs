@@ -1,0 +1,516 @@
+//! The Redis engine: many gateway nodes, one bus, no sticky sessions.
+//!
+//! Data layout, for prefix `P` and channel `C` (hash tags keep a channel's keys in one
+//! cluster slot):
+//! - `P:{C}:meta`, a hash: `epoch` (the history's identity) and `head` (last offset).
+//! - `P:{C}:log`, a list of the retained message objects, oldest first. Offsets are
+//!   consecutive, so the message at offset `o` sits at index `o - first`.
+//! - `P:live:C`, the pub/sub channel every publish is announced on.
+//!
+//! Publishing is one `EVALSHA` (offset, append, trim by count and age, expire, announce),
+//! so a publish is one round trip and atomic. A history read is one `EVALSHA` too. Each
+//! node subscribes only to the channels its own clients follow and hands every announced
+//! message to its hub once, whatever its number of local subscribers.
+//!
+//! When the keys vanish (eviction, flush, expiry of an idle channel) the next touch makes
+//! a new epoch, so readers get an explicit gap, never a silent loss. While Redis is down,
+//! publishes and history reads fail with `engine_unavailable`; streams stay open. After
+//! the pub/sub connection comes back the node resubscribes and re-announces each
+//! channel's last retained message to its hub: subscribers that missed messages see a
+//! hole and fill it from history, so nothing Redis still holds is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use prometheus::{Histogram, IntGauge};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::{Engine, History, Hub, now_ms};
+use crate::error::{Error, Result};
+use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+
+/// Settings of the Redis engine.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// Messages retained per channel.
+    pub max_messages: usize,
+    /// How long a message is retained.
+    pub max_age: Duration,
+}
+
+/// Engine health and latency, exported by the gateway's metrics.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    /// 1 while the engine answers, 0 while it does not.
+    pub up: IntGauge,
+    /// Round trip of one publish.
+    pub publish_seconds: Histogram,
+    /// Round trip of one history read.
+    pub history_seconds: Histogram,
+}
+
+/// How long a command may take before the engine counts as unavailable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+const PUBLISH: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'head', 1)
+local json = '{"channel":"' .. ARGV[1] .. '","epoch":"' .. epoch .. '","offset":' .. offset ..
+  ',"ts":' .. ARGV[3] .. ',"data":' .. ARGV[2] .. '}'
+redis.call('RPUSH', KEYS[2], json)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[5])
+while true do
+  local first = redis.call('LINDEX', KEYS[2], 0)
+  if not first or tonumber(string.match(first, '"ts":(%d+)')) >= cutoff then break end
+  redis.call('LPOP', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('PUBLISH', ARGV[7], json)
+return json
+"#;
+
+const HISTORY: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+end
+local head = tonumber(redis.call('HGET', KEYS[1], 'head'))
+local cutoff = tonumber(ARGV[4]) - tonumber(ARGV[5])
+while true do
+  local first = redis.call('LINDEX', KEYS[2], 0)
+  if not first or tonumber(string.match(first, '"ts":(%d+)')) >= cutoff then break end
+  redis.call('LPOP', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local first = head - redis.call('LLEN', KEYS[2]) + 1
+if ARGV[1] == '' then
+  return {epoch, tostring(head), 0, {}}
+end
+local from = tonumber(ARGV[2])
+local gap = 0
+if ARGV[1] ~= epoch or from + 1 < first or from > head then
+  gap = 1
+  from = first - 1
+end
+local start = from + 1 - first
+local messages = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[3]) - 1)
+return {epoch, tostring(head), gap, messages}
+"#;
+
+/// The Redis engine.
+pub struct RedisEngine {
+    settings: RedisSettings,
+    connection: ConnectionManager,
+    publish: Script,
+    history: Script,
+    watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
+    commands: mpsc::UnboundedSender<Command>,
+    up: Arc<AtomicBool>,
+    metrics: EngineMetrics,
+}
+
+enum Command {
+    Subscribe(Channel),
+    Unsubscribe(Channel),
+}
+
+impl RedisEngine {
+    /// Connects lazily (the gateway starts even while Redis is down) and starts the
+    /// pub/sub listener that feeds `hub`.
+    pub fn new(
+        hub: Arc<Hub>,
+        settings: RedisSettings,
+        metrics: EngineMetrics,
+    ) -> Result<Arc<Self>> {
+        let client = Client::open(settings.url.as_str())
+            .map_err(|e| Error::EngineUnavailable(format!("bad redis_url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let engine = Arc::new(RedisEngine {
+            settings,
+            connection,
+            publish: Script::new(PUBLISH),
+            history: Script::new(HISTORY),
+            watched: Arc::default(),
+            commands,
+            up: Arc::new(AtomicBool::new(false)),
+            metrics,
+        });
+        let listener = Listener {
+            client,
+            hub,
+            prefix: engine.settings.prefix.clone(),
+            watched: engine.watched.clone(),
+            up: engine.up.clone(),
+            gauge: engine.metrics.up.clone(),
+            connection: engine.connection.clone(),
+        };
+        tokio::spawn(listener.run(receiver));
+        Ok(engine)
+    }
+
+    fn keys(&self, channel: &Channel) -> (String, String) {
+        let prefix = &self.settings.prefix;
+        (
+            format!("{prefix}:{{{channel}}}:meta"),
+            log_key(prefix, channel),
+        )
+    }
+
+    /// Keys of an idle channel expire after twice the retention age.
+    fn idle_ttl_ms(&self) -> u64 {
+        (self.settings.max_age.as_millis() as u64)
+            .saturating_mul(2)
+            .max(1000)
+    }
+
+    fn record(&self, ok: bool) {
+        self.up.store(ok, Ordering::Relaxed);
+        self.metrics.up.set(i64::from(ok));
+    }
+
+    async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
+        let (meta, log) = self.keys(channel);
+        let started = Instant::now();
+        let mut invocation = self.publish.key(meta);
+        invocation
+            .key(log)
+            .arg(channel.as_str())
+            .arg(&data[..])
+            .arg(now_ms())
+            .arg(self.settings.max_messages)
+            .arg(self.settings.max_age.as_millis() as u64)
+            .arg(Epoch::random().as_str())
+            .arg(live_channel(&self.settings.prefix, channel))
+            .arg(self.idle_ttl_ms());
+        let mut connection = self.connection.clone();
+        let result: Result<Vec<u8>> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+            {
+                Ok(result) => result.map_err(unavailable),
+                Err(_) => Err(Error::EngineUnavailable(
+                    "redis did not answer in time".into(),
+                )),
+            };
+        self.record(result.is_ok());
+        let json = result?;
+        self.metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Message::from_json(Bytes::from(json))
+            .map(Arc::new)
+            .ok_or_else(|| Error::Internal("redis returned a malformed message".into()))
+    }
+
+    async fn history_now(
+        &self,
+        channel: &Channel,
+        from: Option<&Position>,
+        limit: usize,
+    ) -> Result<History> {
+        let (meta, log) = self.keys(channel);
+        let started = Instant::now();
+        let mut invocation = self.history.key(meta);
+        invocation
+            .key(log)
+            .arg(from.map_or("", |p| p.epoch.as_str()))
+            .arg(from.map_or(0, |p| p.offset))
+            .arg(limit.max(1))
+            .arg(now_ms())
+            .arg(self.settings.max_age.as_millis() as u64)
+            .arg(Epoch::random().as_str())
+            .arg(self.idle_ttl_ms());
+        let mut connection = self.connection.clone();
+        let result: Result<(String, String, u8, Vec<Vec<u8>>)> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+            {
+                Ok(result) => result.map_err(unavailable),
+                Err(_) => Err(Error::EngineUnavailable(
+                    "redis did not answer in time".into(),
+                )),
+            };
+        self.record(result.is_ok());
+        let (epoch, head, gap, raw) = result?;
+        self.metrics
+            .history_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let malformed = || Error::Internal("redis returned a malformed history".into());
+        let epoch = Epoch::parse(&epoch).ok_or_else(malformed)?;
+        let head: u64 = head.parse().map_err(|_| malformed())?;
+        let messages = raw
+            .into_iter()
+            .map(|json| Message::from_json(Bytes::from(json)).map(Arc::new))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(malformed)?;
+        let gap = (gap == 1).then(|| Gap {
+            channel: channel.clone(),
+            epoch: epoch.clone(),
+            first: messages.first().map_or(head + 1, |m| m.offset),
+        });
+        Ok(History {
+            epoch,
+            head,
+            gap,
+            messages,
+        })
+    }
+
+    async fn watch_now(&self, channel: &Channel) -> Result<()> {
+        let mut ready = {
+            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            match watched.get(channel) {
+                Some(sender) => sender.subscribe(),
+                None => {
+                    let (sender, receiver) = watch::channel(false);
+                    watched.insert(channel.clone(), sender);
+                    let _ = self.commands.send(Command::Subscribe(channel.clone()));
+                    receiver
+                }
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, ready.wait_for(|ready| *ready)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::EngineUnavailable(
+                "could not subscribe to the channel in redis".into(),
+            )),
+        }
+    }
+}
+
+fn log_key(prefix: &str, channel: &Channel) -> String {
+    format!("{prefix}:{{{channel}}}:log")
+}
+
+fn live_channel(prefix: &str, channel: &Channel) -> String {
+    format!("{prefix}:live:{channel}")
+}
+
+fn unavailable(err: redis::RedisError) -> Error {
+    Error::EngineUnavailable(format!("redis: {err}"))
+}
+
+impl Engine for RedisEngine {
+    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>> {
+        let channel = channel.clone();
+        async move { self.publish_now(&channel, data).await }.boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a Channel,
+        from: Option<&'a Position>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>> {
+        self.history_now(channel, from, limit).boxed()
+    }
+
+    fn watch<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<()>> {
+        self.watch_now(channel).boxed()
+    }
+
+    fn unwatch(&self, channel: &Channel) {
+        let removed = self
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(channel)
+            .is_some();
+        if removed {
+            let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The pub/sub side: owns the subscriber connection, keeps it subscribed to exactly the
+/// watched channels, and reconnects forever.
+struct Listener {
+    client: Client,
+    hub: Arc<Hub>,
+    prefix: String,
+    watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
+    up: Arc<AtomicBool>,
+    gauge: IntGauge,
+    connection: ConnectionManager,
+}
+
+impl Listener {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut reconnecting = false;
+        loop {
+            let pubsub =
+                match tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()).await {
+                    Ok(Ok(pubsub)) => pubsub,
+                    _ => {
+                        self.set_up(false);
+                        // Keep taking commands so that the wanted set is right on reconnect.
+                        let sleep = tokio::time::sleep(backoff);
+                        tokio::pin!(sleep);
+                        loop {
+                            tokio::select! {
+                                _ = &mut sleep => break,
+                                // The watched map is the source of truth on reconnect;
+                                // queued commands only need draining.
+                                command = commands.recv() => if command.is_none() { return },
+                            }
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        reconnecting = true;
+                        continue;
+                    }
+                };
+            let (mut sink, mut stream) = pubsub.split();
+            let wanted: Vec<Channel> = self.wanted();
+            let mut subscribed: HashSet<Channel> = wanted.iter().cloned().collect();
+            let names: Vec<String> = wanted
+                .iter()
+                .map(|c| live_channel(&self.prefix, c))
+                .collect();
+            if !names.is_empty() && sink.subscribe(&names).await.is_err() {
+                continue;
+            }
+            self.mark_ready(&wanted);
+            self.set_up(true);
+            backoff = Duration::from_millis(50);
+            if reconnecting {
+                self.replay_tails(&wanted).await;
+                tracing::info!(channels = wanted.len(), "redis pub/sub resubscribed");
+            }
+            reconnecting = true;
+            loop {
+                tokio::select! {
+                    command = commands.recv() => {
+                        let Some(command) = command else { return };
+                        if self.apply(&mut sink, &mut subscribed, command).await.is_err() {
+                            break;
+                        }
+                    }
+                    message = stream.next() => {
+                        let Some(message) = message else { break };
+                        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                        match Message::from_json(payload) {
+                            Some(message) => {
+                                self.hub.deliver(&Arc::new(message));
+                            }
+                            None => tracing::warn!(channel = message.get_channel_name(), "malformed message on redis pub/sub"),
+                        }
+                    }
+                }
+            }
+            self.set_up(false);
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+        }
+    }
+
+    /// Brings Redis in line with one watch change. The watched map is the truth: an
+    /// unsubscribe for a channel watched again meanwhile is skipped.
+    async fn apply(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        subscribed: &mut HashSet<Channel>,
+        command: Command,
+    ) -> redis::RedisResult<()> {
+        match command {
+            Command::Subscribe(channel) => {
+                if !subscribed.contains(&channel) {
+                    sink.subscribe(live_channel(&self.prefix, &channel)).await?;
+                    subscribed.insert(channel.clone());
+                }
+                self.mark_ready(std::slice::from_ref(&channel));
+            }
+            Command::Unsubscribe(channel) => {
+                if !self.is_wanted(&channel) && subscribed.remove(&channel) {
+                    sink.unsubscribe(live_channel(&self.prefix, &channel))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wanted(&self) -> Vec<Channel> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn is_wanted(&self, channel: &Channel) -> bool {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
+    }
+
+    fn mark_ready(&self, channels: &[Channel]) {
+        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        for channel in channels {
+            if let Some(ready) = watched.get(channel) {
+                ready.send_replace(true);
+            }
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.gauge.set(i64::from(up));
+    }
+
+    /// Announces each channel's last retained message to the hub, so that subscribers who
+    /// missed messages while the connection was down notice the hole and fill it.
+    async fn replay_tails(&self, channels: &[Channel]) {
+        let mut connection = self.connection.clone();
+        for channel in channels {
+            let key = log_key(&self.prefix, channel);
+            let last: redis::RedisResult<Value> = redis::cmd("LINDEX")
+                .arg(key)
+                .arg(-1)
+                .query_async(&mut connection)
+                .await;
+            if let Ok(Value::BulkString(json)) = last {
+                if let Some(message) = Message::from_json(Bytes::from(json)) {
+                    self.hub.deliver(&Arc::new(message));
+                }
+            }
+        }
+    }
+}
