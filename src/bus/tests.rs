@@ -1,6 +1,10 @@
 //! Contract tests of the bus: offsets under racing publishers, the history/live seam,
 //! gaps, hole filling and slow consumers. The seam tests run many iterations because the
 //! races they guard against are timing-dependent.
+//!
+//! Every contract test runs against both engines. The Redis runs need a Redis at
+//! `CASCADE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) and fail loudly without
+//! one; each bus uses a fresh key prefix.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,10 +19,46 @@ use super::*;
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 
-fn bus_with(retention: Retention, queue: usize) -> Bus {
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+fn redis_url() -> String {
+    std::env::var("CASCADE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> Bus {
     let hub = Arc::new(Hub::new());
     let history_limit = retention.max_messages;
-    let engine = MemoryEngine::new(hub.clone(), retention);
+    let engine: Arc<dyn Engine> = match kind {
+        Kind::Memory => MemoryEngine::new(hub.clone(), retention),
+        Kind::Redis => {
+            let settings = super::redis::RedisSettings {
+                url: redis_url(),
+                prefix: format!("test-{}", Epoch::random()),
+                max_messages: retention.max_messages,
+                max_age: retention.max_age,
+            };
+            let engine = super::redis::RedisEngine::new(
+                hub.clone(),
+                settings,
+                crate::metrics::Metrics::new().engine(),
+            )
+            .expect("redis engine");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !engine.is_up() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Redis must answer at {} for the redis engine tests (.ci/run starts one)",
+                    redis_url()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            engine
+        }
+    };
     Bus::new(
         engine,
         hub,
@@ -29,15 +69,46 @@ fn bus_with(retention: Retention, queue: usize) -> Bus {
     )
 }
 
-fn bus() -> Bus {
+async fn bus(kind: Kind) -> Bus {
     bus_with(
+        kind,
         Retention {
             max_messages: 1000,
             max_age: Duration::from_secs(300),
         },
         4096,
     )
+    .await
 }
+
+/// Runs a contract test once per engine.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    racing_publishers_get_consecutive_offsets,
+    seam_has_no_gap_and_no_duplicate_under_a_racing_publisher,
+    old_offset_and_wrong_epoch_are_reported_as_gaps,
+    a_subscriber_that_does_not_read_is_cut_off_alone,
+);
 
 fn chat() -> Channel {
     Channel::parse("chat").unwrap()
@@ -64,9 +135,8 @@ async fn next_message(sub: &mut Subscription) -> Arc<Message> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_publishers_get_consecutive_offsets() {
-    let bus = bus();
+async fn racing_publishers_get_consecutive_offsets(kind: Kind) {
+    let bus = bus(kind).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let bus = bus.clone();
@@ -96,10 +166,14 @@ async fn racing_publishers_get_consecutive_offsets() {
 
 /// The heart of the product: subscribing from a position while a publisher races must
 /// yield exactly the messages after that position, once each, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher() {
-    for iteration in 0..200u64 {
-        let bus = bus();
+async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher(kind: Kind) {
+    let iterations = match kind {
+        Kind::Memory => 200,
+        // Each iteration connects afresh; fewer keep the run short.
+        Kind::Redis => 40,
+    };
+    for iteration in 0..iterations {
+        let bus = bus(kind).await;
         let channel = Channel::parse(&format!("race:{iteration}")).unwrap();
         let total = 60u64;
         let publisher = {
@@ -144,15 +218,16 @@ async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher() {
     }
 }
 
-#[tokio::test]
-async fn old_offset_and_wrong_epoch_are_reported_as_gaps() {
+async fn old_offset_and_wrong_epoch_are_reported_as_gaps(kind: Kind) {
     let bus = bus_with(
+        kind,
         Retention {
             max_messages: 3,
             max_age: Duration::from_secs(300),
         },
         64,
-    );
+    )
+    .await;
     let mut epoch = None;
     for n in 1..=10 {
         epoch = Some(bus.publish(&chat(), data(n)).await.unwrap().epoch.clone());
@@ -191,15 +266,16 @@ async fn old_offset_and_wrong_epoch_are_reported_as_gaps() {
     }
 }
 
-#[tokio::test]
-async fn a_subscriber_that_does_not_read_is_cut_off_alone() {
+async fn a_subscriber_that_does_not_read_is_cut_off_alone(kind: Kind) {
     let bus = bus_with(
+        kind,
         Retention {
             max_messages: 100,
             max_age: Duration::from_secs(300),
         },
         4,
-    );
+    )
+    .await;
     let mut slow = bus.subscribe();
     slow.add(&cursor(&chat(), None)).await.unwrap();
     let mut fast = bus.subscribe();
