@@ -1,6 +1,8 @@
 //! Test harness: a real gateway on 127.0.0.1:0 and real clients for every transport.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nodes;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -321,6 +323,150 @@ impl SseClient {
             if event.event == "message" {
                 return event;
             }
+        }
+    }
+}
+
+/// A hand-rolled WebSocket client over a raw `TcpStream`, for what tokio-tungstenite does
+/// on its own and a test must not: never answering pings, or never reading at all (with a
+/// tiny receive buffer, so that the server's writes stall quickly).
+pub mod raw_ws {
+    use std::net::SocketAddr;
+
+    use bytes::{Buf, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    use super::within;
+
+    /// The RFC 6455 sample key and the accept value it must produce.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    /// Opcodes of the frames a test looks at.
+    pub const TEXT: u8 = 0x1;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+
+    /// An upgraded connection and the bytes read past the handshake.
+    pub struct RawWs {
+        pub stream: TcpStream,
+        buffer: BytesMut,
+    }
+
+    /// Connects to `/ws` and upgrades by hand. With `recv_buffer`, SO_RCVBUF is set before
+    /// connecting (the kernel may round it up), so the TCP window stays small.
+    pub async fn connect(addr: SocketAddr, recv_buffer: Option<u32>) -> RawWs {
+        let socket = TcpSocket::new_v4().expect("socket");
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let mut stream = within(socket.connect(addr)).await.expect("connect");
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write upgrade");
+        let mut buffer = BytesMut::with_capacity(1024);
+        let end = loop {
+            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let n = within(stream.read_buf(&mut buffer))
+                .await
+                .expect("read upgrade response");
+            assert!(n > 0, "connection closed during the upgrade");
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "not upgraded: {head}");
+        assert!(
+            head.contains(&format!(
+                "sec-websocket-accept: {}",
+                ACCEPT.to_ascii_lowercase()
+            )),
+            "wrong accept key: {head}"
+        );
+        buffer.advance(end);
+        RawWs { stream, buffer }
+    }
+
+    impl RawWs {
+        /// Sends one masked text frame.
+        pub async fn send_text(&mut self, text: &str) {
+            let payload = text.as_bytes();
+            let mut frame = vec![0x80 | TEXT];
+            match payload.len() {
+                n if n < 126 => frame.push(0x80 | n as u8),
+                n if n <= u16::MAX as usize => {
+                    frame.push(0x80 | 126);
+                    frame.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+                n => {
+                    frame.push(0x80 | 127);
+                    frame.extend_from_slice(&(n as u64).to_be_bytes());
+                }
+            }
+            let mask: [u8; 4] = fastrand::u32(..).to_be_bytes();
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            self.stream.write_all(&frame).await.expect("write frame");
+        }
+
+        /// The next frame as (opcode, payload), without a deadline; `None` once the server
+        /// has closed the TCP connection (EOF or reset).
+        pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+            loop {
+                if let Some(frame) = self.parse() {
+                    return Some(frame);
+                }
+                match self.stream.read_buf(&mut self.buffer).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        }
+
+        /// The next text frame as JSON, skipping control frames; panics on anything else.
+        pub async fn recv_json(&mut self) -> serde_json::Value {
+            loop {
+                match within(self.read_frame()).await {
+                    Some((TEXT, payload)) => {
+                        return serde_json::from_slice(&payload).expect("json frame");
+                    }
+                    Some((opcode, _)) if opcode >= 0x9 => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        }
+
+        /// One complete unmasked server frame from the buffer, if there is one.
+        fn parse(&mut self) -> Option<(u8, Vec<u8>)> {
+            let b = &self.buffer;
+            if b.len() < 2 {
+                return None;
+            }
+            assert_eq!(b[0] & 0x80, 0x80, "fragmented frames are not expected");
+            assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+            let (len, header) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&b[2..10]);
+                    (u64::from_be_bytes(n) as usize, 10)
+                }
+                126 | 127 => return None,
+                n => (n as usize, 2),
+            };
+            if b.len() < header + len {
+                return None;
+            }
+            let opcode = b[0] & 0x0f;
+            self.buffer.advance(header);
+            let payload = self.buffer.split_to(len).to_vec();
+            Some((opcode, payload))
         }
     }
 }
