@@ -1,16 +1,18 @@
-//! The state every request handler shares: configuration, the bus, metrics, and the
-//! shutdown signal that long-lived streams watch.
+//! The state every request handler shares: configuration, the bus, credentials checks,
+//! limits, metrics, and the shutdown signal that long-lived streams watch.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::memory::{MemoryEngine, Retention};
+use crate::auth::Auth;
+use crate::bus::memory::MemoryEngine;
 use crate::bus::redis::{RedisEngine, RedisSettings};
-use crate::bus::{Bus, BusConfig, Engine, Hub};
+use crate::bus::{Bus, BusConfig, Engine, Hub, Retention, RetentionPolicy};
 use crate::config::{Config, EngineKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::limits::ConnectionLimiter;
 use crate::metrics::Metrics;
 
 /// Shared application state; handlers receive it as `Arc<App>`.
@@ -19,6 +21,10 @@ pub struct App {
     pub config: Config,
     /// The message bus.
     pub bus: Bus,
+    /// Who may connect, subscribe and publish.
+    pub auth: Auth,
+    /// Open connections, in total and per IP.
+    pub connections: Arc<ConnectionLimiter>,
     /// The Prometheus metrics.
     pub metrics: Metrics,
     /// Cancelled when the gateway starts draining; WebSockets, SSE streams and parked long
@@ -32,24 +38,19 @@ pub struct App {
 impl App {
     /// Builds the state, starting the configured engine. Must run inside a tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Self>> {
+        let auth = Auth::from_config(&config).map_err(Error::Config)?;
         let hub = Arc::new(Hub::new());
         let metrics = Metrics::new();
-        let max_age = Config::ms(config.history.max_age_ms);
+        let retention = retention_policy(&config);
+        let history_limit = retention.max_messages();
         let engine: Arc<dyn Engine> = match config.engine {
-            EngineKind::Memory => MemoryEngine::new(
-                hub.clone(),
-                Retention {
-                    max_messages: config.history.max_messages,
-                    max_age,
-                },
-            ),
+            EngineKind::Memory => MemoryEngine::new(hub.clone(), retention),
             EngineKind::Redis => RedisEngine::new(
                 hub.clone(),
                 RedisSettings {
                     url: config.redis_url.clone(),
                     prefix: config.redis_prefix.clone(),
-                    max_messages: config.history.max_messages,
-                    max_age,
+                    retention,
                 },
                 metrics.engine(),
             )?,
@@ -59,12 +60,18 @@ impl App {
             hub,
             BusConfig {
                 subscriber_queue: config.limits.subscriber_queue,
-                history_limit: config.history.max_messages,
+                history_limit,
             },
+        );
+        let connections = ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
         );
         Ok(Arc::new(App {
             config,
             bus,
+            auth,
+            connections,
             metrics,
             shutdown: CancellationToken::new(),
             streams: TaskTracker::new(),
@@ -75,5 +82,29 @@ impl App {
     /// to reconnect at the same moment spread out instead of stampeding.
     pub fn reconnect_delay_ms(&self) -> u64 {
         fastrand::u64(0..=self.config.shutdown.reconnect_window_ms)
+    }
+}
+
+/// History retention: `[history]`, overridden per namespace.
+fn retention_policy(config: &Config) -> RetentionPolicy {
+    let default = Retention {
+        max_messages: config.history.max_messages,
+        max_age: Config::ms(config.history.max_age_ms),
+    };
+    let namespaces = config
+        .namespaces
+        .iter()
+        .filter(|(_, ns)| ns.history_max_messages.is_some() || ns.history_max_age_ms.is_some())
+        .map(|(name, ns)| {
+            let retention = Retention {
+                max_messages: ns.history_max_messages.unwrap_or(default.max_messages),
+                max_age: ns.history_max_age_ms.map_or(default.max_age, Config::ms),
+            };
+            (name.clone(), retention)
+        })
+        .collect();
+    RetentionPolicy {
+        default,
+        namespaces,
     }
 }

@@ -5,12 +5,15 @@
 //! `listen` is `CASCADE_LISTEN`, `[longpoll] timeout_ms` is `CASCADE_LONGPOLL_TIMEOUT_MS`.
 //! Lists are comma-separated (`CASCADE_TRANSPORTS=sse,poll`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
+
+use crate::auth::rules::{NamespaceConfig, PublishRule, SubscribeRule, default_namespaces};
 
 /// The whole gateway configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,6 +25,8 @@ pub struct Config {
     pub transports: Vec<Transport>,
     /// Which engine carries the bus.
     pub engine: EngineKind,
+    /// Serves the chat demo at `/` (with `/demo.js` and `/demo.css`); off in production.
+    pub demo: bool,
     /// The Redis server of the `redis` engine: `redis://host:port/db`.
     pub redis_url: String,
     /// Prefix of every Redis key and pub/sub channel, so that several clusters (or test
@@ -41,6 +46,76 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Client token verification and connect tickets.
+    pub token: TokenConfig,
+    /// API keys that backends send as `X-Cascade-Api-Key`; several allow rotation.
+    pub api_keys: Vec<Secret>,
+    /// Browser origins allowed to connect (`https://app.example.com`, or `*`); the
+    /// gateway's own origin is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Whether CORS answers allow credentials (cookies) from allowed origins.
+    pub cors_credentials: bool,
+    /// Rules of channels outside every namespace.
+    pub channels: NamespaceConfig,
+    /// Rules per namespace: the part of a channel name before the first `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// Client token settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// `HS256` (with `hmac_secret`), `RS256` or `ES256` (with `public_key_file`).
+    pub algorithm: String,
+    /// Shared secret for HS256 tokens; at least 16 bytes.
+    pub hmac_secret: Secret,
+    /// PEM public key for RS256 or ES256 tokens.
+    pub public_key_file: String,
+    /// Secret that signs connect tickets, shared by all nodes (defaults to one derived
+    /// from `hmac_secret`; without either, tickets only work on the issuing node).
+    pub ticket_secret: Secret,
+    /// How long a connect ticket is valid, in milliseconds.
+    pub ticket_ttl_ms: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            algorithm: "HS256".to_owned(),
+            hmac_secret: Secret::default(),
+            public_key_file: String::new(),
+            ticket_secret: Secret::default(),
+            ticket_ttl_ms: 30_000,
+        }
+    }
+}
+
+/// A configuration value that must never be printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 /// A transport rung of the ladder.
@@ -154,6 +229,18 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// How long one write to a client may block before it is cut off, in milliseconds.
     pub write_timeout_ms: u64,
+    /// Open connections in total; beyond, new ones are refused.
+    pub max_connections: usize,
+    /// Open connections per client IP; 0 means no per-IP limit.
+    pub max_connections_per_ip: usize,
+    /// Sustained publishes per second on one connection (token bucket).
+    pub publish_rate_per_second: u32,
+    /// Publishes one connection may burst above the sustained rate.
+    pub publish_burst: u32,
+    /// How long a client may take to send its request headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request body, in milliseconds.
+    pub body_read_timeout_ms: u64,
 }
 
 /// Graceful shutdown.
@@ -173,6 +260,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             transports: Transport::ALL.to_vec(),
             engine: EngineKind::Memory,
+            demo: false,
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
             redis_prefix: "cascade".to_owned(),
             history: HistoryConfig::default(),
@@ -182,6 +270,19 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            token: TokenConfig::default(),
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            cors_credentials: false,
+            // Secure by default: anyone may read public channels (read-only feeds over
+            // SSE are a core use); publishing needs an API key or a token that allows it.
+            channels: NamespaceConfig {
+                subscribe: SubscribeRule::Anyone,
+                publish: PublishRule::Token,
+                history_max_messages: None,
+                history_max_age_ms: None,
+            },
+            namespaces: default_namespaces(),
         }
     }
 }
@@ -236,6 +337,12 @@ impl Default for LimitsConfig {
             max_channels: 128,
             subscriber_queue: 1024,
             write_timeout_ms: 10_000,
+            max_connections: 50_000,
+            max_connections_per_ip: 1000,
+            publish_rate_per_second: 20,
+            publish_burst: 50,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -345,13 +452,17 @@ fn apply_env(
     for (key, default) in defaults {
         let name = format!("{prefix}_{}", key.to_ascii_uppercase());
         if let toml::Value::Table(sub_defaults) = default {
-            let sub = tree
-                .entry(key.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let toml::Value::Table(sub) = sub else {
-                bail!("config key {key} must be a table");
+            // Only materialize a table the file lacks when a variable fills it: an empty
+            // table would shadow the section's defaults.
+            let mut sub = match tree.remove(key) {
+                Some(toml::Value::Table(sub)) => sub,
+                Some(_) => bail!("config key {key} must be a table"),
+                None => toml::Table::new(),
             };
-            apply_env(sub, sub_defaults, &name, env)?;
+            apply_env(&mut sub, sub_defaults, &name, env)?;
+            if !sub.is_empty() {
+                tree.insert(key.clone(), toml::Value::Table(sub));
+            }
             continue;
         }
         if let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) {
@@ -393,6 +504,7 @@ mod tests {
         assert_eq!(c.limits.max_message_bytes, 65536);
         assert_eq!(c.limits.max_channels, 128);
         assert_eq!(c.transports, Transport::ALL.to_vec());
+        assert!(!c.demo, "the demo is opt-in");
     }
 
     #[test]
@@ -405,6 +517,7 @@ mod tests {
                 ("CASCADE_LONGPOLL_TIMEOUT_MS", "1234"),
                 ("CASCADE_TRANSPORTS", "sse, poll"),
                 ("CASCADE_HISTORY_MAX_AGE_MS", "60000"),
+                ("CASCADE_DEMO", "true"),
                 ("OTHER", "ignored"),
             ]),
         )
@@ -413,6 +526,7 @@ mod tests {
         assert_eq!(c.longpoll.timeout_ms, 1234);
         assert_eq!(c.transports, vec![Transport::Sse, Transport::Poll]);
         assert_eq!(c.history.max_age_ms, 60000);
+        assert!(c.demo);
     }
 
     #[test]
@@ -427,6 +541,7 @@ mod tests {
     #[test]
     fn shipped_config_file_parses() {
         let text = include_str!("../config/cascade.toml");
-        Config::from_sources(text, env(&[])).unwrap();
+        let c = Config::from_sources(text, env(&[])).unwrap();
+        assert!(c.demo, "the shipped dev config serves the demo");
     }
 }

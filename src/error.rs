@@ -58,12 +58,36 @@ pub enum Error {
     /// A plain GET on the WebSocket route, or a malformed upgrade.
     #[error("WebSocket upgrade required: {0}")]
     UpgradeRequired(&'static str),
+    /// Credentials that are missing where needed, malformed or badly signed.
+    #[error("invalid credentials: {0}")]
+    TokenInvalid(String),
+    /// A token past its `exp`.
+    #[error("the token has expired; fetch a new one")]
+    TokenExpired,
+    /// Valid credentials that do not allow this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A browser origin outside the allowlist.
+    #[error("origin {0:?} is not allowed")]
+    OriginNotAllowed(String),
+    /// Too many publishes on one connection.
+    #[error("publish rate limit exceeded; slow down")]
+    RateLimited,
+    /// A connection limit is reached.
+    #[error("too many connections: {0}")]
+    TooManyConnections(&'static str),
+    /// The client was too slow sending its request.
+    #[error("the request was not received in time")]
+    RequestTimeout,
     /// The gateway is draining for shutdown.
     #[error("the gateway is shutting down; reconnect shortly")]
     ShuttingDown,
     /// The engine (for example Redis) cannot be reached.
     #[error("the message engine is unavailable: {0}")]
     EngineUnavailable(String),
+    /// The configuration cannot be used (a start-up error, never sent to clients).
+    #[error("configuration: {0}")]
+    Config(String),
     /// A bug or an I/O failure on our side.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,8 +110,16 @@ impl Error {
             Error::BodyTooLarge(_) => "body_too_large",
             Error::MessageTooLarge(_) => "message_too_large",
             Error::UpgradeRequired(_) => "upgrade_required",
+            Error::TokenInvalid(_) => "token_invalid",
+            Error::TokenExpired => "token_expired",
+            Error::Forbidden(_) => "forbidden",
+            Error::OriginNotAllowed(_) => "origin_not_allowed",
+            Error::RateLimited => "rate_limited",
+            Error::TooManyConnections(_) => "too_many_connections",
+            Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::EngineUnavailable(_) => "engine_unavailable",
+            Error::Config(_) => "config",
             Error::Internal(_) => "internal",
         }
     }
@@ -106,8 +138,13 @@ impl Error {
             | Error::BadFrame(_) => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge(_) | Error::MessageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
+            Error::TokenInvalid(_) | Error::TokenExpired => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) | Error::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Error::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::EngineUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Config(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

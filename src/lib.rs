@@ -4,30 +4,35 @@
 //! # The map
 //!
 //! ```text
-//!   clients ──> server (accept, drain) ──> routes (method, path)
-//!                                            │
-//!          transport::{websocket, sse, long_poll, short_poll, negotiate, publish}
-//!                                            │   only Bus and Subscription
-//!                                            ▼
-//!                        bus: Bus ── Subscription (history/live seam)
-//!                                   │            ▲
-//!                              dyn Engine ──> Hub (local fan-out, bounded queues)
-//!                                   │
-//!                              bus::memory (embedded)
+//!   clients ──> server (accept, limits, drain) ──> routes (origin/CORS, method, path)
+//!                                                    │
+//!        transport::{websocket, sse, long_poll, short_poll, negotiate, publish, assets}
+//!                │ auth: who is asking, may they    │ only Bus and Subscription
+//!                ▼ subscribe / publish here?        ▼
+//!              auth                      bus: Bus ── Subscription (history/live seam)
+//!                                               │            ▲
+//!                                          dyn Engine ──> Hub (local fan-out, bounded queues)
+//!                                               │
+//!                              bus::memory (embedded) | bus::redis (many nodes)
 //! ```
 //!
 //! - [`protocol`] is the wire contract: channels, epochs, positions, cursors, messages,
-//!   gaps. Every transport encodes the same bytes from it.
+//!   gaps, WebSocket client frames. Every transport encodes the same bytes from it.
 //! - [`bus`] is the one boundary: transports never see an engine, engines never see HTTP.
+//!   The hub and the seam are shared by both engines.
+//! - [`auth`] decides who may connect, subscribe and publish; [`limits`] bounds what one
+//!   client may cost.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel
 //!   `App::shutdown` to drain.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 
 pub mod app;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod routes;

@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use cascade::app::App;
+use cascade::auth::Auth;
+use cascade::auth::token::{Claims, now_secs};
 use cascade::config::Config;
 
 /// A realtime gateway: WebSocket, SSE, long polling and short polling from one bus.
@@ -26,6 +28,47 @@ struct Args {
 enum Command {
     /// Run the gateway (the default).
     Serve,
+    /// Print a client token signed with the configured token.hmac_secret, for trying
+    /// things out: `cascade token --sub alice --channels 'chat,room:*' --ttl 1h`.
+    Token {
+        /// The user id (`sub`); `user:<sub>` is this user's personal channel.
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated patterns the user may subscribe to (`*` is a wildcard).
+        #[arg(long, default_value = "")]
+        channels: String,
+        /// Comma-separated patterns the user may publish to.
+        #[arg(long, default_value = "")]
+        publish: String,
+        /// Lifetime: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d` as seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().map_err(|_| format!("bad ttl {text:?}"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad ttl unit in {text:?}: use s, m, h or d")),
+    };
+    Ok(number * scale)
+}
+
+fn patterns(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +77,22 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::Token {
+            sub,
+            channels,
+            publish,
+            ttl,
+        } => {
+            let auth = Auth::from_config(&config).map_err(anyhow::Error::msg)?;
+            let claims = Claims {
+                sub,
+                exp: now_secs() + ttl,
+                channels: patterns(&channels),
+                publish: patterns(&publish),
+            };
+            println!("{}", auth.sign(&claims).map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
     }
 }
 

@@ -11,19 +11,47 @@ use crate::app::App;
 use crate::config::Transport;
 use crate::error::{Error, Result};
 use crate::http::{Body, error_response, full, json};
-use crate::transport::{long_poll, negotiate, publish, short_poll, sse, websocket};
+use crate::transport::{assets, long_poll, negotiate, publish, short_poll, sse, websocket};
 
 /// Routes one request; never fails (errors are answered as JSON).
+///
+/// A browser origin outside the allowlist is refused before any route runs (for `/ws`
+/// this is the cross-site WebSocket hijacking check); an allowed cross-origin caller gets
+/// CORS headers on every answer, errors included, so that it can read them.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let response = match route(app.clone(), req).await {
-        Ok(response) => response,
-        Err(err) => {
-            app.metrics.error(err.code());
-            tracing::debug!(code = err.code(), error = %err, "request refused");
-            error_response(&err)
+    let (result, cors) = match app.auth.origins.check(req.headers()) {
+        Err(err) => (Err(err), None),
+        Ok(origin) => {
+            let is_preflight = req.method() == Method::OPTIONS;
+            let result = if is_preflight {
+                Ok(preflight())
+            } else {
+                route(app.clone(), req).await
+            };
+            (result, origin.map(|origin| (origin, is_preflight)))
         }
     };
+    let mut response = result.unwrap_or_else(|err| {
+        app.metrics.error(err.code());
+        tracing::debug!(code = err.code(), error = %err, "request refused");
+        error_response(&err)
+    });
+    if let Some((origin, is_preflight)) = cors {
+        let headers = response.headers_mut();
+        if is_preflight {
+            app.auth.origins.preflight(&origin, headers);
+        } else {
+            app.auth.origins.decorate(&origin, headers);
+        }
+    }
     Ok(response)
+}
+
+/// The answer to a CORS preflight from an allowed origin (headers added by `handle`).
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
 }
 
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
@@ -51,10 +79,16 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         (&Method::GET, "/healthz") => Ok(health(&app)),
         (&Method::GET, "/readyz") => ready(&app),
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
+        (&Method::GET, _) if assets::is_asset_path(&path) => {
+            match assets::find(&path, app.config.demo) {
+                Some(asset) => Ok(assets::serve(asset, req.headers())),
+                None => Err(Error::NotFound(path)),
+            }
+        }
         (
             _,
             "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate" | "/healthz" | "/readyz"
-            | "/metrics",
+            | "/metrics" | "/cascade.js" | "/" | "/demo.js" | "/demo.css",
         ) => Err(Error::MethodNotAllowed {
             method: method.to_string(),
             allow: "GET",

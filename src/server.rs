@@ -6,7 +6,7 @@
 //! are answered. The process waits for all of that up to the drain deadline.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -17,16 +17,38 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::error::Error;
+use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::routes;
 
 /// What a handler knows about the connection its request came on.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: SocketAddr,
     /// Cancelling this drops the connection: used to cut off a stalled SSE reader whose
     /// body hyper has stopped polling.
     pub kill: CancellationToken,
+    /// The connection's slot under the connection limits; an upgraded WebSocket keeps a
+    /// clone so the slot stays taken while it is open.
+    pub permit: Arc<ConnectionPermit>,
+    /// Publishes allowed on this connection (token bucket), shared by its requests.
+    pub publish_budget: Arc<Mutex<TokenBucket>>,
+}
+
+impl ConnInfo {
+    /// Takes one publish from the connection's budget, or refuses with `rate_limited`.
+    pub fn take_publish(&self) -> crate::error::Result<()> {
+        let mut budget = self
+            .publish_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if budget.try_take() {
+            Ok(())
+        } else {
+            Err(crate::error::Error::RateLimited)
+        }
+    }
 }
 
 /// Serves on `listener` until `app.shutdown` is cancelled, then drains.
@@ -35,7 +57,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        // A slowloris client that trickles its headers is dropped.
+        .header_read_timeout(Duration::from_millis(
+            app.config.limits.header_read_timeout_ms,
+        ));
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -51,12 +76,26 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
             },
             _ = app.shutdown.cancelled() => break,
         };
+        let permit = match app.connections.admit(remote.ip()) {
+            Ok(permit) => Arc::new(permit),
+            Err(reason) => {
+                app.metrics.error("too_many_connections");
+                tokio::spawn(refuse(stream, Error::TooManyConnections(reason)));
+                continue;
+            }
+        };
         // Latency matters more than packet count for realtime delivery.
         let _ = stream.set_nodelay(true);
         let kill = CancellationToken::new();
+        let limits = &app.config.limits;
         let info = ConnInfo {
             remote,
             kill: kill.clone(),
+            permit,
+            publish_budget: Arc::new(Mutex::new(TokenBucket::new(
+                limits.publish_rate_per_second,
+                limits.publish_burst,
+            ))),
         };
         let handler_app = app.clone();
         let service = service_fn(move |mut req| {
@@ -78,6 +117,27 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
     }
 
     drop(listener);
+    drain(&app, graceful).await;
+}
+
+/// Answers a connection over the limits with a plain 503 and closes it, without handing
+/// it to hyper (which would hold it open for keep-alive).
+async fn refuse(mut stream: tokio::net::TcpStream, err: Error) {
+    use tokio::io::AsyncWriteExt;
+    let body = err.to_json();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+}
+
+/// Tells every client to come back later and waits for them, up to the drain deadline.
+async fn drain(app: &App, graceful: GracefulShutdown) {
     let deadline = Duration::from_millis(app.config.shutdown.drain_deadline_ms);
     tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining");
     app.streams.close();

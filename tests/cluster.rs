@@ -17,6 +17,9 @@ fn redis_url() -> String {
     std::env::var("CASCADE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
+/// Publishers are backends: they authenticate with an API key, as in production.
+const API_KEY: &str = "cluster-test-key";
+
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -31,6 +34,7 @@ fn nodes(count: usize, url: &str, prefix: &str) -> Vec<Node> {
         ("CASCADE_REDIS_URL", url),
         ("CASCADE_REDIS_PREFIX", prefix),
         ("CASCADE_LONGPOLL_TIMEOUT_MS", "1000"),
+        ("CASCADE_API_KEYS", API_KEY),
     ];
     (0..count).map(|_| Node::spawn(&env)).collect()
 }
@@ -40,6 +44,7 @@ fn nodes(count: usize, url: &str, prefix: &str) -> Vec<Node> {
 async fn publish(node: &Node, channel: &str, n: u64) -> Result<(String, u64), String> {
     let response = http()
         .post(node.url("/publish"))
+        .header("X-Cascade-Api-Key", API_KEY)
         .json(&json!({"channel": channel, "data": {"n": n}}))
         .send()
         .await
@@ -186,6 +191,7 @@ async fn polling_round_robin_across_nodes_needs_no_sticky_sessions() {
             for n in 1..=total {
                 let response = http()
                     .post(&node)
+                    .header("X-Cascade-Api-Key", API_KEY)
                     .json(&json!({"channel": "chat", "data": {"n": n}}))
                     .send()
                     .await
@@ -231,6 +237,7 @@ async fn clients_of_a_killed_node_resume_on_another_without_loss() {
             for n in 1..=total {
                 let response = http()
                     .post(&node)
+                    .header("X-Cascade-Api-Key", API_KEY)
                     .json(&json!({"channel": "chat", "data": {"n": n}}))
                     .send()
                     .await

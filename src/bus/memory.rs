@@ -13,28 +13,23 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
-use super::{Engine, History, Hub, now_ms};
+pub use super::Retention;
+use super::{Engine, History, Hub, RetentionPolicy, now_ms};
 use crate::error::Result;
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
-
-/// Retention settings of the memory engine.
-#[derive(Clone, Debug)]
-pub struct Retention {
-    /// Messages kept per channel.
-    pub max_messages: usize,
-    /// How long a message is kept.
-    pub max_age: Duration,
-}
 
 /// The in-memory engine.
 pub struct MemoryEngine {
     hub: Arc<Hub>,
-    retention: Retention,
+    retention: RetentionPolicy,
     // std Mutex: held only for map lookups, never across an await.
     channels: Mutex<HashMap<Channel, Arc<Mutex<Log>>>>,
+    /// Keys claimed once, with their expiry.
+    claimed: Mutex<HashMap<String, Instant>>,
 }
 
 struct Log {
+    retention: Retention,
     epoch: Epoch,
     head: u64,
     messages: VecDeque<(Instant, Arc<Message>)>,
@@ -42,8 +37,9 @@ struct Log {
 }
 
 impl Log {
-    fn new() -> Self {
+    fn new(retention: Retention) -> Self {
         Log {
+            retention,
             epoch: Epoch::random(),
             head: 0,
             messages: VecDeque::new(),
@@ -51,12 +47,12 @@ impl Log {
         }
     }
 
-    fn trim(&mut self, retention: &Retention, now: Instant) {
-        while self.messages.len() > retention.max_messages {
+    fn trim(&mut self, now: Instant) {
+        while self.messages.len() > self.retention.max_messages {
             self.messages.pop_front();
         }
         while let Some((at, _)) = self.messages.front() {
-            if now.duration_since(*at) <= retention.max_age {
+            if now.duration_since(*at) <= self.retention.max_age {
                 break;
             }
             self.messages.pop_front();
@@ -109,15 +105,18 @@ impl Log {
 
 impl MemoryEngine {
     /// An engine that delivers into `hub`, with a background sweeper of idle channels.
-    pub fn new(hub: Arc<Hub>, retention: Retention) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub>, retention: impl Into<RetentionPolicy>) -> Arc<Self> {
+        let retention = retention.into();
         let engine = Arc::new(MemoryEngine {
             hub,
             retention,
             channels: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&engine);
         let every = engine
             .retention
+            .default
             .max_age
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         tokio::spawn(sweep_forever(weak, every));
@@ -128,7 +127,7 @@ impl MemoryEngine {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         channels
             .entry(channel.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Log::new())))
+            .or_insert_with(|| Arc::new(Mutex::new(Log::new(self.retention.for_channel(channel)))))
             .clone()
     }
 
@@ -142,9 +141,9 @@ impl MemoryEngine {
         let before = channels.len();
         channels.retain(|channel, log| {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            log.trim(&self.retention, now);
+            log.trim(now);
             !log.messages.is_empty()
-                || now.duration_since(log.touched) <= self.retention.max_age
+                || now.duration_since(log.touched) <= log.retention.max_age
                 || self.hub.has_subscribers(channel)
         });
         before - channels.len()
@@ -172,7 +171,7 @@ impl MemoryEngine {
             data,
         ));
         log.messages.push_back((now, message.clone()));
-        log.trim(&self.retention, now);
+        log.trim(now);
         // Delivered under the log lock: this is the ordering guarantee the hub relies on.
         self.hub.deliver(&message);
         message
@@ -182,7 +181,7 @@ impl MemoryEngine {
         let log = self.log(channel);
         let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        log.trim(&self.retention, now);
+        log.trim(now);
         log.touched = now;
         log.read(channel, from, limit)
     }
@@ -220,6 +219,17 @@ impl Engine for MemoryEngine {
     }
 
     fn unwatch(&self, _channel: &Channel) {}
+
+    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        let now = Instant::now();
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        claimed.retain(|_, expires| *expires > now);
+        let fresh = !claimed.contains_key(key);
+        if fresh {
+            claimed.insert(key.to_owned(), now + ttl);
+        }
+        ready(Ok(fresh)).boxed()
+    }
 
     fn name(&self) -> &'static str {
         "memory"

@@ -48,6 +48,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Tells the engine this node no longer has local subscribers on `channel`.
     fn unwatch(&self, channel: &Channel);
 
+    /// Records `key` for `ttl` unless it is already recorded; true when this call
+    /// recorded it. Makes connect tickets single-use across every node of the engine.
+    fn claim_once<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
     /// Whether the engine currently answers (always, for an embedded one).
     fn is_up(&self) -> bool {
         true
@@ -69,6 +77,58 @@ pub struct History {
     pub gap: Option<Gap>,
     /// Retained messages after the requested position, oldest first.
     pub messages: Vec<Arc<Message>>,
+}
+
+/// How long and how much history a channel keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages kept per channel.
+    pub max_messages: usize,
+    /// How long a message is kept.
+    pub max_age: std::time::Duration,
+}
+
+/// Retention per channel: a default, overridden per namespace.
+#[derive(Clone, Debug)]
+pub struct RetentionPolicy {
+    /// For channels outside every overriding namespace.
+    pub default: Retention,
+    /// By namespace (the part of a channel name before the first `:`).
+    pub namespaces: std::collections::BTreeMap<String, Retention>,
+}
+
+impl RetentionPolicy {
+    /// The same retention for every channel.
+    pub fn uniform(retention: Retention) -> Self {
+        RetentionPolicy {
+            default: retention,
+            namespaces: Default::default(),
+        }
+    }
+
+    /// The retention of `channel`.
+    pub fn for_channel(&self, channel: &Channel) -> Retention {
+        if channel.as_str().contains(':') {
+            if let Some(retention) = self.namespaces.get(channel.namespace()) {
+                return *retention;
+            }
+        }
+        self.default
+    }
+
+    /// The largest history any channel keeps: the most one history read must return.
+    pub fn max_messages(&self) -> usize {
+        self.namespaces
+            .values()
+            .map(|r| r.max_messages)
+            .fold(self.default.max_messages, usize::max)
+    }
+}
+
+impl From<Retention> for RetentionPolicy {
+    fn from(retention: Retention) -> Self {
+        RetentionPolicy::uniform(retention)
+    }
 }
 
 /// Bus-wide settings.
@@ -121,6 +181,11 @@ impl Bus {
     pub fn subscribe_with_cut(&self, cut: CancellationToken) -> Subscription {
         let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
         Subscription::new(self.clone(), id, self.inner.config.subscriber_queue, cut)
+    }
+
+    /// Records `key` once for `ttl` across all nodes; false when it was already recorded.
+    pub async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> Result<bool> {
+        self.inner.engine.claim_once(key, ttl).await
     }
 
     /// The engine's name and whether it currently answers.

@@ -32,7 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::{Engine, History, Hub, now_ms};
+use super::{Engine, History, Hub, RetentionPolicy, now_ms};
 use crate::error::{Error, Result};
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
 
@@ -43,10 +43,8 @@ pub struct RedisSettings {
     pub url: String,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
-    /// Messages retained per channel.
-    pub max_messages: usize,
-    /// How long a message is retained.
-    pub max_age: Duration,
+    /// History retention per channel.
+    pub retention: RetentionPolicy,
 }
 
 /// Engine health and latency, exported by the gateway's metrics.
@@ -184,11 +182,9 @@ impl RedisEngine {
         )
     }
 
-    /// Keys of an idle channel expire after twice the retention age.
-    fn idle_ttl_ms(&self) -> u64 {
-        (self.settings.max_age.as_millis() as u64)
-            .saturating_mul(2)
-            .max(1000)
+    /// Keys of an idle channel expire after twice its retention age.
+    fn idle_ttl_ms(max_age: Duration) -> u64 {
+        (max_age.as_millis() as u64).saturating_mul(2).max(1000)
     }
 
     fn record(&self, ok: bool) {
@@ -198,6 +194,7 @@ impl RedisEngine {
 
     async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
         let (meta, log) = self.keys(channel);
+        let retention = self.settings.retention.for_channel(channel);
         let started = Instant::now();
         let mut invocation = self.publish.key(meta);
         invocation
@@ -205,11 +202,11 @@ impl RedisEngine {
             .arg(channel.as_str())
             .arg(&data[..])
             .arg(now_ms())
-            .arg(self.settings.max_messages)
-            .arg(self.settings.max_age.as_millis() as u64)
+            .arg(retention.max_messages)
+            .arg(retention.max_age.as_millis() as u64)
             .arg(Epoch::random().as_str())
             .arg(live_channel(&self.settings.prefix, channel))
-            .arg(self.idle_ttl_ms());
+            .arg(Self::idle_ttl_ms(retention.max_age));
         let mut connection = self.connection.clone();
         let result: Result<Vec<u8>> =
             match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
@@ -237,6 +234,7 @@ impl RedisEngine {
         limit: usize,
     ) -> Result<History> {
         let (meta, log) = self.keys(channel);
+        let retention = self.settings.retention.for_channel(channel);
         let started = Instant::now();
         let mut invocation = self.history.key(meta);
         invocation
@@ -245,9 +243,9 @@ impl RedisEngine {
             .arg(from.map_or(0, |p| p.offset))
             .arg(limit.max(1))
             .arg(now_ms())
-            .arg(self.settings.max_age.as_millis() as u64)
+            .arg(retention.max_age.as_millis() as u64)
             .arg(Epoch::random().as_str())
-            .arg(self.idle_ttl_ms());
+            .arg(Self::idle_ttl_ms(retention.max_age));
         let mut connection = self.connection.clone();
         let result: Result<(String, String, u8, Vec<Vec<u8>>)> =
             match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
@@ -347,6 +345,23 @@ impl Engine for RedisEngine {
         if removed {
             let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
         }
+    }
+
+    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        async move {
+            let mut connection = self.connection.clone();
+            let reply: Option<String> = redis::cmd("SET")
+                .arg(format!("{}:once:{key}", self.settings.prefix))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(reply.is_some())
+        }
+        .boxed()
     }
 
     fn is_up(&self) -> bool {

@@ -63,8 +63,11 @@ pub struct Subscription {
     cut: CancellationToken,
     /// Channels in subscription order, for stable cursors.
     order: Vec<Channel>,
-    /// The last position handed out per channel.
+    /// The position read up to per channel: history already queued counts, so live
+    /// duplicates are recognised.
     positions: HashMap<Channel, Position>,
+    /// The position of the last event handed out per channel: what a cursor reports.
+    delivered: HashMap<Channel, Position>,
     pending: VecDeque<Event>,
     /// A live message taken off the queue whose hole is being filled; kept here so that
     /// `next` stays cancel-safe across the history read.
@@ -82,6 +85,7 @@ impl Subscription {
             cut,
             order: Vec::new(),
             positions: HashMap::new(),
+            delivered: HashMap::new(),
             pending: VecDeque::new(),
             stash: None,
         }
@@ -134,6 +138,10 @@ impl Subscription {
                     self.pending.extend(events);
                     self.order.push(channel.clone());
                     self.positions.insert(channel.clone(), end);
+                    // Until the first event is handed out, a cursor repeats what was asked
+                    // for: resuming with it reports a pending gap again, never skips it.
+                    let asked = from.clone().unwrap_or_else(|| start.clone());
+                    self.delivered.insert(channel.clone(), asked);
                     started.entries.push((channel.clone(), Some(start)));
                 }
                 Err(err) => {
@@ -149,6 +157,7 @@ impl Subscription {
     pub fn remove(&mut self, channels: &[Channel]) {
         for channel in channels {
             if self.positions.remove(channel).is_some() {
+                self.delivered.remove(channel);
                 self.order.retain(|c| c != channel);
                 self.release(channel);
             }
@@ -171,7 +180,7 @@ impl Subscription {
             entries: self
                 .order
                 .iter()
-                .map(|c| (c.clone(), self.positions.get(c).cloned()))
+                .map(|c| (c.clone(), self.delivered.get(c).cloned()))
                 .collect(),
         }
     }
@@ -183,7 +192,7 @@ impl Subscription {
             if i > 0 {
                 out.write_char(',')?;
             }
-            match self.positions.get(channel) {
+            match self.delivered.get(channel) {
                 Some(p) => write!(out, "{channel}@{}:{}", p.epoch, p.offset)?,
                 None => write!(out, "{channel}")?,
             }
@@ -202,7 +211,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Event, Closed> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Ok(event);
+                return Ok(self.hand_out(event));
             }
             if self.cut.is_cancelled() {
                 return Err(Closed::SlowConsumer);
@@ -222,7 +231,7 @@ impl Subscription {
                 }
             };
             if let Some(event) = self.accept(message) {
-                return Ok(event);
+                return Ok(self.hand_out(event));
             }
             if let Some(message) = self.stash.clone() {
                 if !self.fill(&message).await {
@@ -238,7 +247,7 @@ impl Subscription {
     pub fn try_next(&mut self) -> Option<Result<Event, Closed>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Some(Ok(event));
+                return Some(Ok(self.hand_out(event)));
             }
             if self.cut.is_cancelled() {
                 return Some(Err(Closed::SlowConsumer));
@@ -249,12 +258,24 @@ impl Subscription {
             }
             let message = self.queue.try_recv().ok()?;
             if let Some(event) = self.accept(message) {
-                return Some(Ok(event));
+                return Some(Ok(self.hand_out(event)));
             }
             if self.stash.is_some() {
                 return None;
             }
         }
+    }
+
+    /// Records what the subscriber now has, for cursors.
+    fn hand_out(&mut self, event: Event) -> Event {
+        let (channel, position) = match &event {
+            Event::Message(m) => (&m.channel, m.position()),
+            Event::Gap(g) => (&g.channel, g.position()),
+        };
+        if let Some(delivered) = self.delivered.get_mut(channel) {
+            *delivered = position;
+        }
+        event
     }
 
     /// Places a live message: returns it when it is the next one, drops a duplicate, or

@@ -38,8 +38,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> Bus {
             let settings = super::redis::RedisSettings {
                 url: redis_url(),
                 prefix: format!("test-{}", Epoch::random()),
-                max_messages: retention.max_messages,
-                max_age: retention.max_age,
+                retention: retention.into(),
             };
             let engine = super::redis::RedisEngine::new(
                 hub.clone(),
@@ -372,6 +371,10 @@ impl Engine for LossyEngine {
     }
 
     fn unwatch(&self, _channel: &Channel) {}
+
+    fn claim_once<'a>(&'a self, _key: &'a str, _ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        ready(Ok(true)).boxed()
+    }
 
     fn name(&self) -> &'static str {
         "lossy"

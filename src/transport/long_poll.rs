@@ -13,7 +13,7 @@ use crate::bus::Event;
 use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query, json};
-use crate::transport::{InFlight, poll_body, requested_cursor};
+use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
 
 /// Most events one answer carries; the rest wait for the next poll.
 const MAX_BATCH: usize = 1000;
@@ -23,7 +23,9 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     let metrics = app.metrics.transport(Transport::Longpoll);
     let query = Query::parse(req.uri().query());
     let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    let timeout = hold_time(&app, &query)?;
+    let who = authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
+    // A poll is never held past the expiry of the credentials it was allowed with.
+    let timeout = hold_time(&app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
     let _in_flight = InFlight::new(metrics);
 
     let (mut events, mut next) = app.bus.catch_up(&cursor).await?;

@@ -2,6 +2,7 @@
 //! parsing below and meet the bus only through [`crate::bus::Bus`] and
 //! [`crate::bus::Subscription`].
 
+pub mod assets;
 pub mod long_poll;
 pub mod negotiate;
 pub mod publish;
@@ -16,6 +17,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prometheus::{IntCounter, IntGauge};
 use tokio_util::sync::CancellationToken;
 
+use http::HeaderMap;
+
+use crate::app::App;
+use crate::auth::Identity;
 use crate::bus::Event;
 use crate::config::Transport;
 use crate::error::{Error, Result};
@@ -148,6 +153,20 @@ pub fn wanted_cursor<'a>(
         return Err(Error::NoChannels);
     }
     Ok(wanted)
+}
+
+/// Identifies the caller and checks that it may read every channel of `cursor`.
+pub async fn authorize_subscribe(
+    app: &App,
+    headers: &HeaderMap,
+    query: &Query,
+    cursor: &Cursor,
+) -> Result<Identity> {
+    let who = app.auth.identify(headers, query, &app.bus).await?;
+    for (channel, _) in &cursor.entries {
+        app.auth.check_subscribe(&who, channel)?;
+    }
+    Ok(who)
 }
 
 /// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..]}`, recording the

@@ -16,6 +16,10 @@ use crate::http::{Body, Query, json};
 pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let query = Query::parse(req.uri().query());
     let failed = parse_failed(query.get("failed").unwrap_or(""))?;
+    // Bad credentials are reported here, before the client tries any rung; a bearer token
+    // is traded for a connect ticket to put in WebSocket and SSE URLs instead of itself.
+    app.auth.identify(req.headers(), &query, &app.bus).await?;
+    let ticket = app.auth.ticket(req.headers())?;
     app.metrics.negotiations.inc();
     let config = &app.config;
     let next = config
@@ -40,10 +44,11 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
             }),
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        json!({ "transports": transports }).to_string(),
-    ))
+    let mut body = json!({ "transports": transports });
+    if let Some(ticket) = ticket {
+        body["ticket"] = ticket.into();
+    }
+    Ok(json(StatusCode::OK, body.to_string()))
 }
 
 /// Parses `websocket:timeout,sse` into transports with reasons (`unknown` when absent).

@@ -9,28 +9,38 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::app::App;
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http::{Body, json, read_body};
+use crate::http::{Body, Query, json, read_body};
 use crate::protocol::{Channel, Message, compact_json};
+use crate::server::ConnInfo;
 
 #[derive(Deserialize)]
 struct PublishRequest<'a> {
-    #[serde(borrow)]
-    channel: &'a str,
+    // Owned: a channel may arrive JSON-escaped (`room\/1`), which cannot be borrowed.
+    channel: String,
     #[serde(borrow)]
     data: &'a RawValue,
 }
 
 /// Answers a publish request with the message's position.
 pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
-    let body = read_body(req.into_body(), app.config.limits.max_body_bytes).await?;
+    let query = Query::parse(req.uri().query());
+    let who = app.auth.identify(req.headers(), &query, &app.bus).await?;
+    if !who.server {
+        if let Some(conn) = req.extensions().get::<ConnInfo>() {
+            conn.take_publish()?;
+        }
+    }
+    let limits = &app.config.limits;
+    let read = read_body(req.into_body(), limits.max_body_bytes);
+    let body = tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
+        .await
+        .map_err(|_| Error::RequestTimeout)??;
     let request: PublishRequest =
         serde_json::from_slice(&body).map_err(|e| Error::BadJson(e.to_string()))?;
-    let (channel, data) = validate(
-        request.channel,
-        request.data,
-        app.config.limits.max_message_bytes,
-    )?;
+    let (channel, data) = validate(&request.channel, request.data, limits.max_message_bytes)?;
+    app.auth.check_publish(&who, &channel)?;
     let message = app.bus.publish(&channel, data).await?;
     app.metrics.published("http");
     Ok(json(StatusCode::OK, acknowledgement(&message)))

@@ -11,13 +11,14 @@ use crate::app::App;
 use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query, json};
-use crate::transport::{InFlight, poll_body, requested_cursor};
+use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
 
 /// Answers with everything after the request's cursor, possibly nothing.
 pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Poll);
     let query = Query::parse(req.uri().query());
     let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
+    authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
     let _in_flight = InFlight::new(metrics);
     let (events, next) = app.bus.catch_up(&cursor).await?;
     let retry_ms = app

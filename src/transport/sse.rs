@@ -15,13 +15,14 @@ use hyper::body::{Frame, Incoming};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query};
 use crate::protocol::Cursor;
 use crate::server::ConnInfo;
-use crate::transport::{Session, requested_cursor};
+use crate::transport::{Session, authorize_subscribe, requested_cursor};
 
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -36,6 +37,7 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
+    let who = authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
     let conn = req.extensions().get::<ConnInfo>().cloned();
     // A stalled reader stops hyper from polling this body, so the cut must reach the
     // connection itself: the server drops a connection whose token is cancelled.
@@ -46,7 +48,7 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     let start = subscription.add(&cursor).await?;
     let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote), cut);
     let frames =
-        events(app.clone(), subscription, start, session).map(|bytes| Ok(Frame::data(bytes)));
+        events(app.clone(), subscription, start, session, who).map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(
@@ -64,6 +66,7 @@ fn events(
     mut subscription: Subscription,
     start: Cursor,
     mut session: Session,
+    who: Identity,
 ) -> impl Stream<Item = Bytes> + Send {
     let heartbeat_every = Duration::from_millis(app.config.sse.heartbeat_ms);
     // Drain waits for this stream to end: hyper's graceful shutdown does not know it.
@@ -75,6 +78,8 @@ fn events(
             "retry: {}\nevent: open\nid: {start}\ndata: {{\"cursor\":\"{start}\"}}\n\n",
             app.config.sse.retry_ms
         ));
+        let expiry = who.expired();
+        tokio::pin!(expiry);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + heartbeat_every,
             heartbeat_every,
@@ -114,6 +119,12 @@ fn events(
                     }
                 },
                 _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
+                // The stream ends with the credentials it was opened with.
+                _ = &mut expiry => {
+                    session.ending("token_expired");
+                    yield Bytes::from_static(b"event: error\ndata: {\"code\":\"token_expired\"}\n\n");
+                    break;
+                }
             }
         }
     }

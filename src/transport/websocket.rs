@@ -10,7 +10,6 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -20,15 +19,21 @@ use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::{Error, Result};
-use crate::http::{Body, full};
+use crate::http::{Body, Query, full};
 use crate::metrics::TransportMetrics;
+use crate::protocol::ClientFrame;
 use crate::server::ConnInfo;
 use crate::transport::publish::{acknowledgement, validate};
 use crate::transport::{Session, wanted_cursor};
 
+/// Close code for missing, malformed or badly signed credentials.
+pub const CLOSE_TOKEN_INVALID: u16 = 4001;
+/// Close code when the credentials expire while the socket is open.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 /// Close code for a subscriber cut off because it could not keep up.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the engine cannot be read; the client should resume later.
@@ -40,8 +45,12 @@ const MAX_BATCH: usize = 256;
 /// Accepts the upgrade and spawns the connection; answers `101 Switching Protocols`.
 pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
     let accept = accept_key(req.headers())?;
+    // Browsers cannot read the status of a refused handshake, so bad credentials are
+    // reported after the upgrade, as a 4001/4002 close with the reason.
+    let query = Query::parse(req.uri().query());
+    let who = app.auth.identify(req.headers(), &query, &app.bus).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let remote = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+    let conn = req.extensions().get::<ConnInfo>().cloned();
     let task_app = app.clone();
     app.streams.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -61,7 +70,11 @@ pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        Connection::new(task_app.clone(), ws, remote).run().await;
+        let connection = Connection::new(task_app.clone(), ws, conn, who.as_ref().ok().cloned());
+        match who {
+            Ok(_) => connection.run().await,
+            Err(err) => connection.refuse(&err).await,
+        }
     });
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -102,31 +115,6 @@ fn accept_key(headers: &HeaderMap) -> Result<String> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// A frame from the client.
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum ClientFrame<'a> {
-    Subscribe {
-        channels: Option<Vec<&'a str>>,
-        cursor: Option<&'a str>,
-    },
-    Unsubscribe {
-        channels: Vec<&'a str>,
-    },
-    Publish {
-        channel: &'a str,
-        #[serde(borrow)]
-        data: &'a RawValue,
-        id: Option<u64>,
-    },
-}
-
-/// Just the `id` of a frame that failed to parse, to echo it in the error.
-#[derive(Deserialize)]
-struct FrameId {
-    id: Option<u64>,
-}
-
 /// Why the connection loop stopped, and what to tell the peer.
 struct Stop {
     reason: &'static str,
@@ -136,6 +124,9 @@ struct Stop {
 struct Connection {
     app: Arc<App>,
     ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    who: Identity,
+    /// Holds the connection's slot under the limits and its publish budget.
+    conn: Option<ConnInfo>,
     subscription: Subscription,
     session: Session,
     last_heard: Instant,
@@ -145,15 +136,23 @@ impl Connection {
     fn new(
         app: Arc<App>,
         ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-        remote: Option<std::net::SocketAddr>,
+        conn: Option<ConnInfo>,
+        who: Option<Identity>,
     ) -> Self {
         let cut = CancellationToken::new();
         let subscription = app.bus.subscribe_with_cut(cut.clone());
         let metrics = app.metrics.transport(Transport::Websocket);
-        let session = Session::open(Transport::Websocket, metrics, remote, cut);
+        let session = Session::open(
+            Transport::Websocket,
+            metrics,
+            conn.as_ref().map(|c| c.remote),
+            cut,
+        );
         Connection {
             app,
             ws,
+            who: who.unwrap_or_else(Identity::anonymous),
+            conn,
             subscription,
             session,
             last_heard: Instant::now(),
@@ -164,17 +163,40 @@ impl Connection {
         self.app.metrics.transport(Transport::Websocket)
     }
 
+    /// Closes at once for credentials that did not verify.
+    async fn refuse(mut self, err: &Error) {
+        self.app.metrics.error(err.code());
+        let code = match err {
+            Error::TokenExpired => CLOSE_TOKEN_EXPIRED,
+            _ => CLOSE_TOKEN_INVALID,
+        };
+        self.session.ending(err.code());
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: err.code().into(),
+        };
+        let write_timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
+        let _ = tokio::time::timeout(write_timeout, self.ws.close(Some(frame))).await;
+    }
+
     async fn run(mut self) {
         let ping_every = Duration::from_millis(self.app.config.websocket.ping_interval_ms);
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let app = self.app.clone();
+        let who = self.who.clone();
+        let expiry = who.expired();
+        tokio::pin!(expiry);
         let stop = loop {
             let step = tokio::select! {
                 biased;
                 _ = app.shutdown.cancelled() => Err(Stop {
                     reason: "shutdown",
                     close: Some((1012, format!("retry_ms={}", app.reconnect_delay_ms()))),
+                }),
+                _ = &mut expiry => Err(Stop {
+                    reason: "token_expired",
+                    close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
                 }),
                 frame = self.ws.next() => self.on_frame(frame).await,
                 event = self.subscription.next() => match event {
@@ -230,23 +252,14 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
-        let frame: ClientFrame = match serde_json::from_str(text) {
+        let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(err) => {
-                let id = serde_json::from_str::<FrameId>(text)
-                    .ok()
-                    .and_then(|f| f.id);
-                let err = if err.is_data() {
-                    Error::BadFrame(err.to_string())
-                } else {
-                    Error::BadJson(err.to_string())
-                };
-                return self.send_error(id, &err).await;
-            }
+            Err((id, err)) => return self.send_error(id, &err).await,
         };
         match frame {
             ClientFrame::Subscribe { channels, cursor } => {
-                match self.subscribe(channels, cursor.unwrap_or("")).await {
+                let names = channels.as_ref().map(|c| c.iter().map(String::as_str));
+                match self.subscribe(names, cursor.as_deref().unwrap_or("")).await {
                     Ok(reply) => self.send_text(reply).await,
                     Err(err) => self.send_error(None, &err).await,
                 }
@@ -255,20 +268,26 @@ impl Connection {
                 Ok(reply) => self.send_text(reply).await,
                 Err(err) => self.send_error(None, &err).await,
             },
-            ClientFrame::Publish { channel, data, id } => match self.publish(channel, data).await {
-                Ok(ack) => match id {
-                    Some(id) => {
-                        self.send_text(format!(r#"{{"op":"ack","id":{id},{}"#, &ack[1..]))
-                            .await
-                    }
-                    None => Ok(()),
-                },
-                Err(err) => self.send_error(id, &err).await,
-            },
+            ClientFrame::Publish { channel, data, id } => {
+                match self.publish(&channel, data).await {
+                    Ok(ack) => match id {
+                        Some(id) => {
+                            self.send_text(format!(r#"{{"op":"ack","id":{id},{}"#, &ack[1..]))
+                                .await
+                        }
+                        None => Ok(()),
+                    },
+                    Err(err) => self.send_error(id, &err).await,
+                }
+            }
         }
     }
 
-    async fn subscribe(&mut self, channels: Option<Vec<&str>>, cursor: &str) -> Result<String> {
+    async fn subscribe<'a>(
+        &mut self,
+        channels: Option<impl IntoIterator<Item = &'a str>>,
+        cursor: &str,
+    ) -> Result<String> {
         let max = self.app.config.limits.max_channels;
         let wanted = wanted_cursor(channels, cursor, max)?;
         let new = wanted
@@ -279,6 +298,9 @@ impl Connection {
         if self.subscription.len() + new > max {
             return Err(Error::TooManyChannels(max));
         }
+        for (channel, _) in &wanted.entries {
+            self.app.auth.check_subscribe(&self.who, channel)?;
+        }
         let start = self.subscription.add(&wanted).await?;
         let names: Vec<&str> = start.entries.iter().map(|(c, _)| c.as_str()).collect();
         Ok(
@@ -287,7 +309,7 @@ impl Connection {
         )
     }
 
-    fn unsubscribe(&mut self, names: &[&str]) -> Result<String> {
+    fn unsubscribe(&mut self, names: &[String]) -> Result<String> {
         let channels = names
             .iter()
             .map(|n| crate::protocol::Channel::parse(n))
@@ -298,6 +320,10 @@ impl Connection {
 
     async fn publish(&mut self, channel: &str, data: &RawValue) -> Result<String> {
         let (channel, data) = validate(channel, data, self.app.config.limits.max_message_bytes)?;
+        self.app.auth.check_publish(&self.who, &channel)?;
+        if let (false, Some(conn)) = (self.who.server, &self.conn) {
+            conn.take_publish()?;
+        }
         let message = self.app.bus.publish(&channel, data).await?;
         self.app.metrics.published("websocket");
         Ok(acknowledgement(&message))

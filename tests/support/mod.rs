@@ -36,6 +36,11 @@ pub fn test_config() -> Config {
     config.websocket.ping_interval_ms = 500;
     config.shutdown.drain_deadline_ms = 3_000;
     config.shutdown.reconnect_window_ms = 1_000;
+    // Most tests exercise transports, not permissions: open publishing and lift the
+    // per-connection publish rate. tests/security.rs tests the secure defaults.
+    config.channels.publish = cascade::auth::rules::PublishRule::Anyone;
+    config.limits.publish_rate_per_second = 1_000_000;
+    config.limits.publish_burst = 1_000_000;
     config
 }
 

@@ -1,0 +1,217 @@
+//! Micro-benchmarks of the gateway's hot paths that never touch a socket: the in-process
+//! bus fanning one publish out to local subscribers, the per-transport encoders, and the
+//! cursor codec. Run with `cargo bench --bench bus`.
+//!
+//! These isolate CPU cost per delivery; the load generator beside them (`benches/load.rs`)
+//! measures the same paths end to end, over real sockets, in a separate gateway process.
+//!
+//! - `bus_publish/<n>`: one `Bus::publish` into a channel with `n` local subscribers
+//!   (memory engine), then every subscription takes its message with `try_next`, so no
+//!   queue fills up and nobody is cut off. Throughput is per delivery.
+//! - `encode/*`: the bytes each transport writes for one message.
+//! - `cursor/*`: `Cursor::parse` and `Display` with 1 and 128 entries.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
+
+use cascade::bus::memory::{MemoryEngine, Retention};
+use cascade::bus::{Bus, BusConfig, Event, Hub, Subscription};
+use cascade::config::Transport;
+use cascade::metrics::{Metrics, TransportMetrics};
+use cascade::protocol::{Channel, Cursor, Epoch, Message};
+use cascade::transport::poll_body;
+
+/// The payload the load generator publishes: a timestamp and a sequence number.
+const DATA: &[u8] = br#"{"t":1764300000000000,"n":123456}"#;
+
+/// A bus over a fresh memory engine with the gateway's default limits.
+fn memory_bus() -> Bus {
+    let hub = Arc::new(Hub::new());
+    let engine = MemoryEngine::new(
+        hub.clone(),
+        Retention {
+            max_messages: 1000,
+            max_age: Duration::from_secs(300),
+        },
+    );
+    Bus::new(
+        engine,
+        hub,
+        BusConfig {
+            subscriber_queue: 1024,
+            history_limit: 1000,
+        },
+    )
+}
+
+/// A subscription following `channel` from now on.
+fn subscribe(rt: &tokio::runtime::Runtime, bus: &Bus, channel: &Channel) -> Subscription {
+    let mut subscription = bus.subscribe();
+    let cursor = Cursor {
+        entries: vec![(channel.clone(), None)],
+    };
+    rt.block_on(subscription.add(&cursor))
+        .expect("memory engine answers");
+    subscription
+}
+
+/// Publishes on the memory engine, whose futures are ready at once.
+fn publish(bus: &Bus, channel: &Channel, data: &Bytes) -> Arc<Message> {
+    bus.publish(channel, data.clone())
+        .now_or_never()
+        .expect("the memory engine publishes synchronously")
+        .expect("publish succeeds")
+}
+
+fn bus_publish(c: &mut Criterion) {
+    // The memory engine spawns its sweeper, so a runtime must be entered; the sweeper
+    // never runs between iterations because nothing drives this current-thread runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let channel = Channel::parse("bench").expect("valid channel");
+    let data = Bytes::from_static(DATA);
+    let mut group = c.benchmark_group("bus_publish");
+    for subscribers in [1usize, 1_000, 10_000] {
+        let bus = memory_bus();
+        let mut subscriptions: Vec<Subscription> = (0..subscribers)
+            .map(|_| subscribe(&rt, &bus, &channel))
+            .collect();
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
+            b.iter(|| {
+                let message = publish(&bus, &channel, &data);
+                for subscription in &mut subscriptions {
+                    match subscription.try_next() {
+                        Some(Ok(Event::Message(m))) => debug_assert_eq!(m.offset, message.offset),
+                        other => panic!("expected the published message, got {other:?}"),
+                    }
+                }
+                message
+            });
+        });
+    }
+    group.finish();
+}
+
+/// A fresh message, as the engine builds it at publish.
+fn message(offset: u64) -> Message {
+    Message::new(
+        Channel::parse("room:lobby").expect("valid channel"),
+        Epoch::parse("k3JdQ9xZ").expect("valid epoch"),
+        offset,
+        1_764_300_000_000,
+        DATA,
+    )
+}
+
+/// The SSE event for one message, byte for byte as `transport::sse` writes it (its
+/// encoder is private): `id: <cursor>\ndata: <message json>\n\n`, recording the delivery.
+fn sse_event(
+    out: &mut BytesMut,
+    message: &Message,
+    subscription: &Subscription,
+    metrics: &TransportMetrics,
+    now: u64,
+) {
+    out.put_slice(b"id: ");
+    let _ = subscription.write_cursor(out);
+    out.put_slice(b"\ndata: ");
+    out.put_slice(message.json());
+    out.put_slice(b"\n\n");
+    metrics.record_delivery(message.json().len(), message.ts, now);
+}
+
+fn encode(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let metrics = Metrics::new();
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(1));
+
+    group.bench_function("message_new", |b| b.iter(|| message(black_box(42))));
+    group.bench_function("ws_frame", |b| {
+        // The frame is cached per message, so each iteration needs a fresh one.
+        b.iter_batched(
+            || message(42),
+            |m| m.ws_frame().len(),
+            BatchSize::SmallInput,
+        );
+    });
+
+    // A subscription that has received one message, so its cursor carries a position.
+    let bus = memory_bus();
+    let channel = Channel::parse("room:lobby").expect("valid channel");
+    let mut subscription = subscribe(&rt, &bus, &channel);
+    let published = publish(&bus, &channel, &Bytes::from_static(DATA));
+    assert!(matches!(subscription.try_next(), Some(Ok(_))));
+    let sse_metrics = metrics.transport(Transport::Sse);
+    group.bench_function("sse_event", |b| {
+        b.iter(|| {
+            let mut out = BytesMut::new();
+            sse_event(
+                &mut out,
+                &published,
+                &subscription,
+                sse_metrics,
+                published.ts,
+            );
+            out.freeze()
+        });
+    });
+
+    let poll_metrics = metrics.transport(Transport::Poll);
+    let cursor = subscription.cursor();
+    for count in [1usize, 100] {
+        let events: Vec<Event> = (1..=count as u64)
+            .map(|offset| Event::Message(Arc::new(message(offset))))
+            .collect();
+        group.throughput(Throughput::Elements(count as u64));
+        group.bench_function(BenchmarkId::new("poll_body", count), |b| {
+            b.iter(|| poll_body(&events, &cursor, None, poll_metrics));
+        });
+    }
+    group.finish();
+}
+
+/// A cursor text of `entries` channels, each with a position.
+fn cursor_text(entries: usize) -> String {
+    let mut text = String::new();
+    for i in 0..entries {
+        if i > 0 {
+            text.push(',');
+        }
+        let _ = write!(text, "room:{i:03}@k3JdQ9xZ:{}", 1_000_000 + i);
+    }
+    text
+}
+
+fn cursor(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cursor");
+    for entries in [1usize, 128] {
+        let text = cursor_text(entries);
+        let parsed = Cursor::parse(&text, 128).expect("valid cursor");
+        group.throughput(Throughput::Elements(entries as u64));
+        group.bench_function(BenchmarkId::new("parse", entries), |b| {
+            b.iter(|| Cursor::parse(black_box(&text), 128).expect("valid cursor"));
+        });
+        group.bench_function(BenchmarkId::new("format", entries), |b| {
+            b.iter(|| black_box(&parsed).to_string());
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bus_publish, encode, cursor);
+criterion_main!(benches);

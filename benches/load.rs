@@ -1,0 +1,444 @@
+//! The load generator: real clients over real sockets against a separate gateway process.
+//!
+//! ```text
+//! cargo bench --bench load -- <scenario> [options]
+//! cargo bench --bench load -- fanout --transport sse --subscribers 1000 --messages 2000
+//! cargo bench --bench load -- idle --transport longpoll --connections 5000
+//! cargo bench --bench load -- --help
+//! ```
+//!
+//! It builds the gateway with `cargo build --release` (the binary that ships; a bench
+//! build would carry dev-dependency features), starts it on a free 127.0.0.1 port pinned
+//! with `taskset -c <gateway-cpu>`, pins itself to another core, and reads the gateway's
+//! CPU time and resident memory from `/proc/<pid>`. Each run prints a table and appends
+//! one JSON line to `benches/results.jsonl`; `scripts/chart.py` draws them.
+//!
+//! Bounds: every scenario stops at `--duration` (60 s by default, at most 600), every wait
+//! gives up at that deadline, and all traffic goes to loopback addresses only. The gateway
+//! child is killed by its PID when the run ends.
+//!
+//! Going further than one process allows: the open-file limit is per process, and one
+//! source address has one ephemeral port range. Run several generators against one
+//! gateway (`--url http://127.0.0.1:PORT --pid PID`), each with its own
+//! `--source-ips 127.0.0.2,127.0.0.3`, and add their numbers up.
+//!
+//! Module map: [`gateway`] (the process and `/proc`), [`http`] (a minimal HTTP/1.1
+//! client), [`clients`] (subscribers per transport, the publisher), [`scenarios`],
+//! [`report`] (table and JSON line).
+
+#[path = "load/clients.rs"]
+mod clients;
+#[path = "load/gateway.rs"]
+mod gateway;
+#[path = "load/http.rs"]
+mod http;
+#[path = "load/report.rs"]
+mod report;
+#[path = "load/scenarios.rs"]
+mod scenarios;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cascade::config::Transport;
+use clap::{CommandFactory, Parser, ValueEnum};
+use serde_json::{Map, json};
+
+use gateway::{Gateway, Launch};
+use scenarios::Run;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Hold --connections connections; gateway RSS per connection.
+    Idle,
+    /// --subscribers on one channel, --messages at --rate; deliveries, latency, loss, CPU.
+    Fanout,
+    /// One WebSocket subscriber on each of --channels channels, publishes spread over them.
+    Channels,
+    /// --clients polling (--transport poll|longpoll) for --seconds; requests/s and CPU.
+    Poll,
+}
+
+/// Load scenarios against a Cascade gateway on 127.0.0.1.
+#[derive(Parser, Debug)]
+#[command(
+    name = "load",
+    about = "Load scenarios against a Cascade gateway on 127.0.0.1",
+    after_help = "Examples:\n  cargo bench --bench load -- fanout --subscribers 100 --messages 1000\n  \
+                  cargo bench --bench load -- idle --transport sse --connections 5000\n  \
+                  cargo bench --bench load -- poll --transport longpoll --clients 500 --rate 50\n  \
+                  cargo bench --bench load -- channels --channels 10000 --messages 50000"
+)]
+struct Args {
+    /// The scenario; without one, this help is printed (so a bare `cargo bench` passes).
+    #[arg(value_enum)]
+    scenario: Option<Scenario>,
+    /// websocket, sse, longpoll or poll [default: websocket; poll for the poll scenario].
+    #[arg(long, value_parser = parse_transport)]
+    transport: Option<Transport>,
+    /// idle: connections to hold.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// fanout, poll: subscribing clients [default: 100].
+    #[arg(long, visible_alias = "clients")]
+    subscribers: Option<usize>,
+    /// Channels the subscribers spread over [default: 1; channels: 10000].
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Messages to publish [default: fanout 1000, channels 20000, poll rate x seconds].
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Publishes per second in all; 0 is as fast as replies come (in poll: no publisher)
+    /// [default: fanout 1000, channels 0, poll 0 or 100 for longpoll].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Publisher connections; messages stay paced by --rate [default: 4].
+    #[arg(long)]
+    publishers: Option<usize>,
+    /// Short-poll interval in ms [default: 2000, the gateway's advice; poll scenario: 0,
+    /// back to back].
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// poll: how long the clients poll, seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Hard cap on the whole scenario, seconds (at most 600).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// After publishing, how long to wait without progress before calling the rest lost.
+    #[arg(long, default_value_t = 5)]
+    drain_s: u64,
+    /// idle: pause between the last confirmation and the memory reading, ms.
+    #[arg(long, default_value_t = 1000)]
+    settle_ms: u64,
+    /// Connections being opened at once (kept below the gateway's listen backlog, 128
+    /// today, so that SYN retries do not stretch the establishment time).
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Subscriber queue of the gateway [default: max(1024, messages), so that a slow
+    /// generator shows as latency rather than as cut-off subscribers].
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Attach to a running gateway (http://127.0.0.x:PORT) instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url: the gateway's PID, for CPU and memory from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// API key for publishing; the started gateway gets it in CASCADE_API_KEYS.
+    #[arg(long, env = "CASCADE_BENCH_API_KEY")]
+    api_key: Option<String>,
+    /// CPU list for the started gateway (`taskset -c`), or `none`.
+    #[arg(long, default_value = "0")]
+    gateway_cpu: String,
+    /// CPU list for this generator (`taskset -a -p -c`), or `none`.
+    #[arg(long, default_value = "1")]
+    cpu: String,
+    /// Loopback addresses to bind client sockets to, round robin (e.g. 127.0.0.2,127.0.0.3).
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// Nice value for the gateway and this generator (negative: ahead of other work on a
+    /// shared machine; needs root). Unchanged by default.
+    #[arg(long, allow_negative_numbers = true)]
+    nice: Option<i32>,
+    /// Extra gateway environment, KEY=VALUE (repeatable; applied last).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Gateway binary [default: target/release/cascade, built first].
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Use the existing target/release/cascade without running `cargo build --release`.
+    #[arg(long)]
+    no_build: bool,
+    /// Where to append the JSON line.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results.jsonl"))]
+    results: PathBuf,
+    /// Print the table only; append nothing.
+    #[arg(long)]
+    no_record: bool,
+    /// A free-form note stored with the JSON line.
+    #[arg(long)]
+    note: Option<String>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn parse_transport(name: &str) -> Result<Transport, String> {
+    Transport::from_name(name).ok_or_else(|| "use websocket, sse, longpoll or poll".to_owned())
+}
+
+/// The options of a run, with every scenario default resolved.
+pub struct Options {
+    /// Which scenario.
+    pub scenario: Scenario,
+    /// Which transport the subscribers use.
+    pub transport: Transport,
+    /// idle: connections to hold.
+    pub connections: usize,
+    /// Subscribers (or polling clients).
+    pub subscribers: usize,
+    /// Channels they spread over.
+    pub channels: usize,
+    /// Messages to publish.
+    pub messages: u64,
+    /// Publishes per second; zero is unpaced.
+    pub rate: f64,
+    /// Publisher connections.
+    pub publishers: usize,
+    /// Short-poll interval.
+    pub interval: Duration,
+    /// The delivery window lasts at least this long (the poll scenario's --seconds).
+    pub min_window: Duration,
+    /// The scenario's hard cap.
+    pub duration: Duration,
+    /// Progress-free wait before counting the rest as lost.
+    pub drain: Duration,
+    /// idle: pause before reading memory.
+    pub settle: Duration,
+    /// Connections opened at once.
+    pub connect_concurrency: usize,
+    /// Source addresses for client sockets.
+    pub sources: Vec<IpAddr>,
+    /// The publishing API key.
+    pub api_key: String,
+}
+
+fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
+    let transport = args.transport.unwrap_or(match scenario {
+        Scenario::Poll => Transport::Poll,
+        _ => Transport::Websocket,
+    });
+    if scenario == Scenario::Poll && !matches!(transport, Transport::Poll | Transport::Longpoll) {
+        return Err("the poll scenario takes --transport poll or longpoll".to_owned());
+    }
+    let channels = args.channels.unwrap_or(match scenario {
+        Scenario::Channels => 10_000,
+        _ => 1,
+    });
+    let subscribers = match scenario {
+        Scenario::Channels => args.subscribers.unwrap_or(channels),
+        _ => args.subscribers.unwrap_or(100),
+    };
+    let rate = args.rate.unwrap_or(match (scenario, transport) {
+        (Scenario::Fanout, _) => 1000.0,
+        (Scenario::Poll, Transport::Longpoll) => 100.0,
+        _ => 0.0,
+    });
+    let messages = match scenario {
+        Scenario::Poll => args.messages.unwrap_or((rate * args.seconds as f64) as u64),
+        Scenario::Channels => args.messages.unwrap_or(20_000),
+        _ => args.messages.unwrap_or(1000),
+    };
+    if !(rate.is_finite() && rate >= 0.0) {
+        return Err("--rate must be 0 or more".to_owned());
+    }
+    if args.duration == 0 || args.duration > 600 {
+        return Err("--duration must be 1 to 600 seconds".to_owned());
+    }
+    if let Some(ip) = args
+        .source_ips
+        .iter()
+        .find(|ip| !gateway::is_loopback(**ip))
+    {
+        return Err(format!("--source-ips: {ip} is not a loopback address"));
+    }
+    let interval_ms = args.interval_ms.unwrap_or(match scenario {
+        Scenario::Poll => 0,
+        _ => 2000,
+    });
+    Ok(Options {
+        scenario,
+        transport,
+        connections: args.connections,
+        subscribers,
+        channels,
+        messages,
+        rate,
+        publishers: args.publishers.unwrap_or(4),
+        interval: Duration::from_millis(interval_ms),
+        min_window: match scenario {
+            Scenario::Poll => Duration::from_secs(args.seconds),
+            _ => Duration::ZERO,
+        },
+        duration: Duration::from_secs(args.duration),
+        drain: Duration::from_secs(args.drain_s),
+        settle: Duration::from_millis(args.settle_ms),
+        connect_concurrency: args.connect_concurrency,
+        sources: args.source_ips.clone(),
+        api_key: args
+            .api_key
+            .clone()
+            .unwrap_or_else(|| format!("load-{:016x}", fastrand::u64(..))),
+    })
+}
+
+/// The gateway's environment: quiet logs, room for the run, then the caller's overrides.
+fn gateway_env(args: &Args, o: &Options) -> Result<Vec<(String, String)>, String> {
+    let queue = args.queue.unwrap_or((o.messages as usize).max(1024));
+    let hold_ms = (o.duration.as_secs() + 60) * 1000;
+    let mut env: Vec<(String, String)> = [
+        ("CASCADE_LOG", "warn".to_owned()),
+        ("CASCADE_API_KEYS", o.api_key.clone()),
+        ("CASCADE_LIMITS_SUBSCRIBER_QUEUE", queue.to_string()),
+        // The default caps are for the internet; here every client is one of ours.
+        ("CASCADE_LIMITS_MAX_CONNECTIONS_PER_IP", "0".to_owned()),
+        ("CASCADE_LIMITS_MAX_CONNECTIONS", "1000000".to_owned()),
+        // History must hold everything a poller may still ask for.
+        (
+            "CASCADE_HISTORY_MAX_MESSAGES",
+            (o.messages as usize).max(1000).to_string(),
+        ),
+        ("CASCADE_LONGPOLL_MAX_TIMEOUT_MS", hold_ms.to_string()),
+        ("CASCADE_LONGPOLL_TIMEOUT_MS", hold_ms.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--env wants KEY=VALUE, got {pair:?}"))?;
+        env.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(env)
+}
+
+/// The one-minute load average from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPUs online on the machine (not just those this pinned process may use).
+fn online_cpus() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    i64::from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as i32)
+}
+
+fn cpu_choice(text: &str) -> Option<String> {
+    (text != "none").then(|| text.to_owned())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let Some(scenario) = args.scenario else {
+        // `cargo bench` runs every bench target; without a scenario this one only explains.
+        let _ = Args::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    match run(&args, scenario) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
+    let opts = resolve(args, scenario)?;
+    let load_before = load_average();
+    let env = gateway_env(args, &opts)?;
+    // Children inherit the raised limit, so raise it before starting the gateway.
+    let (soft, hard) = gateway::raise_nofile();
+    let wanted = opts.connections.max(opts.subscribers) as u64 + 64;
+    if soft < wanted {
+        eprintln!(
+            "load: warning: open-file limit {soft} (hard {hard}) is below the {wanted} this \
+             run needs; split it over several generators (see --help)"
+        );
+    }
+    if let Some(nice) = args.nice {
+        // Set on this (still single) thread before the gateway and the runtime's threads
+        // exist, so all of them inherit it.
+        if !gateway::renice(nice) {
+            eprintln!("load: warning: could not set nice {nice}");
+        }
+    }
+    let gateway_cpu = cpu_choice(&args.gateway_cpu);
+    let gateway = match &args.url {
+        Some(url) => Gateway::attach(url, args.pid)?,
+        // Started before pinning this process, so the gateway does not inherit our core.
+        None => Gateway::spawn(&Launch {
+            bin: args.gateway_bin.clone(),
+            build: !args.no_build,
+            cpu: gateway_cpu.clone(),
+            env: env.clone(),
+        })?,
+    };
+    let generator_cpu = cpu_choice(&args.cpu);
+    if let Some(cpu) = &generator_cpu {
+        if !gateway::pin_self(cpu) {
+            eprintln!("load: warning: could not pin the generator to cpu {cpu} (taskset?)");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let attached = args.url.is_some();
+    let report = runtime.block_on(async move {
+        let mut gateway = gateway;
+        gateway.wait_ready(Duration::from_secs(10)).await?;
+        let run = Run {
+            gateway,
+            deadline: Instant::now() + opts.duration,
+            tag: format!("{:x}", fastrand::u32(..)),
+            opts,
+        };
+        let report = match scenario {
+            Scenario::Idle => scenarios::idle(&run).await,
+            _ => scenarios::delivery(&run).await,
+        };
+        // The gateway child is killed here, by PID, when `run` drops.
+        drop(run);
+        report
+    })?;
+
+    let gateway_cpu_text = gateway_cpu.as_deref().unwrap_or("any");
+    let generator_cpu_text = generator_cpu.as_deref().unwrap_or("any");
+    report.print(&format!(
+        "gateway on cpu {gateway_cpu_text}, generator on cpu {generator_cpu_text}, load \
+         average {}",
+        load_before.map_or_else(|| "?".to_owned(), |l| l.to_string())
+    ));
+    if !args.no_record {
+        let mut extra = Map::new();
+        extra.insert(
+            "machine".into(),
+            json!({
+                "cpus": online_cpus(),
+                "gateway_cpu": gateway_cpu_text,
+                "generator_cpu": generator_cpu_text,
+                "attached": attached,
+                "nice": args.nice,
+                // Other work on the machine skews every figure; this says how much there was.
+                "loadavg_1m": load_before,
+            }),
+        );
+        let overrides: Map<String, serde_json::Value> = env
+            .iter()
+            .filter(|(k, _)| k != "CASCADE_API_KEYS")
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        if !attached {
+            extra.insert("gateway_env".into(), serde_json::Value::Object(overrides));
+        }
+        if let Some(note) = &args.note {
+            extra.insert("note".into(), json!(note));
+        }
+        let line = report.to_json(extra);
+        report::append(&args.results, &line)
+            .map_err(|e| format!("appending to {}: {e}", args.results.display()))?;
+        println!("appended to {}", args.results.display());
+    }
+    Ok(())
+}

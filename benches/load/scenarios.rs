@@ -1,0 +1,392 @@
+//! The scenarios: each drives the clients against the gateway and fills a [`Report`].
+//!
+//! - `idle`: hold N connections of one transport; the gateway's resident memory per
+//!   connection.
+//! - `fanout`, `channels`, `poll`: subscribers on K channels, publishers at a rate; each
+//!   subscriber must see every `n` of its channel exactly once. They differ only in
+//!   their defaults (one channel and many subscribers; one subscriber on each of many
+//!   channels; many polling clients for a fixed time).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cascade::config::Transport;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clients::{Follow, Publishing, Tally, histogram, publisher, subscriber, unix_us};
+use crate::gateway::{Gateway, ProcStats, own_stats};
+use crate::report::{Report, mib, ms};
+use crate::{Options, Scenario};
+
+/// One run: the gateway, the resolved options, and the hard deadline.
+pub struct Run {
+    /// The gateway under test.
+    pub gateway: Gateway,
+    /// What to do.
+    pub opts: Options,
+    /// Nothing is started after this; waits give up at it.
+    pub deadline: Instant,
+    /// Makes this run's channel names unique on a shared gateway.
+    pub tag: String,
+}
+
+impl Run {
+    fn channel(&self, c: usize) -> String {
+        format!("load.{}.{c}", self.tag)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.gateway.addr
+    }
+
+    fn stats(&self) -> Result<Option<ProcStats>, String> {
+        match self.gateway.pid {
+            None => Ok(None),
+            Some(pid) => self.gateway.stats().map(Some).ok_or_else(|| {
+                format!(
+                    "the gateway (pid {pid}) is gone; see {}",
+                    self.gateway.log_path()
+                )
+            }),
+        }
+    }
+
+    /// Starts `count` subscribers, subscriber `i` on channel `i % channels`, at most
+    /// `connect_concurrency` connecting at once.
+    async fn subscribe(
+        &self,
+        count: usize,
+        channels: usize,
+        expected: impl Fn(usize) -> u64,
+        tally: &Arc<Tally>,
+        stop: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let slots = Arc::new(Semaphore::new(self.opts.connect_concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(count);
+        let hold_s = self.opts.duration.as_secs() + 30;
+        for i in 0..count {
+            let acquire = slots.clone().acquire_owned();
+            let Ok(Ok(permit)) = tokio::time::timeout_at(self.deadline.into(), acquire).await
+            else {
+                break;
+            };
+            let sources = &self.opts.sources;
+            let follow = Follow {
+                transport: self.opts.transport,
+                channel: self.channel(i % channels),
+                expected: expected(i % channels),
+                interval: self.opts.interval,
+                hold_s,
+                source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
+            };
+            tasks.push(tokio::spawn(subscriber(
+                self.addr(),
+                follow,
+                tally.clone(),
+                stop.clone(),
+                permit,
+            )));
+        }
+        tasks
+    }
+
+    /// Waits until every subscriber is confirmed or has failed; long polls must also show
+    /// on the gateway's gauge as parked. Returns how many are confirmed.
+    async fn settle(&self, count: usize, tally: &Tally) -> Result<usize, String> {
+        loop {
+            let confirmed = tally.confirmed.load(Ordering::Relaxed);
+            let failed = tally.failed.load(Ordering::Relaxed);
+            if confirmed + failed >= count {
+                break;
+            }
+            if Instant::now() > self.deadline {
+                return Err(format!(
+                    "only {confirmed} of {count} subscribers confirmed ({failed} failed) before \
+                     the --duration cap; first error: {}",
+                    first_error(tally)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let confirmed = tally.confirmed.load(Ordering::Relaxed);
+        if self.opts.transport == Transport::Longpoll && confirmed > 0 {
+            let gauge = r#"cascade_connections{transport="longpoll"}"#;
+            loop {
+                let parked = self.gateway.metric(gauge).await.unwrap_or(0.0) as usize;
+                if parked >= confirmed {
+                    break;
+                }
+                if Instant::now() > self.deadline {
+                    return Err(format!("only {parked} of {confirmed} long polls parked"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(confirmed)
+    }
+}
+
+fn first_error(tally: &Tally) -> String {
+    tally
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| "none".to_owned())
+}
+
+/// Stops the clients and waits a little for them to finish.
+async fn finish(stop: &CancellationToken, tasks: Vec<JoinHandle<()>>) {
+    stop.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for task in tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// Gateway CPU seconds between two samples.
+fn cpu_between(a: Option<ProcStats>, b: Option<ProcStats>) -> Option<f64> {
+    Some(b?.cpu_s - a?.cpu_s)
+}
+
+/// RSS growth in KiB per unit.
+fn rss_per(a: Option<ProcStats>, b: Option<ProcStats>, units: usize) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    (units > 0).then(|| (b.rss_kib as f64 - a.rss_kib as f64) / units as f64)
+}
+
+/// Holds `connections` connections open and measures what they cost the gateway.
+pub async fn idle(run: &Run) -> Result<Report, String> {
+    let o = &run.opts;
+    let mut report = Report::new("idle", o.transport);
+    report.param("connections", o.connections);
+    let tally = Arc::new(Tally::new());
+    let stop = CancellationToken::new();
+    let before = run.stats()?;
+    let own_before = own_stats();
+    let started = Instant::now();
+    let tasks = run.subscribe(o.connections, 1, |_| 0, &tally, &stop).await;
+    let confirmed = run.settle(o.connections, &tally).await;
+    let established = started.elapsed();
+    let opened = run.stats()?;
+    let own_opened = own_stats();
+    tokio::time::sleep(o.settle).await;
+    let after = run.stats()?;
+    let gauge = format!(
+        r#"cascade_connections{{transport="{}"}}"#,
+        o.transport.name()
+    );
+    let open_on_gateway = run.gateway.metric(&gauge).await;
+    finish(&stop, tasks).await;
+    let confirmed = confirmed?;
+
+    report.result("confirmed", confirmed);
+    report.result("failed", tally.failed.load(Ordering::Relaxed));
+    report.result("dropped", tally.dropped.load(Ordering::Relaxed));
+    report.result("gateway_open", open_on_gateway);
+    report.result("establish_s", established.as_secs_f64());
+    report.result(
+        "connections_per_s",
+        confirmed as f64 / established.as_secs_f64(),
+    );
+    report.result("rss_before_mib", before.map(|s| mib(s.rss_kib)));
+    report.result("rss_after_mib", after.map(|s| mib(s.rss_kib)));
+    report.result("rss_per_connection_kib", rss_per(before, after, confirmed));
+    let cpu = cpu_between(before, opened);
+    report.result("establish_cpu_s", cpu);
+    report.result(
+        "cpu_us_per_connection",
+        cpu.filter(|_| confirmed > 0)
+            .map(|c| c * 1e6 / confirmed as f64),
+    );
+    report.result("generator_cpu_s", cpu_between(own_before, own_opened));
+    report.result(
+        "first_error",
+        tally
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    );
+    Ok(report)
+}
+
+/// Subscribers on channels, publishers at a rate; deliveries, latency, loss and CPU.
+pub async fn delivery(run: &Run) -> Result<Report, String> {
+    let o = &run.opts;
+    let name = match o.scenario {
+        Scenario::Channels => "channels",
+        Scenario::Poll => "poll",
+        _ => "fanout",
+    };
+    let mut report = Report::new(name, o.transport);
+    let channels = o.channels.max(1);
+    let per_channel = |c: usize| {
+        let k = channels as u64;
+        o.messages / k + u64::from((c as u64) < o.messages % k)
+    };
+    report.param("subscribers", o.subscribers);
+    report.param("channels", channels);
+    report.param("messages", o.messages);
+    report.param("rate", o.rate);
+    report.param("publishers", o.publishers);
+    if matches!(o.transport, Transport::Poll) {
+        report.param("interval_ms", o.interval.as_millis() as u64);
+    }
+    if o.min_window > Duration::ZERO {
+        report.param("seconds", o.min_window.as_secs());
+    }
+    let expected_total: u64 = (0..o.subscribers).map(|i| per_channel(i % channels)).sum();
+
+    let tally = Arc::new(Tally::new());
+    let stop = CancellationToken::new();
+    let before = run.stats()?;
+    let tasks = run
+        .subscribe(o.subscribers, channels, per_channel, &tally, &stop)
+        .await;
+    let confirmed = match run.settle(o.subscribers, &tally).await {
+        Ok(confirmed) => confirmed,
+        Err(e) => {
+            finish(&stop, tasks).await;
+            return Err(e);
+        }
+    };
+    let connected = run.stats()?;
+
+    // The measured window starts with the first publish.
+    let own0 = own_stats();
+    let requests0 = tally.requests.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let t0_us = unix_us();
+    let plan = Arc::new(Publishing {
+        messages: o.messages,
+        rate: o.rate,
+        channels: (0..channels).map(|c| run.channel(c)).collect(),
+        api_key: o.api_key.clone(),
+        start: t0,
+        deadline: run.deadline,
+        next: AtomicU64::new(0),
+        published: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        round_trip: std::sync::Mutex::new(histogram()),
+    });
+    let publishers: Vec<JoinHandle<()>> = (0..o.publishers.max(1))
+        .filter(|_| o.messages > 0)
+        .map(|_| tokio::spawn(publisher(run.addr(), plan.clone(), tally.clone())))
+        .collect();
+
+    let mut progress = (0u64, Instant::now());
+    let capped = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = Instant::now();
+        if now > run.deadline {
+            break true;
+        }
+        let delivered = tally.delivered.load(Ordering::Relaxed);
+        if delivered != progress.0 {
+            progress = (delivered, now);
+        }
+        let published = publishers.iter().all(|p| p.is_finished());
+        let windowed = now.duration_since(t0) >= o.min_window;
+        if published && windowed && (delivered >= expected_total || now - progress.1 > o.drain) {
+            break false;
+        }
+    };
+    let t1 = Instant::now();
+    let after = run.stats()?;
+    let own1 = own_stats();
+    let requests = tally.requests.load(Ordering::Relaxed) - requests0;
+    for p in &publishers {
+        p.abort();
+    }
+    finish(&stop, tasks).await;
+
+    let delivered = tally.delivered.load(Ordering::Relaxed);
+    let window = (t1 - t0).as_secs_f64();
+    let last = tally.last_delivery_us.load(Ordering::Relaxed);
+    // Deliveries per second over the span they actually took, unless the run is timed.
+    let span = if o.min_window > Duration::ZERO || last <= t0_us {
+        window
+    } else {
+        (last - t0_us) as f64 / 1e6
+    };
+    let cpu = cpu_between(connected, after);
+
+    report.result("confirmed", confirmed);
+    report.result("failed", tally.failed.load(Ordering::Relaxed));
+    report.result("dropped", tally.dropped.load(Ordering::Relaxed));
+    report.result("published", plan.published.load(Ordering::Relaxed));
+    report.result("publish_failed", plan.failed.load(Ordering::Relaxed));
+    report.result("expected", expected_total);
+    report.result("delivered", delivered);
+    report.result("lost", expected_total.saturating_sub(delivered));
+    report.result("duplicates", tally.duplicates.load(Ordering::Relaxed));
+    report.result("strays", tally.strays.load(Ordering::Relaxed));
+    report.result("gaps", tally.gaps.load(Ordering::Relaxed));
+    report.result("seconds", span);
+    report.result("deliveries_per_s", delivered as f64 / span.max(1e-9));
+    report.result(
+        "publishes_per_s",
+        plan.published.load(Ordering::Relaxed) as f64 / span.max(1e-9),
+    );
+    {
+        let latency = tally.latency.lock().unwrap_or_else(|e| e.into_inner());
+        if !latency.is_empty() {
+            report.result("latency_p50_ms", ms(latency.value_at_quantile(0.50)));
+            report.result("latency_p99_ms", ms(latency.value_at_quantile(0.99)));
+            report.result("latency_p999_ms", ms(latency.value_at_quantile(0.999)));
+            report.result("latency_max_ms", ms(latency.max()));
+        }
+        let rtt = plan.round_trip.lock().unwrap_or_else(|e| e.into_inner());
+        if !rtt.is_empty() {
+            report.result("publish_rtt_p50_ms", ms(rtt.value_at_quantile(0.50)));
+            report.result("publish_rtt_p99_ms", ms(rtt.value_at_quantile(0.99)));
+        }
+    }
+    if matches!(o.transport, Transport::Poll | Transport::Longpoll) {
+        report.result("requests", requests);
+        report.result("requests_per_s", requests as f64 / window.max(1e-9));
+        report.result(
+            "gateway_cpu_us_per_request",
+            cpu.filter(|_| requests > 0)
+                .map(|c| c * 1e6 / requests as f64),
+        );
+    }
+    report.result("window_s", window);
+    report.result("gateway_cpu_s", cpu);
+    report.result("gateway_cpu_util", cpu.map(|c| c / window.max(1e-9)));
+    report.result(
+        "deliveries_per_cpu_s",
+        cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
+    );
+    let own_cpu = cpu_between(own0, own1);
+    report.result("generator_cpu_s", own_cpu);
+    report.result("generator_cpu_util", own_cpu.map(|c| c / window.max(1e-9)));
+    report.result("rss_before_mib", before.map(|s| mib(s.rss_kib)));
+    report.result("rss_connected_mib", connected.map(|s| mib(s.rss_kib)));
+    report.result("rss_after_mib", after.map(|s| mib(s.rss_kib)));
+    report.result(
+        "rss_per_subscriber_kib",
+        rss_per(before, connected, confirmed),
+    );
+    if o.scenario == Scenario::Channels {
+        report.result("rss_per_channel_kib", rss_per(before, connected, channels));
+    }
+    report.result("capped", capped);
+    report.result(
+        "first_error",
+        tally
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    );
+    Ok(report)
+}

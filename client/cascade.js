@@ -1,0 +1,1070 @@
+/*!
+ * Cascade browser client: one connection to a Cascade gateway over the best transport the
+ * browser and the network allow (WebSocket, Server-Sent Events, long polling, short
+ * polling), with automatic fallback, climbing back up, and exactly-once, in-order delivery
+ * across reconnects and transport switches.
+ *
+ * Dependency-free ES5 (XMLHttpRequest, no fetch, no Promise). Use it from a <script> tag
+ * (global `Cascade`), CommonJS or AMD:
+ *
+ *   var c = Cascade.connect('', { channels: ['chat'] });
+ *   c.subscribe('chat', function (data, message) { ... });
+ *   c.publish('chat', { text: 'hi' }, function (err, position) { ... });
+ *   c.on('transport', function (name) { ... });
+ *
+ * The wire contract is docs/PROTOCOL.md; the gateway serves this file at /cascade.js.
+ */
+(function (root, factory) {
+  if (typeof define === 'function' && define.amd) {
+    define([], function () { return factory(root); });
+  } else if (typeof module === 'object' && module.exports) {
+    module.exports = factory(root);
+  } else {
+    root.Cascade = factory(root);
+  }
+}(typeof self !== 'undefined' ? self
+  : typeof window !== 'undefined' ? window
+  : typeof globalThis !== 'undefined' ? globalThis : this, function (root) {
+  'use strict';
+
+  var VERSION = '0.1.0';
+
+  /** The ladder assumed until /negotiate answers: every rung, best first. */
+  var DEFAULT_LADDER = [
+    { name: 'websocket', url: '/ws' },
+    { name: 'sse', url: '/sse' },
+    { name: 'longpoll', url: '/longpoll', timeout_ms: 25000 },
+    { name: 'poll', url: '/poll', interval_ms: 2000 }
+  ];
+
+  var DEFAULTS = {
+    // How long each rung has to show that data flows before it counts as failed.
+    timeouts: { websocket: 4000, sse: 3000, longpoll: 5000, poll: 5000, negotiate: 5000, publish: 10000 },
+    // How often, after a fallback, the client tries the better rungs again.
+    probeIntervalMs: 60000,
+    // Reconnect backoff: a random delay in [0, min(max, min * 2^attempt)] (full jitter).
+    minBackoffMs: 250,
+    maxBackoffMs: 30000,
+    // Remember the rung that last worked (sessionStorage) and start there next time.
+    remember: true
+  };
+
+  var CHANNEL = /^[A-Za-z0-9_\-.:\/]{1,128}$/;
+
+  // ---------------------------------------------------------------------------------------
+  // Small helpers
+
+  function noop() {}
+
+  function later(fn, ms) { return setTimeout(fn, ms); }
+
+  function cancel(timer) { if (timer) { clearTimeout(timer); } }
+
+  function parse(text) {
+    try { return JSON.parse(text); } catch (e) { return null; }
+  }
+
+  function has(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
+
+  function indexOfName(list, name) {
+    for (var i = 0; i < list.length; i++) {
+      if (list[i].name === name) { return i; }
+    }
+    return -1;
+  }
+
+  function merge(defaults, given) {
+    var out = {}, key;
+    for (key in defaults) { if (has(defaults, key)) { out[key] = defaults[key]; } }
+    if (given) {
+      for (key in given) {
+        if (has(given, key) && given[key] !== undefined) { out[key] = given[key]; }
+      }
+    }
+    return out;
+  }
+
+  /** Calls application code so that a throwing handler cannot break the client. */
+  function safely(fn, self, args) {
+    try {
+      fn.apply(self, args);
+    } catch (e) {
+      later(function () { throw e; }, 0);
+    }
+  }
+
+  function query(params) {
+    var parts = [], key;
+    for (key in params) {
+      if (has(params, key) && params[key] !== undefined && params[key] !== null && params[key] !== '') {
+        parts.push(encodeURIComponent(key) + '=' + encodeURIComponent(params[key]));
+      }
+    }
+    return parts.join('&');
+  }
+
+  function withQuery(url, params) {
+    var q = query(params);
+    if (!q) { return url; }
+    return url + (url.indexOf('?') < 0 ? '?' : '&') + q;
+  }
+
+  /** The gateway's http(s) base URL, without a trailing slash. */
+  function resolveBase(url) {
+    var loc = root.location;
+    var origin = loc ? loc.protocol + '//' + loc.host : '';
+    url = url || '';
+    if (/^wss?:\/\//i.test(url)) { url = url.replace(/^ws/i, 'http'); }
+    if (/^https?:\/\//i.test(url)) { return url.replace(/\/+$/, ''); }
+    if (url.charAt(0) === '/') { return origin + url.replace(/\/+$/, ''); }
+    return origin + (url ? '/' + url.replace(/\/+$/, '') : '');
+  }
+
+  /**
+   * One HTTP request. `done(err, json)`; err is {code, message, status}, status 0 for a
+   * network failure or a timeout. Returns a handle whose abort() silences the callback.
+   */
+  function request(method, url, body, timeoutMs, done) {
+    var XHR = root.XMLHttpRequest;
+    var finished = false, timer = null, xhr;
+    function finish(err, json) {
+      if (finished) { return; }
+      finished = true;
+      cancel(timer);
+      done(err, json);
+    }
+    try {
+      xhr = new XHR();
+      xhr.open(method, url, true);
+      if (body !== null && body !== undefined) { xhr.setRequestHeader('Content-Type', 'application/json'); }
+      xhr.onreadystatechange = function () {
+        if (xhr.readyState !== 4 || finished) { return; }
+        var status = xhr.status;
+        var json = parse(xhr.responseText);
+        if (status >= 200 && status < 300 && json) {
+          finish(null, json);
+        } else if (status === 0) {
+          finish({ code: 'network', message: 'the request failed', status: 0 });
+        } else {
+          var e = json && json.error;
+          finish({
+            code: (e && e.code) || 'http_' + status,
+            message: (e && e.message) || 'HTTP ' + status,
+            status: status
+          });
+        }
+      };
+      timer = later(function () {
+        finish({ code: 'timeout', message: 'no answer in ' + timeoutMs + ' ms', status: 0 });
+        try { xhr.abort(); } catch (e) { /* already done */ }
+      }, timeoutMs);
+      xhr.send(body === null || body === undefined ? null : body);
+    } catch (e) {
+      later(function () { finish({ code: 'network', message: String(e && e.message || e), status: 0 }); }, 0);
+    }
+    return {
+      abort: function () {
+        if (finished) { return; }
+        finished = true;
+        cancel(timer);
+        try { xhr.abort(); } catch (e) { /* already done */ }
+      }
+    };
+  }
+
+  function storage() {
+    try {
+      var s = root.sessionStorage;
+      return s && typeof s.getItem === 'function' ? s : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /** Whether this browser has what a rung needs. */
+  function supported(name) {
+    if (name === 'websocket') {
+      return typeof root.WebSocket === 'function' || typeof root.WebSocket === 'object';
+    }
+    if (name === 'sse') {
+      return typeof root.EventSource === 'function' || typeof root.EventSource === 'object';
+    }
+    return typeof root.XMLHttpRequest === 'function' || typeof root.XMLHttpRequest === 'object';
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Rungs. Each one: open(done) calls done(null) once data demonstrably flows, or
+  // done(reason) when it cannot; after that, drops are reported with client._down(rung, info).
+  // close() tears it down silently. sync() brings its channels in line with the client's and
+  // returns false when it cannot do that in place (SSE: the stream must be replaced).
+
+  function WebSocketRung(client, spec) {
+    this.name = 'websocket';
+    this.client = client;
+    this.spec = spec;
+    this.ws = null;
+    this.dead = false;
+    this.proven = false;
+    this.channels = [];
+  }
+
+  WebSocketRung.prototype.open = function (done) {
+    var self = this, client = this.client, opened = false, timer = null;
+    function fail(reason) {
+      if (self.dead || self.proven) { return; }
+      self.close();
+      done(reason);
+    }
+    if (!supported('websocket')) { later(function () { fail('unsupported'); }, 0); return; }
+    try {
+      this.ws = new root.WebSocket(client._wsUrl(this.spec.url));
+    } catch (e) {
+      later(function () { fail('refused'); }, 0);
+      return;
+    }
+    timer = later(function () { fail('timeout'); }, client.options.timeouts.websocket);
+    this.ws.onopen = function () {
+      if (self.dead) { return; }
+      opened = true;
+      if (!self.resync()) {
+        // No channels: an empty unsubscribe is answered too, which proves the path.
+        self.send({ op: 'unsubscribe', channels: [] });
+      }
+    };
+    this.ws.onmessage = function (event) {
+      if (self.dead) { return; }
+      var frame = parse(event.data);
+      if (!frame) { return; }
+      if (!self.proven) {
+        self.proven = true;
+        cancel(timer);
+        done(null);
+      }
+      self.frame(frame);
+    };
+    this.ws.onclose = function (event) {
+      if (self.dead) { return; }
+      if (!self.proven) {
+        cancel(timer);
+        fail(opened ? 'closed' : 'refused');
+        return;
+      }
+      self.dead = true;
+      var hint = /retry_ms=(\d+)/.exec(event.reason || '');
+      client._down(self, {
+        reason: event.code === 4008 ? 'slow_consumer' : (event.code === 1012 ? 'shutdown' : 'closed'),
+        retryMs: hint ? parseInt(hint[1], 10) : null
+      });
+    };
+    this.ws.onerror = noop; // close follows
+  };
+
+  WebSocketRung.prototype.send = function (frame) {
+    try {
+      this.ws.send(JSON.stringify(frame));
+      return true;
+    } catch (e) {
+      return false;
+    }
+  };
+
+  WebSocketRung.prototype.frame = function (frame) {
+    var client = this.client;
+    switch (frame.op) {
+      case 'message': client._message(frame); break;
+      case 'gap': client._gap(frame); break;
+      case 'subscribed': client._startAt(frame.cursor); break;
+      case 'ack':
+        client._acked(frame.id, null, { channel: frame.channel, epoch: frame.epoch, offset: frame.offset });
+        break;
+      case 'error':
+        if (frame.id !== undefined && frame.id !== null) {
+          client._acked(frame.id, { code: frame.code, message: frame.message }, null);
+        } else {
+          client._emit('error', { code: frame.code, message: frame.message });
+        }
+        break;
+      default: break;
+    }
+  };
+
+  /** Channel changes travel as frames on the open socket (or with the first subscribe). */
+  WebSocketRung.prototype.sync = function () {
+    if (this.ws && this.ws.readyState === 1) { this.resync(); }
+    return true;
+  };
+
+  /** Sends the subscribe/unsubscribe frames that match the client's channels; true if any. */
+  WebSocketRung.prototype.resync = function () {
+    var wanted = this.client._channels(), had = this.channels, added = [], removed = [], i;
+    for (i = 0; i < wanted.length; i++) {
+      if (had.indexOf(wanted[i]) < 0) { added.push(wanted[i]); }
+    }
+    for (i = 0; i < had.length; i++) {
+      if (wanted.indexOf(had[i]) < 0) { removed.push(had[i]); }
+    }
+    this.channels = wanted;
+    if (removed.length) { this.send({ op: 'unsubscribe', channels: removed }); }
+    if (added.length) { this.send({ op: 'subscribe', channels: added, cursor: this.client._cursor(added) }); }
+    return added.length > 0 || removed.length > 0;
+  };
+
+  WebSocketRung.prototype.publish = function (id, channel, data) {
+    return this.send({ op: 'publish', channel: channel, data: data, id: id });
+  };
+
+  WebSocketRung.prototype.close = function () {
+    this.dead = true;
+    if (this.ws) {
+      this.ws.onopen = this.ws.onmessage = this.ws.onclose = this.ws.onerror = noop;
+      try { this.ws.close(1000); } catch (e) { /* already closed */ }
+    }
+  };
+
+  function SseRung(client, spec) {
+    this.name = 'sse';
+    this.client = client;
+    this.spec = spec;
+    this.es = null;
+    this.dead = false;
+    this.proven = false;
+    this.channels = client._channels();
+  }
+
+  SseRung.prototype.open = function (done) {
+    var self = this, client = this.client, headers = false, timer = null;
+    function fail(reason) {
+      if (self.dead || self.proven) { return; }
+      cancel(timer);
+      self.close();
+      done(reason);
+    }
+    function down(info) {
+      if (self.dead) { return; }
+      self.close();
+      client._down(self, info);
+    }
+    if (!supported('sse')) { later(function () { fail('unsupported'); }, 0); return; }
+    if (!this.channels.length) {
+      // Nothing to stream yet: idle until a channel is added (sync() then asks for a new stream).
+      this.idle = true;
+      later(function () { if (!self.dead) { self.proven = true; done(null); } }, 0);
+      return;
+    }
+    var url = withQuery(client._url(this.spec.url), {
+      channels: this.channels.join(','),
+      cursor: client._cursor(this.channels)
+    });
+    try {
+      this.es = new root.EventSource(url);
+    } catch (e) {
+      later(function () { fail('refused'); }, 0);
+      return;
+    }
+    // The gateway writes its headers and an `open` event at once, and /negotiate has just
+    // shown it reachable: when the event does not come, something in between is holding
+    // the response back. Whether or not it let the headers through, that is a buffer.
+    timer = later(function () { fail('buffered'); }, client.options.timeouts.sse);
+    this.es.addEventListener('open', function (event) {
+      if (self.dead) { return; }
+      if (event.data === undefined) { headers = true; return; } // the browser's own open
+      var body = parse(event.data);
+      if (!self.proven) {
+        self.proven = true;
+        cancel(timer);
+        client._startAt(body && body.cursor);
+        done(null);
+      }
+    });
+    this.es.onmessage = function (event) {
+      if (self.dead) { return; }
+      var message = parse(event.data);
+      if (message) { client._message(message); }
+    };
+    this.es.addEventListener('gap', function (event) {
+      if (self.dead) { return; }
+      var gap = parse(event.data);
+      if (gap) { client._gap(gap); }
+    });
+    this.es.addEventListener('reconnect', function (event) {
+      var body = parse(event.data) || {};
+      down({ reason: 'shutdown', retryMs: typeof body.retry_ms === 'number' ? body.retry_ms : null });
+    });
+    this.es.addEventListener('error', function (event) {
+      if (self.dead) { return; }
+      if (event.data !== undefined) {
+        // The gateway's own `error` event, e.g. {"code":"slow_consumer"}.
+        var body = parse(event.data) || {};
+        down({ reason: body.code || 'error', retryMs: null });
+        return;
+      }
+      if (!self.proven) {
+        fail(headers ? 'closed' : 'refused');
+      } else {
+        // The browser would reconnect by itself; the client does it, with its own cursor.
+        down({ reason: 'closed', retryMs: null });
+      }
+    });
+  };
+
+  /** A stream's channels are fixed by its URL: a change needs a new stream. */
+  SseRung.prototype.sync = function () {
+    return this.channels.join(',') === this.client._channels().join(',');
+  };
+
+  SseRung.prototype.close = function () {
+    this.dead = true;
+    if (this.es) {
+      try { this.es.close(); } catch (e) { /* already closed */ }
+    }
+  };
+
+  /** Long polling (`held` true) and short polling share one loop. */
+  function PollRung(client, spec, held) {
+    this.name = held ? 'longpoll' : 'poll';
+    this.client = client;
+    this.spec = spec;
+    this.held = held;
+    this.dead = false;
+    this.proven = false;
+    this.inflight = null;
+    this.timer = null;
+    this.channels = [];
+  }
+
+  PollRung.prototype.open = function (done) {
+    var self = this;
+    if (!supported(this.name)) { later(function () { done('unsupported'); }, 0); return; }
+    this.onProven = function () { self.proven = true; done(null); };
+    this.onFailed = function (reason) { self.close(); done(reason); };
+    this.next(0);
+  };
+
+  /** Issues the next request after `delay` ms. */
+  PollRung.prototype.next = function (delay) {
+    var self = this;
+    cancel(this.timer);
+    this.timer = null;
+    if (delay > 0) {
+      this.timer = later(function () { self.timer = null; self.next(0); }, delay);
+      return;
+    }
+    var client = this.client;
+    this.channels = client._channels();
+    if (!this.channels.length) {
+      // Nothing to ask for; the HTTP path is proven by /negotiate. Resumes on sync().
+      if (!this.proven) {
+        this.idle = true;
+        later(function () { if (!self.dead && !self.proven) { self.onProven(); } }, 0);
+      }
+      return;
+    }
+    var params = { channels: this.channels.join(','), cursor: client._cursor(this.channels) };
+    var timeoutMs = client.options.timeouts[this.name];
+    // Read per request: the rung may have started before /negotiate gave the real values.
+    var spec = client._spec(this.name) || this.spec;
+    if (this.held) {
+      // The first poll asks for an immediate answer: that is what proves the rung.
+      var hold = this.proven ? Math.max(1, Math.round((spec.timeout_ms || 25000) / 1000)) : 0;
+      params.timeout = hold;
+      timeoutMs += hold * 1000;
+    }
+    var url = withQuery(client._url(this.spec.url), params);
+    var handle = request('GET', url, null, timeoutMs, function (err, body) {
+      if (self.dead || self.inflight !== handle) { return; }
+      self.inflight = null;
+      if (err) {
+        if (!self.proven) {
+          self.onFailed(err.status === 0 ? (err.code === 'timeout' ? 'timeout' : 'refused') : 'refused');
+        } else {
+          self.close();
+          client._down(self, { reason: err.code, retryMs: null });
+        }
+        return;
+      }
+      client._polled(body);
+      if (!self.proven) { self.onProven(); }
+      if (self.dead) { return; }
+      if (typeof body.retry_ms === 'number') {
+        // The gateway is draining: come back after the delay it chose.
+        self.close();
+        client._down(self, { reason: 'shutdown', retryMs: body.retry_ms });
+        return;
+      }
+      self.next(self.held ? 0 : ((client._spec(self.name) || self.spec).interval_ms || 2000));
+    });
+    this.inflight = handle;
+  };
+
+  /** Re-asks at once with the client's channels (an answer in flight is simply dropped). */
+  PollRung.prototype.sync = function () {
+    if (this.dead || !this.proven) { return true; }
+    if (this.channels.join(',') === this.client._channels().join(',')) { return true; }
+    if (this.inflight) { this.inflight.abort(); this.inflight = null; }
+    this.next(0);
+    return true;
+  };
+
+  PollRung.prototype.close = function () {
+    this.dead = true;
+    cancel(this.timer);
+    if (this.inflight) { this.inflight.abort(); this.inflight = null; }
+  };
+
+  var RUNGS = {
+    websocket: function (client, spec) { return new WebSocketRung(client, spec); },
+    sse: function (client, spec) { return new SseRung(client, spec); },
+    longpoll: function (client, spec) { return new PollRung(client, spec, true); },
+    poll: function (client, spec) { return new PollRung(client, spec, false); }
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // The client
+
+  /** A connection to a gateway; create it with Cascade.connect(url, options). */
+  function Client(url, options) {
+    options = options || {};
+    this.options = merge(DEFAULTS, options);
+    this.options.timeouts = merge(DEFAULTS.timeouts, options.timeouts);
+    this.base = resolveBase(url);
+    this.token = options.token || null;
+    this.allowed = options.transports && options.transports.length ? options.transports.slice() : null;
+    /** The name of the rung in use, or null while disconnected. */
+    this.transport = null;
+    this.lastTransport = null;
+    this.ladder = DEFAULT_LADDER.slice();
+    this.subs = {};        // channel -> [handler]
+    this.order = [];       // subscribed channels, in subscription order
+    this.pos = {};         // channel -> {epoch, offset}: the last position the application saw
+    this.retired = {};     // channel -> {epoch: true}: epochs left behind after a gap
+    this.handlers = {};    // event -> [handler]
+    this.active = null;    // the rung in use
+    this.probe = null;     // a rung being tried while another is in use (climb or replace)
+    this.cycle = null;     // the connection attempt in progress, when no rung is in use
+    this.failed = {};      // rung -> reason, not yet reported to /negotiate
+    this.reported = {};    // rung -> reason, already reported
+    this.unsupported = {}; // rungs this browser lacks (reported once)
+    this.attempt = 0;      // reconnect attempts since a rung last worked
+    this.reconnectTimer = null;
+    this.probeTimer = null;
+    this.pending = {};     // publish id -> {callback, timer}
+    this.nextId = 1;
+    this.closed = false;
+    this.connected = false;
+    var channels = options.channels || [];
+    for (var i = 0; i < channels.length; i++) { this._add(channels[i]); }
+    var self = this;
+    later(function () { self._connect(); }, 0);
+  }
+
+  /** Calls `fn(data, message)` for every message on `channel`, from now on. */
+  Client.prototype.subscribe = function (channel, fn) {
+    this._add(channel);
+    if (typeof fn === 'function') { this.subs[channel].push(fn); }
+    this._sync();
+    return this;
+  };
+
+  /** Removes `fn` (or every handler) from `channel`; the last one leaves the channel. */
+  Client.prototype.unsubscribe = function (channel, fn) {
+    if (!has(this.subs, channel)) { return this; }
+    var list = this.subs[channel];
+    if (typeof fn === 'function') {
+      var at = list.indexOf(fn);
+      if (at >= 0) { list.splice(at, 1); }
+      if (list.length) { return this; }
+    }
+    delete this.subs[channel];
+    delete this.pos[channel];
+    delete this.retired[channel];
+    this.order.splice(this.order.indexOf(channel), 1);
+    this._sync();
+    return this;
+  };
+
+  /**
+   * Publishes `data` (any JSON value) to `channel`; `callback(err, {channel, epoch, offset})`.
+   * Over a WebSocket when one is in use, else with POST /publish.
+   */
+  Client.prototype.publish = function (channel, data, callback) {
+    var self = this, done = typeof callback === 'function' ? callback : noop;
+    if (this.closed) {
+      later(function () { done({ code: 'closed', message: 'the client is closed' }); }, 0);
+      return this;
+    }
+    var rung = this.active;
+    if (rung && rung.name === 'websocket' && rung.publish) {
+      var id = this.nextId++;
+      var timer = later(function () {
+        self._acked(id, { code: 'timeout', message: 'no acknowledgement in time' }, null);
+      }, this.options.timeouts.publish);
+      this.pending[id] = { callback: done, timer: timer };
+      if (rung.publish(id, channel, data)) { return this; }
+      cancel(timer);
+      delete this.pending[id];
+    }
+    request('POST', this._url('/publish'), JSON.stringify({ channel: channel, data: data }),
+      this.options.timeouts.publish, function (err, body) {
+        if (err) { done(err); } else { done(null, body); }
+      });
+    return this;
+  };
+
+  /** Adds a handler for connect, disconnect, transport, gap, error or message. */
+  Client.prototype.on = function (event, fn) {
+    (this.handlers[event] = this.handlers[event] || []).push(fn);
+    return this;
+  };
+
+  /** Removes a handler added with on(). */
+  Client.prototype.off = function (event, fn) {
+    var list = this.handlers[event] || [], at = list.indexOf(fn);
+    if (at >= 0) { list.splice(at, 1); }
+    return this;
+  };
+
+  /** Closes every connection and stops reconnecting. */
+  Client.prototype.close = function () {
+    if (this.closed) { return; }
+    this.closed = true;
+    cancel(this.reconnectTimer);
+    cancel(this.probeTimer);
+    this._endCycle();
+    if (this.probe) { this.probe.close(); this.probe = null; }
+    var wasConnected = this.connected;
+    if (this.active) { this.active.close(); this.active = null; }
+    this.transport = null;
+    this.connected = false;
+    this._failPending('closed');
+    if (wasConnected) { this._emit('disconnect', { reason: 'closed', retryMs: null }); }
+  };
+
+  // --- channels and positions ------------------------------------------------------------
+
+  Client.prototype._add = function (channel) {
+    if (typeof channel !== 'string' || !CHANNEL.test(channel)) {
+      throw new Error('Cascade: bad channel name ' + JSON.stringify(channel) +
+        ': use 1 to 128 of A-Z a-z 0-9 _ - . : /');
+    }
+    if (!has(this.subs, channel)) {
+      this.subs[channel] = [];
+      this.order.push(channel);
+    }
+  };
+
+  Client.prototype._channels = function () { return this.order.slice(); };
+
+  /** The cursor for `channels`: a position where one is known, else "from now on". */
+  Client.prototype._cursor = function (channels) {
+    var parts = [];
+    for (var i = 0; i < channels.length; i++) {
+      var p = this.pos[channels[i]];
+      parts.push(p ? channels[i] + '@' + p.epoch + ':' + p.offset : channels[i]);
+    }
+    return parts.join(',');
+  };
+
+  /** Takes the starting positions a rung reports, for channels that had none yet. */
+  Client.prototype._startAt = function (cursor) {
+    if (typeof cursor !== 'string' || !cursor) { return; }
+    var entries = cursor.split(',');
+    for (var i = 0; i < entries.length; i++) {
+      var m = /^([^@]+)@([A-Za-z0-9]+):(\d+)$/.exec(entries[i]);
+      if (m && has(this.subs, m[1]) && !this.pos[m[1]]) {
+        this.pos[m[1]] = { epoch: m[2], offset: parseInt(m[3], 10) };
+      }
+    }
+  };
+
+  /**
+   * Hands a message to the application unless it already has it. Every rung delivers a
+   * contiguous run from the cursor it was given, so "newer than the last one seen" is
+   * exactly "the next one": nothing is skipped, duplicated or reordered across rungs.
+   */
+  Client.prototype._message = function (m) {
+    var channel = m && m.channel;
+    if (!channel || !has(this.subs, channel) || typeof m.offset !== 'number') { return; }
+    var p = this.pos[channel];
+    if (p) {
+      if (m.epoch === p.epoch) {
+        if (m.offset <= p.offset) { return; }
+      } else {
+        if (this.retired[channel] && this.retired[channel][m.epoch]) { return; }
+        // A new history without an announced gap: announce it, then take the message.
+        this._gap({ channel: channel, epoch: m.epoch, first: m.offset });
+      }
+    }
+    this.pos[channel] = { epoch: m.epoch, offset: m.offset };
+    var list = this.subs[channel].slice();
+    for (var i = 0; i < list.length; i++) { safely(list[i], this, [m.data, m]); }
+    this._emit('message', m);
+  };
+
+  /** The history the application was reading is gone: continue from `first`. */
+  Client.prototype._gap = function (gap) {
+    var channel = gap && gap.channel;
+    if (!channel || !has(this.subs, channel)) { return; }
+    var p = this.pos[channel];
+    var retired = this.retired[channel] || (this.retired[channel] = {});
+    if (retired[gap.epoch]) { return; }
+    if (p && p.epoch === gap.epoch && gap.first - 1 <= p.offset) { return; } // already past it
+    if (p && p.epoch !== gap.epoch) { retired[p.epoch] = true; }
+    this.pos[channel] = { epoch: gap.epoch, offset: Math.max(0, gap.first - 1) };
+    this._emit('gap', { channel: channel, epoch: gap.epoch, first: gap.first });
+  };
+
+  /** A polling answer: gaps come before the messages that follow them. */
+  Client.prototype._polled = function (body) {
+    var i, gaps = body.gaps || [], messages = body.messages || [];
+    for (i = 0; i < gaps.length; i++) { this._gap(gaps[i]); }
+    for (i = 0; i < messages.length; i++) { this._message(messages[i]); }
+    this._startAt(body.cursor);
+  };
+
+  Client.prototype._acked = function (id, err, position) {
+    var entry = this.pending[id];
+    if (!entry) { return; }
+    delete this.pending[id];
+    cancel(entry.timer);
+    safely(entry.callback, this, [err, position]);
+  };
+
+  Client.prototype._failPending = function (code) {
+    var ids = Object.keys(this.pending);
+    for (var i = 0; i < ids.length; i++) {
+      this._acked(ids[i], { code: code, message: 'the connection ended before the acknowledgement' }, null);
+    }
+  };
+
+  Client.prototype._emit = function (event) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    var list = (this.handlers[event] || []).slice();
+    for (var i = 0; i < list.length; i++) { safely(list[i], this, args); }
+  };
+
+  // --- URLs ----------------------------------------------------------------------------
+
+  Client.prototype._url = function (path) {
+    var url = /^https?:\/\//i.test(path) ? path : this.base + path;
+    return this.token ? withQuery(url, { token: this.token }) : url;
+  };
+
+  Client.prototype._wsUrl = function (path) {
+    return this._url(path).replace(/^http/i, 'ws');
+  };
+
+  // --- negotiation and the ladder --------------------------------------------------------
+
+  /** The server's description of rung `name`, if it offers it. */
+  Client.prototype._spec = function (name) {
+    var at = indexOfName(this.ladder, name);
+    return at < 0 ? null : this.ladder[at];
+  };
+
+  /** The rungs this client may use, best first, from the server's ladder. */
+  Client.prototype._candidates = function () {
+    var out = [];
+    for (var i = 0; i < this.ladder.length; i++) {
+      var spec = this.ladder[i];
+      if (!RUNGS[spec.name]) { continue; }
+      if (this.allowed && this.allowed.indexOf(spec.name) < 0) { continue; }
+      if (!supported(spec.name)) {
+        // Reported once: it will not change while the page lives.
+        if (!has(this.reported, spec.name) && !this.unsupported[spec.name]) {
+          this.unsupported[spec.name] = true;
+          this.failed[spec.name] = 'unsupported';
+        }
+        continue;
+      }
+      out.push(spec);
+    }
+    return out;
+  };
+
+  /**
+   * GET /negotiate, reporting the rungs that failed since the last report. A report in
+   * flight is not repeated; one that does not arrive is sent again with the next request.
+   */
+  Client.prototype._negotiate = function (done) {
+    var self = this, failed = [], sending = {}, name;
+    for (name in this.failed) {
+      if (has(this.failed, name)) {
+        failed.push(name + ':' + this.failed[name]);
+        sending[name] = this.failed[name];
+        delete this.failed[name];
+      }
+    }
+    var url = withQuery(this._url('/negotiate'), { failed: failed.join(',') });
+    return request('GET', url, null, this.options.timeouts.negotiate, function (err, body) {
+      var ok = !err && body && body.transports && body.transports.length;
+      for (var n in sending) {
+        if (has(sending, n)) {
+          if (ok) {
+            self.reported[n] = sending[n];
+          } else if (!has(self.failed, n)) {
+            self.failed[n] = sending[n];
+          }
+        }
+      }
+      if (ok) {
+        self.ladder = body.transports;
+        done(null);
+      } else {
+        done(err || { code: 'bad_negotiate', message: 'no transports offered', status: 0 });
+      }
+    });
+  };
+
+  Client.prototype._remembered = function () {
+    var s = this.options.remember && storage();
+    try { return s ? s.getItem('cascade.transport ' + this.base) : null; } catch (e) { return null; }
+  };
+
+  Client.prototype._remember = function (name) {
+    var s = this.options.remember && storage();
+    try { if (s) { s.setItem('cascade.transport ' + this.base, name); } } catch (e) { /* full or denied */ }
+  };
+
+  /**
+   * One connection attempt: /negotiate and the first rung start together, so a WebSocket
+   * that works is not delayed by the negotiate round trip. A rung that fails makes way for
+   * the next one down, but only once /negotiate has shown the gateway itself is reachable:
+   * when it is down, every rung fails and none of them is to blame.
+   */
+  Client.prototype._connect = function () {
+    if (this.closed || this.active || this.cycle) { return; }
+    var self = this;
+    var candidates = this._candidates();
+    var remembered = this._remembered();
+    var start = indexOfName(candidates, remembered);
+    var cycle = {
+      negotiate: 'pending',
+      tried: {},
+      floor: start < 0 ? 0 : start, // rungs above the starting one are tried last
+      rung: null,
+      failure: null,
+      request: null
+    };
+    this.cycle = cycle;
+    cycle.request = this._negotiate(function (err) {
+      if (self.cycle !== cycle) { return; }
+      cycle.request = null;
+      cycle.negotiate = err ? 'failed' : 'ok';
+      if (!err) {
+        // The server's ladder may place the rung being tried elsewhere, or not offer it.
+        var current = cycle.rung ? cycle.rung.name : (cycle.failure ? cycle.failure.name : null);
+        cycle.floor = current ? Math.max(0, indexOfName(self._candidates(), current)) : 0;
+      } else {
+        cycle.error = err;
+      }
+      self._step(cycle);
+    });
+    if (candidates.length) {
+      this._try(cycle, candidates[cycle.floor]);
+    }
+  };
+
+  Client.prototype._try = function (cycle, spec) {
+    var self = this, rung = RUNGS[spec.name](this, spec);
+    cycle.tried[spec.name] = true;
+    cycle.rung = rung;
+    rung.open(function (reason) {
+      if (self.cycle !== cycle || cycle.rung !== rung) { rung.close(); return; }
+      cycle.rung = null;
+      if (reason === null) {
+        self._endCycle();
+        self._promote(rung);
+      } else {
+        cycle.failure = { name: rung.name, reason: reason };
+        self._step(cycle);
+      }
+    });
+  };
+
+  /** Decides what a cycle does next, whenever negotiation or a rung attempt settles. */
+  Client.prototype._step = function (cycle) {
+    if (this.closed || this.cycle !== cycle) { return; }
+    var candidates = cycle.negotiate === 'ok' ? this._candidates() : null;
+    if (cycle.rung) {
+      // Still trying; drop the attempt if the gateway does not offer that rung.
+      if (candidates && indexOfName(candidates, cycle.rung.name) < 0) {
+        cycle.rung.close();
+        cycle.rung = null;
+      } else {
+        return;
+      }
+    }
+    if (cycle.negotiate === 'pending') { return; }
+    if (cycle.negotiate === 'failed') {
+      // The gateway is unreachable: no rung is to blame; try again later.
+      this._retry(null, null);
+      return;
+    }
+    if (cycle.failure) {
+      if (indexOfName(candidates, cycle.failure.name) >= 0) {
+        this.failed[cycle.failure.name] = cycle.failure.reason;
+      }
+      cycle.failure = null;
+    }
+    // Down from the starting rung first; when nothing below works either, the rungs above
+    // it get their turn too (the remembered rung may be the one that broke).
+    for (var k = 0; k < candidates.length; k++) {
+      var spec = candidates[(cycle.floor + k) % candidates.length];
+      if (!cycle.tried[spec.name]) {
+        this._try(cycle, spec);
+        return;
+      }
+    }
+    this._retry(null, {
+      code: 'no_transport',
+      message: candidates.length ? 'every transport failed' : 'no usable transport is offered'
+    });
+  };
+
+  Client.prototype._endCycle = function () {
+    var cycle = this.cycle;
+    if (!cycle) { return; }
+    this.cycle = null;
+    if (cycle.rung) { cycle.rung.close(); }
+    if (cycle.request) { cycle.request.abort(); }
+  };
+
+  /** Schedules the next attempt: the server's delay when it gave one, else backoff. */
+  Client.prototype._retry = function (retryMs, error) {
+    this._endCycle();
+    if (this.closed) { return; }
+    var delay;
+    if (typeof retryMs === 'number' && retryMs >= 0) {
+      delay = retryMs;
+    } else {
+      var options = this.options;
+      var ceiling = Math.min(options.maxBackoffMs, options.minBackoffMs * Math.pow(2, this.attempt));
+      delay = Math.floor(Math.random() * ceiling);
+      this.attempt = Math.min(this.attempt + 1, 30);
+    }
+    if (error) { this._emit('error', { code: error.code, message: error.message }); }
+    var self = this;
+    cancel(this.reconnectTimer);
+    this.reconnectTimer = later(function () { self.reconnectTimer = null; self._connect(); }, delay);
+  };
+
+  /** Makes `rung` the one in use and closes the previous one. */
+  Client.prototype._promote = function (rung) {
+    var previous = this.active;
+    this.active = rung;
+    if (previous && previous !== rung) { previous.close(); }
+    this.attempt = 0;
+    var changed = this.lastTransport !== rung.name;
+    this.transport = this.lastTransport = rung.name;
+    // Only a rung that carried data is worth starting from next time, and only when the
+    // application let the client choose (a forced rung says nothing about the network).
+    if (!rung.idle && !this.allowed) { this._remember(rung.name); }
+    if (!this.connected) {
+      this.connected = true;
+      this._emit('connect', { transport: rung.name });
+    }
+    if (changed) { this._emit('transport', rung.name); }
+    // Report the rungs that failed on the way here.
+    if (Object.keys(this.failed).length) { this._negotiate(noop); }
+    this._sync();
+    this._scheduleProbe();
+  };
+
+  /** The active rung was lost: reconnect, from the same rung, after a delay. */
+  Client.prototype._down = function (rung, info) {
+    if (rung === this.probe) {
+      this.probe = null;
+      this._scheduleProbe();
+      return;
+    }
+    if (rung !== this.active) { return; }
+    this.active = null;
+    this.transport = null;
+    if (this.probe) { this.probe.close(); this.probe = null; }
+    cancel(this.probeTimer);
+    this._failPending('disconnected');
+    if (this.connected) {
+      this.connected = false;
+      this._emit('disconnect', { reason: info.reason, retryMs: info.retryMs });
+    }
+    this._retry(info.retryMs, null);
+  };
+
+  /** Tells the active rung about channel changes, replacing it when it cannot adapt. */
+  Client.prototype._sync = function () {
+    var rung = this.active;
+    if (!rung || this.closed) { return; }
+    if (rung.sync() === false && !(this.probe && this.probe.replacing)) {
+      if (this.probe) { this.probe.close(); this.probe = null; }
+      this._tryAlongside(rung.name, true);
+    }
+  };
+
+  // --- climbing back up ----------------------------------------------------------------
+
+  Client.prototype._scheduleProbe = function () {
+    cancel(this.probeTimer);
+    this.probeTimer = null;
+    if (this.closed || !this.active || this.probe) { return; }
+    var candidates = this._candidates(), at = indexOfName(candidates, this.active.name);
+    if (at <= 0) { return; }
+    var self = this;
+    this.probeTimer = later(function () {
+      self.probeTimer = null;
+      self._climb(0);
+    }, this.options.probeIntervalMs);
+  };
+
+  /** Tries the rungs above the active one, best first; the first that works takes over. */
+  Client.prototype._climb = function (from) {
+    if (this.closed || !this.active || this.probe) { return; }
+    var candidates = this._candidates(), at = indexOfName(candidates, this.active.name);
+    if (from >= at || at < 0) { this._scheduleProbe(); return; }
+    var self = this;
+    this._tryAlongside(candidates[from].name, false, function () { self._climb(from + 1); });
+  };
+
+  /**
+   * Opens `name` next to the active rung. Both deliver into the same dedupe, so the switch
+   * shows the application neither a gap nor a duplicate; the old rung closes on promotion.
+   */
+  Client.prototype._tryAlongside = function (name, replacing, onFail) {
+    var candidates = this._candidates(), at = indexOfName(candidates, name);
+    var spec = at >= 0 ? candidates[at] : DEFAULT_LADDER[indexOfName(DEFAULT_LADDER, name)];
+    var self = this, rung = RUNGS[name](this, spec);
+    rung.replacing = replacing;
+    this.probe = rung;
+    rung.open(function (reason) {
+      if (self.probe !== rung) { rung.close(); return; }
+      self.probe = null;
+      if (reason === null) {
+        self._promote(rung);
+      } else if (replacing) {
+        // The same rung no longer opens: treat the active one as lost too.
+        if (self.active) {
+          var active = self.active;
+          active.close();
+          self._down(active, { reason: reason, retryMs: null });
+        }
+      } else if (onFail) {
+        onFail();
+      } else {
+        self._scheduleProbe();
+      }
+    });
+  };
+
+  // ---------------------------------------------------------------------------------------
+
+  /** Connects to the gateway at `url` ('' for this page's origin). */
+  function connect(url, options) {
+    return new Client(url, options);
+  }
+
+  return {
+    connect: connect,
+    Client: Client,
+    version: VERSION,
+    transports: ['websocket', 'sse', 'longpoll', 'poll']
+  };
+}));

@@ -1,0 +1,351 @@
+/*
+ * The Cascade chat demo: broadcast on `chat`, private messages on `user:<name>`, rooms on
+ * `room:<name>`. Presence is plain messages on `chat` (online / here / offline), so the
+ * demo needs nothing from the gateway beyond publish and subscribe.
+ *
+ * ES5, like the client, so that it runs wherever the client does.
+ */
+(function () {
+  'use strict';
+
+  var NAME = /^[A-Za-z0-9_\-]{1,24}$/;
+  var RUNG_LABELS = {
+    websocket: 'WebSocket',
+    sse: 'Server-Sent Events',
+    longpoll: 'long polling',
+    poll: 'short polling'
+  };
+
+  var me = null;
+  var client = null;
+  var conversations = {}; // key -> {key, kind, name, channel, title, items: [], unread}
+  var order = [];         // conversation keys, sidebar order
+  var current = 'everyone';
+  var people = {};        // name -> {online, transport}
+
+  function $(id) { return document.getElementById(id); }
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) { node.className = className; }
+    if (text !== undefined && text !== null) { node.textContent = text; }
+    return node;
+  }
+
+  function hue(name) {
+    var h = 0;
+    for (var i = 0; i < name.length; i++) { h = (h * 31 + name.charCodeAt(i)) % 360; }
+    return h;
+  }
+
+  function avatar(node, name) {
+    node.textContent = name.charAt(0).toUpperCase();
+    node.style.background = 'hsl(' + hue(name) + ', 55%, 48%)';
+  }
+
+  function clock(ts) {
+    var d = ts ? new Date(ts) : new Date();
+    var m = d.getMinutes();
+    return d.getHours() + ':' + (m < 10 ? '0' : '') + m;
+  }
+
+  // --- conversations ---------------------------------------------------------------------
+
+  function conversation(key, kind, name, channel) {
+    if (!conversations[key]) {
+      conversations[key] = {
+        key: key,
+        kind: kind,
+        name: name,
+        channel: channel,
+        title: kind === 'dm' ? '@ ' + name : '# ' + name,
+        items: [],
+        unread: 0
+      };
+      order.push(key);
+      // Someone who writes privately is someone, even before their presence arrives.
+      if (kind === 'dm' && !people[name]) { people[name] = { online: true, transport: null }; }
+      renderSidebar();
+    }
+    return conversations[key];
+  }
+
+  /** Adds an item (a message or a note) to a conversation and shows it if it is open. */
+  function add(conv, item) {
+    conv.items.push(item);
+    if (conv.key === current) {
+      $('messages').appendChild(renderItem(item));
+      scrollDown();
+    } else if (item.kind === 'message' && item.from !== me) {
+      conv.unread += 1;
+      renderSidebar();
+    }
+    return item;
+  }
+
+  function note(conv, text) {
+    add(conv, { kind: 'note', text: text, ts: Date.now() });
+  }
+
+  function renderItem(item) {
+    if (item.kind === 'note') {
+      var li = el('li', 'note', item.text);
+      return li;
+    }
+    var row = el('li', 'message' + (item.from === me ? ' mine' : '') + (item.pending ? ' pending' : ''));
+    var face = el('div', 'avatar small');
+    avatar(face, item.from);
+    var body = el('div', 'body');
+    var meta = el('div', 'meta');
+    meta.appendChild(el('span', 'author', item.from === me ? 'you' : item.from));
+    if (item.transport) { meta.appendChild(el('span', 'via rung-' + item.transport, item.transport)); }
+    meta.appendChild(el('span', 'time', clock(item.ts)));
+    body.appendChild(meta);
+    body.appendChild(el('div', 'text', item.text));
+    row.appendChild(face);
+    row.appendChild(body);
+    item.node = row;
+    return row;
+  }
+
+  function scrollDown() {
+    var list = $('messages');
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function open(key) {
+    var conv = conversations[key];
+    if (!conv) { return; }
+    current = key;
+    conv.unread = 0;
+    $('title').textContent = conv.title;
+    $('subtitle').textContent = conv.kind === 'dm' ? 'private, on user:' + conv.name
+      : 'channel ' + conv.channel;
+    $('leave-room').hidden = conv.kind !== 'room';
+    $('text').placeholder = conv.kind === 'dm' ? 'Message ' + conv.name + ' privately'
+      : conv.kind === 'room' ? 'Message ' + conv.title : 'Message everyone';
+    var list = $('messages');
+    list.innerHTML = '';
+    for (var i = 0; i < conv.items.length; i++) { list.appendChild(renderItem(conv.items[i])); }
+    scrollDown();
+    renderSidebar();
+    $('text').focus();
+  }
+
+  function renderSidebar() {
+    var channels = $('channels'), peopleList = $('people'), i, key, conv;
+    channels.innerHTML = '';
+    for (i = 0; i < order.length; i++) {
+      conv = conversations[order[i]];
+      if (conv.kind !== 'dm') { channels.appendChild(sidebarItem(conv, conv.title)); }
+    }
+    peopleList.innerHTML = '';
+    var names = Object.keys(people).sort();
+    for (i = 0; i < names.length; i++) {
+      key = 'dm:' + names[i];
+      conv = conversations[key];
+      var item = sidebarItem(conv || { key: key, unread: 0 }, names[i]);
+      item.setAttribute('data-person', names[i]);
+      var dot = el('span', 'dot' + (people[names[i]].online ? ' online' : ''));
+      item.insertBefore(dot, item.firstChild);
+      var rung = people[names[i]].transport;
+      if (rung) { item.appendChild(el('span', 'via rung-' + rung, rung)); }
+      peopleList.appendChild(item);
+    }
+    $('nobody').hidden = names.length > 0;
+  }
+
+  function sidebarItem(conv, label) {
+    var li = el('li', conv.key === current ? 'active' : '');
+    li.setAttribute('data-key', conv.key);
+    li.appendChild(el('span', 'label', label));
+    if (conv.unread) { li.appendChild(el('span', 'unread', String(conv.unread))); }
+    li.onclick = function () {
+      var key = li.getAttribute('data-key');
+      var name = li.getAttribute('data-person');
+      if (name && !conversations[key]) { conversation(key, 'dm', name, 'user:' + name); }
+      open(key);
+    };
+    return li;
+  }
+
+  // --- the wire ----------------------------------------------------------------------------
+
+  /**
+   * Publishes `data` from this user. What goes to a channel this tab follows comes back
+   * like anyone else's message, in channel order; a private message does not (the sender
+   * does not follow the recipient's inbox), so it is shown when acknowledged.
+   */
+  function send(data, channel, conv) {
+    data.from = me;
+    data.transport = client.transport;
+    client.publish(channel, data, function (err) {
+      if (err) {
+        note(conv, 'Not sent (' + err.code + '): ' + (data.text || data.type));
+      } else if (data.type === 'text' && conv.kind === 'dm') {
+        add(conv, { kind: 'message', from: me, text: data.text, ts: Date.now(), transport: data.transport });
+      }
+    });
+  }
+
+  /** A message on a channel this tab follows. */
+  function received(data, message, conv) {
+    if (!data || typeof data.from !== 'string') { return; }
+    var person = data.from !== me && people[data.from];
+    if (data.transport && person && person.transport !== data.transport) {
+      person.transport = data.transport;
+      renderSidebar();
+    }
+    switch (data.type) {
+      case 'text':
+        add(conv, {
+          kind: 'message',
+          from: data.from,
+          text: String(data.text || ''),
+          ts: message.ts,
+          transport: data.transport
+        });
+        break;
+      case 'online':
+      case 'here':
+        if (data.from !== me) {
+          people[data.from] = { online: true, transport: data.transport || null };
+          renderSidebar();
+          if (data.type === 'online') {
+            note(conversations.everyone, data.from + ' joined');
+            // Tell the newcomer who is here.
+            send({ type: 'here' }, 'chat', conversations.everyone);
+          }
+        }
+        break;
+      case 'offline':
+        if (people[data.from]) {
+          people[data.from].online = false;
+          renderSidebar();
+          note(conversations.everyone, data.from + ' left');
+        }
+        break;
+      case 'join':
+        if (data.from !== me) { note(conv, data.from + ' joined ' + conv.title); }
+        break;
+      case 'leave':
+        if (data.from !== me) { note(conv, data.from + ' left ' + conv.title); }
+        break;
+      default:
+        break;
+    }
+  }
+
+  function follow(conv) {
+    client.subscribe(conv.channel, function (data, message) { received(data, message, conv); });
+  }
+
+  function joinRoom(name) {
+    var key = 'room:' + name;
+    if (conversations[key]) { open(key); return; }
+    var conv = conversation(key, 'room', name, 'room:' + name);
+    follow(conv);
+    note(conv, 'You joined ' + conv.title + '. Everyone in it sees what you write here.');
+    send({ type: 'join' }, conv.channel, conv);
+    open(key);
+  }
+
+  function leaveRoom(key) {
+    var conv = conversations[key];
+    if (!conv || conv.kind !== 'room') { return; }
+    send({ type: 'leave' }, conv.channel, conv);
+    client.unsubscribe(conv.channel);
+    delete conversations[key];
+    order.splice(order.indexOf(key), 1);
+    open('everyone');
+  }
+
+  function showTransport(name) {
+    var status = $('status');
+    if (name) {
+      status.className = 'status live rung-' + name;
+      status.textContent = 'connected over ' + RUNG_LABELS[name];
+    } else {
+      status.className = 'status connecting';
+      status.textContent = 'reconnecting…';
+    }
+    var rungs = $('ladder').getElementsByTagName('li');
+    for (var i = 0; i < rungs.length; i++) {
+      rungs[i].className = rungs[i].getAttribute('data-rung') === name ? 'active rung-' + name : '';
+    }
+    document.body.setAttribute('data-transport', name || '');
+  }
+
+  function login(name, transport) {
+    me = name;
+    $('login').hidden = true;
+    $('app').hidden = false;
+    $('me-name').textContent = name;
+    avatar($('me-avatar'), name);
+    client = Cascade.connect('', { transports: transport ? [transport] : undefined });
+    var everyone = conversation('everyone', 'everyone', 'everyone', 'chat');
+    var inbox = { key: 'inbox', channel: 'user:' + name };
+    follow(everyone);
+    client.subscribe(inbox.channel, function (data, message) {
+      if (!data || data.type !== 'text' || typeof data.from !== 'string') { return; }
+      var conv = conversation('dm:' + data.from, 'dm', data.from, 'user:' + data.from);
+      received(data, message, conv);
+    });
+    var announced = false;
+    client.on('transport', showTransport);
+    client.on('connect', function (info) {
+      showTransport(info.transport);
+      if (!announced) {
+        announced = true;
+        send({ type: 'online' }, 'chat', everyone);
+      }
+    });
+    client.on('disconnect', function () { showTransport(null); });
+    client.on('gap', function (gap) {
+      var conv = null;
+      for (var i = 0; i < order.length; i++) {
+        if (conversations[order[i]].channel === gap.channel) { conv = conversations[order[i]]; }
+      }
+      note(conv || everyone, 'Some messages on ' + gap.channel + ' were lost (the gateway restarted).');
+    });
+    note(everyone, 'Welcome, ' + name + '. Messages here go to everyone on channel chat.');
+    open('everyone');
+    window.addEventListener('pagehide', function () {
+      var body = JSON.stringify({ channel: 'chat', data: { type: 'offline', from: me } });
+      if (navigator.sendBeacon) { navigator.sendBeacon('/publish', body); }
+    });
+    window.cascadeDemo = { client: client, me: me };
+  }
+
+  // --- wiring --------------------------------------------------------------------------
+
+  $('login-form').onsubmit = function (event) {
+    event.preventDefault();
+    var name = $('name').value.replace(/^\s+|\s+$/g, '');
+    if (!NAME.test(name)) { $('name').focus(); return; }
+    login(name, $('transport').value);
+  };
+
+  $('join-form').onsubmit = function (event) {
+    event.preventDefault();
+    var name = $('room').value.replace(/^\s+|\s+$/g, '');
+    if (!NAME.test(name)) { return; }
+    $('room').value = '';
+    joinRoom(name);
+  };
+
+  $('leave-room').onclick = function () { leaveRoom(current); };
+
+  $('composer').onsubmit = function (event) {
+    event.preventDefault();
+    var input = $('text'), text = input.value.replace(/^\s+|\s+$/g, '');
+    var conv = conversations[current];
+    if (!text || !conv) { return; }
+    input.value = '';
+    send({ type: 'text', text: text }, conv.channel, conv);
+  };
+
+  var remembered = /[?&]name=([A-Za-z0-9_\-]{1,24})/.exec(location.search);
+  if (remembered) { $('name').value = remembered[1]; }
+  $('name').focus();
+}());

@@ -1,0 +1,284 @@
+//! Channel namespaces: the part of a channel name before the first `:` picks the rules for
+//! subscribing and publishing, and may override history retention.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Identity;
+use super::pattern::any_matches;
+use crate::error::Error;
+use crate::protocol::Channel;
+
+/// Who may subscribe to a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeRule {
+    /// Everyone, with or without a token.
+    Anyone,
+    /// Any valid token.
+    Authenticated,
+    /// A token whose `channels` claim matches the channel.
+    Token,
+    /// Only the user named after the namespace: `user:alice` is alice's.
+    Owner,
+}
+
+/// Who may publish to a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishRule {
+    /// Everyone, with or without a token.
+    Anyone,
+    /// Any valid token.
+    Authenticated,
+    /// A token whose `publish` claim matches the channel.
+    Token,
+    /// Only the owner of a personal channel (or a matching `publish` claim).
+    Owner,
+    /// Only backends holding an API key.
+    Server,
+}
+
+/// The rules of one namespace; unset keys take the secure defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// Who may subscribe.
+    pub subscribe: SubscribeRule,
+    /// Who may publish.
+    pub publish: PublishRule,
+    /// Messages retained per channel, overriding `history.max_messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_max_messages: Option<usize>,
+    /// Retention age in milliseconds, overriding `history.max_age_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_max_age_ms: Option<u64>,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            subscribe: SubscribeRule::Anyone,
+            publish: PublishRule::Token,
+            history_max_messages: None,
+            history_max_age_ms: None,
+        }
+    }
+}
+
+/// The namespace of personal channels, whose subscribe rule is always `owner`.
+pub const PERSONAL: &str = "user";
+
+/// The built-in namespaces: personal channels, readable by their owner only.
+pub fn default_namespaces() -> BTreeMap<String, NamespaceConfig> {
+    BTreeMap::from([(
+        PERSONAL.to_owned(),
+        NamespaceConfig {
+            subscribe: SubscribeRule::Owner,
+            publish: PublishRule::Token,
+            history_max_messages: None,
+            history_max_age_ms: None,
+        },
+    )])
+}
+
+/// Every namespace's rules, and the default for channels in none of them.
+pub struct Rules {
+    default: NamespaceConfig,
+    namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+impl Rules {
+    /// Rules from config; the personal namespace always reads as `owner`.
+    pub fn new(
+        default: NamespaceConfig,
+        mut namespaces: BTreeMap<String, NamespaceConfig>,
+    ) -> Self {
+        namespaces
+            .entry(PERSONAL.to_owned())
+            .or_insert_with(|| default_namespaces().remove(PERSONAL).expect("built in"))
+            .subscribe = SubscribeRule::Owner;
+        Rules {
+            default,
+            namespaces,
+        }
+    }
+
+    fn namespace(&self, channel: &Channel) -> &NamespaceConfig {
+        self.namespaces
+            .get(channel.namespace())
+            .filter(|_| channel.as_str().contains(':'))
+            .unwrap_or(&self.default)
+    }
+
+    /// Allows or refuses a subscription.
+    pub fn check_subscribe(&self, who: &Identity, channel: &Channel) -> Result<(), Error> {
+        if who.server {
+            return Ok(());
+        }
+        let allowed = match self.namespace(channel).subscribe {
+            SubscribeRule::Anyone => true,
+            SubscribeRule::Authenticated => who.user.is_some(),
+            SubscribeRule::Token => any_matches(&who.subscribe, channel.as_str()),
+            SubscribeRule::Owner => is_owner(who, channel),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(refusal(who, "subscribe to", channel))
+        }
+    }
+
+    /// Allows or refuses a publish.
+    pub fn check_publish(&self, who: &Identity, channel: &Channel) -> Result<(), Error> {
+        if who.server {
+            return Ok(());
+        }
+        let allowed = match self.namespace(channel).publish {
+            PublishRule::Anyone => true,
+            PublishRule::Authenticated => who.user.is_some(),
+            PublishRule::Token => any_matches(&who.publish, channel.as_str()),
+            PublishRule::Owner => {
+                is_owner(who, channel) || any_matches(&who.publish, channel.as_str())
+            }
+            PublishRule::Server => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(refusal(who, "publish to", channel))
+        }
+    }
+
+    /// The retention overrides of the namespace `channel` falls in.
+    pub fn retention_overrides(&self, channel: &Channel) -> (Option<usize>, Option<u64>) {
+        let ns = self.namespace(channel);
+        (ns.history_max_messages, ns.history_max_age_ms)
+    }
+}
+
+fn is_owner(who: &Identity, channel: &Channel) -> bool {
+    let owner = channel.as_str().split_once(':').map(|(_, id)| id);
+    who.user.is_some() && who.user.as_deref() == owner
+}
+
+/// Anonymous clients are told to authenticate (401); known ones that they may not (403).
+fn refusal(who: &Identity, action: &str, channel: &Channel) -> Error {
+    if who.user.is_none() {
+        Error::TokenInvalid(format!("a token is needed to {action} {channel}"))
+    } else {
+        Error::Forbidden(format!("not allowed to {action} {channel}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::pattern::Pattern;
+
+    fn ns(subscribe: SubscribeRule, publish: PublishRule) -> NamespaceConfig {
+        NamespaceConfig {
+            subscribe,
+            publish,
+            history_max_messages: None,
+            history_max_age_ms: None,
+        }
+    }
+
+    fn user(name: &str, subscribe: &[&str], publish: &[&str]) -> Identity {
+        Identity {
+            user: Some(name.into()),
+            subscribe: subscribe.iter().map(|p| Pattern::new(*p)).collect(),
+            publish: publish.iter().map(|p| Pattern::new(*p)).collect(),
+            expires_at: None,
+            server: false,
+        }
+    }
+
+    fn ch(name: &str) -> Channel {
+        Channel::parse(name).unwrap()
+    }
+
+    #[test]
+    fn secure_defaults() {
+        let rules = Rules::new(
+            ns(SubscribeRule::Anyone, PublishRule::Token),
+            BTreeMap::new(),
+        );
+        let anon = Identity::anonymous();
+        let alice = user("alice", &[], &["room:*"]);
+        assert!(rules.check_subscribe(&anon, &ch("news")).is_ok());
+        assert_eq!(
+            rules.check_publish(&anon, &ch("news")).unwrap_err().code(),
+            "token_invalid"
+        );
+        assert!(rules.check_publish(&alice, &ch("room:a")).is_ok());
+        assert_eq!(
+            rules.check_publish(&alice, &ch("news")).unwrap_err().code(),
+            "forbidden"
+        );
+        // Personal channels: the owner only, whatever the default says.
+        assert!(rules.check_subscribe(&alice, &ch("user:alice")).is_ok());
+        assert_eq!(
+            rules
+                .check_subscribe(&alice, &ch("user:bob"))
+                .unwrap_err()
+                .code(),
+            "forbidden"
+        );
+        assert_eq!(
+            rules
+                .check_subscribe(&anon, &ch("user:alice"))
+                .unwrap_err()
+                .code(),
+            "token_invalid"
+        );
+        assert!(
+            rules
+                .check_publish(&Identity::server(), &ch("user:bob"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn namespace_rules_apply_by_prefix() {
+        let rules = Rules::new(
+            ns(SubscribeRule::Anyone, PublishRule::Server),
+            BTreeMap::from([
+                (
+                    "room".to_owned(),
+                    ns(SubscribeRule::Authenticated, PublishRule::Authenticated),
+                ),
+                (
+                    "vip".to_owned(),
+                    ns(SubscribeRule::Token, PublishRule::Token),
+                ),
+                (
+                    "user".to_owned(),
+                    ns(SubscribeRule::Anyone, PublishRule::Owner),
+                ),
+            ]),
+        );
+        let bob = user("bob", &["vip:gold"], &[]);
+        assert!(rules.check_subscribe(&bob, &ch("room:x")).is_ok());
+        assert!(
+            rules
+                .check_subscribe(&Identity::anonymous(), &ch("room:x"))
+                .is_err()
+        );
+        assert!(rules.check_subscribe(&bob, &ch("vip:gold")).is_ok());
+        assert!(rules.check_subscribe(&bob, &ch("vip:silver")).is_err());
+        // A channel named like a namespace but without ':' is in the default namespace.
+        assert!(
+            rules
+                .check_subscribe(&Identity::anonymous(), &ch("room"))
+                .is_ok()
+        );
+        // Even configured as anyone, personal channels stay owner-only to read.
+        assert!(rules.check_subscribe(&bob, &ch("user:alice")).is_err());
+        assert!(rules.check_publish(&bob, &ch("user:bob")).is_ok());
+        assert!(rules.check_publish(&bob, &ch("user:alice")).is_err());
+        assert!(rules.check_publish(&bob, &ch("news")).is_err());
+    }
+}
