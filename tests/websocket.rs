@@ -1,0 +1,455 @@
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Publishes `{"n": n}` over HTTP with a reused client; returns (epoch, offset).
+async fn post(client: &reqwest::Client, base: &str, channel: &str, n: u64) -> (String, u64) {
+    let response = client
+        .post(format!("{base}/publish"))
+        .json(&json!({"channel": channel, "data": {"n": n}}))
+        .send()
+        .await
+        .expect("publish request");
+    assert_eq!(response.status(), 200, "publish {n} to {channel}");
+    let body: Value = response.json().await.expect("publish body");
+    (
+        body["epoch"].as_str().expect("epoch").to_owned(),
+        body["offset"].as_u64().expect("offset"),
+    )
+}
+
+/// The next frame, which must be a message; returns (channel, epoch, offset, data.n).
+async fn recv_message(ws: &mut WsClient) -> (String, String, u64, u64) {
+    let frame = ws.recv().await;
+    assert_eq!(frame["op"], "message", "{frame}");
+    (
+        frame["channel"].as_str().expect("channel").to_owned(),
+        frame["epoch"].as_str().expect("epoch").to_owned(),
+        frame["offset"].as_u64().expect("offset"),
+        frame["data"]["n"].as_u64().expect("data.n"),
+    )
+}
+
+/// Reads messages of `channel` and asserts they are exactly `range`, in order, each
+/// carrying `{"n": offset}` (the publishers here publish n at offset n).
+async fn expect_offsets(
+    ws: &mut WsClient,
+    channel: &str,
+    epoch: &str,
+    range: std::ops::RangeInclusive<u64>,
+) {
+    for expected in range {
+        let (c, e, offset, n) = recv_message(ws).await;
+        assert_eq!(
+            (c.as_str(), e.as_str(), offset, n),
+            (channel, epoch, expected, expected),
+            "expected {channel}@{epoch}:{expected}"
+        );
+    }
+}
+
+/// The epoch of a one-channel cursor `chan@epoch:offset`.
+fn epoch_of(cursor: &str) -> String {
+    let (_, position) = cursor.split_once('@').expect("cursor has a position");
+    position.split_once(':').expect("epoch:offset").0.to_owned()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn messages_arrive_in_order_with_their_offsets() {
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    let reply = ws.subscribe(&["chat"], None).await;
+    assert_eq!(reply["channels"], json!(["chat"]));
+    let start = reply["cursor"].as_str().expect("cursor").to_owned();
+    assert!(
+        start.starts_with("chat@") && start.ends_with(":0"),
+        "a fresh channel starts at offset 0: {start}"
+    );
+    let epoch = epoch_of(&start);
+
+    for n in 1..=20 {
+        let (e, offset) = server.publish("chat", json!({"n": n})).await;
+        assert_eq!((e.as_str(), offset), (epoch.as_str(), n));
+    }
+    for n in 1..=20u64 {
+        let frame = ws.recv().await;
+        assert_eq!(frame["op"], "message");
+        assert_eq!(frame["channel"], "chat");
+        assert_eq!(frame["epoch"], epoch.as_str());
+        assert_eq!(frame["offset"], n);
+        assert_eq!(frame["data"], json!({"n": n}));
+        let ts = frame["ts"].as_u64().expect("ts in unix ms");
+        assert!(ts.abs_diff(now_ms()) < 60_000, "ts {ts} is not now");
+    }
+}
+
+#[tokio::test]
+async fn publish_with_an_id_is_acked_and_without_one_is_not() {
+    let server = TestServer::default().await;
+    let mut subscriber = WsClient::connect(&server).await;
+    let reply = subscriber.subscribe(&["chat"], None).await;
+    let epoch = epoch_of(reply["cursor"].as_str().unwrap());
+    let mut publisher = WsClient::connect(&server).await;
+
+    publisher
+        .send(json!({"op": "publish", "channel": "chat", "data": {"n": 1}, "id": 7}))
+        .await;
+    let ack = publisher.recv().await;
+    assert_eq!(
+        ack,
+        json!({"op": "ack", "id": 7, "channel": "chat", "epoch": epoch, "offset": 1})
+    );
+
+    // Frames are handled in order, so an ack for the id-less publish would arrive before
+    // the ack for id 8.
+    publisher
+        .send(json!({"op": "publish", "channel": "chat", "data": {"n": 2}}))
+        .await;
+    publisher
+        .send(json!({"op": "publish", "channel": "chat", "data": {"n": 3}, "id": 8}))
+        .await;
+    let ack = publisher.recv().await;
+    assert_eq!(
+        ack,
+        json!({"op": "ack", "id": 8, "channel": "chat", "epoch": epoch, "offset": 3}),
+        "no ack for a publish without id"
+    );
+
+    // All three were published, with the offsets the acks reported.
+    expect_offsets(&mut subscriber, "chat", &epoch, 1..=3).await;
+    assert_eq!(
+        server
+            .metric(r#"cascade_messages_published_total{via="websocket"}"#)
+            .await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn subscribe_with_a_cursor_replays_history_then_goes_live() {
+    let server = TestServer::default().await;
+    let mut epoch = String::new();
+    for n in 1..=10 {
+        epoch = server.publish("chat", json!({"n": n})).await.0;
+    }
+    let mut ws = WsClient::connect(&server).await;
+    let cursor = format!("chat@{epoch}:4");
+    let reply = ws.subscribe(&["chat"], Some(&cursor)).await;
+    assert_eq!(
+        reply["cursor"],
+        cursor.as_str(),
+        "delivery starts at the cursor"
+    );
+
+    expect_offsets(&mut ws, "chat", &epoch, 5..=10).await;
+    for n in 11..=15 {
+        server.publish("chat", json!({"n": n})).await;
+    }
+    expect_offsets(&mut ws, "chat", &epoch, 11..=15).await;
+    // Nothing was repeated or held back: the next frame is the next publish.
+    server.publish("chat", json!({"n": 16})).await;
+    expect_offsets(&mut ws, "chat", &epoch, 16..=16).await;
+}
+
+/// Subscribing from a position while a publisher races must give every message after the
+/// position exactly once, whether it came from history or live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_a_cursor_during_publishing_has_no_seam() {
+    let server = TestServer::default().await;
+    let client = http();
+    let base = server.url("");
+    for round in 0..4u64 {
+        let channel = format!("race{round}");
+        let total = 150u64;
+        let (epoch, _) = post(&client, &base, &channel, 1).await;
+        let published = Arc::new(AtomicU64::new(1));
+        let publisher = tokio::spawn({
+            let (client, base, channel, published) = (
+                client.clone(),
+                base.clone(),
+                channel.clone(),
+                published.clone(),
+            );
+            async move {
+                for n in 2..=total {
+                    assert_eq!(post(&client, &base, &channel, n).await.1, n);
+                    published.store(n, Ordering::SeqCst);
+                    if n % 4 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        });
+        // Join at a different point of the stream each round.
+        let join_at = 10 + round * 25;
+        eventually("the publisher to get going", || {
+            let published = published.clone();
+            async move { published.load(Ordering::SeqCst) >= join_at }
+        })
+        .await;
+        let from = join_at - 5;
+        let mut ws = WsClient::connect(&server).await;
+        let cursor = format!("{channel}@{epoch}:{from}");
+        let reply = ws.subscribe(&[&channel], Some(&cursor)).await;
+        assert_eq!(reply["cursor"], cursor.as_str());
+        expect_offsets(&mut ws, &channel, &epoch, from + 1..=total).await;
+        within(publisher).await.expect("publisher");
+        post(&client, &base, &channel, total + 1).await;
+        expect_offsets(&mut ws, &channel, &epoch, total + 1..=total + 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_after_a_disconnect_loses_and_repeats_nothing() {
+    let server = TestServer::default().await;
+    let total = 120u64;
+    let mut first = WsClient::connect(&server).await;
+    let reply = first.subscribe(&["chat"], None).await;
+    let epoch = epoch_of(reply["cursor"].as_str().unwrap());
+
+    let publisher = tokio::spawn({
+        let (client, base) = (http(), server.url(""));
+        async move {
+            for n in 1..=total {
+                post(&client, &base, "chat", n).await;
+                if n % 3 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    });
+
+    let mut last = 0;
+    for _ in 0..30 {
+        let (_, e, offset, _) = recv_message(&mut first).await;
+        assert_eq!((e.as_str(), offset), (epoch.as_str(), last + 1));
+        last = offset;
+    }
+    within(first.ws.close(None)).await.expect("close");
+    drop(first);
+
+    // Messages keep being published while no connection is open.
+    let mut second = WsClient::connect(&server).await;
+    let cursor = format!("chat@{epoch}:{last}");
+    let reply = second.subscribe(&["chat"], Some(&cursor)).await;
+    assert_eq!(reply["cursor"], cursor.as_str());
+    expect_offsets(&mut second, "chat", &epoch, last + 1..=total).await;
+    within(publisher).await.expect("publisher");
+    server.publish("chat", json!({"n": total + 1})).await;
+    expect_offsets(&mut second, "chat", &epoch, total + 1..=total + 1).await;
+}
+
+/// With only 5 messages retained, a position before them or from another epoch is
+/// answered with a gap at the first retained offset, then history, then live messages.
+#[tokio::test]
+async fn a_cursor_outside_retained_history_yields_a_gap_then_continues() {
+    let mut config = test_config();
+    config.history.max_messages = 5;
+    let server = TestServer::start(config).await;
+    let mut epoch = String::new();
+    for n in 1..=20 {
+        epoch = server.publish("chat", json!({"n": n})).await.0;
+    }
+    let old = format!("chat@{epoch}:3");
+    let wrong_epoch = "chat@Bogus1:19".to_owned();
+    // Each round publishes one more live message: the next offset is 21, then 22.
+    for (next, cursor) in (21u64..).zip([old, wrong_epoch]) {
+        let mut ws = WsClient::connect(&server).await;
+        let reply = ws.subscribe(&["chat"], Some(&cursor)).await;
+        let first_retained = next - 5;
+        assert_eq!(
+            reply["cursor"],
+            format!("chat@{epoch}:{}", first_retained - 1),
+            "delivery starts just before the first retained message ({cursor})"
+        );
+        let gap = ws.recv().await;
+        assert_eq!(
+            gap,
+            json!({"op": "gap", "channel": "chat", "epoch": epoch, "first": first_retained}),
+            "{cursor}"
+        );
+        expect_offsets(&mut ws, "chat", &epoch, first_retained..=next - 1).await;
+        server.publish("chat", json!({"n": next})).await;
+        expect_offsets(&mut ws, "chat", &epoch, next..=next).await;
+    }
+    assert_eq!(
+        server
+            .metric(r#"cascade_gaps_total{transport="websocket"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_for_that_channel_only() {
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    let reply = ws.subscribe(&["a", "b"], None).await;
+    assert_eq!(reply["channels"], json!(["a", "b"]));
+    let (ea, _) = server.publish("a", json!({"n": 1})).await;
+    let (eb, _) = server.publish("b", json!({"n": 1})).await;
+    expect_offsets(&mut ws, "a", &ea, 1..=1).await;
+    expect_offsets(&mut ws, "b", &eb, 1..=1).await;
+
+    ws.send(json!({"op": "unsubscribe", "channels": ["a"]}))
+        .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"op": "unsubscribed", "channels": ["a"]})
+    );
+    // Each publish to `a` precedes one to `b`: had it been delivered, it would come first.
+    for n in 2..=4 {
+        server.publish("a", json!({"n": n})).await;
+        server.publish("b", json!({"n": n})).await;
+        expect_offsets(&mut ws, "b", &eb, n..=n).await;
+    }
+}
+
+#[tokio::test]
+async fn one_connection_follows_several_channels() {
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    let reply = ws.subscribe(&["x", "y"], None).await;
+    assert_eq!(reply["channels"], json!(["x", "y"]));
+    let cursor = reply["cursor"].as_str().unwrap();
+    let entries: Vec<&str> = cursor.split(',').collect();
+    assert_eq!(entries.len(), 2, "{cursor}");
+    assert!(entries[0].starts_with("x@") && entries[1].starts_with("y@"));
+    // A second subscribe adds a channel to the same connection.
+    let reply = ws.subscribe(&["z"], None).await;
+    assert_eq!(reply["channels"], json!(["z"]));
+
+    let channels = ["x", "y", "z"];
+    let mut published = Vec::new();
+    for i in 0..30u64 {
+        let channel = channels[(i % 3) as usize];
+        let n = i / 3 + 1;
+        let (epoch, offset) = server.publish(channel, json!({"n": n})).await;
+        assert_eq!(offset, n);
+        published.push((channel.to_owned(), epoch, n, n));
+    }
+    // One connection, one queue: messages come in publish order across channels.
+    let mut received = Vec::new();
+    for _ in 0..30 {
+        received.push(recv_message(&mut ws).await);
+    }
+    assert_eq!(received, published);
+}
+
+#[tokio::test]
+async fn the_server_pings() {
+    let server = TestServer::default().await;
+    let interval = Duration::from_millis(server.app.config.websocket.ping_interval_ms);
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(server.ws_url()))
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    let ping = tokio::time::timeout(interval * 6, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Ping(payload))) => return payload,
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended before a ping: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a ping within a few intervals");
+    assert!(ping.len() <= 125);
+    assert!(
+        start.elapsed() >= interval / 2,
+        "the first ping comes after an interval, not at once"
+    );
+}
+
+/// tokio-tungstenite answers pings while it is being read, so a reading client stays
+/// connected well past two ping intervals.
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let server = TestServer::default().await;
+    let interval = Duration::from_millis(server.app.config.websocket.ping_interval_ms);
+    let mut ws = WsClient::connect(&server).await;
+    let start = Instant::now();
+    let mut pings = 0;
+    while pings < 5 {
+        match within(ws.ws.next()).await {
+            Some(Ok(WsMessage::Ping(_))) => pings += 1,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            other => panic!("dropped after {pings} pings: {other:?}"),
+        }
+    }
+    assert!(start.elapsed() > interval * 3);
+    let reply = ws.subscribe(&["chat"], None).await;
+    let epoch = epoch_of(reply["cursor"].as_str().unwrap());
+    server.publish("chat", json!({"n": 1})).await;
+    expect_offsets(&mut ws, "chat", &epoch, 1..=1).await;
+    assert_eq!(
+        server
+            .metric(r#"cascade_connections{transport="websocket"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// A client that completes the upgrade and then never sends a byte (not even a pong) is
+/// dropped once it has been silent for two ping intervals.
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_two_ping_intervals() {
+    let server = TestServer::default().await;
+    let interval = Duration::from_millis(server.app.config.websocket.ping_interval_ms);
+    let mut raw = raw_ws::connect(server.addr, None).await;
+    let start = Instant::now();
+    eventually("the connection to be counted", || async {
+        server
+            .metric(r#"cascade_connections{transport="websocket"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+
+    let mut pings = 0;
+    loop {
+        match within(raw.read_frame()).await {
+            Some((raw_ws::PING, _)) => pings += 1,
+            // A close frame before the drop is acceptable; the TCP close must follow.
+            Some((raw_ws::CLOSE, _)) => {}
+            Some((opcode, payload)) => panic!(
+                "unexpected frame {opcode:#x}: {}",
+                String::from_utf8_lossy(&payload)
+            ),
+            None => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    assert!(pings >= 1, "the server pinged before giving up");
+    assert!(
+        elapsed >= interval * 2,
+        "dropped after {elapsed:?}, before two silent intervals"
+    );
+    assert!(
+        elapsed <= interval * 6,
+        "dropped only after {elapsed:?} (ping interval {interval:?})"
+    );
+    eventually("the connection gauge to drop", || async {
+        server
+            .metric(r#"cascade_connections{transport="websocket"}"#)
+            .await
+            == 0.0
+    })
+    .await;
+}
