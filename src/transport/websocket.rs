@@ -39,6 +39,10 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the engine cannot be read; the client should resume later.
 pub const CLOSE_ENGINE_UNAVAILABLE: u16 = 4011;
 
+/// How long a close frame may take to go out. Short: the peer being closed is often the
+/// one that stopped reading (a slow consumer), and its slot should free quickly.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
 
@@ -175,8 +179,7 @@ impl Connection {
             code: CloseCode::from(code),
             reason: err.code().into(),
         };
-        let write_timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
-        let _ = tokio::time::timeout(write_timeout, self.ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
     }
 
     async fn run(mut self) {
@@ -218,8 +221,7 @@ impl Connection {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            let write_timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
-            let _ = tokio::time::timeout(write_timeout, self.ws.close(Some(frame))).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
         }
     }
 
