@@ -205,6 +205,10 @@ pub struct Options {
     pub sources: Vec<IpAddr>,
     /// The publishing API key.
     pub api_key: String,
+    /// The cores the gateway is pinned to (empty when unpinned or attached).
+    pub gateway_cores: Vec<usize>,
+    /// The cores this generator is pinned to (empty when unpinned).
+    pub generator_cores: Vec<usize>,
 }
 
 fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
@@ -273,6 +277,16 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             .api_key
             .clone()
             .unwrap_or_else(|| format!("load-{:016x}", fastrand::u64(..))),
+        gateway_cores: match (&args.url, args.gateway_cpu.as_str()) {
+            (Some(_), _) | (None, "none") => Vec::new(),
+            (None, list) => gateway::cpu_list(list)
+                .ok_or_else(|| format!("--gateway-cpu: {list:?} is not a CPU list"))?,
+        },
+        generator_cores: match args.cpu.as_str() {
+            "none" => Vec::new(),
+            list => gateway::cpu_list(list)
+                .ok_or_else(|| format!("--cpu: {list:?} is not a CPU list"))?,
+        },
     })
 }
 

@@ -467,6 +467,8 @@ pub struct Publishing {
     pub next: AtomicU64,
     /// Publishes answered 200.
     pub published: AtomicU64,
+    /// Publishes answered 200, per channel: what its subscribers must have seen.
+    pub published_per_channel: Vec<AtomicU64>,
     /// Publishes refused or failed.
     pub failed: AtomicU64,
     /// Publish round trips, microseconds.
@@ -508,6 +510,7 @@ pub async fn publisher(addr: SocketAddr, plan: Arc<Publishing>, tally: Arc<Tally
         {
             Ok((200, _)) => {
                 plan.published.fetch_add(1, Ordering::Relaxed);
+                plan.published_per_channel[(j % width) as usize].fetch_add(1, Ordering::Relaxed);
                 let rtt = unix_us().saturating_sub(sent).max(1);
                 let mut histogram = plan.round_trip.lock().unwrap_or_else(|e| e.into_inner());
                 histogram.saturating_record(rtt);

@@ -256,6 +256,67 @@ fn read_stats(dir: &Path) -> Option<ProcStats> {
     })
 }
 
+/// Time a set of CPUs spent, from `/proc/stat`, in clock ticks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreTimes {
+    /// Every state.
+    pub total: u64,
+    /// Idle and waiting for I/O.
+    pub idle: u64,
+    /// Serving soft interrupts (on loopback, much of TCP receive work lands here).
+    pub softirq: u64,
+}
+
+impl CoreTimes {
+    /// Reads the times of `cpus` (none when the list is empty).
+    pub fn read(cpus: &[usize]) -> Option<Self> {
+        if cpus.is_empty() {
+            return None;
+        }
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut times = CoreTimes::default();
+        for cpu in cpus {
+            let name = format!("cpu{cpu}");
+            let line = stat
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            times.total += fields.iter().take(8).sum::<u64>();
+            times.idle += fields.get(3)? + fields.get(4)?;
+            times.softirq += fields.get(6)?;
+        }
+        Some(times)
+    }
+
+    /// The (busy, softirq) fractions between two readings.
+    pub fn fractions(before: Option<Self>, after: Option<Self>) -> Option<(f64, f64)> {
+        let (a, b) = (before?, after?);
+        let total = b.total.checked_sub(a.total).filter(|t| *t > 0)? as f64;
+        let idle = b.idle.saturating_sub(a.idle) as f64;
+        let softirq = b.softirq.saturating_sub(a.softirq) as f64;
+        Some((1.0 - idle / total, softirq / total))
+    }
+}
+
+/// Parses a `taskset` CPU list (`0`, `0,2`, `1-3`); `None` for anything else.
+pub fn cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                cpus.extend(lo.trim().parse::<usize>().ok()?..=hi.trim().parse().ok()?)
+            }
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
 /// `sysconf(_SC_CLK_TCK)`, the unit of `/proc/<pid>/stat` times (100 on Linux).
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{Follow, Publishing, Tally, histogram, publisher, subscriber, unix_us};
-use crate::gateway::{Gateway, ProcStats, own_stats};
+use crate::gateway::{CoreTimes, Gateway, ProcStats, own_stats};
 use crate::report::{Report, mib, ms};
 use crate::{Options, Scenario};
 
@@ -243,7 +243,6 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     if o.min_window > Duration::ZERO {
         report.param("seconds", o.min_window.as_secs());
     }
-    let expected_total: u64 = (0..o.subscribers).map(|i| per_channel(i % channels)).sum();
 
     let tally = Arc::new(Tally::new());
     let stop = CancellationToken::new();
@@ -262,6 +261,10 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
 
     // The measured window starts with the first publish.
     let own0 = own_stats();
+    let cores0 = (
+        CoreTimes::read(&o.gateway_cores),
+        CoreTimes::read(&o.generator_cores),
+    );
     let requests0 = tally.requests.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let t0_us = unix_us();
@@ -274,6 +277,7 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         deadline: run.deadline,
         next: AtomicU64::new(0),
         published: AtomicU64::new(0),
+        published_per_channel: (0..channels).map(|_| AtomicU64::new(0)).collect(),
         failed: AtomicU64::new(0),
         round_trip: std::sync::Mutex::new(histogram()),
     });
@@ -282,7 +286,17 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         .map(|_| tokio::spawn(publisher(run.addr(), plan.clone(), tally.clone())))
         .collect();
 
+    // What subscribers must have seen: every message that was published (all of them,
+    // unless the --duration cap stopped the publishers early).
+    let owed = |plan: &Publishing| -> u64 {
+        (0..o.subscribers)
+            .map(|i| plan.published_per_channel[i % channels].load(Ordering::Relaxed))
+            .sum()
+    };
+    // A short poller may see nothing for a whole interval; that is not a stall.
+    let drain = o.drain.max(o.interval + Duration::from_secs(1));
     let mut progress = (0u64, Instant::now());
+    let mut published_at: Option<Instant> = None;
     let capped = loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = Instant::now();
@@ -293,15 +307,25 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         if delivered != progress.0 {
             progress = (delivered, now);
         }
-        let published = publishers.iter().all(|p| p.is_finished());
+        if published_at.is_none() && publishers.iter().all(|p| p.is_finished()) {
+            published_at = Some(now);
+        }
+        let Some(published_at) = published_at else {
+            continue;
+        };
+        let stalled = now - progress.1.max(published_at) > drain;
         let windowed = now.duration_since(t0) >= o.min_window;
-        if published && windowed && (delivered >= expected_total || now - progress.1 > o.drain) {
+        if windowed && (delivered >= owed(&plan) || stalled) {
             break false;
         }
     };
     let t1 = Instant::now();
     let after = run.stats()?;
     let own1 = own_stats();
+    let cores1 = (
+        CoreTimes::read(&o.gateway_cores),
+        CoreTimes::read(&o.generator_cores),
+    );
     let requests = tally.requests.load(Ordering::Relaxed) - requests0;
     for p in &publishers {
         p.abort();
@@ -309,6 +333,7 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     finish(&stop, tasks).await;
 
     let delivered = tally.delivered.load(Ordering::Relaxed);
+    let owed = owed(&plan);
     let window = (t1 - t0).as_secs_f64();
     let last = tally.last_delivery_us.load(Ordering::Relaxed);
     // Deliveries per second over the span they actually took, unless the run is timed.
@@ -324,9 +349,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     report.result("dropped", tally.dropped.load(Ordering::Relaxed));
     report.result("published", plan.published.load(Ordering::Relaxed));
     report.result("publish_failed", plan.failed.load(Ordering::Relaxed));
-    report.result("expected", expected_total);
+    report.result("expected", owed);
     report.result("delivered", delivered);
-    report.result("lost", expected_total.saturating_sub(delivered));
+    report.result("lost", owed.saturating_sub(delivered));
     report.result("duplicates", tally.duplicates.load(Ordering::Relaxed));
     report.result("strays", tally.strays.load(Ordering::Relaxed));
     report.result("gaps", tally.gaps.load(Ordering::Relaxed));
@@ -366,6 +391,16 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         "deliveries_per_cpu_s",
         cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
     );
+    // How busy the pinned cores were, whoever used them: well above the process's own
+    // utilisation means other work (or softirq time charged to nobody) competed with it.
+    let gateway_core = CoreTimes::fractions(cores0.0, cores1.0);
+    report.result("gateway_core_busy", gateway_core.map(|(busy, _)| busy));
+    report.result(
+        "gateway_core_softirq",
+        gateway_core.map(|(_, softirq)| softirq),
+    );
+    let generator_core = CoreTimes::fractions(cores0.1, cores1.1);
+    report.result("generator_core_busy", generator_core.map(|(busy, _)| busy));
     let own_cpu = cpu_between(own0, own1);
     report.result("generator_cpu_s", own_cpu);
     report.result("generator_cpu_util", own_cpu.map(|c| c / window.max(1e-9)));
