@@ -114,9 +114,7 @@ fn init_logging() {
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "cascade listening");
         let app = App::new(config)?;
         let shutdown = app.shutdown.clone();
@@ -128,6 +126,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
         cascade::server::run(listener, app).await;
         Ok(())
     })
+}
+
+/// Binds with a deep accept backlog: after a deploy, thousands of clients reconnect at
+/// once, and the default backlog of 128 would make most of them wait for a SYN retry.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn wait_for_signal() {

@@ -123,6 +123,8 @@ impl Cursor {
     /// Parses a cursor, rejecting duplicate channels and more than `max_channels` entries.
     pub fn parse(text: &str, max_channels: usize) -> Result<Self, Error> {
         let mut entries: Vec<(Channel, Option<Position>)> = Vec::new();
+        // Duplicate check by set, not by scan: a 128-entry cursor must stay linear.
+        let mut seen = std::collections::HashSet::new();
         if text.is_empty() {
             return Ok(Cursor { entries });
         }
@@ -146,7 +148,7 @@ impl Cursor {
             let channel = Channel::parse(name).map_err(|_| {
                 Error::BadCursor(format!("bad channel in {:?}", truncate_for_message(part)))
             })?;
-            if entries.iter().any(|(c, _)| *c == channel) {
+            if !seen.insert(channel.clone()) {
                 return Err(Error::BadCursor(format!("channel {channel} appears twice")));
             }
             entries.push((channel, position));
