@@ -85,11 +85,20 @@ impl App {
     }
 }
 
-/// History retention: `[history]`, overridden per namespace.
+/// History retention: `[history]`, overridden by `[channels]` and per namespace.
 fn retention_policy(config: &Config) -> RetentionPolicy {
+    // [channels] may override [history] for channels outside every namespace.
     let default = Retention {
-        max_messages: config.history.max_messages,
-        max_age: Config::ms(config.history.max_age_ms),
+        max_messages: config
+            .channels
+            .history_max_messages
+            .unwrap_or(config.history.max_messages),
+        max_age: Config::ms(
+            config
+                .channels
+                .history_max_age_ms
+                .unwrap_or(config.history.max_age_ms),
+        ),
     };
     let namespaces = config
         .namespaces

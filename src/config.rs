@@ -379,7 +379,22 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with("CASCADE_"))
             .collect();
-        apply_env(&mut tree, &defaults, "CASCADE", &env)?;
+        let mut used = Vec::new();
+        apply_env(&mut tree, &defaults, "CASCADE", &env, &mut used)?;
+        // A misspelt variable must not leave a limit or a rule silently at its default.
+        let unknown: Vec<&str> = env
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !used.iter().any(|u| u == k) && !NOT_KEYS.contains(k))
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "unknown environment variables {}: a key's variable is CASCADE_ and its path \
+                 in upper case (e.g. CASCADE_LONGPOLL_TIMEOUT_MS); namespaces not in the \
+                 built-in config are set in the config file",
+                unknown.join(", ")
+            );
+        }
         let config: Config = toml::Value::Table(tree)
             .try_into()
             .context("invalid configuration")?;
@@ -442,12 +457,16 @@ impl Config {
     }
 }
 
+/// `CASCADE_*` variables that are not config keys.
+const NOT_KEYS: [&str; 3] = ["CASCADE_CONFIG", "CASCADE_LOG", "CASCADE_LOG_FORMAT"];
+
 /// Overlays `CASCADE_<PATH>` variables onto `tree`, typed after `defaults`.
 fn apply_env(
     tree: &mut toml::Table,
     defaults: &toml::Table,
     prefix: &str,
     env: &[(String, String)],
+    used: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     for (key, default) in defaults {
         let name = format!("{prefix}_{}", key.to_ascii_uppercase());
@@ -459,13 +478,14 @@ fn apply_env(
                 Some(_) => bail!("config key {key} must be a table"),
                 None => toml::Table::new(),
             };
-            apply_env(&mut sub, sub_defaults, &name, env)?;
+            apply_env(&mut sub, sub_defaults, &name, env, used)?;
             if !sub.is_empty() {
                 tree.insert(key.clone(), toml::Value::Table(sub));
             }
             continue;
         }
         if let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) {
+            used.push(name.clone());
             let value = match default {
                 toml::Value::String(_) => toml::Value::String(raw.clone()),
                 toml::Value::Array(_) => toml::Value::Array(
@@ -533,6 +553,8 @@ mod tests {
     fn bad_values_are_reported() {
         assert!(Config::from_sources("", env(&[("CASCADE_LONGPOLL_TIMEOUT_MS", "soon")])).is_err());
         assert!(Config::from_sources("nonsense = 1", env(&[])).is_err());
+        assert!(Config::from_sources("", env(&[("CASCADE_LIMITS_MAX_CONECTIONS", "1")])).is_err());
+        assert!(Config::from_sources("", env(&[("CASCADE_LOG", "debug")])).is_ok());
         assert!(Config::from_sources("transports = []", env(&[])).is_err());
         assert!(Config::from_sources("transports = [\"sse\",\"sse\"]", env(&[])).is_err());
         assert!(Config::from_sources("[limits]\nmax_channels = 0", env(&[])).is_err());

@@ -54,9 +54,12 @@ pub fn error_response(err: &Error) -> Response<Body> {
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
-    /// Parses the query of a request URI (percent-decoding, `+` as space).
+    /// Parses the query of a request URI (percent-decoding, `+` as space). Only the first
+    /// 32 pairs are kept: no route reads more than a handful, and a hostile `a&a&a…`
+    /// query would otherwise cost many times its size while a long poll is held.
     pub fn parse(query: Option<&str>) -> Self {
         let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .take(32)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         Query(pairs)

@@ -136,12 +136,17 @@ impl Cursor {
                 None => (part, None),
                 Some((name, rest)) => {
                     let (epoch, offset) = rest.split_once(':').ok_or_else(|| {
-                        Error::BadCursor(format!("entry {part:?} lacks ':offset'"))
+                        Error::BadCursor(format!(
+                            "entry {:?} lacks ':offset'",
+                            truncate_for_message(part)
+                        ))
                     })?;
-                    let epoch = Epoch::parse(epoch)
-                        .ok_or_else(|| Error::BadCursor(format!("bad epoch in {part:?}")))?;
-                    let offset = parse_offset(offset)
-                        .ok_or_else(|| Error::BadCursor(format!("bad offset in {part:?}")))?;
+                    let epoch = Epoch::parse(epoch).ok_or_else(|| {
+                        Error::BadCursor(format!("bad epoch in {:?}", truncate_for_message(part)))
+                    })?;
+                    let offset = parse_offset(offset).ok_or_else(|| {
+                        Error::BadCursor(format!("bad offset in {:?}", truncate_for_message(part)))
+                    })?;
                     (name, Some(Position { epoch, offset }))
                 }
             };
@@ -167,7 +172,12 @@ impl Cursor {
 
 /// Offsets are plain decimal u64: no sign, no leading `+`, at most 20 digits.
 fn parse_offset(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    let leading_zero = text.len() > 1 && text.starts_with('0');
+    if text.is_empty()
+        || text.len() > 20
+        || leading_zero
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     text.parse().ok()

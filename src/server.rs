@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -102,11 +102,18 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
             req.extensions_mut().insert(info.clone());
             routes::handle(handler_app.clone(), req)
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_bytes_within = Duration::from_millis(limits.header_read_timeout_ms);
         tokio::spawn(async move {
+            if !request_started(&stream, first_bytes_within).await {
+                tracing::debug!(%remote, "connection sent no request in time");
+                return;
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = watcher.watch(conn);
             tokio::select! {
                 result = conn => if let Err(err) = result {
                     tracing::debug!(%remote, error = %err, "connection ended with an error");
@@ -120,19 +127,64 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
     drain(&app, graceful).await;
 }
 
+/// Waits until the client has begun a request. hyper-util reads the first bytes (to tell
+/// HTTP/1 from the HTTP/2 preface) with no deadline, before hyper's header timer starts,
+/// so a client that connects and sends nothing, or trickles the preface, would otherwise
+/// hold its connection slot forever.
+async fn request_started(stream: &TcpStream, within: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + within;
+    let mut head = [0u8; PREFACE.len()];
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.peek(&mut head)).await;
+        let n = match read {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        // Not HTTP/2, or its whole preface: hyper's own timers take it from here.
+        if n == PREFACE.len() || head[..n] != PREFACE[..n] {
+            return true;
+        }
+        // A partial preface: peek would return the same bytes at once, so pause.
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Answers a connection over the limits with a plain 503 and closes it, without handing
-/// it to hyper (which would hold it open for keep-alive).
-async fn refuse(mut stream: tokio::net::TcpStream, err: Error) {
-    use tokio::io::AsyncWriteExt;
+/// it to hyper (which would hold it open for keep-alive). The request head is read first
+/// (briefly, bounded) so that HTTP clients that wait to finish sending can read the answer.
+async fn refuse(mut stream: TcpStream, err: Error) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    let mut tail = Vec::with_capacity(8);
+    // Real clients send their request right after connecting; a silent one gets the
+    // answer anyway after a moment.
+    let _ = tokio::time::timeout(Duration::from_millis(250), async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            let keep = tail.len().saturating_sub(3);
+            tail.drain(..keep);
+        }
+    })
+    .await;
     let body = err.to_json();
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        stream.write_all(response.as_bytes()),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
     .await;
 }
 

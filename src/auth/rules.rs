@@ -150,12 +150,6 @@ impl Rules {
             Err(refusal(who, "publish to", channel))
         }
     }
-
-    /// The retention overrides of the namespace `channel` falls in.
-    pub fn retention_overrides(&self, channel: &Channel) -> (Option<usize>, Option<u64>) {
-        let ns = self.namespace(channel);
-        (ns.history_max_messages, ns.history_max_age_ms)
-    }
 }
 
 fn is_owner(who: &Identity, channel: &Channel) -> bool {

@@ -121,6 +121,7 @@ fn events(
                 _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
                 // The stream ends with the credentials it was opened with.
                 _ = &mut expiry => {
+                    app.metrics.error("token_expired");
                     session.ending("token_expired");
                     yield Bytes::from_static(b"event: error\ndata: {\"code\":\"token_expired\"}\n\n");
                     break;

@@ -197,10 +197,13 @@ impl Connection {
                     reason: "shutdown",
                     close: Some((1012, format!("retry_ms={}", app.reconnect_delay_ms()))),
                 }),
-                _ = &mut expiry => Err(Stop {
+                _ = &mut expiry => {
+                    app.metrics.error("token_expired");
+                    Err(Stop {
                     reason: "token_expired",
                     close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
-                }),
+                })
+                }
                 frame = self.ws.next() => self.on_frame(frame).await,
                 event = self.subscription.next() => match event {
                     Ok(event) => self.deliver(event).await,

@@ -21,6 +21,10 @@ impl Node {
     /// Starts `cascade` on an ephemeral port with the given `CASCADE_*` overrides.
     pub fn spawn(env: &[(&str, &str)]) -> Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cascade"));
+        // Only the variables given here configure the node, not the test's environment.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("CASCADE_")) {
+            command.env_remove(key);
+        }
         command
             .env("CASCADE_LISTEN", "127.0.0.1:0")
             .env("CASCADE_LOG", "info")
