@@ -17,6 +17,21 @@
 //! gives up at that deadline, and all traffic goes to loopback addresses only. The gateway
 //! child is killed by its PID when the run ends.
 //!
+//! Several nodes on one Redis: `--engine redis --nodes N` starts N gateways, each with
+//! `CASCADE_ENGINE=redis`, `CASCADE_REDIS_URL` (`--redis-url`, loopback only) and one
+//! `CASCADE_REDIS_PREFIX` unique to the run (`load-<tag>`, its keys deleted afterwards).
+//! Subscribers are spread round robin over the nodes and the publishers post to the
+//! first, so with two nodes half the deliveries cross Redis pub/sub to the other node.
+//! All nodes share the `--gateway-cpu` list (core 0 by default; the generator stays on
+//! core 1), so gateway CPU seconds, summed over the nodes, compare with one node's on
+//! the same core; the JSON line adds each node's share. The Redis server is not ours and
+//! stays unpinned: its CPU and its calls per command over the window (`INFO`) are
+//! recorded too.
+//!
+//! ```text
+//! cargo bench --bench load -- fanout --engine redis --nodes 2 --subscribers 1000 --rate 200
+//! ```
+//!
 //! Going further than one process allows: the open-file limit is per process, and one
 //! source address has one ephemeral port range. Run several generators against one
 //! gateway (`--url http://127.0.0.1:PORT --pid PID`), each with its own
@@ -28,6 +43,8 @@
 
 #[path = "load/clients.rs"]
 mod clients;
+#[path = "load/engine.rs"]
+mod engine;
 #[path = "load/gateway.rs"]
 mod gateway;
 #[path = "load/http.rs"]
@@ -46,6 +63,7 @@ use cascade::config::Transport;
 use clap::{CommandFactory, Parser, ValueEnum};
 use serde_json::{Map, json};
 
+use engine::EngineChoice;
 use gateway::{Gateway, Launch};
 use scenarios::Run;
 
@@ -122,6 +140,16 @@ struct Args {
     /// generator shows as latency rather than as cut-off subscribers].
     #[arg(long)]
     queue: Option<usize>,
+    /// Engine of the started gateways: memory, or redis (every node on one Redis).
+    #[arg(long, value_enum, default_value_t = EngineChoice::Memory)]
+    engine: EngineChoice,
+    /// Gateway nodes to start (1 to 8); subscribers are spread over them round robin,
+    /// publishers post to the first. More than one needs --engine redis.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// The Redis of --engine redis (loopback only).
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
     /// Attach to a running gateway (http://127.0.0.x:PORT) instead of starting one.
     #[arg(long)]
     url: Option<String>,
@@ -240,6 +268,21 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     if !(rate.is_finite() && rate >= 0.0) {
         return Err("--rate must be 0 or more".to_owned());
     }
+    if args.nodes == 0 || args.nodes > 8 {
+        return Err("--nodes must be 1 to 8".to_owned());
+    }
+    if args.nodes > 1 && args.engine != EngineChoice::Redis {
+        return Err("--nodes above 1 needs --engine redis (memory nodes share nothing)".to_owned());
+    }
+    if args.nodes > 1 && args.url.is_some() {
+        return Err("--url attaches to one gateway; drop --nodes".to_owned());
+    }
+    if args.engine == EngineChoice::Redis && !engine::is_loopback_url(&args.redis_url) {
+        return Err(format!(
+            "--redis-url {:?}: use redis://127.0.0.x:PORT/DB (loopback only)",
+            args.redis_url
+        ));
+    }
     if args.duration == 0 || args.duration > 600 {
         return Err("--duration must be 1 to 600 seconds".to_owned());
     }
@@ -290,8 +333,9 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     })
 }
 
-/// The gateway's environment: quiet logs, room for the run, then the caller's overrides.
-fn gateway_env(args: &Args, o: &Options) -> Result<Vec<(String, String)>, String> {
+/// The gateway's environment: quiet logs, room for the run, the engine, then the
+/// caller's overrides.
+fn gateway_env(args: &Args, o: &Options, tag: &str) -> Result<Vec<(String, String)>, String> {
     let queue = args.queue.unwrap_or((o.messages as usize).max(1024));
     let hold_ms = (o.duration.as_secs() + 60) * 1000;
     let mut env: Vec<(String, String)> = [
@@ -312,6 +356,11 @@ fn gateway_env(args: &Args, o: &Options) -> Result<Vec<(String, String)>, String
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    env.push(("CASCADE_ENGINE".to_owned(), args.engine.name().to_owned()));
+    if args.engine == EngineChoice::Redis {
+        env.push(("CASCADE_REDIS_URL".to_owned(), args.redis_url.clone()));
+        env.push(("CASCADE_REDIS_PREFIX".to_owned(), redis_prefix(tag)));
+    }
     for pair in &args.env {
         let (key, value) = pair
             .split_once('=')
@@ -319,6 +368,11 @@ fn gateway_env(args: &Args, o: &Options) -> Result<Vec<(String, String)>, String
         env.push((key.to_owned(), value.to_owned()));
     }
     Ok(env)
+}
+
+/// The Redis key prefix of a run, unique per run so that runs never share history.
+fn redis_prefix(tag: &str) -> String {
+    format!("load-{tag}")
 }
 
 /// The one-minute load average from `/proc/loadavg`.
@@ -360,7 +414,8 @@ fn main() -> ExitCode {
 fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     let opts = resolve(args, scenario)?;
     let load_before = load_average();
-    let env = gateway_env(args, &opts)?;
+    let tag = format!("{:x}", fastrand::u32(..));
+    let env = gateway_env(args, &opts, &tag)?;
     // Children inherit the raised limit, so raise it before starting the gateway.
     let (soft, hard) = gateway::raise_nofile();
     let wanted = opts.connections.max(opts.subscribers) as u64 + 64;
@@ -378,15 +433,24 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
         }
     }
     let gateway_cpu = cpu_choice(&args.gateway_cpu);
-    let gateway = match &args.url {
-        Some(url) => Gateway::attach(url, args.pid)?,
-        // Started before pinning this process, so the gateway does not inherit our core.
-        None => Gateway::spawn(&Launch {
-            bin: args.gateway_bin.clone(),
-            build: !args.no_build,
-            cpu: gateway_cpu.clone(),
-            env: env.clone(),
-        })?,
+    let gateways = match &args.url {
+        Some(url) => vec![Gateway::attach(url, args.pid)?],
+        // Started before pinning this process, so the gateways do not inherit our core.
+        // All nodes share the --gateway-cpu list. A failure drops (kills) those started.
+        None => {
+            let bin = gateway::release_bin(args.gateway_bin.as_deref(), !args.no_build)?;
+            let mut gateways = Vec::with_capacity(args.nodes);
+            for node in 0..args.nodes {
+                gateways.push(Gateway::spawn(&Launch {
+                    bin: Some(bin.clone()),
+                    build: false,
+                    cpu: gateway_cpu.clone(),
+                    env: env.clone(),
+                    node,
+                })?);
+            }
+            gateways
+        }
     };
     let generator_cpu = cpu_choice(&args.cpu);
     if let Some(cpu) = &generator_cpu {
@@ -399,29 +463,47 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let attached = args.url.is_some();
+    let redis_url =
+        (args.engine == EngineChoice::Redis && !attached).then(|| args.redis_url.clone());
+    let run_redis_url = redis_url.clone();
+    let run_tag = tag.clone();
     let report = runtime.block_on(async move {
-        let mut gateway = gateway;
-        gateway.wait_ready(Duration::from_secs(10)).await?;
+        let mut gateways = gateways;
+        for gateway in &mut gateways {
+            gateway.wait_ready(Duration::from_secs(10)).await?;
+        }
         let run = Run {
-            gateway,
+            gateways,
+            redis_url: run_redis_url,
             deadline: Instant::now() + opts.duration,
-            tag: format!("{:x}", fastrand::u32(..)),
+            tag: run_tag,
             opts,
         };
         let report = match scenario {
             Scenario::Idle => scenarios::idle(&run).await,
             _ => scenarios::delivery(&run).await,
         };
-        // The gateway child is killed here, by PID, when `run` drops.
+        // The gateway children are killed here, by PID, when `run` drops.
         drop(run);
         report
-    })?;
+    });
+    if let Some(url) = &redis_url {
+        match engine::cleanup(url, &redis_prefix(&tag)) {
+            Some(n) => eprintln!("load: deleted {n} Redis keys of this run"),
+            None => eprintln!("load: warning: could not delete this run's Redis keys"),
+        }
+    }
+    let mut report = report?;
+    report.param("engine", args.engine.name());
+    report.param("nodes", args.nodes);
 
     let gateway_cpu_text = gateway_cpu.as_deref().unwrap_or("any");
     let generator_cpu_text = generator_cpu.as_deref().unwrap_or("any");
     report.print(&format!(
-        "gateway on cpu {gateway_cpu_text}, generator on cpu {generator_cpu_text}, load \
+        "{} x {} gateway on cpu {gateway_cpu_text}, generator on cpu {generator_cpu_text}, load \
          average {}",
+        args.nodes,
+        args.engine.name(),
         load_before.map_or_else(|| "?".to_owned(), |l| l.to_string())
     ));
     if !args.no_record {

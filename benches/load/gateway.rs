@@ -23,6 +23,8 @@ pub struct Launch {
     pub cpu: Option<String>,
     /// `CASCADE_*` variables, in the order given (later ones win).
     pub env: Vec<(String, String)>,
+    /// Node number (0 for the first); names the log file when several nodes run.
+    pub node: usize,
 }
 
 /// The gateway under test.
@@ -42,6 +44,16 @@ pub fn workspace() -> PathBuf {
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+/// The release gateway binary: `bin` if given, else `target/release/cascade`, built
+/// first when `build` is set.
+pub fn release_bin(bin: Option<&Path>, build: bool) -> Result<PathBuf, String> {
+    match (bin, build) {
+        (Some(bin), _) => Ok(bin.to_path_buf()),
+        (None, true) => build_release(),
+        (None, false) => Ok(target_dir().join("release").join("cascade")),
+    }
 }
 
 /// Builds the release gateway with the plain `cargo build --release` (the binary that
@@ -75,11 +87,7 @@ fn free_port() -> Result<u16, String> {
 impl Gateway {
     /// Starts the gateway as a child process on a free loopback port.
     pub fn spawn(launch: &Launch) -> Result<Self, String> {
-        let bin = match (&launch.bin, launch.build) {
-            (Some(bin), _) => bin.clone(),
-            (None, true) => build_release()?,
-            (None, false) => target_dir().join("release").join("cascade"),
-        };
+        let bin = release_bin(launch.bin.as_deref(), launch.build)?;
         if !bin.is_file() {
             return Err(format!(
                 "{} does not exist: run `cargo build --release` first (or drop --no-build)",
@@ -102,7 +110,10 @@ impl Gateway {
         }
         command.env("CASCADE_LISTEN", addr.to_string());
         command.envs(launch.env.iter().map(|(k, v)| (k, v)));
-        let log = target_dir().join("load-gateway.log");
+        let log = match launch.node {
+            0 => target_dir().join("load-gateway.log"),
+            n => target_dir().join(format!("load-gateway-{}.log", n + 1)),
+        };
         let stderr = File::create(&log)
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());

@@ -22,10 +22,13 @@ use crate::gateway::{CoreTimes, Gateway, ProcStats, own_stats};
 use crate::report::{Report, mib, ms};
 use crate::{Options, Scenario};
 
-/// One run: the gateway, the resolved options, and the hard deadline.
+/// One run: the gateway nodes, the resolved options, and the hard deadline.
 pub struct Run {
-    /// The gateway under test.
-    pub gateway: Gateway,
+    /// The gateway nodes under test (at least one). Subscriber `i` connects to node
+    /// `i % nodes`; publishers post to the first node.
+    pub gateways: Vec<Gateway>,
+    /// With the Redis engine: the server's URL, read before and after the window.
+    pub redis_url: Option<String>,
     /// What to do.
     pub opts: Options,
     /// Nothing is started after this; waits give up at it.
@@ -39,20 +42,46 @@ impl Run {
         format!("load.{}.{c}", self.tag)
     }
 
+    /// Where publishers post: the first node.
     fn addr(&self) -> SocketAddr {
-        self.gateway.addr
+        self.gateways[0].addr
     }
 
+    /// Where subscriber `i` connects: node `i % nodes`.
+    fn subscriber_addr(&self, i: usize) -> SocketAddr {
+        self.gateways[i % self.gateways.len()].addr
+    }
+
+    /// Each node's `/proc` statistics (`None` for a node without a known PID).
+    fn node_stats(&self) -> Result<Vec<Option<ProcStats>>, String> {
+        self.gateways
+            .iter()
+            .map(|gateway| match gateway.pid {
+                None => Ok(None),
+                Some(pid) => gateway.stats().map(Some).ok_or_else(|| {
+                    format!(
+                        "the gateway (pid {pid}) is gone; see {}",
+                        gateway.log_path()
+                    )
+                }),
+            })
+            .collect()
+    }
+
+    /// RSS and CPU summed over the nodes (`None` unless every node has a PID).
     fn stats(&self) -> Result<Option<ProcStats>, String> {
-        match self.gateway.pid {
-            None => Ok(None),
-            Some(pid) => self.gateway.stats().map(Some).ok_or_else(|| {
-                format!(
-                    "the gateway (pid {pid}) is gone; see {}",
-                    self.gateway.log_path()
-                )
-            }),
+        Ok(sum_stats(&self.node_stats()?))
+    }
+
+    /// One `/metrics` sample summed over the nodes (`None` if no node answers).
+    async fn metric(&self, sample: &str) -> Option<f64> {
+        let mut total = None;
+        for gateway in &self.gateways {
+            if let Some(v) = gateway.metric(sample).await {
+                total = Some(total.unwrap_or(0.0) + v);
+            }
         }
+        total
     }
 
     /// Starts `count` subscribers, subscriber `i` on channel `i % channels`, at most
@@ -84,7 +113,7 @@ impl Run {
                 source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
             };
             tasks.push(tokio::spawn(subscriber(
-                self.addr(),
+                self.subscriber_addr(i),
                 follow,
                 tally.clone(),
                 stop.clone(),
@@ -116,7 +145,7 @@ impl Run {
         if self.opts.transport == Transport::Longpoll && confirmed > 0 {
             let gauge = r#"cascade_connections{transport="longpoll"}"#;
             loop {
-                let parked = self.gateway.metric(gauge).await.unwrap_or(0.0) as usize;
+                let parked = self.metric(gauge).await.unwrap_or(0.0) as usize;
                 if parked >= confirmed {
                     break;
                 }
@@ -151,6 +180,31 @@ async fn finish(stop: &CancellationToken, tasks: Vec<JoinHandle<()>>) {
     }
 }
 
+/// The nodes' statistics added up; `None` unless every node has them.
+fn sum_stats(nodes: &[Option<ProcStats>]) -> Option<ProcStats> {
+    nodes.iter().try_fold(
+        ProcStats {
+            rss_kib: 0,
+            cpu_s: 0.0,
+        },
+        |sum, node| {
+            let node = (*node)?;
+            Some(ProcStats {
+                rss_kib: sum.rss_kib + node.rss_kib,
+                cpu_s: sum.cpu_s + node.cpu_s,
+            })
+        },
+    )
+}
+
+/// Each node's CPU seconds between two samples, rounded to milliseconds.
+fn cpu_per_node(a: &[Option<ProcStats>], b: &[Option<ProcStats>]) -> Vec<Option<f64>> {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| cpu_between(*a, *b).map(|c| (c * 1000.0).round() / 1000.0))
+        .collect()
+}
+
 /// Gateway CPU seconds between two samples.
 fn cpu_between(a: Option<ProcStats>, b: Option<ProcStats>) -> Option<f64> {
     Some(b?.cpu_s - a?.cpu_s)
@@ -183,7 +237,7 @@ pub async fn idle(run: &Run) -> Result<Report, String> {
         r#"cascade_connections{{transport="{}"}}"#,
         o.transport.name()
     );
-    let open_on_gateway = run.gateway.metric(&gauge).await;
+    let open_on_gateway = run.metric(&gauge).await;
     finish(&stop, tasks).await;
     let confirmed = confirmed?;
 
@@ -257,7 +311,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
             return Err(e);
         }
     };
-    let connected = run.stats()?;
+    let connected_nodes = run.node_stats()?;
+    let connected = sum_stats(&connected_nodes);
+    let redis0 = run.redis_url.as_deref().and_then(crate::engine::snapshot);
 
     // The measured window starts with the first publish.
     let own0 = own_stats();
@@ -320,7 +376,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         }
     };
     let t1 = Instant::now();
-    let after = run.stats()?;
+    let after_nodes = run.node_stats()?;
+    let after = sum_stats(&after_nodes);
+    let redis1 = run.redis_url.as_deref().and_then(crate::engine::snapshot);
     let own1 = own_stats();
     let cores1 = (
         CoreTimes::read(&o.gateway_cores),
@@ -386,6 +444,12 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     }
     report.result("window_s", window);
     report.result("gateway_cpu_s", cpu);
+    if run.gateways.len() > 1 {
+        report.result(
+            "gateway_cpu_s_per_node",
+            serde_json::json!(cpu_per_node(&connected_nodes, &after_nodes)),
+        );
+    }
     report.result("gateway_cpu_util", cpu.map(|c| c / window.max(1e-9)));
     report.result(
         "deliveries_per_cpu_s",
@@ -413,6 +477,14 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     );
     if o.scenario == Scenario::Channels {
         report.result("rss_per_channel_kib", rss_per(before, connected, channels));
+    }
+    if let (Some(a), Some(b)) = (&redis0, &redis1) {
+        let published = plan.published.load(Ordering::Relaxed);
+        for (key, value) in crate::engine::window(a, b, published) {
+            report.result(&key, value);
+        }
+    } else if run.redis_url.is_some() {
+        report.result("redis_calls", "unreadable");
     }
     report.result("capped", capped);
     report.result(
