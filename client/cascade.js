@@ -7,10 +7,20 @@
  * Dependency-free ES5 (XMLHttpRequest, no fetch, no Promise). Use it from a <script> tag
  * (global `Cascade`), CommonJS or AMD:
  *
- *   var c = Cascade.connect('', { channels: ['chat'] });
- *   c.subscribe('chat', function (data, message) { ... });
+ *   var c = Cascade.connect('', { channels: ['chat'] });   // '' = this page's origin
+ *   c.subscribe('chat', function (data, message) { ... });  // from now on
  *   c.publish('chat', { text: 'hi' }, function (err, position) { ... });
  *   c.on('transport', function (name) { ... });
+ *   c.unsubscribe('chat'); c.close();
+ *
+ * Options: token (sent as token= on every request), transports (the rungs allowed, e.g.
+ * ['longpoll']), channels, timeouts {websocket, sse, longpoll, poll, negotiate, publish}
+ * in ms (how long each rung has to show that data flows), probeIntervalMs (how often to
+ * try better rungs after a fallback), minBackoffMs / maxBackoffMs, remember (start from
+ * the rung that last worked in this tab, kept in sessionStorage).
+ * Events: connect {transport}, disconnect {reason, retryMs}, transport (name), gap
+ * {channel, epoch, first}, error {code, message}, message (every delivered message).
+ * c.transport is the rung in use, or null while disconnected.
  *
  * The wire contract is docs/PROTOCOL.md; the gateway serves this file at /cascade.js.
  */
@@ -50,6 +60,9 @@
   };
 
   var CHANNEL = /^[A-Za-z0-9_\-.:\/]{1,128}$/;
+
+  /** WebSocket close codes the gateway uses, by what they mean to the client. */
+  var CLOSE_REASONS = { 1012: 'shutdown', 4008: 'slow_consumer', 4011: 'engine_unavailable' };
 
   // ---------------------------------------------------------------------------------------
   // Small helpers
@@ -194,7 +207,9 @@
 
   // ---------------------------------------------------------------------------------------
   // Rungs. Each one: open(done) calls done(null) once data demonstrably flows, or
-  // done(reason) when it cannot; after that, drops are reported with client._down(rung, info).
+  // done(reason, auth) when it cannot (`auth` {code, message} when the gateway refused the
+  // credentials: no other rung would do better); after that, drops are reported with
+  // client._down(rung, info).
   // close() tears it down silently. sync() brings its channels in line with the client's and
   // returns false when it cannot do that in place (SSE: the stream must be replaced).
 
@@ -244,16 +259,21 @@
     };
     this.ws.onclose = function (event) {
       if (self.dead) { return; }
+      // The gateway reports bad credentials after the upgrade, as a 4001/4002 close.
+      var auth = event.code === 4001 || event.code === 4002
+        ? { code: event.reason || 'token_invalid', message: 'the gateway refused the token' }
+        : null;
       if (!self.proven) {
         cancel(timer);
-        fail(opened ? 'closed' : 'refused');
+        if (!self.dead) { self.close(); done(opened ? 'closed' : 'refused', auth); }
         return;
       }
       self.dead = true;
       var hint = /retry_ms=(\d+)/.exec(event.reason || '');
       client._down(self, {
-        reason: event.code === 4008 ? 'slow_consumer' : (event.code === 1012 ? 'shutdown' : 'closed'),
-        retryMs: hint ? parseInt(hint[1], 10) : null
+        reason: auth ? auth.code : CLOSE_REASONS[event.code] || 'closed',
+        retryMs: hint ? parseInt(hint[1], 10) : null,
+        auth: auth
       });
     };
     this.ws.onerror = noop; // close follows
@@ -436,7 +456,7 @@
     var self = this;
     if (!supported(this.name)) { later(function () { done('unsupported'); }, 0); return; }
     this.onProven = function () { self.proven = true; done(null); };
-    this.onFailed = function (reason) { self.close(); done(reason); };
+    this.onFailed = function (reason, auth) { self.close(); done(reason, auth); };
     this.next(0);
   };
 
@@ -474,11 +494,12 @@
       if (self.dead || self.inflight !== handle) { return; }
       self.inflight = null;
       if (err) {
+        var auth = err.status === 401 || err.status === 403 ? { code: err.code, message: err.message } : null;
         if (!self.proven) {
-          self.onFailed(err.status === 0 ? (err.code === 'timeout' ? 'timeout' : 'refused') : 'refused');
+          self.onFailed(err.code === 'timeout' ? 'timeout' : 'refused', auth);
         } else {
           self.close();
-          client._down(self, { reason: err.code, retryMs: null });
+          client._down(self, { reason: err.code, retryMs: null, auth: auth });
         }
         return;
       }
@@ -868,14 +889,14 @@
     var self = this, rung = RUNGS[spec.name](this, spec);
     cycle.tried[spec.name] = true;
     cycle.rung = rung;
-    rung.open(function (reason) {
+    rung.open(function (reason, auth) {
       if (self.cycle !== cycle || cycle.rung !== rung) { rung.close(); return; }
       cycle.rung = null;
       if (reason === null) {
         self._endCycle();
         self._promote(rung);
       } else {
-        cycle.failure = { name: rung.name, reason: reason };
+        cycle.failure = { name: rung.name, reason: reason, auth: auth || null };
         self._step(cycle);
       }
     });
@@ -893,6 +914,12 @@
       } else {
         return;
       }
+    }
+    if (cycle.failure && cycle.failure.auth) {
+      // Refused credentials are the application's to fix; falling to another rung would
+      // only be refused again, and would blame the network for it.
+      this._retry(null, cycle.failure.auth);
+      return;
     }
     if (cycle.negotiate === 'pending') { return; }
     if (cycle.negotiate === 'failed') {
@@ -987,7 +1014,7 @@
       this.connected = false;
       this._emit('disconnect', { reason: info.reason, retryMs: info.retryMs });
     }
-    this._retry(info.retryMs, null);
+    this._retry(info.retryMs, info.auth || null);
   };
 
   /** Tells the active rung about channel changes, replacing it when it cannot adapt. */

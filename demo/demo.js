@@ -17,6 +17,7 @@
   };
 
   var me = null;
+  var token = null;       // a client token, needed for private messages (user:<name>)
   var client = null;
   var conversations = {}; // key -> {key, kind, name, channel, title, items: [], unread}
   var order = [];         // conversation keys, sidebar order
@@ -124,6 +125,12 @@
     $('leave-room').hidden = conv.kind !== 'room';
     $('text').placeholder = conv.kind === 'dm' ? 'Message ' + conv.name + ' privately'
       : conv.kind === 'room' ? 'Message ' + conv.title : 'Message everyone';
+    if (conv.kind === 'dm' && !token && !conv.warned) {
+      conv.warned = true;
+      note(conv, 'Private messages need a token: user:' + conv.name + ' is readable by ' + conv.name +
+        ' only. Log in again with a token from `cascade --config config/cascade.toml token --sub ' +
+        me + '`.');
+    }
     var list = $('messages');
     list.innerHTML = '';
     for (var i = 0; i < conv.items.length; i++) { list.appendChild(renderItem(conv.items[i])); }
@@ -276,20 +283,30 @@
     document.body.setAttribute('data-transport', name || '');
   }
 
-  function login(name, transport) {
+  function login(name, transport, withToken) {
     me = name;
+    token = withToken || null;
     $('login').hidden = true;
     $('app').hidden = false;
     $('me-name').textContent = name;
     avatar($('me-avatar'), name);
-    client = Cascade.connect('', { transports: transport ? [transport] : undefined });
+    client = Cascade.connect('', {
+      transports: transport ? [transport] : undefined,
+      token: token || undefined
+    });
     var everyone = conversation('everyone', 'everyone', 'everyone', 'chat');
-    var inbox = { key: 'inbox', channel: 'user:' + name };
     follow(everyone);
-    client.subscribe(inbox.channel, function (data, message) {
-      if (!data || data.type !== 'text' || typeof data.from !== 'string') { return; }
-      var conv = conversation('dm:' + data.from, 'dm', data.from, 'user:' + data.from);
-      received(data, message, conv);
+    if (token) {
+      // The personal inbox: only its owner, proven by the token, may read it.
+      client.subscribe('user:' + name, function (data, message) {
+        if (!data || data.type !== 'text' || typeof data.from !== 'string') { return; }
+        var conv = conversation('dm:' + data.from, 'dm', data.from, 'user:' + data.from);
+        received(data, message, conv);
+      });
+    }
+    client.on('error', function (err) {
+      var where = conversations[current] || everyone;
+      note(where, 'Gateway says: ' + err.code + (err.message ? ' (' + err.message + ')' : ''));
     });
     var announced = false;
     client.on('transport', showTransport);
@@ -323,7 +340,7 @@
     event.preventDefault();
     var name = $('name').value.replace(/^\s+|\s+$/g, '');
     if (!NAME.test(name)) { $('name').focus(); return; }
-    login(name, $('transport').value);
+    login(name, $('transport').value, $('token').value.replace(/\s+/g, ''));
   };
 
   $('join-form').onsubmit = function (event) {
@@ -345,7 +362,10 @@
     send({ type: 'text', text: text }, conv.channel, conv);
   };
 
-  var remembered = /[?&]name=([A-Za-z0-9_\-]{1,24})/.exec(location.search);
-  if (remembered) { $('name').value = remembered[1]; }
+  // ?name=alice&token=... prefill the form (handy with a token from `cascade token`).
+  var given = /[?&]name=([A-Za-z0-9_\-]{1,24})/.exec(location.search);
+  if (given) { $('name').value = given[1]; }
+  var givenToken = /[?&]token=([A-Za-z0-9_\-.]+)/.exec(location.search);
+  if (givenToken) { $('token').value = givenToken[1]; }
   $('name').focus();
 }());
