@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::config::Transport;
 use crate::error::{Error, Result};
 use crate::http::{Body, error_response, full, json};
-use crate::transport::{assets, long_poll, negotiate, publish, short_poll, sse, websocket};
+use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
 
 /// Routes one request; never fails (errors are answered as JSON).
 ///
@@ -76,6 +76,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         }
         (&Method::GET, "/negotiate") => negotiate::serve(app, req).await,
         (&Method::POST, "/publish") => publish::serve(app, req).await,
+        (&Method::POST, "/demo/login") => demo::login(app, req).await,
         (&Method::GET, "/healthz") => Ok(health(&app)),
         (&Method::GET, "/readyz") => ready(&app),
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
@@ -93,7 +94,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
             method: method.to_string(),
             allow: "GET",
         }),
-        (_, "/publish") => Err(Error::MethodNotAllowed {
+        (_, "/publish" | "/demo/login") => Err(Error::MethodNotAllowed {
             method: method.to_string(),
             allow: "POST",
         }),

@@ -3,6 +3,7 @@
 //! [`crate::bus::Subscription`].
 
 pub mod assets;
+pub mod demo;
 pub mod long_poll;
 pub mod negotiate;
 pub mod publish;
