@@ -192,10 +192,34 @@ impl RedisEngine {
         self.metrics.up.set(i64::from(ok));
     }
 
+    /// Runs a script with the command timeout, recording whether Redis answered and, when
+    /// it did, the round trip.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        round_trip: &Histogram,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let mut connection = self.connection.clone();
+        let result =
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+            {
+                Ok(result) => result.map_err(unavailable),
+                Err(_) => Err(Error::EngineUnavailable(
+                    "redis did not answer in time".into(),
+                )),
+            };
+        self.record(result.is_ok());
+        if result.is_ok() {
+            round_trip.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
     async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
         let (meta, log) = self.keys(channel);
         let retention = self.settings.retention.for_channel(channel);
-        let started = Instant::now();
         let mut invocation = self.publish.key(meta);
         invocation
             .key(log)
@@ -207,21 +231,9 @@ impl RedisEngine {
             .arg(Epoch::random().as_str())
             .arg(live_channel(&self.settings.prefix, channel))
             .arg(Self::idle_ttl_ms(retention.max_age));
-        let mut connection = self.connection.clone();
-        let result: Result<Vec<u8>> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-            {
-                Ok(result) => result.map_err(unavailable),
-                Err(_) => Err(Error::EngineUnavailable(
-                    "redis did not answer in time".into(),
-                )),
-            };
-        self.record(result.is_ok());
-        let json = result?;
-        self.metrics
-            .publish_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let json: Vec<u8> = self
+            .invoke(&invocation, &self.metrics.publish_seconds)
+            .await?;
         Message::from_json(Bytes::from(json))
             .map(Arc::new)
             .ok_or_else(|| Error::Internal("redis returned a malformed message".into()))
@@ -235,7 +247,6 @@ impl RedisEngine {
     ) -> Result<History> {
         let (meta, log) = self.keys(channel);
         let retention = self.settings.retention.for_channel(channel);
-        let started = Instant::now();
         let mut invocation = self.history.key(meta);
         invocation
             .key(log)
@@ -246,21 +257,9 @@ impl RedisEngine {
             .arg(retention.max_age.as_millis() as u64)
             .arg(Epoch::random().as_str())
             .arg(Self::idle_ttl_ms(retention.max_age));
-        let mut connection = self.connection.clone();
-        let result: Result<(String, String, u8, Vec<Vec<u8>>)> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-            {
-                Ok(result) => result.map_err(unavailable),
-                Err(_) => Err(Error::EngineUnavailable(
-                    "redis did not answer in time".into(),
-                )),
-            };
-        self.record(result.is_ok());
-        let (epoch, head, gap, raw) = result?;
-        self.metrics
-            .history_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let (epoch, head, gap, raw): (String, String, u8, Vec<Vec<u8>>) = self
+            .invoke(&invocation, &self.metrics.history_seconds)
+            .await?;
         let malformed = || Error::Internal("redis returned a malformed history".into());
         let epoch = Epoch::parse(&epoch).ok_or_else(malformed)?;
         let head: u64 = head.parse().map_err(|_| malformed())?;
