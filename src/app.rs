@@ -51,6 +51,7 @@ impl App {
                     url: config.redis_url.clone(),
                     prefix: config.redis_prefix.clone(),
                     retention,
+                    shards: config.redis_shards,
                 },
                 metrics.engine(),
             )?,

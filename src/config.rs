@@ -32,6 +32,9 @@ pub struct Config {
     /// Prefix of every Redis key and pub/sub channel, so that several clusters (or test
     /// runs) can share one Redis.
     pub redis_prefix: String,
+    /// How Redis pub/sub carries live messages: 0 = each node subscribes to the channels
+    /// its clients follow; N = N fixed shard channels that every node follows.
+    pub redis_shards: u32,
     /// Retained history per channel.
     pub history: HistoryConfig,
     /// Long-polling settings.
@@ -263,6 +266,7 @@ impl Default for Config {
             demo: false,
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
             redis_prefix: "cascade".to_owned(),
+            redis_shards: 0,
             history: HistoryConfig::default(),
             longpoll: LongPollConfig::default(),
             poll: PollConfig::default(),
@@ -411,6 +415,9 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
         if !prefix_ok {
             bail!("redis_prefix: use 1 to 64 of A-Z a-z 0-9 _ - . :");
+        }
+        if self.redis_shards > 1024 {
+            bail!("redis_shards: at most 1024");
         }
         if self.transports.is_empty() {
             bail!("transports: enable at least one transport");

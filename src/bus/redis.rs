@@ -45,6 +45,44 @@ pub struct RedisSettings {
     pub prefix: String,
     /// History retention per channel.
     pub retention: RetentionPolicy,
+    /// 0: each node subscribes to the channels its clients follow. N > 0: every message
+    /// goes out on one of N shard channels and every node subscribes to all of them.
+    pub shards: u32,
+}
+
+/// The pub/sub channel names live messages travel on.
+#[derive(Clone, Debug)]
+struct Topics {
+    prefix: String,
+    shards: u32,
+}
+
+impl Topics {
+    /// The pub/sub channel of `channel`'s messages.
+    fn of(&self, channel: &Channel) -> String {
+        if self.shards == 0 {
+            return format!("{}:live:{channel}", self.prefix);
+        }
+        // FNV-1a: stable across nodes and versions, unlike the std hasher.
+        let hash = channel
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("{}:shard:{}", self.prefix, hash % u64::from(self.shards))
+    }
+
+    /// The fixed set of shard channels (none without sharding).
+    fn fixed(&self) -> Vec<String> {
+        (0..self.shards)
+            .map(|n| format!("{}:shard:{n}", self.prefix))
+            .collect()
+    }
+
+    fn sharded(&self) -> bool {
+        self.shards > 0
+    }
 }
 
 /// Engine health and latency, exported by the gateway's metrics.
@@ -119,6 +157,7 @@ return {epoch, tostring(head), gap, messages}
 /// The Redis engine.
 pub struct RedisEngine {
     settings: RedisSettings,
+    topics: Topics,
     connection: ConnectionManager,
     publish: Script,
     history: Script,
@@ -151,7 +190,12 @@ impl RedisEngine {
         let connection =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         let (commands, receiver) = mpsc::unbounded_channel();
+        let topics = Topics {
+            prefix: settings.prefix.clone(),
+            shards: settings.shards,
+        };
         let engine = Arc::new(RedisEngine {
+            topics: topics.clone(),
             settings,
             connection,
             publish: Script::new(PUBLISH),
@@ -164,6 +208,7 @@ impl RedisEngine {
         let listener = Listener {
             client,
             hub,
+            topics,
             prefix: engine.settings.prefix.clone(),
             watched: engine.watched.clone(),
             up: engine.up.clone(),
@@ -229,7 +274,7 @@ impl RedisEngine {
             .arg(retention.max_messages)
             .arg(retention.max_age.as_millis() as u64)
             .arg(Epoch::random().as_str())
-            .arg(live_channel(&self.settings.prefix, channel))
+            .arg(self.topics.of(channel))
             .arg(Self::idle_ttl_ms(retention.max_age));
         let json: Vec<u8> = self
             .invoke(&invocation, &self.metrics.publish_seconds)
@@ -307,10 +352,6 @@ fn log_key(prefix: &str, channel: &Channel) -> String {
     format!("{prefix}:{{{channel}}}:log")
 }
 
-fn live_channel(prefix: &str, channel: &Channel) -> String {
-    format!("{prefix}:live:{channel}")
-}
-
 fn unavailable(err: redis::RedisError) -> Error {
     Error::EngineUnavailable(format!("redis: {err}"))
 }
@@ -377,6 +418,7 @@ impl Engine for RedisEngine {
 struct Listener {
     client: Client,
     hub: Arc<Hub>,
+    topics: Topics,
     prefix: String,
     watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
     up: Arc<AtomicBool>,
@@ -413,10 +455,11 @@ impl Listener {
             let (mut sink, mut stream) = pubsub.split();
             let wanted: Vec<Channel> = self.wanted();
             let mut subscribed: HashSet<Channel> = wanted.iter().cloned().collect();
-            let names: Vec<String> = wanted
-                .iter()
-                .map(|c| live_channel(&self.prefix, c))
-                .collect();
+            let names: Vec<String> = if self.topics.sharded() {
+                self.topics.fixed()
+            } else {
+                wanted.iter().map(|c| self.topics.of(c)).collect()
+            };
             if !names.is_empty() && sink.subscribe(&names).await.is_err() {
                 continue;
             }
@@ -461,18 +504,20 @@ impl Listener {
         subscribed: &mut HashSet<Channel>,
         command: Command,
     ) -> redis::RedisResult<()> {
+        // With shards the connection already follows every shard: nothing changes in
+        // Redis, but a subscriber still waits for its watch to be applied.
+        let sharded = self.topics.sharded();
         match command {
             Command::Subscribe(channel) => {
-                if !subscribed.contains(&channel) {
-                    sink.subscribe(live_channel(&self.prefix, &channel)).await?;
+                if !sharded && !subscribed.contains(&channel) {
+                    sink.subscribe(self.topics.of(&channel)).await?;
                     subscribed.insert(channel.clone());
                 }
                 self.mark_ready(std::slice::from_ref(&channel));
             }
             Command::Unsubscribe(channel) => {
-                if !self.is_wanted(&channel) && subscribed.remove(&channel) {
-                    sink.unsubscribe(live_channel(&self.prefix, &channel))
-                        .await?;
+                if !sharded && !self.is_wanted(&channel) && subscribed.remove(&channel) {
+                    sink.unsubscribe(self.topics.of(&channel)).await?;
                 }
             }
         }

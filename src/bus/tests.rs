@@ -23,6 +23,8 @@ use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 enum Kind {
     Memory,
     Redis,
+    /// Redis with live messages on 4 shard channels instead of one per channel.
+    RedisSharded,
 }
 
 fn redis_url() -> String {
@@ -34,11 +36,16 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> Bus {
     let history_limit = retention.max_messages;
     let engine: Arc<dyn Engine> = match kind {
         Kind::Memory => MemoryEngine::new(hub.clone(), retention),
-        Kind::Redis => {
+        Kind::Redis | Kind::RedisSharded => {
             let settings = super::redis::RedisSettings {
                 url: redis_url(),
                 prefix: format!("test-{}", Epoch::random()),
                 retention: retention.into(),
+                shards: if matches!(kind, Kind::RedisSharded) {
+                    4
+                } else {
+                    0
+                },
             };
             let engine = super::redis::RedisEngine::new(
                 hub.clone(),
@@ -96,6 +103,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod redis_sharded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::RedisSharded).await
                 }
             )*
         }
@@ -169,7 +184,7 @@ async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher(kind: Kind) {
     let iterations = match kind {
         Kind::Memory => 200,
         // Each iteration connects afresh; fewer keep the run short.
-        Kind::Redis => 40,
+        Kind::Redis | Kind::RedisSharded => 40,
     };
     for iteration in 0..iterations {
         let bus = bus(kind).await;
