@@ -67,7 +67,7 @@ pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response
         let limits = &task_app.config.websocket;
         let config = WebSocketConfig::default()
             // The default 128 KiB read buffer is allocated eagerly per connection.
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(16 * 1024)
             .max_message_size(Some(limits.max_frame_bytes))
             .max_frame_size(Some(limits.max_frame_bytes));
@@ -204,7 +204,9 @@ impl Connection {
                     close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
                 })
                 }
-                frame = self.ws.next() => self.on_frame(frame).await,
+                // Boxed: handling a client frame (a subscribe reads history) is the largest
+                // state in this loop, and idle connections should not carry it inline.
+                frame = self.ws.next() => Box::pin(self.on_frame(frame)).await,
                 event = self.subscription.next() => match event {
                     Ok(event) => self.deliver(event).await,
                     Err(closed) => Err(Stop {
