@@ -60,6 +60,27 @@ async fn publish(node: &Node, channel: &str, n: u64) -> Result<(String, u64), St
     ))
 }
 
+/// Publishes 1..=total to `chat` on `node` in the background, pausing 2 ms after every
+/// `pause_every` messages so that subscribers read while it runs.
+fn spawn_publisher(node: &Node, total: u64, pause_every: u64) -> tokio::task::JoinHandle<()> {
+    let url = node.url("/publish");
+    tokio::spawn(async move {
+        for n in 1..=total {
+            let response = http()
+                .post(&url)
+                .header("X-Cascade-Api-Key", API_KEY)
+                .json(&json!({"channel": "chat", "data": {"n": n}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            if n % pause_every == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    })
+}
+
 /// What a client saw: (offset, n) per message, in arrival order.
 fn entry(message: &Value) -> (u64, u64) {
     (
@@ -185,24 +206,7 @@ async fn polling_round_robin_across_nodes_needs_no_sticky_sessions() {
     assert_eq!(status, 200);
     let start = body["cursor"].as_str().unwrap().to_owned();
     let total = 120u64;
-    let publisher = {
-        let node = nodes[0].url("/publish");
-        tokio::spawn(async move {
-            for n in 1..=total {
-                let response = http()
-                    .post(&node)
-                    .header("X-Cascade-Api-Key", API_KEY)
-                    .json(&json!({"channel": "chat", "data": {"n": n}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-                if n % 10 == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        })
-    };
+    let publisher = spawn_publisher(&nodes[0], total, 10);
     let long = poll_collect(
         |i, c| nodes[i % 3].url(&format!("/longpoll?cursor={c}&timeout=1")),
         start.clone(),
@@ -231,22 +235,7 @@ async fn clients_of_a_killed_node_resume_on_another_without_loss() {
     assert_eq!(sse.next().await.unwrap().event, "open");
 
     let total = 200u64;
-    let publisher = {
-        let node = nodes[0].url("/publish");
-        tokio::spawn(async move {
-            for n in 1..=total {
-                let response = http()
-                    .post(&node)
-                    .header("X-Cascade-Api-Key", API_KEY)
-                    .json(&json!({"channel": "chat", "data": {"n": n}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+    let publisher = spawn_publisher(&nodes[0], total, 1);
 
     let mut over_ws = Vec::new();
     let ws_cursor = ws_collect(&mut ws, &mut over_ws, 40).await;
