@@ -6,22 +6,6 @@ use serde_json::{Value, json};
 use support::*;
 use tokio::task::JoinHandle;
 
-/// Publishes `{"n": n}` over HTTP with a reused client; returns (epoch, offset).
-async fn post(client: &reqwest::Client, base: &str, channel: &str, n: u64) -> (String, u64) {
-    let response = client
-        .post(format!("{base}/publish"))
-        .json(&json!({"channel": channel, "data": {"n": n}}))
-        .send()
-        .await
-        .expect("publish request");
-    assert_eq!(response.status(), 200, "publish {n} to {channel}");
-    let body: Value = response.json().await.expect("publish body");
-    (
-        body["epoch"].as_str().expect("epoch").to_owned(),
-        body["offset"].as_u64().expect("offset"),
-    )
-}
-
 /// Publishes `per_channel` messages to each channel, round robin, paced so that the
 /// stream is still running while clients switch transports.
 fn spawn_publisher(server: &TestServer, channels: &[&str], per_channel: u64) -> JoinHandle<()> {

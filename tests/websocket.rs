@@ -5,26 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-/// Publishes `{"n": n}` over HTTP with a reused client; returns (epoch, offset).
-async fn post(client: &reqwest::Client, base: &str, channel: &str, n: u64) -> (String, u64) {
-    let response = client
-        .post(format!("{base}/publish"))
-        .json(&json!({"channel": channel, "data": {"n": n}}))
-        .send()
-        .await
-        .expect("publish request");
-    assert_eq!(response.status(), 200, "publish {n} to {channel}");
-    let body: Value = response.json().await.expect("publish body");
-    (
-        body["epoch"].as_str().expect("epoch").to_owned(),
-        body["offset"].as_u64().expect("offset"),
-    )
-}
 
 /// The next frame, which must be a message; returns (channel, epoch, offset, data.n).
 async fn recv_message(ws: &mut WsClient) -> (String, String, u64, u64) {

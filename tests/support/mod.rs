@@ -475,3 +475,19 @@ pub mod raw_ws {
         }
     }
 }
+
+/// Publishes `{"n": n}` over HTTP with a reused client; returns (epoch, offset).
+pub async fn post(client: &reqwest::Client, base: &str, channel: &str, n: u64) -> (String, u64) {
+    let response = client
+        .post(format!("{base}/publish"))
+        .json(&serde_json::json!({"channel": channel, "data": {"n": n}}))
+        .send()
+        .await
+        .expect("publish request");
+    assert_eq!(response.status(), 200, "publish {n} to {channel}");
+    let body: Value = response.json().await.expect("publish body");
+    (
+        body["epoch"].as_str().expect("epoch").to_owned(),
+        body["offset"].as_u64().expect("offset"),
+    )
+}
