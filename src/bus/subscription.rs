@@ -8,7 +8,7 @@
 //! from its position, which fills the hole or reports an explicit gap. The same code serves
 //! every engine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -54,6 +54,16 @@ enum Fit {
     Hole,
 }
 
+/// One followed channel.
+struct Followed {
+    channel: Channel,
+    /// The position read up to: history already queued counts, so live duplicates are
+    /// recognised.
+    read: Position,
+    /// The position of the last event handed out: what a cursor reports.
+    delivered: Position,
+}
+
 /// A subscriber's view of the bus over any number of channels.
 pub struct Subscription {
     bus: Bus,
@@ -61,13 +71,10 @@ pub struct Subscription {
     queue_tx: mpsc::Sender<Arc<Message>>,
     queue: mpsc::Receiver<Arc<Message>>,
     cut: CancellationToken,
-    /// Channels in subscription order, for stable cursors.
-    order: Vec<Channel>,
-    /// The position read up to per channel: history already queued counts, so live
-    /// duplicates are recognised.
-    positions: HashMap<Channel, Position>,
-    /// The position of the last event handed out per channel: what a cursor reports.
-    delivered: HashMap<Channel, Position>,
+    /// In subscription order, for stable cursors. A vector, not a map: it holds at most
+    /// `limits.max_channels` entries, usually one, and is searched on every delivery,
+    /// where a linear scan beats hashing the channel name.
+    channels: Vec<Followed>,
     pending: VecDeque<Event>,
     /// A live message taken off the queue whose hole is being filled; kept here so that
     /// `next` stays cancel-safe across the history read.
@@ -83,9 +90,7 @@ impl Subscription {
             queue_tx,
             queue,
             cut,
-            order: Vec::new(),
-            positions: HashMap::new(),
-            delivered: HashMap::new(),
+            channels: Vec::new(),
             pending: VecDeque::new(),
             stash: None,
         }
@@ -93,17 +98,25 @@ impl Subscription {
 
     /// Number of channels followed.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.channels.len()
     }
 
     /// Whether no channel is followed.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.channels.is_empty()
     }
 
     /// Whether `channel` is followed.
     pub fn follows(&self, channel: &Channel) -> bool {
-        self.positions.contains_key(channel)
+        self.find(channel).is_some()
+    }
+
+    fn find(&self, channel: &Channel) -> Option<&Followed> {
+        self.channels.iter().find(|f| f.channel == *channel)
+    }
+
+    fn find_mut(&mut self, channel: &Channel) -> Option<&mut Followed> {
+        self.channels.iter_mut().find(|f| f.channel == *channel)
     }
 
     /// Follows the channels of `cursor`, each from its position (or from now on), and
@@ -112,10 +125,10 @@ impl Subscription {
     pub async fn add(&mut self, cursor: &Cursor) -> Result<Cursor> {
         let mut started = Cursor::default();
         for (channel, from) in &cursor.entries {
-            if let Some(position) = self.positions.get(channel) {
+            if let Some(followed) = self.find(channel) {
                 started
                     .entries
-                    .push((channel.clone(), Some(position.clone())));
+                    .push((channel.clone(), Some(followed.read.clone())));
                 continue;
             }
             let subscriber = Subscriber {
@@ -136,12 +149,14 @@ impl Subscription {
             match read.await {
                 Ok(((start, end), events)) => {
                     self.pending.extend(events);
-                    self.order.push(channel.clone());
-                    self.positions.insert(channel.clone(), end);
                     // Until the first event is handed out, a cursor repeats what was asked
                     // for: resuming with it reports a pending gap again, never skips it.
                     let asked = from.clone().unwrap_or_else(|| start.clone());
-                    self.delivered.insert(channel.clone(), asked);
+                    self.channels.push(Followed {
+                        channel: channel.clone(),
+                        read: end,
+                        delivered: asked,
+                    });
                     started.entries.push((channel.clone(), Some(start)));
                 }
                 Err(err) => {
@@ -156,15 +171,16 @@ impl Subscription {
     /// Stops following `channels`; unknown ones are ignored.
     pub fn remove(&mut self, channels: &[Channel]) {
         for channel in channels {
-            if self.positions.remove(channel).is_some() {
-                self.delivered.remove(channel);
-                self.order.retain(|c| c != channel);
+            if let Some(index) = self.channels.iter().position(|f| f.channel == *channel) {
+                self.channels.remove(index);
                 self.release(channel);
             }
         }
+        let channels = &self.channels;
+        let follows = |c: &Channel| channels.iter().any(|f| f.channel == *c);
         self.pending.retain(|event| match event {
-            Event::Message(m) => self.positions.contains_key(&m.channel),
-            Event::Gap(g) => self.positions.contains_key(&g.channel),
+            Event::Message(m) => follows(&m.channel),
+            Event::Gap(g) => follows(&g.channel),
         });
     }
 
@@ -178,9 +194,9 @@ impl Subscription {
     pub fn cursor(&self) -> Cursor {
         Cursor {
             entries: self
-                .order
+                .channels
                 .iter()
-                .map(|c| (c.clone(), self.delivered.get(c).cloned()))
+                .map(|f| (f.channel.clone(), Some(f.delivered.clone())))
                 .collect(),
         }
     }
@@ -188,14 +204,12 @@ impl Subscription {
     /// Writes the current cursor without building an intermediate [`Cursor`]; transports
     /// that stamp every delivery with a cursor (SSE ids) call this per message.
     pub fn write_cursor(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        for (i, channel) in self.order.iter().enumerate() {
+        for (i, followed) in self.channels.iter().enumerate() {
             if i > 0 {
                 out.write_char(',')?;
             }
-            match self.delivered.get(channel) {
-                Some(p) => write!(out, "{channel}@{}:{}", p.epoch, p.offset)?,
-                None => write!(out, "{channel}")?,
-            }
+            let p = &followed.delivered;
+            write!(out, "{}@{}:{}", followed.channel, p.epoch, p.offset)?;
         }
         Ok(())
     }
@@ -218,17 +232,15 @@ impl Subscription {
             }
             let message = match self.stash.take() {
                 Some(message) => message,
-                None => {
-                    tokio::select! {
-                        biased;
-                        _ = self.cut.cancelled() => return Err(Closed::SlowConsumer),
-                        received = self.queue.recv() => match received {
-                            Some(message) => message,
-                            // Unreachable while we hold `queue_tx`; treat as a cut.
-                            None => return Err(Closed::SlowConsumer),
-                        },
-                    }
-                }
+                // No wait on `cut` here: the hub cuts a subscriber only when its queue
+                // is full, so this receive is ready whenever a cut happens, and the
+                // check above catches it. Waiting on the token as well would register
+                // and drop a waiter on it for every message.
+                None => match self.queue.recv().await {
+                    Some(message) => message,
+                    // Unreachable while we hold `queue_tx`; treat as a cut.
+                    None => return Err(Closed::SlowConsumer),
+                },
             };
             if let Some(event) = self.accept(message) {
                 return Ok(self.hand_out(event));
@@ -272,8 +284,8 @@ impl Subscription {
             Event::Message(m) => (&m.channel, m.position()),
             Event::Gap(g) => (&g.channel, g.position()),
         };
-        if let Some(delivered) = self.delivered.get_mut(channel) {
-            *delivered = position;
+        if let Some(followed) = self.channels.iter_mut().find(|f| f.channel == *channel) {
+            followed.delivered = position;
         }
         event
     }
@@ -295,7 +307,7 @@ impl Subscription {
     }
 
     fn fit(&self, message: &Message) -> Option<Fit> {
-        let position = self.positions.get(&message.channel)?;
+        let position = &self.find(&message.channel)?.read;
         Some(if position.epoch != message.epoch {
             Fit::Hole
         } else if message.offset <= position.offset {
@@ -308,15 +320,15 @@ impl Subscription {
     }
 
     fn advance(&mut self, message: &Message) {
-        if let Some(position) = self.positions.get_mut(&message.channel) {
-            *position = message.position();
+        if let Some(followed) = self.find_mut(&message.channel) {
+            followed.read = message.position();
         }
     }
 
     /// Re-reads the channel's history from our position, queueing what it finds.
     /// Returns false when the engine could not be read.
     async fn fill(&mut self, message: &Message) -> bool {
-        let Some(from) = self.positions.get(&message.channel).cloned() else {
+        let Some(from) = self.find(&message.channel).map(|f| f.read.clone()) else {
             return true;
         };
         let mut events = Vec::new();
@@ -326,7 +338,9 @@ impl Subscription {
         let Ok((_, end)) = read.await else {
             return false;
         };
-        self.positions.insert(message.channel.clone(), end);
+        if let Some(followed) = self.find_mut(&message.channel) {
+            followed.read = end;
+        }
         self.pending.extend(events);
         true
     }
@@ -355,8 +369,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        for channel in &self.order {
-            self.release(channel);
+        for followed in &self.channels {
+            self.release(&followed.channel);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! protocol violation closes it with the matching close code.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -45,6 +46,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
+
+/// Deliveries in a row after which the socket's read side gets a turn.
+const READ_TURN_EVERY: u32 = 16;
 
 /// Accepts the upgrade and spawns the connection; answers `101 Switching Protocols`.
 pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
@@ -190,10 +194,26 @@ impl Connection {
         let who = self.who.clone();
         let expiry = who.expired();
         tokio::pin!(expiry);
+        // Created once, not per turn of the loop: each creation registers a waiter.
+        let shutdown = app.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let mut events_in_a_row = 0u32;
         let stop = loop {
+            // Events are polled before the socket's read side: a delivery then costs no
+            // read attempt. So that a steady stream cannot starve client frames (pongs
+            // included), the read side gets a turn after every few deliveries.
+            if events_in_a_row >= READ_TURN_EVERY {
+                events_in_a_row = 0;
+                let ready = std::future::poll_fn(|cx| Poll::Ready(self.ws.poll_next_unpin(cx)));
+                if let Poll::Ready(frame) = ready.await {
+                    if let Err(stop) = Box::pin(self.on_frame(frame)).await {
+                        break stop;
+                    }
+                }
+            }
             let step = tokio::select! {
                 biased;
-                _ = app.shutdown.cancelled() => Err(Stop {
+                _ = &mut shutdown => Err(Stop {
                     reason: "shutdown",
                     close: Some((1012, format!("retry_ms={}", app.reconnect_delay_ms()))),
                 }),
@@ -204,17 +224,23 @@ impl Connection {
                     close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
                 })
                 }
-                // Boxed: handling a client frame (a subscribe reads history) is the largest
-                // state in this loop, and idle connections should not carry it inline.
-                frame = self.ws.next() => Box::pin(self.on_frame(frame)).await,
+                _ = ping.tick() => self.ping(ping_every).await,
                 event = self.subscription.next() => match event {
-                    Ok(event) => self.deliver(event).await,
+                    Ok(event) => {
+                        events_in_a_row += 1;
+                        self.deliver(event).await
+                    }
                     Err(closed) => Err(Stop {
                         reason: closed.code(),
                         close: Some((close_code(closed), closed.code().to_owned())),
                     }),
                 },
-                _ = ping.tick() => self.ping(ping_every).await,
+                // Boxed: handling a client frame (a subscribe reads history) is the largest
+                // state in this loop, and idle connections should not carry it inline.
+                frame = self.ws.next() => {
+                    events_in_a_row = 0;
+                    Box::pin(self.on_frame(frame)).await
+                }
             };
             if let Err(stop) = step {
                 break stop;
@@ -390,10 +416,8 @@ impl Connection {
         self.send_text(body.to_string()).await
     }
 
-    /// Writes one frame, giving up when the client stalls past the write timeout or the
-    /// bus cuts it off meanwhile.
+    /// Writes one frame (flushing it out when `flush`), within the write guard.
     async fn write(&mut self, frame: Frame, flush: bool) -> Result<(), Stop> {
-        let timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
         let ws = &mut self.ws;
         let write = async {
             if flush {
@@ -402,36 +426,46 @@ impl Connection {
                 ws.feed(frame).await
             }
         };
-        let outcome = tokio::select! {
-            result = tokio::time::timeout(timeout, write) => result,
-            closed = self.subscription.cut_off() => {
-                return Err(Stop { reason: closed.code(), close: None });
-            }
-        };
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop {
-                reason: "write_failed",
-                close: None,
-            }),
-            Err(_) => Err(Stop {
-                reason: "write_timeout",
-                close: None,
-            }),
-        }
+        guarded(write, &self.subscription, &self.app).await
     }
 
     async fn write_flush(&mut self) -> Result<(), Stop> {
-        let timeout = Duration::from_millis(self.app.config.limits.write_timeout_ms);
-        let ws = &mut self.ws;
-        tokio::select! {
-            result = tokio::time::timeout(timeout, ws.flush()) => match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Stop { reason: "write_failed", close: None }),
-                Err(_) => Err(Stop { reason: "write_timeout", close: None }),
-            },
-            closed = self.subscription.cut_off() => Err(Stop { reason: closed.code(), close: None }),
+        guarded(self.ws.flush(), &self.subscription, &self.app).await
+    }
+}
+
+/// Runs a socket write, giving up when the client stalls past the write timeout or the
+/// bus cuts it off meanwhile. Nearly every write completes on its first poll, so the
+/// timer and the cut-off waiter are set up only for one that has to wait.
+async fn guarded(
+    write: impl Future<Output = Result<(), tungstenite::Error>>,
+    subscription: &Subscription,
+    app: &App,
+) -> Result<(), Stop> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let outcome = match first {
+        Poll::Ready(result) => Ok(result),
+        Poll::Pending => {
+            let timeout = Duration::from_millis(app.config.limits.write_timeout_ms);
+            tokio::select! {
+                result = tokio::time::timeout(timeout, write) => result,
+                closed = subscription.cut_off() => {
+                    return Err(Stop { reason: closed.code(), close: None });
+                }
+            }
         }
+    };
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop {
+            reason: "write_failed",
+            close: None,
+        }),
+        Err(_) => Err(Stop {
+            reason: "write_timeout",
+            close: None,
+        }),
     }
 }
 
