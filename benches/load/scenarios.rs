@@ -475,7 +475,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         "rss_per_subscriber_kib",
         rss_per(before, connected, confirmed),
     );
-    if o.scenario == Scenario::Channels {
+    // Connections and channels together; what a channel alone costs is the difference
+    // against the same subscribers on one channel (BENCHMARKS.md, "Many channels").
+    if o.scenario == Scenario::Channels && channels > 1 {
         report.result("rss_per_channel_kib", rss_per(before, connected, channels));
     }
     if let (Some(a), Some(b)) = (&redis0, &redis1) {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Re-takes every figure of BENCHMARKS.md: each run appends one JSON line to
+# benches/results.jsonl, then the charts are redrawn from them. About 25 minutes on the
+# 2-core reference machine. Run it on a quiet machine: the figures are CPU seconds.
+#
+#   scripts/bench-all.sh [--note "what changed"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+note=${2:-}
+load() {
+    # Every run is bounded by the tool's own --duration cap (60 s unless raised).
+    cargo bench --quiet --bench load -- "$@" --no-build ${note:+--note "$note"}
+}
+
+cargo build --release --bin cascade
+
+for transport in websocket sse longpoll; do
+    for connections in 1000 5000 15000; do
+        load idle --transport "$transport" --connections "$connections" --duration 120
+    done
+done
+
+# Paced at the latency target's rate, then unpaced (efficiency once writes batch).
+for transport in websocket sse longpoll poll; do
+    for subscribers in 100 1000 10000; do
+        load fanout --transport "$transport" --subscribers "$subscribers" --messages 400 --rate 40 --duration 120
+    done
+done
+for transport in websocket sse longpoll; do
+    for subscribers in 100 1000 10000; do
+        load fanout --transport "$transport" --subscribers "$subscribers" --messages 2000 --rate 0 --duration 120
+    done
+done
+
+load fanout --transport longpoll --subscribers 1000 --messages 1000 --rate 100
+load poll --transport poll --clients 1000 --seconds 5
+load poll --transport longpoll --clients 1000 --seconds 5
+
+# Per-channel memory: the same 10,000 WebSocket subscribers on one channel, then on
+# 10,000 channels; the difference in RSS is what the channels themselves cost.
+load channels --subscribers 10000 --channels 1 --messages 10000
+load channels --subscribers 10000 --channels 10000 --messages 20000
+
+python3 scripts/chart.py --rate 40 --output docs/bench.svg
+python3 scripts/chart.py --rate 0 --output docs/bench-unpaced.svg
