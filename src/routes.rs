@@ -54,29 +54,31 @@ fn preflight() -> Response<Body> {
     response
 }
 
+/// Each handler's future is boxed, so a request costs the size of its own route's state
+/// rather than that of the largest route.
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/ws") => {
             enabled(&app, Transport::Websocket)?;
-            websocket::serve(app, req).await
+            Box::pin(websocket::serve(app, req)).await
         }
         (&Method::GET, "/sse") => {
             enabled(&app, Transport::Sse)?;
-            sse::serve(app, req).await
+            Box::pin(sse::serve(app, req)).await
         }
         (&Method::GET, "/longpoll") => {
             enabled(&app, Transport::Longpoll)?;
-            long_poll::serve(app, req).await
+            Box::pin(long_poll::serve(app, req)).await
         }
         (&Method::GET, "/poll") => {
             enabled(&app, Transport::Poll)?;
-            short_poll::serve(app, req).await
+            Box::pin(short_poll::serve(app, req)).await
         }
-        (&Method::GET, "/negotiate") => negotiate::serve(app, req).await,
-        (&Method::POST, "/publish") => publish::serve(app, req).await,
-        (&Method::POST, "/demo/login") => demo::login(app, req).await,
+        (&Method::GET, "/negotiate") => Box::pin(negotiate::serve(app, req)).await,
+        (&Method::POST, "/publish") => Box::pin(publish::serve(app, req)).await,
+        (&Method::POST, "/demo/login") => Box::pin(demo::login(app, req)).await,
         (&Method::GET, "/healthz") => Ok(health(&app)),
         (&Method::GET, "/readyz") => ready(&app),
         (&Method::GET, "/metrics") => Ok(metrics(&app)),

@@ -5,16 +5,18 @@
 //! delay: WebSockets close with 1012, SSE streams end after a `retry:`, parked long polls
 //! are answered. The process waits for all of that up to the drain deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::error::Error;
@@ -53,15 +55,9 @@ impl ConnInfo {
 
 /// Serves on `listener` until `app.shutdown` is cancelled, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // A slowloris client that trickles its headers is dropped.
-        .header_read_timeout(Duration::from_millis(
-            app.config.limits.header_read_timeout_ms,
-        ));
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(&app));
+    // Every connection task, so that the drain can wait for their last answers.
+    let connections = TaskTracker::new();
 
     loop {
         let (stream, remote) = tokio::select! {
@@ -86,52 +82,155 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         };
         // Latency matters more than packet count for realtime delivery.
         let _ = stream.set_nodelay(true);
-        let kill = CancellationToken::new();
         let limits = &app.config.limits;
         let info = ConnInfo {
             remote,
-            kill: kill.clone(),
+            kill: CancellationToken::new(),
             permit,
             publish_budget: Arc::new(Mutex::new(TokenBucket::new(
                 limits.publish_rate_per_second,
                 limits.publish_burst,
             ))),
         };
-        let handler_app = app.clone();
-        let service = service_fn(move |mut req| {
-            req.extensions_mut().insert(info.clone());
-            routes::handle(handler_app.clone(), req)
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let first_bytes_within = Duration::from_millis(limits.header_read_timeout_ms);
-        tokio::spawn(async move {
-            if !request_started(&stream, first_bytes_within).await {
-                tracing::debug!(%remote, "connection sent no request in time");
-                return;
-            }
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = watcher.watch(conn);
-            tokio::select! {
-                result = conn => if let Err(err) = result {
-                    tracing::debug!(%remote, error = %err, "connection ended with an error");
-                },
-                _ = kill.cancelled() => tracing::debug!(%remote, "connection dropped"),
-            }
-        });
+        connections.spawn(serve(stream, info, app.clone(), protocols.clone()));
     }
 
     drop(listener);
-    drain(&app, graceful).await;
+    drain(&app, connections).await;
 }
 
-/// Waits until the client has begun a request. hyper-util reads the first bytes (to tell
-/// HTTP/1 from the HTTP/2 preface) with no deadline, before hyper's header timer starts,
-/// so a client that connects and sends nothing, or trickles the preface, would otherwise
-/// hold its connection slot forever.
-async fn request_started(stream: &TcpStream, within: Duration) -> bool {
+/// The HTTP/1 and HTTP/2 connection settings, built once and shared by every connection.
+///
+/// The two builders are used directly rather than through hyper-util's `auto` builder and
+/// its graceful-shutdown watcher: those made every connection's task larger (and its
+/// first read buffered twice) for a protocol choice that one `peek` makes (see
+/// [`request_started`]); the drain asks each connection to finish instead.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    first_bytes_within: Duration,
+}
+
+impl Protocols {
+    fn new(app: &App) -> Self {
+        let header_timeout = Duration::from_millis(app.config.limits.header_read_timeout_ms);
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // A slowloris client that trickles its headers is dropped.
+            .header_read_timeout(header_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Protocols {
+            http1,
+            http2,
+            first_bytes_within: header_timeout,
+        }
+    }
+}
+
+/// Which HTTP a connection speaks, told from its first bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Serves one accepted connection until it ends, the server drops it (`kill`), or the
+/// drain asks it to finish its current answer and close.
+async fn serve(stream: TcpStream, info: ConnInfo, app: Arc<App>, protocols: Arc<Protocols>) {
+    let remote = info.remote;
+    let Some(protocol) = request_started(&stream, protocols.first_bytes_within).await else {
+        tracing::debug!(%remote, "connection sent no request in time");
+        return;
+    };
+    let kill = info.kill.clone();
+    let shutdown = app.shutdown.clone();
+    let service = service_fn(move |mut req| {
+        req.extensions_mut().insert(info.clone());
+        // Boxed: hyper keeps room for one in-flight request future per connection for
+        // as long as the connection lives, so an inline one would cost every idle
+        // connection the size of the largest route.
+        Box::pin(routes::handle(app.clone(), req)) as Pin<Box<dyn Future<Output = _> + Send>>
+    });
+    let io = TokioIo::new(stream);
+    // Pinned here and driven by reference: moved into `drive`, the connection's state
+    // would be laid out twice in this task.
+    let result = match protocol {
+        Protocol::Http1 => {
+            let conn = protocols
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(std::pin::pin!(conn), &shutdown, &kill).await
+        }
+        Protocol::Http2 => {
+            let conn = protocols.http2.serve_connection(io, service);
+            drive(std::pin::pin!(conn), &shutdown, &kill).await
+        }
+    };
+    match result {
+        Some(Err(err)) => tracing::debug!(%remote, error = %err, "connection ended with an error"),
+        None => tracing::debug!(%remote, "connection dropped"),
+        Some(Ok(())) => {}
+    }
+}
+
+/// A hyper connection that can be asked to finish its in-flight requests and close.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
+where
+    Self: Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> Graceful for http2::Connection<I, S, E>
+where
+    Self: Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Runs `conn` to its end; on shutdown lets it finish what is in flight. `None` when
+/// the connection was dropped through `kill`.
+async fn drive<C: Graceful>(
+    mut conn: Pin<&mut C>,
+    shutdown: &CancellationToken,
+    kill: &CancellationToken,
+) -> Option<hyper::Result<()>> {
+    tokio::select! {
+        result = conn.as_mut() => return Some(result),
+        _ = kill.cancelled() => return None,
+        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        result = conn => Some(result),
+        _ = kill.cancelled() => None,
+    }
+}
+
+/// Waits until the client has begun a request and tells which protocol it speaks.
+/// hyper would otherwise wait for the first bytes with no deadline, before its header
+/// timer starts, so a client that connects and sends nothing, or trickles the HTTP/2
+/// preface, would hold its connection slot forever.
+async fn request_started(stream: &TcpStream, within: Duration) -> Option<Protocol> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let deadline = tokio::time::Instant::now() + within;
     let mut head = [0u8; PREFACE.len()];
@@ -139,15 +238,17 @@ async fn request_started(stream: &TcpStream, within: Duration) -> bool {
         let read = tokio::time::timeout_at(deadline, stream.peek(&mut head)).await;
         let n = match read {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return false,
+            _ => return None,
         };
-        // Not HTTP/2, or its whole preface: hyper's own timers take it from here.
-        if n == PREFACE.len() || head[..n] != PREFACE[..n] {
-            return true;
+        if head[..n] != PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Protocol::Http2);
         }
         // A partial preface: peek would return the same bytes at once, so pause.
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -189,12 +290,13 @@ async fn refuse(mut stream: TcpStream, err: Error) {
 }
 
 /// Tells every client to come back later and waits for them, up to the drain deadline.
-async fn drain(app: &App, graceful: GracefulShutdown) {
+async fn drain(app: &App, connections: TaskTracker) {
     let deadline = Duration::from_millis(app.config.shutdown.drain_deadline_ms);
     tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining");
+    connections.close();
     app.streams.close();
     let drained = async {
-        graceful.shutdown().await;
+        connections.wait().await;
         app.streams.wait().await;
     };
     match tokio::time::timeout(deadline, drained).await {

@@ -21,11 +21,17 @@ const MAX_BATCH: usize = 1000;
 /// Answers as soon as there is something after the cursor, or empty at the timeout.
 pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Longpoll);
-    let query = Query::parse(req.uri().query());
-    let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    let who = authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
-    // A poll is never held past the expiry of the credentials it was allowed with.
-    let timeout = hold_time(&app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
+    let (cursor, timeout) = {
+        let query = Query::parse(req.uri().query());
+        let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
+        let who = authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
+        // A poll is never held past the expiry of the credentials it was allowed with.
+        let timeout = hold_time(&app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
+        (cursor, timeout)
+    };
+    // A parked poll can wait for many seconds: it keeps the cursor, not the request's
+    // headers, query and extensions.
+    drop(req);
     let _in_flight = InFlight::new(metrics);
 
     let (mut events, mut next) = app.bus.catch_up(&cursor).await?;

@@ -78,7 +78,10 @@ pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let connection = Connection::new(task_app.clone(), ws, conn, who.as_ref().ok().cloned());
+        // Run by reference: a `self`-consuming run would hold a second copy of the
+        // connection's state inside its own future.
+        let mut connection =
+            Connection::new(task_app.clone(), ws, conn, who.as_ref().ok().cloned());
         match who {
             Ok(_) => connection.run().await,
             Err(err) => connection.refuse(&err).await,
@@ -172,7 +175,7 @@ impl Connection {
     }
 
     /// Closes at once for credentials that did not verify.
-    async fn refuse(mut self, err: &Error) {
+    async fn refuse(&mut self, err: &Error) {
         self.app.metrics.error(err.code());
         let code = match err {
             Error::TokenExpired => CLOSE_TOKEN_EXPIRED,
@@ -186,7 +189,7 @@ impl Connection {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
     }
 
-    async fn run(mut self) {
+    async fn run(&mut self) {
         let ping_every = Duration::from_millis(self.app.config.websocket.ping_interval_ms);
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
