@@ -123,7 +123,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("shutdown signal received");
             shutdown.cancel();
         });
-        cascade::server::run(listener, app).await;
+        // On a worker, not on this thread: per-connection allocations made by the accept
+        // loop are then freed in the same malloc arena as the connection's own, instead
+        // of pinning pages in a second one (measured: 2.9 KiB more per idle WebSocket).
+        tokio::spawn(cascade::server::run(listener, app))
+            .await
+            .context("the accept loop panicked")?;
         Ok(())
     })
 }
