@@ -19,6 +19,27 @@ use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, 
 /// this is the cross-site WebSocket hijacking check); an allowed cross-origin caller gets
 /// CORS headers on every answer, errors included, so that it can read them.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(answer(app, req, route).await)
+}
+
+/// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll` and
+/// `/ws`), with the same origin checks, CORS headers and error answers; with the accepted
+/// WebSocket handshake when the answer is `101`.
+pub async fn handle_lean(
+    app: Arc<App>,
+    req: Request<()>,
+) -> (Response<Body>, Option<Box<websocket::Accepted>>) {
+    let mut upgrade = None;
+    let response = answer(app, req, |app, req| route_lean(app, req, &mut upgrade)).await;
+    (response, upgrade)
+}
+
+/// Checks the origin, runs `route`, turns its error into an answer and adds CORS headers.
+async fn answer<B, F, Fut>(app: Arc<App>, req: Request<B>, route: F) -> Response<Body>
+where
+    F: FnOnce(Arc<App>, Request<B>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>>>,
+{
     let (result, cors) = match app.auth.origins.check(req.headers()) {
         Err(err) => (Err(err), None),
         Ok(origin) => {
@@ -44,7 +65,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             app.auth.origins.decorate(&origin, headers);
         }
     }
-    Ok(response)
+    response
 }
 
 /// The answer to a CORS preflight from an allowed origin (headers added by `handle`).
@@ -103,6 +124,31 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         _ => Err(Error::NotFound(crate::protocol::truncate_for_message(
             &path,
         ))),
+    }
+}
+
+/// The routes the lean path takes; the server hands it nothing else.
+async fn route_lean(
+    app: Arc<App>,
+    req: Request<()>,
+    upgrade: &mut Option<Box<websocket::Accepted>>,
+) -> Result<Response<Body>> {
+    match req.uri().path() {
+        "/ws" => {
+            enabled(&app, Transport::Websocket)?;
+            let (response, accepted) = Box::pin(websocket::handshake(app, &req)).await?;
+            *upgrade = Some(accepted);
+            Ok(response)
+        }
+        "/sse" => {
+            enabled(&app, Transport::Sse)?;
+            Box::pin(sse::serve(app, req)).await
+        }
+        "/longpoll" => {
+            enabled(&app, Transport::Longpoll)?;
+            Box::pin(long_poll::serve(app, req)).await
+        }
+        path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
     }
 }
 

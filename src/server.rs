@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,6 +23,10 @@ use crate::app::App;
 use crate::error::Error;
 use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::routes;
+
+mod lean;
+
+use lean::Prefixed;
 
 /// What a handler knows about the connection its request came on.
 #[derive(Clone)]
@@ -137,13 +142,41 @@ enum Protocol {
 }
 
 /// Serves one accepted connection until it ends, the server drops it (`kill`), or the
-/// drain asks it to finish its current answer and close.
+/// drain asks it to finish its current answer and close. HTTP/1 connections start on the
+/// lean path (`/sse`, `/longpoll`) and move to hyper at their first other request.
 async fn serve(stream: TcpStream, info: ConnInfo, app: Arc<App>, protocols: Arc<Protocols>) {
     let remote = info.remote;
     let Some(protocol) = request_started(&stream, protocols.first_bytes_within).await else {
         tracing::debug!(%remote, "connection sent no request in time");
         return;
     };
+    let io = match protocol {
+        Protocol::Http1 => {
+            match lean::serve(stream, &info, &app, protocols.first_bytes_within).await {
+                Some(io) => io,
+                None => return,
+            }
+        }
+        Protocol::Http2 => Prefixed::new(Bytes::new(), stream),
+    };
+    // Boxed: most connections never reach hyper, and an inline hyper connection would
+    // make every connection's task as large as its state.
+    let result = Box::pin(serve_hyper(io, protocol, info, app, &protocols)).await;
+    match result {
+        Some(Err(err)) => tracing::debug!(%remote, error = %err, "connection ended with an error"),
+        None => tracing::debug!(%remote, "connection dropped"),
+        Some(Ok(())) => {}
+    }
+}
+
+/// Serves the rest of a connection with hyper. `None` when the server dropped it.
+async fn serve_hyper(
+    io: Prefixed,
+    protocol: Protocol,
+    info: ConnInfo,
+    app: Arc<App>,
+    protocols: &Protocols,
+) -> Option<hyper::Result<()>> {
     let kill = info.kill.clone();
     let shutdown = app.shutdown.clone();
     let service = service_fn(move |mut req| {
@@ -153,10 +186,10 @@ async fn serve(stream: TcpStream, info: ConnInfo, app: Arc<App>, protocols: Arc<
         // connection the size of the largest route.
         Box::pin(routes::handle(app.clone(), req)) as Pin<Box<dyn Future<Output = _> + Send>>
     });
-    let io = TokioIo::new(stream);
+    let io = TokioIo::new(io);
     // Pinned here and driven by reference: moved into `drive`, the connection's state
-    // would be laid out twice in this task.
-    let result = match protocol {
+    // would be laid out twice.
+    match protocol {
         Protocol::Http1 => {
             let conn = protocols
                 .http1
@@ -168,11 +201,6 @@ async fn serve(stream: TcpStream, info: ConnInfo, app: Arc<App>, protocols: Arc<
             let conn = protocols.http2.serve_connection(io, service);
             drive(std::pin::pin!(conn), &shutdown, &kill).await
         }
-    };
-    match result {
-        Some(Err(err)) => tracing::debug!(%remote, error = %err, "connection ended with an error"),
-        None => tracing::debug!(%remote, "connection dropped"),
-        Some(Ok(())) => {}
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::bus::Event;
@@ -19,7 +18,7 @@ use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_curso
 const MAX_BATCH: usize = 1000;
 
 /// Answers as soon as there is something after the cursor, or empty at the timeout.
-pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Longpoll);
     let (cursor, timeout) = {
         let query = Query::parse(req.uri().query());

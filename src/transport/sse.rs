@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -28,7 +28,7 @@ use crate::transport::{Session, authorize_subscribe, requested_cursor};
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// Opens an event stream from the request's cursor (or `Last-Event-ID`).
-pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Sse);
     let query = Query::parse(req.uri().query());
     let last_event_id = req

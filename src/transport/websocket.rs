@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -50,43 +51,32 @@ const MAX_BATCH: usize = 256;
 /// Deliveries in a row after which the socket's read side gets a turn.
 const READ_TURN_EVERY: u32 = 16;
 
-/// Accepts the upgrade and spawns the connection; answers `101 Switching Protocols`.
+/// Accepts the upgrade through hyper and spawns the connection; answers `101 Switching
+/// Protocols`. (The server's lean HTTP/1 path calls [`handshake`] itself instead.)
 pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (response, accepted) = handshake(app.clone(), &req).await?;
+    app.streams.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => accepted.run(TokioIo::new(upgraded), Vec::new()).await,
+            Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
+        }
+    });
+    Ok(response)
+}
+
+/// Checks an upgrade request; the `101` answer and what the connection needs once the
+/// socket is switched.
+pub async fn handshake<B: Sync>(
+    app: Arc<App>,
+    req: &Request<B>,
+) -> Result<(Response<Body>, Box<Accepted>)> {
     let accept = accept_key(req.headers())?;
     // Browsers cannot read the status of a refused handshake, so bad credentials are
     // reported after the upgrade, as a 4001/4002 close with the reason.
     let query = Query::parse(req.uri().query());
     let who = app.auth.identify(req.headers(), &query, &app.bus).await;
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let conn = req.extensions().get::<ConnInfo>().cloned();
-    let task_app = app.clone();
-    app.streams.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => {
-                tracing::debug!(error = %err, "websocket upgrade failed");
-                return;
-            }
-        };
-        let limits = &task_app.config.websocket;
-        let config = WebSocketConfig::default()
-            // The default 128 KiB read buffer is allocated eagerly per connection.
-            .read_buffer_size(1024)
-            .write_buffer_size(16 * 1024)
-            .max_message_size(Some(limits.max_frame_bytes))
-            .max_frame_size(Some(limits.max_frame_bytes));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        // Run by reference: a `self`-consuming run would hold a second copy of the
-        // connection's state inside its own future.
-        let mut connection =
-            Connection::new(task_app.clone(), ws, conn, who.as_ref().ok().cloned());
-        match who {
-            Ok(_) => connection.run().await,
-            Err(err) => connection.refuse(&err).await,
-        }
-    });
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -96,7 +86,41 @@ pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).map_err(|e| Error::Internal(e.to_string()))?,
     );
-    Ok(response)
+    // Boxed: it travels through the lean path's futures, which would each keep room for it.
+    Ok((response, Box::new(Accepted { app, who, conn })))
+}
+
+/// An accepted handshake, waiting for its socket.
+pub struct Accepted {
+    app: Arc<App>,
+    who: Result<Identity>,
+    conn: Option<ConnInfo>,
+}
+
+impl Accepted {
+    /// Runs the connection on the switched socket; `read` holds bytes the client sent
+    /// after its handshake that were already read from it.
+    pub async fn run<S>(self: Box<Self>, io: S, read: Vec<u8>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        // Unboxed at once, so the box is not kept for the connection's life.
+        let Accepted { app, who, conn } = *self;
+        let limits = &app.config.websocket;
+        let config = WebSocketConfig::default()
+            // The default 128 KiB read buffer is allocated eagerly per connection.
+            .read_buffer_size(1024)
+            .write_buffer_size(16 * 1024)
+            .max_message_size(Some(limits.max_frame_bytes))
+            .max_frame_size(Some(limits.max_frame_bytes));
+        let ws = WebSocketStream::from_partially_read(io, read, Role::Server, Some(config)).await;
+        let identity = who.as_ref().ok().cloned();
+        let mut connection = Connection::new(app, ws, conn, identity);
+        match who {
+            Ok(_) => connection.run().await,
+            Err(err) => connection.refuse(&err).await,
+        }
+    }
 }
 
 /// Checks the upgrade request and computes `Sec-WebSocket-Accept`.
@@ -132,9 +156,9 @@ struct Stop {
     close: Option<(u16, String)>,
 }
 
-struct Connection {
+struct Connection<S> {
     app: Arc<App>,
-    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    ws: WebSocketStream<S>,
     who: Identity,
     /// Holds the connection's slot under the limits and its publish budget.
     conn: Option<ConnInfo>,
@@ -143,10 +167,10 @@ struct Connection {
     last_heard: Instant,
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     fn new(
         app: Arc<App>,
-        ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+        ws: WebSocketStream<S>,
         conn: Option<ConnInfo>,
         who: Option<Identity>,
     ) -> Self {

@@ -1,0 +1,436 @@
+//! The lean HTTP/1 path for the long-lived GET routes: `/sse`, `/longpoll` and the `/ws`
+//! handshake.
+//!
+//! These requests are most of a gateway's open connections and they spend their life
+//! waiting. Served by hyper, each keeps hyper's connection buffers (8 KiB to read, 8 KiB
+//! for response heads) for as long as it waits, and an upgraded WebSocket keeps a boxed
+//! hyper socket and a task of its own. Here the request head is read into a
+//! small buffer that is released once parsed, and the answer is written straight to the
+//! socket; a WebSocket runs on the bare socket, in the connection's own task. Anything
+//! else (another route, a body, an upgrade to anything but WebSocket, HTTP/1.0, a head we cannot
+//! parse) goes to hyper with the bytes already read, so hyper stays the one full HTTP
+//! implementation and this path only ever takes requests it fully understands.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::http::Body;
+use crate::routes;
+use crate::server::ConnInfo;
+use crate::transport::websocket;
+
+/// A request head longer than this goes to hyper, which applies its own limits.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines parsed here; more goes to hyper.
+const MAX_HEADERS: usize = 64;
+/// The first read's size: a browser's GET head is usually well under this.
+const FIRST_READ: usize = 2048;
+
+/// Serves the lean routes on `stream` for as long as its requests are lean ones. Returns
+/// the stream (with what was read of the next request) when hyper should take over, or
+/// `None` once the connection is finished.
+pub async fn serve(
+    mut stream: TcpStream,
+    info: &ConnInfo,
+    app: &Arc<App>,
+    header_timeout: Duration,
+) -> Option<Prefixed> {
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.is_empty() {
+            // Between requests nothing is buffered: wait for the next one with no memory.
+            let arrived = tokio::time::timeout(header_timeout, async {
+                tokio::select! {
+                    ready = stream.readable() => ready.is_ok(),
+                    _ = app.shutdown.cancelled() => false,
+                    _ = info.kill.cancelled() => false,
+                }
+            });
+            if !arrived.await.unwrap_or(false) {
+                return None;
+            }
+        }
+        let head =
+            match tokio::time::timeout(header_timeout, read_head(&mut stream, &mut buf)).await {
+                Ok(Ok(head)) => head,
+                // Silent past the deadline, closed, or failed.
+                Ok(Err(_)) | Err(_) => return None,
+            };
+        let Some((req, keep_alive)) = head.and_then(|len| lean_request(&mut buf, len, info)) else {
+            return Some(Prefixed::new(buf.freeze(), stream));
+        };
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
+        // Routing and sending are separate futures so that a long stream does not keep
+        // the routing's room in this task.
+        let answer = route(&mut stream, &mut buf, info, app, req).await?;
+        match send(&mut stream, &mut buf, info, answer, keep_alive).await {
+            Answered::Whole if keep_alive && !app.shutdown.is_cancelled() => {}
+            Answered::Whole | Answered::Cut => {
+                let _ = stream.shutdown().await;
+                return None;
+            }
+            Answered::Upgraded(websocket) => {
+                // A task of its own, sized for the WebSocket alone: this one is sized for
+                // the largest lean route and ends here.
+                app.streams.spawn(websocket.run(stream, buf.to_vec()));
+                return None;
+            }
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole request head and returns its length; `None` when the
+/// head is too long or not HTTP/1 as this path parses it.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match head_length(buf) {
+            Ok(Some(len)) => return Ok(Some(len)),
+            Ok(None) if buf.len() < MAX_HEAD => {}
+            _ => return Ok(None),
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(if buf.is_empty() {
+                FIRST_READ
+            } else {
+                buf.len()
+            });
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// The length of the request head at the start of `buf`, once it is all there. Not
+/// async: the header array is 2 KiB, which a future would keep for every connection.
+fn head_length(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(buf)? {
+        httparse::Status::Complete(len) => Ok(Some(len)),
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
+/// Turns the head in `buf[..len]` into a request if this path serves it, consuming the
+/// head from `buf`; with it, whether the connection may carry another request.
+fn lean_request(buf: &mut BytesMut, len: usize, info: &ConnInfo) -> Option<(Request<()>, bool)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(&buf[..len]).ok()?;
+    let target = parsed.path?;
+    let path = target.split('?').next().unwrap_or(target);
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let upgrade_allowed = match path {
+        "/ws" => true,
+        "/sse" | "/longpoll" => false,
+        _ => return None,
+    };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    let mut keep_alive = true;
+    for header in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(header.value).ok()?;
+        match name.as_str() {
+            // A body, an upgrade or an expectation: hyper's to handle.
+            "transfer-encoding" | "expect" => return None,
+            "upgrade"
+                if !upgrade_allowed || !value.as_bytes().eq_ignore_ascii_case(b"websocket") =>
+            {
+                return None;
+            }
+            "content-length" if value.as_bytes() != b"0" => return None,
+            "connection" => {
+                let value = value.to_str().unwrap_or("");
+                keep_alive &= !value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"));
+            }
+            _ => {}
+        }
+        map.append(name, value);
+    }
+    let mut req = Request::builder()
+        .method(http::Method::GET)
+        .uri(target)
+        .version(Version::HTTP_11)
+        .body(())
+        .ok()?;
+    *req.headers_mut() = map;
+    req.extensions_mut().insert(info.clone());
+    buf.advance(len);
+    Some((req, keep_alive))
+}
+
+/// How an answer went.
+enum Answered {
+    /// Written whole; the connection may carry another request.
+    Whole,
+    /// The client left or stalled, or the server dropped it, before the end.
+    Cut,
+    /// `101` was written: the socket is the WebSocket's now.
+    Upgraded(Box<websocket::Accepted>),
+}
+
+/// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
+/// `None` when it did, or the server dropped the connection.
+async fn route(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+    app: &Arc<App>,
+    req: Request<()>,
+) -> Option<(Response<Body>, Option<Box<websocket::Accepted>>)> {
+    let mut routed = std::pin::pin!(routes::handle_lean(app.clone(), req));
+    loop {
+        tokio::select! {
+            answer = &mut routed => return Some(answer),
+            gone = watch(stream, buf) => if gone { return None },
+            _ = info.kill.cancelled() => return None,
+        }
+    }
+}
+
+/// Writes the answer: a streamed body as it comes, watching the socket meanwhile.
+async fn send(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+    (response, upgrade): (Response<Body>, Option<Box<websocket::Accepted>>),
+    keep_alive: bool,
+) -> Answered {
+    let (parts, mut body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let head = encode_head(&parts, Framing::None, true);
+        return match upgrade {
+            Some(websocket) if write(stream, info, &head).await => Answered::Upgraded(websocket),
+            _ => Answered::Cut,
+        };
+    }
+    let framing = match body.size_hint().exact() {
+        Some(length) => Framing::Length(length),
+        None => Framing::Chunked,
+    };
+    if !write(stream, info, &encode_head(&parts, framing, keep_alive)).await {
+        return Answered::Cut;
+    }
+    let written = match framing {
+        Framing::Length(_) | Framing::None => match body.collect().await {
+            Ok(collected) => write(stream, info, &collected.to_bytes()).await,
+            Err(never) => match never {},
+        },
+        Framing::Chunked => loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                gone = watch(stream, buf) => if gone { return Answered::Cut } else { continue },
+                _ = info.kill.cancelled() => return Answered::Cut,
+            };
+            let Some(Ok(frame)) = frame else {
+                break write(stream, info, b"0\r\n\r\n").await;
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if !data.is_empty() && !write(stream, info, &chunk(&data)).await {
+                return Answered::Cut;
+            }
+        },
+    };
+    if written {
+        Answered::Whole
+    } else {
+        Answered::Cut
+    }
+}
+
+/// How a response's body is delimited.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// No body at all (`101`).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Waits for the client to send something while its answer is pending; `true` when it
+/// has closed (or errs), `false` when it sent the start of its next request (kept, up to
+/// a limit, for after this answer).
+async fn watch(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+    if stream.readable().await.is_err() {
+        return true;
+    }
+    if buf.len() >= MAX_HEAD {
+        // A client pipelining without reading: stop it rather than buffer more.
+        return true;
+    }
+    buf.reserve(FIRST_READ);
+    match stream.try_read_buf(buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// Writes all of `bytes`, giving up when the server drops the connection meanwhile (the
+/// bus cuts off a subscriber that stalls this way).
+async fn write(stream: &mut TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
+    tokio::select! {
+        written = stream.write_all(bytes) => written.is_ok(),
+        _ = info.kill.cancelled() => false,
+    }
+}
+
+/// The status line and headers, with the framing this path chose.
+fn encode_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut head = Vec::with_capacity(256);
+    let status = parts.status;
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(length) => {
+            let _ = write!(head, "content-length: {length}\r\n");
+        }
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// One chunk of a chunked body.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(data.len() + 12);
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A socket with bytes already read from it in front, for handing over to hyper.
+pub struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    /// `stream`, whose next bytes are `prefix`.
+    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
+        Prefixed { prefix, stream }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Release the read buffer: an upgraded connection keeps this socket for
+                // its whole life.
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_framed_with_hex_lengths() {
+        assert_eq!(
+            chunk(b"hello world, this is 31 bytes!!"),
+            b"1f\r\nhello world, this is 31 bytes!!\r\n"
+        );
+    }
+
+    #[test]
+    fn heads_carry_the_chosen_framing() {
+        let response: Response<Body> = crate::http::json(http::StatusCode::OK, "{}");
+        let (parts, _) = response.into_parts();
+        let head = String::from_utf8(encode_head(&parts, Framing::Length(2), false)).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("content-type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("content-length: 2\r\nconnection: close\r\n\r\n"),
+            "{head}"
+        );
+        let head = String::from_utf8(encode_head(&parts, Framing::Chunked, true)).unwrap();
+        assert!(
+            head.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{head}"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! One TCP connection carrying several requests: the server's lean path (`/sse`,
+//! `/longpoll`, the `/ws` handshake) and hyper take turns without losing a byte. Raw
+//! sockets, so that the test controls exactly what shares a connection.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{TestServer, eventually, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One HTTP/1.1 response read off a raw socket (`content-length` bodies only).
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads one response with a `content-length` body from `stream`, keeping any bytes
+/// that follow it in `rest`.
+async fn read_answer(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Answer {
+    within(async {
+        loop {
+            if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(rest[..end].to_vec()).expect("utf-8 head");
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().expect("length"))
+                    })
+                    .expect("content-length");
+                let start = end + 4;
+                if rest.len() >= start + length {
+                    let body = rest[start..start + length].to_vec();
+                    rest.drain(..start + length);
+                    let status = head[9..12].parse().expect("status");
+                    return Answer { status, head, body };
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "connection closed mid-answer: {:?}",
+                String::from_utf8_lossy(rest)
+            );
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n")
+}
+
+fn json_body(answer: &Answer) -> Value {
+    serde_json::from_slice(&answer.body).expect("JSON body")
+}
+
+#[tokio::test]
+async fn one_connection_alternates_between_long_polls_and_publishes() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+
+    stream
+        .write_all(get("/longpoll?channels=reuse&timeout=0").as_bytes())
+        .await
+        .unwrap();
+    let first = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(first.status, 200, "{}", first.head);
+    let cursor = json_body(&first)["cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned();
+
+    // A request with a body on the same connection: hyper's to serve.
+    let body = json!({"channel": "reuse", "data": {"n": 1}}).to_string();
+    let publish = format!(
+        "POST /publish HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(publish.as_bytes()).await.unwrap();
+    let published = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(published.status, 200, "{}", published.head);
+
+    // And a long poll again, after the hand-over, still on the same socket.
+    stream
+        .write_all(get(&format!("/longpoll?cursor={cursor}&timeout=5")).as_bytes())
+        .await
+        .unwrap();
+    let polled = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(polled.status, 200, "{}", polled.head);
+    let messages = json_body(&polled)["messages"].clone();
+    assert_eq!(messages[0]["data"], json!({"n": 1}), "{messages}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let both = get("/longpoll?channels=pipe&timeout=0") + &get("/healthz");
+    stream.write_all(both.as_bytes()).await.unwrap();
+
+    let poll = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(poll.status, 200, "{}", poll.head);
+    assert!(
+        json_body(&poll)["cursor"].is_string(),
+        "{:?}",
+        json_body(&poll)
+    );
+    let health = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(health.status, 200, "{}", health.head);
+    assert_eq!(json_body(&health)["status"], "ok");
+}
+
+#[tokio::test]
+async fn errors_on_the_lean_path_keep_the_connection_usable() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    stream
+        .write_all(get("/longpoll?channels=bad%20name").as_bytes())
+        .await
+        .unwrap();
+    let refused = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(refused.status, 400, "{}", refused.head);
+    assert!(json_body(&refused)["error"]["code"].is_string());
+
+    stream
+        .write_all(get("/longpoll?channels=fine&timeout=0").as_bytes())
+        .await
+        .unwrap();
+    let answered = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(answered.status, 200, "{}", answered.head);
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_parked_long_poll_frees_it() {
+    let server = TestServer::default().await;
+    let open = r#"cascade_connections{transport="longpoll"}"#;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(get("/longpoll?channels=leave&timeout=30").as_bytes())
+        .await
+        .unwrap();
+    eventually("the poll is parked", || async {
+        server.metric(open).await == 1.0
+    })
+    .await;
+    drop(stream);
+    eventually("the parked poll is released", || async {
+        server.metric(open).await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_websocket_frame_sent_with_the_handshake_is_not_lost() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let handshake = "GET /ws HTTP/1.1\r\nhost: test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+                     sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let subscribe = json!({"op": "subscribe", "channels": ["eager"]}).to_string();
+    let mut bytes = handshake.as_bytes().to_vec();
+    bytes.extend(masked_text_frame(subscribe.as_bytes()));
+    stream.write_all(&bytes).await.unwrap();
+
+    let mut read = Vec::new();
+    let reply = within(async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&read));
+            read.extend_from_slice(&chunk[..n]);
+            let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            assert!(
+                read.starts_with(b"HTTP/1.1 101"),
+                "{:?}",
+                String::from_utf8_lossy(&read)
+            );
+            let frame = &read[end + 4..];
+            // An unmasked text frame with a short length.
+            if frame.len() >= 2 && frame.len() >= 2 + (frame[1] & 0x7f) as usize {
+                assert_eq!(frame[0], 0x81, "a final text frame");
+                let len = (frame[1] & 0x7f) as usize;
+                break serde_json::from_slice::<Value>(&frame[2..2 + len]).expect("JSON frame");
+            }
+        }
+    })
+    .await;
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    assert_eq!(reply["channels"], json!(["eager"]), "{reply}");
+}
+
+/// A client's text frame (masked, as RFC 6455 requires), payload under 126 bytes.
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
