@@ -196,7 +196,9 @@ async fn route(
     app: &Arc<App>,
     req: Request<()>,
 ) -> Option<(Response<Body>, Option<Box<websocket::Accepted>>)> {
-    let mut routed = std::pin::pin!(routes::handle_lean(app.clone(), req));
+    // Boxed: an SSE stream outlives its routing by hours, and the connection's task
+    // should not keep the routing's room for it.
+    let mut routed = Box::pin(routes::handle_lean(app.clone(), req));
     loop {
         tokio::select! {
             answer = &mut routed => return Some(answer),

@@ -251,11 +251,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
                 })
                 }
-                _ = ping.tick() => self.ping(ping_every).await,
+                // Delivering and pinging are boxed like frame handling: an idle socket
+                // waits in the select, and its task need not keep room for the writes.
+                _ = ping.tick() => Box::pin(self.ping(ping_every)).await,
                 event = self.subscription.next() => match event {
                     Ok(event) => {
                         events_in_a_row += 1;
-                        self.deliver(event).await
+                        Box::pin(self.deliver(event)).await
                     }
                     Err(closed) => Err(Stop {
                         reason: closed.code(),
@@ -473,14 +475,17 @@ async fn guarded(
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     let outcome = match first {
         Poll::Ready(result) => Ok(result),
+        // Boxed: the timer and the waiter are large, and every connection's task would
+        // otherwise keep room for them just in case.
         Poll::Pending => {
-            let timeout = Duration::from_millis(app.config.limits.write_timeout_ms);
-            tokio::select! {
-                result = tokio::time::timeout(timeout, write) => result,
-                closed = subscription.cut_off() => {
-                    return Err(Stop { reason: closed.code(), close: None });
+            let stalled = Box::pin(async {
+                let timeout = Duration::from_millis(app.config.limits.write_timeout_ms);
+                tokio::select! {
+                    result = tokio::time::timeout(timeout, write) => Ok(result),
+                    closed = subscription.cut_off() => Err(Stop { reason: closed.code(), close: None }),
                 }
-            }
+            });
+            stalled.await?
         }
     };
     match outcome {
