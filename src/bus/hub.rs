@@ -8,21 +8,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
+use super::inbox::{Pushed, Subscriber};
 use crate::protocol::{Channel, Message};
 
 /// Shards spread the channel map over several locks so that publishers on different
 /// channels rarely contend.
 const SHARDS: usize = 32;
-
-/// One local subscriber as the hub sees it: where to put messages and how to cut it off.
-#[derive(Clone)]
-pub(super) struct Subscriber {
-    pub(super) queue: mpsc::Sender<Arc<Message>>,
-    pub(super) cut: CancellationToken,
-}
 
 type Subscribers = HashMap<u64, Subscriber>;
 
@@ -67,11 +58,11 @@ impl Hub {
         };
         let mut delivered = 0;
         for subscriber in subscribers.values() {
-            match subscriber.queue.try_send(message.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => subscriber.cut.cancel(),
+            match subscriber.push(message.clone()) {
+                Pushed::Queued => delivered += 1,
+                Pushed::Full => subscriber.cut_off(),
                 // The subscriber is being dropped; its Drop unregisters it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Pushed::Closed => {}
             }
         }
         delivered
@@ -126,7 +117,9 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::inbox::Inbox;
     use crate::protocol::Epoch;
+    use tokio_util::sync::CancellationToken;
 
     fn message(channel: &Channel, offset: u64) -> Arc<Message> {
         Arc::new(Message::new(
@@ -142,24 +135,18 @@ mod tests {
     fn full_queue_cuts_only_that_subscriber() {
         let hub = Hub::new();
         let chat = Channel::parse("chat").unwrap();
-        let (slow_tx, _slow_rx) = mpsc::channel(1);
-        let (fast_tx, mut fast_rx) = mpsc::channel(8);
-        let slow = Subscriber {
-            queue: slow_tx,
-            cut: CancellationToken::new(),
-        };
-        let fast = Subscriber {
-            queue: fast_tx,
-            cut: CancellationToken::new(),
-        };
+        let slow_inbox = Inbox::new(1, CancellationToken::new());
+        let fast_inbox = Inbox::new(8, CancellationToken::new());
+        let slow = slow_inbox.subscriber();
+        let fast = fast_inbox.subscriber();
         assert!(hub.register(&chat, 1, slow.clone()));
         assert!(!hub.register(&chat, 2, fast.clone()));
         assert_eq!(hub.deliver(&message(&chat, 1)), 2);
         assert_eq!(hub.deliver(&message(&chat, 2)), 1);
-        assert!(slow.cut.is_cancelled());
-        assert!(!fast.cut.is_cancelled());
-        assert_eq!(fast_rx.try_recv().unwrap().offset, 1);
-        assert_eq!(fast_rx.try_recv().unwrap().offset, 2);
+        assert!(slow.is_cut());
+        assert!(!fast.is_cut());
+        assert_eq!(fast_inbox.try_pop().unwrap().offset, 1);
+        assert_eq!(fast_inbox.try_pop().unwrap().offset, 2);
         assert!(!hub.unregister(&chat, 1));
         assert!(hub.unregister(&chat, 2));
         assert!(!hub.has_subscribers(&chat));

@@ -6,6 +6,7 @@
 //! every engine, so the hardest part of the product has one tested implementation.
 
 mod hub;
+mod inbox;
 pub mod memory;
 pub mod redis;
 mod subscription;

@@ -11,11 +11,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Bus;
-use super::hub::Subscriber;
+use super::inbox::Inbox;
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Gap, Message, Position};
 
@@ -68,8 +67,7 @@ struct Followed {
 pub struct Subscription {
     bus: Bus,
     id: u64,
-    queue_tx: mpsc::Sender<Arc<Message>>,
-    queue: mpsc::Receiver<Arc<Message>>,
+    inbox: Inbox,
     cut: CancellationToken,
     /// In subscription order, for stable cursors. A vector, not a map: it holds at most
     /// `limits.max_channels` entries, usually one, and is searched on every delivery,
@@ -83,12 +81,10 @@ pub struct Subscription {
 
 impl Subscription {
     pub(super) fn new(bus: Bus, id: u64, queue_len: usize, cut: CancellationToken) -> Self {
-        let (queue_tx, queue) = mpsc::channel(queue_len);
         Subscription {
             bus,
             id,
-            queue_tx,
-            queue,
+            inbox: Inbox::new(queue_len, cut.clone()),
             cut,
             channels: Vec::new(),
             pending: VecDeque::new(),
@@ -131,10 +127,7 @@ impl Subscription {
                     .push((channel.clone(), Some(followed.read.clone())));
                 continue;
             }
-            let subscriber = Subscriber {
-                queue: self.queue_tx.clone(),
-                cut: self.cut.clone(),
-            };
+            let subscriber = self.inbox.subscriber();
             // Register before reading history: see the module comment.
             self.bus.hub().register(channel, self.id, subscriber);
             let read = async {
@@ -236,11 +229,7 @@ impl Subscription {
                 // is full, so this receive is ready whenever a cut happens, and the
                 // check above catches it. Waiting on the token as well would register
                 // and drop a waiter on it for every message.
-                None => match self.queue.recv().await {
-                    Some(message) => message,
-                    // Unreachable while we hold `queue_tx`; treat as a cut.
-                    None => return Err(Closed::SlowConsumer),
-                },
+                None => self.inbox.pop().await,
             };
             if let Some(event) = self.accept(message) {
                 return Ok(self.hand_out(event));
@@ -268,7 +257,7 @@ impl Subscription {
                 // A hole needs a history read; only `next` may await it.
                 return None;
             }
-            let message = self.queue.try_recv().ok()?;
+            let message = self.inbox.try_pop()?;
             if let Some(event) = self.accept(message) {
                 return Some(Ok(self.hand_out(event)));
             }

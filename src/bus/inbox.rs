@@ -1,0 +1,232 @@
+//! A subscriber's bounded inbox: the hub pushes live messages in, the subscription takes
+//! them out.
+//!
+//! A mutex around a `VecDeque`, not a tokio mpsc channel: a channel costs every
+//! subscriber about a kilobyte up front (cache-padded halves and a first block of slots)
+//! whether or not a message ever waits in it, and a gateway holds mostly idle
+//! subscribers. This costs a hundred-odd bytes and grows only while messages wait. The
+//! lock is held for a push or a pop, never across an await.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Message;
+
+/// Queued capacity kept when an inbox empties; a burst's larger buffer is given back.
+const KEEP_CAPACITY: usize = 16;
+
+/// The subscription's end of an inbox.
+pub(super) struct Inbox {
+    shared: Arc<Shared>,
+}
+
+/// The hub's end of an inbox: where to put messages and how to cut the subscriber off.
+#[derive(Clone)]
+pub(super) struct Subscriber {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+    cut: CancellationToken,
+}
+
+struct State {
+    queue: VecDeque<Arc<Message>>,
+    /// The subscription's waker while it waits for a message.
+    waker: Option<Waker>,
+    /// The subscription is gone: pushes are dropped.
+    closed: bool,
+}
+
+/// What became of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    Queued,
+    /// The inbox held `capacity` messages already: the subscriber cannot keep up.
+    Full,
+    /// The subscription has been dropped.
+    Closed,
+}
+
+impl Inbox {
+    /// An empty inbox holding at most `capacity` messages; `cut` is cancelled when it
+    /// overflows.
+    pub(super) fn new(capacity: usize, cut: CancellationToken) -> Self {
+        let state = State {
+            queue: VecDeque::new(),
+            waker: None,
+            closed: false,
+        };
+        Inbox {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                capacity: capacity.max(1),
+                cut,
+            }),
+        }
+    }
+
+    /// A handle for the hub.
+    pub(super) fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The oldest message, if one waits.
+    pub(super) fn try_pop(&self) -> Option<Arc<Message>> {
+        let mut state = self.shared.lock();
+        let message = state.queue.pop_front();
+        if message.is_some() && state.queue.is_empty() {
+            state.queue.shrink_to(KEEP_CAPACITY);
+        }
+        message
+    }
+
+    /// The oldest message, waiting for one. Cancel-safe: nothing is taken unless it is
+    /// returned.
+    pub(super) async fn pop(&self) -> Arc<Message> {
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some(message) = state.queue.pop_front() {
+                if state.queue.is_empty() {
+                    state.queue.shrink_to(KEEP_CAPACITY);
+                }
+                return Poll::Ready(message);
+            }
+            match &state.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        // The hub may still hold a handle until it is unregistered: free the messages now.
+        state.queue = VecDeque::new();
+        state.waker = None;
+    }
+}
+
+impl Subscriber {
+    /// Queues `message` and wakes the subscription; never waits.
+    pub(super) fn push(&self, message: Arc<Message>) -> Pushed {
+        let waker = {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Pushed::Closed;
+            }
+            if state.queue.len() >= self.shared.capacity {
+                return Pushed::Full;
+            }
+            state.queue.push_back(message);
+            state.waker.take()
+        };
+        // Woken outside the lock, so the subscription never finds it held.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Pushed::Queued
+    }
+
+    /// Cuts the subscriber off (its inbox overflowed).
+    pub(super) fn cut_off(&self) {
+        self.shared.cut.cancel();
+    }
+
+    /// Whether the subscriber has been cut off.
+    #[cfg(test)]
+    pub(super) fn is_cut(&self) -> bool {
+        self.shared.cut.is_cancelled()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding this lock leaves the queue consistent: every
+        // critical section is a single push, pop or flag change.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Channel, Epoch};
+
+    fn message(offset: u64) -> Arc<Message> {
+        let channel = Channel::parse("inbox").unwrap();
+        Arc::new(Message::new(
+            channel,
+            Epoch::parse("e").unwrap(),
+            offset,
+            0,
+            b"null",
+        ))
+    }
+
+    #[test]
+    fn keeps_order_and_refuses_past_capacity() {
+        let inbox = Inbox::new(2, CancellationToken::new());
+        let hub = inbox.subscriber();
+        assert_eq!(hub.push(message(1)), Pushed::Queued);
+        assert_eq!(hub.push(message(2)), Pushed::Queued);
+        assert_eq!(hub.push(message(3)), Pushed::Full);
+        assert_eq!(inbox.try_pop().unwrap().offset, 1);
+        assert_eq!(hub.push(message(3)), Pushed::Queued);
+        assert_eq!(inbox.try_pop().unwrap().offset, 2);
+        assert_eq!(inbox.try_pop().unwrap().offset, 3);
+        assert!(inbox.try_pop().is_none());
+    }
+
+    #[test]
+    fn pushes_after_the_subscription_is_gone_are_dropped() {
+        let inbox = Inbox::new(4, CancellationToken::new());
+        let hub = inbox.subscriber();
+        let kept = message(1);
+        assert_eq!(hub.push(kept.clone()), Pushed::Queued);
+        drop(inbox);
+        assert_eq!(Arc::strong_count(&kept), 1, "queued messages are freed");
+        assert_eq!(hub.push(message(2)), Pushed::Closed);
+    }
+
+    #[test]
+    fn a_burst_gives_its_buffer_back_once_drained() {
+        let inbox = Inbox::new(1024, CancellationToken::new());
+        let hub = inbox.subscriber();
+        for offset in 0..500 {
+            assert_eq!(hub.push(message(offset)), Pushed::Queued);
+        }
+        while inbox.try_pop().is_some() {}
+        assert!(inbox.shared.lock().queue.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_pop_is_woken_by_a_push() {
+        let inbox = Arc::new(Inbox::new(4, CancellationToken::new()));
+        let hub = inbox.subscriber();
+        let waiter = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.pop().await.offset }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(hub.push(message(7)), Pushed::Queued);
+        let offset = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(offset, 7);
+    }
+}
