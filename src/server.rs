@@ -28,25 +28,36 @@ mod lean;
 
 use lean::Prefixed;
 
-/// What a handler knows about the connection its request came on.
+/// What a handler knows about the connection its request came on. Cheap to clone: one
+/// shared allocation per connection holds everything but the address.
 #[derive(Clone)]
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: SocketAddr,
-    /// Cancelling this drops the connection: used to cut off a stalled SSE reader whose
-    /// body hyper has stopped polling.
-    pub kill: CancellationToken,
-    /// The connection's slot under the connection limits; an upgraded WebSocket keeps a
-    /// clone so the slot stays taken while it is open.
-    pub permit: Arc<ConnectionPermit>,
+    shared: Arc<ConnShared>,
+}
+
+struct ConnShared {
+    /// Cancelling this drops the connection: used to cut off a stalled reader.
+    kill: CancellationToken,
+    /// The connection's slot under the connection limits, held while any clone lives (an
+    /// upgraded WebSocket keeps one).
+    _permit: ConnectionPermit,
     /// Publishes allowed on this connection (token bucket), shared by its requests.
-    pub publish_budget: Arc<Mutex<TokenBucket>>,
+    publish_budget: Mutex<TokenBucket>,
 }
 
 impl ConnInfo {
+    /// Cancelling this drops the connection (and cuts off its subscription): a stalled
+    /// SSE reader, whose body hyper has stopped polling, cannot be reached otherwise.
+    pub fn kill(&self) -> &CancellationToken {
+        &self.shared.kill
+    }
+
     /// Takes one publish from the connection's budget, or refuses with `rate_limited`.
     pub fn take_publish(&self) -> crate::error::Result<()> {
         let mut budget = self
+            .shared
             .publish_budget
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -78,7 +89,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
             _ = app.shutdown.cancelled() => break,
         };
         let permit = match app.connections.admit(remote.ip()) {
-            Ok(permit) => Arc::new(permit),
+            Ok(permit) => permit,
             Err(reason) => {
                 app.metrics.error("too_many_connections");
                 tokio::spawn(refuse(stream, Error::TooManyConnections(reason)));
@@ -90,12 +101,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         let limits = &app.config.limits;
         let info = ConnInfo {
             remote,
-            kill: CancellationToken::new(),
-            permit,
-            publish_budget: Arc::new(Mutex::new(TokenBucket::new(
-                limits.publish_rate_per_second,
-                limits.publish_burst,
-            ))),
+            shared: Arc::new(ConnShared {
+                kill: CancellationToken::new(),
+                _permit: permit,
+                publish_budget: Mutex::new(TokenBucket::new(
+                    limits.publish_rate_per_second,
+                    limits.publish_burst,
+                )),
+            }),
         };
         connections.spawn(serve(stream, info, app.clone(), protocols.clone()));
     }
@@ -177,7 +190,7 @@ async fn serve_hyper(
     app: Arc<App>,
     protocols: &Protocols,
 ) -> Option<hyper::Result<()>> {
-    let kill = info.kill.clone();
+    let kill = info.kill().clone();
     let shutdown = app.shutdown.clone();
     let service = service_fn(move |mut req| {
         req.extensions_mut().insert(info.clone());

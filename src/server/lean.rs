@@ -54,7 +54,7 @@ pub async fn serve(
                 tokio::select! {
                     ready = stream.readable() => ready.is_ok(),
                     _ = app.shutdown.cancelled() => false,
-                    _ = info.kill.cancelled() => false,
+                    _ = info.kill().cancelled() => false,
                 }
             });
             if !arrived.await.unwrap_or(false) {
@@ -75,19 +75,27 @@ pub async fn serve(
         }
         // Routing and sending are separate futures so that a long stream does not keep
         // the routing's room in this task.
-        let answer = route(&mut stream, &mut buf, info, app, req).await?;
-        match send(&mut stream, &mut buf, info, answer, keep_alive).await {
-            Answered::Whole if keep_alive && !app.shutdown.is_cancelled() => {}
-            Answered::Whole | Answered::Cut => {
-                let _ = stream.shutdown().await;
-                return None;
-            }
-            Answered::Upgraded(websocket) => {
+        let (response, upgrade) = route(&mut stream, &mut buf, info, app, req).await?;
+        // The head is encoded here, not in an async helper, so that a long stream's task
+        // keeps only its body, not the response's parts.
+        let (head, body) = prepare(response, keep_alive);
+        if !write(&mut stream, info, &head).await {
+            return None;
+        }
+        let written = match body {
+            Sending::Upgrade => {
+                let websocket = upgrade?;
                 // A task of its own, sized for the WebSocket alone: this one is sized for
                 // the largest lean route and ends here.
                 app.streams.spawn(websocket.run(stream, buf.to_vec()));
                 return None;
             }
+            Sending::Whole(body) => write_whole(&mut stream, info, body).await,
+            Sending::Chunked(body) => write_chunked(&mut stream, &mut buf, info, body).await,
+        };
+        if !written || !keep_alive || app.shutdown.is_cancelled() {
+            let _ = stream.shutdown().await;
+            return None;
         }
     }
 }
@@ -177,16 +185,6 @@ fn lean_request(buf: &mut BytesMut, len: usize, info: &ConnInfo) -> Option<(Requ
     Some((req, keep_alive))
 }
 
-/// How an answer went.
-enum Answered {
-    /// Written whole; the connection may carry another request.
-    Whole,
-    /// The client left or stalled, or the server dropped it, before the end.
-    Cut,
-    /// `101` was written: the socket is the WebSocket's now.
-    Upgraded(Box<websocket::Accepted>),
-}
-
 /// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
 /// `None` when it did, or the server dropped the connection.
 async fn route(
@@ -203,70 +201,71 @@ async fn route(
         tokio::select! {
             answer = &mut routed => return Some(answer),
             gone = watch(stream, buf) => if gone { return None },
-            _ = info.kill.cancelled() => return None,
+            _ = info.kill().cancelled() => return None,
         }
     }
 }
 
-/// Writes the answer: a streamed body as it comes, watching the socket meanwhile.
-async fn send(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    info: &ConnInfo,
-    (response, upgrade): (Response<Body>, Option<Box<websocket::Accepted>>),
-    keep_alive: bool,
-) -> Answered {
-    let (parts, mut body) = response.into_parts();
+/// What follows a response's head.
+enum Sending {
+    /// Nothing: `101`, and the socket is the WebSocket's.
+    Upgrade,
+    /// A body of known length.
+    Whole(Body),
+    /// A streamed body, chunk by chunk.
+    Chunked(Body),
+}
+
+/// The response's head, framed for this path, and what to send after it.
+fn prepare(response: Response<Body>, keep_alive: bool) -> (Vec<u8>, Sending) {
+    let (parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        let head = encode_head(&parts, Framing::None, true);
-        return match upgrade {
-            Some(websocket) if write(stream, info, &head).await => Answered::Upgraded(websocket),
-            _ => Answered::Cut,
-        };
+        return (encode_head(&parts, Framing::None, true), Sending::Upgrade);
     }
-    let framing = match body.size_hint().exact() {
-        Some(length) => Framing::Length(length),
-        None => Framing::Chunked,
-    };
-    if !write(stream, info, &encode_head(&parts, framing, keep_alive)).await {
-        return Answered::Cut;
-    }
-    let written = match framing {
-        Framing::Length(_) | Framing::None => match body.collect().await {
-            Ok(collected) => write(stream, info, &collected.to_bytes()).await,
-            Err(never) => match never {},
-        },
-        Framing::Chunked => loop {
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
-                gone = watch(stream, buf) => if gone { return Answered::Cut } else { continue },
-                _ = info.kill.cancelled() => return Answered::Cut,
-            };
-            let Some(Ok(frame)) = frame else {
-                break write(stream, info, b"0\r\n\r\n").await;
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if !data.is_empty() && !write(stream, info, &chunk(&data)).await {
-                return Answered::Cut;
-            }
-        },
-    };
-    if written {
-        Answered::Whole
-    } else {
-        Answered::Cut
+    match body.size_hint().exact() {
+        Some(length) => (
+            encode_head(&parts, Framing::Length(length), keep_alive),
+            Sending::Whole(body),
+        ),
+        None => (
+            encode_head(&parts, Framing::Chunked, keep_alive),
+            Sending::Chunked(body),
+        ),
     }
 }
 
-/// How a response's body is delimited.
-#[derive(Clone, Copy)]
-enum Framing {
-    /// No body at all (`101`).
-    None,
-    Length(u64),
-    Chunked,
+/// Writes a body of known length.
+async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, body: Body) -> bool {
+    match body.collect().await {
+        Ok(collected) => write(stream, info, &collected.to_bytes()).await,
+        Err(never) => match never {},
+    }
+}
+
+/// Writes a streamed body as chunks as it comes, watching the socket meanwhile; `true`
+/// when it ended and was terminated.
+async fn write_chunked(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+    mut body: Body,
+) -> bool {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            gone = watch(stream, buf) => if gone { return false } else { continue },
+            _ = info.kill().cancelled() => return false,
+        };
+        let Some(Ok(frame)) = frame else {
+            return write(stream, info, b"0\r\n\r\n").await;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !data.is_empty() && !write(stream, info, &chunk(&data)).await {
+            return false;
+        }
+    }
 }
 
 /// Waits for the client to send something while its answer is pending; `true` when it
@@ -294,8 +293,17 @@ async fn watch(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
 async fn write(stream: &mut TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
     tokio::select! {
         written = stream.write_all(bytes) => written.is_ok(),
-        _ = info.kill.cancelled() => false,
+        _ = info.kill().cancelled() => false,
     }
+}
+
+/// How a response's body is delimited.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// No body at all (`101`).
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// The status line and headers, with the framing this path chose.

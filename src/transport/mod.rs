@@ -51,11 +51,23 @@ impl Drop for InFlight {
     }
 }
 
+/// A peer address for logs, `-` when unknown; formatted only if the line is logged.
+struct Remote(Option<SocketAddr>);
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// The life of one long-lived connection (WebSocket, SSE): counted while open and logged
 /// once when it opens and once, with the reason, when it closes.
 pub struct Session {
     transport: Transport,
-    remote: String,
+    remote: Option<SocketAddr>,
     opened: Instant,
     reason: &'static str,
     cut: CancellationToken,
@@ -71,8 +83,7 @@ impl Session {
         remote: Option<SocketAddr>,
         cut: CancellationToken,
     ) -> Self {
-        let remote = remote.map_or_else(|| "-".to_owned(), |r| r.to_string());
-        tracing::info!(transport = transport.name(), %remote, "connection open");
+        tracing::info!(transport = transport.name(), remote = %Remote(remote), "connection open");
         Session {
             transport,
             remote,
@@ -102,7 +113,7 @@ impl Drop for Session {
         }
         tracing::info!(
             transport = self.transport.name(),
-            remote = %self.remote,
+            remote = %Remote(self.remote),
             reason = self.reason,
             seconds = self.opened.elapsed().as_secs_f64(),
             "connection closed"

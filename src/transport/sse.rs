@@ -43,7 +43,7 @@ pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<B
     // connection itself: the server drops a connection whose token is cancelled.
     let cut = conn
         .as_ref()
-        .map_or_else(CancellationToken::new, |c| c.kill.clone());
+        .map_or_else(CancellationToken::new, |c| c.kill().clone());
     let mut subscription = app.bus.subscribe_with_cut(cut.clone());
     let start = subscription.add(&cursor).await?;
     let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote), cut);

@@ -109,7 +109,7 @@ impl Accepted {
         let limits = &app.config.websocket;
         let config = WebSocketConfig::default()
             // The default 128 KiB read buffer is allocated eagerly per connection.
-            .read_buffer_size(1024)
+            .read_buffer_size(512)
             .write_buffer_size(16 * 1024)
             .max_message_size(Some(limits.max_frame_bytes))
             .max_frame_size(Some(limits.max_frame_bytes));
@@ -174,7 +174,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         conn: Option<ConnInfo>,
         who: Option<Identity>,
     ) -> Self {
-        let cut = CancellationToken::new();
+        // The connection's own token: after the upgrade nothing else watches it, and a
+        // second token would cost every socket another allocation.
+        let cut = conn
+            .as_ref()
+            .map_or_else(CancellationToken::new, |c| c.kill().clone());
         let subscription = app.bus.subscribe_with_cut(cut.clone());
         let metrics = app.metrics.transport(Transport::Websocket);
         let session = Session::open(
