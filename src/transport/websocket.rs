@@ -110,7 +110,7 @@ impl Accepted {
         let config = WebSocketConfig::default()
             // The default 128 KiB read buffer is allocated eagerly per connection.
             .read_buffer_size(512)
-            .write_buffer_size(16 * 1024)
+            .write_buffer_size(4 * 1024)
             .max_message_size(Some(limits.max_frame_bytes))
             .max_frame_size(Some(limits.max_frame_bytes));
         let ws = WebSocketStream::from_partially_read(io, read, Role::Server, Some(config)).await;
