@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-takes every figure of BENCHMARKS.md: each run appends one JSON line to
-# benches/results.jsonl, then the charts are redrawn from them. About 25 minutes on the
+# benches/results.jsonl, then the charts are redrawn from them. About 10 minutes on the
 # 2-core reference machine. Run it on a quiet machine: the figures are CPU seconds.
 #
 #   scripts/bench-all.sh [--note "what changed"]
