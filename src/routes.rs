@@ -19,31 +19,56 @@ use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, 
 /// this is the cross-site WebSocket hijacking check); an allowed cross-origin caller gets
 /// CORS headers on every answer, errors included, so that it can read them.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    Ok(answer(app, req, route).await)
+    let admission = Admission::of(&app, &req);
+    Ok(answer(app, admission, req, route).await)
 }
 
 /// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll` and
 /// `/ws`), with the same origin checks, CORS headers and error answers; with the accepted
 /// WebSocket handshake when the answer is `101`.
+///
+/// The request comes boxed: a parked long poll sits under these async layers, and each
+/// would otherwise keep its own room for the request for as long as the poll waits.
 pub async fn handle_lean(
     app: Arc<App>,
-    req: Request<()>,
+    req: Box<Request<()>>,
 ) -> (Response<Body>, Option<Box<websocket::Accepted>>) {
+    let admission = Admission::of(&app, &req);
     let mut upgrade = None;
-    let response = answer(app, req, |app, req| route_lean(app, req, &mut upgrade)).await;
+    let response = answer(app, admission, req, |app, req| {
+        route_lean(app, req, &mut upgrade)
+    })
+    .await;
     (response, upgrade)
 }
 
-/// Checks the origin, runs `route`, turns its error into an answer and adds CORS headers.
-async fn answer<B, F, Fut>(app: Arc<App>, req: Request<B>, route: F) -> Response<Body>
+/// What is decided about a request before any route runs.
+struct Admission {
+    /// The allowed browser origin, if any; an error for a refused one.
+    origin: Result<Option<HeaderValue>>,
+    preflight: bool,
+}
+
+impl Admission {
+    fn of<B>(app: &App, req: &Request<B>) -> Self {
+        Admission {
+            origin: app.auth.origins.check(req.headers()),
+            preflight: req.method() == Method::OPTIONS,
+        }
+    }
+}
+
+/// Runs `route` for an admitted request, turns its error into an answer and adds CORS
+/// headers.
+async fn answer<R, F, Fut>(app: Arc<App>, admission: Admission, req: R, route: F) -> Response<Body>
 where
-    F: FnOnce(Arc<App>, Request<B>) -> Fut,
+    F: FnOnce(Arc<App>, R) -> Fut,
     Fut: Future<Output = Result<Response<Body>>>,
 {
-    let (result, cors) = match app.auth.origins.check(req.headers()) {
+    let is_preflight = admission.preflight;
+    let (result, cors) = match admission.origin {
         Err(err) => (Err(err), None),
         Ok(origin) => {
-            let is_preflight = req.method() == Method::OPTIONS;
             let result = if is_preflight {
                 Ok(preflight())
             } else {
@@ -91,7 +116,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         }
         (&Method::GET, "/longpoll") => {
             enabled(&app, Transport::Longpoll)?;
-            Box::pin(long_poll::serve(app, req)).await
+            Box::pin(long_poll::serve(app, Box::new(req))).await
         }
         (&Method::GET, "/poll") => {
             enabled(&app, Transport::Poll)?;
@@ -130,7 +155,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
 /// The routes the lean path takes; the server hands it nothing else.
 async fn route_lean(
     app: Arc<App>,
-    req: Request<()>,
+    req: Box<Request<()>>,
     upgrade: &mut Option<Box<websocket::Accepted>>,
 ) -> Result<Response<Body>> {
     match req.uri().path() {
@@ -142,7 +167,7 @@ async fn route_lean(
         }
         "/sse" => {
             enabled(&app, Transport::Sse)?;
-            Box::pin(sse::serve(app, req)).await
+            Box::pin(sse::serve(app, *req)).await
         }
         "/longpoll" => {
             enabled(&app, Transport::Longpoll)?;

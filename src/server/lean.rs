@@ -135,7 +135,11 @@ fn head_length(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
 
 /// Turns the head in `buf[..len]` into a request if this path serves it, consuming the
 /// head from `buf`; with it, whether the connection may carry another request.
-fn lean_request(buf: &mut BytesMut, len: usize, info: &ConnInfo) -> Option<(Request<()>, bool)> {
+fn lean_request(
+    buf: &mut BytesMut,
+    len: usize,
+    info: &ConnInfo,
+) -> Option<(Box<Request<()>>, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     parsed.parse(&buf[..len]).ok()?;
@@ -182,7 +186,7 @@ fn lean_request(buf: &mut BytesMut, len: usize, info: &ConnInfo) -> Option<(Requ
     *req.headers_mut() = map;
     req.extensions_mut().insert(info.clone());
     buf.advance(len);
-    Some((req, keep_alive))
+    Some((Box::new(req), keep_alive))
 }
 
 /// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
@@ -192,7 +196,7 @@ async fn route(
     buf: &mut BytesMut,
     info: &ConnInfo,
     app: &Arc<App>,
-    req: Request<()>,
+    req: Box<Request<()>>,
 ) -> Option<(Response<Body>, Option<Box<websocket::Accepted>>)> {
     // Boxed: an SSE stream outlives its routing by hours, and the connection's task
     // should not keep the routing's room for it.

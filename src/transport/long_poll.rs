@@ -18,7 +18,10 @@ use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_curso
 const MAX_BATCH: usize = 1000;
 
 /// Answers as soon as there is something after the cursor, or empty at the timeout.
-pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> {
+///
+/// The request comes boxed and is dropped before the poll parks: an async fn keeps room
+/// for its arguments for its whole life, and a poll may wait for many seconds.
+pub async fn serve<B: Send + Sync>(app: Arc<App>, req: Box<Request<B>>) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Longpoll);
     let (cursor, timeout) = {
         let query = Query::parse(req.uri().query());
