@@ -4,12 +4,12 @@
 //! These requests are most of a gateway's open connections and they spend their life
 //! waiting. Served by hyper, each keeps hyper's connection buffers (8 KiB to read, 8 KiB
 //! for response heads) for as long as it waits, and an upgraded WebSocket keeps a boxed
-//! hyper socket and a task of its own. Here the request head is read into a
-//! small buffer that is released once parsed, and the answer is written straight to the
-//! socket; a WebSocket runs on the bare socket, in the connection's own task. Anything
-//! else (another route, a body, an upgrade to anything but WebSocket, HTTP/1.0, a head we cannot
-//! parse) goes to hyper with the bytes already read, so hyper stays the one full HTTP
-//! implementation and this path only ever takes requests it fully understands.
+//! hyper socket. Here the request head is read into a small buffer that is released once
+//! parsed, and the answer is written straight to the socket; a WebSocket runs on the bare
+//! socket in a task of its own. Anything else (another route, a body, an upgrade to
+//! anything but WebSocket, HTTP/1.0, a head this path cannot parse) goes to hyper with the
+//! bytes already read, so hyper stays the one full HTTP implementation and this path only
+//! ever takes requests it fully understands.
 
 use std::io;
 use std::pin::Pin;
