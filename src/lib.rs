@@ -4,7 +4,7 @@
 //! # The map
 //!
 //! ```text
-//!   clients ──> server (accept, limits, drain) ──> routes (origin/CORS, method, path)
+//!   clients ──> server (accept, limits, drain; lean HTTP/1 path | hyper) ──> routes
 //!                                                    │
 //!        transport::{websocket, sse, long_poll, short_poll, negotiate, publish, assets}
 //!                │ auth: who is asking, may they    │ only Bus and Subscription
@@ -23,7 +23,9 @@
 //! - [`auth`] decides who may connect, subscribe and publish; [`limits`] bounds what one
 //!   client may cost.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel
-//!   `App::shutdown` to drain.
+//!   `App::shutdown` to drain. Long-lived GETs (`/sse`, `/longpoll`, the `/ws` handshake)
+//!   are served on a lean HTTP/1 path without hyper's per-connection buffers; everything
+//!   else goes to hyper. [`routes`] checks origins and CORS and picks the transport.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 
 pub mod app;
