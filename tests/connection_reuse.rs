@@ -208,3 +208,86 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
 }
+
+/// Sends `bytes` on a fresh connection and reads one answer.
+async fn exchange(server: &TestServer, bytes: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(bytes).await.unwrap();
+    read_answer(&mut stream, &mut Vec::new()).await
+}
+
+#[tokio::test]
+async fn heads_the_lean_path_does_not_take_are_still_answered() {
+    let server = TestServer::default().await;
+    // A control byte in a header value: hyper refuses it.
+    let bad_value = exchange(
+        &server,
+        b"GET /sse?channels=a HTTP/1.1\r\nhost: t\r\nx-bad: a\x01b\r\n\r\n",
+    )
+    .await;
+    assert_eq!(bad_value.status, 400, "{}", bad_value.head);
+    // A head longer than the lean path reads: hyper serves it.
+    let long = format!(
+        "GET /longpoll?channels=a&timeout=0 HTTP/1.1\r\nhost: t\r\nx-long: {}\r\n\r\n",
+        "v".repeat(20 * 1024)
+    );
+    let answered = exchange(&server, long.as_bytes()).await;
+    assert_eq!(answered.status, 200, "{}", answered.head);
+    // HTTP/1.0 and a chunked GET body go to hyper too.
+    let old = exchange(
+        &server,
+        b"GET /longpoll?channels=a&timeout=0 HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(old.status, 200, "{}", old.head);
+    let chunked = exchange(
+        &server,
+        b"GET /longpoll?channels=a&timeout=0 HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(chunked.status, 200, "{}", chunked.head);
+    let (status, _) = server.get_json("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_head_trickled_byte_by_byte_is_served() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    // One segment per byte: the server sees the head arrive in many partial reads.
+    stream.set_nodelay(true).unwrap();
+    for byte in get("/longpoll?channels=slow&timeout=0").as_bytes() {
+        stream.write_all(&[*byte]).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let answer = read_answer(&mut stream, &mut Vec::new()).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+}
+
+#[tokio::test]
+async fn a_client_flooding_a_parked_poll_is_dropped_and_others_are_unharmed() {
+    let server = TestServer::default().await;
+    let open = r#"cascade_connections{transport="longpoll"}"#;
+    let mut flooder = TcpStream::connect(server.addr).await.expect("connect");
+    flooder
+        .write_all(get("/longpoll?channels=flood&timeout=30").as_bytes())
+        .await
+        .unwrap();
+    eventually("the poll is parked", || async {
+        server.metric(open).await == 1.0
+    })
+    .await;
+    // Far more than a pipelined head may hold, while the answer is pending.
+    let junk = vec![b'x'; 64 * 1024];
+    let _ = flooder.write_all(&junk).await;
+    eventually("the flooding client is dropped", || async {
+        server.metric(open).await == 0.0
+    })
+    .await;
+    let answered = exchange(
+        &server,
+        get("/longpoll?channels=other&timeout=0").as_bytes(),
+    )
+    .await;
+    assert_eq!(answered.status, 200, "{}", answered.head);
+}
