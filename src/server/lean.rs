@@ -61,14 +61,12 @@ pub async fn serve(
                 return None;
             }
         }
-        let head =
-            match tokio::time::timeout(header_timeout, read_head(&mut stream, &mut buf)).await {
-                Ok(Ok(head)) => head,
-                // Silent past the deadline, closed, or failed.
-                Ok(Err(_)) | Err(_) => return None,
-            };
-        let Some((req, keep_alive)) = head.and_then(|len| lean_request(&mut buf, len, info)) else {
-            return Some(Prefixed::new(buf.freeze(), stream));
+        let head = read_head(&mut stream, &mut buf, info);
+        let (req, keep_alive) = match tokio::time::timeout(header_timeout, head).await {
+            Ok(Ok(Some(lean))) => lean,
+            Ok(Ok(None)) => return Some(Prefixed::new(buf.freeze(), stream)),
+            // Silent past the deadline, closed, or failed.
+            Ok(Err(_)) | Err(_) => return None,
         };
         if buf.is_empty() {
             buf = BytesMut::new();
@@ -100,15 +98,19 @@ pub async fn serve(
     }
 }
 
-/// Reads until `buf` holds a whole request head and returns its length; `None` when the
-/// head is too long or not HTTP/1 as this path parses it.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+/// Reads until `buf` holds a whole request head; the request, if this path serves it,
+/// and whether the connection may carry another. `None` hands the connection to hyper.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+) -> io::Result<Option<(Box<Request<()>>, bool)>> {
     use tokio::io::AsyncReadExt;
     loop {
-        match head_length(buf) {
-            Ok(Some(len)) => return Ok(Some(len)),
-            Ok(None) if buf.len() < MAX_HEAD => {}
-            _ => return Ok(None),
+        match parse_head(buf, info) {
+            Head::Lean(req, keep_alive) => return Ok(Some((req, keep_alive))),
+            Head::Partial if buf.len() < MAX_HEAD => {}
+            Head::Partial | Head::Other => return Ok(None),
         }
         if buf.capacity() == buf.len() {
             buf.reserve(if buf.is_empty() {
@@ -123,26 +125,40 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Opt
     }
 }
 
-/// The length of the request head at the start of `buf`, once it is all there. Not
-/// async: the header array is 2 KiB, which a future would keep for every connection.
-fn head_length(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
+/// What the start of the read buffer holds.
+enum Head {
+    /// Not a whole head yet.
+    Partial,
+    /// A request this path serves (consumed from the buffer), and whether the connection
+    /// may carry another.
+    Lean(Box<Request<()>>, bool),
+    /// Anything else: hyper's to serve.
+    Other,
+}
+
+/// Parses the head at the start of `buf`. Not async: the header array is 2 KiB, which a
+/// future would keep for every connection.
+fn parse_head(buf: &mut BytesMut, info: &ConnInfo) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf)? {
-        httparse::Status::Complete(len) => Ok(Some(len)),
-        httparse::Status::Partial => Ok(None),
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => match lean_request(&parsed, info) {
+            Some((req, keep_alive)) => {
+                buf.advance(len);
+                Head::Lean(req, keep_alive)
+            }
+            None => Head::Other,
+        },
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Other,
     }
 }
 
-/// Turns the head in `buf[..len]` into a request if this path serves it, consuming the
-/// head from `buf`; with it, whether the connection may carry another request.
+/// The request a parsed head stands for, if this path serves it.
 fn lean_request(
-    buf: &mut BytesMut,
-    len: usize,
+    parsed: &httparse::Request<'_, '_>,
     info: &ConnInfo,
 ) -> Option<(Box<Request<()>>, bool)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    parsed.parse(&buf[..len]).ok()?;
     let target = parsed.path?;
     let path = target.split('?').next().unwrap_or(target);
     if parsed.method != Some("GET") || parsed.version != Some(1) {
@@ -185,7 +201,6 @@ fn lean_request(
         .ok()?;
     *req.headers_mut() = map;
     req.extensions_mut().insert(info.clone());
-    buf.advance(len);
     Some((Box::new(req), keep_alive))
 }
 
