@@ -139,24 +139,36 @@ async fn errors_on_the_lean_path_keep_the_connection_usable() {
     assert_eq!(answered.status, 200, "{}", answered.head);
 }
 
-#[tokio::test]
-async fn a_client_leaving_a_parked_long_poll_frees_it() {
-    let server = TestServer::default().await;
-    let open = r#"cascade_connections{transport="longpoll"}"#;
+/// Long polls in flight, from /metrics.
+const OPEN_POLLS: &str = r#"cascade_connections{transport="longpoll"}"#;
+
+/// Opens a connection whose long poll on `channel` is parked in the server.
+async fn park_poll(server: &TestServer, channel: &str) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream
-        .write_all(get("/longpoll?channels=leave&timeout=30").as_bytes())
+        .write_all(get(&format!("/longpoll?channels={channel}&timeout=30")).as_bytes())
         .await
         .unwrap();
     eventually("the poll is parked", || async {
-        server.metric(open).await == 1.0
+        server.metric(OPEN_POLLS).await == 1.0
     })
     .await;
-    drop(stream);
+    stream
+}
+
+async fn polls_released(server: &TestServer) {
     eventually("the parked poll is released", || async {
-        server.metric(open).await == 0.0
+        server.metric(OPEN_POLLS).await == 0.0
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_parked_long_poll_frees_it() {
+    let server = TestServer::default().await;
+    let stream = park_poll(&server, "leave").await;
+    drop(stream);
+    polls_released(&server).await;
 }
 
 #[tokio::test]
@@ -265,29 +277,39 @@ async fn a_head_trickled_byte_by_byte_is_served() {
 }
 
 #[tokio::test]
-async fn a_client_flooding_a_parked_poll_is_dropped_and_others_are_unharmed() {
+async fn a_client_flooding_a_parked_poll_is_dropped_and_counted_and_others_are_unharmed() {
     let server = TestServer::default().await;
-    let open = r#"cascade_connections{transport="longpoll"}"#;
-    let mut flooder = TcpStream::connect(server.addr).await.expect("connect");
-    flooder
-        .write_all(get("/longpoll?channels=flood&timeout=30").as_bytes())
-        .await
-        .unwrap();
-    eventually("the poll is parked", || async {
-        server.metric(open).await == 1.0
-    })
-    .await;
+    let mut flooder = park_poll(&server, "flood").await;
     // Far more than a pipelined head may hold, while the answer is pending.
     let junk = vec![b'x'; 64 * 1024];
     let _ = flooder.write_all(&junk).await;
-    eventually("the flooding client is dropped", || async {
-        server.metric(open).await == 0.0
-    })
-    .await;
+    polls_released(&server).await;
+    let overflow = r#"cascade_errors_total{code="pipeline_overflow"}"#;
+    assert_eq!(server.metric(overflow).await, 1.0);
     let answered = exchange(
         &server,
         get("/longpoll?channels=other&timeout=0").as_bytes(),
     )
     .await;
     assert_eq!(answered.status, 200, "{}", answered.head);
+}
+
+#[tokio::test]
+async fn a_head_trickled_past_the_deadline_is_dropped_and_counted() {
+    let mut config = support::test_config();
+    config.limits.header_read_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /longpoll?channels=slowloris HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    let mut rest = [0u8; 64];
+    let read = within(stream.read(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the server closes: {read:?}"
+    );
+    let timeouts = r#"cascade_errors_total{code="request_timeout"}"#;
+    assert_eq!(server.metric(timeouts).await, 1.0);
 }

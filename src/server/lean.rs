@@ -65,8 +65,13 @@ pub async fn serve(
         let (req, keep_alive) = match tokio::time::timeout(header_timeout, head).await {
             Ok(Ok(Some(lean))) => lean,
             Ok(Ok(None)) => return Some(Prefixed::new(buf.freeze(), stream)),
-            // Silent past the deadline, closed, or failed.
-            Ok(Err(_)) | Err(_) => return None,
+            // Closed or failed.
+            Ok(Err(_)) => return None,
+            // A client trickling its head (slowloris).
+            Err(_) => {
+                app.metrics.error("request_timeout");
+                return None;
+            }
         };
         if buf.is_empty() {
             buf = BytesMut::new();
@@ -89,7 +94,7 @@ pub async fn serve(
                 return None;
             }
             Sending::Whole(body) => write_whole(&mut stream, info, body).await,
-            Sending::Chunked(body) => write_chunked(&mut stream, &mut buf, info, body).await,
+            Sending::Chunked(body) => write_chunked(&mut stream, &mut buf, info, app, body).await,
         };
         if !written || !keep_alive || app.shutdown.is_cancelled() {
             let _ = stream.shutdown().await;
@@ -219,7 +224,7 @@ async fn route(
     loop {
         tokio::select! {
             answer = &mut routed => return Some(answer),
-            gone = watch(stream, buf) => if gone { return None },
+            gone = watch(stream, buf, app) => if gone { return None },
             _ = info.kill().cancelled() => return None,
         }
     }
@@ -267,12 +272,13 @@ async fn write_chunked(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     info: &ConnInfo,
+    app: &App,
     mut body: Body,
 ) -> bool {
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            gone = watch(stream, buf) => if gone { return false } else { continue },
+            gone = watch(stream, buf, app) => if gone { return false } else { continue },
             _ = info.kill().cancelled() => return false,
         };
         let Some(Ok(frame)) = frame else {
@@ -288,14 +294,15 @@ async fn write_chunked(
 }
 
 /// Waits for the client to send something while its answer is pending; `true` when it
-/// has closed (or errs), `false` when it sent the start of its next request (kept, up to
-/// a limit, for after this answer).
-async fn watch(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+/// has closed (or errs) or pipelined past the limit (counted as `pipeline_overflow`),
+/// `false` when it sent the start of its next request (kept for after this answer).
+async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
     if stream.readable().await.is_err() {
         return true;
     }
     if buf.len() >= MAX_HEAD {
         // A client pipelining without reading: stop it rather than buffer more.
+        app.metrics.error("pipeline_overflow");
         return true;
     }
     buf.reserve(FIRST_READ);
