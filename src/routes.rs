@@ -29,17 +29,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
-pub async fn handle_lean(
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+pub fn handle_lean(
     app: Arc<App>,
     req: Box<Request<()>>,
-) -> (Response<Body>, Option<Box<websocket::Accepted>>) {
-    let admission = Admission::of(&app, &req);
-    let mut upgrade = None;
-    let response = answer(app, admission, req, |app, req| {
-        route_lean(app, req, &mut upgrade)
-    })
-    .await;
-    (response, upgrade)
+) -> impl Future<Output = (Response<Body>, Option<Box<websocket::Accepted>>)> + Send {
+    // `async move` blocks here and in `answer`, not async fns: a parked long poll keeps
+    // these futures, and an async fn keeps its arguments twice.
+    async move {
+        let admission = Admission::of(&app, &req);
+        let mut upgrade = None;
+        let response = answer(app, admission, req, |app, req| {
+            route_lean(app, req, &mut upgrade)
+        })
+        .await;
+        (response, upgrade)
+    }
 }
 
 /// What is decided about a request before any route runs.
@@ -60,37 +65,49 @@ impl Admission {
 
 /// Runs `route` for an admitted request, turns its error into an answer and adds CORS
 /// headers.
-async fn answer<R, F, Fut>(app: Arc<App>, admission: Admission, req: R, route: F) -> Response<Body>
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+fn answer<R, F, Fut>(
+    app: Arc<App>,
+    admission: Admission,
+    req: R,
+    route: F,
+) -> impl Future<Output = Response<Body>>
 where
     F: FnOnce(Arc<App>, R) -> Fut,
     Fut: Future<Output = Result<Response<Body>>>,
 {
-    let is_preflight = admission.preflight;
-    let (result, cors) = match admission.origin {
-        Err(err) => (Err(err), None),
-        Ok(origin) => {
-            let result = if is_preflight {
-                Ok(preflight())
+    async move {
+        let Admission {
+            origin,
+            preflight: is_preflight,
+        } = admission;
+        let (result, cors) = match origin {
+            Err(err) => (Err(err), None),
+            Ok(origin) => {
+                let cors = origin.map(|origin| (origin, is_preflight));
+                let result = if is_preflight {
+                    Ok(preflight())
+                } else {
+                    route(app.clone(), req).await
+                };
+                (result, cors)
+            }
+        };
+        let mut response = result.unwrap_or_else(|err| {
+            app.metrics.error(err.code());
+            tracing::debug!(code = err.code(), error = %err, "request refused");
+            error_response(&err)
+        });
+        if let Some((origin, is_preflight)) = cors {
+            let headers = response.headers_mut();
+            if is_preflight {
+                app.auth.origins.preflight(&origin, headers);
             } else {
-                route(app.clone(), req).await
-            };
-            (result, origin.map(|origin| (origin, is_preflight)))
+                app.auth.origins.decorate(&origin, headers);
+            }
         }
-    };
-    let mut response = result.unwrap_or_else(|err| {
-        app.metrics.error(err.code());
-        tracing::debug!(code = err.code(), error = %err, "request refused");
-        error_response(&err)
-    });
-    if let Some((origin, is_preflight)) = cors {
-        let headers = response.headers_mut();
-        if is_preflight {
-            app.auth.origins.preflight(&origin, headers);
-        } else {
-            app.auth.origins.decorate(&origin, headers);
-        }
+        response
     }
-    response
 }
 
 /// The answer to a CORS preflight from an allowed origin (headers added by `handle`).

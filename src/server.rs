@@ -28,16 +28,16 @@ mod lean;
 
 use lean::Prefixed;
 
-/// What a handler knows about the connection its request came on. Cheap to clone: one
-/// shared allocation per connection holds everything but the address.
+/// What a handler knows about the connection its request came on. One pointer, cheap to
+/// clone: every connection's task keeps one for its whole life.
 #[derive(Clone)]
 pub struct ConnInfo {
-    /// The peer's address.
-    pub remote: SocketAddr,
     shared: Arc<ConnShared>,
 }
 
 struct ConnShared {
+    /// The peer's address.
+    remote: SocketAddr,
     /// Cancelling this drops the connection: used to cut off a stalled reader.
     kill: CancellationToken,
     /// The connection's slot under the connection limits, held while any clone lives (an
@@ -48,6 +48,11 @@ struct ConnShared {
 }
 
 impl ConnInfo {
+    /// The peer's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.shared.remote
+    }
+
     /// Cancelling this drops the connection (and cuts off its subscription): a stalled
     /// SSE reader, whose body hyper has stopped polling, cannot be reached otherwise.
     pub fn kill(&self) -> &CancellationToken {
@@ -100,8 +105,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         let _ = stream.set_nodelay(true);
         let limits = &app.config.limits;
         let info = ConnInfo {
-            remote,
             shared: Arc::new(ConnShared {
+                remote,
                 kill: CancellationToken::new(),
                 _permit: permit,
                 publish_budget: Mutex::new(TokenBucket::new(
@@ -157,28 +162,50 @@ enum Protocol {
 /// Serves one accepted connection until it ends, the server drops it (`kill`), or the
 /// drain asks it to finish its current answer and close. HTTP/1 connections start on the
 /// lean path (`/sse`, `/longpoll`) and move to hyper at their first other request.
-async fn serve(stream: TcpStream, info: ConnInfo, app: Arc<App>, protocols: Arc<Protocols>) {
-    let remote = info.remote;
-    let Some(protocol) = request_started(&stream, protocols.first_bytes_within).await else {
-        tracing::debug!(%remote, "connection sent no request in time");
-        return;
-    };
-    let io = match protocol {
-        Protocol::Http1 => {
-            match lean::serve(stream, &info, &app, protocols.first_bytes_within).await {
-                Some(io) => io,
-                None => return,
+///
+/// A plain fn around an `async move` block rather than an `async fn`: an async fn keeps
+/// room for its arguments beside the locals they move into for its whole life, and this
+/// future is every open connection's task.
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+fn serve(
+    mut stream: TcpStream,
+    info: ConnInfo,
+    app: Arc<App>,
+    protocols: Arc<Protocols>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Boxed, as is every transient wait here: the task is as large as its largest
+        // state, and a parked long poll should not pay for this one.
+        let within = protocols.first_bytes_within;
+        let Some(protocol) = Box::pin(request_started(&stream, within)).await else {
+            tracing::debug!(remote = %info.remote(), "connection sent no request in time");
+            return;
+        };
+        let prefix = match protocol {
+            Protocol::Http1 => match lean::serve(&mut stream, &info, &app, within).await {
+                lean::Next::Hyper(prefix) => prefix,
+                lean::Next::WebSocket(websocket, rest) => {
+                    // A task of its own, sized for the WebSocket alone: this one is sized
+                    // for the largest lean route.
+                    app.streams.spawn(websocket.run(stream, rest));
+                    return;
+                }
+                lean::Next::Closed => return,
+            },
+            Protocol::Http2 => Bytes::new(),
+        };
+        let io = Prefixed::new(prefix, stream);
+        let remote = info.remote();
+        // Boxed: most connections never reach hyper, and an inline hyper connection would
+        // make every connection's task as large as its state.
+        let result = Box::pin(serve_hyper(io, protocol, info, app, &protocols)).await;
+        match result {
+            Some(Err(err)) => {
+                tracing::debug!(%remote, error = %err, "connection ended with an error")
             }
+            None => tracing::debug!(%remote, "connection dropped"),
+            Some(Ok(())) => {}
         }
-        Protocol::Http2 => Prefixed::new(Bytes::new(), stream),
-    };
-    // Boxed: most connections never reach hyper, and an inline hyper connection would
-    // make every connection's task as large as its state.
-    let result = Box::pin(serve_hyper(io, protocol, info, app, &protocols)).await;
-    match result {
-        Some(Err(err)) => tracing::debug!(%remote, error = %err, "connection ended with an error"),
-        None => tracing::debug!(%remote, "connection dropped"),
-        Some(Ok(())) => {}
     }
 }
 

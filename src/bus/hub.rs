@@ -135,8 +135,8 @@ mod tests {
     fn full_queue_cuts_only_that_subscriber() {
         let hub = Hub::new();
         let chat = Channel::parse("chat").unwrap();
-        let slow_inbox = Inbox::new(1, CancellationToken::new());
-        let fast_inbox = Inbox::new(8, CancellationToken::new());
+        let slow_inbox = Inbox::new(1, Some(CancellationToken::new()));
+        let fast_inbox = Inbox::new(8, None);
         let slow = slow_inbox.subscriber();
         let fast = fast_inbox.subscriber();
         assert!(hub.register(&chat, 1, slow.clone()));
@@ -144,6 +144,7 @@ mod tests {
         assert_eq!(hub.deliver(&message(&chat, 1)), 2);
         assert_eq!(hub.deliver(&message(&chat, 2)), 1);
         assert!(slow.is_cut());
+        assert!(slow_inbox.cut_token().is_some_and(|t| t.is_cancelled()));
         assert!(!fast.is_cut());
         assert_eq!(fast_inbox.try_pop().unwrap().offset, 1);
         assert_eq!(fast_inbox.try_pop().unwrap().offset, 2);

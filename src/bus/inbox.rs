@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -33,7 +34,12 @@ pub(super) struct Subscriber {
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
-    cut: CancellationToken,
+    /// Set when the inbox overflowed.
+    cut: AtomicBool,
+    /// Cancelled with `cut`, for a transport that must drop its connection at once. A
+    /// long poll has none: it answers on its next check, and a token costs a hundred-odd
+    /// bytes per parked poll.
+    cut_token: Option<CancellationToken>,
 }
 
 struct State {
@@ -55,9 +61,9 @@ pub(super) enum Pushed {
 }
 
 impl Inbox {
-    /// An empty inbox holding at most `capacity` messages; `cut` is cancelled when it
-    /// overflows.
-    pub(super) fn new(capacity: usize, cut: CancellationToken) -> Self {
+    /// An empty inbox holding at most `capacity` messages; `cut`, if any, is cancelled
+    /// when it overflows.
+    pub(super) fn new(capacity: usize, cut: Option<CancellationToken>) -> Self {
         let state = State {
             queue: VecDeque::new(),
             waker: None,
@@ -67,7 +73,8 @@ impl Inbox {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 capacity: capacity.max(1),
-                cut,
+                cut: AtomicBool::new(false),
+                cut_token: cut,
             }),
         }
     }
@@ -77,6 +84,16 @@ impl Inbox {
         Subscriber {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Whether the hub has cut the subscriber off.
+    pub(super) fn is_cut(&self) -> bool {
+        self.shared.cut.load(Ordering::Acquire)
+    }
+
+    /// The token cancelled at the cut, if the inbox was given one.
+    pub(super) fn cut_token(&self) -> Option<&CancellationToken> {
+        self.shared.cut_token.as_ref()
     }
 
     /// The oldest message, if one waits.
@@ -143,13 +160,16 @@ impl Subscriber {
 
     /// Cuts the subscriber off (its inbox overflowed).
     pub(super) fn cut_off(&self) {
-        self.shared.cut.cancel();
+        self.shared.cut.store(true, Ordering::Release);
+        if let Some(token) = &self.shared.cut_token {
+            token.cancel();
+        }
     }
 
     /// Whether the subscriber has been cut off.
     #[cfg(test)]
     pub(super) fn is_cut(&self) -> bool {
-        self.shared.cut.is_cancelled()
+        self.shared.cut.load(Ordering::Acquire)
     }
 }
 
@@ -179,7 +199,7 @@ mod tests {
 
     #[test]
     fn keeps_order_and_refuses_past_capacity() {
-        let inbox = Inbox::new(2, CancellationToken::new());
+        let inbox = Inbox::new(2, None);
         let hub = inbox.subscriber();
         assert_eq!(hub.push(message(1)), Pushed::Queued);
         assert_eq!(hub.push(message(2)), Pushed::Queued);
@@ -193,7 +213,7 @@ mod tests {
 
     #[test]
     fn pushes_after_the_subscription_is_gone_are_dropped() {
-        let inbox = Inbox::new(4, CancellationToken::new());
+        let inbox = Inbox::new(4, None);
         let hub = inbox.subscriber();
         let kept = message(1);
         assert_eq!(hub.push(kept.clone()), Pushed::Queued);
@@ -204,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_burst_gives_its_buffer_back_once_drained() {
-        let inbox = Inbox::new(1024, CancellationToken::new());
+        let inbox = Inbox::new(1024, None);
         let hub = inbox.subscriber();
         for offset in 0..500 {
             assert_eq!(hub.push(message(offset)), Pushed::Queued);
@@ -215,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_pop_is_woken_by_a_push() {
-        let inbox = Arc::new(Inbox::new(4, CancellationToken::new()));
+        let inbox = Arc::new(Inbox::new(4, None));
         let hub = inbox.subscriber();
         let waiter = tokio::spawn({
             let inbox = inbox.clone();

@@ -174,12 +174,16 @@ impl Bus {
 
     /// An empty live subscription; add channels with [`Subscription::add`].
     pub fn subscribe(&self) -> Subscription {
-        self.subscribe_with_cut(CancellationToken::new())
+        self.subscription(None)
     }
 
     /// Like [`Bus::subscribe`], but cutting the subscriber off (a full queue) cancels
     /// `cut`, so a transport can tie it to the connection that must be dropped.
     pub fn subscribe_with_cut(&self, cut: CancellationToken) -> Subscription {
+        self.subscription(Some(cut))
+    }
+
+    fn subscription(&self, cut: Option<CancellationToken>) -> Subscription {
         let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
         Subscription::new(self.clone(), id, self.inner.config.subscriber_queue, cut)
     }
@@ -203,7 +207,9 @@ impl Bus {
     /// without registering for live messages. Returns the events and the advanced cursor.
     pub async fn catch_up(&self, cursor: &Cursor) -> Result<(Vec<Event>, Cursor)> {
         let mut events = Vec::new();
-        let mut next = Cursor::default();
+        let mut next = Cursor {
+            entries: Vec::with_capacity(cursor.entries.len()),
+        };
         for (channel, from) in &cursor.entries {
             let (_, end) = self.read_into(channel, from.as_ref(), &mut events).await?;
             next.entries.push((channel.clone(), Some(end)));

@@ -68,7 +68,6 @@ pub struct Subscription {
     bus: Bus,
     id: u64,
     inbox: Inbox,
-    cut: CancellationToken,
     /// In subscription order, for stable cursors. A vector, not a map: it holds at most
     /// `limits.max_channels` entries, usually one, and is searched on every delivery,
     /// where a linear scan beats hashing the channel name.
@@ -80,12 +79,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(super) fn new(bus: Bus, id: u64, queue_len: usize, cut: CancellationToken) -> Self {
+    pub(super) fn new(bus: Bus, id: u64, queue_len: usize, cut: Option<CancellationToken>) -> Self {
         Subscription {
             bus,
             id,
-            inbox: Inbox::new(queue_len, cut.clone()),
-            cut,
+            inbox: Inbox::new(queue_len, cut),
             channels: Vec::new(),
             pending: VecDeque::new(),
             stash: None,
@@ -119,7 +117,11 @@ impl Subscription {
     /// queues their retained history. Returns where delivery starts for each channel.
     /// Channels already followed keep their position.
     pub async fn add(&mut self, cursor: &Cursor) -> Result<Cursor> {
-        let mut started = Cursor::default();
+        let mut started = Cursor {
+            entries: Vec::with_capacity(cursor.entries.len()),
+        };
+        // Exactly: a subscription, usually of one channel, may be held for hours.
+        self.channels.reserve_exact(cursor.entries.len());
         for (channel, from) in &cursor.entries {
             if let Some(followed) = self.find(channel) {
                 started
@@ -208,9 +210,13 @@ impl Subscription {
     }
 
     /// Resolves when the bus has cut this subscriber off; lets a transport abandon a
-    /// write that a stalled client is blocking.
+    /// write that a stalled client is blocking. Only a subscription made with
+    /// [`Bus::subscribe_with_cut`] resolves; any other learns of a cut from `next`.
     pub async fn cut_off(&self) -> Closed {
-        self.cut.cancelled().await;
+        match self.inbox.cut_token() {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
         Closed::SlowConsumer
     }
 
@@ -220,7 +226,7 @@ impl Subscription {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(self.hand_out(event));
             }
-            if self.cut.is_cancelled() {
+            if self.inbox.is_cut() {
                 return Err(Closed::SlowConsumer);
             }
             let message = match self.stash.take() {
@@ -235,7 +241,9 @@ impl Subscription {
                 return Ok(self.hand_out(event));
             }
             if let Some(message) = self.stash.clone() {
-                if !self.fill(&message).await {
+                // Boxed: holes are rare, and an idle subscriber's task would otherwise
+                // keep room for a history read for as long as it waits.
+                if !Box::pin(self.fill(&message)).await {
                     return Err(Closed::EngineUnavailable);
                 }
                 self.stash = None;
@@ -250,7 +258,7 @@ impl Subscription {
             if let Some(event) = self.pending.pop_front() {
                 return Some(Ok(self.hand_out(event)));
             }
-            if self.cut.is_cancelled() {
+            if self.inbox.is_cut() {
                 return Some(Err(Closed::SlowConsumer));
             }
             if self.stash.is_some() {

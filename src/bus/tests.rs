@@ -290,16 +290,26 @@ async fn a_subscriber_that_does_not_read_is_cut_off_alone(kind: Kind) {
         4,
     )
     .await;
-    let mut slow = bus.subscribe();
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut slow = bus.subscribe_with_cut(token.clone());
     slow.add(&cursor(&chat(), None)).await.unwrap();
+    // Without a token (a long poll's kind), the cut shows only through `next`.
+    let mut slow_tokenless = bus.subscribe();
+    slow_tokenless.add(&cursor(&chat(), None)).await.unwrap();
     let mut fast = bus.subscribe();
     fast.add(&cursor(&chat(), None)).await.unwrap();
     for n in 1..=10 {
         bus.publish(&chat(), data(n)).await.unwrap();
         assert_eq!(next_message(&mut fast).await.offset, n);
     }
+    assert!(token.is_cancelled());
     assert_eq!(slow.next().await.unwrap_err(), Closed::SlowConsumer);
     assert_eq!(slow.cut_off().now_or_never(), Some(Closed::SlowConsumer));
+    assert_eq!(
+        slow_tokenless.try_next().map(|r| r.unwrap_err()),
+        Some(Closed::SlowConsumer)
+    );
+    assert_eq!(slow_tokenless.cut_off().now_or_never(), None);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! bytes already read, so hyper stays the one full HTTP implementation and this path only
 //! ever takes requests it fully understands.
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,68 +38,88 @@ const MAX_HEADERS: usize = 64;
 /// The first read's size: a browser's GET head is usually well under this.
 const FIRST_READ: usize = 2048;
 
-/// Serves the lean routes on `stream` for as long as its requests are lean ones. Returns
-/// the stream (with what was read of the next request) when hyper should take over, or
-/// `None` once the connection is finished.
-pub async fn serve(
-    mut stream: TcpStream,
-    info: &ConnInfo,
-    app: &Arc<App>,
+/// What follows the lean path on a connection.
+pub enum Next {
+    /// hyper serves the rest; these bytes of the next request were read already.
+    Hyper(Bytes),
+    /// The handshake was answered: the WebSocket runs on the socket, starting with
+    /// these bytes the client sent after its handshake.
+    WebSocket(Box<websocket::Accepted>, Vec<u8>),
+    /// The connection is finished.
+    Closed,
+}
+
+/// Serves the lean routes on `stream` for as long as its requests are lean ones.
+///
+/// Not an `async fn`, so that the future does not keep its arguments twice (see
+/// `server::serve`); transient waits are boxed so that the state a parked long poll or an
+/// SSE stream keeps is the smallest one.
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+pub fn serve<'a>(
+    stream: &'a mut TcpStream,
+    info: &'a ConnInfo,
+    app: &'a Arc<App>,
     header_timeout: Duration,
-) -> Option<Prefixed> {
-    let mut buf = BytesMut::new();
-    loop {
-        if buf.is_empty() {
-            // Between requests nothing is buffered: wait for the next one with no memory.
-            let arrived = tokio::time::timeout(header_timeout, async {
-                tokio::select! {
-                    ready = stream.readable() => ready.is_ok(),
-                    _ = app.shutdown.cancelled() => false,
-                    _ = info.kill().cancelled() => false,
+) -> impl Future<Output = Next> + Send + 'a {
+    async move {
+        let mut buf = BytesMut::new();
+        loop {
+            if buf.is_empty() {
+                // Between requests nothing is buffered: wait for the next one with no
+                // memory.
+                let arrived = Box::pin(tokio::time::timeout(header_timeout, async {
+                    tokio::select! {
+                        ready = poll_fn(|cx| stream.poll_read_ready(cx)) => ready.is_ok(),
+                        _ = app.shutdown.cancelled() => false,
+                        _ = info.kill().cancelled() => false,
+                    }
+                }));
+                if !arrived.await.unwrap_or(false) {
+                    return Next::Closed;
                 }
-            });
-            if !arrived.await.unwrap_or(false) {
-                return None;
             }
-        }
-        let head = read_head(&mut stream, &mut buf, info);
-        let (req, keep_alive) = match tokio::time::timeout(header_timeout, head).await {
-            Ok(Ok(Some(lean))) => lean,
-            Ok(Ok(None)) => return Some(Prefixed::new(buf.freeze(), stream)),
-            // Closed or failed.
-            Ok(Err(_)) => return None,
-            // A client trickling its head (slowloris).
-            Err(_) => {
-                app.metrics.error("request_timeout");
-                return None;
+            let head = read_head(stream, &mut buf, info);
+            let (req, keep_alive) = match Box::pin(tokio::time::timeout(header_timeout, head)).await
+            {
+                Ok(Ok(Some(lean))) => lean,
+                Ok(Ok(None)) => return Next::Hyper(buf.freeze()),
+                // Closed or failed.
+                Ok(Err(_)) => return Next::Closed,
+                // A client trickling its head (slowloris).
+                Err(_) => {
+                    app.metrics.error("request_timeout");
+                    return Next::Closed;
+                }
+            };
+            if buf.is_empty() {
+                buf = BytesMut::new();
             }
-        };
-        if buf.is_empty() {
-            buf = BytesMut::new();
-        }
-        // Routing and sending are separate futures so that a long stream does not keep
-        // the routing's room in this task.
-        let (response, upgrade) = route(&mut stream, &mut buf, info, app, req).await?;
-        // The head is encoded here, not in an async helper, so that a long stream's task
-        // keeps only its body, not the response's parts.
-        let (head, body) = prepare(response, keep_alive);
-        if !write(&mut stream, info, &head).await {
-            return None;
-        }
-        let written = match body {
-            Sending::Upgrade => {
-                let websocket = upgrade?;
-                // A task of its own, sized for the WebSocket alone: this one is sized for
-                // the largest lean route and ends here.
-                app.streams.spawn(websocket.run(stream, buf.to_vec()));
-                return None;
+            // Routing and sending are separate futures so that a long stream does not keep
+            // the routing's room in this task.
+            let Some((response, upgrade)) = route(stream, &mut buf, info, app, req).await else {
+                return Next::Closed;
+            };
+            // The head is encoded here, not in an async helper, so that a long stream's
+            // task keeps only its body, not the response's parts.
+            let (head, body) = prepare(response, keep_alive);
+            if !write(stream, info, &head).await {
+                return Next::Closed;
             }
-            Sending::Whole(body) => write_whole(&mut stream, info, body).await,
-            Sending::Chunked(body) => write_chunked(&mut stream, &mut buf, info, app, body).await,
-        };
-        if !written || !keep_alive || app.shutdown.is_cancelled() {
-            let _ = stream.shutdown().await;
-            return None;
+            let written = match body {
+                Sending::Upgrade => {
+                    return match upgrade {
+                        Some(websocket) => Next::WebSocket(websocket, buf.to_vec()),
+                        None => Next::Closed,
+                    };
+                }
+                // Boxed: brief, and larger than the state a parked poll keeps.
+                Sending::Whole(body) => Box::pin(write_whole(stream, info, body)).await,
+                Sending::Chunked(body) => write_chunked(stream, &mut buf, info, app, body).await,
+            };
+            if !written || !keep_alive || app.shutdown.is_cancelled() {
+                let _ = stream.shutdown().await;
+                return Next::Closed;
+            }
         }
     }
 }
@@ -211,21 +232,26 @@ fn lean_request(
 
 /// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
 /// `None` when it did, or the server dropped the connection.
-async fn route(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    info: &ConnInfo,
-    app: &Arc<App>,
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+fn route<'a>(
+    stream: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+    info: &'a ConnInfo,
+    app: &'a Arc<App>,
     req: Box<Request<()>>,
-) -> Option<(Response<Body>, Option<Box<websocket::Accepted>>)> {
-    // Boxed: an SSE stream outlives its routing by hours, and the connection's task
-    // should not keep the routing's room for it.
-    let mut routed = Box::pin(routes::handle_lean(app.clone(), req));
-    loop {
-        tokio::select! {
-            answer = &mut routed => return Some(answer),
-            gone = watch(stream, buf, app) => if gone { return None },
-            _ = info.kill().cancelled() => return None,
+) -> impl Future<Output = Option<(Response<Body>, Option<Box<websocket::Accepted>>)>> + Send + 'a {
+    // An `async move` block, not an `async fn`: a parked poll keeps this future, and an
+    // async fn would keep every argument twice.
+    async move {
+        // Boxed: an SSE stream outlives its routing by hours, and the connection's task
+        // should not keep the routing's room for it.
+        let mut routed = Box::pin(routes::handle_lean(app.clone(), req));
+        loop {
+            tokio::select! {
+                answer = &mut routed => return Some(answer),
+                gone = watch(stream, buf, app) => if gone { return None },
+                _ = info.kill().cancelled() => return None,
+            }
         }
     }
 }
@@ -268,28 +294,51 @@ async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, body: Body) -> boo
 
 /// Writes a streamed body as chunks as it comes, watching the socket meanwhile; `true`
 /// when it ended and was terminated.
-async fn write_chunked(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    info: &ConnInfo,
-    app: &App,
+///
+/// An `async move` block, not an `async fn`, so that an SSE stream, which keeps this
+/// future for as long as it is open, does not keep every argument twice.
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+fn write_chunked<'a>(
+    stream: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+    info: &'a ConnInfo,
+    app: &'a App,
     mut body: Body,
-) -> bool {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            gone = watch(stream, buf, app) => if gone { return false } else { continue },
-            _ = info.kill().cancelled() => return false,
-        };
-        let Some(Ok(frame)) = frame else {
-            return write(stream, info, b"0\r\n\r\n").await;
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if !data.is_empty() && !write(stream, info, &chunk(&data)).await {
-            return false;
+) -> impl Future<Output = bool> + Send + 'a {
+    async move {
+        // One wait on the kill token for the whole stream rather than one per select.
+        let mut killed = std::pin::pin!(info.kill().cancelled());
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                gone = watch(stream, buf, app) => if gone { return false } else { continue },
+                _ = &mut killed => return false,
+            };
+            // The end of the body (or an error, which the body type rules out) ends the
+            // chunked stream. The frame is consumed here, before the write's await.
+            let Some((bytes, last)) = framed(frame) else {
+                continue;
+            };
+            let written = tokio::select! {
+                written = stream.write_all(&bytes) => written.is_ok(),
+                _ = &mut killed => false,
+            };
+            if !written || last {
+                return written;
+            }
         }
+    }
+}
+
+/// A body frame as chunked bytes, and whether it is the terminating chunk; `None` for a
+/// frame with nothing to send.
+fn framed<E>(frame: Option<Result<http_body::Frame<Bytes>, E>>) -> Option<(Vec<u8>, bool)> {
+    match frame {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) if !data.is_empty() => Some((chunk(&data), false)),
+            _ => None,
+        },
+        _ => Some((b"0\r\n\r\n".to_vec(), true)),
     }
 }
 
@@ -297,7 +346,9 @@ async fn write_chunked(
 /// has closed (or errs) or pipelined past the limit (counted as `pipeline_overflow`),
 /// `false` when it sent the start of its next request (kept for after this answer).
 async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
-    if stream.readable().await.is_err() {
+    // Readiness is polled rather than awaited with `readable()`, whose future carries a
+    // waiter node of its own: this wait is part of every parked poll.
+    if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
         return true;
     }
     if buf.len() >= MAX_HEAD {

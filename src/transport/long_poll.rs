@@ -8,10 +8,11 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 
 use crate::app::App;
-use crate::bus::Event;
+use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query, json};
+use crate::protocol::Cursor;
 use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
 
 /// Most events one answer carries; the rest wait for the next poll.
@@ -19,55 +20,87 @@ const MAX_BATCH: usize = 1000;
 
 /// Answers as soon as there is something after the cursor, or empty at the timeout.
 ///
-/// The request comes boxed and is dropped before the poll parks: an async fn keeps room
-/// for its arguments for its whole life, and a poll may wait for many seconds.
-pub async fn serve<B: Send + Sync>(app: Arc<App>, req: Box<Request<B>>) -> Result<Response<Body>> {
-    let metrics = app.metrics.transport(Transport::Longpoll);
-    let (cursor, timeout) = {
-        let query = Query::parse(req.uri().query());
-        let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-        let who = authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
-        // A poll is never held past the expiry of the credentials it was allowed with.
-        let timeout = hold_time(&app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
-        (cursor, timeout)
-    };
-    // A parked poll can wait for many seconds: it keeps the cursor, not the request's
-    // headers, query and extensions.
-    drop(req);
-    let _in_flight = InFlight::new(metrics);
-
-    let (mut events, mut next) = app.bus.catch_up(&cursor).await?;
-    let mut retry_ms = None;
-    if events.is_empty() && !timeout.is_zero() && !app.shutdown.is_cancelled() {
-        let mut subscription = app.bus.subscribe();
-        // Registers, then re-reads after `next`: anything published since catch_up is kept.
-        subscription.add(&next).await?;
-        tokio::select! {
-            event = subscription.next() => {
-                if let Ok(event) = event {
-                    events.push(event);
-                    // Coalesce whatever else is already queued into the same answer.
-                    while events.len() < MAX_BATCH {
-                        match subscription.try_next() {
-                            Some(Ok(event)) => events.push(event),
-                            _ => break,
+/// A parked poll keeps only its subscription and the futures it waits on: the request is
+/// dropped before it parks, every await before the wait is boxed (a future is as large as
+/// its largest state, and a poll may wait for many seconds), and this is an `async move`
+/// block rather than an `async fn`, which would keep its arguments twice.
+#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+pub fn serve<B: Send + Sync + 'static>(
+    app: Arc<App>,
+    req: Box<Request<B>>,
+) -> impl Future<Output = Result<Response<Body>>> + Send {
+    async move {
+        let metrics = app.metrics.transport(Transport::Longpoll);
+        let (mut events, mut waiting) = {
+            let (cursor, timeout) = Box::pin(admit(&app, req)).await?;
+            Box::pin(start(&app, cursor, timeout)).await?
+        };
+        let _in_flight = InFlight::new(metrics);
+        // By reference: moved out, the subscription would take room of its own beside
+        // the `waiting` it came from.
+        if let Waiting::Park(subscription, timeout) = &mut waiting {
+            tokio::select! {
+                event = subscription.next() => {
+                    if let Ok(event) = event {
+                        events.push(event);
+                        // Coalesce whatever else is already queued into the same answer.
+                        while events.len() < MAX_BATCH {
+                            match subscription.try_next() {
+                                Some(Ok(event)) => events.push(event),
+                                _ => break,
+                            }
                         }
                     }
                 }
+                _ = tokio::time::sleep(*timeout) => {}
+                _ = app.shutdown.cancelled() => {}
             }
-            _ = tokio::time::sleep(timeout) => {}
-            _ = app.shutdown.cancelled() => {}
         }
-        next = subscription.cursor();
+        let next = match waiting {
+            Waiting::No(next) => next,
+            Waiting::Park(subscription, _) => subscription.cursor(),
+        };
+        let mut retry_ms = None;
+        if app.shutdown.is_cancelled() {
+            retry_ms = Some(app.reconnect_delay_ms());
+        }
+        if events.iter().any(|e| matches!(e, Event::Gap(_))) {
+            tracing::debug!(next = %next, "long poll reported a gap");
+        }
+        let body = poll_body(&events, &next, retry_ms, metrics);
+        Ok(json(StatusCode::OK, body))
     }
-    if app.shutdown.is_cancelled() {
-        retry_ms = Some(app.reconnect_delay_ms());
+}
+
+/// Whether a poll waits for live messages.
+enum Waiting {
+    /// No: it answers at once with what history held, up to this cursor.
+    No(Cursor),
+    /// Yes, on this subscription, for at most this long.
+    Park(Subscription, Duration),
+}
+
+/// Reads what is already there after `cursor`; with nothing there, subscribes so that
+/// the poll can wait for the next message.
+async fn start(app: &App, cursor: Cursor, timeout: Duration) -> Result<(Vec<Event>, Waiting)> {
+    let (events, next) = app.bus.catch_up(&cursor).await?;
+    if !events.is_empty() || timeout.is_zero() || app.shutdown.is_cancelled() {
+        return Ok((events, Waiting::No(next)));
     }
-    if events.iter().any(|e| matches!(e, Event::Gap(_))) {
-        tracing::debug!(cursor = %cursor, "long poll reported a gap");
-    }
-    let body = poll_body(&events, &next, retry_ms, metrics);
-    Ok(json(StatusCode::OK, body))
+    let mut subscription = app.bus.subscribe();
+    // Registers, then re-reads after `next`: anything published since catch_up is kept.
+    subscription.add(&next).await?;
+    Ok((events, Waiting::Park(subscription, timeout)))
+}
+
+/// The poll's cursor and how long it may be held, once the request is allowed.
+async fn admit<B: Send + Sync>(app: &App, req: Box<Request<B>>) -> Result<(Cursor, Duration)> {
+    let query = Query::parse(req.uri().query());
+    let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
+    let who = authorize_subscribe(app, req.headers(), &query, &cursor).await?;
+    // A poll is never held past the expiry of the credentials it was allowed with.
+    let timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
+    Ok((cursor, timeout))
 }
 
 /// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.

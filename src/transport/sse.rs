@@ -46,7 +46,7 @@ pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<B
         .map_or_else(CancellationToken::new, |c| c.kill().clone());
     let mut subscription = app.bus.subscribe_with_cut(cut.clone());
     let start = subscription.add(&cursor).await?;
-    let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote), cut);
+    let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
     let frames =
         events(app.clone(), subscription, start, session, who).map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());

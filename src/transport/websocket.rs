@@ -184,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let session = Session::open(
             Transport::Websocket,
             metrics,
-            conn.as_ref().map(|c| c.remote),
+            conn.as_ref().map(|c| c.remote()),
             cut,
         );
         Connection {
