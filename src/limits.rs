@@ -2,15 +2,16 @@
 //! caps (total and per IP) and a per-connection publish rate.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
+/// A token bucket: `rate` tokens per second, holding at most `burst`. Every connection
+/// has one, so the rates are kept as the `u32`s they are configured as.
 #[derive(Debug)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
+    rate: u32,
+    burst: u32,
     tokens: f64,
     last: Instant,
 }
@@ -18,11 +19,11 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
+        let burst = burst.max(1);
         TokenBucket {
-            rate: f64::from(rate),
+            rate,
             burst,
-            tokens: burst,
+            tokens: f64::from(burst),
             last: Instant::now(),
         }
     }
@@ -30,8 +31,8 @@ impl TokenBucket {
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        let refill = now.duration_since(self.last).as_secs_f64() * f64::from(self.rate);
+        self.tokens = (self.tokens + refill).min(f64::from(self.burst));
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -54,7 +55,15 @@ pub struct ConnectionLimiter {
 /// so the slot stays taken for as long as the socket is open.
 pub struct ConnectionPermit {
     limiter: Arc<ConnectionLimiter>,
-    ip: IpAddr,
+    /// Whom it admitted: the connection's only record of its peer's address.
+    remote: SocketAddr,
+}
+
+impl ConnectionPermit {
+    /// The address of the admitted peer.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
 }
 
 impl ConnectionLimiter {
@@ -67,8 +76,9 @@ impl ConnectionLimiter {
         })
     }
 
-    /// Admits a connection from `ip`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, &'static str> {
+    /// Admits a connection from `remote`, or says which limit refuses it.
+    pub fn admit(self: &Arc<Self>, remote: SocketAddr) -> Result<ConnectionPermit, &'static str> {
+        let ip = remote.ip();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.0 >= self.max {
             return Err("the gateway is at its connection limit");
@@ -81,7 +91,7 @@ impl ConnectionLimiter {
         open.1.insert(ip, from_ip + 1);
         Ok(ConnectionPermit {
             limiter: self.clone(),
-            ip,
+            remote,
         })
     }
 
@@ -95,10 +105,11 @@ impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut open = self.limiter.open.lock().unwrap_or_else(|e| e.into_inner());
         open.0 = open.0.saturating_sub(1);
-        if let Some(count) = open.1.get_mut(&self.ip) {
+        let ip = self.remote.ip();
+        if let Some(count) = open.1.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                open.1.remove(&self.ip);
+                open.1.remove(&ip);
             }
         }
     }
@@ -118,15 +129,16 @@ mod tests {
     #[test]
     fn limiter_counts_total_and_per_ip() {
         let limiter = ConnectionLimiter::new(3, 2);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:1000".parse().unwrap();
         let first = limiter.admit(a).unwrap();
         let _second = limiter.admit(a).unwrap();
         assert!(limiter.admit(a).is_err(), "per-ip cap");
         let _third = limiter.admit(b).unwrap();
         assert!(limiter.admit(b).is_err(), "total cap");
+        assert_eq!(first.remote(), a);
         drop(first);
-        let _again = limiter.admit(a).unwrap();
+        let _again = limiter.admit("127.0.0.1:1001".parse().unwrap()).unwrap();
         assert_eq!(limiter.open(), 3);
     }
 }

@@ -76,22 +76,18 @@ where
     F: FnOnce(Arc<App>, R) -> Fut,
     Fut: Future<Output = Result<Response<Body>>>,
 {
+    // Decided before the future exists, so that it keeps the outcome (an error or the
+    // origin to echo), not the admission it came from.
+    let is_preflight = admission.preflight;
+    let (refused, cors) = match admission.origin {
+        Err(err) => (Some(err), None),
+        Ok(origin) => (None, origin.map(|origin| (origin, is_preflight))),
+    };
     async move {
-        let Admission {
-            origin,
-            preflight: is_preflight,
-        } = admission;
-        let (result, cors) = match origin {
-            Err(err) => (Err(err), None),
-            Ok(origin) => {
-                let cors = origin.map(|origin| (origin, is_preflight));
-                let result = if is_preflight {
-                    Ok(preflight())
-                } else {
-                    route(app.clone(), req).await
-                };
-                (result, cors)
-            }
+        let result = match refused {
+            Some(err) => Err(err),
+            None if is_preflight => Ok(preflight()),
+            None => route(app.clone(), req).await,
         };
         let mut response = result.unwrap_or_else(|err| {
             app.metrics.error(err.code());

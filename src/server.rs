@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,13 +36,14 @@ pub struct ConnInfo {
 }
 
 struct ConnShared {
-    /// The peer's address.
-    remote: SocketAddr,
-    /// Cancelling this drops the connection: used to cut off a stalled reader.
-    kill: CancellationToken,
+    /// Cancelling this drops the connection: used to cut off a stalled reader. Made on
+    /// first use: a token is an allocation of its own, and only connections whose
+    /// subscriber can be cut off (SSE, WebSocket) or that hyper serves take one; a
+    /// parked long poll does not.
+    kill: OnceLock<CancellationToken>,
     /// The connection's slot under the connection limits, held while any clone lives (an
-    /// upgraded WebSocket keeps one).
-    _permit: ConnectionPermit,
+    /// upgraded WebSocket keeps one), and the peer's address.
+    permit: ConnectionPermit,
     /// Publishes allowed on this connection (token bucket), shared by its requests.
     publish_budget: Mutex<TokenBucket>,
 }
@@ -50,13 +51,24 @@ struct ConnShared {
 impl ConnInfo {
     /// The peer's address.
     pub fn remote(&self) -> SocketAddr {
-        self.shared.remote
+        self.shared.permit.remote()
     }
 
     /// Cancelling this drops the connection (and cuts off its subscription): a stalled
     /// SSE reader, whose body hyper has stopped polling, cannot be reached otherwise.
     pub fn kill(&self) -> &CancellationToken {
-        &self.shared.kill
+        self.shared.kill.get_or_init(CancellationToken::new)
+    }
+
+    /// Resolves once the connection is killed. Until something takes the token with
+    /// [`ConnInfo::kill`] nothing can kill the connection, so this waits forever; a wait
+    /// begun before the token was taken does not see it, so wait anew after anything
+    /// that may take it.
+    pub async fn killed(&self) {
+        match self.shared.kill.get() {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Takes one publish from the connection's budget, or refuses with `rate_limited`.
@@ -93,7 +105,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
             },
             _ = app.shutdown.cancelled() => break,
         };
-        let permit = match app.connections.admit(remote.ip()) {
+        let permit = match app.connections.admit(remote) {
             Ok(permit) => permit,
             Err(reason) => {
                 app.metrics.error("too_many_connections");
@@ -106,9 +118,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         let limits = &app.config.limits;
         let info = ConnInfo {
             shared: Arc::new(ConnShared {
-                remote,
-                kill: CancellationToken::new(),
-                _permit: permit,
+                kill: OnceLock::new(),
+                permit,
                 publish_budget: Mutex::new(TokenBucket::new(
                     limits.publish_rate_per_second,
                     limits.publish_burst,
@@ -361,6 +372,8 @@ async fn refuse(mut stream: TcpStream, err: Error) {
 async fn drain(app: &App, connections: TaskTracker) {
     let deadline = Duration::from_millis(app.config.shutdown.drain_deadline_ms);
     tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining");
+    // Parked long polls check for shutdown when woken: they answer now, with a retry.
+    app.bus.wake_all();
     connections.close();
     app.streams.close();
     let drained = async {

@@ -96,6 +96,16 @@ impl Hub {
         false
     }
 
+    /// Wakes every local subscriber that waits for a message.
+    pub fn wake_all(&self) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            for subscriber in shard.values().flat_map(|s| s.values()) {
+                subscriber.wake();
+            }
+        }
+    }
+
     /// Whether any local subscriber follows `channel`.
     pub fn has_subscribers(&self, channel: &Channel) -> bool {
         let shard = self

@@ -158,6 +158,14 @@ impl Subscriber {
         Pushed::Queued
     }
 
+    /// Wakes the subscription if it waits, with nothing new to take.
+    pub(super) fn wake(&self) {
+        let waker = self.shared.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Cuts the subscriber off (its inbox overflowed).
     pub(super) fn cut_off(&self) {
         self.shared.cut.store(true, Ordering::Release);
@@ -231,6 +239,33 @@ mod tests {
         }
         while inbox.try_pop().is_some() {}
         assert!(inbox.shared.lock().queue.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn a_wake_reaches_a_waiting_pop_without_a_message() {
+        let inbox = Inbox::new(4, None);
+        let hub = inbox.subscriber();
+        let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waker = counting_waker(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut pop = std::pin::pin!(inbox.pop());
+        assert!(pop.as_mut().poll(&mut cx).is_pending());
+        hub.wake();
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert!(pop.as_mut().poll(&mut cx).is_pending(), "nothing to take");
+        assert_eq!(hub.push(message(9)), Pushed::Queued);
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        assert!(matches!(pop.as_mut().poll(&mut cx), Poll::Ready(m) if m.offset == 9));
+    }
+
+    fn counting_waker(count: Arc<std::sync::atomic::AtomicUsize>) -> Waker {
+        struct Count(Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Waker::from(Arc::new(Count(count)))
     }
 
     #[tokio::test]

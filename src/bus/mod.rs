@@ -198,6 +198,13 @@ impl Bus {
         (self.inner.engine.name(), self.inner.engine.is_up())
     }
 
+    /// Wakes every subscription on this node that waits for a message, so that its
+    /// owner looks again at what else it waits for (a long poll checks for shutdown this
+    /// way rather than holding a wait on the shutdown token for each parked poll).
+    pub fn wake_all(&self) {
+        self.inner.hub.wake_all();
+    }
+
     /// Channels with at least one subscriber on this node.
     pub fn active_channels(&self) -> usize {
         self.inner.hub.channel_count()

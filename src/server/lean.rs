@@ -71,7 +71,7 @@ pub fn serve<'a>(
                     tokio::select! {
                         ready = poll_fn(|cx| stream.poll_read_ready(cx)) => ready.is_ok(),
                         _ = app.shutdown.cancelled() => false,
-                        _ = info.kill().cancelled() => false,
+                        _ = info.killed() => false,
                     }
                 }));
                 if !arrived.await.unwrap_or(false) {
@@ -250,7 +250,7 @@ fn route<'a>(
             tokio::select! {
                 answer = &mut routed => return Some(answer),
                 gone = watch(stream, buf, app) => if gone { return None },
-                _ = info.kill().cancelled() => return None,
+                _ = info.killed() => return None,
             }
         }
     }
@@ -307,7 +307,7 @@ fn write_chunked<'a>(
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
         // One wait on the kill token for the whole stream rather than one per select.
-        let mut killed = std::pin::pin!(info.kill().cancelled());
+        let mut killed = std::pin::pin!(info.killed());
         loop {
             let frame = tokio::select! {
                 frame = body.frame() => frame,
@@ -370,7 +370,7 @@ async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
 async fn write(stream: &mut TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
     tokio::select! {
         written = stream.write_all(bytes) => written.is_ok(),
-        _ = info.kill().cancelled() => false,
+        _ = info.killed() => false,
     }
 }
 
