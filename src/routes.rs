@@ -184,7 +184,9 @@ async fn route_lean(
         }
         "/longpoll" => {
             enabled(&app, Transport::Longpoll)?;
-            Box::pin(long_poll::serve(app, req)).await
+            // Not boxed, unlike the others: a parked poll keeps this future, and one
+            // allocation for the routing and the poll together is smaller than two.
+            long_poll::serve(app, req).await
         }
         path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
     }

@@ -102,19 +102,22 @@ pub fn serve<'a>(
             // The head is encoded here, not in an async helper, so that a long stream's
             // task keeps only its body, not the response's parts.
             let (head, body) = prepare(response, keep_alive);
-            if !write(stream, info, &head).await {
-                return Next::Closed;
-            }
             let written = match body {
                 Sending::Upgrade => {
+                    if !write(stream, info, &head).await {
+                        return Next::Closed;
+                    }
                     return match upgrade {
                         Some(websocket) => Next::WebSocket(websocket, buf.to_vec()),
                         None => Next::Closed,
                     };
                 }
                 // Boxed: brief, and larger than the state a parked poll keeps.
-                Sending::Whole(body) => Box::pin(write_whole(stream, info, body)).await,
-                Sending::Chunked(body) => write_chunked(stream, &mut buf, info, app, body).await,
+                Sending::Whole(body) => Box::pin(write_whole(stream, info, head, body)).await,
+                Sending::Chunked(body) => {
+                    write(stream, info, &head).await
+                        && write_chunked(stream, &mut buf, info, app, body).await
+                }
             };
             if !written || !keep_alive || app.shutdown.is_cancelled() {
                 let _ = stream.shutdown().await;
@@ -284,10 +287,20 @@ fn prepare(response: Response<Body>, keep_alive: bool) -> (Vec<u8>, Sending) {
     }
 }
 
-/// Writes a body of known length.
-async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, body: Body) -> bool {
+/// Writes a head and its body of known length in one write: as two, the answer would
+/// cross the network (and both ends' TCP stacks) as two segments, and a long poll's
+/// answer is small and written for every message it carries.
+async fn write_whole(
+    stream: &mut TcpStream,
+    info: &ConnInfo,
+    mut head: Vec<u8>,
+    body: Body,
+) -> bool {
     match body.collect().await {
-        Ok(collected) => write(stream, info, &collected.to_bytes()).await,
+        Ok(collected) => {
+            head.extend_from_slice(&collected.to_bytes());
+            write(stream, info, &head).await
+        }
         Err(never) => match never {},
     }
 }
