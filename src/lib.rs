@@ -23,9 +23,9 @@
 //! - [`auth`] decides who may connect, subscribe and publish; [`limits`] bounds what one
 //!   client may cost.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel
-//!   `App::shutdown` to drain. Long-lived GETs (`/sse`, `/longpoll`, the `/ws` handshake)
-//!   are served on a lean HTTP/1 path without hyper's per-connection buffers; everything
-//!   else goes to hyper. [`routes`] checks origins and CORS and picks the transport.
+//!   `App::shutdown` to drain. The transports' GETs (`/sse`, `/longpoll`, `/poll`, the
+//!   `/ws` handshake) are served on a lean HTTP/1 path without hyper's per-connection
+//!   buffers; everything else goes to hyper. [`routes`] checks origins and CORS and picks the transport.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 
 pub mod app;

@@ -23,9 +23,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(answer(app, admission, req, route).await)
 }
 
-/// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll` and
-/// `/ws`), with the same origin checks, CORS headers and error answers; with the accepted
-/// WebSocket handshake when the answer is `101`.
+/// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,
+/// `/poll` and `/ws`), with the same origin checks, CORS headers and error answers; with
+/// the accepted WebSocket handshake when the answer is `101`.
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
@@ -181,6 +181,10 @@ async fn route_lean(
         "/sse" => {
             enabled(&app, Transport::Sse)?;
             Box::pin(sse::serve(app, *req)).await
+        }
+        "/poll" => {
+            enabled(&app, Transport::Poll)?;
+            Box::pin(short_poll::serve(app, *req)).await
         }
         "/longpoll" => {
             enabled(&app, Transport::Longpoll)?;

@@ -1,5 +1,5 @@
 //! One TCP connection carrying several requests: the server's lean path (`/sse`,
-//! `/longpoll`, the `/ws` handshake) and hyper take turns without losing a byte. Raw
+//! `/longpoll`, `/poll`, the `/ws` handshake) and hyper take turns without losing a byte. Raw
 //! sockets, so that the test controls exactly what shares a connection.
 
 mod support;
@@ -96,6 +96,41 @@ async fn one_connection_alternates_between_long_polls_and_publishes() {
     assert_eq!(polled.status, 200, "{}", polled.head);
     let messages = json_body(&polled)["messages"].clone();
     assert_eq!(messages[0]["data"], json!({"n": 1}), "{messages}");
+}
+
+#[tokio::test]
+async fn short_polls_keep_one_connection_and_see_every_message() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    stream
+        .write_all(get("/poll?channels=short").as_bytes())
+        .await
+        .unwrap();
+    let empty = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(empty.status, 200, "{}", empty.head);
+    assert_eq!(json_body(&empty)["messages"], json!([]));
+    let mut cursor = json_body(&empty)["cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned();
+
+    // Published on other connections, polled on this one: each poll carries exactly what
+    // came after its cursor.
+    for n in 1..=3 {
+        server.publish("short", json!({ "n": n })).await;
+        stream
+            .write_all(get(&format!("/poll?cursor={cursor}")).as_bytes())
+            .await
+            .unwrap();
+        let polled = read_answer(&mut stream, &mut rest).await;
+        assert_eq!(polled.status, 200, "{}", polled.head);
+        let body = json_body(&polled);
+        assert_eq!(body["messages"].as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(body["messages"][0]["data"], json!({ "n": n }), "{body}");
+        cursor = body["cursor"].as_str().expect("cursor").to_owned();
+    }
+    assert!(rest.is_empty(), "nothing beyond the answers");
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
-//! The lean HTTP/1 path for the long-lived GET routes: `/sse`, `/longpoll` and the `/ws`
-//! handshake.
+//! The lean HTTP/1 path for the GET routes of the transports: `/sse`, `/longpoll`, `/poll`
+//! and the `/ws` handshake.
 //!
 //! These requests are most of a gateway's open connections and they spend their life
-//! waiting. Served by hyper, each keeps hyper's connection buffers (8 KiB to read, 8 KiB
+//! waiting (a short poller's connection waits between its polls). Served by hyper, each keeps hyper's connection buffers (8 KiB to read, 8 KiB
 //! for response heads) for as long as it waits, and an upgraded WebSocket keeps a boxed
 //! hyper socket. Here the request head is read into a small buffer that is released once
 //! parsed, and the answer is written straight to the socket; a WebSocket runs on the bare
@@ -195,7 +195,7 @@ fn lean_request(
     }
     let upgrade_allowed = match path {
         "/ws" => true,
-        "/sse" | "/longpoll" => false,
+        "/sse" | "/longpoll" | "/poll" => false,
         _ => return None,
     };
     let mut map = HeaderMap::with_capacity(parsed.headers.len());

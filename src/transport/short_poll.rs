@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::config::Transport;
@@ -14,7 +13,7 @@ use crate::http::{Body, Query, json};
 use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
 
 /// Answers with everything after the request's cursor, possibly nothing.
-pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn serve<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Poll);
     let query = Query::parse(req.uri().query());
     let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
