@@ -56,8 +56,21 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n")
 }
 
+/// Sends `GET path` on `stream` and reads its answer.
+async fn ask(stream: &mut TcpStream, rest: &mut Vec<u8>, path: &str) -> Answer {
+    stream.write_all(get(path).as_bytes()).await.unwrap();
+    read_answer(stream, rest).await
+}
+
 fn json_body(answer: &Answer) -> Value {
     serde_json::from_slice(&answer.body).expect("JSON body")
+}
+
+/// The resume cursor a 200 poll answer carries.
+fn cursor_of(answer: &Answer) -> String {
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let body = json_body(answer);
+    body["cursor"].as_str().expect("cursor").to_owned()
 }
 
 #[tokio::test]
@@ -66,16 +79,8 @@ async fn one_connection_alternates_between_long_polls_and_publishes() {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let mut rest = Vec::new();
 
-    stream
-        .write_all(get("/longpoll?channels=reuse&timeout=0").as_bytes())
-        .await
-        .unwrap();
-    let first = read_answer(&mut stream, &mut rest).await;
-    assert_eq!(first.status, 200, "{}", first.head);
-    let cursor = json_body(&first)["cursor"]
-        .as_str()
-        .expect("cursor")
-        .to_owned();
+    let first = ask(&mut stream, &mut rest, "/longpoll?channels=reuse&timeout=0").await;
+    let cursor = cursor_of(&first);
 
     // A request with a body on the same connection: hyper's to serve.
     let body = json!({"channel": "reuse", "data": {"n": 1}}).to_string();
@@ -88,11 +93,12 @@ async fn one_connection_alternates_between_long_polls_and_publishes() {
     assert_eq!(published.status, 200, "{}", published.head);
 
     // And a long poll again, after the hand-over, still on the same socket.
-    stream
-        .write_all(get(&format!("/longpoll?cursor={cursor}&timeout=5")).as_bytes())
-        .await
-        .unwrap();
-    let polled = read_answer(&mut stream, &mut rest).await;
+    let polled = ask(
+        &mut stream,
+        &mut rest,
+        &format!("/longpoll?cursor={cursor}&timeout=5"),
+    )
+    .await;
     assert_eq!(polled.status, 200, "{}", polled.head);
     let messages = json_body(&polled)["messages"].clone();
     assert_eq!(messages[0]["data"], json!({"n": 1}), "{messages}");
@@ -103,32 +109,19 @@ async fn short_polls_keep_one_connection_and_see_every_message() {
     let server = TestServer::default().await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let mut rest = Vec::new();
-    stream
-        .write_all(get("/poll?channels=short").as_bytes())
-        .await
-        .unwrap();
-    let empty = read_answer(&mut stream, &mut rest).await;
-    assert_eq!(empty.status, 200, "{}", empty.head);
+    let empty = ask(&mut stream, &mut rest, "/poll?channels=short").await;
+    let mut cursor = cursor_of(&empty);
     assert_eq!(json_body(&empty)["messages"], json!([]));
-    let mut cursor = json_body(&empty)["cursor"]
-        .as_str()
-        .expect("cursor")
-        .to_owned();
 
     // Published on other connections, polled on this one: each poll carries exactly what
     // came after its cursor.
     for n in 1..=3 {
         server.publish("short", json!({ "n": n })).await;
-        stream
-            .write_all(get(&format!("/poll?cursor={cursor}")).as_bytes())
-            .await
-            .unwrap();
-        let polled = read_answer(&mut stream, &mut rest).await;
-        assert_eq!(polled.status, 200, "{}", polled.head);
+        let polled = ask(&mut stream, &mut rest, &format!("/poll?cursor={cursor}")).await;
+        cursor = cursor_of(&polled);
         let body = json_body(&polled);
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(1), "{body}");
         assert_eq!(body["messages"][0]["data"], json!({ "n": n }), "{body}");
-        cursor = body["cursor"].as_str().expect("cursor").to_owned();
     }
     assert!(rest.is_empty(), "nothing beyond the answers");
 }
@@ -158,19 +151,11 @@ async fn errors_on_the_lean_path_keep_the_connection_usable() {
     let server = TestServer::default().await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let mut rest = Vec::new();
-    stream
-        .write_all(get("/longpoll?channels=bad%20name").as_bytes())
-        .await
-        .unwrap();
-    let refused = read_answer(&mut stream, &mut rest).await;
+    let refused = ask(&mut stream, &mut rest, "/longpoll?channels=bad%20name").await;
     assert_eq!(refused.status, 400, "{}", refused.head);
     assert!(json_body(&refused)["error"]["code"].is_string());
 
-    stream
-        .write_all(get("/longpoll?channels=fine&timeout=0").as_bytes())
-        .await
-        .unwrap();
-    let answered = read_answer(&mut stream, &mut rest).await;
+    let answered = ask(&mut stream, &mut rest, "/longpoll?channels=fine&timeout=0").await;
     assert_eq!(answered.status, 200, "{}", answered.head);
 }
 
