@@ -79,13 +79,14 @@ where
     // Decided before the future exists, so that it keeps the outcome (an error or the
     // origin to echo), not the admission it came from.
     let is_preflight = admission.preflight;
+    // The refusal is boxed: rare, and a parked poll would otherwise keep room for one.
     let (refused, cors) = match admission.origin {
-        Err(err) => (Some(err), None),
+        Err(err) => (Some(Box::new(err)), None),
         Ok(origin) => (None, origin.map(|origin| (origin, is_preflight))),
     };
     async move {
         let result = match refused {
-            Some(err) => Err(err),
+            Some(err) => Err(*err),
             None if is_preflight => Ok(preflight()),
             None => route(app.clone(), req).await,
         };
@@ -166,33 +167,36 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
 }
 
 /// The routes the lean path takes; the server hands it nothing else.
-async fn route_lean(
+#[allow(clippy::manual_async_fn)] // An async fn keeps its arguments twice: see `answer`.
+fn route_lean(
     app: Arc<App>,
     req: Box<Request<()>>,
     upgrade: &mut Option<Box<websocket::Accepted>>,
-) -> Result<Response<Body>> {
-    match req.uri().path() {
-        "/ws" => {
-            enabled(&app, Transport::Websocket)?;
-            let (response, accepted) = Box::pin(websocket::handshake(app, &req)).await?;
-            *upgrade = Some(accepted);
-            Ok(response)
+) -> impl Future<Output = Result<Response<Body>>> + Send + '_ {
+    async move {
+        match req.uri().path() {
+            "/ws" => {
+                enabled(&app, Transport::Websocket)?;
+                let (response, accepted) = Box::pin(websocket::handshake(app, &req)).await?;
+                *upgrade = Some(accepted);
+                Ok(response)
+            }
+            "/sse" => {
+                enabled(&app, Transport::Sse)?;
+                Box::pin(sse::serve(app, *req)).await
+            }
+            "/poll" => {
+                enabled(&app, Transport::Poll)?;
+                Box::pin(short_poll::serve(app, *req)).await
+            }
+            "/longpoll" => {
+                enabled(&app, Transport::Longpoll)?;
+                // Not boxed, unlike the others: a parked poll keeps this future, and one
+                // allocation for the routing and the poll together is smaller than two.
+                long_poll::serve(app, req).await
+            }
+            path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
         }
-        "/sse" => {
-            enabled(&app, Transport::Sse)?;
-            Box::pin(sse::serve(app, *req)).await
-        }
-        "/poll" => {
-            enabled(&app, Transport::Poll)?;
-            Box::pin(short_poll::serve(app, *req)).await
-        }
-        "/longpoll" => {
-            enabled(&app, Transport::Longpoll)?;
-            // Not boxed, unlike the others: a parked poll keeps this future, and one
-            // allocation for the routing and the poll together is smaller than two.
-            long_poll::serve(app, req).await
-        }
-        path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
     }
 }
 
