@@ -29,7 +29,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub fn handle_lean(
     app: Arc<App>,
     req: Box<Request<()>>,
@@ -65,7 +65,7 @@ impl Admission {
 
 /// Runs `route` for an admitted request, turns its error into an answer and adds CORS
 /// headers.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn answer<R, F, Fut>(
     app: Arc<App>,
     admission: Admission,
@@ -167,7 +167,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
 }
 
 /// The routes the lean path takes; the server hands it nothing else.
-#[allow(clippy::manual_async_fn)] // An async fn keeps its arguments twice: see `answer`.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn route_lean(
     app: Arc<App>,
     req: Box<Request<()>>,

@@ -177,7 +177,7 @@ enum Protocol {
 /// A plain fn around an `async move` block rather than an `async fn`: an async fn keeps
 /// room for its arguments beside the locals they move into for its whole life, and this
 /// future is every open connection's task.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn serve(
     mut stream: TcpStream,
     info: ConnInfo,

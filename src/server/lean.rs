@@ -54,7 +54,7 @@ pub enum Next {
 /// Not an `async fn`, so that the future does not keep its arguments twice (see
 /// `server::serve`); transient waits are boxed so that the state a parked long poll or an
 /// SSE stream keeps is the smallest one.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub fn serve<'a>(
     stream: &'a mut TcpStream,
     info: &'a ConnInfo,
@@ -235,7 +235,7 @@ fn lean_request(
 
 /// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
 /// `None` when it did, or the server dropped the connection.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn route<'a>(
     stream: &'a mut TcpStream,
     buf: &'a mut BytesMut,
@@ -310,7 +310,7 @@ async fn write_whole(
 ///
 /// An `async move` block, not an `async fn`, so that an SSE stream, which keeps this
 /// future for as long as it is open, does not keep every argument twice.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn write_chunked<'a>(
     stream: &'a mut TcpStream,
     buf: &'a mut BytesMut,

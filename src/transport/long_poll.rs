@@ -24,18 +24,16 @@ const MAX_BATCH: usize = 1000;
 /// dropped before it parks, every await before the wait is boxed (a future is as large as
 /// its largest state, and a poll may wait for many seconds), and this is an `async move`
 /// block rather than an `async fn`, which would keep its arguments twice.
-#[allow(clippy::manual_async_fn)] // See the doc comment: an async fn keeps its arguments twice.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub fn serve<B: Send + Sync + 'static>(
     app: Arc<App>,
     req: Box<Request<B>>,
 ) -> impl Future<Output = Result<Response<Body>>> + Send {
     async move {
         let metrics = app.metrics.transport(Transport::Longpoll);
-        let (mut events, mut waiting) = {
-            let (cursor, timeout) = Box::pin(admit(&app, req)).await?;
-            Box::pin(start(&app, cursor, timeout)).await?
-        };
+        let (cursor, timeout) = Box::pin(admit(&app, req)).await?;
         let _in_flight = InFlight::new(metrics);
+        let (mut events, mut waiting) = Box::pin(start(&app, cursor, timeout)).await?;
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
