@@ -45,6 +45,8 @@
 mod clients;
 #[path = "load/engine.rs"]
 mod engine;
+#[path = "load/floor.rs"]
+mod floor;
 #[path = "load/gateway.rs"]
 mod gateway;
 #[path = "load/http.rs"]
@@ -78,6 +80,25 @@ pub enum Scenario {
     Channels,
     /// --clients polling (--transport poll|longpoll) for --seconds; requests/s and CPU.
     Poll,
+}
+
+/// What answers the clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Server {
+    /// The Cascade gateway.
+    Cascade,
+    /// The floor: one write per delivery and nothing else, to measure what the kernel
+    /// alone charges on this machine (fanout and channels over WebSocket).
+    Floor,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Cascade => "cascade",
+            Server::Floor => "floor",
+        }
+    }
 }
 
 /// Load scenarios against a Cascade gateway on 127.0.0.1.
@@ -150,6 +171,13 @@ struct Args {
     /// The Redis of --engine redis (loopback only).
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     redis_url: String,
+    /// What to start and measure: the Cascade gateway, or the floor server (one write
+    /// per delivery, no queues or tasks: the least any server spends on this machine).
+    #[arg(long, value_enum, default_value_t = Server::Cascade)]
+    server: Server,
+    /// Run as the floor server on $CASCADE_LISTEN (the load tool starts itself so).
+    #[arg(long, hide = true)]
+    serve_floor: bool,
     /// Attach to a running gateway (http://127.0.0.x:PORT) instead of starting one.
     #[arg(long)]
     url: Option<String>,
@@ -274,6 +302,18 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     if args.nodes > 1 && args.engine != EngineChoice::Redis {
         return Err("--nodes above 1 needs --engine redis (memory nodes share nothing)".to_owned());
     }
+    if args.server == Server::Floor
+        && !(matches!(scenario, Scenario::Fanout | Scenario::Channels)
+            && transport == Transport::Websocket
+            && args.engine == EngineChoice::Memory
+            && args.nodes == 1
+            && args.url.is_none())
+    {
+        return Err(
+            "--server floor runs fanout or channels over websocket, one node it starts itself"
+                .to_owned(),
+        );
+    }
     if args.nodes > 1 && args.url.is_some() {
         return Err("--url attaches to one gateway; drop --nodes".to_owned());
     }
@@ -397,6 +437,20 @@ fn cpu_choice(text: &str) -> Option<String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.serve_floor {
+        let addr = std::env::var("CASCADE_LISTEN")
+            .ok()
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            eprintln!("load: --serve-floor wants CASCADE_LISTEN=127.0.0.1:PORT");
+            return ExitCode::FAILURE;
+        };
+        if let Err(error) = floor::serve(addr) {
+            eprintln!("load: floor server: {error}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
     let Some(scenario) = args.scenario else {
         // `cargo bench` runs every bench target; without a scenario this one only explains.
         let _ = Args::command().print_help();
@@ -438,11 +492,21 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
         // Started before pinning this process, so the gateways do not inherit our core.
         // All nodes share the --gateway-cpu list. A failure drops (kills) those started.
         None => {
-            let bin = gateway::release_bin(args.gateway_bin.as_deref(), !args.no_build)?;
+            let (bin, bin_args) = match args.server {
+                Server::Cascade => (
+                    gateway::release_bin(args.gateway_bin.as_deref(), !args.no_build)?,
+                    Vec::new(),
+                ),
+                Server::Floor => (
+                    std::env::current_exe().map_err(|e| format!("this executable: {e}"))?,
+                    vec!["--serve-floor".to_owned()],
+                ),
+            };
             let mut gateways = Vec::with_capacity(args.nodes);
             for node in 0..args.nodes {
                 gateways.push(Gateway::spawn(&Launch {
                     bin: Some(bin.clone()),
+                    args: bin_args.clone(),
                     build: false,
                     cpu: gateway_cpu.clone(),
                     env: env.clone(),
@@ -496,6 +560,7 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     let mut report = report?;
     report.param("engine", args.engine.name());
     report.param("nodes", args.nodes);
+    report.param("server", args.server.name());
 
     let gateway_cpu_text = gateway_cpu.as_deref().unwrap_or("any");
     let generator_cpu_text = generator_cpu.as_deref().unwrap_or("any");

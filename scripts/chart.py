@@ -2,7 +2,9 @@
 """Draws docs/bench.svg from benches/results.jsonl (written by `cargo bench --bench load`).
 
 Two panels against subscriber count, one line per transport, from the `fanout` runs:
-deliveries per gateway CPU-second, and p99 publish-to-receive latency. Both axes are
+deliveries per gateway CPU-second, and p99 publish-to-receive latency. Runs with
+`--server floor` (one write per delivery, nothing else) are drawn as a dashed grey line:
+the most any server could reach on the machine that took them. Both axes are
 logarithmic. Each point is the latest run for its (transport, subscribers); runs are
 compared only at one publish rate (the latest run's, unless --rate says otherwise),
 because the rate changes both figures.
@@ -22,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 TRANSPORTS = [
-    # name, colour, marker
-    ("websocket", "#1f77b4", "circle"),
-    ("sse", "#e6730f", "square"),
-    ("longpoll", "#2ca02c", "triangle"),
-    ("poll", "#c0392b", "diamond"),
+    # name, colour, marker, dashes
+    ("websocket", "#1f77b4", "circle", None),
+    ("sse", "#e6730f", "square", None),
+    ("longpoll", "#2ca02c", "triangle", None),
+    ("poll", "#c0392b", "diamond", None),
+    ("floor", "#777777", "circle", "6 4"),
 ]
 
 PANELS = [
@@ -34,6 +37,8 @@ PANELS = [
     ("deliveries_per_cpu_s", "Deliveries per gateway CPU-second", "deliveries / CPU-s"),
     ("latency_p99_ms", "p99 publish-to-receive latency", "milliseconds"),
 ]
+
+FLOOR_LABEL = "floor: one write per delivery"
 
 WIDTH, HEIGHT = 1000, 470
 PANEL_W, PANEL_H = 380, 290
@@ -67,7 +72,8 @@ def select(runs, rate, all_rates):
         runs = [r for r in runs if r["params"].get("rate") == rate]
     latest = {}
     for run in runs:
-        key = (run["transport"], run["params"].get("subscribers"))
+        series = "floor" if run["params"].get("server") == "floor" else run["transport"]
+        key = (series, run["params"].get("subscribers"))
         latest[key] = run
     return latest, rate
 
@@ -146,12 +152,13 @@ def panel(out, left, key, title, unit, latest, xs):
     out.append(f'<text x="{left + PANEL_W / 2}" y="{TOP + PANEL_H + 40}" class="label">subscribers on one channel</text>')
     cy = TOP + PANEL_H / 2
     out.append(f'<text x="{left - 62}" y="{cy}" class="label" transform="rotate(-90 {left - 62} {cy})">{esc(unit)}</text>')
-    for name, colour, kind in TRANSPORTS:
+    for name, colour, kind, dashes in TRANSPORTS:
         points = sorted(series.get(name, []))
         if not points:
             continue
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        dash = f' stroke-dasharray="{dashes}"' if dashes else ""
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         for x, y in points:
             out.append(marker(kind, px(x), py(y), colour))
 
@@ -194,11 +201,15 @@ def render(latest, rate, all_rates):
     for left, (key, title, unit) in zip(LEFTS, PANELS):
         panel(out, left, key, title, unit, latest, xs or [1, 10])
     # Legend, centred under the panels; each entry is as wide as its name needs.
-    widths = [30 + 7 * len(name) + 28 for name, _, _ in TRANSPORTS]
+    shown = {name for name, _ in latest}
+    entries = [t for t in TRANSPORTS if t[0] != "floor" or "floor" in shown]
+    names = [FLOOR_LABEL if name == "floor" else name for name, _, _, _ in entries]
+    widths = [30 + 7 * len(name) + 28 for name in names]
     x = WIDTH / 2 - sum(widths) / 2
     y = HEIGHT - 22
-    for (name, colour, kind), width in zip(TRANSPORTS, widths):
-        out.append(f'<line x1="{x}" y1="{y}" x2="{x + 24}" y2="{y}" stroke="{colour}" stroke-width="2"/>')
+    for (_, colour, kind, dashes), name, width in zip(entries, names, widths):
+        dash = f' stroke-dasharray="{dashes}"' if dashes else ""
+        out.append(f'<line x1="{x}" y1="{y}" x2="{x + 24}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>')
         out.append(marker(kind, x + 12, y, colour))
         out.append(f'<text x="{x + 30}" y="{y + 4}" class="legend">{name}</text>')
         x += width

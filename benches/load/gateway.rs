@@ -17,6 +17,8 @@ use crate::http::Conn;
 pub struct Launch {
     /// The binary; `None` means the workspace's `target/release/cascade`.
     pub bin: Option<PathBuf>,
+    /// Arguments for the binary.
+    pub args: Vec<String>,
     /// Whether to run `cargo build --release --bin cascade` first.
     pub build: bool,
     /// CPU list for `taskset -c`, or `None` to leave the gateway unpinned.
@@ -103,6 +105,7 @@ impl Gateway {
             }
             None => Command::new(&bin),
         };
+        command.args(&launch.args);
         for (name, _) in std::env::vars() {
             if name.starts_with("CASCADE_") {
                 command.env_remove(name);
