@@ -88,7 +88,7 @@ pub enum Server {
     /// The Cascade gateway.
     Cascade,
     /// The floor: one write per delivery and nothing else, to measure what the kernel
-    /// alone charges on this machine (fanout and channels over WebSocket).
+    /// alone charges on this machine (no SSE, no idle scenario).
     Floor,
 }
 
@@ -303,14 +303,15 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
         return Err("--nodes above 1 needs --engine redis (memory nodes share nothing)".to_owned());
     }
     if args.server == Server::Floor
-        && !(matches!(scenario, Scenario::Fanout | Scenario::Channels)
-            && transport == Transport::Websocket
+        && !(transport != Transport::Sse
+            && scenario != Scenario::Idle
             && args.engine == EngineChoice::Memory
             && args.nodes == 1
             && args.url.is_none())
     {
         return Err(
-            "--server floor runs fanout or channels over websocket, one node it starts itself"
+            "--server floor runs fanout, channels and poll over websocket, longpoll or poll, \
+             one node it starts itself"
                 .to_owned(),
         );
     }
