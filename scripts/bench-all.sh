@@ -37,6 +37,14 @@ load fanout --transport longpoll --subscribers 1000 --messages 1000 --rate 100
 load poll --transport poll --clients 1000 --seconds 5
 load poll --transport longpoll --clients 1000 --seconds 5
 
+# The floor: the same runs against a stand-in that only writes (one write per
+# delivery), for what this machine's kernel allows any server.
+for subscribers in 100 1000 10000; do
+    load fanout --server floor --subscribers "$subscribers" --messages 400 --rate 40 --duration 120
+done
+load fanout --server floor --transport longpoll --subscribers 1000 --messages 1000 --rate 100
+load poll --server floor --transport poll --clients 1000 --seconds 5
+
 # Per-channel memory: the same 10,000 WebSocket subscribers on one channel, then on
 # 10,000 channels; the difference in RSS is what the channels themselves cost.
 # 100 million deliveries on one channel: allow a slower machine more than the default
