@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::Error;
 
@@ -243,7 +244,7 @@ pub struct Message {
     /// Where `data` starts inside `json`.
     data_start: usize,
     /// The WebSocket frame, built on first use: most messages never reach a WebSocket.
-    ws_frame: OnceLock<Bytes>,
+    ws_frame: OnceLock<Utf8Bytes>,
 }
 
 impl Message {
@@ -304,13 +305,20 @@ impl Message {
         &self.json[self.data_start..self.json.len() - 1]
     }
 
-    /// The WebSocket text frame `{"op":"message",...}`, built once per message.
-    pub fn ws_frame(&self) -> &Bytes {
+    /// The WebSocket text frame `{"op":"message",...}`, built and checked as UTF-8 once
+    /// per message rather than once per subscriber.
+    pub fn ws_frame(&self) -> &Utf8Bytes {
         self.ws_frame.get_or_init(|| {
             let mut frame = BytesMut::with_capacity(self.json.len() + 16);
             frame.put_slice(b"{\"op\":\"message\",");
             frame.put_slice(&self.json[1..]);
-            frame.freeze()
+            // JSON built here came from a str; JSON read back from an engine might not be
+            // UTF-8, and its subscribers then get an error frame instead.
+            Utf8Bytes::try_from(frame.freeze()).unwrap_or_else(|_| {
+                Utf8Bytes::from_static(
+                    r#"{"op":"error","code":"internal","message":"invalid frame"}"#,
+                )
+            })
         })
     }
 
@@ -546,7 +554,7 @@ mod tests {
             serde_json::json!({"channel":"chat","epoch":"e1X9","offset":42,"ts":1764300000000u64,"data":{"text":"hi"}})
         );
         assert_eq!(m.data(), br#"{"text":"hi"}"#);
-        let ws: serde_json::Value = serde_json::from_slice(m.ws_frame()).unwrap();
+        let ws: serde_json::Value = serde_json::from_slice(m.ws_frame().as_bytes()).unwrap();
         assert_eq!(ws["op"], "message");
         assert_eq!(ws["offset"], 42);
     }

@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message as Frame};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -405,7 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Event::Message(message) => {
                     self.metrics()
                         .record_delivery(message.ws_frame().len(), message.ts, now);
-                    text_frame(message.ws_frame().clone())
+                    Frame::Text(message.ws_frame().clone())
                 }
                 Event::Gap(gap) => {
                     self.metrics().gaps.inc();
@@ -502,14 +502,6 @@ async fn guarded(
             reason: "write_timeout",
             close: None,
         }),
-    }
-}
-
-/// Our frames are built from validated JSON, so they are valid UTF-8.
-fn text_frame(bytes: bytes::Bytes) -> Frame {
-    match Utf8Bytes::try_from(bytes) {
-        Ok(text) => Frame::Text(text),
-        Err(_) => Frame::text(r#"{"op":"error","code":"internal","message":"invalid frame"}"#),
     }
 }
 
