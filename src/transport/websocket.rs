@@ -4,9 +4,11 @@
 //! protocol violation closes it with the matching close code.
 
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -47,9 +49,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
-
-/// Deliveries in a row after which the socket's read side gets a turn.
-const READ_TURN_EVERY: u32 = 16;
 
 /// Accepts the upgrade through hyper and spawns the connection; answers `101 Switching
 /// Protocols`. (The server's lean HTTP/1 path calls [`handshake`] itself instead.)
@@ -150,6 +149,43 @@ fn accept_key(headers: &HeaderMap) -> Result<String> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
+/// What woke the connection loop.
+enum Step {
+    Shutdown,
+    Expired,
+    Ping,
+    Event(std::result::Result<Event, crate::bus::Closed>),
+    Frame(Option<std::result::Result<Frame, tungstenite::Error>>),
+}
+
+/// The waker handed to everything the connection loop waits on besides its subscription:
+/// it notes that one of them fired, then wakes the task.
+struct SideWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        SideWake {
+            // Everything is polled on the first turn, which registers this waker.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 /// Why the connection loop stopped, and what to tell the peer.
 struct Stop {
     reason: &'static str,
@@ -228,54 +264,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // Created once, not per turn of the loop: each creation registers a waiter.
         let shutdown = app.shutdown.cancelled();
         tokio::pin!(shutdown);
-        let mut events_in_a_row = 0u32;
+        // Everything but the subscription (shutdown, expiry, the ping timer and the
+        // socket's read side) wakes the task through `side`, and is polled only after
+        // such a wake-up. A delivery then polls nothing but the subscription: re-polling
+        // the rest each time took a quarter of the instructions of a paced delivery.
+        let side = Arc::new(SideWake::default());
+        let side_waker = Waker::from(side.clone());
         let stop = loop {
-            // Events are polled before the socket's read side: a delivery then costs no
-            // read attempt. So that a steady stream cannot starve client frames (pongs
-            // included), the read side gets a turn after every few deliveries.
-            if events_in_a_row >= READ_TURN_EVERY {
-                events_in_a_row = 0;
-                let ready = std::future::poll_fn(|cx| Poll::Ready(self.ws.poll_next_unpin(cx)));
-                if let Poll::Ready(frame) = ready.await {
-                    if let Err(stop) = Box::pin(self.on_frame(frame)).await {
-                        break stop;
+            let step = std::future::poll_fn(|cx| {
+                side.task.register(cx.waker());
+                if side.woken.swap(false, Ordering::AcqRel) {
+                    let mut side_cx = Context::from_waker(&side_waker);
+                    if shutdown.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(Step::Shutdown);
+                    }
+                    if expiry.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(Step::Expired);
+                    }
+                    // After these, the rest has not been polled yet: look again next turn.
+                    if ping.poll_tick(&mut side_cx).is_ready() {
+                        side.woken.store(true, Ordering::Release);
+                        return Poll::Ready(Step::Ping);
+                    }
+                    if let Poll::Ready(frame) = self.ws.poll_next_unpin(&mut side_cx) {
+                        // More frames may already be buffered.
+                        side.woken.store(true, Ordering::Release);
+                        return Poll::Ready(Step::Frame(frame));
                     }
                 }
-            }
-            let step = tokio::select! {
-                biased;
-                _ = &mut shutdown => Err(Stop {
+                // Cancel-safe, so a fresh future each turn loses nothing.
+                let next = std::pin::pin!(self.subscription.next());
+                next.poll(cx).map(Step::Event)
+            })
+            .await;
+            let outcome = match step {
+                Step::Shutdown => Err(Stop {
                     reason: "shutdown",
                     close: Some((1012, format!("retry_ms={}", app.reconnect_delay_ms()))),
                 }),
-                _ = &mut expiry => {
+                Step::Expired => {
                     app.metrics.error("token_expired");
                     Err(Stop {
-                    reason: "token_expired",
-                    close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
-                })
+                        reason: "token_expired",
+                        close: Some((CLOSE_TOKEN_EXPIRED, "token_expired".to_owned())),
+                    })
                 }
                 // Delivering and pinging are boxed like frame handling: an idle socket
-                // waits in the select, and its task need not keep room for the writes.
-                _ = ping.tick() => Box::pin(self.ping(ping_every)).await,
-                event = self.subscription.next() => match event {
-                    Ok(event) => {
-                        events_in_a_row += 1;
-                        Box::pin(self.deliver(event)).await
-                    }
-                    Err(closed) => Err(Stop {
-                        reason: closed.code(),
-                        close: Some((close_code(closed), closed.code().to_owned())),
-                    }),
-                },
+                // waits in the poll above, and its task need not keep room for the writes.
+                Step::Ping => Box::pin(self.ping(ping_every)).await,
+                Step::Event(Ok(event)) => Box::pin(self.deliver(event)).await,
+                Step::Event(Err(closed)) => Err(Stop {
+                    reason: closed.code(),
+                    close: Some((close_code(closed), closed.code().to_owned())),
+                }),
                 // Boxed: handling a client frame (a subscribe reads history) is the largest
                 // state in this loop, and idle connections should not carry it inline.
-                frame = self.ws.next() => {
-                    events_in_a_row = 0;
-                    Box::pin(self.on_frame(frame)).await
-                }
+                Step::Frame(frame) => Box::pin(self.on_frame(frame)).await,
             };
-            if let Err(stop) = step {
+            if let Err(stop) = outcome {
                 break stop;
             }
         };
