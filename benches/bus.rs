@@ -16,16 +16,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
 
 use cascade::bus::memory::{MemoryEngine, Retention};
 use cascade::bus::{Bus, BusConfig, Event, Hub, Subscription};
 use cascade::config::Transport;
-use cascade::metrics::{Metrics, TransportMetrics};
+use cascade::metrics::Metrics;
 use cascade::protocol::{Channel, Cursor, Epoch, Message};
-use cascade::transport::poll_body;
+use cascade::transport::{poll_body, sse};
 
 /// The payload the load generator publishes: a timestamp and a sequence number.
 const DATA: &[u8] = br#"{"t":1764300000000000,"n":123456}"#;
@@ -113,23 +113,6 @@ fn message(offset: u64) -> Message {
     )
 }
 
-/// The SSE event for one message, byte for byte as `transport::sse` writes it (its
-/// encoder is private): `id: <cursor>\ndata: <message json>\n\n`, recording the delivery.
-fn sse_event(
-    out: &mut BytesMut,
-    message: &Message,
-    subscription: &Subscription,
-    metrics: &TransportMetrics,
-    now: u64,
-) {
-    out.put_slice(b"id: ");
-    let _ = subscription.write_cursor(out);
-    out.put_slice(b"\ndata: ");
-    out.put_slice(message.json());
-    out.put_slice(b"\n\n");
-    metrics.record_delivery(message.json().len(), message.ts, now);
-}
-
 fn encode(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -154,18 +137,18 @@ fn encode(c: &mut Criterion) {
     let bus = memory_bus();
     let channel = Channel::parse("room:lobby").expect("valid channel");
     let mut subscription = subscribe(&rt, &bus, &channel);
-    let published = publish(&bus, &channel, &Bytes::from_static(DATA));
+    let published = Event::Message(publish(&bus, &channel, &Bytes::from_static(DATA)));
     assert!(matches!(subscription.try_next(), Some(Ok(_))));
     let sse_metrics = metrics.transport(Transport::Sse);
     group.bench_function("sse_event", |b| {
         b.iter(|| {
             let mut out = BytesMut::new();
-            sse_event(
+            sse::encode(
                 &mut out,
                 &published,
                 &subscription,
                 sse_metrics,
-                published.ts,
+                1_764_300_000_000,
             );
             out.freeze()
         });

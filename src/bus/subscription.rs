@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 use super::Bus;
@@ -196,17 +197,31 @@ impl Subscription {
         }
     }
 
-    /// Writes the current cursor without building an intermediate [`Cursor`]; transports
-    /// that stamp every delivery with a cursor (SSE ids) call this per message.
-    pub fn write_cursor(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+    /// Appends the current cursor, in [`Cursor`]'s text form, without building one and
+    /// without the formatting machinery: SSE stamps every delivery with it.
+    pub fn put_cursor(&self, out: &mut BytesMut) {
+        out.reserve(self.cursor_len_max());
+        let mut digits = itoa::Buffer::new();
         for (i, followed) in self.channels.iter().enumerate() {
             if i > 0 {
-                out.write_char(',')?;
+                out.put_u8(b',');
             }
             let p = &followed.delivered;
-            write!(out, "{}@{}:{}", followed.channel, p.epoch, p.offset)?;
+            out.put_slice(followed.channel.as_str().as_bytes());
+            out.put_u8(b'@');
+            out.put_slice(p.epoch.as_str().as_bytes());
+            out.put_u8(b':');
+            out.put_slice(digits.format(p.offset).as_bytes());
         }
-        Ok(())
+    }
+
+    /// The most bytes [`Subscription::put_cursor`] appends.
+    pub fn cursor_len_max(&self) -> usize {
+        self.channels
+            .iter()
+            // '@', ':', ',' and up to 20 digits.
+            .map(|f| f.channel.as_str().len() + f.delivered.epoch.as_str().len() + 23)
+            .sum()
     }
 
     /// Resolves when the bus has cut this subscriber off; lets a transport abandon a

@@ -434,3 +434,26 @@ async fn missed_live_messages_are_filled_from_history() {
     assert_eq!(engine.head(), 30);
     assert_eq!(sub.cursor().to_string(), "chat@e1:30");
 }
+
+#[tokio::test]
+async fn put_cursor_writes_the_cursor_text() {
+    let bus = bus(Kind::Memory).await;
+    let mut sub = bus.subscribe();
+    let news = Channel::parse("news").unwrap();
+    let mut wanted = cursor(&chat(), None);
+    wanted.entries.push((news.clone(), None));
+    sub.add(&wanted).await.unwrap();
+    for n in 1..=12 {
+        bus.publish(&chat(), data(n)).await.unwrap();
+    }
+    bus.publish(&news, data(1)).await.unwrap();
+    for _ in 0..13 {
+        next_message(&mut sub).await;
+    }
+    let mut out = bytes::BytesMut::new();
+    sub.put_cursor(&mut out);
+    let text = sub.cursor().to_string();
+    assert_eq!(std::str::from_utf8(&out).unwrap(), text);
+    assert!(text.contains(":12"), "{text}");
+    assert!(out.len() <= sub.cursor_len_max());
+}

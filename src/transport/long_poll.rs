@@ -13,7 +13,7 @@ use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query, json};
 use crate::protocol::Cursor;
-use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
+use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor, shutting_down};
 
 /// Most events one answer carries; the rest wait for the next poll.
 const MAX_BATCH: usize = 1000;
@@ -72,15 +72,6 @@ pub fn serve<B: Send + Sync + 'static>(
         }
         let body = poll_body(&events, &next, retry_ms, metrics);
         Ok(json(StatusCode::OK, body))
-    }
-}
-
-/// Ready once the gateway shuts down; registers no waker (see the wait in `serve`).
-fn shutting_down(app: &App) -> std::task::Poll<()> {
-    if app.shutdown.is_cancelled() {
-        std::task::Poll::Ready(())
-    } else {
-        std::task::Poll::Pending
     }
 }
 

@@ -121,6 +121,17 @@ impl Drop for Session {
     }
 }
 
+/// Ready once the gateway shuts down, and registers no waker: a transport that waits on
+/// a subscription learns of a drain from [`crate::bus::Bus::wake_all`], which wakes every
+/// subscription after the token is cancelled.
+pub fn shutting_down(app: &App) -> std::task::Poll<()> {
+    if app.shutdown.is_cancelled() {
+        std::task::Poll::Ready(())
+    } else {
+        std::task::Poll::Pending
+    }
+}
+
 /// The channels a request follows: `channels=a,b` with positions from `cursor=` (or from
 /// the `Last-Event-ID` header on SSE), or the cursor's own channels when `channels` is
 /// absent. Cursor entries for channels not listed in `channels` are ignored.

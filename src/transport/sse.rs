@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::http::{Body, Query};
 use crate::protocol::Cursor;
 use crate::server::ConnInfo;
+use crate::transport::shutting_down;
 use crate::transport::{Session, authorize_subscribe, requested_cursor};
 
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
@@ -85,16 +86,21 @@ fn events(
             heartbeat_every,
         );
         loop {
+            // Checked, not waited on: a wait on the token polled its Notify on every
+            // delivery. The drain cancels the token, then wakes every subscription, and a
+            // check at the top of each turn is not held off by a steady flow of messages.
+            if app.shutdown.is_cancelled() {
+                session.ending("shutdown");
+                let delay = app.reconnect_delay_ms();
+                yield Bytes::from(format!(
+                    "retry: {delay}\nevent: reconnect\ndata: {{\"retry_ms\":{delay}}}\n\n"
+                ));
+                break;
+            }
             tokio::select! {
+                // The subscription first: it registers its waker before the shutdown check
+                // below, so a drain's wake-up is never missed.
                 biased;
-                _ = app.shutdown.cancelled() => {
-                    session.ending("shutdown");
-                    let delay = app.reconnect_delay_ms();
-                    yield Bytes::from(format!(
-                        "retry: {delay}\nevent: reconnect\ndata: {{\"retry_ms\":{delay}}}\n\n"
-                    ));
-                    break;
-                }
                 event = subscription.next() => match event {
                     Ok(event) => {
                         let now = crate::bus::now_ms();
@@ -126,13 +132,14 @@ fn events(
                     yield Bytes::from_static(b"event: error\ndata: {\"code\":\"token_expired\"}\n\n");
                     break;
                 }
+                _ = std::future::poll_fn(|_| shutting_down(&app)) => {}
             }
         }
     }
 }
 
 /// Appends one event: `id:` is the cursor that resumes right after it.
-fn encode(
+pub fn encode(
     out: &mut BytesMut,
     event: &Event,
     subscription: &Subscription,
@@ -141,9 +148,11 @@ fn encode(
 ) {
     match event {
         Event::Message(message) => {
+            // One reservation for the whole event: growing by each piece reallocated
+            // several times per event.
+            out.reserve(16 + subscription.cursor_len_max() + message.json().len());
             out.put_slice(b"id: ");
-            // Writing to BytesMut cannot fail.
-            let _ = subscription.write_cursor(out);
+            subscription.put_cursor(out);
             out.put_slice(b"\ndata: ");
             out.put_slice(message.json());
             out.put_slice(b"\n\n");
@@ -152,7 +161,7 @@ fn encode(
         Event::Gap(gap) => {
             metrics.gaps.inc();
             out.put_slice(b"event: gap\nid: ");
-            let _ = subscription.write_cursor(out);
+            subscription.put_cursor(out);
             let _ = write!(out, "\ndata: {}\n\n", gap.to_json());
         }
     }
