@@ -120,15 +120,21 @@ pub struct Cursor {
     pub entries: Vec<(Channel, Option<Position>)>,
 }
 
+/// Cursor entries checked for duplicates by scanning; longer cursors switch to a set.
+const SCANNED_ENTRIES: usize = 16;
+
 impl Cursor {
     /// Parses a cursor, rejecting duplicate channels and more than `max_channels` entries.
     pub fn parse(text: &str, max_channels: usize) -> Result<Self, Error> {
-        let mut entries: Vec<(Channel, Option<Position>)> = Vec::new();
-        // Duplicate check by set, not by scan: a 128-entry cursor must stay linear.
-        let mut seen = std::collections::HashSet::new();
         if text.is_empty() {
-            return Ok(Cursor { entries });
+            return Ok(Cursor::default());
         }
+        let mut entries: Vec<(Channel, Option<Position>)> =
+            Vec::with_capacity(max_channels.min(text.bytes().filter(|&b| b == b',').count() + 1));
+        // Duplicates are found by scan while the cursor is short (nearly all are one or
+        // two channels, and a set costs an allocation and a SipHash per entry) and by set
+        // beyond that, so that a 128-entry cursor stays linear.
+        let mut seen: Option<std::collections::HashSet<Channel>> = None;
         for part in text.split(',') {
             if entries.len() == max_channels {
                 return Err(Error::TooManyChannels(max_channels));
@@ -154,7 +160,17 @@ impl Cursor {
             let channel = Channel::parse(name).map_err(|_| {
                 Error::BadCursor(format!("bad channel in {:?}", truncate_for_message(part)))
             })?;
-            if !seen.insert(channel.clone()) {
+            let duplicate = match &mut seen {
+                Some(set) => !set.insert(channel.clone()),
+                None if entries.len() < SCANNED_ENTRIES => {
+                    entries.iter().any(|(c, _)| *c == channel)
+                }
+                None => {
+                    let set = seen.insert(entries.iter().map(|(c, _)| c.clone()).collect());
+                    !set.insert(channel.clone())
+                }
+            };
+            if duplicate {
                 return Err(Error::BadCursor(format!("channel {channel} appears twice")));
             }
             entries.push((channel, position));
@@ -537,6 +553,20 @@ mod tests {
             Cursor::parse("a,b,c", 2),
             Err(Error::TooManyChannels(2))
         ));
+    }
+
+    #[test]
+    fn cursor_duplicates_are_found_by_scan_and_by_set() {
+        for len in [2, SCANNED_ENTRIES, SCANNED_ENTRIES + 1, 100] {
+            let names: Vec<String> = (0..len).map(|i| format!("c{i}@e1:{i}")).collect();
+            let distinct = names.join(",");
+            assert_eq!(Cursor::parse(&distinct, 128).unwrap().entries.len(), len);
+            for repeated in [0, len / 2, len - 1] {
+                let text = format!("{distinct},c{repeated}");
+                let err = Cursor::parse(&text, 128).unwrap_err();
+                assert!(err.to_string().contains("appears twice"), "{len}: {err}");
+            }
+        }
     }
 
     #[test]
