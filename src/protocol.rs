@@ -185,6 +185,28 @@ impl Cursor {
             .find(|(c, _)| c == channel)
             .and_then(|(_, p)| p.as_ref())
     }
+
+    /// Appends the text form, as `Display` writes it, without the formatting machinery:
+    /// every poll answer carries one.
+    pub fn put(&self, out: &mut BytesMut) {
+        for (i, (channel, position)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            put_cursor_entry(out, channel, position.as_ref());
+        }
+    }
+}
+
+/// Appends one cursor entry, `channel@epoch:offset` (or the bare channel).
+pub fn put_cursor_entry(out: &mut BytesMut, channel: &Channel, position: Option<&Position>) {
+    out.put_slice(channel.as_str().as_bytes());
+    if let Some(p) = position {
+        out.put_u8(b'@');
+        out.put_slice(p.epoch.as_str().as_bytes());
+        out.put_u8(b':');
+        out.put_slice(itoa::Buffer::new().format(p.offset).as_bytes());
+    }
 }
 
 /// Offsets are plain decimal u64: no sign, no leading `+`, at most 20 digits.
@@ -523,6 +545,9 @@ mod tests {
         let cursor = Cursor::parse(text, 128).unwrap();
         assert_eq!(cursor.entries.len(), 3);
         assert_eq!(cursor.to_string(), text);
+        let mut put = BytesMut::new();
+        cursor.put(&mut put);
+        assert_eq!(&put[..], text.as_bytes());
         let chat = Channel::parse("chat").unwrap();
         assert_eq!(cursor.position(&chat).unwrap().offset, 42);
         assert!(Cursor::parse("", 128).unwrap().entries.is_empty());

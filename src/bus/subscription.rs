@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::Bus;
 use super::inbox::Inbox;
 use crate::error::Result;
-use crate::protocol::{Channel, Cursor, Gap, Message, Position};
+use crate::protocol::{Channel, Cursor, Gap, Message, Position, put_cursor_entry};
 
 /// What a subscriber receives.
 #[derive(Clone, Debug)]
@@ -201,17 +201,11 @@ impl Subscription {
     /// without the formatting machinery: SSE stamps every delivery with it.
     pub fn put_cursor(&self, out: &mut BytesMut) {
         out.reserve(self.cursor_len_max());
-        let mut digits = itoa::Buffer::new();
         for (i, followed) in self.channels.iter().enumerate() {
             if i > 0 {
                 out.put_u8(b',');
             }
-            let p = &followed.delivered;
-            out.put_slice(followed.channel.as_str().as_bytes());
-            out.put_u8(b'@');
-            out.put_slice(p.epoch.as_str().as_bytes());
-            out.put_u8(b':');
-            out.put_slice(digits.format(p.offset).as_bytes());
+            put_cursor_entry(out, &followed.channel, Some(&followed.delivered));
         }
     }
 

@@ -216,7 +216,7 @@ pub fn poll_body(
     }
     body.put_slice(b"],\"cursor\":\"");
     // Cursor characters need no JSON escaping.
-    body.put_slice(cursor.to_string().as_bytes());
+    cursor.put(&mut body);
     body.put_u8(b'"');
     let gaps: Vec<String> = events
         .iter()
