@@ -437,3 +437,51 @@ async fn a_silent_client_is_dropped_after_two_ping_intervals() {
     })
     .await;
 }
+
+/// A client's frame is read as soon as it arrives, even while the server is still
+/// writing a backlog: deliveries never starve the socket's read side.
+#[tokio::test]
+async fn a_client_frame_is_answered_while_a_backlog_is_being_written() {
+    const BACKLOG: u64 = 5000;
+    let mut config = test_config();
+    config.limits.subscriber_queue = 10_000;
+    // The client reads nothing while the backlog is published: no ping timeout meanwhile.
+    config.websocket.ping_interval_ms = 30_000;
+    let server = TestServer::start(config).await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.subscribe(&["firehose"], None).await;
+    // 20 MB, far more than the loopback socket buffers hold: the server is still writing
+    // when the client's frame arrives.
+    let pad = "x".repeat(4096);
+    for n in 1..=BACKLOG {
+        server
+            .publish("firehose", json!({"n": n, "pad": pad}))
+            .await;
+    }
+    ws.send(json!({"op": "publish", "channel": "side", "data": {"n": 1}, "id": 99}))
+        .await;
+    let mut next = 1;
+    loop {
+        let frame = ws.recv().await;
+        match frame["op"].as_str() {
+            Some("message") => {
+                assert_eq!(frame["data"]["n"], next, "in order, none lost");
+                next += 1;
+            }
+            Some("ack") => {
+                assert_eq!(frame["id"], 99);
+                break;
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    assert!(
+        next <= BACKLOG,
+        "the ack waited for the whole backlog of {BACKLOG} messages"
+    );
+    while next <= BACKLOG {
+        let (_, _, _, n) = recv_message(&mut ws).await;
+        assert_eq!(n, next, "in order, none lost");
+        next += 1;
+    }
+}
