@@ -351,3 +351,23 @@ async fn multi_channel_ids_are_full_cursors() {
     assert_ids_track_deliveries(&resumed, &rest);
     assert_eq!(rest.last().unwrap().0, format!("ma@{ea}:2,mb@{eb}:3"));
 }
+
+/// Events written while the client does not read (the server's writes stall and resume
+/// part-way through a chunk) arrive whole and in order once it reads again.
+#[tokio::test]
+async fn a_stalled_reader_gets_every_event_whole_once_it_reads_again() {
+    const EVENTS: u64 = 600;
+    let server = TestServer::default().await;
+    let (mut sse, _) = open(&server, "channels=big", None).await;
+    // About 5 MB, more than the loopback socket buffers hold; small and large events
+    // alternate, as the server writes them differently.
+    let pad = |n: u64| "y".repeat(if n % 2 == 0 { 500 } else { 16 * 1024 });
+    for n in 1..=EVENTS {
+        server.publish("big", json!({"n": n, "pad": pad(n)})).await;
+    }
+    let delivered = read_messages(&mut sse, EVENTS as usize).await;
+    for (n, (_, message)) in (1..=EVENTS).zip(&delivered) {
+        assert_eq!(message["data"]["n"], n, "in order, none lost");
+        assert_eq!(message["data"]["pad"], pad(n).as_str(), "event {n} whole");
+    }
+}
