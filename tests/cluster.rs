@@ -315,3 +315,64 @@ async fn a_redis_restart_fails_publishes_cleanly_and_loses_nothing_acknowledged(
     };
     assert_eq!(ready["engine"], "redis");
 }
+
+/// A message whose pub/sub announcement never arrived leaves a hole; the next live
+/// message reveals it, and the WebSocket subscriber gets the missing one from Redis's
+/// history first. The history read takes several polls of the connection's task, so this
+/// also checks that the loop keeps the read alive across wake-ups.
+#[tokio::test]
+async fn a_lost_announcement_is_filled_from_history_over_websocket() {
+    let url = redis_url();
+    let prefix = unique_prefix("hole");
+    let node = nodes(1, &url, &prefix).remove(0);
+    let mut ws = node.ws().await;
+    let reply = ws.subscribe(&["hole"], None).await;
+    let cursor = reply["cursor"].as_str().expect("cursor").to_owned();
+    let epoch = cursor
+        .split_once('@')
+        .unwrap()
+        .1
+        .split_once(':')
+        .unwrap()
+        .0
+        .to_owned();
+    assert_eq!(publish(&node, "hole", 1).await.unwrap().1, 1);
+    assert_eq!(ws.recv().await["offset"], 1);
+
+    // Offset 2 as the publish script would write it, minus its PUBLISH.
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let meta = format!("{prefix}:{{hole}}:meta");
+    let log = format!("{prefix}:{{hole}}:log");
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let head: u64 = redis::cmd("HINCRBY")
+        .arg(&meta)
+        .arg("head")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .expect("HINCRBY");
+    assert_eq!(head, 2);
+    let json =
+        format!(r#"{{"channel":"hole","epoch":"{epoch}","offset":2,"ts":{ts},"data":{{"n":2}}}}"#);
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(&log)
+        .arg(json)
+        .query_async(&mut redis)
+        .await
+        .expect("RPUSH");
+
+    assert_eq!(publish(&node, "hole", 3).await.unwrap().1, 3);
+    for offset in [2, 3] {
+        let frame = ws.recv().await;
+        assert_eq!(frame["op"], "message", "{frame}");
+        assert_eq!(frame["offset"], offset, "{frame}");
+        assert_eq!(frame["data"]["n"], offset, "{frame}");
+    }
+}

@@ -271,32 +271,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let side = Arc::new(SideWake::default());
         let side_waker = Waker::from(side.clone());
         let stop = loop {
-            let step = std::future::poll_fn(|cx| {
-                side.task.register(cx.waker());
-                if side.woken.swap(false, Ordering::AcqRel) {
-                    let mut side_cx = Context::from_waker(&side_waker);
-                    if shutdown.as_mut().poll(&mut side_cx).is_ready() {
-                        return Poll::Ready(Step::Shutdown);
+            let step = {
+                let ws = &mut self.ws;
+                // Kept across wake-ups until this turn ends: a history read it starts
+                // (filling a hole) may take several polls to complete.
+                let mut next = std::pin::pin!(self.subscription.next());
+                std::future::poll_fn(|cx| {
+                    side.task.register(cx.waker());
+                    if side.woken.swap(false, Ordering::AcqRel) {
+                        let mut side_cx = Context::from_waker(&side_waker);
+                        if shutdown.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(Step::Shutdown);
+                        }
+                        if expiry.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(Step::Expired);
+                        }
+                        // After these, the rest has not been polled yet: look again next
+                        // turn.
+                        if ping.poll_tick(&mut side_cx).is_ready() {
+                            side.woken.store(true, Ordering::Release);
+                            return Poll::Ready(Step::Ping);
+                        }
+                        if let Poll::Ready(frame) = ws.poll_next_unpin(&mut side_cx) {
+                            // More frames may already be buffered.
+                            side.woken.store(true, Ordering::Release);
+                            return Poll::Ready(Step::Frame(frame));
+                        }
                     }
-                    if expiry.as_mut().poll(&mut side_cx).is_ready() {
-                        return Poll::Ready(Step::Expired);
-                    }
-                    // After these, the rest has not been polled yet: look again next turn.
-                    if ping.poll_tick(&mut side_cx).is_ready() {
-                        side.woken.store(true, Ordering::Release);
-                        return Poll::Ready(Step::Ping);
-                    }
-                    if let Poll::Ready(frame) = self.ws.poll_next_unpin(&mut side_cx) {
-                        // More frames may already be buffered.
-                        side.woken.store(true, Ordering::Release);
-                        return Poll::Ready(Step::Frame(frame));
-                    }
-                }
-                // Cancel-safe, so a fresh future each turn loses nothing.
-                let next = std::pin::pin!(self.subscription.next());
-                next.poll(cx).map(Step::Event)
-            })
-            .await;
+                    next.as_mut().poll(cx).map(Step::Event)
+                })
+                .await
+            };
             let outcome = match step {
                 Step::Shutdown => Err(Stop {
                     reason: "shutdown",
