@@ -98,9 +98,17 @@ fn events(
                 break;
             }
             tokio::select! {
-                // The subscription first: it registers its waker before the shutdown check
-                // below, so a drain's wake-up is never missed.
                 biased;
+                // The stream ends with the credentials it was opened with; checked before
+                // the subscription, so that a steady backlog cannot keep it open past them.
+                _ = &mut expiry => {
+                    app.metrics.error("token_expired");
+                    session.ending("token_expired");
+                    yield Bytes::from_static(b"event: error\ndata: {\"code\":\"token_expired\"}\n\n");
+                    break;
+                }
+                // The subscription registers its waker before the shutdown check below, so
+                // a drain's wake-up is never missed.
                 event = subscription.next() => match event {
                     Ok(event) => {
                         let now = crate::bus::now_ms();
@@ -125,13 +133,6 @@ fn events(
                     }
                 },
                 _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
-                // The stream ends with the credentials it was opened with.
-                _ = &mut expiry => {
-                    app.metrics.error("token_expired");
-                    session.ending("token_expired");
-                    yield Bytes::from_static(b"event: error\ndata: {\"code\":\"token_expired\"}\n\n");
-                    break;
-                }
                 _ = std::future::poll_fn(|_| shutting_down(&app)) => {}
             }
         }

@@ -388,6 +388,47 @@ async fn an_sse_stream_ends_with_token_expired_when_its_token_expires() {
     );
 }
 
+/// Expiry is checked before the subscription on every turn: a stream with a backlog
+/// still ends when its token does, not when the backlog is written.
+#[tokio::test]
+async fn an_sse_stream_with_a_backlog_still_ends_when_its_token_expires() {
+    const BACKLOG: usize = 4000;
+    let mut config = secure_config();
+    config.limits.subscriber_queue = 10_000;
+    let (token, exp) = short_lived(&config);
+    let server = TestServer::start(config).await;
+    let mut sse =
+        SseClient::connect(&server, &format!("channels=user:alice&token={token}"), None).await;
+    assert_eq!(sse.next().await.expect("open").event, "open");
+    // 16 MB, published in-process in well under the token's two seconds.
+    let channel = cascade::protocol::Channel::parse("user:alice").expect("channel");
+    let data = bytes::Bytes::from(format!(r#"{{"pad":"{}"}}"#, "z".repeat(4096)));
+    for _ in 0..BACKLOG {
+        server
+            .app
+            .bus
+            .publish(&channel, data.clone())
+            .await
+            .expect("publish");
+    }
+    // A slow reader: the server's writes keep finding more queued.
+    let mut read = 0;
+    let error = loop {
+        let event = sse.next().await.expect("the stream reports the expiry");
+        if event.event != "message" {
+            break event;
+        }
+        read += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert_eq!(error.json()["code"], "token_expired", "{error:?}");
+    assert!(now_f64() >= exp as f64, "ended before the token's exp");
+    assert!(
+        read < BACKLOG,
+        "the stream outlived its token until all {BACKLOG} messages were written"
+    );
+}
+
 #[tokio::test]
 async fn a_long_poll_is_held_no_longer_than_its_token() {
     let mut config = secure_config();
