@@ -189,23 +189,28 @@ impl Cursor {
     /// Appends the text form, as `Display` writes it, without the formatting machinery:
     /// every poll answer carries one.
     pub fn put(&self, out: &mut BytesMut) {
-        for (i, (channel, position)) in self.entries.iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            put_cursor_entry(out, channel, position.as_ref());
-        }
+        put_cursor(out, self.entries.iter().map(|(c, p)| (c, p.as_ref())));
     }
 }
 
-/// Appends one cursor entry, `channel@epoch:offset` (or the bare channel).
-pub fn put_cursor_entry(out: &mut BytesMut, channel: &Channel, position: Option<&Position>) {
-    out.put_slice(channel.as_str().as_bytes());
-    if let Some(p) = position {
-        out.put_u8(b'@');
-        out.put_slice(p.epoch.as_str().as_bytes());
-        out.put_u8(b':');
-        out.put_slice(itoa::Buffer::new().format(p.offset).as_bytes());
+/// Appends cursor entries in their text form, `channel@epoch:offset` (or the bare
+/// channel) separated by commas.
+pub fn put_cursor<'a>(
+    out: &mut BytesMut,
+    entries: impl IntoIterator<Item = (&'a Channel, Option<&'a Position>)>,
+) {
+    let mut digits = itoa::Buffer::new();
+    for (i, (channel, position)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(channel.as_str().as_bytes());
+        if let Some(p) = position {
+            out.put_u8(b'@');
+            out.put_slice(p.epoch.as_str().as_bytes());
+            out.put_u8(b':');
+            out.put_slice(digits.format(p.offset).as_bytes());
+        }
     }
 }
 

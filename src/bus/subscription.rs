@@ -11,13 +11,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::Bus;
 use super::inbox::Inbox;
 use crate::error::Result;
-use crate::protocol::{Channel, Cursor, Gap, Message, Position, put_cursor_entry};
+use crate::protocol::{Channel, Cursor, Gap, Message, Position};
 
 /// What a subscriber receives.
 #[derive(Clone, Debug)]
@@ -200,13 +200,11 @@ impl Subscription {
     /// Appends the current cursor, in [`Cursor`]'s text form, without building one and
     /// without the formatting machinery: SSE stamps every delivery with it.
     pub fn put_cursor(&self, out: &mut BytesMut) {
-        out.reserve(self.cursor_len_max());
-        for (i, followed) in self.channels.iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            put_cursor_entry(out, &followed.channel, Some(&followed.delivered));
-        }
+        let entries = self
+            .channels
+            .iter()
+            .map(|f| (&f.channel, Some(&f.delivered)));
+        crate::protocol::put_cursor(out, entries);
     }
 
     /// The most bytes [`Subscription::put_cursor`] appends.

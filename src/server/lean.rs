@@ -362,10 +362,10 @@ fn framed<E>(frame: Option<Result<http_body::Frame<Bytes>, E>>) -> Option<Framed
     }
 }
 
-/// Writes one chunk: its size line, the data where it lies and the closing CRLF in one
-/// vectored write, so that an SSE delivery neither copies its event nor formats a length.
-/// The socket nearly always takes it at once; only a write that has to wait copies what
-/// is left and waits in a box, so that an idle stream keeps no room for it.
+/// Writes one chunk, its size line and closing CRLF included, without allocating or
+/// formatting (see [`try_write_chunk`]). The socket nearly always takes it at once; only
+/// a write that has to wait copies what is left and waits in a box, so that an idle
+/// stream keeps no room for it.
 async fn write_framed(stream: &mut TcpStream, framed: Framed) -> io::Result<()> {
     let rest = match framed {
         Framed::Data(data) => match try_write_chunk(stream, &data)? {
@@ -385,8 +385,8 @@ fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>
     let (size, len) = chunk_size_line(data.len());
     let parts: [&[u8]; 3] = [&size[..len], data, b"\r\n"];
     let total = len + data.len() + 2;
-    let mut assembled = [0u8; SMALL_CHUNK];
     let attempt = if total <= SMALL_CHUNK {
+        let mut assembled = [0u8; SMALL_CHUNK];
         let mut at = 0;
         for part in parts {
             assembled[at..at + part.len()].copy_from_slice(part);

@@ -22,8 +22,7 @@ use crate::error::Result;
 use crate::http::{Body, Query};
 use crate::protocol::Cursor;
 use crate::server::ConnInfo;
-use crate::transport::shutting_down;
-use crate::transport::{Session, authorize_subscribe, requested_cursor};
+use crate::transport::{Session, authorize_subscribe, requested_cursor, shutting_down};
 
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
 const BATCH_BYTES: usize = 64 * 1024;
