@@ -485,3 +485,66 @@ async fn a_client_frame_is_answered_while_a_backlog_is_being_written() {
         next += 1;
     }
 }
+
+/// Messages go straight to the socket while it has room; one that finds it nearly full is
+/// written in part and finished before anything else, and one that finds it full waits in
+/// tungstenite. Whichever way each took, the client reads whole frames, in order.
+#[tokio::test]
+async fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() {
+    const MESSAGES: u64 = 200;
+    let mut config = test_config();
+    config.websocket.ping_interval_ms = 30_000;
+    let server = TestServer::start(config).await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.subscribe(&["big"], None).await;
+    // 12 MB, one message at a time: more than the loopback socket buffers hold, so the
+    // writes meet a socket with less room than a frame.
+    let pad = "y".repeat(60 * 1024);
+    for n in 1..=MESSAGES {
+        server.publish("big", json!({"n": n, "pad": pad})).await;
+    }
+    for n in 1..=MESSAGES {
+        let frame = ws.recv().await;
+        assert_eq!(frame["op"], "message", "{frame}");
+        assert_eq!(frame["data"]["n"], n, "in order, none lost");
+        assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(pad.len()));
+    }
+}
+
+/// The server answers pings (through tungstenite) in the middle of a stream of messages
+/// (written straight to the socket): neither ever cuts into the other's frames.
+#[tokio::test]
+async fn pongs_and_messages_interleave_as_whole_frames() {
+    use futures_util::SinkExt;
+    const MESSAGES: u64 = 300;
+    const EVERY: u64 = 6;
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.subscribe(&["mixed"], None).await;
+    for n in 1..=MESSAGES {
+        server.publish("mixed", json!({"n": n})).await;
+        if n % EVERY == 0 {
+            let payload = (n / EVERY).to_be_bytes().to_vec();
+            ws.ws
+                .send(WsMessage::Ping(payload.into()))
+                .await
+                .expect("ping");
+        }
+    }
+    let (mut next, mut pongs) = (1, 1);
+    while next <= MESSAGES || pongs <= MESSAGES / EVERY {
+        match within(ws.ws.next()).await {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(frame["data"]["n"], next, "in order, none lost");
+                next += 1;
+            }
+            Some(Ok(WsMessage::Pong(payload))) => {
+                assert_eq!(payload.as_ref(), pongs.to_be_bytes(), "pongs in order");
+                pongs += 1;
+            }
+            Some(Ok(WsMessage::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! frames. A malformed frame gets an `error` frame and the connection stays open; a
 //! protocol violation closes it with the matching close code.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -14,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::http::{Body, Query, full};
 use crate::metrics::TransportMetrics;
 use crate::protocol::ClientFrame;
+use crate::protocol::Message;
 use crate::server::ConnInfo;
 use crate::transport::publish::{acknowledgement, validate};
 use crate::transport::{Session, wanted_cursor};
@@ -201,6 +203,8 @@ struct Connection<S> {
     subscription: Subscription,
     session: Session,
     last_heard: Instant,
+    /// tungstenite holds nothing unwritten: deliveries may go straight to the socket.
+    direct: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -231,6 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             subscription,
             session,
             last_heard: Instant::now(),
+            direct: true,
         }
     }
 
@@ -271,6 +276,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let side = Arc::new(SideWake::default());
         let side_waker = Waker::from(side.clone());
         let stop = loop {
+            // Reading may leave tungstenite an answer (a pong, a close) part-written.
+            let mut read = false;
             let step = {
                 let ws = &mut self.ws;
                 // Kept across wake-ups until this turn ends: a history read it starts
@@ -292,6 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                             side.woken.store(true, Ordering::Release);
                             return Poll::Ready(Step::Ping);
                         }
+                        read = true;
                         if let Poll::Ready(frame) = ws.poll_next_unpin(&mut side_cx) {
                             // More frames may already be buffered.
                             side.woken.store(true, Ordering::Release);
@@ -302,6 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 })
                 .await
             };
+            self.direct &= !read;
             let outcome = match step {
                 Step::Shutdown => Err(Stop {
                     reason: "shutdown",
@@ -446,16 +455,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(acknowledgement(&message))
     }
 
-    /// Writes `event` and whatever else is already queued, then flushes once.
+    /// Writes `event` and whatever else is already queued.
     async fn deliver(&mut self, event: Event) -> Result<(), Stop> {
+        match event {
+            Event::Message(message) if self.direct => self.deliver_direct(message).await,
+            event => self.deliver_framed(Some(event), None).await,
+        }
+    }
+
+    /// Writes a lone message straight to the socket, as the one buffer its message holds
+    /// for every subscriber: through tungstenite it would first be copied into this
+    /// connection's buffer. Only while tungstenite holds nothing unwritten, so that frames
+    /// never interleave. A backlog goes through tungstenite, which batches it.
+    async fn deliver_direct(&mut self, message: Arc<Message>) -> Result<(), Stop> {
+        if let Some(Ok(next)) = self.subscription.try_next() {
+            let first = Frame::Text(message.ws_frame().clone());
+            self.record(&message, crate::bus::now_ms());
+            return self.deliver_framed(Some(next), Some(first)).await;
+        }
+        let wire = message.ws_wire();
+        let socket = self.ws.get_mut();
+        let written =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *socket).poll_write(cx, wire)))
+                .await;
+        self.record(&message, crate::bus::now_ms());
+        match written {
+            Poll::Ready(Ok(sent)) if sent == wire.len() => Ok(()),
+            // The socket took part of the frame: the rest must follow before anything
+            // else is written.
+            Poll::Ready(Ok(sent)) => {
+                let socket = self.ws.get_mut();
+                let write = async { Ok(socket.write_all(&wire[sent..]).await?) };
+                guarded(write, &self.subscription, &self.app).await
+            }
+            // Nothing went out: tungstenite queues it and waits for the socket.
+            Poll::Pending => {
+                let frame = Frame::Text(message.ws_frame().clone());
+                self.deliver_framed(None, Some(frame)).await
+            }
+            Poll::Ready(Err(_)) => Err(Stop {
+                reason: "write_failed",
+                close: None,
+            }),
+        }
+    }
+
+    /// Counts a delivery made at `now` (unix milliseconds).
+    fn record(&self, message: &Message, now: u64) {
+        self.metrics()
+            .record_delivery(message.ws_frame().len(), message.ts, now);
+    }
+
+    /// Writes `frame`, then `event` and whatever else is already queued, through
+    /// tungstenite, and flushes once.
+    async fn deliver_framed(
+        &mut self,
+        event: Option<Event>,
+        frame: Option<Frame>,
+    ) -> Result<(), Stop> {
+        if let Some(frame) = frame {
+            self.write(frame, false).await?;
+        }
         let now = crate::bus::now_ms();
-        let mut next = Some(event);
+        let mut next = event;
         let mut written = 0;
         while let Some(event) = next.take() {
             let frame = match &event {
                 Event::Message(message) => {
-                    self.metrics()
-                        .record_delivery(message.ws_frame().len(), message.ts, now);
+                    self.record(message, now);
                     Frame::Text(message.ws_frame().clone())
                 }
                 Event::Gap(gap) => {
@@ -502,19 +569,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Writes one frame (flushing it out when `flush`), within the write guard.
     async fn write(&mut self, frame: Frame, flush: bool) -> Result<(), Stop> {
-        let ws = &mut self.ws;
-        let write = async {
-            if flush {
-                ws.send(frame).await
-            } else {
-                ws.feed(frame).await
-            }
-        };
-        guarded(write, &self.subscription, &self.app).await
+        if !flush {
+            self.direct = false;
+            return guarded(self.ws.feed(frame), &self.subscription, &self.app).await;
+        }
+        guarded(self.ws.send(frame), &self.subscription, &self.app).await?;
+        self.direct = true;
+        Ok(())
     }
 
     async fn write_flush(&mut self) -> Result<(), Stop> {
-        guarded(self.ws.flush(), &self.subscription, &self.app).await
+        guarded(self.ws.flush(), &self.subscription, &self.app).await?;
+        self.direct = true;
+        Ok(())
     }
 }
 
