@@ -2,8 +2,9 @@
 //! limits, metrics, and the shutdown signal that long-lived streams watch.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
@@ -29,7 +30,7 @@ pub struct App {
     pub metrics: Metrics,
     /// Cancelled when the gateway starts draining; WebSockets, SSE streams and parked long
     /// polls watch it to tell their clients to reconnect.
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     /// Tracks upgraded WebSockets and streaming bodies, which outlive hyper's own
     /// graceful shutdown of the connection they came from.
     pub streams: TaskTracker,
@@ -74,7 +75,7 @@ impl App {
             auth,
             connections,
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown: Shutdown::default(),
             streams: TaskTracker::new(),
         }))
     }
@@ -83,6 +84,32 @@ impl App {
     /// to reconnect at the same moment spread out instead of stampeding.
     pub fn reconnect_delay_ms(&self) -> u64 {
         fastrand::u64(0..=self.config.shutdown.reconnect_window_ms)
+    }
+}
+
+/// The drain signal: a token to wait on, and a flag for the checks made on every
+/// delivery (the token's own check takes a mutex shared by every connection).
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    draining: Arc<AtomicBool>,
+}
+
+impl Shutdown {
+    /// Starts the drain.
+    pub fn cancel(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether the drain has started.
+    pub fn is_cancelled(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the drain starts.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
     }
 }
 

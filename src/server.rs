@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
+use crate::app::{App, Shutdown};
 use crate::error::Error;
 use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::routes;
@@ -291,7 +291,7 @@ where
 /// the connection was dropped through `kill`.
 async fn drive<C: Graceful>(
     mut conn: Pin<&mut C>,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     kill: &CancellationToken,
 ) -> Option<hyper::Result<()>> {
     tokio::select! {
