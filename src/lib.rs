@@ -40,3 +40,4 @@ pub mod protocol;
 pub mod routes;
 pub mod server;
 pub mod transport;
+pub mod wake;

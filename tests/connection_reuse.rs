@@ -333,3 +333,48 @@ async fn a_head_trickled_past_the_deadline_is_dropped_and_counted() {
     let timeouts = r#"cascade_errors_total{code="request_timeout"}"#;
     assert_eq!(server.metric(timeouts).await, 1.0);
 }
+
+/// SSE streams open, from /metrics.
+const OPEN_STREAMS: &str = r#"cascade_connections{transport="sse"}"#;
+
+/// Opens a connection carrying an idle SSE stream on `channel`.
+async fn open_stream(server: &TestServer, channel: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(get(&format!("/sse?channels={channel}")).as_bytes())
+        .await
+        .unwrap();
+    eventually("the stream is open", || async {
+        server.metric(OPEN_STREAMS).await == 1.0
+    })
+    .await;
+    stream
+}
+
+async fn streams_closed(server: &TestServer) {
+    eventually("the stream is closed", || async {
+        server.metric(OPEN_STREAMS).await == 0.0
+    })
+    .await;
+}
+
+/// Nothing is written to an idle stream, so only its read side can tell that the client
+/// has gone.
+#[tokio::test]
+async fn a_client_leaving_an_idle_sse_stream_frees_it() {
+    let server = TestServer::default().await;
+    let stream = open_stream(&server, "quiet").await;
+    drop(stream);
+    streams_closed(&server).await;
+}
+
+#[tokio::test]
+async fn a_client_flooding_an_sse_stream_is_dropped_and_counted() {
+    let server = TestServer::default().await;
+    let mut flooder = open_stream(&server, "flood").await;
+    let junk = vec![b'x'; 64 * 1024];
+    let _ = flooder.write_all(&junk).await;
+    streams_closed(&server).await;
+    let overflow = r#"cascade_errors_total{code="pipeline_overflow"}"#;
+    assert_eq!(server.metric(overflow).await, 1.0);
+}

@@ -30,6 +30,7 @@ use crate::http::Body;
 use crate::routes;
 use crate::server::ConnInfo;
 use crate::transport::websocket;
+use crate::wake::SideWaits;
 
 /// A request head longer than this goes to hyper, which applies its own limits.
 const MAX_HEAD: usize = 16 * 1024;
@@ -318,13 +319,33 @@ fn write_chunked<'a>(
     mut body: Body,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
-        // One wait on the kill token for the whole stream rather than one per select.
         let mut killed = std::pin::pin!(info.killed());
+        // The kill token and the socket's read side are polled only after they woke the
+        // task, not once more for every chunk: see `crate::wake`.
+        let side = SideWaits::default();
         loop {
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
-                gone = watch(stream, buf, app) => if gone { return false } else { continue },
-                _ = &mut killed => return false,
+            let frame = poll_fn(|cx| {
+                if let Some(mut side_cx) = side.fired(cx.waker()) {
+                    if killed.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    loop {
+                        match stream.poll_read_ready(&mut side_cx) {
+                            Poll::Pending => break,
+                            Poll::Ready(Err(_)) => return Poll::Ready(None),
+                            Poll::Ready(Ok(())) => match read_some(stream, buf, app) {
+                                Read::Gone => return Poll::Ready(None),
+                                Read::Drained => break,
+                                Read::More => {}
+                            },
+                        }
+                    }
+                }
+                Pin::new(&mut body).poll_frame(cx).map(Some)
+            })
+            .await;
+            let Some(frame) = frame else {
+                return false;
             };
             // The end of the body (or an error, which the body type rules out) ends the
             // chunked stream. The frame is consumed here, before the write's await.
@@ -332,12 +353,34 @@ fn write_chunked<'a>(
                 continue;
             };
             let last = matches!(framed, Framed::End);
-            let written = tokio::select! {
-                written = write_framed(stream, framed) => written.is_ok(),
-                _ = &mut killed => false,
+            let rest = match framed {
+                Framed::Data(data) => match try_write_chunk(stream, &data) {
+                    Ok(None) => None,
+                    Ok(Some(rest)) => Some(rest),
+                    Err(_) => return false,
+                },
+                Framed::End => Some(b"0\r\n\r\n".to_vec()),
             };
-            if !written || last {
-                return written;
+            if let Some(rest) = rest {
+                // Boxed: rare, and an idle stream should keep no room for it.
+                let mut write = Box::pin(stream.write_all(&rest));
+                let written = poll_fn(|cx| {
+                    if let Some(mut side_cx) = side.fired(cx.waker()) {
+                        if killed.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(false);
+                        }
+                        // The read side may have fired too: it is polled after the write.
+                        side.again();
+                    }
+                    write.as_mut().poll(cx).map(|w| w.is_ok())
+                })
+                .await;
+                if !written {
+                    return false;
+                }
+            }
+            if last {
+                return true;
             }
         }
     }
@@ -362,23 +405,8 @@ fn framed<E>(frame: Option<Result<http_body::Frame<Bytes>, E>>) -> Option<Framed
     }
 }
 
-/// Writes one chunk, its size line and closing CRLF included, without allocating or
-/// formatting (see [`try_write_chunk`]). The socket nearly always takes it at once; only
-/// a write that has to wait copies what is left and waits in a box, so that an idle
-/// stream keeps no room for it.
-async fn write_framed(stream: &mut TcpStream, framed: Framed) -> io::Result<()> {
-    let rest = match framed {
-        Framed::Data(data) => match try_write_chunk(stream, &data)? {
-            None => return Ok(()),
-            Some(rest) => rest,
-        },
-        Framed::End => b"0\r\n\r\n".to_vec(),
-    };
-    Box::pin(stream.write_all(&rest)).await
-}
-
 /// Writes a data chunk if the socket takes all of it now; else returns, copied, what it
-/// did not take. A small chunk is assembled on the stack and goes out as one plain write
+/// did not take. A small chunk is assembled in a buffer and goes out as one plain write
 /// (a vectored write of three pieces cost more in the kernel than it saved here); a
 /// large one is written vectored, its data not copied.
 fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -386,13 +414,14 @@ fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>
     let parts: [&[u8]; 3] = [&size[..len], data, b"\r\n"];
     let total = len + data.len() + 2;
     let attempt = if total <= SMALL_CHUNK {
-        let mut assembled = [0u8; SMALL_CHUNK];
-        let mut at = 0;
-        for part in parts {
-            assembled[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        stream.try_write(&assembled[..total])
+        // A buffer per thread rather than on the stack, which would be zeroed per chunk.
+        ASSEMBLY.with_borrow_mut(|assembled| {
+            assembled.clear();
+            for part in parts {
+                assembled.extend_from_slice(part);
+            }
+            stream.try_write(assembled)
+        })
     } else {
         stream.try_write_vectored(&parts.map(io::IoSlice::new))
     };
@@ -407,8 +436,13 @@ fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>
     Ok(Some(parts.concat().split_off(written)))
 }
 
-/// Chunks up to this size (framing included) are assembled on the stack.
+/// Chunks up to this size (framing included) are assembled in one buffer per thread.
 const SMALL_CHUNK: usize = 2048;
+
+thread_local! {
+    static ASSEMBLY: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(SMALL_CHUNK));
+}
 
 /// A chunk's size line, `<hex length>\r\n`, and how many of the bytes it fills.
 fn chunk_size_line(len: usize) -> ([u8; 18], usize) {
@@ -423,25 +457,41 @@ fn chunk_size_line(len: usize) -> ([u8; 18], usize) {
 }
 
 /// Waits for the client to send something while its answer is pending; `true` when it
-/// has closed (or errs) or pipelined past the limit (counted as `pipeline_overflow`),
-/// `false` when it sent the start of its next request (kept for after this answer).
+/// has closed (or errs) or pipelined past the limit, `false` when it sent the start of its
+/// next request (kept for after this answer).
 async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
     // Readiness is polled rather than awaited with `readable()`, whose future carries a
     // waiter node of its own: this wait is part of every parked poll.
     if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
         return true;
     }
+    matches!(read_some(stream, buf, app), Read::Gone)
+}
+
+/// What reading a readable socket found.
+enum Read {
+    /// The client closed (or the socket failed), or pipelined past the limit (counted as
+    /// `pipeline_overflow`).
+    Gone,
+    /// Nothing more to read now.
+    Drained,
+    /// The start of a next request, kept for after this answer; there may be more.
+    More,
+}
+
+/// Reads what a readable socket holds into `buf`, up to the head limit.
+fn read_some(stream: &TcpStream, buf: &mut BytesMut, app: &App) -> Read {
     if buf.len() >= MAX_HEAD {
         // A client pipelining without reading: stop it rather than buffer more.
         app.metrics.error("pipeline_overflow");
-        return true;
+        return Read::Gone;
     }
     buf.reserve(FIRST_READ);
     match stream.try_read_buf(buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
+        Ok(0) => Read::Gone,
+        Ok(_) => Read::More,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Read::Drained,
+        Err(_) => Read::Gone,
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -23,6 +24,7 @@ use crate::http::{Body, Query};
 use crate::protocol::Cursor;
 use crate::server::ConnInfo;
 use crate::transport::{Session, authorize_subscribe, requested_cursor, shutting_down};
+use crate::wake::SideWaits;
 
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -80,10 +82,15 @@ fn events(
         ));
         let expiry = who.expired();
         tokio::pin!(expiry);
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + heartbeat_every,
-            heartbeat_every,
-        );
+        // Ticks at half the interval; a heartbeat goes out after two ticks without an
+        // event, so the stream is never silent for longer than the interval, and a
+        // delivery only clears a count instead of resetting a timer.
+        let half = (heartbeat_every / 2).max(Duration::from_millis(1));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        let mut quiet_ticks = 0u8;
+        // Expiry and the heartbeat are polled only after they woke the task, not once
+        // more for every delivery: see `crate::wake`.
+        let side = SideWaits::default();
         loop {
             // Checked, not waited on: a wait on the token polled its Notify on every
             // delivery. The drain cancels the token, then wakes every subscription, and a
@@ -96,46 +103,77 @@ fn events(
                 ));
                 break;
             }
-            tokio::select! {
-                biased;
-                // The stream ends with the credentials it was opened with; checked before
-                // the subscription, so that a steady backlog cannot keep it open past them.
-                _ = &mut expiry => {
+            let step = {
+                let mut next = std::pin::pin!(subscription.next());
+                std::future::poll_fn(|cx| {
+                    if let Some(mut side_cx) = side.fired(cx.waker()) {
+                        // The stream ends with the credentials it was opened with; checked
+                        // before the subscription, so that a steady backlog cannot keep it
+                        // open past them.
+                        if expiry.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(Step::Expired);
+                        }
+                        if heartbeat.poll_tick(&mut side_cx).is_ready() {
+                            side.again();
+                            return Poll::Ready(Step::Tick);
+                        }
+                    }
+                    // The subscription registers its waker before shutdown is checked,
+                    // and a drain wakes it after cancelling: a drain is never missed.
+                    match next.as_mut().poll(cx) {
+                        Poll::Ready(event) => Poll::Ready(Step::Event(event)),
+                        Poll::Pending => shutting_down(&app).map(|()| Step::Shutdown),
+                    }
+                })
+                .await
+            };
+            match step {
+                Step::Shutdown => {}
+                Step::Expired => {
                     app.metrics.error("token_expired");
                     session.ending("token_expired");
                     yield Bytes::from_static(b"event: error\ndata: {\"code\":\"token_expired\"}\n\n");
                     break;
                 }
-                // The subscription registers its waker before the shutdown check below, so
-                // a drain's wake-up is never missed.
-                event = subscription.next() => match event {
-                    Ok(event) => {
-                        let now = crate::bus::now_ms();
-                        let mut batch = BytesMut::new();
-                        encode(&mut batch, &event, &subscription, metrics, now);
-                        while batch.len() < BATCH_BYTES {
-                            match subscription.try_next() {
-                                Some(Ok(event)) => encode(&mut batch, &event, &subscription, metrics, now),
-                                _ => break,
-                            }
+                Step::Tick => {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= 2 {
+                        quiet_ticks = 0;
+                        yield Bytes::from_static(b": heartbeat\n\n");
+                    }
+                }
+                Step::Event(Ok(event)) => {
+                    let now = crate::bus::now_ms();
+                    let mut batch = BytesMut::new();
+                    encode(&mut batch, &event, &subscription, metrics, now);
+                    while batch.len() < BATCH_BYTES {
+                        match subscription.try_next() {
+                            Some(Ok(event)) => encode(&mut batch, &event, &subscription, metrics, now),
+                            _ => break,
                         }
-                        heartbeat.reset();
-                        yield batch.freeze();
                     }
-                    Err(closed) => {
-                        session.ending(closed.code());
-                        yield Bytes::from(format!(
-                            "event: error\ndata: {{\"code\":\"{}\"}}\n\n",
-                            closed.code()
-                        ));
-                        break;
-                    }
-                },
-                _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
-                _ = std::future::poll_fn(|_| shutting_down(&app)) => {}
+                    quiet_ticks = 0;
+                    yield batch.freeze();
+                }
+                Step::Event(Err(closed)) => {
+                    session.ending(closed.code());
+                    yield Bytes::from(format!(
+                        "event: error\ndata: {{\"code\":\"{}\"}}\n\n",
+                        closed.code()
+                    ));
+                    break;
+                }
             }
         }
     }
+}
+
+/// What woke the event stream.
+enum Step {
+    Shutdown,
+    Expired,
+    Tick,
+    Event(std::result::Result<Event, crate::bus::Closed>),
 }
 
 /// Appends one event: `id:` is the cursor that resumes right after it.

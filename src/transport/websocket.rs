@@ -5,11 +5,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -35,6 +33,7 @@ use crate::protocol::Message;
 use crate::server::ConnInfo;
 use crate::transport::publish::{acknowledgement, validate};
 use crate::transport::{Session, wanted_cursor};
+use crate::wake::SideWaits;
 
 /// Close code for missing, malformed or badly signed credentials.
 pub const CLOSE_TOKEN_INVALID: u16 = 4001;
@@ -160,34 +159,6 @@ enum Step {
     Frame(Option<std::result::Result<Frame, tungstenite::Error>>),
 }
 
-/// The waker handed to everything the connection loop waits on besides its subscription:
-/// it notes that one of them fired, then wakes the task.
-struct SideWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Default for SideWake {
-    fn default() -> Self {
-        SideWake {
-            // Everything is polled on the first turn, which registers this waker.
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        }
-    }
-}
-
-impl Wake for SideWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
 /// Why the connection loop stopped, and what to tell the peer.
 struct Stop {
     reason: &'static str,
@@ -270,11 +241,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let shutdown = app.shutdown.cancelled();
         tokio::pin!(shutdown);
         // Everything but the subscription (shutdown, expiry, the ping timer and the
-        // socket's read side) wakes the task through `side`, and is polled only after
-        // such a wake-up. A delivery then polls nothing but the subscription: re-polling
-        // the rest each time took a quarter of the instructions of a paced delivery.
-        let side = Arc::new(SideWake::default());
-        let side_waker = Waker::from(side.clone());
+        // socket's read side) is polled only after it woke the task: see `crate::wake`.
+        let side = SideWaits::default();
         let stop = loop {
             // Reading may leave tungstenite an answer (a pong, a close) part-written.
             let mut read = false;
@@ -284,9 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 // (filling a hole) may take several polls to complete.
                 let mut next = std::pin::pin!(self.subscription.next());
                 std::future::poll_fn(|cx| {
-                    side.task.register(cx.waker());
-                    if side.woken.swap(false, Ordering::AcqRel) {
-                        let mut side_cx = Context::from_waker(&side_waker);
+                    if let Some(mut side_cx) = side.fired(cx.waker()) {
                         if shutdown.as_mut().poll(&mut side_cx).is_ready() {
                             return Poll::Ready(Step::Shutdown);
                         }
@@ -296,13 +262,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         // After these, the rest has not been polled yet: look again next
                         // turn.
                         if ping.poll_tick(&mut side_cx).is_ready() {
-                            side.woken.store(true, Ordering::Release);
+                            side.again();
                             return Poll::Ready(Step::Ping);
                         }
                         read = true;
                         if let Poll::Ready(frame) = ws.poll_next_unpin(&mut side_cx) {
                             // More frames may already be buffered.
-                            side.woken.store(true, Ordering::Release);
+                            side.again();
                             return Poll::Ready(Step::Frame(frame));
                         }
                     }

@@ -1,0 +1,103 @@
+//! Side waits: the occasional things a long-lived connection waits on beside its
+//! subscription (shutdown, token expiry, a timer, the socket's read side), polled only
+//! after one of them has woken the task.
+//!
+//! A connection's task is woken by its subscription for every delivery. Polling every
+//! other wait again each time (a `select!`) re-registered a timer, a `Notify` waiter and
+//! the socket's readiness per message; that took about a quarter of a paced delivery's
+//! instructions. The side waits get a waker of their own that notes it fired, then wakes
+//! the task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+/// The waker shared by a task's side waits.
+pub struct SideWaits {
+    flag: Arc<Flag>,
+    waker: Waker,
+}
+
+struct Flag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Default for SideWaits {
+    fn default() -> Self {
+        let flag = Arc::new(Flag {
+            // Everything is polled on the first turn, which registers this waker.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        SideWaits {
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+}
+
+impl SideWaits {
+    /// Registers `task` to be woken by the side waits; returns the context to poll them
+    /// with if one of them fired since the last call (always on the first), else `None`.
+    pub fn fired(&self, task: &Waker) -> Option<Context<'_>> {
+        self.flag.task.register(task);
+        self.flag
+            .woken
+            .swap(false, Ordering::AcqRel)
+            .then(|| Context::from_waker(&self.waker))
+    }
+
+    /// Has the side waits polled again on the next turn: one that was just ready may be
+    /// ready again at once (more frames buffered, a timer behind).
+    pub fn again(&self) {
+        self.flag.woken.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn side_waits_are_due_first_then_only_after_they_fire() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let task = Waker::from(count.clone());
+        let side = SideWaits::default();
+        let waker = side
+            .fired(&task)
+            .expect("due on the first turn")
+            .waker()
+            .clone();
+        assert!(side.fired(&task).is_none(), "nothing fired since");
+        waker.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");
+        assert!(side.fired(&task).is_some());
+        assert!(side.fired(&task).is_none());
+        side.again();
+        assert!(side.fired(&task).is_some());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "again() wakes nothing");
+    }
+}
