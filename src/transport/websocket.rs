@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -159,6 +159,20 @@ enum Step {
     Frame(Option<std::result::Result<Frame, tungstenite::Error>>),
 }
 
+/// What came of writing a message straight to the socket.
+enum Direct {
+    /// The socket took the whole frame.
+    Written,
+    /// It took this many bytes of it.
+    Part(usize),
+    /// More was queued: this event comes next, and tungstenite batches them.
+    Backlog(Event),
+    /// Not written: tungstenite holds unwritten bytes, or the socket is full.
+    Refused,
+    /// The socket failed.
+    Failed,
+}
+
 /// Why the connection loop stopped, and what to tell the peer.
 struct Stop {
     reason: &'static str,
@@ -292,7 +306,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 // Delivering and pinging are boxed like frame handling: an idle socket
                 // waits in the poll above, and its task need not keep room for the writes.
                 Step::Ping => Box::pin(self.ping(ping_every)).await,
-                Step::Event(Ok(event)) => Box::pin(self.deliver(event)).await,
+                Step::Event(Ok(event)) => {
+                    let direct = match &event {
+                        Event::Message(message) => self.try_direct(message),
+                        Event::Gap(_) => Direct::Refused,
+                    };
+                    match direct {
+                        Direct::Written => Ok(()),
+                        direct => Box::pin(self.deliver(event, direct)).await,
+                    }
+                }
                 Step::Event(Err(closed)) => Err(Stop {
                     reason: closed.code(),
                     close: Some((close_code(closed), closed.code().to_owned())),
@@ -421,45 +444,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(acknowledgement(&message))
     }
 
-    /// Writes `event` and whatever else is already queued.
-    async fn deliver(&mut self, event: Event) -> Result<(), Stop> {
-        match event {
-            Event::Message(message) if self.direct => self.deliver_direct(message).await,
-            event => self.deliver_framed(Some(event), None).await,
-        }
-    }
-
     /// Writes a lone message straight to the socket, as the one buffer its message holds
     /// for every subscriber: through tungstenite it would first be copied into this
     /// connection's buffer. Only while tungstenite holds nothing unwritten, so that frames
-    /// never interleave. A backlog goes through tungstenite, which batches it.
-    async fn deliver_direct(&mut self, message: Arc<Message>) -> Result<(), Stop> {
-        if let Some(Ok(next)) = self.subscription.try_next() {
-            let first = Frame::Text(message.ws_frame().clone());
-            self.record(&message, crate::bus::now_ms());
-            return self.deliver_framed(Some(next), Some(first)).await;
+    /// never interleave. Not async, so that the usual case (the socket takes the frame)
+    /// needs no boxed future; anything else is left to [`Connection::deliver`].
+    fn try_direct(&mut self, message: &Message) -> Direct {
+        if !self.direct {
+            return Direct::Refused;
         }
+        // A backlog goes through tungstenite, which batches it.
+        if let Some(Ok(next)) = self.subscription.try_next() {
+            return Direct::Backlog(next);
+        }
+        self.record(message, crate::bus::now_ms());
         let wire = message.ws_wire();
-        let socket = self.ws.get_mut();
-        let written =
-            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *socket).poll_write(cx, wire)))
-                .await;
-        self.record(&message, crate::bus::now_ms());
-        match written {
-            Poll::Ready(Ok(sent)) if sent == wire.len() => Ok(()),
+        // A socket that is not writable is left to tungstenite, which registers the
+        // task's waker; this attempt needs none.
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(self.ws.get_mut()).poll_write(&mut cx, wire) {
+            Poll::Ready(Ok(sent)) if sent == wire.len() => Direct::Written,
+            Poll::Ready(Ok(sent)) => Direct::Part(sent),
+            Poll::Pending => Direct::Refused,
+            Poll::Ready(Err(_)) => Direct::Failed,
+        }
+    }
+
+    /// Finishes a delivery that [`Connection::try_direct`] did not complete, or delivers
+    /// any other event, with whatever else is already queued.
+    async fn deliver(&mut self, event: Event, direct: Direct) -> Result<(), Stop> {
+        let Event::Message(message) = event else {
+            return self.deliver_framed(Some(event), None).await;
+        };
+        let frame = || Frame::Text(message.ws_frame().clone());
+        match direct {
+            Direct::Written => Ok(()),
             // The socket took part of the frame: the rest must follow before anything
             // else is written.
-            Poll::Ready(Ok(sent)) => {
+            Direct::Part(sent) => {
                 let socket = self.ws.get_mut();
-                let write = async { Ok(socket.write_all(&wire[sent..]).await?) };
+                let write = async { Ok(socket.write_all(&message.ws_wire()[sent..]).await?) };
                 guarded(write, &self.subscription, &self.app).await
             }
-            // Nothing went out: tungstenite queues it and waits for the socket.
-            Poll::Pending => {
-                let frame = Frame::Text(message.ws_frame().clone());
-                self.deliver_framed(None, Some(frame)).await
+            Direct::Backlog(next) => {
+                self.record(&message, crate::bus::now_ms());
+                self.deliver_framed(Some(next), Some(frame())).await
             }
-            Poll::Ready(Err(_)) => Err(Stop {
+            Direct::Refused => {
+                self.record(&message, crate::bus::now_ms());
+                self.deliver_framed(None, Some(frame())).await
+            }
+            Direct::Failed => Err(Stop {
                 reason: "write_failed",
                 close: None,
             }),
