@@ -10,14 +10,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Wake, Waker};
+use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// The waker shared by a task's side waits.
+/// The waker shared by a task's side waits. Only the flag is kept, not a `Waker`: a
+/// long-lived connection's task keeps this, and the waker is made when one fired.
 pub struct SideWaits {
     flag: Arc<Flag>,
-    waker: Waker,
 }
 
 struct Flag {
@@ -43,22 +43,19 @@ impl Default for SideWaits {
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
-        SideWaits {
-            waker: Waker::from(flag.clone()),
-            flag,
-        }
+        SideWaits { flag }
     }
 }
 
 impl SideWaits {
-    /// Registers `task` to be woken by the side waits; returns the context to poll them
+    /// Registers `task` to be woken by the side waits; returns the waker to poll them
     /// with if one of them fired since the last call (always on the first), else `None`.
-    pub fn fired(&self, task: &Waker) -> Option<Context<'_>> {
+    pub fn fired(&self, task: &Waker) -> Option<Waker> {
         self.flag.task.register(task);
         self.flag
             .woken
             .swap(false, Ordering::AcqRel)
-            .then(|| Context::from_waker(&self.waker))
+            .then(|| Waker::from(self.flag.clone()))
     }
 
     /// Has the side waits polled again on the next turn: one that was just ready may be
@@ -86,11 +83,7 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let task = Waker::from(count.clone());
         let side = SideWaits::default();
-        let waker = side
-            .fired(&task)
-            .expect("due on the first turn")
-            .waker()
-            .clone();
+        let waker = side.fired(&task).expect("due on the first turn");
         assert!(side.fired(&task).is_none(), "nothing fired since");
         waker.wake_by_ref();
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");

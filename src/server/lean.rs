@@ -319,13 +319,15 @@ fn write_chunked<'a>(
     mut body: Body,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
-        let mut killed = std::pin::pin!(info.killed());
+        // Boxed: inline, it would make every connection's task larger, parked polls too.
+        let mut killed = Box::pin(info.killed());
         // The kill token and the socket's read side are polled only after they woke the
         // task, not once more for every chunk: see `crate::wake`.
         let side = SideWaits::default();
         loop {
             let frame = poll_fn(|cx| {
-                if let Some(mut side_cx) = side.fired(cx.waker()) {
+                if let Some(waker) = side.fired(cx.waker()) {
+                    let mut side_cx = Context::from_waker(&waker);
                     if killed.as_mut().poll(&mut side_cx).is_ready() {
                         return Poll::Ready(None);
                     }
@@ -361,29 +363,40 @@ fn write_chunked<'a>(
                 },
                 Framed::End => Some(b"0\r\n\r\n".to_vec()),
             };
-            if let Some(rest) = rest {
-                // Boxed: rare, and an idle stream should keep no room for it.
-                let mut write = Box::pin(stream.write_all(&rest));
-                let written = poll_fn(|cx| {
-                    if let Some(mut side_cx) = side.fired(cx.waker()) {
-                        if killed.as_mut().poll(&mut side_cx).is_ready() {
-                            return Poll::Ready(false);
-                        }
-                        // The read side may have fired too: it is polled after the write.
-                        side.again();
-                    }
-                    write.as_mut().poll(cx).map(|w| w.is_ok())
-                })
-                .await;
-                if !written {
-                    return false;
-                }
+            // Boxed: rare, and an open stream should keep no room for it.
+            if let Some(rest) = rest
+                && !Box::pin(finish_chunk(stream, &rest, &side, killed.as_mut())).await
+            {
+                return false;
             }
             if last {
                 return true;
             }
         }
     }
+}
+
+/// Writes what the socket did not take of a chunk, giving up when the connection is
+/// killed meanwhile; `true` once written.
+async fn finish_chunk(
+    stream: &mut TcpStream,
+    rest: &[u8],
+    side: &SideWaits,
+    mut killed: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut write = std::pin::pin!(stream.write_all(rest));
+    poll_fn(|cx| {
+        if let Some(waker) = side.fired(cx.waker()) {
+            let mut side_cx = Context::from_waker(&waker);
+            if killed.as_mut().poll(&mut side_cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            // The read side may have fired too: it is polled once the chunk is out.
+            side.again();
+        }
+        write.as_mut().poll(cx).map(|written| written.is_ok())
+    })
+    .await
 }
 
 /// A body frame as the chunked encoding sends it.

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -106,7 +106,8 @@ fn events(
             let step = {
                 let mut next = std::pin::pin!(subscription.next());
                 std::future::poll_fn(|cx| {
-                    if let Some(mut side_cx) = side.fired(cx.waker()) {
+                    if let Some(waker) = side.fired(cx.waker()) {
+                        let mut side_cx = Context::from_waker(&waker);
                         // The stream ends with the credentials it was opened with; checked
                         // before the subscription, so that a steady backlog cannot keep it
                         // open past them.

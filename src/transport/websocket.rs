@@ -266,7 +266,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 // (filling a hole) may take several polls to complete.
                 let mut next = std::pin::pin!(self.subscription.next());
                 std::future::poll_fn(|cx| {
-                    if let Some(mut side_cx) = side.fired(cx.waker()) {
+                    if let Some(waker) = side.fired(cx.waker()) {
+                        let mut side_cx = Context::from_waker(&waker);
                         if shutdown.as_mut().poll(&mut side_cx).is_ready() {
                             return Poll::Ready(Step::Shutdown);
                         }
