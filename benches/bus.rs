@@ -23,6 +23,7 @@ use futures_util::FutureExt;
 use cascade::bus::memory::{MemoryEngine, Retention};
 use cascade::bus::{Bus, BusConfig, Event, Hub, Subscription};
 use cascade::config::Transport;
+use cascade::http::Query;
 use cascade::metrics::Metrics;
 use cascade::protocol::{Channel, Cursor, Epoch, Message};
 use cascade::transport::{poll_body, sse};
@@ -196,5 +197,20 @@ fn cursor(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bus_publish, encode, cursor);
+/// A poll's query as a browser sends it (`encodeURIComponent` escapes the cursor's `@` and
+/// `:`) and as the load generator sends it.
+fn query(c: &mut Criterion) {
+    let mut group = c.benchmark_group("query");
+    let encoded = "channels=chat&cursor=chat%40e1X9abc%3A1234&timeout=30";
+    let plain = "channels=chat&cursor=chat@e1X9abc:1234&timeout=30";
+    group.bench_function("parse_encoded", |b| {
+        b.iter(|| Query::parse(Some(black_box(encoded))));
+    });
+    group.bench_function("parse_plain", |b| {
+        b.iter(|| Query::parse(Some(black_box(plain))));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bus_publish, encode, cursor, query);
 criterion_main!(benches);

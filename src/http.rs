@@ -104,16 +104,47 @@ impl Query {
 
 /// Appends `part` form-decoded (`+` as space, percent escapes, invalid UTF-8 replaced) to
 /// `text` and returns where it landed. Most parts need no decoding and are copied as they
-/// are: the generic decoder cost about 800 instructions a pair, a tenth of a long poll.
+/// are; the others are decoded straight onto the end of `text` (browsers encode the `@`
+/// and `:` of every cursor), with no copy of the part and no allocation.
 fn push_decoded(text: &mut String, part: &str) -> Range<u32> {
-    let start = text.len() as u32;
-    if part.contains(['%', '+']) {
-        let spaced = part.replace('+', " ");
-        text.push_str(&percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy());
-    } else {
+    let start = text.len();
+    if !part.bytes().any(|b| b == b'%' || b == b'+') {
         text.push_str(part);
+        return start as u32..text.len() as u32;
     }
-    start..text.len() as u32
+    let mut bytes = std::mem::take(text).into_bytes();
+    let mut rest = part.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => bytes.push(b' '),
+            b'%' => match (rest.first().and_then(hex), rest.get(1).and_then(hex)) {
+                (Some(high), Some(low)) => {
+                    bytes.push(high << 4 | low);
+                    rest = &rest[2..];
+                }
+                // Not an escape: kept as it is.
+                _ => bytes.push(b'%'),
+            },
+            byte => bytes.push(byte),
+        }
+    }
+    *text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            let mut bytes = err.into_bytes();
+            let decoded = bytes.split_off(start);
+            let mut text = String::from_utf8_lossy(&bytes).into_owned();
+            text.push_str(&String::from_utf8_lossy(&decoded));
+            text
+        }
+    };
+    start as u32..text.len() as u32
+}
+
+/// The value of one hex digit.
+fn hex(digit: &u8) -> Option<u8> {
+    (*digit as char).to_digit(16).map(|value| value as u8)
 }
 
 /// Reads a request body, refusing more than `limit` bytes.
@@ -152,5 +183,21 @@ mod tests {
         let bad = Query::parse(Some("x=%FF%FE&y=2"));
         assert_eq!(bad.get("x"), Some("\u{FFFD}\u{FFFD}"));
         assert_eq!(bad.get("y"), Some("2"));
+    }
+
+    proptest::proptest! {
+        /// The same decoding as the reference percent-decoder with `+` as space, for any
+        /// part and whatever precedes it.
+        #[test]
+        fn query_parts_decode_like_the_reference(
+            before in "[a-z%]{0,4}",
+            part in "([a-zA-Z0-9@:+ ]|%[0-9a-fA-F]{0,2}|%[g-z]|%[89a-fA-F][0-9a-fA-F]){0,12}",
+        ) {
+            let query = Query::parse(Some(&format!("k={before}&v={part}")));
+            let reference = percent_encoding::percent_decode_str(&part.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            proptest::prop_assert_eq!(query.get("v"), Some(reference.as_str()));
+        }
     }
 }
