@@ -161,26 +161,37 @@ async fn errors_on_the_lean_path_keep_the_connection_usable() {
 
 /// Long polls in flight, from /metrics.
 const OPEN_POLLS: &str = r#"cascade_connections{transport="longpoll"}"#;
+/// SSE streams open, from /metrics.
+const OPEN_STREAMS: &str = r#"cascade_connections{transport="sse"}"#;
 
-/// Opens a connection whose long poll on `channel` is parked in the server.
-async fn park_poll(server: &TestServer, channel: &str) -> TcpStream {
+/// Opens a connection whose request for `path` stays open in the server, once `series`
+/// counts it.
+async fn hold(server: &TestServer, path: &str, series: &str) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(get(&format!("/longpoll?channels={channel}&timeout=30")).as_bytes())
-        .await
-        .unwrap();
-    eventually("the poll is parked", || async {
-        server.metric(OPEN_POLLS).await == 1.0
+    stream.write_all(get(path).as_bytes()).await.unwrap();
+    eventually(&format!("{path} is held"), || async {
+        server.metric(series).await == 1.0
     })
     .await;
     stream
 }
 
-async fn polls_released(server: &TestServer) {
-    eventually("the parked poll is released", || async {
-        server.metric(OPEN_POLLS).await == 0.0
+/// Waits until `series` counts nothing open.
+async fn released(server: &TestServer, series: &str) {
+    eventually(&format!("{series} falls to 0"), || async {
+        server.metric(series).await == 0.0
     })
     .await;
+}
+
+/// Opens a connection whose long poll on `channel` is parked in the server.
+async fn park_poll(server: &TestServer, channel: &str) -> TcpStream {
+    let path = format!("/longpoll?channels={channel}&timeout=30");
+    hold(server, &path, OPEN_POLLS).await
+}
+
+async fn polls_released(server: &TestServer) {
+    released(server, OPEN_POLLS).await;
 }
 
 #[tokio::test]
@@ -334,47 +345,23 @@ async fn a_head_trickled_past_the_deadline_is_dropped_and_counted() {
     assert_eq!(server.metric(timeouts).await, 1.0);
 }
 
-/// SSE streams open, from /metrics.
-const OPEN_STREAMS: &str = r#"cascade_connections{transport="sse"}"#;
-
-/// Opens a connection carrying an idle SSE stream on `channel`.
-async fn open_stream(server: &TestServer, channel: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(get(&format!("/sse?channels={channel}")).as_bytes())
-        .await
-        .unwrap();
-    eventually("the stream is open", || async {
-        server.metric(OPEN_STREAMS).await == 1.0
-    })
-    .await;
-    stream
-}
-
-async fn streams_closed(server: &TestServer) {
-    eventually("the stream is closed", || async {
-        server.metric(OPEN_STREAMS).await == 0.0
-    })
-    .await;
-}
-
 /// Nothing is written to an idle stream, so only its read side can tell that the client
 /// has gone.
 #[tokio::test]
 async fn a_client_leaving_an_idle_sse_stream_frees_it() {
     let server = TestServer::default().await;
-    let stream = open_stream(&server, "quiet").await;
+    let stream = hold(&server, "/sse?channels=quiet", OPEN_STREAMS).await;
     drop(stream);
-    streams_closed(&server).await;
+    released(&server, OPEN_STREAMS).await;
 }
 
 #[tokio::test]
 async fn a_client_flooding_an_sse_stream_is_dropped_and_counted() {
     let server = TestServer::default().await;
-    let mut flooder = open_stream(&server, "flood").await;
+    let mut flooder = hold(&server, "/sse?channels=flood", OPEN_STREAMS).await;
     let junk = vec![b'x'; 64 * 1024];
     let _ = flooder.write_all(&junk).await;
-    streams_closed(&server).await;
+    released(&server, OPEN_STREAMS).await;
     let overflow = r#"cascade_errors_total{code="pipeline_overflow"}"#;
     assert_eq!(server.metric(overflow).await, 1.0);
 }
