@@ -509,6 +509,9 @@ async fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() 
         assert_eq!(frame["data"]["n"], n, "in order, none lost");
         assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(pad.len()));
     }
+    // Each counted once, whichever way it went out.
+    let delivered = r#"cascade_messages_delivered_total{transport="websocket"}"#;
+    assert_eq!(server.metric(delivered).await, MESSAGES as f64);
 }
 
 /// The server answers pings (through tungstenite) in the middle of a stream of messages

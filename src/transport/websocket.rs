@@ -167,7 +167,7 @@ enum Direct {
     Part(usize),
     /// More was queued: this event comes next, and tungstenite batches them.
     Backlog(Event),
-    /// Not written: tungstenite holds unwritten bytes, or the socket is full.
+    /// Not written (nor counted): tungstenite holds unwritten bytes, or the socket is full.
     Refused,
     /// The socket failed.
     Failed,
@@ -458,17 +458,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some(Ok(next)) = self.subscription.try_next() {
             return Direct::Backlog(next);
         }
-        self.record(message, crate::bus::now_ms());
         let wire = message.ws_wire();
         // A socket that is not writable is left to tungstenite, which registers the
         // task's waker; this attempt needs none.
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(self.ws.get_mut()).poll_write(&mut cx, wire) {
+        let direct = match Pin::new(self.ws.get_mut()).poll_write(&mut cx, wire) {
             Poll::Ready(Ok(sent)) if sent == wire.len() => Direct::Written,
             Poll::Ready(Ok(sent)) => Direct::Part(sent),
-            Poll::Pending => Direct::Refused,
+            // Counted where it is written.
+            Poll::Pending => return Direct::Refused,
             Poll::Ready(Err(_)) => Direct::Failed,
-        }
+        };
+        self.record(message, crate::bus::now_ms());
+        direct
     }
 
     /// Finishes a delivery that [`Connection::try_direct`] did not complete, or delivers
