@@ -20,8 +20,22 @@ pub const MAX_EPOCH_LEN: usize = 16;
 /// A validated channel name: 1 to 128 characters from `A-Z a-z 0-9 _ - . : /`.
 ///
 /// Cheap to clone; `,` and `@` can never appear because they delimit cursors.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Channel(Arc<str>);
+
+impl std::hash::Hash for Channel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Channel {
+    fn eq(&self, other: &Self) -> bool {
+        // Every delivery compares the message's channel with the subscriber's: the same
+        // allocation, once shared, spares comparing the names.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl Channel {
     /// Parses a channel name, rejecting anything outside the allowed alphabet.
@@ -63,8 +77,22 @@ impl fmt::Debug for Channel {
 }
 
 /// The identity of one channel history; offsets are only comparable within one epoch.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Eq)]
 pub struct Epoch(Arc<str>);
+
+impl std::hash::Hash for Epoch {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Epoch {
+    fn eq(&self, other: &Self) -> bool {
+        // A subscriber's position holds the epoch of the last message it took, which is
+        // the allocation every later message of that history shares.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl Epoch {
     /// Parses an epoch token: 1 to 16 ASCII letters and digits.

@@ -54,6 +54,19 @@ enum Fit {
     Hole,
 }
 
+/// How `message` relates to the position `read`.
+fn fit(read: &Position, message: &Message) -> Fit {
+    if read.epoch != message.epoch {
+        Fit::Hole
+    } else if message.offset <= read.offset {
+        Fit::Duplicate
+    } else if message.offset == read.offset + 1 {
+        Fit::Next
+    } else {
+        Fit::Hole
+    }
+}
+
 /// One followed channel.
 struct Followed {
     channel: Channel,
@@ -245,7 +258,7 @@ impl Subscription {
                 None => self.inbox.pop().await,
             };
             if let Some(event) = self.accept(message) {
-                return Ok(self.hand_out(event));
+                return Ok(event);
             }
             if let Some(message) = self.stash.clone() {
                 // Boxed: holes are rare, and an idle subscriber's task would otherwise
@@ -274,7 +287,7 @@ impl Subscription {
             }
             let message = self.inbox.try_pop()?;
             if let Some(event) = self.accept(message) {
-                return Some(Ok(self.hand_out(event)));
+                return Some(Ok(event));
             }
             if self.stash.is_some() {
                 return None;
@@ -294,16 +307,23 @@ impl Subscription {
         event
     }
 
-    /// Places a live message: returns it when it is the next one, drops a duplicate, or
-    /// stashes it when there is a hole before it.
+    /// Places a live message: returns it, handed out, when it is the next one; drops a
+    /// duplicate; stashes it when there is a hole before it. One search of the channel
+    /// list, where placing and handing out took three.
     fn accept(&mut self, message: Arc<Message>) -> Option<Event> {
-        match self.fit(&message) {
-            None | Some(Fit::Duplicate) => None,
-            Some(Fit::Next) => {
-                self.advance(&message);
+        let followed = self
+            .channels
+            .iter_mut()
+            .find(|f| f.channel == message.channel)?;
+        match fit(&followed.read, &message) {
+            Fit::Duplicate => None,
+            Fit::Next => {
+                let position = message.position();
+                followed.read = position.clone();
+                followed.delivered = position;
                 Some(Event::Message(message))
             }
-            Some(Fit::Hole) => {
+            Fit::Hole => {
                 self.stash = Some(message);
                 None
             }
@@ -311,16 +331,7 @@ impl Subscription {
     }
 
     fn fit(&self, message: &Message) -> Option<Fit> {
-        let position = &self.find(&message.channel)?.read;
-        Some(if position.epoch != message.epoch {
-            Fit::Hole
-        } else if message.offset <= position.offset {
-            Fit::Duplicate
-        } else if message.offset == position.offset + 1 {
-            Fit::Next
-        } else {
-            Fit::Hole
-        })
+        Some(fit(&self.find(&message.channel)?.read, message))
     }
 
     fn advance(&mut self, message: &Message) {
