@@ -188,7 +188,16 @@ fn serve(
         // Boxed, as is every transient wait here: the task is as large as its largest
         // state, and a parked long poll should not pay for this one.
         let within = protocols.first_bytes_within;
-        let Some(protocol) = Box::pin(request_started(&stream, within)).await else {
+        // A connection that has not begun a request has nothing in flight: a drain
+        // closes it at once rather than waiting out its first-bytes deadline (HTTP
+        // clients open spare connections, which may never be used).
+        let started = Box::pin(async {
+            tokio::select! {
+                protocol = request_started(&stream, within) => protocol,
+                _ = app.shutdown.cancelled() => None,
+            }
+        });
+        let Some(protocol) = started.await else {
             tracing::debug!(remote = %info.remote(), "connection sent no request in time");
             return;
         };

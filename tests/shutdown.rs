@@ -203,3 +203,31 @@ async fn the_drain_deadline_bounds_a_stuck_client() {
     assert_refused(addr).await;
     drop(stuck);
 }
+
+/// HTTP clients open spare connections that may never carry a request (hyper's pool
+/// races a new connection against the wait for an idle one); the drain does not wait
+/// out their first-bytes deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_sent_a_request_do_not_hold_up_the_drain() {
+    let server = TestServer::default().await;
+    let drain_deadline = Duration::from_millis(server.app.config.shutdown.drain_deadline_ms);
+    assert!(
+        Duration::from_millis(server.app.config.limits.header_read_timeout_ms) > drain_deadline,
+        "the first-bytes deadline must outlast the drain for this test to tell"
+    );
+    let addr = server.addr;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(within(TcpStream::connect(addr)).await.expect("connect"));
+    }
+    let limiter = server.app.connections.clone();
+    eventually("the server holds the silent connections", || {
+        let open = limiter.open();
+        async move { open == 3 }
+    })
+    .await;
+    let took = within(drain(server)).await.expect("drain task");
+    assert!(took < drain_deadline, "drain took {took:?}");
+    assert_refused(addr).await;
+    drop(silent);
+}
