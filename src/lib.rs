@@ -27,6 +27,8 @@
 //!   `/ws` handshake) are served on a lean HTTP/1 path without hyper's per-connection
 //!   buffers; everything else goes to hyper. [`routes`] checks origins and CORS and picks the transport.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
+//! - [`wake`]: a long-lived connection polls its occasional waits (shutdown, expiry,
+//!   timers, the socket's read side) only after one fired, not on every delivery.
 
 pub mod app;
 pub mod auth;
