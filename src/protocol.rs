@@ -17,25 +17,38 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 /// Longest epoch token.
 pub const MAX_EPOCH_LEN: usize = 16;
 
-/// A validated channel name: 1 to 128 characters from `A-Z a-z 0-9 _ - . : /`.
-///
-/// Cheap to clone; `,` and `@` can never appear because they delimit cursors.
+/// The text of a channel name or an epoch, shared by every copy. Compared by pointer
+/// before text: every delivery compares the message's channel and epoch with the
+/// subscriber's, and a subscriber's position holds the epoch of the last message it
+/// took, the allocation every later message of that history shares.
 #[derive(Clone, Eq, PartialOrd, Ord)]
-pub struct Channel(Arc<str>);
+struct SharedStr(Arc<str>);
 
-impl std::hash::Hash for Channel {
+impl PartialEq for SharedStr {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for SharedStr {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.0.hash(state);
     }
 }
 
-impl PartialEq for Channel {
-    fn eq(&self, other: &Self) -> bool {
-        // Every delivery compares the message's channel with the subscriber's: the same
-        // allocation, once shared, spares comparing the names.
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
+
+/// A validated channel name: 1 to 128 characters from `A-Z a-z 0-9 _ - . : /`.
+///
+/// Cheap to clone; `,` and `@` can never appear because they delimit cursors.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Channel(SharedStr);
 
 impl Channel {
     /// Parses a channel name, rejecting anything outside the allowed alphabet.
@@ -43,7 +56,7 @@ impl Channel {
         let ok =
             !name.is_empty() && name.len() <= MAX_CHANNEL_LEN && name.bytes().all(is_channel_byte);
         if ok {
-            Ok(Channel(Arc::from(name)))
+            Ok(Channel(SharedStr(Arc::from(name))))
         } else {
             Err(Error::BadChannel(truncate_for_message(name)))
         }
@@ -77,22 +90,8 @@ impl fmt::Debug for Channel {
 }
 
 /// The identity of one channel history; offsets are only comparable within one epoch.
-#[derive(Clone, Eq)]
-pub struct Epoch(Arc<str>);
-
-impl std::hash::Hash for Epoch {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
-
-impl PartialEq for Epoch {
-    fn eq(&self, other: &Self) -> bool {
-        // A subscriber's position holds the epoch of the last message it took, which is
-        // the allocation every later message of that history shares.
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(SharedStr);
 
 impl Epoch {
     /// Parses an epoch token: 1 to 16 ASCII letters and digits.
@@ -100,7 +99,7 @@ impl Epoch {
         let ok = !token.is_empty()
             && token.len() <= MAX_EPOCH_LEN
             && token.bytes().all(|b| b.is_ascii_alphanumeric());
-        ok.then(|| Epoch(Arc::from(token)))
+        ok.then(|| Epoch(SharedStr(Arc::from(token))))
     }
 
     /// A fresh random epoch of eight characters.
@@ -109,7 +108,7 @@ impl Epoch {
         let token: String = (0..8)
             .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
             .collect();
-        Epoch(Arc::from(token))
+        Epoch(SharedStr(Arc::from(token)))
     }
 
     /// The token as a string slice.
