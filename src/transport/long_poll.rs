@@ -47,12 +47,7 @@ pub fn serve<B: Send + Sync + 'static>(
                     if let Ok(event) = event {
                         events.push(event);
                         // Coalesce whatever else is already queued into the same answer.
-                        while events.len() < MAX_BATCH {
-                            match subscription.try_next() {
-                                Some(Ok(event)) => events.push(event),
-                                _ => break,
-                            }
-                        }
+                        take_ready(subscription, &mut events);
                     }
                 }
                 _ = std::future::poll_fn(|_| shutting_down(&app)) => {}
@@ -83,17 +78,35 @@ enum Waiting {
     Park(Subscription, Duration),
 }
 
-/// Reads what is already there after `cursor`; with nothing there, subscribes so that
-/// the poll can wait for the next message.
+/// Reads what is already there after `cursor`; with nothing there, the poll waits on the
+/// subscription that read it.
+///
+/// History is read once: the subscription registers before it reads (see
+/// `bus::subscription`), so a poll that finds nothing parks with nothing missed and no
+/// second read, which is the common case of a client polling again at once.
 async fn start(app: &App, cursor: Cursor, timeout: Duration) -> Result<(Vec<Event>, Waiting)> {
-    let (events, next) = app.bus.catch_up(&cursor).await?;
-    if !events.is_empty() || timeout.is_zero() || app.shutdown.is_cancelled() {
+    if timeout.is_zero() || app.shutdown.is_cancelled() {
+        let (events, next) = app.bus.catch_up(&cursor).await?;
         return Ok((events, Waiting::No(next)));
     }
     let mut subscription = app.bus.subscribe();
-    // Registers, then re-reads after `next`: anything published since catch_up is kept.
-    subscription.add(&next).await?;
-    Ok((events, Waiting::Park(subscription, timeout)))
+    subscription.add(&cursor).await?;
+    let mut events = Vec::new();
+    take_ready(&mut subscription, &mut events);
+    if events.is_empty() {
+        return Ok((events, Waiting::Park(subscription, timeout)));
+    }
+    Ok((events, Waiting::No(subscription.cursor())))
+}
+
+/// Moves what the subscription holds ready into `events`, up to one answer's worth.
+fn take_ready(subscription: &mut Subscription, events: &mut Vec<Event>) {
+    while events.len() < MAX_BATCH {
+        match subscription.try_next() {
+            Some(Ok(event)) => events.push(event),
+            _ => break,
+        }
+    }
 }
 
 /// The poll's cursor and how long it may be held, once the request is allowed.
