@@ -4,10 +4,10 @@
 //! subscriber's bounded queue. It never blocks and never waits on a reader: a full queue
 //! cuts that subscriber off (`slow_consumer`) and leaves everyone else untouched.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
+use super::Map;
 use super::inbox::{Pushed, Subscriber};
 use crate::protocol::{Channel, Message};
 
@@ -15,12 +15,12 @@ use crate::protocol::{Channel, Message};
 /// channels rarely contend.
 const SHARDS: usize = 32;
 
-type Subscribers = HashMap<u64, Subscriber>;
+type Subscribers = Map<u64, Subscriber>;
 
 /// The per-node registry of live subscribers, by channel.
 pub struct Hub {
-    hasher: RandomState,
-    shards: Box<[RwLock<HashMap<Channel, Subscribers>>]>,
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[RwLock<Map<Channel, Subscribers>>]>,
 }
 
 impl Default for Hub {
@@ -33,12 +33,12 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
         Hub {
-            hasher: RandomState::new(),
+            hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
         }
     }
 
-    fn shard(&self, channel: &Channel) -> &RwLock<HashMap<Channel, Subscribers>> {
+    fn shard(&self, channel: &Channel) -> &RwLock<Map<Channel, Subscribers>> {
         let index = self.hasher.hash_one(channel) as usize % SHARDS;
         &self.shards[index]
     }

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
 pub use super::Retention;
-use super::{Engine, History, Hub, RetentionPolicy, now_ms};
+use super::{Engine, History, Hub, Map, RetentionPolicy, now_ms};
 use crate::error::Result;
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
 
@@ -23,7 +23,7 @@ pub struct MemoryEngine {
     hub: Arc<Hub>,
     retention: RetentionPolicy,
     // std Mutex: held only for map lookups, never across an await.
-    channels: Mutex<HashMap<Channel, Arc<Mutex<Log>>>>,
+    channels: Mutex<Map<Channel, Arc<Mutex<Log>>>>,
     /// Keys claimed once, with their expiry.
     claimed: Mutex<HashMap<String, Instant>>,
 }
@@ -110,7 +110,7 @@ impl MemoryEngine {
         let engine = Arc::new(MemoryEngine {
             hub,
             retention,
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::default(),
             claimed: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&engine);

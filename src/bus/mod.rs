@@ -24,6 +24,12 @@ use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 
 pub use hub::Hub;
+
+/// The bus's maps, keyed by channel or subscriber id, are read on every subscribe,
+/// unsubscribe and history read. foldhash (hashbrown's own default) hashes a channel name
+/// in a few dozen instructions where std's SipHash takes a few hundred, and its per-map
+/// random seed keeps hostile channel names from being chosen to collide.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use subscription::{Closed, Event, Subscription};
 
 /// What an engine must provide. Offsets and epochs are the engine's to assign.
