@@ -113,8 +113,10 @@ pub fn serve<'a>(
                         None => Next::Closed,
                     };
                 }
-                // Boxed: brief, and larger than the state a parked poll keeps.
-                Sending::Whole(body) => Box::pin(write_whole(stream, info, head, body)).await,
+                // Written at once when the socket takes it, which is nearly always; only
+                // a wait for room is boxed (see `write_whole`), as a parked poll's state
+                // should not grow by the write's.
+                Sending::Whole(body) => write_whole(stream, info, head, body).await,
                 Sending::Chunked(body) => {
                     write(stream, info, &head).await
                         && write_chunked(stream, &mut buf, info, app, body).await
@@ -194,9 +196,10 @@ fn lean_request(
     if parsed.method != Some("GET") || parsed.version != Some(1) {
         return None;
     }
-    let upgrade_allowed = match path {
-        "/ws" => true,
-        "/sse" | "/longpoll" | "/poll" => false,
+    let (upgrade_allowed, wants_conn) = match path {
+        "/ws" => (true, true),
+        "/sse" => (false, true),
+        "/longpoll" | "/poll" => (false, false),
         _ => return None,
     };
     let mut map = HeaderMap::with_capacity(parsed.headers.len());
@@ -229,7 +232,11 @@ fn lean_request(
     *req.uri_mut() = http::Uri::try_from(target).ok()?;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = map;
-    req.extensions_mut().insert(info.clone());
+    // Only the streams read it (to be cut off and for their logs); a poll would pay two
+    // allocations for nothing.
+    if wants_conn {
+        req.extensions_mut().insert(info.clone());
+    }
     Some((Box::new(req), keep_alive))
 }
 
@@ -289,19 +296,47 @@ fn prepare(response: Response<Body>, keep_alive: bool) -> (Vec<u8>, Sending) {
 
 /// Writes a head and its body of known length in one write: as two, the answer would
 /// cross the network (and both ends' TCP stacks) as two segments, and a long poll's
-/// answer is small and written for every message it carries.
-async fn write_whole(
-    stream: &mut TcpStream,
-    info: &ConnInfo,
-    mut head: Vec<u8>,
-    body: Body,
-) -> bool {
-    match body.collect().await {
-        Ok(collected) => {
-            head.extend_from_slice(&collected.to_bytes());
-            write(stream, info, &head).await
+/// answer is small and written for every message it carries. `head` was made with room
+/// for the body.
+async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, head: Vec<u8>, body: Body) -> bool {
+    let answer = match whole(head, body) {
+        Ok(answer) => answer,
+        // Never so far: every body of known length here is complete.
+        Err((mut head, body)) => match Box::pin(body.collect()).await {
+            Ok(collected) => {
+                head.extend_from_slice(&collected.to_bytes());
+                head
+            }
+            Err(never) => match never {},
+        },
+    };
+    match stream.try_write(&answer) {
+        Ok(n) if n == answer.len() => true,
+        Ok(n) => Box::pin(write(stream, info, &answer[n..])).await,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+            Box::pin(write(stream, info, &answer)).await
         }
-        Err(never) => match never {},
+        Err(_) => false,
+    }
+}
+
+/// Appends a body of known length to its head. The bodies of this path are complete
+/// (`http::full`), so their frames are all ready at once: polled here with a no-op waker
+/// rather than collected, which would buffer them in a queue of its own first. A body
+/// that is not ready is handed back with the head.
+fn whole(mut head: Vec<u8>, mut body: Body) -> Result<Vec<u8>, (Vec<u8>, Body)> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    head.extend_from_slice(&data);
+                }
+            }
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Ready(None) => return Ok(head),
+            Poll::Pending => return Err((head, body)),
+        }
     }
 }
 
@@ -526,17 +561,21 @@ enum Framing {
     Chunked,
 }
 
-/// The status line and headers, with the framing this path chose.
+/// The status line and headers, with the framing this path chose, in a buffer with room
+/// for a body of known length. Written byte by byte, not with `write!`, whose formatting
+/// machinery cost more than the rest of the head.
 fn encode_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut head = Vec::with_capacity(256);
+    let body = match framing {
+        Framing::Length(length) => usize::try_from(length).unwrap_or(0).min(64 * 1024),
+        Framing::None | Framing::Chunked => 0,
+    };
+    let mut head = Vec::with_capacity(256 + body);
     let status = parts.status;
-    let _ = write!(
-        head,
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
@@ -546,7 +585,9 @@ fn encode_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool
     match framing {
         Framing::None => {}
         Framing::Length(length) => {
-            let _ = write!(head, "content-length: {length}\r\n");
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            head.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
