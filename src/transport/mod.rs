@@ -160,17 +160,23 @@ pub fn wanted_cursor<'a>(
         }
         return Ok(cursor);
     };
-    let mut wanted = Cursor::default();
+    let mut wanted = Cursor {
+        entries: Vec::with_capacity(cursor.entries.len().max(1).min(max_channels)),
+    };
     for name in names {
-        let channel = Channel::parse(name)?;
-        if wanted.entries.iter().any(|(c, _)| *c == channel) {
+        if wanted.entries.iter().any(|(c, _)| c.as_str() == name) {
             continue;
         }
         if wanted.entries.len() == max_channels {
             return Err(Error::TooManyChannels(max_channels));
         }
-        let position = cursor.position(&channel).cloned();
-        wanted.entries.push((channel, position));
+        // A channel the cursor names too is shared from it, not parsed a second time:
+        // a poller's request names every channel twice.
+        let entry = match cursor.entries.iter().find(|(c, _)| c.as_str() == name) {
+            Some(entry) => entry.clone(),
+            None => (Channel::parse(name)?, None),
+        };
+        wanted.entries.push(entry);
     }
     if wanted.entries.is_empty() {
         return Err(Error::NoChannels);
