@@ -65,27 +65,31 @@ pub fn serve<'a>(
     async move {
         let mut buf = BytesMut::new();
         loop {
-            if buf.is_empty() {
-                // Between requests nothing is buffered: wait for the next one with no
-                // memory.
-                let arrived = Box::pin(tokio::time::timeout(header_timeout, async {
-                    tokio::select! {
+            // One deadline, one boxed future and one timer per request for the wait and
+            // the head: a poller sends a request for every answer.
+            let head = async {
+                if buf.is_empty() {
+                    // Between requests nothing is buffered: wait for the next one with no
+                    // memory.
+                    let arrived = tokio::select! {
                         ready = poll_fn(|cx| stream.poll_read_ready(cx)) => ready.is_ok(),
                         _ = app.shutdown.cancelled() => false,
                         _ = info.killed() => false,
+                    };
+                    if !arrived {
+                        return Err(io::ErrorKind::ConnectionAborted.into());
                     }
-                }));
-                if !arrived.await.unwrap_or(false) {
-                    return Next::Closed;
                 }
-            }
-            let head = read_head(stream, &mut buf, info);
-            let (req, keep_alive) = match Box::pin(tokio::time::timeout(header_timeout, head)).await
-            {
+                read_head(stream, &mut buf, info).await
+            };
+            let outcome = Box::pin(tokio::time::timeout(header_timeout, head)).await;
+            let (req, keep_alive) = match outcome {
                 Ok(Ok(Some(lean))) => lean,
                 Ok(Ok(None)) => return Next::Hyper(buf.freeze()),
-                // Closed or failed.
+                // Closed, failed, or the gateway is closing it.
                 Ok(Err(_)) => return Next::Closed,
+                // An idle keep-alive connection: closed quietly.
+                Err(_) if buf.is_empty() => return Next::Closed,
                 // A client trickling its head (slowloris).
                 Err(_) => {
                     app.metrics.error("request_timeout");
