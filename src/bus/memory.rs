@@ -10,12 +10,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, ready};
 
 pub use super::Retention;
-use super::{Engine, History, Hub, Map, RetentionPolicy, now_ms};
-use crate::error::Result;
+use super::{Engine, History, Hub, Map, Reply, RetentionPolicy, now, now_ms};
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
 
 /// The in-memory engine.
@@ -200,8 +197,8 @@ async fn sweep_forever(engine: Weak<MemoryEngine>, every: Duration) {
 }
 
 impl Engine for MemoryEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>> {
-        ready(Ok(self.publish_now(channel, &data))).boxed()
+    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
+        now(Ok(self.publish_now(channel, &data)))
     }
 
     fn history<'a>(
@@ -209,26 +206,26 @@ impl Engine for MemoryEngine {
         channel: &'a Channel,
         from: Option<&'a Position>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<History>> {
-        ready(Ok(self.history_now(channel, from, limit))).boxed()
+    ) -> Reply<'a, History> {
+        now(Ok(self.history_now(channel, from, limit)))
     }
 
-    fn watch<'a>(&'a self, _channel: &'a Channel) -> BoxFuture<'a, Result<()>> {
+    fn watch<'a>(&'a self, _channel: &'a Channel) -> Reply<'a, ()> {
         // Every publish on this node reaches the hub directly.
-        ready(Ok(())).boxed()
+        now(Ok(()))
     }
 
     fn unwatch(&self, _channel: &Channel) {}
 
-    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
-        let now = Instant::now();
+    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
+        let at = Instant::now();
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        claimed.retain(|_, expires| *expires > now);
+        claimed.retain(|_, expires| *expires > at);
         let fresh = !claimed.contains_key(key);
         if fresh {
-            claimed.insert(key.to_owned(), now + ttl);
+            claimed.insert(key.to_owned(), at + ttl);
         }
-        ready(Ok(fresh)).boxed()
+        now(Ok(fresh))
     }
 
     fn name(&self) -> &'static str {

@@ -17,13 +17,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 
 pub use hub::Hub;
+
+/// What an [`Engine`] call returns: its answer at once, as the embedded engine always
+/// has it, with no allocation; or a boxed future, for an engine that waits on a network.
+/// A long poll calls the engine twice per request.
+pub type Reply<'a, T> = Either<Ready<Result<T>>, BoxFuture<'a, Result<T>>>;
+
+/// An engine's answer, known now.
+pub fn now<'a, T>(answer: Result<T>) -> Reply<'a, T> {
+    Either::Left(ready(answer))
+}
+
+/// An engine's answer, once `future` resolves.
+pub fn later<'a, T>(future: impl Future<Output = Result<T>> + Send + 'a) -> Reply<'a, T> {
+    Either::Right(Box::pin(future))
+}
 
 /// The bus's maps, keyed by channel or subscriber id, are read on every subscribe,
 /// unsubscribe and history read. foldhash (hashbrown's own default) hashes a channel name
@@ -38,7 +53,7 @@ pub use subscription::{Closed, Event, Subscription};
 /// channel, on every node that [`Engine::watch`]es the channel.
 pub trait Engine: Send + Sync + 'static {
     /// Appends compact JSON `data` to the channel's history, delivers it live, and returns it.
-    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>>;
+    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>>;
 
     /// Reads up to `limit` retained messages after `from`; with `from` = `None`, only the
     /// current epoch and head ("from now on").
@@ -47,21 +62,17 @@ pub trait Engine: Send + Sync + 'static {
         channel: &'a Channel,
         from: Option<&'a Position>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<History>>;
+    ) -> Reply<'a, History>;
 
     /// Makes sure live messages of `channel` reach this node's hub; resolves once they do.
-    fn watch<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<()>>;
+    fn watch<'a>(&'a self, channel: &'a Channel) -> Reply<'a, ()>;
 
     /// Tells the engine this node no longer has local subscribers on `channel`.
     fn unwatch(&self, channel: &Channel);
 
     /// Records `key` for `ttl` unless it is already recorded; true when this call
     /// recorded it. Makes connect tickets single-use across every node of the engine.
-    fn claim_once<'a>(
-        &'a self,
-        key: &'a str,
-        ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<bool>>;
+    fn claim_once<'a>(&'a self, key: &'a str, ttl: std::time::Duration) -> Reply<'a, bool>;
 
     /// Whether the engine currently answers (always, for an embedded one).
     fn is_up(&self) -> bool {

@@ -25,14 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use prometheus::{Histogram, IntGauge};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::{Engine, History, Hub, RetentionPolicy, now_ms};
+use super::{Engine, History, Hub, Reply, RetentionPolicy, later, now_ms};
 use crate::error::{Error, Result};
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
 
@@ -357,9 +356,9 @@ fn unavailable(err: redis::RedisError) -> Error {
 }
 
 impl Engine for RedisEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>> {
+    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
         let channel = channel.clone();
-        async move { self.publish_now(&channel, data).await }.boxed()
+        later(async move { self.publish_now(&channel, data).await })
     }
 
     fn history<'a>(
@@ -367,12 +366,12 @@ impl Engine for RedisEngine {
         channel: &'a Channel,
         from: Option<&'a Position>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<History>> {
-        self.history_now(channel, from, limit).boxed()
+    ) -> Reply<'a, History> {
+        later(self.history_now(channel, from, limit))
     }
 
-    fn watch<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<()>> {
-        self.watch_now(channel).boxed()
+    fn watch<'a>(&'a self, channel: &'a Channel) -> Reply<'a, ()> {
+        later(self.watch_now(channel))
     }
 
     fn unwatch(&self, channel: &Channel) {
@@ -387,8 +386,8 @@ impl Engine for RedisEngine {
         }
     }
 
-    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
-        async move {
+    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
+        later(async move {
             let mut connection = self.connection.clone();
             let reply: Option<String> = redis::cmd("SET")
                 .arg(format!("{}:once:{key}", self.settings.prefix))
@@ -400,8 +399,7 @@ impl Engine for RedisEngine {
                 .await
                 .map_err(unavailable)?;
             Ok(reply.is_some())
-        }
-        .boxed()
+        })
     }
 
     fn is_up(&self) -> bool {

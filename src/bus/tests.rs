@@ -12,11 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, ready};
 
 use super::memory::{MemoryEngine, Retention};
 use super::*;
-use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 
 #[derive(Clone, Copy, Debug)]
@@ -347,7 +345,7 @@ impl LossyEngine {
 }
 
 impl Engine for LossyEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> BoxFuture<'_, Result<Arc<Message>>> {
+    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
         let mut log = self.log.lock().unwrap();
         let offset = log.1.back().map_or(1, |m| m.offset + 1);
         let message = Arc::new(Message::new(
@@ -361,7 +359,7 @@ impl Engine for LossyEngine {
         if (self.deliver)(offset) {
             self.hub.deliver(&message);
         }
-        ready(Ok(message)).boxed()
+        now(Ok(message))
     }
 
     fn history<'a>(
@@ -369,7 +367,7 @@ impl Engine for LossyEngine {
         _channel: &'a Channel,
         from: Option<&'a Position>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<History>> {
+    ) -> Reply<'a, History> {
         let log = self.log.lock().unwrap();
         let head = log.1.back().map_or(0, |m| m.offset);
         let messages = match from {
@@ -382,23 +380,22 @@ impl Engine for LossyEngine {
                 .collect(),
             None => Vec::new(),
         };
-        ready(Ok(History {
+        now(Ok(History {
             epoch: log.0.clone(),
             head,
             gap: None,
             messages,
         }))
-        .boxed()
     }
 
-    fn watch<'a>(&'a self, _channel: &'a Channel) -> BoxFuture<'a, Result<()>> {
-        ready(Ok(())).boxed()
+    fn watch<'a>(&'a self, _channel: &'a Channel) -> Reply<'a, ()> {
+        now(Ok(()))
     }
 
     fn unwatch(&self, _channel: &Channel) {}
 
-    fn claim_once<'a>(&'a self, _key: &'a str, _ttl: Duration) -> BoxFuture<'a, Result<bool>> {
-        ready(Ok(true)).boxed()
+    fn claim_once<'a>(&'a self, _key: &'a str, _ttl: Duration) -> Reply<'a, bool> {
+        now(Ok(true))
     }
 
     fn name(&self) -> &'static str {
