@@ -206,29 +206,34 @@ fn lean_request(
         "/longpoll" | "/poll" => (false, false),
         _ => return None,
     };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    // Host is read only to tell a same-origin request from a cross-origin one.
+    let has_origin = parsed
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("origin"));
+    let mut map = HeaderMap::new();
     let mut keep_alive = true;
     for header in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(header.value).ok()?;
-        match name.as_str() {
-            // A body, an upgrade or an expectation: hyper's to handle.
-            "transfer-encoding" | "expect" => return None,
-            "upgrade"
-                if !upgrade_allowed || !value.as_bytes().eq_ignore_ascii_case(b"websocket") =>
-            {
-                return None;
-            }
-            "content-length" if value.as_bytes() != b"0" => return None,
-            "connection" => {
-                let value = value.to_str().unwrap_or("");
-                keep_alive &= !value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"));
-            }
-            _ => {}
+        let (name, value) = (header.name, header.value);
+        let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+        // A body, an upgrade or an expectation: hyper's to handle.
+        if is("transfer-encoding")
+            || is("expect")
+            || (is("upgrade") && (!upgrade_allowed || !value.eq_ignore_ascii_case(b"websocket")))
+            || (is("content-length") && value != b"0")
+        {
+            return None;
         }
-        map.append(name, value);
+        if is("connection") {
+            keep_alive &= !std::str::from_utf8(value)
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+        let Some(name) = read_by_routes(name, has_origin) else {
+            continue;
+        };
+        map.append(name, HeaderValue::from_bytes(value).ok()?);
     }
     // Built directly rather than through `Request::builder()`, whose chained results
     // cost about 1,300 instructions a request.
@@ -242,6 +247,34 @@ fn lean_request(
         req.extensions_mut().insert(info.clone());
     }
     Some((Box::new(req), keep_alive))
+}
+
+/// The name of a header the lean routes read, or `None` for one they never do, which is
+/// dropped unparsed: a browser sends a dozen headers, and each kept one costs a copy and
+/// an allocation in the request's map. The routes read the origin check's `Origin` (and
+/// `Host`, only beside an `Origin`), the credentials (`Authorization`, the API key),
+/// SSE's `Last-Event-ID` and the WebSocket handshake's headers.
+fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName> {
+    use http::header;
+    const KEPT: [(&str, HeaderName); 8] = [
+        ("origin", header::ORIGIN),
+        ("authorization", header::AUTHORIZATION),
+        (
+            crate::auth::API_KEY_HEADER,
+            HeaderName::from_static(crate::auth::API_KEY_HEADER),
+        ),
+        ("last-event-id", HeaderName::from_static("last-event-id")),
+        ("upgrade", header::UPGRADE),
+        ("connection", header::CONNECTION),
+        ("sec-websocket-version", header::SEC_WEBSOCKET_VERSION),
+        ("sec-websocket-key", header::SEC_WEBSOCKET_KEY),
+    ];
+    if has_origin && name.eq_ignore_ascii_case("host") {
+        return Some(header::HOST);
+    }
+    KEPT.into_iter()
+        .find(|(kept, _)| name.eq_ignore_ascii_case(kept))
+        .map(|(_, name)| name)
 }
 
 /// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
@@ -684,6 +717,30 @@ mod tests {
             let (bytes, used) = chunk_size_line(len);
             assert_eq!(std::str::from_utf8(&bytes[..used]).unwrap(), line);
             assert_eq!(line, format!("{len:x}\r\n"));
+        }
+    }
+
+    #[test]
+    fn only_headers_the_routes_read_are_kept() {
+        assert_eq!(read_by_routes("Origin", false), Some(http::header::ORIGIN));
+        assert_eq!(
+            read_by_routes("X-Cascade-API-Key", false).unwrap().as_str(),
+            crate::auth::API_KEY_HEADER
+        );
+        assert_eq!(
+            read_by_routes("LAST-EVENT-ID", false).unwrap().as_str(),
+            "last-event-id"
+        );
+        assert_eq!(read_by_routes("Host", true), Some(http::header::HOST));
+        assert_eq!(read_by_routes("Host", false), None);
+        for dropped in [
+            "User-Agent",
+            "Accept",
+            "Cookie",
+            "Sec-Fetch-Mode",
+            "Referer",
+        ] {
+            assert_eq!(read_by_routes(dropped, true), None, "{dropped}");
         }
     }
 
