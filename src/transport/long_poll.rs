@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 
 use crate::app::App;
@@ -54,18 +55,14 @@ pub fn serve<B: Send + Sync + 'static>(
                 _ = tokio::time::sleep(*timeout) => {}
             }
         }
-        let next = match waiting {
-            Waiting::No(next) => next,
-            Waiting::Park(subscription, _) => subscription.cursor(),
-        };
         let mut retry_ms = None;
         if app.shutdown.is_cancelled() {
             retry_ms = Some(app.reconnect_delay_ms());
         }
         if events.iter().any(|e| matches!(e, Event::Gap(_))) {
-            tracing::debug!(next = %next, "long poll reported a gap");
+            tracing::debug!(next = %waiting.cursor(), "long poll reported a gap");
         }
-        let body = poll_body(&events, &next, retry_ms, metrics);
+        let body = poll_body(&events, |out| waiting.put_cursor(out), retry_ms, metrics);
         Ok(json(StatusCode::OK, body))
     }
 }
@@ -74,8 +71,30 @@ pub fn serve<B: Send + Sync + 'static>(
 enum Waiting {
     /// No: it answers at once with what history held, up to this cursor.
     No(Cursor),
+    /// No: it answers at once with what this subscription found.
+    Found(Subscription),
     /// Yes, on this subscription, for at most this long.
     Park(Subscription, Duration),
+}
+
+impl Waiting {
+    /// Appends the cursor that resumes after the answer's events.
+    fn put_cursor(&self, out: &mut BytesMut) {
+        match self {
+            Waiting::No(next) => next.put(out),
+            Waiting::Found(subscription) | Waiting::Park(subscription, _) => {
+                subscription.put_cursor(out)
+            }
+        }
+    }
+
+    /// The cursor that resumes after the answer's events, for logs.
+    fn cursor(&self) -> Cursor {
+        match self {
+            Waiting::No(next) => next.clone(),
+            Waiting::Found(subscription) | Waiting::Park(subscription, _) => subscription.cursor(),
+        }
+    }
 }
 
 /// Reads what is already there after `cursor`; with nothing there, the poll waits on the
@@ -96,7 +115,7 @@ async fn start(app: &App, cursor: Cursor, timeout: Duration) -> Result<(Vec<Even
     if events.is_empty() {
         return Ok((events, Waiting::Park(subscription, timeout)));
     }
-    Ok((events, Waiting::No(subscription.cursor())))
+    Ok((events, Waiting::Found(subscription)))
 }
 
 /// Moves what the subscription holds ready into `events`, up to one answer's worth.

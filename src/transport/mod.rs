@@ -153,35 +153,41 @@ pub fn wanted_cursor<'a>(
     cursor: &str,
     max_channels: usize,
 ) -> Result<Cursor> {
-    let cursor = Cursor::parse(cursor, max_channels)?;
+    let mut cursor = Cursor::parse(cursor, max_channels)?;
     let Some(names) = names else {
         if cursor.entries.is_empty() {
             return Err(Error::NoChannels);
         }
         return Ok(cursor);
     };
-    let mut wanted = Cursor {
-        entries: Vec::with_capacity(cursor.entries.len().max(1).min(max_channels)),
-    };
+    // The cursor is reordered in place: its first `kept` entries are the wanted ones, in
+    // the order named, and the rest is dropped. A poller names the channels of its own
+    // cursor, in the same order, so nothing moves and nothing is parsed twice.
+    let mut kept = 0;
     for name in names {
-        if wanted.entries.iter().any(|(c, _)| c.as_str() == name) {
+        if cursor.entries[..kept]
+            .iter()
+            .any(|(c, _)| c.as_str() == name)
+        {
             continue;
         }
-        if wanted.entries.len() == max_channels {
+        if kept == max_channels {
             return Err(Error::TooManyChannels(max_channels));
         }
-        // A channel the cursor names too is shared from it, not parsed a second time:
-        // a poller's request names every channel twice.
-        let entry = match cursor.entries.iter().find(|(c, _)| c.as_str() == name) {
-            Some(entry) => entry.clone(),
-            None => (Channel::parse(name)?, None),
-        };
-        wanted.entries.push(entry);
+        match cursor.entries[kept..]
+            .iter()
+            .position(|(c, _)| c.as_str() == name)
+        {
+            Some(at) => cursor.entries.swap(kept, kept + at),
+            None => cursor.entries.insert(kept, (Channel::parse(name)?, None)),
+        }
+        kept += 1;
     }
-    if wanted.entries.is_empty() {
+    if kept == 0 {
         return Err(Error::NoChannels);
     }
-    Ok(wanted)
+    cursor.entries.truncate(kept);
+    Ok(cursor)
 }
 
 /// Identifies the caller and checks that it may read every channel of `cursor`.
@@ -199,10 +205,11 @@ pub async fn authorize_subscribe(
 }
 
 /// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..]}`, recording the
-/// deliveries; `retry_ms` is added when the gateway is draining.
+/// deliveries; `put_cursor` appends the cursor's text (a subscription writes its own
+/// without building a [`Cursor`]), and `retry_ms` is added when the gateway is draining.
 pub fn poll_body(
     events: &[Event],
-    cursor: &Cursor,
+    put_cursor: impl FnOnce(&mut BytesMut),
     retry_ms: Option<u64>,
     metrics: &TransportMetrics,
 ) -> Bytes {
@@ -222,7 +229,7 @@ pub fn poll_body(
     }
     body.put_slice(b"],\"cursor\":\"");
     // Cursor characters need no JSON escaping.
-    cursor.put(&mut body);
+    put_cursor(&mut body);
     body.put_u8(b'"');
     let gaps: Vec<String> = events
         .iter()
@@ -260,6 +267,13 @@ mod tests {
         assert_eq!(c.to_string(), "b@E:4");
         let c = requested_cursor(&query("channels=a,a"), Some("a@X:2"), 8).unwrap();
         assert_eq!(c.to_string(), "a@X:2");
+        // In the order named, whatever the cursor's order; unnamed entries dropped.
+        let c = requested_cursor(&query("channels=c,b,a&cursor=a@E:1,b@E:2,d@E:3"), None, 8);
+        assert_eq!(c.unwrap().to_string(), "c,b@E:2,a@E:1");
+        let c = requested_cursor(&query("channels=b,x,b&cursor=a@E:1,b@E:2"), None, 8);
+        assert_eq!(c.unwrap().to_string(), "b@E:2,x");
+        let c = requested_cursor(&query("channels=a,b,c&cursor=c@E:1"), None, 2);
+        assert_eq!(c.unwrap_err().code(), "too_many_channels");
     }
 
     #[test]

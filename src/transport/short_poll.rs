@@ -24,6 +24,6 @@ pub async fn serve<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> 
         .shutdown
         .is_cancelled()
         .then(|| app.reconnect_delay_ms());
-    let body = poll_body(&events, &next, retry_ms, metrics);
+    let body = poll_body(&events, |out| next.put(out), retry_ms, metrics);
     Ok(json(StatusCode::OK, body))
 }
