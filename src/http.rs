@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::error::{Error, Result};
+use crate::protocol::split_once_ascii;
 
 /// The body type of every response: buffered or streamed, never failing mid-way.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -71,8 +72,19 @@ impl Query {
         let mut pairs = Vec::new();
         // The splitting of form_urlencoded::parse: empty pieces are skipped, and a piece
         // without `=` is a key with an empty value.
-        for piece in raw.split('&').filter(|p| !p.is_empty()).take(32) {
-            let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
+        let mut rest = Some(raw);
+        while let Some(remaining) = rest
+            && pairs.len() < 32
+        {
+            let piece;
+            (piece, rest) = match split_once_ascii(remaining, b'&') {
+                Some((piece, tail)) => (piece, Some(tail)),
+                None => (remaining, None),
+            };
+            if piece.is_empty() {
+                continue;
+            }
+            let (key, value) = split_once_ascii(piece, b'=').unwrap_or((piece, ""));
             let key = push_decoded(&mut text, key);
             let value = push_decoded(&mut text, value);
             pairs.push((key, value));
