@@ -33,18 +33,28 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 pub fn handle_lean(
     app: Arc<App>,
     req: Box<Request<()>>,
-) -> impl Future<Output = (Response<Body>, Option<Box<websocket::Accepted>>)> + Send {
+    mut kept: Kept,
+) -> impl Future<Output = (Response<Body>, Kept)> + Send {
     // `async move` blocks here and in `answer`, not async fns: a parked long poll keeps
     // these futures, and an async fn keeps its arguments twice.
     async move {
         let admission = Admission::of(&app, &req);
-        let mut upgrade = None;
         let response = answer(app, admission, req, |app, req| {
-            route_lean(app, req, &mut upgrade)
+            route_lean(app, req, &mut kept)
         })
         .await;
-        (response, upgrade)
+        (response, kept)
     }
+}
+
+/// What a lean route leaves to its connection besides the answer.
+#[derive(Default)]
+pub struct Kept {
+    /// The accepted WebSocket handshake, when the answer is `101`.
+    pub upgrade: Option<Box<websocket::Accepted>>,
+    /// A long poll's subscription, for the connection's next poll (given back to the
+    /// next request, which drops it unless it is a poll that goes on with it).
+    pub poll: Option<long_poll::Carry>,
 }
 
 /// What is decided about a request before any route runs.
@@ -130,7 +140,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         }
         (&Method::GET, "/longpoll") => {
             enabled(&app, Transport::Longpoll)?;
-            Box::pin(long_poll::serve(app, Box::new(req))).await
+            // hyper's connections keep nothing between requests.
+            Box::pin(long_poll::serve(app, Box::new(req), &mut None)).await
         }
         (&Method::GET, "/poll") => {
             enabled(&app, Transport::Poll)?;
@@ -171,14 +182,17 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
 fn route_lean(
     app: Arc<App>,
     req: Box<Request<()>>,
-    upgrade: &mut Option<Box<websocket::Accepted>>,
+    kept: &mut Kept,
 ) -> impl Future<Output = Result<Response<Body>>> + Send + '_ {
     async move {
+        if req.uri().path() != "/longpoll" {
+            kept.poll = None;
+        }
         match req.uri().path() {
             "/ws" => {
                 enabled(&app, Transport::Websocket)?;
                 let (response, accepted) = Box::pin(websocket::handshake(app, &req)).await?;
-                *upgrade = Some(accepted);
+                kept.upgrade = Some(accepted);
                 Ok(response)
             }
             "/sse" => {
@@ -193,7 +207,7 @@ fn route_lean(
                 enabled(&app, Transport::Longpoll)?;
                 // Not boxed, unlike the others: a parked poll keeps this future, and one
                 // allocation for the routing and the poll together is smaller than two.
-                long_poll::serve(app, req).await
+                long_poll::serve(app, req, &mut kept.poll).await
             }
             path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
         }

@@ -387,3 +387,91 @@ async fn multi_channel_poll() {
     assert_eq!(offsets(&body), vec![1, 2, 3]);
     assert_eq!(cursor(&body), format!("beta@{eb}:3"));
 }
+
+/// One keep-alive connection spoken to by hand, so that its polls surely share it.
+struct KeepAlive {
+    stream: tokio::net::TcpStream,
+    read: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn open(server: &TestServer) -> Self {
+        let stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        KeepAlive {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    /// GETs `path` and returns the JSON body of its `200`.
+    async fn get(&mut self, path: &str) -> Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send");
+        loop {
+            let text = String::from_utf8_lossy(&self.read).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = &text[..end];
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .expect("content-length")
+                    .parse()
+                    .expect("length");
+                if self.read.len() >= end + 4 + length {
+                    let body: Vec<u8> = self.read.drain(..end + 4 + length).skip(end + 4).collect();
+                    return serde_json::from_slice(&body).expect("json body");
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = within(self.stream.read(&mut chunk)).await.expect("read");
+            assert!(n > 0, "the gateway closed the connection");
+            self.read.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_keeps_its_poll_subscription() {
+    // History keeps one message, so only a subscription kept between polls can hand
+    // out the two published while no poll was waiting.
+    let mut config = test_config();
+    config.history.max_messages = 1;
+    let server = TestServer::start(config).await;
+    let start = tail(&server, "kept").await;
+    let (epoch, _) = server.publish("kept", json!(1)).await;
+    let mut conn = KeepAlive::open(&server).await;
+    let first = conn
+        .get(&format!("/longpoll?cursor={start}&timeout=5"))
+        .await;
+    assert_eq!(offsets(&first), vec![1], "{first}");
+    let resume = cursor(&first);
+    server.publish("kept", json!(2)).await;
+    server.publish("kept", json!(3)).await;
+
+    let kept = conn
+        .get(&format!("/longpoll?cursor={resume}&timeout=5"))
+        .await;
+    assert_eq!(offsets(&kept), vec![2, 3], "{kept}");
+    assert!(kept.get("gaps").is_none(), "{kept}");
+    assert_eq!(cursor(&kept), format!("kept@{epoch}:3"));
+
+    // Another connection has no such subscription: history reports the gap.
+    let elsewhere = poll(&server, &format!("/longpoll?cursor={resume}&timeout=5")).await;
+    assert_eq!(offsets(&elsewhere), vec![3], "{elsewhere}");
+    assert_eq!(elsewhere["gaps"][0]["first"], json!(3), "{elsewhere}");
+
+    // A poll that does not resume where the last answer ended starts afresh, on the
+    // same connection too.
+    let stale = conn
+        .get(&format!("/longpoll?cursor={resume}&timeout=5"))
+        .await;
+    assert_eq!(offsets(&stale), vec![3], "{stale}");
+    assert_eq!(stale["gaps"][0]["first"], json!(3), "{stale}");
+}

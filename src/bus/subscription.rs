@@ -210,6 +210,22 @@ impl Subscription {
         }
     }
 
+    /// Whether this subscription stands exactly at `cursor`: the same channels in the same
+    /// order, each at the position last handed out, and not cut off. A poll that resumes
+    /// with the cursor of its last answer may go on with the subscription that made it.
+    pub fn resumes(&self, cursor: &Cursor) -> bool {
+        !self.inbox.is_cut()
+            && self.stash.is_none()
+            && self.channels.len() == cursor.entries.len()
+            && self
+                .channels
+                .iter()
+                .zip(&cursor.entries)
+                .all(|(f, (channel, position))| {
+                    f.channel == *channel && position.as_ref() == Some(&f.delivered)
+                })
+    }
+
     /// Appends the current cursor, in [`Cursor`]'s text form, without building one and
     /// without the formatting machinery: SSE stamps every delivery with it.
     pub fn put_cursor(&self, out: &mut BytesMut) {

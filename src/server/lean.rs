@@ -64,6 +64,8 @@ pub fn serve<'a>(
 ) -> impl Future<Output = Next> + Send + 'a {
     async move {
         let mut buf = BytesMut::new();
+        // What the last request left for the next one: a long poll's subscription.
+        let mut kept_poll = None;
         loop {
             // One deadline, one boxed future and one timer per request for the wait and
             // the head: a poller sends a request for every answer.
@@ -101,9 +103,15 @@ pub fn serve<'a>(
             }
             // Routing and sending are separate futures so that a long stream does not keep
             // the routing's room in this task.
-            let Some((response, upgrade)) = route(stream, &mut buf, info, app, req).await else {
+            let kept = routes::Kept {
+                upgrade: None,
+                poll: kept_poll.take(),
+            };
+            let Some((response, kept)) = route(stream, &mut buf, info, app, req, kept).await else {
                 return Next::Closed;
             };
+            let upgrade = kept.upgrade;
+            kept_poll = kept.poll;
             // The head is encoded here, not in an async helper, so that a long stream's
             // task keeps only its body, not the response's parts.
             let (head, body) = prepare(response, keep_alive);
@@ -286,13 +294,14 @@ fn route<'a>(
     info: &'a ConnInfo,
     app: &'a Arc<App>,
     req: Box<Request<()>>,
-) -> impl Future<Output = Option<(Response<Body>, Option<Box<websocket::Accepted>>)>> + Send + 'a {
+    kept: routes::Kept,
+) -> impl Future<Output = Option<(Response<Body>, routes::Kept)>> + Send + 'a {
     // An `async move` block, not an `async fn`: a parked poll keeps this future, and an
     // async fn would keep every argument twice.
     async move {
         // Boxed: an SSE stream outlives its routing by hours, and the connection's task
         // should not keep the routing's room for it.
-        let mut routed = Box::pin(routes::handle_lean(app.clone(), req));
+        let mut routed = Box::pin(routes::handle_lean(app.clone(), req, kept));
         loop {
             tokio::select! {
                 answer = &mut routed => return Some(answer),

@@ -1,6 +1,11 @@
 //! `GET /longpoll`: the request is held until a message exists after the cursor or the
 //! timeout passes. The cursor carries everything published between two polls, so a client
 //! that polls again at once loses nothing.
+//!
+//! On a keep-alive connection the poll's subscription outlives its answer (see
+//! [`Carry`]): the next poll on that connection that resumes exactly where the answer
+//! ended goes on with it, with no new registration and no history read, and finds
+//! whatever was published in between already queued.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,22 +24,34 @@ use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_curso
 /// Most events one answer carries; the rest wait for the next poll.
 const MAX_BATCH: usize = 1000;
 
+/// A poll's subscription, kept by its connection between polls.
+///
+/// Registered all the while, it queues what is published between an answer and the next
+/// poll (bounded by the subscriber queue: a connection that stops polling is cut off as
+/// any slow subscriber is, and its next poll starts afresh). A poll goes on with it only
+/// when the poll's cursor is exactly where the last answer left it; any other request on
+/// the connection, or its end, drops it.
+pub struct Carry(Box<Subscription>);
+
 /// Answers as soon as there is something after the cursor, or empty at the timeout.
+/// `carry` holds the connection's kept subscription, if any, and receives this poll's.
 ///
 /// A parked poll keeps only its subscription and the futures it waits on: the request is
 /// dropped before it parks, every await before the wait is boxed (a future is as large as
 /// its largest state, and a poll may wait for many seconds), and this is an `async move`
 /// block rather than an `async fn`, which would keep its arguments twice.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub fn serve<B: Send + Sync + 'static>(
+pub fn serve<'a, B: Send + Sync + 'static>(
     app: Arc<App>,
     req: Box<Request<B>>,
-) -> impl Future<Output = Result<Response<Body>>> + Send {
+    carry: &'a mut Option<Carry>,
+) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
     async move {
         let metrics = app.metrics.transport(Transport::Longpoll);
+        let carried = carry.take();
         let (cursor, timeout) = Box::pin(admit(&app, req)).await?;
         let _in_flight = InFlight::new(metrics);
-        let (mut events, mut waiting) = Box::pin(start(&app, cursor, timeout)).await?;
+        let (mut events, mut waiting) = Box::pin(start(&app, cursor, timeout, carried)).await?;
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
@@ -63,6 +80,11 @@ pub fn serve<B: Send + Sync + 'static>(
             tracing::debug!(next = %waiting.cursor(), "long poll reported a gap");
         }
         let body = poll_body(&events, |out| waiting.put_cursor(out), retry_ms, metrics);
+        if let Waiting::Found(subscription) | Waiting::Park(subscription, _) = waiting
+            && retry_ms.is_none()
+        {
+            *carry = Some(Carry(subscription));
+        }
         Ok(json(StatusCode::OK, body))
     }
 }
@@ -72,9 +94,9 @@ enum Waiting {
     /// No: it answers at once with what history held, up to this cursor.
     No(Cursor),
     /// No: it answers at once with what this subscription found.
-    Found(Subscription),
+    Found(Box<Subscription>),
     /// Yes, on this subscription, for at most this long.
-    Park(Subscription, Duration),
+    Park(Box<Subscription>, Duration),
 }
 
 impl Waiting {
@@ -103,13 +125,25 @@ impl Waiting {
 /// History is read once: the subscription registers before it reads (see
 /// `bus::subscription`), so a poll that finds nothing parks with nothing missed and no
 /// second read, which is the common case of a client polling again at once.
-async fn start(app: &App, cursor: Cursor, timeout: Duration) -> Result<(Vec<Event>, Waiting)> {
+async fn start(
+    app: &App,
+    cursor: Cursor,
+    timeout: Duration,
+    carried: Option<Carry>,
+) -> Result<(Vec<Event>, Waiting)> {
     if timeout.is_zero() || app.shutdown.is_cancelled() {
         let (events, next) = app.bus.catch_up(&cursor).await?;
         return Ok((events, Waiting::No(next)));
     }
-    let mut subscription = app.bus.subscribe();
-    subscription.add(&cursor).await?;
+    let mut subscription = match carried {
+        Some(Carry(kept)) if kept.resumes(&cursor) => kept,
+        _ => {
+            // Boxed: a Carry is one pointer wherever the connection keeps it.
+            let mut fresh = Box::new(app.bus.subscribe());
+            fresh.add(&cursor).await?;
+            fresh
+        }
+    };
     let mut events = Vec::new();
     take_ready(&mut subscription, &mut events);
     if events.is_empty() {
