@@ -211,6 +211,11 @@ impl Cursor {
         Ok(Cursor { entries })
     }
 
+    /// The channels, in cursor order.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.entries.iter().map(|(c, _)| c)
+    }
+
     /// The position recorded for `channel`, if any.
     pub fn position(&self, channel: &Channel) -> Option<&Position> {
         self.entries

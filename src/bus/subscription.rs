@@ -210,20 +210,45 @@ impl Subscription {
         }
     }
 
-    /// Whether this subscription stands exactly at `cursor`: the same channels in the same
-    /// order, each at the position last handed out, and not cut off. A poll that resumes
-    /// with the cursor of its last answer may go on with the subscription that made it.
-    pub fn resumes(&self, cursor: &Cursor) -> bool {
-        !self.inbox.is_cut()
-            && self.stash.is_none()
-            && self.channels.len() == cursor.entries.len()
-            && self
-                .channels
-                .iter()
-                .zip(&cursor.entries)
-                .all(|(f, (channel, position))| {
-                    f.channel == *channel && position.as_ref() == Some(&f.delivered)
-                })
+    /// Whether a poll's `channels=` (if given) and `cursor=` text stand exactly where this
+    /// subscription is: the channels in order, each at the position last handed out (the
+    /// cursor [`Subscription::put_cursor`] writes), and the subscription not cut off.
+    /// Compared as text, so that a poll that resumes with its last answer's cursor parses
+    /// no cursor at all.
+    pub fn resumed_by(&self, channels: Option<&str>, cursor: &str) -> bool {
+        if self.inbox.is_cut() || self.stash.is_some() {
+            return false;
+        }
+        if let Some(list) = channels
+            && !follows_exactly(list, self.channels.iter().map(|f| f.channel.as_str()))
+        {
+            return false;
+        }
+        let mut digits = itoa::Buffer::new();
+        let mut rest = cursor.as_bytes();
+        for (i, followed) in self.channels.iter().enumerate() {
+            let position = &followed.delivered;
+            let parts: [&[u8]; 6] = [
+                if i == 0 { b"" } else { b"," },
+                followed.channel.as_str().as_bytes(),
+                b"@",
+                position.epoch.as_str().as_bytes(),
+                b":",
+                digits.format(position.offset).as_bytes(),
+            ];
+            for part in parts {
+                match rest.strip_prefix(part) {
+                    Some(tail) => rest = tail,
+                    None => return false,
+                }
+            }
+        }
+        rest.is_empty()
+    }
+
+    /// The channels followed, in subscription order.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.channels.iter().map(|f| &f.channel)
     }
 
     /// Appends the current cursor, in [`Cursor`]'s text form, without building one and
@@ -396,6 +421,25 @@ impl Subscription {
             }
         }
     }
+}
+
+/// Whether the comma-separated `list` is exactly `names`, in order.
+fn follows_exactly<'a>(list: &str, names: impl Iterator<Item = &'a str>) -> bool {
+    let mut rest = Some(list);
+    for name in names {
+        let Some(remaining) = rest else {
+            return false;
+        };
+        let (first, tail) = match crate::protocol::split_once_ascii(remaining, b',') {
+            Some((first, tail)) => (first, Some(tail)),
+            None => (remaining, None),
+        };
+        if first != name {
+            return false;
+        }
+        rest = tail;
+    }
+    rest.is_none()
 }
 
 impl Drop for Subscription {

@@ -454,3 +454,39 @@ async fn put_cursor_writes_the_cursor_text() {
     assert!(text.contains(":12"), "{text}");
     assert!(out.len() <= sub.cursor_len_max());
 }
+
+#[tokio::test]
+async fn resumed_by_compares_a_poll_with_the_subscription_as_text() {
+    let bus = bus(Kind::Memory).await;
+    let mut sub = bus.subscribe();
+    let news = Channel::parse("news").unwrap();
+    let mut wanted = cursor(&chat(), None);
+    wanted.entries.push((news.clone(), None));
+    sub.add(&wanted).await.unwrap();
+    for n in 1..=3 {
+        bus.publish(&chat(), data(n)).await.unwrap();
+    }
+    for _ in 0..3 {
+        next_message(&mut sub).await;
+    }
+    let text = sub.cursor().to_string();
+    assert!(sub.resumed_by(None, &text), "{text}");
+    assert!(sub.resumed_by(Some("chat,news"), &text));
+    for (channels, cursor) in [
+        (Some("news,chat"), text.clone()),
+        (Some("chat"), text.clone()),
+        (Some("chat,news,more"), text.clone()),
+        (Some("chat,news,"), text.clone()),
+        (None, text.replace(":3", ":2")),
+        (None, format!("{text},")),
+        (None, text.split(',').next().unwrap().to_owned()),
+        (None, String::new()),
+    ] {
+        assert!(
+            !sub.resumed_by(channels, &cursor),
+            "{channels:?} {cursor:?} against {text}"
+        );
+    }
+    // What resumes as text is what the cursor parses to.
+    assert_eq!(Cursor::parse(&text, 8).unwrap(), sub.cursor());
+}

@@ -29,9 +29,18 @@ const MAX_BATCH: usize = 1000;
 /// Registered all the while, it queues what is published between an answer and the next
 /// poll (bounded by the subscriber queue: a connection that stops polling is cut off as
 /// any slow subscriber is, and its next poll starts afresh). A poll goes on with it only
-/// when the poll's cursor is exactly where the last answer left it; any other request on
-/// the connection, or its end, drops it.
+/// when the poll's cursor is exactly where the last answer left it
+/// ([`Subscription::resumed_by`]); any other request on the connection, or its end,
+/// drops it.
 pub struct Carry(Box<Subscription>);
+
+/// Where a poll starts.
+enum Wanted {
+    /// From the connection's kept subscription, which the poll resumes.
+    Kept(Box<Subscription>),
+    /// From this cursor, with a subscription of its own.
+    From(Cursor),
+}
 
 /// Answers as soon as there is something after the cursor, or empty at the timeout.
 /// `carry` holds the connection's kept subscription, if any, and receives this poll's.
@@ -49,9 +58,9 @@ pub fn serve<'a, B: Send + Sync + 'static>(
     async move {
         let metrics = app.metrics.transport(Transport::Longpoll);
         let carried = carry.take();
-        let (cursor, timeout) = Box::pin(admit(&app, req)).await?;
+        let (wanted, timeout) = Box::pin(admit(&app, req, carried)).await?;
         let _in_flight = InFlight::new(metrics);
-        let (mut events, mut waiting) = Box::pin(start(&app, cursor, timeout, carried)).await?;
+        let (mut events, mut waiting) = Box::pin(start(&app, wanted, timeout)).await?;
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
@@ -125,19 +134,15 @@ impl Waiting {
 /// History is read once: the subscription registers before it reads (see
 /// `bus::subscription`), so a poll that finds nothing parks with nothing missed and no
 /// second read, which is the common case of a client polling again at once.
-async fn start(
-    app: &App,
-    cursor: Cursor,
-    timeout: Duration,
-    carried: Option<Carry>,
-) -> Result<(Vec<Event>, Waiting)> {
-    if timeout.is_zero() || app.shutdown.is_cancelled() {
-        let (events, next) = app.bus.catch_up(&cursor).await?;
-        return Ok((events, Waiting::No(next)));
-    }
-    let mut subscription = match carried {
-        Some(Carry(kept)) if kept.resumes(&cursor) => kept,
-        _ => {
+async fn start(app: &App, wanted: Wanted, timeout: Duration) -> Result<(Vec<Event>, Waiting)> {
+    let answer_now = timeout.is_zero() || app.shutdown.is_cancelled();
+    let mut subscription = match wanted {
+        Wanted::Kept(kept) => kept,
+        Wanted::From(cursor) if answer_now => {
+            let (events, next) = app.bus.catch_up(&cursor).await?;
+            return Ok((events, Waiting::No(next)));
+        }
+        Wanted::From(cursor) => {
             // Boxed: a Carry is one pointer wherever the connection keeps it.
             let mut fresh = Box::new(app.bus.subscribe());
             fresh.add(&cursor).await?;
@@ -146,7 +151,7 @@ async fn start(
     };
     let mut events = Vec::new();
     take_ready(&mut subscription, &mut events);
-    if events.is_empty() {
+    if events.is_empty() && !answer_now {
         return Ok((events, Waiting::Park(subscription, timeout)));
     }
     Ok((events, Waiting::Found(subscription)))
@@ -162,14 +167,35 @@ fn take_ready(subscription: &mut Subscription, events: &mut Vec<Event>) {
     }
 }
 
-/// The poll's cursor and how long it may be held, once the request is allowed.
-async fn admit<B: Send + Sync>(app: &App, req: Box<Request<B>>) -> Result<(Cursor, Duration)> {
+/// Where the poll starts and how long it may be held, once the request is allowed.
+async fn admit<B: Send + Sync>(
+    app: &App,
+    req: Box<Request<B>>,
+    carried: Option<Carry>,
+) -> Result<(Wanted, Duration)> {
     let query = Query::parse(req.uri().query());
-    let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    let who = authorize_subscribe(app, req.headers(), &query, &cursor).await?;
+    let resumed = |kept: &Subscription| {
+        kept.resumed_by(query.get("channels"), query.get("cursor").unwrap_or(""))
+    };
+    let wanted = match carried {
+        Some(Carry(kept)) if resumed(&kept) => Wanted::Kept(kept),
+        _ => Wanted::From(requested_cursor(
+            &query,
+            None,
+            app.config.limits.max_channels,
+        )?),
+    };
+    let who = match &wanted {
+        Wanted::Kept(kept) => {
+            authorize_subscribe(app, req.headers(), &query, kept.channels()).await?
+        }
+        Wanted::From(cursor) => {
+            authorize_subscribe(app, req.headers(), &query, cursor.channels()).await?
+        }
+    };
     // A poll is never held past the expiry of the credentials it was allowed with.
     let timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
-    Ok((cursor, timeout))
+    Ok((wanted, timeout))
 }
 
 /// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.

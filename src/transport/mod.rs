@@ -190,15 +190,15 @@ pub fn wanted_cursor<'a>(
     Ok(cursor)
 }
 
-/// Identifies the caller and checks that it may read every channel of `cursor`.
-pub async fn authorize_subscribe(
+/// Identifies the caller and checks that it may read every one of `channels`.
+pub async fn authorize_subscribe<'c>(
     app: &App,
     headers: &HeaderMap,
     query: &Query,
-    cursor: &Cursor,
+    channels: impl IntoIterator<Item = &'c Channel>,
 ) -> Result<Identity> {
     let who = app.auth.identify(headers, query, &app.bus).await?;
-    for (channel, _) in &cursor.entries {
+    for channel in channels {
         app.auth.check_subscribe(&who, channel)?;
     }
     Ok(who)

@@ -17,7 +17,7 @@ pub async fn serve<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> 
     let metrics = app.metrics.transport(Transport::Poll);
     let query = Query::parse(req.uri().query());
     let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
+    authorize_subscribe(&app, req.headers(), &query, cursor.channels()).await?;
     let _in_flight = InFlight::new(metrics);
     let (events, next) = app.bus.catch_up(&cursor).await?;
     let retry_ms = app

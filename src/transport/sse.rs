@@ -39,7 +39,7 @@ pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<B
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
-    let who = authorize_subscribe(&app, req.headers(), &query, &cursor).await?;
+    let who = authorize_subscribe(&app, req.headers(), &query, cursor.channels()).await?;
     let conn = req.extensions().get::<ConnInfo>().cloned();
     // A stalled reader stops hyper from polling this body, so the cut must reach the
     // connection itself: the server drops a connection whose token is cancelled.
