@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::error::{Error, Result};
-use crate::protocol::split_once_ascii;
 
 /// The body type of every response: buffered or streamed, never failing mid-way.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -67,38 +66,50 @@ impl Query {
     /// query would otherwise cost many times its size while a long poll is held.
     pub fn parse(query: Option<&str>) -> Self {
         let raw = query.unwrap_or("");
+        // A query with nothing escaped (a backend's, a poller's that does not escape its
+        // cursor) is kept as it is, its pairs pointing into it; only an escaped one is
+        // decoded part by part.
+        let plain = !raw.bytes().any(|b| b == b'%' || b == b'+');
         // Enough unless invalid UTF-8 is replaced by wider U+FFFD.
         let mut text = String::with_capacity(raw.len());
+        if plain {
+            text.push_str(raw);
+        }
         let mut pairs = Vec::new();
         // The splitting of form_urlencoded::parse: empty pieces are skipped, and a piece
         // without `=` is a key with an empty value.
-        let mut rest = Some(raw);
-        while let Some(remaining) = rest
-            && pairs.len() < 32
-        {
-            let piece;
-            (piece, rest) = match split_once_ascii(remaining, b'&') {
-                Some((piece, tail)) => (piece, Some(tail)),
-                None => (remaining, None),
-            };
-            if piece.is_empty() {
-                continue;
+        let bytes = raw.as_bytes();
+        let mut start = 0;
+        while start <= bytes.len() && pairs.len() < 32 {
+            let end = position(&bytes[start..], b'&').map_or(bytes.len(), |at| start + at);
+            if end > start {
+                let (key, value) = match position(&bytes[start..end], b'=') {
+                    Some(at) => (start..start + at, start + at + 1..end),
+                    None => (start..end, end..end),
+                };
+                // `&` and `=` are ASCII, so every range is on char boundaries.
+                pairs.push(if plain {
+                    (narrow(key), narrow(value))
+                } else {
+                    (
+                        push_decoded(&mut text, &raw[key]),
+                        push_decoded(&mut text, &raw[value]),
+                    )
+                });
             }
-            let (key, value) = split_once_ascii(piece, b'=').unwrap_or((piece, ""));
-            let key = push_decoded(&mut text, key);
-            let value = push_decoded(&mut text, value);
-            pairs.push((key, value));
+            start = end + 1;
         }
         Query { text, pairs }
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        let slice = |r: &Range<u32>| &self.text[r.start as usize..r.end as usize];
-        self.pairs
+        let bytes = self.text.as_bytes();
+        let (_, value) = self
+            .pairs
             .iter()
-            .find(|(k, _)| slice(k) == key)
-            .map(|(_, v)| slice(v))
+            .find(|(k, _)| &bytes[k.start as usize..k.end as usize] == key.as_bytes())?;
+        Some(&self.text[value.start as usize..value.end as usize])
     }
 
     /// The value of `key` as a number, if present.
@@ -154,6 +165,17 @@ fn push_decoded(text: &mut String, part: &str) -> Range<u32> {
     start as u32..text.len() as u32
 }
 
+/// Where `byte` first occurs in `bytes`: a plain scan, as query parts are short.
+fn position(bytes: &[u8], byte: u8) -> Option<usize> {
+    bytes.iter().position(|&b| b == byte)
+}
+
+/// A range of the query, as stored: a request head, query included, is at most hyper's
+/// limit of a few hundred KiB (16 KiB on the lean path), far inside `u32`.
+fn narrow(range: Range<usize>) -> Range<u32> {
+    range.start as u32..range.end as u32
+}
+
 /// The value of one hex digit.
 fn hex(digit: &u8) -> Option<u8> {
     (*digit as char).to_digit(16).map(|value| value as u8)
@@ -184,6 +206,12 @@ mod tests {
         assert_eq!(query.get("c="), Some("✓"));
         assert_eq!(query.get("missing"), None);
         assert_eq!(Query::parse(None).get("a"), None);
+        // Nothing escaped: the same rules on the text as it came.
+        let plain = Query::parse(Some("&a=1&&b&c=x=y&a=2&"));
+        assert_eq!(plain.get("a"), Some("1"));
+        assert_eq!(plain.get("b"), Some(""));
+        assert_eq!(plain.get("c"), Some("x=y"));
+        assert_eq!(plain.get(""), None);
     }
 
     #[test]
