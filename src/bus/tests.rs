@@ -432,21 +432,31 @@ async fn missed_live_messages_are_filled_from_history() {
     assert_eq!(sub.cursor().to_string(), "chat@e1:30");
 }
 
+fn news() -> Channel {
+    Channel::parse("news").unwrap()
+}
+
+/// A subscription to chat and news that has read `n` messages published to chat.
+async fn reader_of_chat_and_news(bus: &Bus, n: u64) -> Subscription {
+    let mut sub = bus.subscribe();
+    let mut wanted = cursor(&chat(), None);
+    wanted.entries.push((news(), None));
+    sub.add(&wanted).await.unwrap();
+    for i in 1..=n {
+        bus.publish(&chat(), data(i)).await.unwrap();
+    }
+    for _ in 0..n {
+        next_message(&mut sub).await;
+    }
+    sub
+}
+
 #[tokio::test]
 async fn put_cursor_writes_the_cursor_text() {
     let bus = bus(Kind::Memory).await;
-    let mut sub = bus.subscribe();
-    let news = Channel::parse("news").unwrap();
-    let mut wanted = cursor(&chat(), None);
-    wanted.entries.push((news.clone(), None));
-    sub.add(&wanted).await.unwrap();
-    for n in 1..=12 {
-        bus.publish(&chat(), data(n)).await.unwrap();
-    }
-    bus.publish(&news, data(1)).await.unwrap();
-    for _ in 0..13 {
-        next_message(&mut sub).await;
-    }
+    let mut sub = reader_of_chat_and_news(&bus, 12).await;
+    bus.publish(&news(), data(1)).await.unwrap();
+    next_message(&mut sub).await;
     let mut out = bytes::BytesMut::new();
     sub.put_cursor(&mut out);
     let text = sub.cursor().to_string();
@@ -458,17 +468,7 @@ async fn put_cursor_writes_the_cursor_text() {
 #[tokio::test]
 async fn resumed_by_compares_a_poll_with_the_subscription_as_text() {
     let bus = bus(Kind::Memory).await;
-    let mut sub = bus.subscribe();
-    let news = Channel::parse("news").unwrap();
-    let mut wanted = cursor(&chat(), None);
-    wanted.entries.push((news.clone(), None));
-    sub.add(&wanted).await.unwrap();
-    for n in 1..=3 {
-        bus.publish(&chat(), data(n)).await.unwrap();
-    }
-    for _ in 0..3 {
-        next_message(&mut sub).await;
-    }
+    let sub = reader_of_chat_and_news(&bus, 3).await;
     let text = sub.cursor().to_string();
     assert!(sub.resumed_by(None, &text), "{text}");
     assert!(sub.resumed_by(Some("chat,news"), &text));
