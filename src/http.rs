@@ -13,31 +13,88 @@ use hyper::body::Incoming;
 
 use crate::error::{Error, Result};
 
-/// The body type of every response: buffered or streamed, never failing mid-way.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// The body of every response: buffered or streamed, never failing mid-way.
+///
+/// Two variants of one pointer pair's size, as the boxed body alone was: every connection
+/// task that may hold a response keeps room for one. A JSON answer, which every poll
+/// gets, implies its two headers by its variant instead of keeping them in a header map
+/// of its own (two allocations per answer).
+pub enum Body {
+    /// Any body, boxed.
+    Boxed(UnsyncBoxBody<Bytes, Infallible>),
+    /// A complete JSON answer that is never to be cached, as [`json`] makes: its
+    /// [`Body::implied_headers`] are added by whichever server writes it. Empty once
+    /// handed out.
+    Json(Box<Bytes>),
+}
+
+impl Body {
+    /// The headers this body implies, as (lower-case name, value).
+    pub fn implied_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Body::Json(_) => &[
+                ("content-type", "application/json"),
+                // Realtime answers go stale at once.
+                ("cache-control", "no-store"),
+            ],
+            Body::Boxed(_) => &[],
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Json(bytes) if bytes.is_empty() => std::task::Poll::Ready(None),
+            Body::Json(bytes) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                std::mem::take(&mut **bytes),
+            )))),
+            Body::Boxed(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Json(bytes) => bytes.is_empty(),
+            Body::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Json(bytes) => http_body::SizeHint::with_exact(bytes.len() as u64),
+            Body::Boxed(body) => body.size_hint(),
+        }
+    }
+}
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed_unsync()
+    Body::Boxed(Full::new(bytes.into()).boxed_unsync())
 }
 
-/// A `200` JSON response.
+/// A JSON response, never cached (its headers are implied by its body: see [`Body::Json`]).
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(full(body));
+    let mut response = Response::new(Body::Json(Box::new(body.into())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    no_store(&mut response);
     response
 }
 
-/// Marks a response as never cacheable: realtime answers go stale at once.
-pub fn no_store(response: &mut Response<Body>) {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+/// Adds the headers a response's body implies, for a server that writes from the header
+/// map alone (hyper).
+pub fn add_implied_headers(response: &mut Response<Body>) {
+    for (name, value) in response.body().implied_headers() {
+        response.headers_mut().insert(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
 }
 
 /// The error response: status, `{"error":{"code","message"}}` and `Allow` for 405.

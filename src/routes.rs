@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::config::Transport;
 use crate::error::{Error, Result};
-use crate::http::{Body, error_response, full, json};
+use crate::http::{Body, add_implied_headers, error_response, full, json};
 use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
 
 /// Routes one request; never fails (errors are answered as JSON).
@@ -20,7 +20,9 @@ use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, 
 /// CORS headers on every answer, errors included, so that it can read them.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let admission = Admission::of(&app, &req);
-    Ok(answer(app, admission, req, route).await)
+    let mut response = answer(app, admission, req, route).await;
+    add_implied_headers(&mut response);
+    Ok(response)
 }
 
 /// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,

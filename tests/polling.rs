@@ -475,3 +475,29 @@ async fn a_keep_alive_connection_keeps_its_poll_subscription() {
     assert_eq!(offsets(&stale), vec![3], "{stale}");
     assert_eq!(stale["gaps"][0]["first"], json!(3), "{stale}");
 }
+
+#[tokio::test]
+async fn json_answers_carry_their_type_and_are_never_cached() {
+    let server = TestServer::default().await;
+    // /poll is served by the lean path, /negotiate by hyper: both write the same headers.
+    for path in ["/poll?channels=h", "/negotiate"] {
+        let response = http().get(server.url(path)).send().await.expect(path);
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/json"),
+            "{path}"
+        );
+        assert_eq!(
+            header("cache-control").as_deref(),
+            Some("no-store"),
+            "{path}"
+        );
+    }
+}

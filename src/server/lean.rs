@@ -326,15 +326,19 @@ enum Sending {
 fn prepare(response: Response<Body>, keep_alive: bool) -> (Vec<u8>, Sending) {
     let (parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return (encode_head(&parts, Framing::None, true), Sending::Upgrade);
+        return (
+            encode_head(&parts, &[], Framing::None, true),
+            Sending::Upgrade,
+        );
     }
+    let implied = body.implied_headers();
     match body.size_hint().exact() {
         Some(length) => (
-            encode_head(&parts, Framing::Length(length), keep_alive),
+            encode_head(&parts, implied, Framing::Length(length), keep_alive),
             Sending::Whole(body),
         ),
         None => (
-            encode_head(&parts, Framing::Chunked, keep_alive),
+            encode_head(&parts, implied, Framing::Chunked, keep_alive),
             Sending::Chunked(body),
         ),
     }
@@ -345,17 +349,16 @@ fn prepare(response: Response<Body>, keep_alive: bool) -> (Vec<u8>, Sending) {
 /// answer is small and written for every message it carries. `head` was made with room
 /// for the body.
 async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, head: Vec<u8>, body: Body) -> bool {
-    let answer = match whole(head, body) {
-        Ok(answer) => answer,
-        // Never so far: every body of known length here is complete.
-        Err((mut head, body)) => match Box::pin(body.collect()).await {
-            Ok(collected) => {
-                head.extend_from_slice(&collected.to_bytes());
-                head
-            }
+    let mut answer = head;
+    match body {
+        // Written straight behind the head.
+        Body::Json(bytes) => answer.extend_from_slice(&bytes),
+        // Complete bodies are ready at once; collected all the same.
+        Body::Boxed(body) => match Box::pin(body.collect()).await {
+            Ok(collected) => answer.extend_from_slice(&collected.to_bytes()),
             Err(never) => match never {},
         },
-    };
+    }
     match stream.try_write(&answer) {
         Ok(n) if n == answer.len() => true,
         Ok(n) => Box::pin(write(stream, info, &answer[n..])).await,
@@ -363,26 +366,6 @@ async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, head: Vec<u8>, bod
             Box::pin(write(stream, info, &answer)).await
         }
         Err(_) => false,
-    }
-}
-
-/// Appends a body of known length to its head. The bodies of this path are complete
-/// (`http::full`), so their frames are all ready at once: polled here with a no-op waker
-/// rather than collected, which would buffer them in a queue of its own first. A body
-/// that is not ready is handed back with the head.
-fn whole(mut head: Vec<u8>, mut body: Body) -> Result<Vec<u8>, (Vec<u8>, Body)> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    loop {
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    head.extend_from_slice(&data);
-                }
-            }
-            Poll::Ready(Some(Err(never))) => match never {},
-            Poll::Ready(None) => return Ok(head),
-            Poll::Pending => return Err((head, body)),
-        }
     }
 }
 
@@ -607,10 +590,15 @@ enum Framing {
     Chunked,
 }
 
-/// The status line and headers, with the framing this path chose, in a buffer with room
-/// for a body of known length. Written byte by byte, not with `write!`, whose formatting
-/// machinery cost more than the rest of the head.
-fn encode_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool) -> Vec<u8> {
+/// The status line and headers (those the body implies first), with the framing this path
+/// chose, in a buffer with room for a body of known length. Written byte by byte, not
+/// with `write!`, whose formatting machinery cost more than the rest of the head.
+fn encode_head(
+    parts: &http::response::Parts,
+    implied: &[(&str, &str)],
+    framing: Framing,
+    keep_alive: bool,
+) -> Vec<u8> {
     let body = match framing {
         Framing::Length(length) => usize::try_from(length).unwrap_or(0).min(64 * 1024),
         Framing::None | Framing::Chunked => 0,
@@ -622,10 +610,14 @@ fn encode_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool
     head.push(b' ');
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
+    let headers = parts.headers.iter();
+    let implied = implied
+        .iter()
+        .map(|(name, value)| (*name, value.as_bytes()));
+    for (name, value) in implied.chain(headers.map(|(n, v)| (n.as_str(), v.as_bytes()))) {
+        head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -755,19 +747,20 @@ mod tests {
 
     #[test]
     fn heads_carry_the_chosen_framing() {
-        let response: Response<Body> = crate::http::json(http::StatusCode::OK, "{}");
-        let (parts, _) = response.into_parts();
-        let head = String::from_utf8(encode_head(&parts, Framing::Length(2), false)).unwrap();
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(
-            head.contains("content-type: application/json\r\n"),
-            "{head}"
+        let mut response: Response<Body> = crate::http::json(http::StatusCode::OK, "{}");
+        response
+            .headers_mut()
+            .insert("vary", http::HeaderValue::from_static("Origin"));
+        let (parts, body) = response.into_parts();
+        let implied = body.implied_headers();
+        let head = encode_head(&parts, implied, Framing::Length(2), false);
+        let head = String::from_utf8(head).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+             vary: Origin\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
         );
-        assert!(
-            head.contains("content-length: 2\r\nconnection: close\r\n\r\n"),
-            "{head}"
-        );
-        let head = String::from_utf8(encode_head(&parts, Framing::Chunked, true)).unwrap();
+        let head = String::from_utf8(encode_head(&parts, &[], Framing::Chunked, true)).unwrap();
         assert!(
             head.ends_with("transfer-encoding: chunked\r\n\r\n"),
             "{head}"

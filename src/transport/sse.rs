@@ -51,7 +51,7 @@ pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<B
     let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
     let frames =
         events(app.clone(), subscription, start, session, who).map(|bytes| Ok(Frame::data(bytes)));
-    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let mut response = Response::new(Body::Boxed(StreamBody::new(frames).boxed_unsync()));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
