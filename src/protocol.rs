@@ -162,13 +162,7 @@ impl Cursor {
         // two channels, and a set costs an allocation and a SipHash per entry) and by set
         // beyond that, so that a 128-entry cursor stays linear.
         let mut seen: Option<std::collections::HashSet<Channel>> = None;
-        let mut rest = Some(text);
-        while let Some(remaining) = rest {
-            let part;
-            (part, rest) = match split_once_ascii(remaining, b',') {
-                Some((part, tail)) => (part, Some(tail)),
-                None => (remaining, None),
-            };
+        for part in split_ascii(text, b',') {
             if entries.len() == max_channels {
                 return Err(Error::TooManyChannels(max_channels));
             }
@@ -261,6 +255,21 @@ pub fn split_once_ascii(text: &str, byte: u8) -> Option<(&str, &str)> {
     let at = text.bytes().position(|b| b == byte)?;
     // An ASCII byte is a char boundary on both sides.
     Some((&text[..at], &text[at + 1..]))
+}
+
+/// `str::split` for an ASCII byte, on [`split_once_ascii`]: every piece, empty ones
+/// included, as `split` yields them.
+pub fn split_ascii(text: &str, byte: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let remaining = rest?;
+        let (piece, tail) = match split_once_ascii(remaining, byte) {
+            Some((piece, tail)) => (piece, Some(tail)),
+            None => (remaining, None),
+        };
+        rest = tail;
+        Some(piece)
+    })
 }
 
 fn parse_offset(text: &str) -> Option<u64> {
@@ -617,6 +626,19 @@ pub(crate) fn truncate_for_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_splits_are_str_splits() {
+        for text in ["", ",", "a", "a,b", ",a,,b,", "é,ü", "room:lobby@E:1,x"] {
+            let ours: Vec<&str> = split_ascii(text, b',').collect();
+            assert_eq!(ours, text.split(',').collect::<Vec<_>>(), "{text:?}");
+            assert_eq!(
+                split_once_ascii(text, b','),
+                text.split_once(','),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn channel_alphabet() {

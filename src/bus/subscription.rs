@@ -220,7 +220,7 @@ impl Subscription {
             return false;
         }
         if let Some(list) = channels
-            && !follows_exactly(list, self.channels.iter().map(|f| f.channel.as_str()))
+            && !crate::protocol::split_ascii(list, b',').eq(self.channels().map(Channel::as_str))
         {
             return false;
         }
@@ -421,25 +421,6 @@ impl Subscription {
             }
         }
     }
-}
-
-/// Whether the comma-separated `list` is exactly `names`, in order.
-fn follows_exactly<'a>(list: &str, names: impl Iterator<Item = &'a str>) -> bool {
-    let mut rest = Some(list);
-    for name in names {
-        let Some(remaining) = rest else {
-            return false;
-        };
-        let (first, tail) = match crate::protocol::split_once_ascii(remaining, b',') {
-            Some((first, tail)) => (first, Some(tail)),
-            None => (remaining, None),
-        };
-        if first != name {
-            return false;
-        }
-        rest = tail;
-    }
-    rest.is_none()
 }
 
 impl Drop for Subscription {

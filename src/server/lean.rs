@@ -359,14 +359,12 @@ async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, head: Vec<u8>, bod
             Err(never) => match never {},
         },
     }
-    match stream.try_write(&answer) {
-        Ok(n) if n == answer.len() => true,
-        Ok(n) => Box::pin(write(stream, info, &answer[n..])).await,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-            Box::pin(write(stream, info, &answer)).await
-        }
-        Err(_) => false,
-    }
+    let written = match stream.try_write(&answer) {
+        Ok(n) => n,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    written == answer.len() || Box::pin(write(stream, info, &answer[written..])).await
 }
 
 /// Writes a streamed body as chunks as it comes, watching the socket meanwhile; `true`
