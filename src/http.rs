@@ -2,6 +2,7 @@
 //! responses (the one place an [`Error`] becomes a status), query strings and bounded
 //! body reads.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::ops::Range;
 
@@ -110,63 +111,86 @@ pub fn error_response(err: &Error) -> Response<Body> {
 
 /// A parsed query string; the first occurrence of a key wins.
 ///
-/// Every decoded key and value lives in one string, with their places in a second
-/// vector: two allocations per request instead of two per pair.
-pub struct Query {
-    text: String,
-    pairs: Vec<(Range<u32>, Range<u32>)>,
+/// A query with nothing escaped (a backend's, a poller's) is borrowed as it came; an
+/// escaped one is decoded, every key and value into one string. The places of the pairs
+/// are kept inline: a poll parses a query for every answer, and the allocations were most
+/// of its cost.
+pub struct Query<'a> {
+    text: Cow<'a, str>,
+    pairs: [Pair; MAX_PAIRS],
+    len: u8,
 }
 
-impl Query {
+/// Most pairs kept: no route reads more than a handful, and a hostile `a&a&a…` query would
+/// otherwise cost many times its size while a long poll is held.
+const MAX_PAIRS: usize = 32;
+
+/// Where a key and its value lie in the query's text. A request head, query included, is
+/// at most hyper's limit of a few hundred KiB (16 KiB on the lean path), far inside `u32`.
+#[derive(Clone, Copy, Default)]
+struct Pair {
+    key: (u32, u32),
+    value: (u32, u32),
+}
+
+impl<'a> Query<'a> {
     /// Parses the query of a request URI (percent-decoding, `+` as space). Only the first
-    /// 32 pairs are kept: no route reads more than a handful, and a hostile `a&a&a…`
-    /// query would otherwise cost many times its size while a long poll is held.
-    pub fn parse(query: Option<&str>) -> Self {
+    /// 32 pairs are kept.
+    pub fn parse(query: Option<&'a str>) -> Self {
         let raw = query.unwrap_or("");
-        // A query with nothing escaped (a backend's, a poller's that does not escape its
-        // cursor) is kept as it is, its pairs pointing into it; only an escaped one is
-        // decoded part by part.
-        let plain = !raw.bytes().any(|b| b == b'%' || b == b'+');
-        // Enough unless invalid UTF-8 is replaced by wider U+FFFD.
-        let mut text = String::with_capacity(raw.len());
-        if plain {
-            text.push_str(raw);
-        }
-        let mut pairs = Vec::new();
+        let mut query = Query {
+            text: Cow::Borrowed(raw),
+            pairs: [Pair::default(); MAX_PAIRS],
+            len: 0,
+        };
         // The splitting of form_urlencoded::parse: empty pieces are skipped, and a piece
-        // without `=` is a key with an empty value.
+        // without `=` is a key with an empty value. A key is short, so its `=` is found by
+        // a plain scan; a value (a cursor) may be long, so its end is found by memchr.
         let bytes = raw.as_bytes();
+        let escaped = memchr::memchr2(b'%', b'+', bytes).is_some();
         let mut start = 0;
-        while start <= bytes.len() && pairs.len() < 32 {
-            let end = position(&bytes[start..], b'&').map_or(bytes.len(), |at| start + at);
+        while start <= bytes.len() {
+            let end = memchr::memchr(b'&', &bytes[start..]).map_or(bytes.len(), |at| start + at);
             if end > start {
-                let (key, value) = match position(&bytes[start..end], b'=') {
+                let (key, value) = match bytes[start..end].iter().position(|&b| b == b'=') {
                     Some(at) => (start..start + at, start + at + 1..end),
                     None => (start..end, end..end),
                 };
-                // `&` and `=` are ASCII, so every range is on char boundaries.
-                pairs.push(if plain {
-                    (narrow(key), narrow(value))
-                } else {
-                    (
-                        push_decoded(&mut text, &raw[key]),
-                        push_decoded(&mut text, &raw[value]),
-                    )
-                });
+                query.pairs[usize::from(query.len)] = Pair {
+                    key: narrow(key),
+                    value: narrow(value),
+                };
+                query.len += 1;
+                if usize::from(query.len) == MAX_PAIRS {
+                    break;
+                }
             }
             start = end + 1;
         }
-        Query { text, pairs }
+        if escaped {
+            // Decoded part by part into one string; `&` and `=` are ASCII, so every
+            // range found above is on char boundaries. Enough room unless invalid UTF-8
+            // is replaced by wider U+FFFD.
+            let mut decoded = String::with_capacity(raw.len());
+            let part = |(start, end): (u32, u32)| &raw[start as usize..end as usize];
+            for pair in &mut query.pairs[..usize::from(query.len)] {
+                pair.key = push_decoded(&mut decoded, part(pair.key));
+                pair.value = push_decoded(&mut decoded, part(pair.value));
+            }
+            query.text = Cow::Owned(decoded);
+        }
+        query
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        let bytes = self.text.as_bytes();
-        let (_, value) = self
-            .pairs
-            .iter()
-            .find(|(k, _)| &bytes[k.start as usize..k.end as usize] == key.as_bytes())?;
-        Some(&self.text[value.start as usize..value.end as usize])
+        let text = &*self.text;
+        let pair = self.pairs[..usize::from(self.len)].iter().find(|pair| {
+            let (start, end) = pair.key;
+            text.as_bytes().get(start as usize..end as usize) == Some(key.as_bytes())
+        })?;
+        let (start, end) = pair.value;
+        text.get(start as usize..end as usize)
     }
 
     /// The value of `key` as a number, if present.
@@ -186,11 +210,11 @@ impl Query {
 /// `text` and returns where it landed. Most parts need no decoding and are copied as they
 /// are; the others are decoded straight onto the end of `text` (browsers encode the `@`
 /// and `:` of every cursor), with no copy of the part and no allocation.
-fn push_decoded(text: &mut String, part: &str) -> Range<u32> {
+fn push_decoded(text: &mut String, part: &str) -> (u32, u32) {
     let start = text.len();
-    if !part.bytes().any(|b| b == b'%' || b == b'+') {
+    if memchr::memchr2(b'%', b'+', part.as_bytes()).is_none() {
         text.push_str(part);
-        return start as u32..text.len() as u32;
+        return (start as u32, text.len() as u32);
     }
     let mut bytes = std::mem::take(text).into_bytes();
     let mut rest = part.as_bytes();
@@ -219,18 +243,12 @@ fn push_decoded(text: &mut String, part: &str) -> Range<u32> {
             text
         }
     };
-    start as u32..text.len() as u32
+    (start as u32, text.len() as u32)
 }
 
-/// Where `byte` first occurs in `bytes`: a plain scan, as query parts are short.
-fn position(bytes: &[u8], byte: u8) -> Option<usize> {
-    bytes.iter().position(|&b| b == byte)
-}
-
-/// A range of the query, as stored: a request head, query included, is at most hyper's
-/// limit of a few hundred KiB (16 KiB on the lean path), far inside `u32`.
-fn narrow(range: Range<usize>) -> Range<u32> {
-    range.start as u32..range.end as u32
+/// A range of the query as stored (see [`Pair`]).
+fn narrow(range: Range<usize>) -> (u32, u32) {
+    (range.start as u32, range.end as u32)
 }
 
 /// The value of one hex digit.
@@ -252,6 +270,8 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::Query;
 
     #[test]
@@ -269,13 +289,22 @@ mod tests {
         assert_eq!(plain.get("b"), Some(""));
         assert_eq!(plain.get("c"), Some("x=y"));
         assert_eq!(plain.get(""), None);
+        // ... and borrowed, not copied.
+        assert!(matches!(plain.text, Cow::Borrowed(_)));
+        assert!(matches!(query.text, Cow::Owned(_)));
     }
 
     #[test]
     fn query_keeps_32_pairs_and_survives_invalid_utf8() {
         let long: Vec<String> = (0..40).map(|i| format!("k{i}={i}")).collect();
-        let query = Query::parse(Some(&long.join("&")));
+        let long = long.join("&");
+        let query = Query::parse(Some(&long));
         assert_eq!(query.get("k31"), Some("31"));
+        assert_eq!(query.get("k32"), None);
+        // The same limit when the pairs are decoded.
+        let escaped = long.replace('=', "=%41");
+        let query = Query::parse(Some(&escaped));
+        assert_eq!(query.get("k31"), Some("A31"));
         assert_eq!(query.get("k32"), None);
         let bad = Query::parse(Some("x=%FF%FE&y=2"));
         assert_eq!(bad.get("x"), Some("\u{FFFD}\u{FFFD}"));
@@ -290,7 +319,8 @@ mod tests {
             before in "[a-z%]{0,4}",
             part in "([a-zA-Z0-9@:+ ]|%[0-9a-fA-F]{0,2}|%[g-z]|%[89a-fA-F][0-9a-fA-F]){0,12}",
         ) {
-            let query = Query::parse(Some(&format!("k={before}&v={part}")));
+            let text = format!("k={before}&v={part}");
+            let query = Query::parse(Some(&text));
             let reference = percent_encoding::percent_decode_str(&part.replace('+', " "))
                 .decode_utf8_lossy()
                 .into_owned();

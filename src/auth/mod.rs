@@ -153,7 +153,7 @@ impl Auth {
     pub async fn identify(
         &self,
         headers: &HeaderMap,
-        query: &Query,
+        query: &Query<'_>,
         bus: &Bus,
     ) -> Result<Identity> {
         if let Some(key) = headers.get(API_KEY_HEADER) {

@@ -199,7 +199,7 @@ async fn admit<B: Send + Sync>(
 }
 
 /// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.
-fn hold_time(app: &App, query: &Query) -> Result<Duration> {
+fn hold_time(app: &App, query: &Query<'_>) -> Result<Duration> {
     let config = &app.config.longpoll;
     let ms = match query.number("timeout")? {
         Some(seconds) => seconds.saturating_mul(1000).min(config.max_timeout_ms),

@@ -136,7 +136,7 @@ pub fn shutting_down(app: &App) -> std::task::Poll<()> {
 /// the `Last-Event-ID` header on SSE), or the cursor's own channels when `channels` is
 /// absent. Cursor entries for channels not listed in `channels` are ignored.
 pub fn requested_cursor(
-    query: &Query,
+    query: &Query<'_>,
     cursor_override: Option<&str>,
     max_channels: usize,
 ) -> Result<Cursor> {
@@ -194,7 +194,7 @@ pub fn wanted_cursor<'a>(
 pub async fn authorize_subscribe<'c>(
     app: &App,
     headers: &HeaderMap,
-    query: &Query,
+    query: &Query<'_>,
     channels: impl IntoIterator<Item = &'c Channel>,
 ) -> Result<Identity> {
     let who = app.auth.identify(headers, query, &app.bus).await?;
@@ -255,7 +255,7 @@ pub fn poll_body(
 mod tests {
     use super::*;
 
-    fn query(q: &str) -> Query {
+    fn query(q: &str) -> Query<'_> {
         Query::parse(Some(q))
     }
 
