@@ -72,8 +72,10 @@ pub fn serve<'a>(
             let head = async {
                 if buf.is_empty() {
                     // Between requests nothing is buffered: wait for the next one with no
-                    // memory.
+                    // memory. Biased, as the other selects here: a fair select draws a
+                    // random number each time it is polled.
                     let arrived = tokio::select! {
+                        biased;
                         ready = poll_fn(|cx| stream.poll_read_ready(cx)) => ready.is_ok(),
                         _ = app.shutdown.cancelled() => false,
                         _ = info.killed() => false,
@@ -304,6 +306,7 @@ fn route<'a>(
         let mut routed = Box::pin(routes::handle_lean(app.clone(), req, kept));
         loop {
             tokio::select! {
+                biased;
                 answer = &mut routed => return Some(answer),
                 gone = watch(stream, buf, app) => if gone { return None },
                 _ = info.killed() => return None,
@@ -574,6 +577,7 @@ fn read_some(stream: &TcpStream, buf: &mut BytesMut, app: &App) -> Read {
 /// bus cuts off a subscriber that stalls this way).
 async fn write(stream: &mut TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
     tokio::select! {
+        biased;
         written = stream.write_all(bytes) => written.is_ok(),
         _ = info.killed() => false,
     }
