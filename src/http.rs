@@ -26,7 +26,7 @@ pub enum Body {
     /// A complete JSON answer that is never to be cached, as [`json`] makes: its
     /// [`Body::implied_headers`] are added by whichever server writes it. Empty once
     /// handed out.
-    Json(Box<Bytes>),
+    Json(Box<Vec<u8>>),
 }
 
 impl Body {
@@ -54,7 +54,7 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Json(bytes) if bytes.is_empty() => std::task::Poll::Ready(None),
             Body::Json(bytes) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
-                std::mem::take(&mut **bytes),
+                Bytes::from(std::mem::take(&mut **bytes)),
             )))),
             Body::Boxed(body) => std::pin::Pin::new(body).poll_frame(cx),
         }
@@ -81,7 +81,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON response, never cached (its headers are implied by its body: see [`Body::Json`]).
-pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub fn json(status: StatusCode, body: impl Into<Vec<u8>>) -> Response<Body> {
     let mut response = Response::new(Body::Json(Box::new(body.into())));
     *response.status_mut() = status;
     response

@@ -11,6 +11,7 @@
 //! bytes already read, so hyper stays the one full HTTP implementation and this path only
 //! ever takes requests it fully understands.
 
+use std::convert::Infallible;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -116,10 +118,12 @@ pub fn serve<'a>(
             kept_poll = kept.poll;
             // The head is encoded here, not in an async helper, so that a long stream's
             // task keeps only its body, not the response's parts.
-            let (head, body) = prepare(response, keep_alive);
-            let written = match body {
-                Sending::Upgrade => {
-                    if !write(stream, info, &head).await {
+            // Matched by reference: moved out, the parts would take room of their own
+            // beside the `Sending` they came from, in every connection's task.
+            let mut sending = prepare(stream, response, keep_alive);
+            let written = match &mut sending {
+                Sending::Upgrade(head) => {
+                    if !write(stream, info, head).await {
                         return Next::Closed;
                     }
                     return match upgrade {
@@ -127,12 +131,15 @@ pub fn serve<'a>(
                         None => Next::Closed,
                     };
                 }
-                // Written at once when the socket takes it, which is nearly always; only
-                // a wait for room is boxed (see `write_whole`), as a parked poll's state
-                // should not grow by the write's.
-                Sending::Whole(body) => write_whole(stream, info, head, body).await,
-                Sending::Chunked(body) => {
-                    write(stream, info, &head).await
+                Sending::Tried(Ok(None)) => true,
+                // Only a wait for room is boxed, as a parked poll's state should not grow
+                // by the write's.
+                Sending::Tried(Ok(Some(rest))) => Box::pin(write(stream, info, rest)).await,
+                Sending::Tried(Err(_)) => false,
+                // Boxed too: rare here (a preflight's answer).
+                Sending::Whole(head, body) => Box::pin(write_whole(stream, info, head, body)).await,
+                Sending::Chunked(head, body) => {
+                    write(stream, info, head).await
                         && write_chunked(stream, &mut buf, info, app, body).await
                 }
             };
@@ -315,59 +322,74 @@ fn route<'a>(
     }
 }
 
-/// What follows a response's head.
+/// A response, framed for this path.
 enum Sending {
-    /// Nothing: `101`, and the socket is the WebSocket's.
-    Upgrade,
-    /// A body of known length.
-    Whole(Body),
-    /// A streamed body, chunk by chunk.
-    Chunked(Body),
+    /// `101`'s head; after it the socket is the WebSocket's.
+    Upgrade(Vec<u8>),
+    /// A JSON answer, head and body, already tried on the socket: what it did not take.
+    Tried(io::Result<Option<Vec<u8>>>),
+    /// The head (with room for the body) and a complete body of known length.
+    Whole(Vec<u8>, UnsyncBoxBody<Bytes, Infallible>),
+    /// The head and a streamed body, to send chunk by chunk.
+    Chunked(Vec<u8>, Body),
 }
 
-/// The response's head, framed for this path, and what to send after it.
-fn prepare(response: Response<Body>, keep_alive: bool) -> (Vec<u8>, Sending) {
+/// Frames `response` for this path. A JSON answer, which every poll gets, is written at
+/// once (see [`try_write_assembled`]).
+fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: bool) -> Sending {
     let (parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return (
-            encode_head(&parts, &[], Framing::None, true),
-            Sending::Upgrade,
-        );
+        let mut head = Vec::with_capacity(256);
+        encode_head(&mut head, &parts, &[], Framing::None, true);
+        return Sending::Upgrade(head);
     }
     let implied = body.implied_headers();
+    let body = match body {
+        Body::Json(json) => {
+            // Head and body in one write: as two, the answer would cross the network
+            // (and both ends' TCP stacks) as two segments.
+            let framing = Framing::Length(json.len() as u64);
+            return Sending::Tried(try_write_assembled(stream, |out| {
+                encode_head(out, &parts, implied, framing, keep_alive);
+                out.extend_from_slice(&json);
+            }));
+        }
+        Body::Boxed(body) => body,
+    };
     match body.size_hint().exact() {
-        Some(length) => (
-            encode_head(&parts, implied, Framing::Length(length), keep_alive),
-            Sending::Whole(body),
-        ),
-        None => (
-            encode_head(&parts, implied, Framing::Chunked, keep_alive),
-            Sending::Chunked(body),
-        ),
+        Some(length) => {
+            let room = usize::try_from(length).unwrap_or(0).min(64 * 1024);
+            let mut head = Vec::with_capacity(256 + room);
+            encode_head(
+                &mut head,
+                &parts,
+                implied,
+                Framing::Length(length),
+                keep_alive,
+            );
+            Sending::Whole(head, body)
+        }
+        None => {
+            let mut head = Vec::with_capacity(256);
+            encode_head(&mut head, &parts, implied, Framing::Chunked, keep_alive);
+            Sending::Chunked(head, Body::Boxed(body))
+        }
     }
 }
 
-/// Writes a head and its body of known length in one write: as two, the answer would
-/// cross the network (and both ends' TCP stacks) as two segments, and a long poll's
-/// answer is small and written for every message it carries. `head` was made with room
-/// for the body.
-async fn write_whole(stream: &mut TcpStream, info: &ConnInfo, head: Vec<u8>, body: Body) -> bool {
-    let mut answer = head;
-    match body {
-        // Written straight behind the head.
-        Body::Json(bytes) => answer.extend_from_slice(&bytes),
-        // Complete bodies are ready at once; collected all the same.
-        Body::Boxed(body) => match Box::pin(body.collect()).await {
-            Ok(collected) => answer.extend_from_slice(&collected.to_bytes()),
-            Err(never) => match never {},
-        },
+/// Writes a head and its complete body in one write (see [`prepare`]).
+async fn write_whole(
+    stream: &mut TcpStream,
+    info: &ConnInfo,
+    head: &mut Vec<u8>,
+    body: &mut UnsyncBoxBody<Bytes, Infallible>,
+) -> bool {
+    // Complete bodies are ready at once; collected all the same.
+    match body.collect().await {
+        Ok(collected) => head.extend_from_slice(&collected.to_bytes()),
+        Err(never) => match never {},
     }
-    let written = match stream.try_write(&answer) {
-        Ok(n) => n,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(_) => return false,
-    };
-    written == answer.len() || Box::pin(write(stream, info, &answer[written..])).await
+    write(stream, info, head).await
 }
 
 /// Writes a streamed body as chunks as it comes, watching the socket meanwhile; `true`
@@ -381,7 +403,7 @@ fn write_chunked<'a>(
     buf: &'a mut BytesMut,
     info: &'a ConnInfo,
     app: &'a App,
-    mut body: Body,
+    body: &'a mut Body,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
         // Boxed: inline, it would make every connection's task larger, parked polls too.
@@ -408,7 +430,7 @@ fn write_chunked<'a>(
                         }
                     }
                 }
-                Pin::new(&mut body).poll_frame(cx).map(Some)
+                Pin::new(&mut *body).poll_frame(cx).map(Some)
             })
             .await;
             let Some(frame) = frame else {
@@ -491,19 +513,14 @@ fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>
     let (size, len) = chunk_size_line(data.len());
     let parts: [&[u8]; 3] = [&size[..len], data, b"\r\n"];
     let total = len + data.len() + 2;
-    let attempt = if total <= SMALL_CHUNK {
-        // A buffer per thread rather than on the stack, which would be zeroed per chunk.
-        ASSEMBLY.with_borrow_mut(|assembled| {
-            assembled.clear();
+    if total <= SMALL_CHUNK {
+        return try_write_assembled(stream, |out| {
             for part in parts {
-                assembled.extend_from_slice(part);
+                out.extend_from_slice(part);
             }
-            stream.try_write(assembled)
-        })
-    } else {
-        stream.try_write_vectored(&parts.map(io::IoSlice::new))
-    };
-    let written = match attempt {
+        });
+    }
+    let written = match stream.try_write_vectored(&parts.map(io::IoSlice::new)) {
         Ok(n) => n,
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
         Err(err) => return Err(err),
@@ -514,8 +531,34 @@ fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>
     Ok(Some(parts.concat().split_off(written)))
 }
 
+/// Assembles bytes with `fill` in a buffer of this thread's and writes them if the socket
+/// takes all of them now; else returns, copied, what it did not take. A buffer per thread
+/// rather than one per write (an allocation) or on the stack (zeroed each time).
+fn try_write_assembled(
+    stream: &TcpStream,
+    fill: impl FnOnce(&mut Vec<u8>),
+) -> io::Result<Option<Vec<u8>>> {
+    ASSEMBLY.with_borrow_mut(|assembled| {
+        assembled.clear();
+        fill(assembled);
+        let written = match stream.try_write(assembled) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(err) => return Err(err),
+        };
+        let rest = (written < assembled.len()).then(|| assembled[written..].to_vec());
+        if assembled.capacity() > MAX_ASSEMBLY {
+            // A rare large answer does not keep its room for the thread's life.
+            *assembled = Vec::with_capacity(SMALL_CHUNK);
+        }
+        Ok(rest)
+    })
+}
+
 /// Chunks up to this size (framing included) are assembled in one buffer per thread.
 const SMALL_CHUNK: usize = 2048;
+/// The most room the buffer keeps between writes.
+const MAX_ASSEMBLY: usize = 64 * 1024;
 
 thread_local! {
     static ASSEMBLY: std::cell::RefCell<Vec<u8>> =
@@ -592,20 +635,16 @@ enum Framing {
     Chunked,
 }
 
-/// The status line and headers (those the body implies first), with the framing this path
-/// chose, in a buffer with room for a body of known length. Written byte by byte, not
-/// with `write!`, whose formatting machinery cost more than the rest of the head.
+/// Appends the status line and headers (those the body implies first), with the framing
+/// this path chose, to `head`. Written byte by byte, not with `write!`, whose formatting
+/// machinery cost more than the rest of the head.
 fn encode_head(
+    head: &mut Vec<u8>,
     parts: &http::response::Parts,
     implied: &[(&str, &str)],
     framing: Framing,
     keep_alive: bool,
-) -> Vec<u8> {
-    let body = match framing {
-        Framing::Length(length) => usize::try_from(length).unwrap_or(0).min(64 * 1024),
-        Framing::None | Framing::Chunked => 0,
-    };
-    let mut head = Vec::with_capacity(256 + body);
+) {
     let status = parts.status;
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
@@ -635,7 +674,6 @@ fn encode_head(
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// A socket with bytes already read from it in front, for handing over to hyper.
@@ -755,14 +793,17 @@ mod tests {
             .insert("vary", http::HeaderValue::from_static("Origin"));
         let (parts, body) = response.into_parts();
         let implied = body.implied_headers();
-        let head = encode_head(&parts, implied, Framing::Length(2), false);
+        let mut head = Vec::new();
+        encode_head(&mut head, &parts, implied, Framing::Length(2), false);
         let head = String::from_utf8(head).unwrap();
         assert_eq!(
             head,
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
              vary: Origin\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
         );
-        let head = String::from_utf8(encode_head(&parts, &[], Framing::Chunked, true)).unwrap();
+        let mut head = Vec::new();
+        encode_head(&mut head, &parts, &[], Framing::Chunked, true);
+        let head = String::from_utf8(head).unwrap();
         assert!(
             head.ends_with("transfer-encoding: chunked\r\n\r\n"),
             "{head}"

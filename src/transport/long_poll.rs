@@ -58,9 +58,15 @@ pub fn serve<'a, B: Send + Sync + 'static>(
     async move {
         let metrics = app.metrics.transport(Transport::Longpoll);
         let carried = carry.take();
-        let (wanted, timeout) = Box::pin(admit(&app, req, carried)).await?;
-        let _in_flight = InFlight::new(metrics);
-        let (mut events, mut waiting) = Box::pin(start(&app, wanted, timeout)).await?;
+        // One box for both steps: they run one after the other, so it is as large as the
+        // larger, and a poll is one allocation cheaper than with a box each.
+        let (_in_flight, mut events, mut waiting) = Box::pin(async {
+            let (wanted, timeout) = admit(&app, req, carried).await?;
+            let in_flight = InFlight::new(metrics);
+            let (events, waiting) = start(&app, wanted, timeout).await?;
+            Ok::<_, crate::error::Error>((in_flight, events, waiting))
+        })
+        .await?;
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
