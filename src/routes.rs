@@ -2,10 +2,13 @@
 //! become responses here, and are counted, so no handler picks a status itself.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::config::Transport;
@@ -32,17 +35,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub fn handle_lean(
+/// `timer` is the connection's, for a long poll's hold.
+pub fn handle_lean<'t>(
     app: Arc<App>,
     req: Box<Request<()>>,
     mut kept: Kept,
-) -> impl Future<Output = (Response<Body>, Kept)> + Send {
+    timer: Pin<&'t mut Sleep>,
+) -> impl Future<Output = (Response<Body>, Kept)> + Send + 't {
     // `async move` blocks here and in `answer`, not async fns: a parked long poll keeps
     // these futures, and an async fn keeps its arguments twice.
     async move {
         let admission = Admission::of(&app, &req);
         let response = answer(app, admission, req, |app, req| {
-            route_lean(app, req, &mut kept)
+            route_lean(app, req, &mut kept, timer)
         })
         .await;
         (response, kept)
@@ -142,8 +147,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         }
         (&Method::GET, "/longpoll") => {
             enabled(&app, Transport::Longpoll)?;
-            // hyper's connections keep nothing between requests.
-            Box::pin(long_poll::serve(app, Box::new(req), &mut None)).await
+            // hyper's connections keep nothing between requests, and have no timer to
+            // lend.
+            Box::pin(async move {
+                let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+                long_poll::serve(app, Box::new(req), &mut None, timer).await
+            })
+            .await
         }
         (&Method::GET, "/poll") => {
             enabled(&app, Transport::Poll)?;
@@ -181,11 +191,12 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
 
 /// The routes the lean path takes; the server hands it nothing else.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-fn route_lean(
+fn route_lean<'a>(
     app: Arc<App>,
     req: Box<Request<()>>,
-    kept: &mut Kept,
-) -> impl Future<Output = Result<Response<Body>>> + Send + '_ {
+    kept: &'a mut Kept,
+    timer: Pin<&'a mut Sleep>,
+) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
     async move {
         if req.uri().path() != "/longpoll" {
             kept.poll = None;
@@ -209,7 +220,7 @@ fn route_lean(
                 enabled(&app, Transport::Longpoll)?;
                 // Not boxed, unlike the others: a parked poll keeps this future, and one
                 // allocation for the routing and the poll together is smaller than two.
-                long_poll::serve(app, req, &mut kept.poll).await
+                long_poll::serve(app, req, &mut kept.poll, timer).await
             }
             path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
         }

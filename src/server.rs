@@ -202,7 +202,7 @@ fn serve(
             return;
         };
         let prefix = match protocol {
-            Protocol::Http1 => match lean::serve(&mut stream, &info, &app, within).await {
+            Protocol::Http1 => match lean::serve(&mut stream, &info, &app).await {
                 lean::Next::Hyper(prefix) => prefix,
                 lean::Next::WebSocket(websocket, rest) => {
                     // A task of its own, sized for the WebSocket alone: this one is sized

@@ -6,7 +6,8 @@
 //! other wait again each time (a `select!`) re-registered a timer, a `Notify` waiter and
 //! the socket's readiness per message; that took about a quarter of a paced delivery's
 //! instructions. The side waits get a waker of their own that notes it fired, then wakes
-//! the task.
+//! the task. [`deadline`] serves the one timer a lean connection resets for each of its
+//! waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +64,14 @@ impl SideWaits {
     pub fn again(&self) {
         self.flag.woken.store(true, Ordering::Release);
     }
+}
+
+/// The instant `after` from now, for resetting a timer: a far one when the sum would
+/// overflow (a configured hold may be any number of milliseconds).
+pub fn deadline(after: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365))
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use support::{TestServer, eventually, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -364,4 +366,57 @@ async fn a_client_flooding_an_sse_stream_is_dropped_and_counted() {
     released(&server, OPEN_STREAMS).await;
     let overflow = r#"cascade_errors_total{code="pipeline_overflow"}"#;
     assert_eq!(server.metric(overflow).await, 1.0);
+}
+
+/// A connection reuses one timer for the hold of a poll and the head of the next request:
+/// a hold longer than the head's deadline is not cut by it, and a head after a poll that
+/// was answered early, well before its hold's end, still gets its own, shorter deadline.
+#[tokio::test]
+async fn a_head_after_a_long_poll_still_has_its_own_deadline() {
+    let mut config = support::test_config();
+    config.limits.header_read_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let first = ask(&mut stream, &mut rest, "/longpoll?channels=hold&timeout=0").await;
+    let held = Instant::now();
+    let path = format!(
+        "/longpoll?channels=hold&cursor={}&timeout=1",
+        cursor_of(&first)
+    );
+    let empty = ask(&mut stream, &mut rest, &path).await;
+    assert!(
+        held.elapsed() >= Duration::from_millis(900),
+        "held for its timeout, not the head's deadline: {:?}",
+        held.elapsed()
+    );
+    assert_eq!(json_body(&empty)["messages"], json!([]));
+    // A poll that may be held for 30 s, answered at once by a publish.
+    let path = format!(
+        "/longpoll?channels=hold&cursor={}&timeout=30",
+        cursor_of(&empty)
+    );
+    stream.write_all(get(&path).as_bytes()).await.unwrap();
+    server.publish("hold", json!({"n": 1})).await;
+    let answered = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(json_body(&answered)["messages"][0]["data"], json!({"n": 1}));
+    // A trickled head on the same connection is cut at the head's deadline.
+    stream
+        .write_all(b"GET /longpoll?channels=hold HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let cut = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = within(stream.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the server closes: {read:?}"
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "cut at the head's deadline, not the hold's: {:?}",
+        cut.elapsed()
+    );
+    let timeouts = r#"cascade_errors_total{code="request_timeout"}"#;
+    assert_eq!(server.metric(timeouts).await, 1.0);
 }

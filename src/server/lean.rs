@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::http::Body;
@@ -62,16 +63,26 @@ pub fn serve<'a>(
     stream: &'a mut TcpStream,
     info: &'a ConnInfo,
     app: &'a Arc<App>,
-    header_timeout: Duration,
 ) -> impl Future<Output = Next> + Send + 'a {
     async move {
         let mut buf = BytesMut::new();
         // What the last request left for the next one: a long poll's subscription.
         let mut kept_poll = None;
+        // One timer for the connection's life, reset for each wait: for a request's head,
+        // and a long poll's hold. A poller sends a request for every answer, and a reset
+        // to a later deadline (the hold after the head) is an update of the timer's own
+        // state, where a new timer is a trip to the timer wheel to register and another to
+        // remove it.
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         loop {
-            // One deadline, one boxed future and one timer per request for the wait and
-            // the head: a poller sends a request for every answer.
-            let head = async {
+            // Read from the configuration each time rather than kept: 16 bytes of every
+            // connection's task.
+            let header_timeout = app.config.limits.header_read_timeout_ms;
+            timer
+                .as_mut()
+                .reset(crate::wake::deadline(Duration::from_millis(header_timeout)));
+            // Boxed: the wait and the head are larger than any other state of this task.
+            let head = Box::pin(async {
                 if buf.is_empty() {
                     // Between requests nothing is buffered: wait for the next one with no
                     // memory. Biased, as the other selects here: a fair select draws a
@@ -87,17 +98,22 @@ pub fn serve<'a>(
                     }
                 }
                 read_head(stream, &mut buf, info).await
-            };
-            let outcome = Box::pin(tokio::time::timeout(header_timeout, head)).await;
-            let (req, keep_alive) = match outcome {
-                Ok(Ok(Some(lean))) => lean,
-                Ok(Ok(None)) => return Next::Hyper(buf.freeze()),
+            });
+            // Matched without a binding of its own, which the task would keep while the
+            // request is routed.
+            let (req, keep_alive) = match tokio::select! {
+                biased;
+                head = head => Some(head),
+                () = timer.as_mut() => None,
+            } {
+                Some(Ok(Some(lean))) => lean,
+                Some(Ok(None)) => return Next::Hyper(buf.freeze()),
                 // Closed, failed, or the gateway is closing it.
-                Ok(Err(_)) => return Next::Closed,
+                Some(Err(_)) => return Next::Closed,
                 // An idle keep-alive connection: closed quietly.
-                Err(_) if buf.is_empty() => return Next::Closed,
+                None if buf.is_empty() => return Next::Closed,
                 // A client trickling its head (slowloris).
-                Err(_) => {
+                None => {
                     app.metrics.error("request_timeout");
                     return Next::Closed;
                 }
@@ -111,37 +127,28 @@ pub fn serve<'a>(
                 upgrade: None,
                 poll: kept_poll.take(),
             };
-            let Some((response, kept)) = route(stream, &mut buf, info, app, req, kept).await else {
+            // Destructured at once: a binding of the whole would take room of its own.
+            let Some((response, routes::Kept { upgrade, poll })) =
+                route(stream, &mut buf, info, app, req, kept, timer.as_mut()).await
+            else {
                 return Next::Closed;
             };
-            let upgrade = kept.upgrade;
-            kept_poll = kept.poll;
-            // The head is encoded here, not in an async helper, so that a long stream's
-            // task keeps only its body, not the response's parts.
-            // Matched by reference: moved out, the parts would take room of their own
-            // beside the `Sending` they came from, in every connection's task.
-            let mut sending = prepare(stream, response, keep_alive);
-            let written = match &mut sending {
-                Sending::Upgrade(head) => {
-                    if !write(stream, info, head).await {
-                        return Next::Closed;
-                    }
-                    return match upgrade {
-                        Some(websocket) => Next::WebSocket(websocket, buf.to_vec()),
-                        None => Next::Closed,
-                    };
-                }
+            kept_poll = poll;
+            // The head is encoded here, before any wait, so that a long stream's task keeps
+            // only its body, not the response's parts.
+            let written = match prepare(stream, response, keep_alive) {
+                // A poll's answer, nearly always: written, with nothing to wait for.
                 Sending::Tried(Ok(None)) => true,
-                // Only a wait for room is boxed, as a parked poll's state should not grow
-                // by the write's.
-                Sending::Tried(Ok(Some(rest))) => Box::pin(write(stream, info, rest)).await,
-                Sending::Tried(Err(_)) => false,
-                // Boxed too: rare here (a preflight's answer).
-                Sending::Whole(head, body) => Box::pin(write_whole(stream, info, head, body)).await,
-                Sending::Chunked(head, body) => {
-                    write(stream, info, head).await
-                        && write_chunked(stream, &mut buf, info, app, body).await
-                }
+                sending => match send(stream, &mut buf, info, app, sending).await {
+                    Sent::Upgraded => {
+                        return match upgrade {
+                            Some(websocket) => Next::WebSocket(websocket, buf.to_vec()),
+                            None => Next::Closed,
+                        };
+                    }
+                    Sent::Written => true,
+                    Sent::Failed => false,
+                },
             };
             if !written || !keep_alive || app.shutdown.is_cancelled() {
                 let _ = stream.shutdown().await;
@@ -304,13 +311,15 @@ fn route<'a>(
     app: &'a Arc<App>,
     req: Box<Request<()>>,
     kept: routes::Kept,
+    timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Option<(Response<Body>, routes::Kept)>> + Send + 'a {
-    // An `async move` block, not an `async fn`: a parked poll keeps this future, and an
-    // async fn would keep every argument twice.
+    // Boxed: an SSE stream outlives its routing by hours, and the connection's task
+    // should not keep the routing's room for it. Made before the `async move` block (not
+    // an `async fn`, which would keep every argument twice), which then keeps only what it
+    // waits on, not also the request and the timer it handed on: a parked poll keeps this
+    // future.
+    let mut routed = Box::pin(routes::handle_lean(app.clone(), req, kept, timer));
     async move {
-        // Boxed: an SSE stream outlives its routing by hours, and the connection's task
-        // should not keep the routing's room for it.
-        let mut routed = Box::pin(routes::handle_lean(app.clone(), req, kept));
         loop {
             tokio::select! {
                 biased;
@@ -374,6 +383,56 @@ fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: bool) -> Se
             encode_head(&mut head, &parts, implied, Framing::Chunked, keep_alive);
             Sending::Chunked(head, Body::Boxed(body))
         }
+    }
+}
+
+/// What became of an answer on the socket.
+enum Sent {
+    /// Written; the connection may carry another request.
+    Written,
+    /// `101` was written: the socket is the WebSocket's.
+    Upgraded,
+    /// Not written: the connection is done.
+    Failed,
+}
+
+/// Sends a framed answer that needs waiting for: room on the socket, or a streamed body.
+///
+/// A future of its own, awaited at one place, so that the connection's task keeps the
+/// answer only in the room this wait shares with the routing's (the `Sending` is held
+/// across several waits here; held by the connection's own future, it took room that the
+/// routing's state could not share).
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
+fn send<'a>(
+    stream: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+    info: &'a ConnInfo,
+    app: &'a App,
+    mut sending: Sending,
+) -> impl Future<Output = Sent> + Send + 'a {
+    async move {
+        let written = match &mut sending {
+            Sending::Upgrade(head) => {
+                return if Box::pin(write(stream, info, head)).await {
+                    Sent::Upgraded
+                } else {
+                    Sent::Failed
+                };
+            }
+            Sending::Tried(Ok(None)) => true,
+            // Each wait is boxed (once per answer that waits, or per stream): this future
+            // shares its room in the connection's task with the routing's, which a parked
+            // poll keeps, and should stay the smaller.
+            Sending::Tried(Ok(Some(rest))) => Box::pin(write(stream, info, rest)).await,
+            Sending::Tried(Err(_)) => false,
+            // Boxed too: rare here (a preflight's answer).
+            Sending::Whole(head, body) => Box::pin(write_whole(stream, info, head, body)).await,
+            Sending::Chunked(head, body) => {
+                Box::pin(write(stream, info, head)).await
+                    && Box::pin(write_chunked(stream, buf, info, app, body)).await
+            }
+        };
+        if written { Sent::Written } else { Sent::Failed }
     }
 }
 

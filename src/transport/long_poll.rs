@@ -7,11 +7,13 @@
 //! ended goes on with it, with no new registration and no history read, and finds
 //! whatever was published in between already queued.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
+use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::bus::{Event, Subscription};
@@ -54,6 +56,7 @@ pub fn serve<'a, B: Send + Sync + 'static>(
     app: Arc<App>,
     req: Box<Request<B>>,
     carry: &'a mut Option<Carry>,
+    mut timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
     async move {
         let metrics = app.metrics.transport(Transport::Longpoll);
@@ -70,6 +73,7 @@ pub fn serve<'a, B: Send + Sync + 'static>(
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
+            timer.as_mut().reset(crate::wake::deadline(*timeout));
             tokio::select! {
                 // In this order: the subscription registers its waker before shutdown is
                 // checked, and the drain wakes every subscription after cancelling, so a
@@ -84,7 +88,7 @@ pub fn serve<'a, B: Send + Sync + 'static>(
                     }
                 }
                 _ = std::future::poll_fn(|_| shutting_down(&app)) => {}
-                _ = tokio::time::sleep(*timeout) => {}
+                () = timer.as_mut() => {}
             }
         }
         let mut retry_ms = None;
