@@ -60,6 +60,12 @@ impl ConnInfo {
         self.shared.kill.get_or_init(CancellationToken::new)
     }
 
+    /// The kill token, if something has taken it: until then nothing can kill the
+    /// connection (see [`ConnInfo::killed`]).
+    pub fn kill_taken(&self) -> Option<&CancellationToken> {
+        self.shared.kill.get()
+    }
+
     /// Resolves once the connection is killed. Until something takes the token with
     /// [`ConnInfo::kill`] nothing can kill the connection, so this waits forever; a wait
     /// begun before the token was taken does not see it, so wait anew after anything

@@ -81,24 +81,41 @@ pub fn serve<'a>(
             timer
                 .as_mut()
                 .reset(crate::wake::deadline(Duration::from_millis(header_timeout)));
-            // Boxed: the wait and the head are larger than any other state of this task.
-            let head = Box::pin(async {
+            // Not boxed: it takes no more room in this task than the routing does.
+            let head = async {
                 if buf.is_empty() {
                     // Between requests nothing is buffered: wait for the next one with no
                     // memory. Biased, as the other selects here: a fair select draws a
                     // random number each time it is polled.
-                    let arrived = tokio::select! {
-                        biased;
-                        ready = poll_fn(|cx| stream.poll_read_ready(cx)) => ready.is_ok(),
-                        _ = app.shutdown.cancelled() => false,
-                        _ = info.killed() => false,
+                    let readable = poll_fn(|cx| stream.poll_read_ready(cx));
+                    let arrived = match info.kill_taken() {
+                        // Nothing can kill the connection during this wait (only its
+                        // own streams take the token), so there is no kill to wait on.
+                        None => tokio::select! {
+                            biased;
+                            ready = readable => ready.is_ok(),
+                            _ = app.shutdown.cancelled() => false,
+                        },
+                        // After an SSE stream: rare, and boxed, as the kill wait would
+                        // otherwise make every connection's task larger.
+                        Some(kill) => {
+                            Box::pin(async {
+                                tokio::select! {
+                                    biased;
+                                    ready = readable => ready.is_ok(),
+                                    _ = app.shutdown.cancelled() => false,
+                                    _ = kill.cancelled() => false,
+                                }
+                            })
+                            .await
+                        }
                     };
                     if !arrived {
                         return Err(io::ErrorKind::ConnectionAborted.into());
                     }
                 }
                 read_head(stream, &mut buf, info).await
-            });
+            };
             // Matched without a binding of its own, which the task would keep while the
             // request is routed.
             let (req, keep_alive) = match tokio::select! {
