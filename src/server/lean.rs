@@ -512,19 +512,12 @@ fn write_chunked<'a>(
             let Some(frame) = frame else {
                 return false;
             };
-            // The end of the body (or an error, which the body type rules out) ends the
-            // chunked stream. The frame is consumed here, before the write's await.
-            let Some(framed) = framed(frame) else {
-                continue;
-            };
-            let last = matches!(framed, Framed::End);
-            let rest = match framed {
-                Framed::Data(data) => match try_write_chunk(stream, &data) {
-                    Ok(None) => None,
-                    Ok(Some(rest)) => Some(rest),
-                    Err(_) => return false,
-                },
-                Framed::End => Some(b"0\r\n\r\n".to_vec()),
+            // The frame is consumed by a plain function, before the write's await: held
+            // across it, it took room in every stream's future.
+            let (rest, last) = match write_frame(stream, frame) {
+                Ok(Some(written)) => written,
+                Ok(None) => continue,
+                Err(_) => return false,
             };
             // Boxed: rare, and an open stream should keep no room for it.
             if let Some(rest) = rest
@@ -536,6 +529,20 @@ fn write_chunked<'a>(
                 return true;
             }
         }
+    }
+}
+
+/// Writes a body frame as a chunk if the socket takes all of it now: what it did not
+/// take, copied, and whether the frame ended the body (or an error did, which the body
+/// type rules out); `None` for a frame with nothing to send.
+fn write_frame<E>(
+    stream: &TcpStream,
+    frame: Option<Result<http_body::Frame<Bytes>, E>>,
+) -> io::Result<Option<(Option<Vec<u8>>, bool)>> {
+    match framed(frame) {
+        None => Ok(None),
+        Some(Framed::Data(data)) => Ok(Some((try_write_chunk(stream, &data)?, false))),
+        Some(Framed::End) => Ok(Some((Some(b"0\r\n\r\n".to_vec()), true))),
     }
 }
 
