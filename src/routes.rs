@@ -34,8 +34,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
+/// `timer` is the connection's, lent for a long poll's hold.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-/// `timer` is the connection's, for a long poll's hold.
 pub fn handle_lean<'t>(
     app: Arc<App>,
     req: Box<Request<()>>,

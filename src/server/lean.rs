@@ -603,11 +603,7 @@ fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>
             }
         });
     }
-    let written = match stream.try_write_vectored(&parts.map(io::IoSlice::new)) {
-        Ok(n) => n,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(err) => return Err(err),
-    };
+    let written = taken(stream.try_write_vectored(&parts.map(io::IoSlice::new)))?;
     if written == total {
         return Ok(None);
     }
@@ -624,11 +620,7 @@ fn try_write_assembled(
     ASSEMBLY.with_borrow_mut(|assembled| {
         assembled.clear();
         fill(assembled);
-        let written = match stream.try_write(assembled) {
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(err) => return Err(err),
-        };
+        let written = taken(stream.try_write(assembled))?;
         let rest = (written < assembled.len()).then(|| assembled[written..].to_vec());
         if assembled.capacity() > MAX_ASSEMBLY {
             // A rare large answer does not keep its room for the thread's life.
@@ -636,6 +628,14 @@ fn try_write_assembled(
         }
         Ok(rest)
     })
+}
+
+/// How many bytes a non-blocking write took: none when the socket had no room.
+fn taken(attempt: io::Result<usize>) -> io::Result<usize> {
+    match attempt {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        other => other,
+    }
 }
 
 /// Chunks up to this size (framing included) are assembled in one buffer per thread.
