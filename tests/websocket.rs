@@ -445,8 +445,11 @@ async fn a_client_frame_is_answered_while_a_backlog_is_being_written() {
     const BACKLOG: u64 = 5000;
     let mut config = test_config();
     config.limits.subscriber_queue = 10_000;
-    // The client reads nothing while the backlog is published: no ping timeout meanwhile.
+    // The client reads nothing while the backlog is published: no ping timeout meanwhile,
+    // and no write timeout either, however long a busy machine takes to publish it (the
+    // default 10 s was reached with the whole suite running beside a profiler).
     config.websocket.ping_interval_ms = 30_000;
+    config.limits.write_timeout_ms = 120_000;
     let server = TestServer::start(config).await;
     let mut ws = WsClient::connect(&server).await;
     ws.subscribe(&["firehose"], None).await;
