@@ -183,9 +183,18 @@ async fn read_head(
     info: &ConnInfo,
 ) -> io::Result<Option<(Box<Request<()>>, bool)>> {
     use tokio::io::AsyncReadExt;
+    if buf.is_empty() {
+        // Nearly every head arrives whole in one read: it is read and parsed in the
+        // thread's buffer, and the connection's own takes only what is left over.
+        match poll_fn(|cx| poll_first_read(stream, cx, buf, info)).await? {
+            Head::Lean(lean, ()) => return Ok(Some(lean)),
+            Head::Other => return Ok(None),
+            Head::Partial => {}
+        }
+    }
     loop {
         match parse_head(buf, info) {
-            Head::Lean(req, keep_alive) => return Ok(Some((req, keep_alive))),
+            Head::Lean(lean, ()) => return Ok(Some(lean)),
             Head::Partial if buf.len() < MAX_HEAD => {}
             Head::Partial | Head::Other => return Ok(None),
         }
@@ -202,28 +211,80 @@ async fn read_head(
     }
 }
 
+/// Reads once into the thread's buffer and parses a head there. A request this path
+/// serves is consumed, and any bytes after its head are moved to `buf`; otherwise all
+/// that was read is, for the caller to go on reading or hand to hyper.
+///
+/// A buffer per thread rather than the connection's: taken and released for every request
+/// of every poller, the connection's cost an allocation and a free per request, and kept,
+/// it would be part of every parked poll. `poll_read`, not `try_read`: a short read tells
+/// tokio that the socket is drained, which spares the parked poll's watch a read that
+/// would find nothing.
+fn poll_first_read(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+) -> Poll<io::Result<Head<()>>> {
+    FIRST.with_borrow_mut(|space| {
+        let mut read = ReadBuf::new(&mut space[..]);
+        match Pin::new(stream).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Ready(Ok(())) => {}
+        }
+        let read = read.filled();
+        if read.is_empty() {
+            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let (head, used) = match parse(read, info) {
+            Head::Lean(lean, len) => (Head::Lean(lean, ()), len),
+            Head::Partial => (Head::Partial, 0),
+            Head::Other => (Head::Other, 0),
+        };
+        buf.extend_from_slice(&read[used..]);
+        Poll::Ready(Ok(head))
+    })
+}
+
+thread_local! {
+    /// The thread's buffer for a connection's first read of a request (see
+    /// [`poll_first_read`]).
+    static FIRST: std::cell::RefCell<Box<[u8; FIRST_READ]>> =
+        std::cell::RefCell::new(Box::new([0; FIRST_READ]));
+}
+
 /// What the start of the read buffer holds.
-enum Head {
+enum Head<L> {
     /// Not a whole head yet.
     Partial,
-    /// A request this path serves (consumed from the buffer), and whether the connection
-    /// may carry another.
-    Lean(Box<Request<()>>, bool),
+    /// A request this path serves and whether the connection may carry another, with
+    /// `L`: the head's length, or nothing once it was consumed.
+    Lean((Box<Request<()>>, bool), L),
     /// Anything else: hyper's to serve.
     Other,
 }
 
-/// Parses the head at the start of `buf`. Not async: the header array is 2 KiB, which a
-/// future would keep for every connection.
-fn parse_head(buf: &mut BytesMut, info: &ConnInfo) -> Head {
+/// Parses the head at the start of `buf`, consuming it if this path serves the request.
+fn parse_head(buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
+    match parse(buf, info) {
+        Head::Lean(lean, len) => {
+            buf.advance(len);
+            Head::Lean(lean, ())
+        }
+        Head::Partial => Head::Partial,
+        Head::Other => Head::Other,
+    }
+}
+
+/// Parses the head at the start of `bytes`: the request and the head's length. Not
+/// async: the header array is 2 KiB, which a future would keep for every connection.
+fn parse(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(buf) {
+    match parsed.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => match lean_request(&parsed, info) {
-            Some((req, keep_alive)) => {
-                buf.advance(len);
-                Head::Lean(req, keep_alive)
-            }
+            Some(lean) => Head::Lean(lean, len),
             None => Head::Other,
         },
         Ok(httparse::Status::Partial) => Head::Partial,
