@@ -7,12 +7,13 @@ use std::convert::Infallible;
 use std::ops::Range;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::error::{Error, Result};
+use crate::server::ConnInfo;
 
 /// The body of every response: buffered or streamed, never failing mid-way.
 ///
@@ -107,6 +108,85 @@ pub fn error_response(err: &Error) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     response
+}
+
+/// What the subscribing routes read of a request, whichever server took it: hyper's
+/// [`Request`], or the lean path's [`LeanRequest`].
+pub trait RequestHead {
+    /// The query string, if the target has one.
+    fn query(&self) -> Option<&str>;
+    /// The request's headers.
+    fn headers(&self) -> &HeaderMap;
+    /// The connection the request came on, when the server recorded it.
+    fn conn(&self) -> Option<&ConnInfo>;
+}
+
+impl<B> RequestHead for Request<B> {
+    fn query(&self) -> Option<&str> {
+        self.uri().query()
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        Request::headers(self)
+    }
+
+    fn conn(&self) -> Option<&ConnInfo> {
+        self.extensions().get()
+    }
+}
+
+/// A `GET` request as the server's lean path takes it: its origin-form target, the
+/// headers the routes read, and its connection.
+///
+/// Not an `http::Request`: its `Uri`, checked byte by byte again after the head's parser
+/// had checked the target, and copied into a buffer of its own, cost about a twentieth of
+/// a long poll's instructions.
+pub struct LeanRequest {
+    /// The target up to any fragment.
+    target: Box<str>,
+    /// Where the path ends: at the `?`, or the end of the target.
+    path_end: usize,
+    headers: HeaderMap,
+    conn: Option<ConnInfo>,
+}
+
+impl LeanRequest {
+    /// A request for `target` (origin-form, as the head's parser accepted it).
+    pub fn new(target: &str, headers: HeaderMap, conn: Option<ConnInfo>) -> Self {
+        // A fragment is never sent, and never part of the query: `Uri` drops it too.
+        // `#` and `?` are ASCII, so both places are on char boundaries.
+        let target = &target[..memchr::memchr(b'#', target.as_bytes()).unwrap_or(target.len())];
+        LeanRequest {
+            path_end: path_end(target),
+            target: target.into(),
+            headers,
+            conn,
+        }
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        &self.target[..self.path_end]
+    }
+}
+
+/// Where the path of an origin-form target ends: at the `?`, or the end.
+pub fn path_end(target: &str) -> usize {
+    memchr::memchr(b'?', target.as_bytes()).unwrap_or(target.len())
+}
+
+impl RequestHead for LeanRequest {
+    fn query(&self) -> Option<&str> {
+        self.target.get(self.path_end + 1..)
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    fn conn(&self) -> Option<&ConnInfo> {
+        self.conn.as_ref()
+    }
 }
 
 /// A parsed query string; the first occurrence of a key wins.
@@ -272,7 +352,29 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
 mod tests {
     use std::borrow::Cow;
 
-    use super::Query;
+    use super::{LeanRequest, Query, RequestHead};
+
+    #[test]
+    fn a_lean_request_splits_its_target_as_a_uri_would() {
+        for (target, path, query) in [
+            ("/longpoll", "/longpoll", None),
+            ("/longpoll?", "/longpoll", Some("")),
+            (
+                "/poll?channels=a&cursor=a@e:1",
+                "/poll",
+                Some("channels=a&cursor=a@e:1"),
+            ),
+            ("/sse?channels=a#top", "/sse", Some("channels=a")),
+            ("/ws#x?y", "/ws", None),
+            ("/a?b?c", "/a", Some("b?c")),
+        ] {
+            let req = LeanRequest::new(target, http::HeaderMap::new(), None);
+            assert_eq!(req.path(), path, "{target}");
+            assert_eq!(req.query(), query, "{target}");
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!((uri.path(), uri.query()), (path, query), "{target}");
+        }
+    }
 
     #[test]
     fn query_decodes_and_the_first_occurrence_wins() {

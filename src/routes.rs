@@ -6,14 +6,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::config::Transport;
 use crate::error::{Error, Result};
-use crate::http::{Body, add_implied_headers, error_response, full, json};
+use crate::http::{
+    Body, LeanRequest, RequestHead, add_implied_headers, error_response, full, json,
+};
 use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
 
 /// Routes one request; never fails (errors are answered as JSON).
@@ -22,7 +24,7 @@ use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, 
 /// this is the cross-site WebSocket hijacking check); an allowed cross-origin caller gets
 /// CORS headers on every answer, errors included, so that it can read them.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let admission = Admission::of(&app, &req);
+    let admission = Admission::of(&app, req.headers(), req.method() == Method::OPTIONS);
     let mut response = answer(app, admission, req, route).await;
     add_implied_headers(&mut response);
     Ok(response)
@@ -38,14 +40,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub fn handle_lean<'t>(
     app: Arc<App>,
-    req: Box<Request<()>>,
+    req: Box<LeanRequest>,
     mut kept: Kept,
     timer: Pin<&'t mut Sleep>,
 ) -> impl Future<Output = (Response<Body>, Kept)> + Send + 't {
     // `async move` blocks here and in `answer`, not async fns: a parked long poll keeps
     // these futures, and an async fn keeps its arguments twice.
     async move {
-        let admission = Admission::of(&app, &req);
+        let admission = Admission::of(&app, req.headers(), false);
         let response = answer(app, admission, req, |app, req| {
             route_lean(app, req, &mut kept, timer)
         })
@@ -72,10 +74,10 @@ struct Admission {
 }
 
 impl Admission {
-    fn of<B>(app: &App, req: &Request<B>) -> Self {
+    fn of(app: &App, headers: &HeaderMap, preflight: bool) -> Self {
         Admission {
-            origin: app.auth.origins.check(req.headers()),
-            preflight: req.method() == Method::OPTIONS,
+            origin: app.auth.origins.check(headers),
+            preflight,
         }
     }
 }
@@ -193,18 +195,18 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn route_lean<'a>(
     app: Arc<App>,
-    req: Box<Request<()>>,
+    req: Box<LeanRequest>,
     kept: &'a mut Kept,
     timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
     async move {
-        if req.uri().path() != "/longpoll" {
+        if req.path() != "/longpoll" {
             kept.poll = None;
         }
-        match req.uri().path() {
+        match req.path() {
             "/ws" => {
                 enabled(&app, Transport::Websocket)?;
-                let (response, accepted) = Box::pin(websocket::handshake(app, &req)).await?;
+                let (response, accepted) = Box::pin(websocket::handshake(app, &*req)).await?;
                 kept.upgrade = Some(accepted);
                 Ok(response)
             }

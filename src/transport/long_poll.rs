@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::Result;
-use crate::http::{Body, Query, json};
+use crate::http::{Body, Query, RequestHead, json};
 use crate::protocol::Cursor;
 use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor, shutting_down};
 
@@ -52,9 +52,9 @@ enum Wanted {
 /// its largest state, and a poll may wait for many seconds), and this is an `async move`
 /// block rather than an `async fn`, which would keep its arguments twice.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub fn serve<'a, B: Send + Sync + 'static>(
+pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
     app: Arc<App>,
-    req: Box<Request<B>>,
+    req: Box<R>,
     carry: &'a mut Option<Carry>,
     mut timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
@@ -178,12 +178,12 @@ fn take_ready(subscription: &mut Subscription, events: &mut Vec<Event>) {
 }
 
 /// Where the poll starts and how long it may be held, once the request is allowed.
-async fn admit<B: Send + Sync>(
+async fn admit<R: RequestHead + Send + Sync>(
     app: &App,
-    req: Box<Request<B>>,
+    req: Box<R>,
     carried: Option<Carry>,
 ) -> Result<(Wanted, Duration)> {
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(req.query());
     let resumed = |kept: &Subscription| {
         kept.resumed_by(query.get("channels"), query.get("cursor").unwrap_or(""))
     };

@@ -4,18 +4,18 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 
 use crate::app::App;
 use crate::config::Transport;
 use crate::error::Result;
-use crate::http::{Body, Query, json};
+use crate::http::{Body, Query, RequestHead, json};
 use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
 
 /// Answers with everything after the request's cursor, possibly nothing.
-pub async fn serve<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> {
+pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Poll);
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(req.query());
     let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
     authorize_subscribe(&app, req.headers(), &query, cursor.channels()).await?;
     let _in_flight = InFlight::new(metrics);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +20,8 @@ use crate::auth::Identity;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::Result;
-use crate::http::{Body, Query};
+use crate::http::{Body, Query, RequestHead};
 use crate::protocol::Cursor;
-use crate::server::ConnInfo;
 use crate::transport::{Session, authorize_subscribe, requested_cursor, shutting_down};
 use crate::wake::SideWaits;
 
@@ -30,9 +29,9 @@ use crate::wake::SideWaits;
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// Opens an event stream from the request's cursor (or `Last-Event-ID`).
-pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>> {
+pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Sse);
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(req.query());
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -40,7 +39,7 @@ pub async fn serve<B: Send>(app: Arc<App>, req: Request<B>) -> Result<Response<B
         .filter(|v| !v.is_empty());
     let cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
     let who = authorize_subscribe(&app, req.headers(), &query, cursor.channels()).await?;
-    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let conn = req.conn().cloned();
     // A stalled reader stops hyper from polling this body, so the cut must reach the
     // connection itself: the server drops a connection whose token is cancelled.
     let cut = conn

@@ -26,7 +26,7 @@ use crate::auth::Identity;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::{Error, Result};
-use crate::http::{Body, Query, full};
+use crate::http::{Body, Query, RequestHead, full};
 use crate::metrics::TransportMetrics;
 use crate::protocol::ClientFrame;
 use crate::protocol::Message;
@@ -67,16 +67,16 @@ pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response
 
 /// Checks an upgrade request; the `101` answer and what the connection needs once the
 /// socket is switched.
-pub async fn handshake<B: Sync>(
+pub async fn handshake<R: RequestHead + Sync>(
     app: Arc<App>,
-    req: &Request<B>,
+    req: &R,
 ) -> Result<(Response<Body>, Box<Accepted>)> {
     let accept = accept_key(req.headers())?;
     // Browsers cannot read the status of a refused handshake, so bad credentials are
     // reported after the upgrade, as a 4001/4002 close with the reason.
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(req.query());
     let who = app.auth.identify(req.headers(), &query, &app.bus).await;
-    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let conn = req.conn().cloned();
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
