@@ -101,6 +101,9 @@ pub struct Auth {
 /// The API key header: a scheme of its own, never confused with a client JWT.
 pub const API_KEY_HEADER: &str = "x-cascade-api-key";
 
+/// [`API_KEY_HEADER`] as a header name.
+pub const API_KEY: http::HeaderName = http::HeaderName::from_static(API_KEY_HEADER);
+
 impl Auth {
     /// Builds the checks from config; fails on an unreadable key or a bad secret.
     pub fn from_config(config: &Config) -> Result<Self, String> {
@@ -156,7 +159,8 @@ impl Auth {
         query: &Query<'_>,
         bus: &Bus,
     ) -> Result<Identity> {
-        if let Some(key) = headers.get(API_KEY_HEADER) {
+        // By `HeaderName`: a `&str` name is parsed again for every lookup.
+        if let Some(key) = headers.get(&API_KEY) {
             return if self.is_api_key(key.as_bytes()) {
                 Ok(Identity::server())
             } else {

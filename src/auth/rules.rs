@@ -106,10 +106,11 @@ impl Rules {
     }
 
     fn namespace(&self, channel: &Channel) -> &NamespaceConfig {
-        self.namespaces
-            .get(channel.namespace())
-            .filter(|_| channel.as_str().contains(':'))
-            .unwrap_or(&self.default)
+        // A channel without a `:` is in no namespace: no map lookup for it.
+        match channel.as_str().split_once(':') {
+            Some((namespace, _)) => self.namespaces.get(namespace).unwrap_or(&self.default),
+            None => &self.default,
+        }
     }
 
     /// Allows or refuses a subscription.

@@ -352,10 +352,7 @@ fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName> {
     const KEPT: [(&str, HeaderName); 8] = [
         ("origin", header::ORIGIN),
         ("authorization", header::AUTHORIZATION),
-        (
-            crate::auth::API_KEY_HEADER,
-            HeaderName::from_static(crate::auth::API_KEY_HEADER),
-        ),
+        (crate::auth::API_KEY_HEADER, crate::auth::API_KEY),
         ("last-event-id", HeaderName::from_static("last-event-id")),
         ("upgrade", header::UPGRADE),
         ("connection", header::CONNECTION),
