@@ -192,18 +192,25 @@ impl RequestHead for LeanRequest {
 /// A parsed query string; the first occurrence of a key wins.
 ///
 /// A query with nothing escaped (a backend's, a poller's) is borrowed as it came; an
-/// escaped one is decoded, every key and value into one string. The places of the pairs
-/// are kept inline: a poll parses a query for every answer, and the allocations were most
-/// of its cost.
+/// escaped one is decoded, every key and value into one string. The places of the first
+/// pairs are kept inline: a poll parses a query for every answer, and the allocations were
+/// most of its cost.
 pub struct Query<'a> {
     text: Cow<'a, str>,
-    pairs: [Pair; MAX_PAIRS],
+    /// The first pairs: a route reads a handful. Room for all 32 inline was 512 bytes to
+    /// clear and copy for every query.
+    first: [Pair; INLINE_PAIRS],
+    /// The pairs after them, up to [`MAX_PAIRS`] in all.
+    more: Vec<Pair>,
+    /// How many pairs there are.
     len: u8,
 }
 
 /// Most pairs kept: no route reads more than a handful, and a hostile `a&a&a…` query would
 /// otherwise cost many times its size while a long poll is held.
 const MAX_PAIRS: usize = 32;
+/// Pairs kept inline.
+const INLINE_PAIRS: usize = 6;
 
 /// Where a key and its value lie in the query's text. A request head, query included, is
 /// at most hyper's limit of a few hundred KiB (16 KiB on the lean path), far inside `u32`.
@@ -220,7 +227,8 @@ impl<'a> Query<'a> {
         let raw = query.unwrap_or("");
         let mut query = Query {
             text: Cow::Borrowed(raw),
-            pairs: [Pair::default(); MAX_PAIRS],
+            first: [Pair::default(); INLINE_PAIRS],
+            more: Vec::new(),
             len: 0,
         };
         // The splitting of form_urlencoded::parse: empty pieces are skipped, and a piece
@@ -236,10 +244,14 @@ impl<'a> Query<'a> {
                     Some(at) => (start..start + at, start + at + 1..end),
                     None => (start..end, end..end),
                 };
-                query.pairs[usize::from(query.len)] = Pair {
+                let pair = Pair {
                     key: narrow(key),
                     value: narrow(value),
                 };
+                match query.first.get_mut(usize::from(query.len)) {
+                    Some(slot) => *slot = pair,
+                    None => query.more.push(pair),
+                }
                 query.len += 1;
                 if usize::from(query.len) == MAX_PAIRS {
                     break;
@@ -253,7 +265,8 @@ impl<'a> Query<'a> {
             // is replaced by wider U+FFFD.
             let mut decoded = String::with_capacity(raw.len());
             let part = |(start, end): (u32, u32)| &raw[start as usize..end as usize];
-            for pair in &mut query.pairs[..usize::from(query.len)] {
+            let inline = usize::from(query.len).min(INLINE_PAIRS);
+            for pair in query.first[..inline].iter_mut().chain(&mut query.more) {
                 pair.key = push_decoded(&mut decoded, part(pair.key));
                 pair.value = push_decoded(&mut decoded, part(pair.value));
             }
@@ -265,12 +278,18 @@ impl<'a> Query<'a> {
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
         let text = &*self.text;
-        let pair = self.pairs[..usize::from(self.len)].iter().find(|pair| {
+        let pair = self.pairs().find(|pair| {
             let (start, end) = pair.key;
             text.as_bytes().get(start as usize..end as usize) == Some(key.as_bytes())
         })?;
         let (start, end) = pair.value;
         text.get(start as usize..end as usize)
+    }
+
+    /// The pairs, in order.
+    fn pairs(&self) -> impl Iterator<Item = &Pair> {
+        let inline = usize::from(self.len).min(INLINE_PAIRS);
+        self.first[..inline].iter().chain(&self.more)
     }
 
     /// The value of `key` as a number, if present.
@@ -401,12 +420,17 @@ mod tests {
         let long: Vec<String> = (0..40).map(|i| format!("k{i}={i}")).collect();
         let long = long.join("&");
         let query = Query::parse(Some(&long));
-        assert_eq!(query.get("k31"), Some("31"));
+        // Both sides of the inline pairs' end, and the last pair kept.
+        for (key, value) in [("k0", "0"), ("k5", "5"), ("k6", "6"), ("k31", "31")] {
+            assert_eq!(query.get(key), Some(value));
+        }
         assert_eq!(query.get("k32"), None);
         // The same limit when the pairs are decoded.
         let escaped = long.replace('=', "=%41");
         let query = Query::parse(Some(&escaped));
-        assert_eq!(query.get("k31"), Some("A31"));
+        for (key, value) in [("k0", "A0"), ("k5", "A5"), ("k6", "A6"), ("k31", "A31")] {
+            assert_eq!(query.get(key), Some(value));
+        }
         assert_eq!(query.get("k32"), None);
         let bad = Query::parse(Some("x=%FF%FE&y=2"));
         assert_eq!(bad.get("x"), Some("\u{FFFD}\u{FFFD}"));
