@@ -345,6 +345,8 @@ pub struct Message {
     data_start: usize,
     /// The WebSocket frame, built on first use: most messages never reach a WebSocket.
     ws_frame: OnceLock<WsFrame>,
+    /// The SSE event for subscribers of this channel alone, built on first use.
+    sse_event: OnceLock<Bytes>,
 }
 
 /// A message's WebSocket text frame, whole on the wire and as tungstenite's payload; both
@@ -375,6 +377,7 @@ impl Message {
             json: json.freeze(),
             data_start,
             ws_frame: OnceLock::new(),
+            sse_event: OnceLock::new(),
         }
     }
 
@@ -399,6 +402,7 @@ impl Message {
             data_start,
             json,
             ws_frame: OnceLock::new(),
+            sse_event: OnceLock::new(),
         })
     }
 
@@ -449,6 +453,23 @@ impl Message {
                     }
                 }
             }
+        })
+    }
+
+    /// The SSE event `id: <cursor>\ndata: <json>\n\n` for a subscriber that follows this
+    /// message's channel alone. Its cursor after the message is then
+    /// `channel@epoch:offset`, the same for every such subscriber, so the event is built
+    /// once per message rather than once per subscriber.
+    pub fn sse_event(&self) -> &Bytes {
+        self.sse_event.get_or_init(|| {
+            let mut event =
+                BytesMut::with_capacity(self.json.len() + self.channel.as_str().len() + 64);
+            event.put_slice(b"id: ");
+            put_cursor(&mut event, [(&self.channel, Some(&self.position()))]);
+            event.put_slice(b"\ndata: ");
+            event.put_slice(&self.json);
+            event.put_slice(b"\n\n");
+            event.freeze()
         })
     }
 
@@ -756,6 +777,28 @@ mod tests {
             assert_eq!(len as usize, payload.len());
             assert_eq!(payload, m.ws_frame().as_bytes());
         }
+    }
+
+    #[test]
+    fn the_shared_sse_event_resumes_right_after_its_message() {
+        let m = Message::new(
+            Channel::parse("room:lobby").unwrap(),
+            Epoch::parse("k3Jd").unwrap(),
+            7,
+            1_764_300_000_000,
+            br#"{"n":1}"#,
+        );
+        let event = std::str::from_utf8(m.sse_event()).unwrap();
+        let json = std::str::from_utf8(m.json()).unwrap();
+        assert_eq!(event, format!("id: room:lobby@k3Jd:7\ndata: {json}\n\n"));
+        let id = event
+            .strip_prefix("id: ")
+            .unwrap()
+            .split('\n')
+            .next()
+            .unwrap();
+        let cursor = Cursor::parse(id, 1).unwrap();
+        assert_eq!(cursor.position(&m.channel), Some(&m.position()));
     }
 
     #[test]

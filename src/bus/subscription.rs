@@ -251,6 +251,12 @@ impl Subscription {
         self.channels.iter().map(|f| &f.channel)
     }
 
+    /// Whether this subscription follows one channel: its cursor after a message is then
+    /// the message's own position (see [`Message::sse_event`]).
+    pub fn follows_one_channel(&self) -> bool {
+        self.channels.len() == 1
+    }
+
     /// Appends the current cursor, in [`Cursor`]'s text form, without building one and
     /// without the formatting machinery: SSE stamps every delivery with it.
     pub fn put_cursor(&self, out: &mut BytesMut) {

@@ -143,17 +143,10 @@ fn events(
                     }
                 }
                 Step::Event(Ok(event)) => {
-                    let now = crate::bus::now_ms();
-                    let mut batch = BytesMut::new();
-                    encode(&mut batch, &event, &subscription, metrics, now);
-                    while batch.len() < BATCH_BYTES {
-                        match subscription.try_next() {
-                            Some(Ok(event)) => encode(&mut batch, &event, &subscription, metrics, now),
-                            _ => break,
-                        }
-                    }
                     quiet_ticks = 0;
-                    yield batch.freeze();
+                    // A plain function: nothing of the batch's making stays in the
+                    // stream's state, which every open stream keeps.
+                    yield frame(event, &mut subscription, metrics);
                 }
                 Step::Event(Err(closed)) => {
                     session.ending(closed.code());
@@ -168,6 +161,45 @@ fn events(
     }
 }
 
+/// The frame that carries `first` and whatever else is ready after it, up to
+/// [`BATCH_BYTES`].
+fn frame(
+    first: Event,
+    subscription: &mut Subscription,
+    metrics: &crate::metrics::TransportMetrics,
+) -> Bytes {
+    let now = crate::bus::now_ms();
+    // Every other event is encoded as soon as it is taken, as its `id:` is the cursor at
+    // that moment. A message's event to a subscriber of one channel is the message's own
+    // (see `encode`), so the next can be taken first, and a lone one (nearly every
+    // delivery at a paced rate) goes out as the message keeps it, with no copy.
+    let mut taken = None;
+    if let Event::Message(message) = &first
+        && subscription.follows_one_channel()
+    {
+        taken = subscription.try_next();
+        if taken.is_none() {
+            metrics.record_delivery(message.json().len(), message.ts, now);
+            return message.sse_event().clone();
+        }
+    }
+    let mut batch = BytesMut::new();
+    encode(&mut batch, &first, subscription, metrics, now);
+    loop {
+        let next = match taken.take() {
+            Some(next) => next,
+            None if batch.len() < BATCH_BYTES => match subscription.try_next() {
+                Some(next) => next,
+                None => break,
+            },
+            None => break,
+        };
+        let Ok(event) = next else { break };
+        encode(&mut batch, &event, subscription, metrics, now);
+    }
+    batch.freeze()
+}
+
 /// What woke the event stream.
 enum Step {
     Shutdown,
@@ -176,7 +208,11 @@ enum Step {
     Event(std::result::Result<Event, crate::bus::Closed>),
 }
 
-/// Appends one event: `id:` is the cursor that resumes right after it.
+/// Appends one event: `id:` is the cursor that resumes right after it. To a subscriber of
+/// one channel, a message's event is the one the message keeps ([`Message::sse_event`]),
+/// whose `id:` is that cursor.
+///
+/// [`Message::sse_event`]: crate::protocol::Message::sse_event
 pub fn encode(
     out: &mut BytesMut,
     event: &Event,
@@ -185,6 +221,10 @@ pub fn encode(
     now: u64,
 ) {
     match event {
+        Event::Message(message) if subscription.follows_one_channel() => {
+            out.extend_from_slice(message.sse_event());
+            metrics.record_delivery(message.json().len(), message.ts, now);
+        }
         Event::Message(message) => {
             // One reservation for the whole event: growing by each piece reallocated
             // several times per event.
