@@ -947,13 +947,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn heads_carry_the_chosen_framing() {
+    /// A `{}` JSON answer with one header of its own, in parts.
+    fn json_answer_with_vary() -> (http::response::Parts, Body) {
         let mut response: Response<Body> = crate::http::json(http::StatusCode::OK, "{}");
         response
             .headers_mut()
             .insert("vary", http::HeaderValue::from_static("Origin"));
-        let (parts, body) = response.into_parts();
+        response.into_parts()
+    }
+
+    #[test]
+    fn heads_carry_the_chosen_framing() {
+        let (parts, body) = json_answer_with_vary();
         let implied = body.implied_headers();
         let mut head = Vec::new();
         encode_head(&mut head, &parts, implied, Framing::Length(2), false);
@@ -974,11 +979,7 @@ mod tests {
 
     #[test]
     fn a_json_answer_head_in_one_piece_is_the_head_in_parts() {
-        let mut response: Response<Body> = crate::http::json(http::StatusCode::OK, "{}");
-        response
-            .headers_mut()
-            .insert("vary", http::HeaderValue::from_static("Origin"));
-        let (parts, body) = response.into_parts();
+        let (parts, body) = json_answer_with_vary();
         for keep_alive in [true, false] {
             let mut in_parts = Vec::new();
             encode_head(
