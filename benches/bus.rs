@@ -155,6 +155,15 @@ fn encode(c: &mut Criterion) {
         });
     });
 
+    // What a lone event to a subscriber of one channel costs since the message keeps its
+    // SSE event: a reference count (the event above is that one copied into a batch).
+    let Event::Message(shared) = &published else {
+        unreachable!("published is a message")
+    };
+    group.bench_function("sse_event_shared", |b| {
+        b.iter(|| shared.sse_event().clone())
+    });
+
     let poll_metrics = metrics.transport(Transport::Poll);
     let cursor = subscription.cursor();
     for count in [1usize, 100] {
