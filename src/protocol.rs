@@ -67,9 +67,9 @@ impl Channel {
         &self.0
     }
 
-    /// The namespace: the part before the first `:`, or `""` when there is none.
-    pub fn namespace(&self) -> &str {
-        self.0.split_once(':').map_or("", |(ns, _)| ns)
+    /// The namespace: the part before the first `:`, if the name has one.
+    pub fn namespace(&self) -> Option<&str> {
+        split_once_ascii(&self.0, b':').map(|(ns, _)| ns)
     }
 }
 
@@ -675,8 +675,11 @@ mod tests {
         for bad in ["", "a,b", "a@b", "a b", "é", &"x".repeat(129), "a\0"] {
             assert!(Channel::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(Channel::parse("room:lobby").unwrap().namespace(), "room");
-        assert_eq!(Channel::parse("chat").unwrap().namespace(), "");
+        assert_eq!(
+            Channel::parse("room:lobby").unwrap().namespace(),
+            Some("room")
+        );
+        assert_eq!(Channel::parse("chat").unwrap().namespace(), None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn channel_names() {
     fuzz("Channel::parse valid", channel_name(), |name| {
         let channel = Channel::parse(&name).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(channel.as_str(), name.as_str());
-        let namespace = name.split_once(':').map_or("", |(ns, _)| ns);
+        let namespace = name.split_once(':').map(|(ns, _)| ns);
         prop_assert_eq!(channel.namespace(), namespace);
         Ok(())
     });

@@ -107,10 +107,10 @@ impl Rules {
 
     fn namespace(&self, channel: &Channel) -> &NamespaceConfig {
         // A channel without a `:` is in no namespace: no map lookup for it.
-        match channel.as_str().split_once(':') {
-            Some((namespace, _)) => self.namespaces.get(namespace).unwrap_or(&self.default),
-            None => &self.default,
-        }
+        channel
+            .namespace()
+            .and_then(|namespace| self.namespaces.get(namespace))
+            .unwrap_or(&self.default)
     }
 
     /// Allows or refuses a subscription.

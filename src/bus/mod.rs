@@ -126,12 +126,11 @@ impl RetentionPolicy {
 
     /// The retention of `channel`.
     pub fn for_channel(&self, channel: &Channel) -> Retention {
-        if channel.as_str().contains(':') {
-            if let Some(retention) = self.namespaces.get(channel.namespace()) {
-                return *retention;
-            }
-        }
-        self.default
+        channel
+            .namespace()
+            .and_then(|namespace| self.namespaces.get(namespace))
+            .copied()
+            .unwrap_or(self.default)
     }
 
     /// The largest history any channel keeps: the most one history read must return.
