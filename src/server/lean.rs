@@ -237,11 +237,7 @@ fn poll_first_read(
         if read.is_empty() {
             return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
         }
-        let (head, used) = match parse(read, info) {
-            Head::Lean(lean, len) => (Head::Lean(lean, ()), len),
-            Head::Partial => (Head::Partial, 0),
-            Head::Other => (Head::Other, 0),
-        };
+        let (head, used) = parse(read, info).consumed();
         buf.extend_from_slice(&read[used..]);
         Poll::Ready(Ok(head))
     })
@@ -265,16 +261,23 @@ enum Head<L> {
     Other,
 }
 
+impl Head<usize> {
+    /// The head once consumed, and how many bytes that takes: the head's length for a
+    /// request this path serves, none otherwise.
+    fn consumed(self) -> (Head<()>, usize) {
+        match self {
+            Head::Lean(lean, len) => (Head::Lean(lean, ()), len),
+            Head::Partial => (Head::Partial, 0),
+            Head::Other => (Head::Other, 0),
+        }
+    }
+}
+
 /// Parses the head at the start of `buf`, consuming it if this path serves the request.
 fn parse_head(buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
-    match parse(buf, info) {
-        Head::Lean(lean, len) => {
-            buf.advance(len);
-            Head::Lean(lean, ())
-        }
-        Head::Partial => Head::Partial,
-        Head::Other => Head::Other,
-    }
+    let (head, used) = parse(buf, info).consumed();
+    buf.advance(used);
+    head
 }
 
 /// Parses the head at the start of `bytes`: the request and the head's length. Not
