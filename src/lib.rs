@@ -19,7 +19,9 @@
 //! - [`protocol`] is the wire contract: channels, epochs, positions, cursors, messages,
 //!   gaps, WebSocket client frames. Every transport encodes the same bytes from it.
 //! - [`bus`] is the one boundary: transports never see an engine, engines never see HTTP.
-//!   The hub and the seam are shared by both engines.
+//!   The hub and the seam are shared by both engines. The one call the other way is
+//!   [`bus::Express`]: a transport lends the hub a writer, and while its connection idles
+//!   the hub writes live messages to its socket itself, without waking it.
 //! - [`auth`] decides who may connect, subscribe and publish; [`limits`] bounds what one
 //!   client may cost.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel

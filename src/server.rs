@@ -213,7 +213,7 @@ fn serve(
                 lean::Next::WebSocket(websocket, rest) => {
                     // A task of its own, sized for the WebSocket alone: this one is sized
                     // for the largest lean route.
-                    app.streams.spawn(websocket.run(stream, rest));
+                    app.streams.spawn(websocket.run_on(stream, rest));
                     return;
                 }
                 lean::Next::Closed => return,

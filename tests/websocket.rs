@@ -554,3 +554,66 @@ async fn pongs_and_messages_interleave_as_whole_frames() {
         }
     }
 }
+
+/// Messages the fan-out wrote to an idle socket itself, without waking the connection,
+/// still move the connection's position: subscribing again to the channel reports it.
+#[tokio::test]
+async fn subscribing_again_reports_the_position_after_messages_already_delivered() {
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    let first = ws.subscribe(&["tally"], None).await;
+    let epoch = epoch_of(first["cursor"].as_str().expect("cursor"));
+    for n in 1..=3 {
+        server.publish("tally", json!({"n": n})).await;
+    }
+    expect_offsets(&mut ws, "tally", &epoch, 1..=3).await;
+    let again = ws.subscribe(&["tally"], None).await;
+    assert_eq!(again["cursor"], format!("tally@{epoch}:3"));
+    server.publish("tally", json!({"n": 4})).await;
+    expect_offsets(&mut ws, "tally", &epoch, 4..=4).await;
+}
+
+/// A client that reads late and pings before every message: the fan-out writes large
+/// messages to its socket until one is taken only in part, which the connection must
+/// finish before it writes anything else, a pong included. Every frame arrives whole,
+/// messages and pongs each in order. (Which ping meets a part-written message, if any, is
+/// up to the scheduler: the test checks the stream, not the race.)
+#[tokio::test]
+async fn pings_meeting_a_part_written_message_are_answered_after_it() {
+    use futures_util::SinkExt;
+    const MESSAGES: u64 = 120;
+    let mut config = test_config();
+    config.websocket.ping_interval_ms = 30_000;
+    let server = TestServer::start(config).await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.subscribe(&["heavy"], None).await;
+    // 7 MB: the loopback socket fills long before the client starts reading.
+    let pad = "z".repeat(60 * 1024);
+    for n in 1..=MESSAGES {
+        let payload = n.to_be_bytes().to_vec();
+        ws.ws
+            .send(WsMessage::Ping(payload.into()))
+            .await
+            .expect("ping");
+        server.publish("heavy", json!({"n": n, "pad": pad})).await;
+    }
+    let (mut next, mut pongs) = (1, 1);
+    while next <= MESSAGES || pongs <= MESSAGES {
+        match within(ws.ws.next()).await {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(frame["data"]["n"], next, "in order, none lost");
+                assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(pad.len()));
+                next += 1;
+            }
+            Some(Ok(WsMessage::Pong(payload))) => {
+                assert_eq!(payload.as_ref(), pongs.to_be_bytes(), "pongs in order");
+                pongs += 1;
+            }
+            Some(Ok(WsMessage::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let delivered = r#"cascade_messages_delivered_total{transport="websocket"}"#;
+    assert_eq!(server.metric(delivered).await, MESSAGES as f64);
+}

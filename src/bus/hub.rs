@@ -1,11 +1,14 @@
 //! Live fan-out to this node's subscribers.
 //!
 //! Engines push each message in once; the hub hands the same `Arc<Message>` to every local
-//! subscriber's bounded queue. It never blocks and never waits on a reader: a full queue
-//! cuts that subscriber off (`slow_consumer`) and leaves everyone else untouched.
+//! subscriber's bounded queue, or writes it to an idle subscriber's socket express (see
+//! [`super::express`]). It never blocks and never waits on a reader: a full queue cuts
+//! that subscriber off (`slow_consumer`) and leaves everyone else untouched.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use super::Map;
 use super::inbox::{Pushed, Subscriber};
@@ -15,12 +18,26 @@ use crate::protocol::{Channel, Message};
 /// channels rarely contend.
 const SHARDS: usize = 32;
 
-type Subscribers = Map<u64, Subscriber>;
+/// Express writes are allowed while they would keep a channel's fan-out busy for at most
+/// this share of the time between its messages (1 / `EXPRESS_SHARE`). Beyond it the
+/// messages come faster than one write each can serve: queued, they go out in batches.
+const EXPRESS_SHARE: u64 = 2;
+
+/// One channel's local subscribers.
+#[derive(Default)]
+struct Subscribers {
+    by_id: Map<u64, Subscriber>,
+    /// When its last fan-out began, in nanoseconds of the hub's clock; 0 before the first.
+    last_walk: AtomicU64,
+}
 
 /// The per-node registry of live subscribers, by channel.
 pub struct Hub {
     hasher: foldhash::fast::RandomState,
     shards: Box<[RwLock<Map<Channel, Subscribers>>]>,
+    clock: Instant,
+    /// What an express write has cost lately, in nanoseconds (a moving average).
+    write_ns: AtomicU64,
 }
 
 impl Default for Hub {
@@ -35,6 +52,8 @@ impl Hub {
         Hub {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            clock: Instant::now(),
+            write_ns: AtomicU64::new(0),
         }
     }
 
@@ -43,12 +62,14 @@ impl Hub {
         &self.shards[index]
     }
 
-    /// Hands `message` to every local subscriber of its channel.
+    /// Hands `message` to every local subscriber of its channel: written express to the
+    /// idle ones while the channel's messages are far enough apart, queued otherwise.
     ///
     /// Engines must call this in offset order per channel. Returns how many subscribers
     /// were handed the message.
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
-        // std RwLock, not tokio's: never held across an await, and try_send never blocks.
+        // std RwLock, not tokio's: never held across an await, and a push never blocks (an
+        // express write does not wait for the socket).
         let shard = self
             .shard(&message.channel)
             .read()
@@ -56,16 +77,36 @@ impl Hub {
         let Some(subscribers) = shard.get(&message.channel) else {
             return 0;
         };
-        let mut delivered = 0;
-        for subscriber in subscribers.values() {
-            match subscriber.push(message.clone()) {
+        let start = self.now_ns();
+        let last = subscribers.last_walk.swap(start, Ordering::Relaxed);
+        let walk = subscribers.by_id.len() as u64 * self.write_ns.load(Ordering::Relaxed);
+        let express = last == 0 || walk.saturating_mul(EXPRESS_SHARE) <= start.saturating_sub(last);
+        let (mut delivered, mut written) = (0, 0);
+        for subscriber in subscribers.by_id.values() {
+            match subscriber.push(message, express) {
                 Pushed::Queued => delivered += 1,
+                Pushed::Written => written += 1,
                 Pushed::Full => subscriber.cut_off(),
                 // The subscriber is being dropped; its Drop unregisters it.
                 Pushed::Closed => {}
             }
         }
-        delivered
+        if written > 0 {
+            let each = (self.now_ns() - start) / written as u64;
+            let average = self.write_ns.load(Ordering::Relaxed);
+            let average = if average == 0 {
+                each
+            } else {
+                (average * 7 + each) / 8
+            };
+            self.write_ns.store(average, Ordering::Relaxed);
+        }
+        delivered + written
+    }
+
+    /// Nanoseconds since the hub was made; never 0.
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64 + 1
     }
 
     /// Registers a subscriber on `channel`; returns true when it is the channel's first.
@@ -74,7 +115,7 @@ impl Hub {
             .shard(channel)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let subscribers = shard.entry(channel.clone()).or_default();
+        let subscribers = &mut shard.entry(channel.clone()).or_default().by_id;
         subscribers.insert(id, subscriber);
         subscribers.len() == 1
     }
@@ -88,8 +129,8 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(channel) else {
             return false;
         };
-        subscribers.remove(&id);
-        if subscribers.is_empty() {
+        subscribers.by_id.remove(&id);
+        if subscribers.by_id.is_empty() {
             shard.remove(channel);
             return true;
         }
@@ -100,7 +141,7 @@ impl Hub {
     pub fn wake_all(&self) {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
-            for subscriber in shard.values().flat_map(|s| s.values()) {
+            for subscriber in shard.values().flat_map(|s| s.by_id.values()) {
                 subscriber.wake();
             }
         }
@@ -128,7 +169,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::bus::inbox::Inbox;
-    use crate::protocol::Epoch;
+    use crate::protocol::{Epoch, Position};
     use tokio_util::sync::CancellationToken;
 
     fn message(channel: &Channel, offset: u64) -> Arc<Message> {
@@ -162,5 +203,34 @@ mod tests {
         assert!(hub.unregister(&chat, 2));
         assert!(!hub.has_subscribers(&chat));
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    struct Accept;
+
+    impl crate::bus::Express for Accept {
+        fn write(&self, _: &Message) -> crate::bus::Written {
+            crate::bus::Written::All
+        }
+    }
+
+    #[test]
+    fn messages_closer_than_their_writes_take_are_queued_to_batch() {
+        let hub = Hub::new();
+        let chat = Channel::parse("chat").unwrap();
+        let inbox = Inbox::new(8, None);
+        inbox.set_express(Arc::new(Accept));
+        hub.register(&chat, 1, inbox.subscriber());
+        let first = message(&chat, 1);
+        assert!(inbox.arm(&Position {
+            epoch: first.epoch.clone(),
+            offset: 0
+        }));
+        assert_eq!(hub.deliver(&first), 1);
+        assert!(inbox.try_pop().is_none(), "the first message went express");
+        // As if a write took a minute: the next message comes sooner than that.
+        hub.write_ns.store(60_000_000_000, Ordering::Relaxed);
+        assert!(inbox.arm(&first.position()));
+        assert_eq!(hub.deliver(&message(&chat, 2)), 1);
+        assert_eq!(inbox.try_pop().map(|m| m.offset), Some(2), "queued");
     }
 }

@@ -6,16 +6,22 @@
 //! whether or not a message ever waits in it, and a gateway holds mostly idle
 //! subscribers. This costs a hundred-odd bytes and grows only while messages wait. The
 //! lock is held for a push or a pop, never across an await.
+//!
+//! The inbox also holds the subscriber's express lane (see [`super::express`]): the hub
+//! writes through it under the same lock, so a transport that disarms it holds the socket
+//! alone from then on.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::Message;
+use super::express::{Express, Written};
+use super::subscription::{Fit, fit};
+use crate::protocol::{Message, Position};
 
 /// Queued capacity kept when an inbox empties; a burst's larger buffer is given back.
 const KEEP_CAPACITY: usize = 16;
@@ -40,20 +46,66 @@ struct Shared {
     /// long poll has none: it answers on its next check, and a token costs a hundred-odd
     /// bytes per parked poll.
     cut_token: Option<CancellationToken>,
+    /// The subscription is gone: pushes are dropped. Set under the lock; an atomic beside
+    /// the flags rather than a field of `State` keeps this struct within its allocation
+    /// size step.
+    closed: AtomicBool,
+    /// What the express lane holds for the subscription to take (`MOVED`, `WRITTEN`), so
+    /// that taking nothing needs no lock.
+    news: AtomicU8,
 }
+
+/// `Shared::news`: express writes moved the subscriber's position.
+const MOVED: u8 = 1;
+/// `Shared::news`: the queue's front message was written in part.
+const WRITTEN: u8 = 2;
 
 struct State {
     queue: VecDeque<Arc<Message>>,
     /// The subscription's waker while it waits for a message.
     waker: Option<Waker>,
-    /// The subscription is gone: pushes are dropped.
-    closed: bool,
+    /// Boxed: only a transport that writes express has one, and every parked long poll
+    /// would otherwise carry its room.
+    lane: Option<Box<Lane>>,
+}
+
+/// A transport's express writer and whether the hub may use it now.
+struct Lane {
+    sink: Arc<dyn Express>,
+    /// The hub may write now.
+    armed: bool,
+    /// The subscriber's position in its one channel, as of arming and express writes.
+    read: Option<Position>,
+    /// Bytes of the queue's front message the hub wrote before the socket filled.
+    written: usize,
+}
+
+/// The transport's hold on its express lane, usable while its subscription is borrowed
+/// by a wait.
+pub struct ExpressSwitch {
+    shared: Arc<Shared>,
+}
+
+impl ExpressSwitch {
+    /// Stops express writes: from its return the transport alone writes to its socket.
+    /// True when a message the hub part-wrote waits at the front of the queue, whose rest
+    /// must go out before anything else.
+    pub fn disarm(&self) -> bool {
+        let mut state = self.shared.lock();
+        let Some(lane) = state.lane.as_mut() else {
+            return false;
+        };
+        lane.armed = false;
+        lane.written > 0
+    }
 }
 
 /// What became of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Pushed {
     Queued,
+    /// Written to the subscriber's socket express: delivered, not queued.
+    Written,
     /// The inbox held `capacity` messages already: the subscriber cannot keep up.
     Full,
     /// The subscription has been dropped.
@@ -67,7 +119,7 @@ impl Inbox {
         let state = State {
             queue: VecDeque::new(),
             waker: None,
-            closed: false,
+            lane: None,
         };
         Inbox {
             shared: Arc::new(Shared {
@@ -75,6 +127,8 @@ impl Inbox {
                 capacity: capacity.max(1),
                 cut: AtomicBool::new(false),
                 cut_token: cut,
+                closed: AtomicBool::new(false),
+                news: AtomicU8::new(0),
             }),
         }
     }
@@ -94,6 +148,57 @@ impl Inbox {
     /// The token cancelled at the cut, if the inbox was given one.
     pub(super) fn cut_token(&self) -> Option<&CancellationToken> {
         self.shared.cut_token.as_ref()
+    }
+
+    /// Gives the hub `sink` to write live messages express through while armed.
+    pub(super) fn set_express(&self, sink: Arc<dyn Express>) -> ExpressSwitch {
+        self.shared.lock().lane = Some(Box::new(Lane {
+            sink,
+            armed: false,
+            read: None,
+            written: 0,
+        }));
+        ExpressSwitch {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Lets the hub write express from `read`, the subscriber's position in its one
+    /// channel; false when there is no lane or a message already waits.
+    pub(super) fn arm(&self, read: &Position) -> bool {
+        let mut state = self.shared.lock();
+        let idle = state.queue.is_empty() && !self.shared.closed.load(Ordering::Relaxed);
+        match state.lane.as_mut() {
+            Some(lane) if idle => {
+                lane.armed = true;
+                lane.read = Some(read.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Where express writes have moved the subscriber since last asked, if they have.
+    pub(super) fn take_moved(&self) -> Option<Position> {
+        if self.shared.news.load(Ordering::Relaxed) & MOVED == 0 {
+            return None;
+        }
+        let state = self.shared.lock();
+        self.shared.news.fetch_and(!MOVED, Ordering::Relaxed);
+        state.lane.as_ref()?.read.clone()
+    }
+
+    /// Bytes of the message just popped that the hub already wrote express; 0 mostly.
+    pub(super) fn take_written(&self) -> usize {
+        if self.shared.news.load(Ordering::Relaxed) & WRITTEN == 0 {
+            return 0;
+        }
+        let mut state = self.shared.lock();
+        self.shared.news.fetch_and(!WRITTEN, Ordering::Relaxed);
+        state
+            .lane
+            .as_mut()
+            .map_or(0, |lane| std::mem::take(&mut lane.written))
     }
 
     /// The oldest message, if one waits.
@@ -130,25 +235,50 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        state.closed = true;
-        // The hub may still hold a handle until it is unregistered: free the messages now.
+        self.shared.closed.store(true, Ordering::Relaxed);
+        // The hub may still hold a handle until it is unregistered: free the messages now,
+        // and the socket the express lane holds.
         state.queue = VecDeque::new();
         state.waker = None;
+        state.lane = None;
     }
 }
 
 impl Subscriber {
-    /// Queues `message` and wakes the subscription; never waits.
-    pub(super) fn push(&self, message: Arc<Message>) -> Pushed {
+    /// Writes `message` express if `express` allows it and the subscriber is armed for it;
+    /// else queues it and wakes the subscription. Never waits.
+    pub(super) fn push(&self, message: &Arc<Message>, express: bool) -> Pushed {
         let waker = {
             let mut state = self.shared.lock();
-            if state.closed {
+            if self.shared.closed.load(Ordering::Relaxed) {
                 return Pushed::Closed;
+            }
+            if let Some(lane) = state.lane.as_mut().filter(|lane| lane.armed) {
+                // Armed implies an empty queue: every push that queues disarms.
+                lane.armed = false;
+                let next = |read: &&mut Position| matches!(fit(read, message), Fit::Next);
+                if let Some(read) = lane.read.as_mut().filter(next).filter(|_| express) {
+                    match lane.sink.write(message) {
+                        Written::All => {
+                            read.offset = message.offset;
+                            lane.armed = true;
+                            self.shared.news.fetch_or(MOVED, Ordering::Relaxed);
+                            return Pushed::Written;
+                        }
+                        // Queued below like any other; the transport writes the rest when
+                        // it takes the message.
+                        Written::Part(sent) => {
+                            lane.written = sent;
+                            self.shared.news.fetch_or(WRITTEN, Ordering::Relaxed);
+                        }
+                        Written::Nothing => {}
+                    }
+                }
             }
             if state.queue.len() >= self.shared.capacity {
                 return Pushed::Full;
             }
-            state.queue.push_back(message);
+            state.queue.push_back(message.clone());
             state.waker.take()
         };
         // Woken outside the lock, so the subscription never finds it held.
@@ -193,6 +323,7 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::protocol::{Channel, Epoch};
+    use std::future::Future;
 
     fn message(offset: u64) -> Arc<Message> {
         let channel = Channel::parse("inbox").unwrap();
@@ -209,11 +340,11 @@ mod tests {
     fn keeps_order_and_refuses_past_capacity() {
         let inbox = Inbox::new(2, None);
         let hub = inbox.subscriber();
-        assert_eq!(hub.push(message(1)), Pushed::Queued);
-        assert_eq!(hub.push(message(2)), Pushed::Queued);
-        assert_eq!(hub.push(message(3)), Pushed::Full);
+        assert_eq!(hub.push(&message(1), true), Pushed::Queued);
+        assert_eq!(hub.push(&message(2), true), Pushed::Queued);
+        assert_eq!(hub.push(&message(3), true), Pushed::Full);
         assert_eq!(inbox.try_pop().unwrap().offset, 1);
-        assert_eq!(hub.push(message(3)), Pushed::Queued);
+        assert_eq!(hub.push(&message(3), true), Pushed::Queued);
         assert_eq!(inbox.try_pop().unwrap().offset, 2);
         assert_eq!(inbox.try_pop().unwrap().offset, 3);
         assert!(inbox.try_pop().is_none());
@@ -224,10 +355,10 @@ mod tests {
         let inbox = Inbox::new(4, None);
         let hub = inbox.subscriber();
         let kept = message(1);
-        assert_eq!(hub.push(kept.clone()), Pushed::Queued);
+        assert_eq!(hub.push(&kept.clone(), true), Pushed::Queued);
         drop(inbox);
         assert_eq!(Arc::strong_count(&kept), 1, "queued messages are freed");
-        assert_eq!(hub.push(message(2)), Pushed::Closed);
+        assert_eq!(hub.push(&message(2), true), Pushed::Closed);
     }
 
     #[test]
@@ -235,10 +366,121 @@ mod tests {
         let inbox = Inbox::new(1024, None);
         let hub = inbox.subscriber();
         for offset in 0..500 {
-            assert_eq!(hub.push(message(offset)), Pushed::Queued);
+            assert_eq!(hub.push(&message(offset), true), Pushed::Queued);
         }
         while inbox.try_pop().is_some() {}
         assert!(inbox.shared.lock().queue.capacity() <= KEEP_CAPACITY);
+    }
+
+    /// A socket that takes up to `room` more bytes of wire form (a message's offset here).
+    struct Sink {
+        room: std::sync::Mutex<usize>,
+        wrote: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl Express for Sink {
+        fn write(&self, message: &Message) -> Written {
+            let mut room = self.room.lock().unwrap();
+            let len = message.ws_wire().len();
+            let took = len.min(*room);
+            *room -= took;
+            if took > 0 {
+                self.wrote.lock().unwrap().push(message.offset);
+            }
+            match took {
+                0 => Written::Nothing,
+                took if took == len => Written::All,
+                took => Written::Part(took),
+            }
+        }
+    }
+
+    fn lane(room: usize) -> (Inbox, Arc<Sink>, ExpressSwitch) {
+        let inbox = Inbox::new(8, None);
+        let sink = Arc::new(Sink {
+            room: std::sync::Mutex::new(room),
+            wrote: Default::default(),
+        });
+        let switch = inbox.set_express(sink.clone());
+        (inbox, sink, switch)
+    }
+
+    fn at(offset: u64) -> Position {
+        message(offset).position()
+    }
+
+    #[test]
+    fn an_armed_lane_writes_the_next_messages_and_moves_the_position() {
+        let (inbox, sink, switch) = lane(usize::MAX);
+        let hub = inbox.subscriber();
+        assert!(inbox.arm(&at(4)));
+        assert_eq!(hub.push(&message(5), true), Pushed::Written);
+        assert_eq!(hub.push(&message(6), true), Pushed::Written);
+        assert!(inbox.try_pop().is_none(), "nothing queued");
+        assert_eq!(*sink.wrote.lock().unwrap(), [5, 6]);
+        assert!(!switch.disarm(), "nothing part-written");
+        assert_eq!(inbox.take_moved(), Some(at(6)));
+        assert_eq!(inbox.take_moved(), None, "taken once");
+        assert_eq!(hub.push(&message(7), true), Pushed::Queued, "disarmed");
+    }
+
+    #[test]
+    fn a_message_out_of_turn_or_unhurried_is_queued_and_disarms() {
+        let (inbox, sink, _switch) = lane(usize::MAX);
+        let hub = inbox.subscriber();
+        assert!(inbox.arm(&at(4)));
+        assert_eq!(hub.push(&message(6), true), Pushed::Queued, "a hole");
+        assert_eq!(
+            hub.push(&message(7), true),
+            Pushed::Queued,
+            "behind the queue"
+        );
+        assert!(!inbox.arm(&at(4)), "a message waits");
+        inbox.try_pop();
+        inbox.try_pop();
+        assert!(inbox.arm(&at(7)));
+        assert_eq!(
+            hub.push(&message(8), false),
+            Pushed::Queued,
+            "the hub said queue"
+        );
+        assert_eq!(
+            hub.push(&message(9), true),
+            Pushed::Queued,
+            "and that disarmed"
+        );
+        assert!(sink.wrote.lock().unwrap().is_empty());
+        assert_eq!(inbox.take_moved(), None);
+    }
+
+    #[test]
+    fn a_part_written_message_is_queued_with_what_was_written() {
+        let len = message(5).ws_wire().len();
+        let (inbox, _sink, switch) = lane(len + 3);
+        let hub = inbox.subscriber();
+        assert!(inbox.arm(&at(4)));
+        assert_eq!(hub.push(&message(5), true), Pushed::Written);
+        assert_eq!(hub.push(&message(6), true), Pushed::Queued);
+        assert_eq!(hub.push(&message(7), true), Pushed::Queued);
+        assert!(switch.disarm(), "the rest of 6 must go first");
+        assert_eq!(inbox.take_moved(), Some(at(5)), "6 is not delivered yet");
+        assert_eq!(inbox.try_pop().unwrap().offset, 6);
+        assert_eq!(inbox.take_written(), 3);
+        assert_eq!(inbox.take_written(), 0, "taken once");
+        assert_eq!(inbox.try_pop().unwrap().offset, 7);
+    }
+
+    #[test]
+    fn a_full_socket_queues_and_a_dropped_inbox_lets_go_of_it() {
+        let (inbox, sink, switch) = lane(0);
+        let hub = inbox.subscriber();
+        assert!(inbox.arm(&at(4)));
+        assert_eq!(hub.push(&message(5), true), Pushed::Queued);
+        assert!(!switch.disarm());
+        assert_eq!(Arc::strong_count(&sink), 2);
+        drop(inbox);
+        assert_eq!(Arc::strong_count(&sink), 1, "the socket is released");
+        assert_eq!(hub.push(&message(6), true), Pushed::Closed);
     }
 
     #[tokio::test]
@@ -253,7 +495,7 @@ mod tests {
         hub.wake();
         assert_eq!(woken.load(Ordering::SeqCst), 1);
         assert!(pop.as_mut().poll(&mut cx).is_pending(), "nothing to take");
-        assert_eq!(hub.push(message(9)), Pushed::Queued);
+        assert_eq!(hub.push(&message(9), true), Pushed::Queued);
         assert_eq!(woken.load(Ordering::SeqCst), 2);
         assert!(matches!(pop.as_mut().poll(&mut cx), Poll::Ready(m) if m.offset == 9));
     }
@@ -277,7 +519,7 @@ mod tests {
             async move { inbox.pop().await.offset }
         });
         tokio::task::yield_now().await;
-        assert_eq!(hub.push(message(7)), Pushed::Queued);
+        assert_eq!(hub.push(&message(7), true), Pushed::Queued);
         let offset = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")

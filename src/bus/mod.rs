@@ -5,6 +5,7 @@
 //! they never see HTTP. The hub and the subscription's history/live seam are shared by
 //! every engine, so the hardest part of the product has one tested implementation.
 
+mod express;
 mod hub;
 mod inbox;
 pub mod memory;
@@ -23,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 
+pub use express::{Express, Written};
 pub use hub::Hub;
+pub use inbox::ExpressSwitch;
 
 /// What an [`Engine`] call returns: its answer at once, as the embedded engine always
 /// has it, with no allocation; or a boxed future, for an engine that waits on a network.

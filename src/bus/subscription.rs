@@ -14,8 +14,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
-use super::Bus;
-use super::inbox::Inbox;
+use super::inbox::{ExpressSwitch, Inbox};
+use super::{Bus, Express};
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Gap, Message, Position};
 
@@ -48,14 +48,14 @@ impl Closed {
 }
 
 /// How a live message relates to the position the subscriber holds.
-enum Fit {
+pub(super) enum Fit {
     Next,
     Duplicate,
     Hole,
 }
 
 /// How `message` relates to the position `read`.
-fn fit(read: &Position, message: &Message) -> Fit {
+pub(super) fn fit(read: &Position, message: &Message) -> Fit {
     if read.epoch != message.epoch {
         Fit::Hole
     } else if message.offset <= read.offset {
@@ -131,6 +131,7 @@ impl Subscription {
     /// queues their retained history. Returns where delivery starts for each channel.
     /// Channels already followed keep their position.
     pub async fn add(&mut self, cursor: &Cursor) -> Result<Cursor> {
+        self.settle();
         let mut started = Cursor {
             entries: Vec::with_capacity(cursor.entries.len()),
         };
@@ -179,6 +180,7 @@ impl Subscription {
 
     /// Stops following `channels`; unknown ones are ignored.
     pub fn remove(&mut self, channels: &[Channel]) {
+        self.settle();
         for channel in channels {
             if let Some(index) = self.channels.iter().position(|f| f.channel == *channel) {
                 self.channels.remove(index);
@@ -276,6 +278,45 @@ impl Subscription {
             .sum()
     }
 
+    /// Lets the hub write this subscriber's live messages express through `sink` while
+    /// the subscription is armed (see [`Express`]); the switch disarms it from
+    /// within a wait.
+    ///
+    /// Positions that express writes move are taken in by the next `next`, `try_next`,
+    /// `add`, `remove` or `arm`; [`Subscription::cursor`] does not see them before.
+    pub fn set_express(&self, sink: Arc<dyn Express>) -> ExpressSwitch {
+        self.inbox.set_express(sink)
+    }
+
+    /// Arms express delivery, if this subscription can take it now: one channel followed,
+    /// nothing pending or waiting, not cut off. The transport must write nothing to its
+    /// socket until it has disarmed the lane again.
+    pub fn arm(&mut self) -> bool {
+        self.settle();
+        match self.channels.as_slice() {
+            [only] if self.pending.is_empty() && self.stash.is_none() && !self.inbox.is_cut() => {
+                self.inbox.arm(&only.read)
+            }
+            _ => false,
+        }
+    }
+
+    /// Bytes of the message just handed out that the hub already wrote express before
+    /// the socket filled; the transport writes the rest. 0 nearly always.
+    pub fn take_written(&mut self) -> usize {
+        self.inbox.take_written()
+    }
+
+    /// Takes in the position express writes moved the one followed channel to.
+    fn settle(&mut self) {
+        if let Some(read) = self.inbox.take_moved()
+            && let [only] = self.channels.as_mut_slice()
+        {
+            only.read = read.clone();
+            only.delivered = read;
+        }
+    }
+
     /// Resolves when the bus has cut this subscriber off; lets a transport abandon a
     /// write that a stalled client is blocking. Only a subscription made with
     /// [`Bus::subscribe_with_cut`] resolves; any other learns of a cut from `next`.
@@ -358,6 +399,7 @@ impl Subscription {
     /// duplicate; stashes it when there is a hole before it. One search of the channel
     /// list, where placing and handing out took three.
     fn accept(&mut self, message: Arc<Message>) -> Option<Event> {
+        self.settle();
         let followed = self
             .channels
             .iter_mut()

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bus::{Event, Subscription};
+use crate::bus::{Event, Express, ExpressSwitch, Subscription, Written};
 use crate::config::Transport;
 use crate::error::{Error, Result};
 use crate::http::{Body, Query, RequestHead, full};
@@ -32,6 +33,7 @@ use crate::protocol::ClientFrame;
 use crate::protocol::Message;
 use crate::server::ConnInfo;
 use crate::transport::publish::{acknowledgement, validate};
+use crate::transport::shared_socket::SharedSocket;
 use crate::transport::{Session, wanted_cursor};
 use crate::wake::SideWaits;
 
@@ -58,7 +60,7 @@ pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response
     let (response, accepted) = handshake(app.clone(), &req).await?;
     app.streams.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => accepted.run(TokioIo::new(upgraded), Vec::new()).await,
+            Ok(upgraded) => accepted.run(TokioIo::new(upgraded), Vec::new(), None).await,
             Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
         }
     });
@@ -98,9 +100,23 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    /// Runs the connection on the switched socket; `read` holds bytes the client sent
-    /// after its handshake that were already read from it.
-    pub async fn run<S>(self: Box<Self>, io: S, read: Vec<u8>)
+    /// Runs the connection on its own TCP socket, which the hub then writes live messages
+    /// to express while the connection is idle; `read` holds bytes the client sent after
+    /// its handshake that were already read from it.
+    ///
+    /// A plain fn: as an async fn it would keep room for its arguments in the task.
+    pub fn run_on(self: Box<Self>, stream: TcpStream, read: Vec<u8>) -> impl Future<Output = ()> {
+        let socket = Arc::new(Socket {
+            stream,
+            app: self.app.clone(),
+        });
+        let sink: Arc<dyn Express> = socket.clone();
+        self.run(SharedSocket(socket), read, Some(sink))
+    }
+
+    /// Runs the connection on the switched stream `io`, with `express` as its lane if the
+    /// hub may write to it; `read` as for [`Accepted::run_on`].
+    async fn run<S>(self: Box<Self>, io: S, read: Vec<u8>, express: Option<Arc<dyn Express>>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -115,10 +131,38 @@ impl Accepted {
             .max_frame_size(Some(limits.max_frame_bytes));
         let ws = WebSocketStream::from_partially_read(io, read, Role::Server, Some(config)).await;
         let identity = who.as_ref().ok().cloned();
-        let mut connection = Connection::new(app, ws, conn, identity);
+        let mut connection = Connection::new(app, ws, conn, identity, express);
         match who {
             Ok(_) => connection.run().await,
             Err(err) => connection.refuse(&err).await,
+        }
+    }
+}
+
+/// A WebSocket's TCP socket, as the hub writes messages to it express.
+struct Socket {
+    stream: TcpStream,
+    app: Arc<App>,
+}
+
+impl AsRef<TcpStream> for Socket {
+    fn as_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl Express for Socket {
+    fn write(&self, message: &Message) -> Written {
+        let wire = message.ws_wire();
+        match self.stream.try_write(wire) {
+            Ok(sent) if sent == wire.len() => {
+                let metrics = self.app.metrics.transport(Transport::Websocket);
+                metrics.record_delivery(message.ws_frame().len(), message.ts, crate::bus::now_ms());
+                Written::All
+            }
+            Ok(sent) if sent > 0 => Written::Part(sent),
+            // Full, or failed: the connection's own write finds out which.
+            _ => Written::Nothing,
         }
     }
 }
@@ -190,6 +234,8 @@ struct Connection<S> {
     last_heard: Instant,
     /// tungstenite holds nothing unwritten: deliveries may go straight to the socket.
     direct: bool,
+    /// The hub's express lane to this socket, if it has one.
+    express: Option<ExpressSwitch>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -198,6 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         ws: WebSocketStream<S>,
         conn: Option<ConnInfo>,
         who: Option<Identity>,
+        express: Option<Arc<dyn Express>>,
     ) -> Self {
         // The connection's own token: after the upgrade nothing else watches it, and a
         // second token would cost every socket another allocation.
@@ -205,6 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .as_ref()
             .map_or_else(CancellationToken::new, |c| c.kill().clone());
         let subscription = app.bus.subscribe_with_cut(cut.clone());
+        let express = express.map(|sink| subscription.set_express(sink));
         let metrics = app.metrics.transport(Transport::Websocket);
         let session = Session::open(
             Transport::Websocket,
@@ -221,6 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             session,
             last_heard: Instant::now(),
             direct: true,
+            express,
         }
     }
 
@@ -260,6 +309,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let stop = loop {
             // Reading may leave tungstenite an answer (a pong, a close) part-written.
             let mut read = false;
+            // While armed, the hub writes live messages to the socket itself and this task
+            // stays parked; it must write nothing before it disarms.
+            let armed = self.direct && self.express.is_some() && self.subscription.arm();
+            let express = self.express.as_ref().filter(|_| armed);
             let step = {
                 let ws = &mut self.ws;
                 // Kept across wake-ups until this turn ends: a history read it starts
@@ -267,6 +320,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let mut next = std::pin::pin!(self.subscription.next());
                 std::future::poll_fn(|cx| {
                     if let Some(waker) = side.fired(cx.waker()) {
+                        // Every side step may write (reading answers a ping): the hub's
+                        // writes stop first, and a message it part-wrote is finished
+                        // before anything else.
+                        if express.is_some_and(ExpressSwitch::disarm) {
+                            side.again();
+                            return next.as_mut().poll(cx).map(Step::Event);
+                        }
                         let mut side_cx = Context::from_waker(&waker);
                         if shutdown.as_mut().poll(&mut side_cx).is_ready() {
                             return Poll::Ready(Step::Shutdown);
@@ -291,6 +351,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 })
                 .await
             };
+            if let Some(express) = express {
+                express.disarm();
+            }
             self.direct &= !read;
             let outcome = match step {
                 Step::Shutdown => Err(Stop {
@@ -451,6 +514,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// never interleave. Not async, so that the usual case (the socket takes the frame)
     /// needs no boxed future; anything else is left to [`Connection::deliver`].
     fn try_direct(&mut self, message: &Message) -> Direct {
+        let sent = self.subscription.take_written();
+        if sent > 0 {
+            // The hub wrote this much of it express before the socket filled.
+            self.record(message, crate::bus::now_ms());
+            return Direct::Part(sent);
+        }
         if !self.direct {
             return Direct::Refused;
         }
