@@ -25,6 +25,7 @@ use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::routes;
 
 mod lean;
+mod stream;
 
 use lean::Prefixed;
 
@@ -214,6 +215,12 @@ fn serve(
                     // A task of its own, sized for the WebSocket alone: this one is sized
                     // for the largest lean route.
                     app.streams.spawn(websocket.run_on(stream, rest));
+                    return;
+                }
+                lean::Next::Stream(streaming) => {
+                    // Likewise: the stream's task keeps the socket, shared with the hub.
+                    app.streams
+                        .spawn(stream::run(stream, info, app.clone(), streaming));
                     return;
                 }
                 lean::Next::Closed => return,

@@ -116,6 +116,8 @@ async fn response_headers_disable_caching_and_buffering() {
     );
     assert_eq!(header("cache-control"), "no-cache");
     assert_eq!(header("x-accel-buffering"), "no");
+    // The stream keeps its connection to itself, and closes it when it ends.
+    assert_eq!(header("connection"), "close");
 }
 
 #[tokio::test]
@@ -370,4 +372,8 @@ async fn a_stalled_reader_gets_every_event_whole_once_it_reads_again() {
         assert_eq!(message["data"]["n"], n, "in order, none lost");
         assert_eq!(message["data"]["pad"], pad(n).as_str(), "event {n} whole");
     }
+    // Each counted once, whether the fan-out wrote it whole, or in part and the stream's
+    // connection the rest, or the stream itself.
+    let delivered = r#"cascade_messages_delivered_total{transport="sse"}"#;
+    assert_eq!(server.metric(delivered).await, EVENTS as f64);
 }

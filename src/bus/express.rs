@@ -17,6 +17,11 @@ use crate::protocol::Message;
 pub trait Express: Send + Sync {
     /// Writes what the socket takes now of `message`'s wire form.
     fn write(&self, message: &Message) -> Written;
+
+    /// Whether the writer holds nothing unwritten of its own; the hub is armed only then.
+    fn idle(&self) -> bool {
+        true
+    }
 }
 
 /// How much of a message [`Express::write`] wrote.

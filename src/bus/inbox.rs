@@ -169,7 +169,7 @@ impl Inbox {
         let mut state = self.shared.lock();
         let idle = state.queue.is_empty() && !self.shared.closed.load(Ordering::Relaxed);
         match state.lane.as_mut() {
-            Some(lane) if idle => {
+            Some(lane) if idle && lane.sink.idle() => {
                 lane.armed = true;
                 lane.read = Some(read.clone());
                 true

@@ -32,6 +32,7 @@ use crate::app::App;
 use crate::http::{Body, LeanRequest};
 use crate::routes;
 use crate::server::ConnInfo;
+use crate::transport::sse::ExpressSlot;
 use crate::transport::websocket;
 use crate::wake::SideWaits;
 
@@ -49,6 +50,9 @@ pub enum Next {
     /// The handshake was answered: the WebSocket runs on the socket, starting with
     /// these bytes the client sent after its handshake.
     WebSocket(Box<websocket::Accepted>, Vec<u8>),
+    /// A stream (SSE) that takes the socket over, to share it with the hub's express
+    /// writes: nothing of it is written yet.
+    Stream(Box<super::stream::Streaming>),
     /// The connection is finished.
     Closed,
 }
@@ -156,6 +160,10 @@ pub fn serve<'a>(
             let written = match prepare(stream, response, keep_alive) {
                 // A poll's answer, nearly always: written, with nothing to wait for.
                 Sending::Tried(Ok(None)) => true,
+                Sending::Stream(mut streaming) => {
+                    streaming.buf = std::mem::take(&mut buf);
+                    return Next::Stream(streaming);
+                }
                 sending => match send(stream, &mut buf, info, app, sending).await {
                     Sent::Upgraded => {
                         return match upgrade {
@@ -410,6 +418,8 @@ enum Sending {
     Whole(Vec<u8>, UnsyncBoxBody<Bytes, Infallible>),
     /// The head and a streamed body, to send chunk by chunk.
     Chunked(Vec<u8>, Body),
+    /// A stream for the hub to write to as well: the socket is handed over with it.
+    Stream(Box<super::stream::Streaming>),
 }
 
 /// Frames `response` for this path. A JSON answer, which every poll gets, is written at
@@ -454,8 +464,15 @@ fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: bool) -> Se
         }
         None => {
             let mut head = Vec::with_capacity(256);
+            let slot = parts.extensions.get::<ExpressSlot>().cloned();
+            // A handed-over stream's connection closes with it.
+            let keep_alive = keep_alive && slot.is_none();
             encode_head(&mut head, &parts, implied, Framing::Chunked, keep_alive);
-            Sending::Chunked(head, Body::Boxed(body))
+            let body = Body::Boxed(body);
+            match slot {
+                Some(slot) => Sending::Stream(super::stream::Streaming::new(head, body, slot)),
+                None => Sending::Chunked(head, body),
+            }
         }
     }
 }
@@ -499,11 +516,13 @@ fn send<'a>(
             // poll keeps, and should stay the smaller.
             Sending::Tried(Ok(Some(rest))) => Box::pin(write(stream, info, rest)).await,
             Sending::Tried(Err(_)) => false,
+            // Handed over by the caller before it gets here.
+            Sending::Stream(_) => false,
             // Boxed too: rare here (a preflight's answer).
             Sending::Whole(head, body) => Box::pin(write_whole(stream, info, head, body)).await,
             Sending::Chunked(head, body) => {
                 Box::pin(write(stream, info, head)).await
-                    && Box::pin(write_chunked(stream, buf, info, app, body)).await
+                    && Box::pin(write_chunked(stream, None, buf, info, app, body)).await
             }
         };
         if written { Sent::Written } else { Sent::Failed }
@@ -528,11 +547,15 @@ async fn write_whole(
 /// Writes a streamed body as chunks as it comes, watching the socket meanwhile; `true`
 /// when it ended and was terminated.
 ///
+/// `rest`, if given, is where the hub's express writes leave what the socket did not take
+/// of a chunk: it goes out before anything else.
+///
 /// An `async move` block, not an `async fn`, so that an SSE stream, which keeps this
 /// future for as long as it is open, does not keep every argument twice.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-fn write_chunked<'a>(
-    stream: &'a mut TcpStream,
+pub(super) fn write_chunked<'a>(
+    stream: &'a TcpStream,
+    rest: Option<&'a Rest>,
     buf: &'a mut BytesMut,
     info: &'a ConnInfo,
     app: &'a App,
@@ -545,6 +568,11 @@ fn write_chunked<'a>(
         // task, not once more for every chunk: see `crate::wake`.
         let side = SideWaits::default();
         loop {
+            if let Some(left) = rest.and_then(Rest::take)
+                && !Box::pin(finish_chunk(stream, &left, &side, killed.as_mut())).await
+            {
+                return false;
+            }
             let frame = poll_fn(|cx| {
                 if let Some(waker) = side.fired(cx.waker()) {
                     let mut side_cx = Context::from_waker(&waker);
@@ -563,12 +591,27 @@ fn write_chunked<'a>(
                         }
                     }
                 }
-                Pin::new(&mut *body).poll_frame(cx).map(Some)
+                // Woken by an express write that left a rest: out of the wait to write it.
+                if rest.is_some_and(Rest::waits) {
+                    return Poll::Ready(Some(None));
+                }
+                Pin::new(&mut *body)
+                    .poll_frame(cx)
+                    .map(|frame| Some(Some(frame)))
             })
             .await;
-            let Some(frame) = frame else {
-                return false;
+            let frame = match frame {
+                None => return false,
+                Some(None) => continue,
+                Some(Some(frame)) => frame,
             };
+            // The stream may have taken the part-written message while this task was
+            // between its look at the rest and its poll of the stream.
+            if let Some(left) = rest.and_then(Rest::take)
+                && !Box::pin(finish_chunk(stream, &left, &side, killed.as_mut())).await
+            {
+                return false;
+            }
             // The frame is consumed by a plain function, before the write's await: held
             // across it, it took room in every stream's future.
             let (rest, last) = match write_frame(stream, frame) {
@@ -606,12 +649,12 @@ fn write_frame<E>(
 /// Writes what the socket did not take of a chunk, giving up when the connection is
 /// killed meanwhile; `true` once written.
 async fn finish_chunk(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     rest: &[u8],
     side: &SideWaits,
     mut killed: Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
-    let mut write = std::pin::pin!(stream.write_all(rest));
+    let mut write = std::pin::pin!(write_all(stream, rest));
     poll_fn(|cx| {
         if let Some(waker) = side.fired(cx.waker()) {
             let mut side_cx = Context::from_waker(&waker);
@@ -645,11 +688,49 @@ fn framed<E>(frame: Option<Result<http_body::Frame<Bytes>, E>>) -> Option<Framed
     }
 }
 
+/// What the hub's express writes left unwritten of a chunk, for the connection to finish.
+#[derive(Default)]
+pub struct Rest(std::sync::Mutex<Option<Vec<u8>>>);
+
+impl Rest {
+    /// Keeps `left` for the connection.
+    pub fn put(&self, left: Vec<u8>) {
+        *self.lock() = Some(left);
+    }
+
+    /// Whether something waits to be written.
+    pub fn waits(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Writes all of `bytes` to a socket that is borrowed, not owned (tokio's `write_all`
+/// wants it mutably).
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(written) => bytes = &bytes[written..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 /// Writes a data chunk if the socket takes all of it now; else returns, copied, what it
 /// did not take. A small chunk is assembled in a buffer and goes out as one plain write
 /// (a vectored write of three pieces cost more in the kernel than it saved here); a
 /// large one is written vectored, its data not copied.
-fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+pub(super) fn try_write_chunk(stream: &TcpStream, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let (size, len) = chunk_size_line(data.len());
     let parts: [&[u8]; 3] = [&size[..len], data, b"\r\n"];
     let total = len + data.len() + 2;
@@ -705,6 +786,11 @@ thread_local! {
         std::cell::RefCell::new(Vec::with_capacity(SMALL_CHUNK));
 }
 
+/// The length of a chunk of `len` bytes of data, framing included.
+pub(super) fn chunk_len(len: usize) -> usize {
+    chunk_size_line(len).1 + len + 2
+}
+
 /// A chunk's size line, `<hex length>\r\n`, and how many of the bytes it fills.
 fn chunk_size_line(len: usize) -> ([u8; 18], usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -758,10 +844,10 @@ fn read_some(stream: &TcpStream, buf: &mut BytesMut, app: &App) -> Read {
 
 /// Writes all of `bytes`, giving up when the server drops the connection meanwhile (the
 /// bus cuts off a subscriber that stalls this way).
-async fn write(stream: &mut TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
+pub(super) async fn write(stream: &TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
     tokio::select! {
         biased;
-        written = stream.write_all(bytes) => written.is_ok(),
+        written = write_all(stream, bytes) => written.is_ok(),
         _ = info.killed() => false,
     }
 }

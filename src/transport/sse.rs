@@ -4,7 +4,7 @@
 //! behind a buffering proxy can tell that nothing flows.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bus::{Event, Subscription};
+use crate::bus::{Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query, RequestHead};
@@ -27,6 +27,12 @@ use crate::wake::SideWaits;
 
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
 const BATCH_BYTES: usize = 64 * 1024;
+
+/// Where the server puts the express writer for an SSE stream's socket, once it has handed
+/// the socket over to the stream (the lean HTTP/1 path does; hyper cannot). Found among
+/// the response's extensions.
+#[derive(Clone, Default)]
+pub struct ExpressSlot(pub Arc<OnceLock<Arc<dyn Express>>>);
 
 /// Opens an event stream from the request's cursor (or `Last-Event-ID`).
 pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Response<Body>> {
@@ -48,9 +54,11 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     let mut subscription = app.bus.subscribe_with_cut(cut.clone());
     let start = subscription.add(&cursor).await?;
     let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
-    let frames =
-        events(app.clone(), subscription, start, session, who).map(|bytes| Ok(Frame::data(bytes)));
+    let slot = ExpressSlot::default();
+    let frames = events(app.clone(), subscription, start, session, who, slot.clone())
+        .map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(Body::Boxed(StreamBody::new(frames).boxed_unsync()));
+    response.extensions_mut().insert(slot);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -68,6 +76,7 @@ fn events(
     start: Cursor,
     mut session: Session,
     who: Identity,
+    slot: ExpressSlot,
 ) -> impl Stream<Item = Bytes> + Send {
     let heartbeat_every = Duration::from_millis(app.config.sse.heartbeat_ms);
     // Drain waits for this stream to end: hyper's graceful shutdown does not know it.
@@ -90,6 +99,9 @@ fn events(
         // Expiry and the heartbeat are polled only after they woke the task, not once
         // more for every delivery: see `crate::wake`.
         let side = SideWaits::default();
+        // Taken from the slot once the server has filled it.
+        let mut slot = Some(slot);
+        let mut express: Option<ExpressSwitch> = None;
         loop {
             // Checked, not waited on: a wait on the token polled its Notify on every
             // delivery. The drain cancels the token, then wakes every subscription, and a
@@ -102,10 +114,26 @@ fn events(
                 ));
                 break;
             }
+            if let Some(sink) = slot.as_ref().and_then(|slot| slot.0.get()) {
+                express = Some(subscription.set_express(sink.clone()));
+                slot = None;
+            }
+            // While armed, the hub writes live messages to the socket itself and this
+            // stream stays parked: whatever it yields is written only after it disarmed.
+            // The server writes all of each frame before it polls the stream again, so
+            // there is nothing unwritten to arm over.
+            let armed = express.is_some() && subscription.arm();
+            let lane = express.as_ref().filter(|_| armed);
             let step = {
                 let mut next = std::pin::pin!(subscription.next());
                 std::future::poll_fn(|cx| {
                     if let Some(waker) = side.fired(cx.waker()) {
+                        // A heartbeat or an error event would be written after a message
+                        // the hub part-wrote is finished: the message's turn comes first.
+                        if lane.is_some_and(ExpressSwitch::disarm) {
+                            side.again();
+                            return next.as_mut().poll(cx).map(Step::Event);
+                        }
                         let mut side_cx = Context::from_waker(&waker);
                         // The stream ends with the credentials it was opened with; checked
                         // before the subscription, so that a steady backlog cannot keep it
@@ -127,6 +155,9 @@ fn events(
                 })
                 .await
             };
+            if let Some(lane) = lane {
+                lane.disarm();
+            }
             match step {
                 Step::Shutdown => {}
                 Step::Expired => {
@@ -141,6 +172,11 @@ fn events(
                         quiet_ticks = 0;
                         yield Bytes::from_static(b": heartbeat\n\n");
                     }
+                }
+                Step::Event(Ok(Event::Message(message))) if subscription.take_written() > 0 => {
+                    // The hub wrote part of it and the server has written the rest.
+                    quiet_ticks = 0;
+                    metrics.record_delivery(message.json().len(), message.ts, crate::bus::now_ms());
                 }
                 Step::Event(Ok(event)) => {
                     quiet_ticks = 0;
