@@ -517,11 +517,45 @@ async fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() 
     assert_eq!(server.metric(delivered).await, MESSAGES as f64);
 }
 
+/// Sends a ping whose payload is `n`.
+async fn ping(ws: &mut WsClient, n: u64) {
+    use futures_util::SinkExt;
+    let payload = n.to_be_bytes().to_vec();
+    ws.ws
+        .send(WsMessage::Ping(payload.into()))
+        .await
+        .expect("ping");
+}
+
+/// Reads messages `{"n": 1..=messages}` and the pongs to pings 1..=`pongs`, interleaved
+/// in any way, asserting that each kind arrives whole and in order; `pad`, if given, is
+/// the length of every message's `pad`.
+async fn read_messages_and_pongs(ws: &mut WsClient, messages: u64, pongs: u64, pad: Option<usize>) {
+    let (mut next, mut pong) = (1, 1);
+    while next <= messages || pong <= pongs {
+        match within(ws.ws.next()).await {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(frame["data"]["n"], next, "in order, none lost");
+                if let Some(pad) = pad {
+                    assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(pad));
+                }
+                next += 1;
+            }
+            Some(Ok(WsMessage::Pong(payload))) => {
+                assert_eq!(payload.as_ref(), pong.to_be_bytes(), "pongs in order");
+                pong += 1;
+            }
+            Some(Ok(WsMessage::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// The server answers pings (through tungstenite) in the middle of a stream of messages
 /// (written straight to the socket): neither ever cuts into the other's frames.
 #[tokio::test]
 async fn pongs_and_messages_interleave_as_whole_frames() {
-    use futures_util::SinkExt;
     const MESSAGES: u64 = 300;
     const EVERY: u64 = 6;
     let server = TestServer::default().await;
@@ -530,29 +564,10 @@ async fn pongs_and_messages_interleave_as_whole_frames() {
     for n in 1..=MESSAGES {
         server.publish("mixed", json!({"n": n})).await;
         if n % EVERY == 0 {
-            let payload = (n / EVERY).to_be_bytes().to_vec();
-            ws.ws
-                .send(WsMessage::Ping(payload.into()))
-                .await
-                .expect("ping");
+            ping(&mut ws, n / EVERY).await;
         }
     }
-    let (mut next, mut pongs) = (1, 1);
-    while next <= MESSAGES || pongs <= MESSAGES / EVERY {
-        match within(ws.ws.next()).await {
-            Some(Ok(WsMessage::Text(text))) => {
-                let frame: serde_json::Value = serde_json::from_str(&text).expect("json");
-                assert_eq!(frame["data"]["n"], next, "in order, none lost");
-                next += 1;
-            }
-            Some(Ok(WsMessage::Pong(payload))) => {
-                assert_eq!(payload.as_ref(), pongs.to_be_bytes(), "pongs in order");
-                pongs += 1;
-            }
-            Some(Ok(WsMessage::Ping(_))) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    read_messages_and_pongs(&mut ws, MESSAGES, MESSAGES / EVERY, None).await;
 }
 
 /// Messages the fan-out wrote to an idle socket itself, without waking the connection,
@@ -580,7 +595,6 @@ async fn subscribing_again_reports_the_position_after_messages_already_delivered
 /// up to the scheduler: the test checks the stream, not the race.)
 #[tokio::test]
 async fn pings_meeting_a_part_written_message_are_answered_after_it() {
-    use futures_util::SinkExt;
     const MESSAGES: u64 = 120;
     let mut config = test_config();
     config.websocket.ping_interval_ms = 30_000;
@@ -590,30 +604,10 @@ async fn pings_meeting_a_part_written_message_are_answered_after_it() {
     // 7 MB: the loopback socket fills long before the client starts reading.
     let pad = "z".repeat(60 * 1024);
     for n in 1..=MESSAGES {
-        let payload = n.to_be_bytes().to_vec();
-        ws.ws
-            .send(WsMessage::Ping(payload.into()))
-            .await
-            .expect("ping");
+        ping(&mut ws, n).await;
         server.publish("heavy", json!({"n": n, "pad": pad})).await;
     }
-    let (mut next, mut pongs) = (1, 1);
-    while next <= MESSAGES || pongs <= MESSAGES {
-        match within(ws.ws.next()).await {
-            Some(Ok(WsMessage::Text(text))) => {
-                let frame: serde_json::Value = serde_json::from_str(&text).expect("json");
-                assert_eq!(frame["data"]["n"], next, "in order, none lost");
-                assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(pad.len()));
-                next += 1;
-            }
-            Some(Ok(WsMessage::Pong(payload))) => {
-                assert_eq!(payload.as_ref(), pongs.to_be_bytes(), "pongs in order");
-                pongs += 1;
-            }
-            Some(Ok(WsMessage::Ping(_))) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    read_messages_and_pongs(&mut ws, MESSAGES, MESSAGES, Some(pad.len())).await;
     let delivered = r#"cascade_messages_delivered_total{transport="websocket"}"#;
     assert_eq!(server.metric(delivered).await, MESSAGES as f64);
 }
