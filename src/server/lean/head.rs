@@ -1,0 +1,240 @@
+//! Reading and parsing a request head on the lean path: the first read into the thread's
+//! buffer, httparse, and the `LeanRequest` the routes get, with only the headers they read.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{FIRST_READ, MAX_HEAD, MAX_HEADERS};
+use crate::http::LeanRequest;
+use crate::server::ConnInfo;
+
+/// Reads until `buf` holds a whole request head; the request, if this path serves it,
+/// and whether the connection may carry another. `None` hands the connection to hyper.
+pub(super) async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+) -> io::Result<Option<(Box<LeanRequest>, bool)>> {
+    use tokio::io::AsyncReadExt;
+    if buf.is_empty() {
+        // Nearly every head arrives whole in one read: it is read and parsed in the
+        // thread's buffer, and the connection's own takes only what is left over.
+        match poll_fn(|cx| poll_first_read(stream, cx, buf, info)).await? {
+            Head::Lean(lean, ()) => return Ok(Some(lean)),
+            Head::Other => return Ok(None),
+            Head::Partial => {}
+        }
+    }
+    loop {
+        match parse_head(buf, info) {
+            Head::Lean(lean, ()) => return Ok(Some(lean)),
+            Head::Partial if buf.len() < MAX_HEAD => {}
+            Head::Partial | Head::Other => return Ok(None),
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(if buf.is_empty() {
+                FIRST_READ
+            } else {
+                buf.len()
+            });
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Reads once into the thread's buffer and parses a head there. A request this path
+/// serves is consumed, and any bytes after its head are moved to `buf`; otherwise all
+/// that was read is, for the caller to go on reading or hand to hyper.
+///
+/// A buffer per thread rather than the connection's: taken and released for every request
+/// of every poller, the connection's cost an allocation and a free per request, and kept,
+/// it would be part of every parked poll. `poll_read`, not `try_read`: a short read tells
+/// tokio that the socket is drained, which spares the parked poll's watch a read that
+/// would find nothing.
+pub(super) fn poll_first_read(
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    info: &ConnInfo,
+) -> Poll<io::Result<Head<()>>> {
+    FIRST.with_borrow_mut(|space| {
+        let mut read = ReadBuf::new(&mut space[..]);
+        match Pin::new(stream).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Ready(Ok(())) => {}
+        }
+        let read = read.filled();
+        if read.is_empty() {
+            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let (head, used) = parse(read, info).consumed();
+        buf.extend_from_slice(&read[used..]);
+        Poll::Ready(Ok(head))
+    })
+}
+
+thread_local! {
+    /// The thread's buffer for a connection's first read of a request (see
+    /// [`poll_first_read`]).
+    static FIRST: std::cell::RefCell<Box<[u8; FIRST_READ]>> =
+        std::cell::RefCell::new(Box::new([0; FIRST_READ]));
+}
+
+/// What the start of the read buffer holds.
+pub(super) enum Head<L> {
+    /// Not a whole head yet.
+    Partial,
+    /// A request this path serves and whether the connection may carry another, with
+    /// `L`: the head's length, or nothing once it was consumed.
+    Lean((Box<LeanRequest>, bool), L),
+    /// Anything else: hyper's to serve.
+    Other,
+}
+
+impl Head<usize> {
+    /// The head once consumed, and how many bytes that takes: the head's length for a
+    /// request this path serves, none otherwise.
+    fn consumed(self) -> (Head<()>, usize) {
+        match self {
+            Head::Lean(lean, len) => (Head::Lean(lean, ()), len),
+            Head::Partial => (Head::Partial, 0),
+            Head::Other => (Head::Other, 0),
+        }
+    }
+}
+
+/// Parses the head at the start of `buf`, consuming it if this path serves the request.
+pub(super) fn parse_head(buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
+    let (head, used) = parse(buf, info).consumed();
+    buf.advance(used);
+    head
+}
+
+/// Parses the head at the start of `bytes`: the request and the head's length. Not
+/// async: the header array is 2 KiB, which a future would keep for every connection.
+pub(super) fn parse(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => match lean_request(&parsed, info) {
+            Some(lean) => Head::Lean(lean, len),
+            None => Head::Other,
+        },
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Other,
+    }
+}
+
+/// The request a parsed head stands for, if this path serves it.
+pub(super) fn lean_request(
+    parsed: &httparse::Request<'_, '_>,
+    info: &ConnInfo,
+) -> Option<(Box<LeanRequest>, bool)> {
+    let target = parsed.path?;
+    let path = &target[..crate::http::path_end(target)];
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let (upgrade_allowed, wants_conn) = match path {
+        "/ws" => (true, true),
+        "/sse" => (false, true),
+        "/longpoll" | "/poll" => (false, false),
+        _ => return None,
+    };
+    // Host is read only to tell a same-origin request from a cross-origin one.
+    let has_origin = parsed
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("origin"));
+    let mut map = HeaderMap::new();
+    let mut keep_alive = true;
+    for header in parsed.headers.iter() {
+        let (name, value) = (header.name, header.value);
+        let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+        // A body, an upgrade or an expectation: hyper's to handle.
+        if is("transfer-encoding")
+            || is("expect")
+            || (is("upgrade") && (!upgrade_allowed || !value.eq_ignore_ascii_case(b"websocket")))
+            || (is("content-length") && value != b"0")
+        {
+            return None;
+        }
+        if is("connection") {
+            keep_alive &= !std::str::from_utf8(value)
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+        let Some(name) = read_by_routes(name, has_origin) else {
+            continue;
+        };
+        map.append(name, HeaderValue::from_bytes(value).ok()?);
+    }
+    // Only the streams read the connection (to be cut off and for their logs).
+    let conn = wants_conn.then(|| info.clone());
+    Some((Box::new(LeanRequest::new(target, map, conn)), keep_alive))
+}
+
+/// The name of a header the lean routes read, or `None` for one they never do, which is
+/// dropped unparsed: a browser sends a dozen headers, and each kept one costs a copy and
+/// an allocation in the request's map. The routes read the origin check's `Origin` (and
+/// `Host`, only beside an `Origin`), the credentials (`Authorization`, the API key),
+/// SSE's `Last-Event-ID` and the WebSocket handshake's headers.
+pub(super) fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName> {
+    use http::header;
+    const KEPT: [(&str, HeaderName); 8] = [
+        ("origin", header::ORIGIN),
+        ("authorization", header::AUTHORIZATION),
+        (crate::auth::API_KEY_HEADER, crate::auth::API_KEY),
+        ("last-event-id", HeaderName::from_static("last-event-id")),
+        ("upgrade", header::UPGRADE),
+        ("connection", header::CONNECTION),
+        ("sec-websocket-version", header::SEC_WEBSOCKET_VERSION),
+        ("sec-websocket-key", header::SEC_WEBSOCKET_KEY),
+    ];
+    if has_origin && name.eq_ignore_ascii_case("host") {
+        return Some(header::HOST);
+    }
+    KEPT.into_iter()
+        .find(|(kept, _)| name.eq_ignore_ascii_case(kept))
+        .map(|(_, name)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_headers_the_routes_read_are_kept() {
+        assert_eq!(read_by_routes("Origin", false), Some(http::header::ORIGIN));
+        assert_eq!(
+            read_by_routes("X-Cascade-API-Key", false).unwrap().as_str(),
+            crate::auth::API_KEY_HEADER
+        );
+        assert_eq!(
+            read_by_routes("LAST-EVENT-ID", false).unwrap().as_str(),
+            "last-event-id"
+        );
+        assert_eq!(read_by_routes("Host", true), Some(http::header::HOST));
+        assert_eq!(read_by_routes("Host", false), None);
+        for dropped in [
+            "User-Agent",
+            "Accept",
+            "Cookie",
+            "Sec-Fetch-Mode",
+            "Referer",
+        ] {
+            assert_eq!(read_by_routes(dropped, true), None, "{dropped}");
+        }
+    }
+}
