@@ -323,7 +323,6 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::protocol::{Channel, Epoch};
-    use std::future::Future;
 
     fn message(offset: u64) -> Arc<Message> {
         let channel = Channel::parse("inbox").unwrap();

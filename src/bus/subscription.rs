@@ -282,8 +282,9 @@ impl Subscription {
     /// the subscription is armed (see [`Express`]); the switch disarms it from
     /// within a wait.
     ///
-    /// Positions that express writes move are taken in by the next `next`, `try_next`,
-    /// `add`, `remove` or `arm`; [`Subscription::cursor`] does not see them before.
+    /// Positions that express writes move are taken in when the subscription places its
+    /// next live message, and by `add`, `remove` and `arm`; [`Subscription::cursor`] does
+    /// not see them before.
     pub fn set_express(&self, sink: Arc<dyn Express>) -> ExpressSwitch {
         self.inbox.set_express(sink)
     }
