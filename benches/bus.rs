@@ -8,20 +8,25 @@
 //! - `bus_publish/<n>`: one `Bus::publish` into a channel with `n` local subscribers
 //!   (memory engine), then every subscription takes its message with `try_next`, so no
 //!   queue fills up and nobody is cut off. Throughput is per delivery.
+//! - `bus_publish_express/<n>`: the same publish to `n` idle subscribers armed for express
+//!   delivery, each lending the hub a writer that takes the message and does nothing with
+//!   it: the hub's own cost per express delivery, without the `send()`. Each publish
+//!   waits, untimed, for twice its walk first, as the hub writes express only to
+//!   messages that far apart.
 //! - `encode/*`: the bytes each transport writes for one message.
 //! - `cursor/*`: `Cursor::parse` and `Display` with 1 and 128 entries.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
 
 use cascade::bus::memory::{MemoryEngine, Retention};
-use cascade::bus::{Bus, BusConfig, Event, Hub, Subscription};
+use cascade::bus::{Bus, BusConfig, Event, Express, Hub, Subscription, Written};
 use cascade::config::Transport;
 use cascade::http::Query;
 use cascade::metrics::Metrics;
@@ -99,6 +104,75 @@ fn bus_publish(c: &mut Criterion) {
                 message
             });
         });
+    }
+    group.finish();
+}
+
+/// A writer that takes every message whole and does nothing with it.
+struct Discard;
+
+impl Express for Discard {
+    fn write(&self, message: &Message) -> Written {
+        black_box(message.ws_wire());
+        Written::All
+    }
+}
+
+fn bus_publish_express(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let channel = Channel::parse("bench").expect("valid channel");
+    let data = Bytes::from_static(DATA);
+    let mut group = c.benchmark_group("bus_publish_express");
+    for subscribers in [1usize, 1_000, 10_000] {
+        let bus = memory_bus();
+        let mut subscriptions: Vec<Subscription> = (0..subscribers)
+            .map(|_| subscribe(&rt, &bus, &channel))
+            .collect();
+        let switches: Vec<_> = subscriptions
+            .iter_mut()
+            .map(|subscription| {
+                let switch = subscription.set_express(Arc::new(Discard));
+                assert!(subscription.arm(), "an idle subscription arms");
+                switch
+            })
+            .collect();
+        group.throughput(Throughput::Elements(subscribers as u64));
+        // The hub keeps a moving average of a write's cost (7/8 old, 1/8 new) and queues
+        // messages closer than twice the walk it predicts. This one, kept the same way over
+        // whole publishes and across samples, is never below that walk.
+        let mut average = Duration::ZERO;
+        group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
+            b.iter_custom(|iters| {
+                let mut walks = Duration::ZERO;
+                for _ in 0..iters {
+                    let since = Instant::now();
+                    while since.elapsed() < average * 2 + Duration::from_micros(1) {
+                        std::hint::spin_loop();
+                    }
+                    let start = Instant::now();
+                    black_box(publish(&bus, &channel, &data));
+                    let walk = start.elapsed();
+                    average = if average.is_zero() {
+                        walk
+                    } else {
+                        (average * 7 + walk) / 8
+                    };
+                    walks += walk;
+                }
+                walks
+            });
+        });
+        for subscription in &mut subscriptions {
+            assert!(
+                subscription.try_next().is_none(),
+                "every message went express, none was queued"
+            );
+        }
+        drop(switches);
     }
     group.finish();
 }
@@ -221,5 +295,12 @@ fn query(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bus_publish, encode, cursor, query);
+criterion_group!(
+    benches,
+    bus_publish,
+    bus_publish_express,
+    encode,
+    cursor,
+    query
+);
 criterion_main!(benches);
