@@ -75,22 +75,34 @@ fn publish(bus: &Bus, channel: &Channel, data: &Bytes) -> Arc<Message> {
         .expect("publish succeeds")
 }
 
-fn bus_publish(c: &mut Criterion) {
-    // The memory engine spawns its sweeper, so a runtime must be entered; the sweeper
-    // never runs between iterations because nothing drives this current-thread runtime.
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A runtime to enter while benching the bus: the memory engine spawns its sweeper, which
+/// never runs between iterations because nothing drives this current-thread runtime.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+/// A fresh bus with `n` subscriptions following `channel` from now on.
+fn subscribed(
+    rt: &tokio::runtime::Runtime,
+    channel: &Channel,
+    n: usize,
+) -> (Bus, Vec<Subscription>) {
+    let bus = memory_bus();
+    let subscriptions = (0..n).map(|_| subscribe(rt, &bus, channel)).collect();
+    (bus, subscriptions)
+}
+
+fn bus_publish(c: &mut Criterion) {
+    let rt = runtime();
     let _guard = rt.enter();
     let channel = Channel::parse("bench").expect("valid channel");
     let data = Bytes::from_static(DATA);
     let mut group = c.benchmark_group("bus_publish");
     for subscribers in [1usize, 1_000, 10_000] {
-        let bus = memory_bus();
-        let mut subscriptions: Vec<Subscription> = (0..subscribers)
-            .map(|_| subscribe(&rt, &bus, &channel))
-            .collect();
+        let (bus, mut subscriptions) = subscribed(&rt, &channel, subscribers);
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
             b.iter(|| {
@@ -119,19 +131,13 @@ impl Express for Discard {
 }
 
 fn bus_publish_express(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let _guard = rt.enter();
     let channel = Channel::parse("bench").expect("valid channel");
     let data = Bytes::from_static(DATA);
     let mut group = c.benchmark_group("bus_publish_express");
     for subscribers in [1usize, 1_000, 10_000] {
-        let bus = memory_bus();
-        let mut subscriptions: Vec<Subscription> = (0..subscribers)
-            .map(|_| subscribe(&rt, &bus, &channel))
-            .collect();
+        let (bus, mut subscriptions) = subscribed(&rt, &channel, subscribers);
         let switches: Vec<_> = subscriptions
             .iter_mut()
             .map(|subscription| {
