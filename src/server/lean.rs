@@ -105,8 +105,9 @@ pub fn serve<'a>(
                             ready = readable => ready.is_ok(),
                             _ = app.shutdown.cancelled() => false,
                         },
-                        // After an SSE stream: rare, and boxed, as the kill wait would
-                        // otherwise make every connection's task larger.
+                        // After an SSE request that took the token and was then refused
+                        // (a stream that opens leaves this path): rare, and boxed, as the
+                        // kill wait would otherwise make every connection's task larger.
                         Some(kill) => {
                             Box::pin(async {
                                 tokio::select! {
@@ -169,7 +170,7 @@ pub fn serve<'a>(
                     streaming.buf = std::mem::take(&mut buf);
                     return Next::Stream(streaming);
                 }
-                sending => match send(stream, &mut buf, info, app, sending).await {
+                sending => match send(stream, info, sending).await {
                     Sent::Upgraded => {
                         return match upgrade {
                             Some(websocket) => Next::WebSocket(websocket, buf.to_vec()),
@@ -228,7 +229,7 @@ enum Sent {
     Failed,
 }
 
-/// Sends a framed answer that needs waiting for: room on the socket, or a streamed body.
+/// Sends a framed answer that needs waiting for room on the socket.
 ///
 /// A future of its own, awaited at one place, so that the connection's task keeps the
 /// answer only in the room this wait shares with the routing's (the `Sending` is held
@@ -237,9 +238,7 @@ enum Sent {
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn send<'a>(
     stream: &'a mut TcpStream,
-    buf: &'a mut BytesMut,
     info: &'a ConnInfo,
-    app: &'a App,
     mut sending: Sending,
 ) -> impl Future<Output = Sent> + Send + 'a {
     async move {
@@ -252,7 +251,7 @@ fn send<'a>(
                 };
             }
             Sending::Tried(Ok(None)) => true,
-            // Each wait is boxed (once per answer that waits, or per stream): this future
+            // Each wait is boxed (once per answer that waits): this future
             // shares its room in the connection's task with the routing's, which a parked
             // poll keeps, and should stay the smaller.
             Sending::Tried(Ok(Some(rest))) => Box::pin(write(stream, info, rest)).await,
@@ -261,10 +260,6 @@ fn send<'a>(
             Sending::Stream(_) => false,
             // Boxed too: rare here (a preflight's answer).
             Sending::Whole(head, body) => Box::pin(write_whole(stream, info, head, body)).await,
-            Sending::Chunked(head, body) => {
-                Box::pin(write(stream, info, head)).await
-                    && Box::pin(write_chunked(stream, None, buf, info, app, body)).await
-            }
         };
         if written { Sent::Written } else { Sent::Failed }
     }

@@ -68,7 +68,7 @@ pub fn run(
         });
         let _ = slot.0.set(socket.clone());
         drop(slot);
-        let (stream, rest) = (&socket.stream, Some(&socket.rest));
+        let (stream, rest) = (&socket.stream, &socket.rest);
         let _ = lean::write(stream, &info, &head).await
             && lean::write_chunked(stream, rest, &mut buf, &info, &app, &mut body).await;
     }

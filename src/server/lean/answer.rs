@@ -30,9 +30,8 @@ pub(super) enum Sending {
     Tried(io::Result<Option<Vec<u8>>>),
     /// The head (with room for the body) and a complete body of known length.
     Whole(Vec<u8>, UnsyncBoxBody<Bytes, Infallible>),
-    /// The head and a streamed body, to send chunk by chunk.
-    Chunked(Vec<u8>, Body),
-    /// A stream for the hub to write to as well: the socket is handed over with it.
+    /// A streamed body (SSE), which takes the socket over to share it with the hub's
+    /// express writes: see `server::stream`.
     Stream(Box<crate::server::stream::Streaming>),
 }
 
@@ -78,17 +77,16 @@ pub(super) fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: 
         }
         None => {
             let mut head = Vec::with_capacity(256);
-            let slot = parts.extensions.get::<ExpressSlot>().cloned();
+            // A stream that lends no express writer gets an empty slot.
+            let slot = parts
+                .extensions
+                .get::<ExpressSlot>()
+                .cloned()
+                .unwrap_or_default();
             // A handed-over stream's connection closes with it.
-            let keep_alive = keep_alive && slot.is_none();
-            encode_head(&mut head, &parts, implied, Framing::Chunked, keep_alive);
+            encode_head(&mut head, &parts, implied, Framing::Chunked, false);
             let body = Body::Boxed(body);
-            match slot {
-                Some(slot) => {
-                    Sending::Stream(crate::server::stream::Streaming::new(head, body, slot))
-                }
-                None => Sending::Chunked(head, body),
-            }
+            Sending::Stream(crate::server::stream::Streaming::new(head, body, slot))
         }
     }
 }
@@ -111,15 +109,15 @@ pub(super) async fn write_whole(
 /// Writes a streamed body as chunks as it comes, watching the socket meanwhile; `true`
 /// when it ended and was terminated.
 ///
-/// `rest`, if given, is where the hub's express writes leave what the socket did not take
-/// of a chunk: it goes out before anything else.
+/// `rest` is where the hub's express writes leave what the socket did not take of a chunk:
+/// it goes out before anything else.
 ///
 /// An `async move` block, not an `async fn`, so that an SSE stream, which keeps this
 /// future for as long as it is open, does not keep every argument twice.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub(in crate::server) fn write_chunked<'a>(
     stream: &'a TcpStream,
-    rest: Option<&'a Rest>,
+    rest: &'a Rest,
     buf: &'a mut BytesMut,
     info: &'a ConnInfo,
     app: &'a App,
@@ -132,7 +130,7 @@ pub(in crate::server) fn write_chunked<'a>(
         // task, not once more for every chunk: see `crate::wake`.
         let side = SideWaits::default();
         loop {
-            if let Some(left) = rest.and_then(Rest::take)
+            if let Some(left) = rest.take()
                 && !Box::pin(finish_chunk(stream, &left, &side, killed.as_mut())).await
             {
                 return false;
@@ -156,7 +154,7 @@ pub(in crate::server) fn write_chunked<'a>(
                     }
                 }
                 // Woken by an express write that left a rest: out of the wait to write it.
-                if rest.is_some_and(Rest::waits) {
+                if rest.waits() {
                     return Poll::Ready(Some(None));
                 }
                 Pin::new(&mut *body)
@@ -171,7 +169,7 @@ pub(in crate::server) fn write_chunked<'a>(
             };
             // The stream may have taken the part-written message while this task was
             // between its look at the rest and its poll of the stream.
-            if let Some(left) = rest.and_then(Rest::take)
+            if let Some(left) = rest.take()
                 && !Box::pin(finish_chunk(stream, &left, &side, killed.as_mut())).await
             {
                 return false;
