@@ -127,6 +127,10 @@ struct Args {
     /// Channels the subscribers spread over [default: 1; channels: 10000].
     #[arg(long)]
     channels: Option<usize>,
+    /// fanout, channels, poll: each subscriber also follows a quiet channel of its own, as
+    /// a user's private channel beside a room.
+    #[arg(long)]
+    own_channel: bool,
     /// Messages to publish [default: fanout 1000, channels 20000, poll rate x seconds].
     #[arg(long)]
     messages: Option<u64>,
@@ -239,6 +243,8 @@ pub struct Options {
     pub subscribers: usize,
     /// Channels they spread over.
     pub channels: usize,
+    /// Each subscriber also follows a quiet channel of its own.
+    pub own_channel: bool,
     /// Messages to publish.
     pub messages: u64,
     /// Publishes per second; zero is unpaced.
@@ -302,8 +308,12 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     if args.nodes > 1 && args.engine != EngineChoice::Redis {
         return Err("--nodes above 1 needs --engine redis (memory nodes share nothing)".to_owned());
     }
+    if args.own_channel && scenario == Scenario::Idle {
+        return Err("--own-channel is for fanout, channels and poll".to_owned());
+    }
     if args.server == Server::Floor
         && !(transport != Transport::Sse
+            && !args.own_channel
             && scenario != Scenario::Idle
             && args.engine == EngineChoice::Memory
             && args.nodes == 1
@@ -311,7 +321,7 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     {
         return Err(
             "--server floor runs fanout, channels and poll over websocket, longpoll or poll, \
-             one node it starts itself"
+             one node it starts itself, one channel per subscriber"
                 .to_owned(),
         );
     }
@@ -344,6 +354,7 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
         connections: args.connections,
         subscribers,
         channels,
+        own_channel: args.own_channel,
         messages,
         rate,
         publishers: args.publishers.unwrap_or(4),

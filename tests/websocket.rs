@@ -588,6 +588,33 @@ async fn subscribing_again_reports_the_position_after_messages_already_delivered
     expect_offsets(&mut ws, "tally", &epoch, 4..=4).await;
 }
 
+/// The same for a client of several channels, whose messages the fan-out writes express
+/// too: subscribing again reports each channel where its last message left it, and after
+/// an unsubscribe the other channel's messages still come and the dropped one's do not.
+#[tokio::test]
+async fn subscribing_again_reports_each_channel_after_messages_already_delivered() {
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    let first = ws.subscribe(&["left", "right"], None).await;
+    let cursor = first["cursor"].as_str().expect("cursor").to_owned();
+    let (left, right) = cursor.split_once(',').expect("two channels");
+    let (left, right) = (epoch_of(left), epoch_of(right));
+    for (channel, n) in [("left", 1), ("right", 1), ("left", 2)] {
+        server.publish(channel, json!({"n": n})).await;
+    }
+    expect_offsets(&mut ws, "left", &left, 1..=1).await;
+    expect_offsets(&mut ws, "right", &right, 1..=1).await;
+    expect_offsets(&mut ws, "left", &left, 2..=2).await;
+    let again = ws.subscribe(&["left", "right"], None).await;
+    assert_eq!(again["cursor"], format!("left@{left}:2,right@{right}:1"));
+    ws.send(json!({"op": "unsubscribe", "channels": ["right"]}))
+        .await;
+    assert_eq!(ws.recv().await["op"], "unsubscribed");
+    server.publish("right", json!({"n": 2})).await;
+    server.publish("left", json!({"n": 3})).await;
+    expect_offsets(&mut ws, "left", &left, 3..=3).await;
+}
+
 /// A client that reads late and pings before every message: the fan-out writes large
 /// messages to its socket until one is taken only in part, which the connection must
 /// finish before it writes anything else, a pong included. Every frame arrives whole,

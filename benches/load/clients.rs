@@ -91,9 +91,10 @@ impl Tally {
 pub struct Follow {
     /// The transport it uses.
     pub transport: Transport,
-    /// Its one channel.
-    pub channel: String,
-    /// How many messages that channel will carry (`n` runs over `1..=expected`).
+    /// Its channels, comma-separated: the one it is counted on first, then any quiet one
+    /// of its own.
+    pub channels: String,
+    /// How many messages the first channel will carry (`n` runs over `1..=expected`).
     pub expected: u64,
     /// Short-poll interval; zero polls back to back.
     pub interval: Duration,
@@ -267,7 +268,8 @@ async fn websocket(
     )
     .await
     .map_err(|e| format!("handshake: {e}"))?;
-    let subscribe = format!(r#"{{"op":"subscribe","channels":["{}"]}}"#, follow.channel);
+    let list = follow.channels.replace(',', r#"",""#);
+    let subscribe = format!(r#"{{"op":"subscribe","channels":["{list}"]}}"#);
     ws.send(Frame::text(subscribe))
         .await
         .map_err(|e| format!("subscribe: {e}"))?;
@@ -310,7 +312,7 @@ async fn sse(
     let mut conn = Conn::open(addr, follow.source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let path = format!("/sse?channels={}", follow.channel);
+    let path = format!("/sse?channels={}", follow.channels);
     conn.send("GET", &path, &[("Accept", "text/event-stream")], b"")
         .await
         .map_err(|e| format!("request: {e}"))?;
@@ -373,9 +375,9 @@ async fn long_poll(
         let path = match &cursor {
             Some(c) => format!(
                 "/longpoll?channels={}&cursor={c}&timeout={hold_s}",
-                follow.channel
+                follow.channels
             ),
-            None => format!("/longpoll?channels={}&timeout=0", follow.channel),
+            None => format!("/longpoll?channels={}&timeout=0", follow.channels),
         };
         let (status, body) = conn
             .request("GET", &path, &[], b"")
@@ -414,8 +416,8 @@ async fn short_poll(
     let mut next = tokio::time::Instant::now();
     loop {
         let path = match &cursor {
-            Some(c) => format!("/poll?channels={}&cursor={c}", follow.channel),
-            None => format!("/poll?channels={}", follow.channel),
+            Some(c) => format!("/poll?channels={}&cursor={c}", follow.channels),
+            None => format!("/poll?channels={}", follow.channels),
         };
         let (status, body) = conn
             .request("GET", &path, &[], b"")

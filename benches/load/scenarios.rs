@@ -104,9 +104,14 @@ impl Run {
                 break;
             };
             let sources = &self.opts.sources;
+            let shared = self.channel(i % channels);
             let follow = Follow {
                 transport: self.opts.transport,
-                channel: self.channel(i % channels),
+                channels: if self.opts.own_channel {
+                    format!("{shared},{shared}.own.{i}")
+                } else {
+                    shared
+                },
                 expected: expected(i % channels),
                 interval: self.opts.interval,
                 hold_s,
@@ -288,6 +293,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     };
     report.param("subscribers", o.subscribers);
     report.param("channels", channels);
+    if o.own_channel {
+        report.param("own_channel", true);
+    }
     report.param("messages", o.messages);
     report.param("rate", o.rate);
     report.param("publishers", o.publishers);

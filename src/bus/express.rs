@@ -6,7 +6,8 @@
 //! The transport keeps the writing (it knows its framing and its socket); the bus decides
 //! when the hub may call it. A subscriber is *armed* by its transport while it is parked
 //! with nothing unwritten; the hub writes a message express only while the subscriber is
-//! armed, its queue is empty and the message is the next offset of its one channel. Any
+//! armed, its queue is empty and the message is the next offset of its channel (of any
+//! of its channels, if the transport's framing allows: see [`Express::several_channels`]). Any
 //! other case, and a socket that does not take the whole message, falls back to the queue
 //! and disarms, so messages never overtake one another and the transport never writes
 //! while the hub may.
@@ -21,6 +22,14 @@ pub trait Express: Send + Sync {
     /// Whether the writer holds nothing unwritten of its own; the hub is armed only then.
     fn idle(&self) -> bool {
         true
+    }
+
+    /// Whether a message's wire form is the same whatever else its subscriber follows:
+    /// only then does the hub write for a subscriber of several channels. A WebSocket
+    /// frame names the message's own position alone; an SSE event's id is the whole
+    /// cursor of its subscriber.
+    fn several_channels(&self) -> bool {
+        false
     }
 }
 

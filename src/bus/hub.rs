@@ -229,15 +229,16 @@ mod tests {
         inbox.set_express(Arc::new(Accept));
         hub.register(&chat, 1, inbox.subscriber());
         let first = message(&chat, 1);
-        assert!(inbox.arm(&Position {
+        let before = Position {
             epoch: first.epoch.clone(),
-            offset: 0
-        }));
+            offset: 0,
+        };
+        assert!(inbox.arm_at(&chat, &before));
         assert_eq!(hub.deliver(&first), 1);
         assert!(inbox.try_pop().is_none(), "the first message went express");
         // As if a write took a minute: the next message comes sooner than that.
         hub.write_ns.store(60_000_000_000, Ordering::Relaxed);
-        assert!(inbox.arm(&first.position()));
+        assert!(inbox.arm_at(&chat, &first.position()));
         assert_eq!(hub.deliver(&message(&chat, 2)), 1);
         assert_eq!(inbox.try_pop().map(|m| m.offset), Some(2), "queued");
     }
@@ -256,8 +257,8 @@ mod tests {
             inbox.set_express(Arc::new(Accept));
             hub.register(&chat, id as u64, inbox.subscriber());
         }
-        assert!(inboxes[0].arm(&before));
-        assert!(inboxes[2].arm(&before));
+        assert!(inboxes[0].arm_at(&chat, &before));
+        assert!(inboxes[2].arm_at(&chat, &before));
         assert_eq!(hub.deliver(&first), 3);
         assert!(inboxes[0].try_pop().is_none(), "written");
         assert_eq!(
@@ -266,6 +267,6 @@ mod tests {
             "not armed: queued"
         );
         assert!(inboxes[2].try_pop().is_none(), "written");
-        assert_eq!(inboxes[2].take_moved(), Some(first.position()));
+        assert_eq!(inboxes[2].moved(), [(None, first.position())]);
     }
 }

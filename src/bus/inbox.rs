@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::express::{Express, Written};
 use super::subscription::{Fit, fit};
-use crate::protocol::{Message, Position};
+use crate::protocol::{Channel, Message, Position};
 
 /// Queued capacity kept when an inbox empties; a burst's larger buffer is given back.
 const KEEP_CAPACITY: usize = 16;
@@ -74,10 +74,35 @@ struct Lane {
     sink: Arc<dyn Express>,
     /// The hub may write now.
     armed: bool,
-    /// The subscriber's position in its one channel, as of arming and express writes.
-    read: Option<Position>,
+    /// The subscriber's positions, as of arming and express writes.
+    reads: Reads,
     /// Bytes of the queue's front message the hub wrote before the socket filled.
     written: usize,
+}
+
+/// Where an armed subscriber stands in the channels it follows.
+enum Reads {
+    /// Never armed.
+    Unset,
+    /// Its one channel. The inbox is registered for that channel alone, and epochs are
+    /// random per channel history, so a message's epoch tells whether it belongs.
+    One(Position),
+    /// Each of its channels. The buffer is kept from one arming to the next.
+    Many(Vec<(Channel, Position)>),
+}
+
+impl Reads {
+    /// The position held in `message`'s channel, if the lane writes for it.
+    fn of(&mut self, message: &Message) -> Option<&mut Position> {
+        match self {
+            Reads::Unset => None,
+            Reads::One(read) => Some(read),
+            Reads::Many(reads) => reads
+                .iter_mut()
+                .find(|(channel, _)| *channel == message.channel)
+                .map(|(_, read)| read),
+        }
+    }
 }
 
 /// The transport's hold on its express lane, usable while its subscription is borrowed
@@ -155,7 +180,7 @@ impl Inbox {
         self.shared.lock().lane = Some(Box::new(Lane {
             sink,
             armed: false,
-            read: None,
+            reads: Reads::Unset,
             written: 0,
         }));
         ExpressSwitch {
@@ -163,29 +188,75 @@ impl Inbox {
         }
     }
 
-    /// Lets the hub write express from `read`, the subscriber's position in its one
-    /// channel; false when there is no lane or a message already waits.
-    pub(super) fn arm(&self, read: &Position) -> bool {
+    /// Lets the hub write express from `reads`, the subscriber's position in each channel
+    /// it follows; false when there is no lane, a message already waits, or the sink
+    /// cannot write for a subscriber of several channels.
+    pub(super) fn arm<'a>(
+        &self,
+        mut reads: impl ExactSizeIterator<Item = (&'a Channel, &'a Position)>,
+    ) -> bool {
         let mut state = self.shared.lock();
         let idle = state.queue.is_empty() && !self.shared.closed.load(Ordering::Relaxed);
-        match state.lane.as_mut() {
-            Some(lane) if idle && lane.sink.idle() => {
-                lane.armed = true;
-                lane.read = Some(read.clone());
-                true
+        let Some(lane) = state.lane.as_mut().filter(|lane| idle && lane.sink.idle()) else {
+            return false;
+        };
+        match reads.len() {
+            0 => return false,
+            1 => {
+                let (_, read) = reads.next().expect("one position");
+                match &mut lane.reads {
+                    Reads::One(kept) => kept.clone_from(read),
+                    reads => *reads = Reads::One(read.clone()),
+                }
             }
-            _ => false,
+            _ if !lane.sink.several_channels() => return false,
+            _ => {
+                let mut kept = match std::mem::replace(&mut lane.reads, Reads::Unset) {
+                    Reads::Many(mut kept) => {
+                        kept.clear();
+                        kept
+                    }
+                    _ => Vec::with_capacity(reads.len()),
+                };
+                kept.extend(reads.map(|(channel, read)| (channel.clone(), read.clone())));
+                lane.reads = Reads::Many(kept);
+            }
         }
+        lane.armed = true;
+        true
     }
 
-    /// Where express writes have moved the subscriber since last asked, if they have.
-    pub(super) fn take_moved(&self) -> Option<Position> {
+    /// Hands `moved` each position express writes have moved the subscriber to since
+    /// last asked, with its channel (`None` for a subscriber of one channel), if they have.
+    pub(super) fn take_moved(&self, mut moved: impl FnMut(Option<&Channel>, &Position)) {
         if self.shared.news.load(Ordering::Relaxed) & MOVED == 0 {
-            return None;
+            return;
         }
         let state = self.shared.lock();
         self.shared.news.fetch_and(!MOVED, Ordering::Relaxed);
-        state.lane.as_ref()?.read.clone()
+        match state.lane.as_ref().map(|lane| &lane.reads) {
+            Some(Reads::One(read)) => moved(None, read),
+            Some(Reads::Many(reads)) => {
+                for (channel, read) in reads {
+                    moved(Some(channel), read);
+                }
+            }
+            Some(Reads::Unset) | None => {}
+        }
+    }
+
+    /// Arms for a subscriber of one channel that has read up to `read`.
+    #[cfg(test)]
+    pub(super) fn arm_at(&self, channel: &Channel, read: &Position) -> bool {
+        self.arm(std::iter::once((channel, read)))
+    }
+
+    /// What [`Inbox::take_moved`] hands out, collected.
+    #[cfg(test)]
+    pub(super) fn moved(&self) -> Vec<(Option<Channel>, Position)> {
+        let mut moved = Vec::new();
+        self.take_moved(|channel, read| moved.push((channel.cloned(), read.clone())));
+        moved
     }
 
     /// Bytes of the message just popped that the hub already wrote express; 0 mostly.
@@ -257,7 +328,7 @@ impl Subscriber {
                 // Armed implies an empty queue: every push that queues disarms.
                 lane.armed = false;
                 let next = |read: &&mut Position| matches!(fit(read, message), Fit::Next);
-                if let Some(read) = lane.read.as_mut().filter(next).filter(|_| express) {
+                if let Some(read) = lane.reads.of(message).filter(next).filter(|_| express) {
                     match lane.sink.write(message) {
                         Written::All => {
                             read.offset = message.offset;
@@ -325,14 +396,14 @@ mod tests {
     use crate::protocol::{Channel, Epoch};
 
     fn message(offset: u64) -> Arc<Message> {
-        let channel = Channel::parse("inbox").unwrap();
-        Arc::new(Message::new(
-            channel,
-            Epoch::parse("e").unwrap(),
-            offset,
-            0,
-            b"null",
-        ))
+        message_in("inbox", offset)
+    }
+
+    fn message_in(channel: &str, offset: u64) -> Arc<Message> {
+        let channel = Channel::parse(channel).unwrap();
+        // An epoch per channel, as engines make them.
+        let epoch = Epoch::parse(&format!("e{}", channel.as_str().len())).unwrap();
+        Arc::new(Message::new(channel, epoch, offset, 0, b"null"))
     }
 
     #[test]
@@ -375,6 +446,7 @@ mod tests {
     struct Sink {
         room: std::sync::Mutex<usize>,
         wrote: std::sync::Mutex<Vec<u64>>,
+        several_channels: bool,
     }
 
     impl Express for Sink {
@@ -392,6 +464,10 @@ mod tests {
                 took => Written::Part(took),
             }
         }
+
+        fn several_channels(&self) -> bool {
+            self.several_channels
+        }
     }
 
     fn lane(room: usize) -> (Inbox, Arc<Sink>, ExpressSwitch) {
@@ -399,6 +475,7 @@ mod tests {
         let sink = Arc::new(Sink {
             room: std::sync::Mutex::new(room),
             wrote: Default::default(),
+            several_channels: true,
         });
         let switch = inbox.set_express(sink.clone());
         (inbox, sink, switch)
@@ -408,18 +485,32 @@ mod tests {
         message(offset).position()
     }
 
+    /// Arms `inbox` for a subscriber of the tests' one channel, which has read `offset`.
+    fn arm(inbox: &Inbox, offset: u64) -> bool {
+        inbox.arm_at(&message(offset).channel, &at(offset))
+    }
+
+    /// The position express writes moved the subscriber of one channel to, if they did.
+    fn moved(inbox: &Inbox) -> Option<Position> {
+        match inbox.moved().as_slice() {
+            [] => None,
+            [(None, read)] => Some(read.clone()),
+            other => panic!("one position of one channel, not {other:?}"),
+        }
+    }
+
     #[test]
     fn an_armed_lane_writes_the_next_messages_and_moves_the_position() {
         let (inbox, sink, switch) = lane(usize::MAX);
         let hub = inbox.subscriber();
-        assert!(inbox.arm(&at(4)));
+        assert!(arm(&inbox, 4));
         assert_eq!(hub.push(&message(5), true), Pushed::Written);
         assert_eq!(hub.push(&message(6), true), Pushed::Written);
         assert!(inbox.try_pop().is_none(), "nothing queued");
         assert_eq!(*sink.wrote.lock().unwrap(), [5, 6]);
         assert!(!switch.disarm(), "nothing part-written");
-        assert_eq!(inbox.take_moved(), Some(at(6)));
-        assert_eq!(inbox.take_moved(), None, "taken once");
+        assert_eq!(moved(&inbox), Some(at(6)));
+        assert_eq!(moved(&inbox), None, "taken once");
         assert_eq!(hub.push(&message(7), true), Pushed::Queued, "disarmed");
     }
 
@@ -427,17 +518,17 @@ mod tests {
     fn a_message_out_of_turn_or_unhurried_is_queued_and_disarms() {
         let (inbox, sink, _switch) = lane(usize::MAX);
         let hub = inbox.subscriber();
-        assert!(inbox.arm(&at(4)));
+        assert!(arm(&inbox, 4));
         assert_eq!(hub.push(&message(6), true), Pushed::Queued, "a hole");
         assert_eq!(
             hub.push(&message(7), true),
             Pushed::Queued,
             "behind the queue"
         );
-        assert!(!inbox.arm(&at(4)), "a message waits");
+        assert!(!arm(&inbox, 4), "a message waits");
         inbox.try_pop();
         inbox.try_pop();
-        assert!(inbox.arm(&at(7)));
+        assert!(arm(&inbox, 7));
         assert_eq!(
             hub.push(&message(8), false),
             Pushed::Queued,
@@ -449,7 +540,7 @@ mod tests {
             "and that disarmed"
         );
         assert!(sink.wrote.lock().unwrap().is_empty());
-        assert_eq!(inbox.take_moved(), None);
+        assert_eq!(moved(&inbox), None);
     }
 
     #[test]
@@ -457,12 +548,12 @@ mod tests {
         let len = message(5).ws_wire().len();
         let (inbox, _sink, switch) = lane(len + 3);
         let hub = inbox.subscriber();
-        assert!(inbox.arm(&at(4)));
+        assert!(arm(&inbox, 4));
         assert_eq!(hub.push(&message(5), true), Pushed::Written);
         assert_eq!(hub.push(&message(6), true), Pushed::Queued);
         assert_eq!(hub.push(&message(7), true), Pushed::Queued);
         assert!(switch.disarm(), "the rest of 6 must go first");
-        assert_eq!(inbox.take_moved(), Some(at(5)), "6 is not delivered yet");
+        assert_eq!(moved(&inbox), Some(at(5)), "6 is not delivered yet");
         assert_eq!(inbox.try_pop().unwrap().offset, 6);
         assert_eq!(inbox.take_written(), 3);
         assert_eq!(inbox.take_written(), 0, "taken once");
@@ -473,13 +564,67 @@ mod tests {
     fn a_full_socket_queues_and_a_dropped_inbox_lets_go_of_it() {
         let (inbox, sink, switch) = lane(0);
         let hub = inbox.subscriber();
-        assert!(inbox.arm(&at(4)));
+        assert!(arm(&inbox, 4));
         assert_eq!(hub.push(&message(5), true), Pushed::Queued);
         assert!(!switch.disarm());
         assert_eq!(Arc::strong_count(&sink), 2);
         drop(inbox);
         assert_eq!(Arc::strong_count(&sink), 1, "the socket is released");
         assert_eq!(hub.push(&message(6), true), Pushed::Closed);
+    }
+
+    #[test]
+    fn a_lane_over_several_channels_writes_the_next_message_of_each() {
+        let (inbox, sink, _switch) = lane(usize::MAX);
+        let hub = inbox.subscriber();
+        let (a, b) = (message_in("a", 4), message_in("bb", 7));
+        let reads = [(&a.channel, &a.position()), (&b.channel, &b.position())];
+        assert!(inbox.arm(reads.into_iter()));
+        assert_eq!(hub.push(&message_in("a", 5), true), Pushed::Written);
+        assert_eq!(hub.push(&message_in("bb", 8), true), Pushed::Written);
+        assert_eq!(hub.push(&message_in("a", 6), true), Pushed::Written);
+        assert_eq!(*sink.wrote.lock().unwrap(), [5, 8, 6]);
+        assert_eq!(
+            inbox.moved(),
+            [
+                (Some(a.channel.clone()), message_in("a", 6).position()),
+                (Some(b.channel.clone()), message_in("bb", 8).position()),
+            ]
+        );
+        assert_eq!(
+            hub.push(&message_in("ccc", 1), true),
+            Pushed::Queued,
+            "a channel the lane does not know"
+        );
+        assert_eq!(hub.push(&message_in("a", 7), true), Pushed::Queued);
+        inbox.try_pop();
+        inbox.try_pop();
+        let reads = [(&a.channel, &a.position())];
+        assert!(inbox.arm(reads.into_iter()), "one channel after several");
+        assert_eq!(hub.push(&message_in("a", 5), true), Pushed::Written);
+    }
+
+    #[test]
+    fn a_sink_that_frames_per_subscriber_is_not_armed_for_several_channels() {
+        let inbox = Inbox::new(8, None);
+        inbox.set_express(Arc::new(Sink {
+            room: std::sync::Mutex::new(usize::MAX),
+            wrote: Default::default(),
+            several_channels: false,
+        }));
+        let (a, b) = (message_in("a", 4), message_in("bb", 7));
+        let reads = [(&a.channel, &a.position()), (&b.channel, &b.position())];
+        assert!(!inbox.arm(reads.into_iter()));
+        assert_eq!(
+            inbox.subscriber().push(&message_in("a", 5), true),
+            Pushed::Queued
+        );
+        assert!(
+            !inbox.arm(std::iter::once((&a.channel, &a.position()))),
+            "queued"
+        );
+        inbox.try_pop();
+        assert!(inbox.arm(std::iter::once((&a.channel, &a.position()))));
     }
 
     #[tokio::test]

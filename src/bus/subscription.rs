@@ -289,17 +289,15 @@ impl Subscription {
         self.inbox.set_express(sink)
     }
 
-    /// Arms express delivery, if this subscription can take it now: one channel followed,
-    /// nothing pending or waiting, not cut off. The transport must write nothing to its
-    /// socket until it has disarmed the lane again.
+    /// Arms express delivery, if this subscription can take it now: a channel followed
+    /// (several only if the sink allows it), nothing pending or waiting, not cut off. The
+    /// transport must write nothing to its socket until it has disarmed the lane again.
     pub fn arm(&mut self) -> bool {
         self.settle();
-        match self.channels.as_slice() {
-            [only] if self.pending.is_empty() && self.stash.is_none() && !self.inbox.is_cut() => {
-                self.inbox.arm(&only.read)
-            }
-            _ => false,
-        }
+        let idle = self.pending.is_empty() && self.stash.is_none() && !self.inbox.is_cut();
+        idle && self
+            .inbox
+            .arm(self.channels.iter().map(|f| (&f.channel, &f.read)))
     }
 
     /// Bytes of the message just handed out that the hub already wrote express before
@@ -308,14 +306,28 @@ impl Subscription {
         self.inbox.take_written()
     }
 
-    /// Takes in the position express writes moved the one followed channel to.
+    /// Takes in the positions express writes moved the followed channels to. Every change
+    /// to the channel list settles first, so a moved position always finds its channel.
     fn settle(&mut self) {
-        if let Some(read) = self.inbox.take_moved()
-            && let [only] = self.channels.as_mut_slice()
-        {
-            only.read = read.clone();
-            only.delivered = read;
-        }
+        let channels = &mut self.channels;
+        self.inbox.take_moved(|channel, read| {
+            let followed = match (channel, channels.as_mut_slice()) {
+                (None, [only]) => only,
+                (Some(channel), channels) => {
+                    match channels.iter_mut().find(|f| f.channel == *channel) {
+                        Some(followed) => followed,
+                        None => return,
+                    }
+                }
+                (None, _) => return,
+            };
+            // Only a channel that moved: one that did not may still hand out the cursor
+            // it was asked for (see `add`).
+            if followed.read.offset != read.offset {
+                followed.read = read.clone();
+                followed.delivered = read.clone();
+            }
+        });
     }
 
     /// Resolves when the bus has cut this subscriber off; lets a transport abandon a

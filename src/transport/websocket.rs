@@ -152,6 +152,11 @@ impl Express for Socket {
             _ => Written::Nothing,
         }
     }
+
+    fn several_channels(&self) -> bool {
+        // A message frame carries its own channel and position, nothing of the others.
+        true
+    }
 }
 
 /// Checks the upgrade request and computes `Sec-WebSocket-Accept`.
