@@ -26,7 +26,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use futures_util::FutureExt;
 
 use cascade::bus::memory::{MemoryEngine, Retention};
-use cascade::bus::{Bus, BusConfig, Event, Express, Hub, Subscription, Written};
+use cascade::bus::{Bus, BusConfig, CursorAfter, Event, Express, Hub, Subscription, Written};
 use cascade::config::Transport;
 use cascade::http::Query;
 use cascade::metrics::Metrics;
@@ -124,7 +124,7 @@ fn bus_publish(c: &mut Criterion) {
 struct Discard;
 
 impl Express for Discard {
-    fn write(&self, message: &Message) -> Written {
+    fn write(&self, message: &Message, _: Option<CursorAfter<'_>>) -> Written {
         black_box(message.ws_wire());
         Written::All
     }

@@ -12,24 +12,51 @@
 //! and disarms, so messages never overtake one another and the transport never writes
 //! while the hub may.
 
-use crate::protocol::Message;
+use bytes::BytesMut;
+
+use crate::protocol::{Channel, Message, Position, put_cursor};
 
 /// A transport's way to write one message straight to its socket, without waiting.
 pub trait Express: Send + Sync {
-    /// Writes what the socket takes now of `message`'s wire form.
-    fn write(&self, message: &Message) -> Written;
+    /// Writes what the socket takes now of `message`'s wire form. `cursor` is the
+    /// subscriber's whole cursor once it has the message, given for a subscriber of
+    /// several channels; `None` means it follows the message's channel alone, so that the
+    /// message's own position is its cursor.
+    fn write(&self, message: &Message, cursor: Option<CursorAfter<'_>>) -> Written;
 
     /// Whether the writer holds nothing unwritten of its own; the hub is armed only then.
     fn idle(&self) -> bool {
         true
     }
 
-    /// Whether a message's wire form is the same whatever else its subscriber follows:
-    /// only then does the hub write for a subscriber of several channels. A WebSocket
-    /// frame names the message's own position alone; an SSE event's id is the whole
-    /// cursor of its subscriber.
+    /// Whether the hub may write for a subscriber of several channels, with the
+    /// subscriber's [`CursorAfter`] for a transport that stamps it on each message.
     fn several_channels(&self) -> bool {
         false
+    }
+}
+
+/// The cursor of a subscriber of several channels once it has the message being written:
+/// each channel in subscription order at the position last handed out.
+#[derive(Clone, Copy)]
+pub struct CursorAfter<'a>(pub(super) &'a [(Channel, Position)]);
+
+impl CursorAfter<'_> {
+    /// Appends it in [`crate::protocol::Cursor`]'s text form.
+    pub fn put(&self, out: &mut BytesMut) {
+        put_cursor(
+            out,
+            self.0.iter().map(|(channel, read)| (channel, Some(read))),
+        );
+    }
+
+    /// The most bytes [`CursorAfter::put`] appends.
+    pub fn len_max(&self) -> usize {
+        self.0
+            .iter()
+            // '@', ':', ',' and up to 20 digits.
+            .map(|(channel, read)| channel.as_str().len() + read.epoch.as_str().len() + 23)
+            .sum()
     }
 }
 

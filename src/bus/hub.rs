@@ -216,7 +216,11 @@ mod tests {
     struct Accept;
 
     impl crate::bus::Express for Accept {
-        fn write(&self, _: &Message) -> crate::bus::Written {
+        fn write(
+            &self,
+            _: &Message,
+            _: Option<crate::bus::CursorAfter<'_>>,
+        ) -> crate::bus::Written {
             crate::bus::Written::All
         }
     }

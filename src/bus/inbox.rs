@@ -19,7 +19,7 @@ use std::task::{Poll, Waker};
 
 use tokio_util::sync::CancellationToken;
 
-use super::express::{Express, Written};
+use super::express::{CursorAfter, Express, Written};
 use super::subscription::{Fit, fit};
 use crate::protocol::{Channel, Message, Position};
 
@@ -92,15 +92,43 @@ enum Reads {
 }
 
 impl Reads {
-    /// The position held in `message`'s channel, if the lane writes for it.
-    fn of(&mut self, message: &Message) -> Option<&mut Position> {
+    /// Moves the subscriber to `message` if it is the next of one of its channels, and
+    /// returns the offset it held there before.
+    fn advance(&mut self, message: &Message) -> Option<u64> {
+        let read = match self {
+            Reads::Unset => return None,
+            Reads::One(read) => read,
+            Reads::Many(reads) => {
+                let (_, read) = reads
+                    .iter_mut()
+                    .find(|(channel, _)| *channel == message.channel)?;
+                read
+            }
+        };
+        if !matches!(fit(read, message), Fit::Next) {
+            return None;
+        }
+        Some(std::mem::replace(&mut read.offset, message.offset))
+    }
+
+    /// Undoes [`Reads::advance`] for a message that was not written whole.
+    fn retreat(&mut self, message: &Message, before: u64) {
+        let read = match self {
+            Reads::Unset => return,
+            Reads::One(read) => read,
+            Reads::Many(reads) => match reads.iter_mut().find(|(c, _)| *c == message.channel) {
+                Some((_, read)) => read,
+                None => return,
+            },
+        };
+        read.offset = before;
+    }
+
+    /// The whole cursor, for a subscriber of several channels.
+    fn cursor(&self) -> Option<CursorAfter<'_>> {
         match self {
-            Reads::Unset => None,
-            Reads::One(read) => Some(read),
-            Reads::Many(reads) => reads
-                .iter_mut()
-                .find(|(channel, _)| *channel == message.channel)
-                .map(|(_, read)| read),
+            Reads::Many(reads) => Some(CursorAfter(reads)),
+            Reads::Unset | Reads::One(_) => None,
         }
     }
 }
@@ -327,11 +355,14 @@ impl Subscriber {
             if let Some(lane) = state.lane.as_mut().filter(|lane| lane.armed) {
                 // Armed implies an empty queue: every push that queues disarms.
                 lane.armed = false;
-                let next = |read: &&mut Position| matches!(fit(read, message), Fit::Next);
-                if let Some(read) = lane.reads.of(message).filter(next).filter(|_| express) {
-                    match lane.sink.write(message) {
+                let before = if express {
+                    lane.reads.advance(message)
+                } else {
+                    None
+                };
+                if let Some(before) = before {
+                    match lane.sink.write(message, lane.reads.cursor()) {
                         Written::All => {
-                            read.offset = message.offset;
                             lane.armed = true;
                             self.shared.news.fetch_or(MOVED, Ordering::Relaxed);
                             return Pushed::Written;
@@ -339,10 +370,11 @@ impl Subscriber {
                         // Queued below like any other; the transport writes the rest when
                         // it takes the message.
                         Written::Part(sent) => {
+                            lane.reads.retreat(message, before);
                             lane.written = sent;
                             self.shared.news.fetch_or(WRITTEN, Ordering::Relaxed);
                         }
-                        Written::Nothing => {}
+                        Written::Nothing => lane.reads.retreat(message, before),
                     }
                 }
             }
@@ -446,11 +478,20 @@ mod tests {
     struct Sink {
         room: std::sync::Mutex<usize>,
         wrote: std::sync::Mutex<Vec<u64>>,
+        /// The cursor each write was given, for a subscriber of several channels.
+        cursors: std::sync::Mutex<Vec<String>>,
         several_channels: bool,
     }
 
     impl Express for Sink {
-        fn write(&self, message: &Message) -> Written {
+        fn write(&self, message: &Message, cursor: Option<CursorAfter<'_>>) -> Written {
+            if let Some(cursor) = cursor {
+                let mut text = bytes::BytesMut::new();
+                cursor.put(&mut text);
+                assert!(text.len() <= cursor.len_max());
+                let text = String::from_utf8(text.to_vec()).unwrap();
+                self.cursors.lock().unwrap().push(text);
+            }
             let mut room = self.room.lock().unwrap();
             let len = message.ws_wire().len();
             let took = len.min(*room);
@@ -475,6 +516,7 @@ mod tests {
         let sink = Arc::new(Sink {
             room: std::sync::Mutex::new(room),
             wrote: Default::default(),
+            cursors: Default::default(),
             several_channels: true,
         });
         let switch = inbox.set_express(sink.clone());
@@ -585,6 +627,11 @@ mod tests {
         assert_eq!(hub.push(&message_in("a", 6), true), Pushed::Written);
         assert_eq!(*sink.wrote.lock().unwrap(), [5, 8, 6]);
         assert_eq!(
+            *sink.cursors.lock().unwrap(),
+            ["a@e1:5,bb@e2:7", "a@e1:5,bb@e2:8", "a@e1:6,bb@e2:8"],
+            "each write sees the cursor after its message"
+        );
+        assert_eq!(
             inbox.moved(),
             [
                 (Some(a.channel.clone()), message_in("a", 6).position()),
@@ -605,11 +652,34 @@ mod tests {
     }
 
     #[test]
+    fn a_message_not_written_whole_leaves_its_channel_where_it_was() {
+        let len = message_in("a", 5).ws_wire().len();
+        let (inbox, sink, switch) = lane(len + 3);
+        let hub = inbox.subscriber();
+        let (a, b) = (message_in("a", 4), message_in("bb", 7));
+        let reads = [(&a.channel, &a.position()), (&b.channel, &b.position())];
+        assert!(inbox.arm(reads.into_iter()));
+        assert_eq!(hub.push(&message_in("a", 5), true), Pushed::Written);
+        assert_eq!(hub.push(&message_in("bb", 8), true), Pushed::Queued);
+        assert!(switch.disarm(), "the rest of bb 8 must go first");
+        assert_eq!(*sink.wrote.lock().unwrap(), [5, 8]);
+        assert_eq!(
+            inbox.moved(),
+            [
+                (Some(a.channel.clone()), message_in("a", 5).position()),
+                (Some(b.channel.clone()), b.position()),
+            ],
+            "bb 8 is delivered by the queue"
+        );
+    }
+
+    #[test]
     fn a_sink_that_frames_per_subscriber_is_not_armed_for_several_channels() {
         let inbox = Inbox::new(8, None);
         inbox.set_express(Arc::new(Sink {
             room: std::sync::Mutex::new(usize::MAX),
             wrote: Default::default(),
+            cursors: Default::default(),
             several_channels: false,
         }));
         let (a, b) = (message_in("a", 4), message_in("bb", 7));

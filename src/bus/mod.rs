@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
 
-pub use express::{Express, Written};
+pub use express::{CursorAfter, Express, Written};
 pub use hub::Hub;
 pub use inbox::ExpressSwitch;
 

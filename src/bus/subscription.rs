@@ -295,9 +295,15 @@ impl Subscription {
     pub fn arm(&mut self) -> bool {
         self.settle();
         let idle = self.pending.is_empty() && self.stash.is_none() && !self.inbox.is_cut();
-        idle && self
-            .inbox
-            .arm(self.channels.iter().map(|f| (&f.channel, &f.read)))
+        // The lane keeps the positions read, and a transport may stamp the whole cursor,
+        // made of the positions handed out, on what it writes: they must be the same.
+        // They differ only until a channel's first event, while its cursor repeats what
+        // was asked for (see `add`).
+        let exact = || self.channels.iter().all(|f| f.read == f.delivered);
+        idle && (self.channels.len() == 1 || exact())
+            && self
+                .inbox
+                .arm(self.channels.iter().map(|f| (&f.channel, &f.read)))
     }
 
     /// Bytes of the message just handed out that the hub already wrote express before

@@ -15,11 +15,11 @@ use tokio::net::TcpStream;
 use super::ConnInfo;
 use super::lean::{self, Rest};
 use crate::app::App;
-use crate::bus::{Express, Written};
+use crate::bus::{CursorAfter, Express, Written};
 use crate::config::Transport;
 use crate::http::Body;
 use crate::protocol::Message;
-use crate::transport::sse::ExpressSlot;
+use crate::transport::sse::{self, ExpressSlot};
 
 /// A streamed answer, not yet written, and what was read past its request.
 pub struct Streaming {
@@ -83,9 +83,16 @@ struct Socket {
 }
 
 impl Express for Socket {
-    fn write(&self, message: &Message) -> Written {
-        // Armed only for a subscriber of one channel, whose event the message keeps.
-        let event = message.sse_event();
+    fn write(&self, message: &Message, cursor: Option<CursorAfter<'_>>) -> Written {
+        let built;
+        let event = match cursor {
+            // To a subscriber of one channel, the event the message keeps.
+            None => message.sse_event().as_ref(),
+            Some(cursor) => {
+                built = sse::event_after(message, cursor);
+                built.as_ref()
+            }
+        };
         match lean::try_write_chunk(&self.stream, event) {
             Ok(None) => {
                 let metrics = self.app.metrics.transport(Transport::Sse);
@@ -108,5 +115,9 @@ impl Express for Socket {
 
     fn idle(&self) -> bool {
         !self.rest.waits()
+    }
+
+    fn several_channels(&self) -> bool {
+        true
     }
 }

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bus::{Event, Express, ExpressSwitch, Subscription};
+use crate::bus::{CursorAfter, Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, Query, RequestHead};
-use crate::protocol::Cursor;
+use crate::protocol::{Cursor, Message};
 use crate::transport::{Session, authorize_subscribe, requested_cursor, shutting_down};
 use crate::wake::SideWaits;
 
@@ -265,11 +265,7 @@ pub fn encode(
             // One reservation for the whole event: growing by each piece reallocated
             // several times per event.
             out.reserve(16 + subscription.cursor_len_max() + message.json().len());
-            out.put_slice(b"id: ");
-            subscription.put_cursor(out);
-            out.put_slice(b"\ndata: ");
-            out.put_slice(message.json());
-            out.put_slice(b"\n\n");
+            put_event(out, message, |out| subscription.put_cursor(out));
             metrics.record_delivery(message.json().len(), message.ts, now);
         }
         Event::Gap(gap) => {
@@ -279,4 +275,21 @@ pub fn encode(
             let _ = write!(out, "\ndata: {}\n\n", gap.to_json());
         }
     }
+}
+
+/// A message's event to a subscriber of several channels, written express: its `id:` is
+/// the subscriber's cursor once it has the message, as [`encode`] writes it.
+pub fn event_after(message: &Message, cursor: CursorAfter<'_>) -> BytesMut {
+    let mut event = BytesMut::with_capacity(16 + cursor.len_max() + message.json().len());
+    put_event(&mut event, message, |out| cursor.put(out));
+    event
+}
+
+/// Appends `message`'s event with the cursor `put_cursor` writes as its `id:`.
+fn put_event(out: &mut BytesMut, message: &Message, put_cursor: impl FnOnce(&mut BytesMut)) {
+    out.put_slice(b"id: ");
+    put_cursor(out);
+    out.put_slice(b"\ndata: ");
+    out.put_slice(message.json());
+    out.put_slice(b"\n\n");
 }

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bus::{Express, Written};
+use crate::bus::{CursorAfter, Express, Written};
 use crate::config::Transport;
 use crate::error::{Error, Result};
 use crate::http::{Body, Query, RequestHead, full};
@@ -139,7 +139,7 @@ impl AsRef<TcpStream> for Socket {
 }
 
 impl Express for Socket {
-    fn write(&self, message: &Message) -> Written {
+    fn write(&self, message: &Message, _: Option<CursorAfter<'_>>) -> Written {
         let wire = message.ws_wire();
         match self.stream.try_write(wire) {
             Ok(sent) if sent == wire.len() => {
@@ -154,7 +154,8 @@ impl Express for Socket {
     }
 
     fn several_channels(&self) -> bool {
-        // A message frame carries its own channel and position, nothing of the others.
+        // A message frame carries its own channel and position, nothing of the others:
+        // the cursor is not needed.
         true
     }
 }
