@@ -33,6 +33,12 @@ for transport in websocket sse longpoll; do
     done
 done
 
+# Subscribers that also follow a quiet channel of their own, as a user's private channel
+# beside a room.
+for transport in websocket sse; do
+    load fanout --transport "$transport" --subscribers 1000 --messages 400 --rate 40 --own-channel --duration 120
+done
+
 load fanout --transport longpoll --subscribers 1000 --messages 1000 --rate 100
 load poll --transport poll --clients 1000 --seconds 5
 load poll --transport longpoll --clients 1000 --seconds 5

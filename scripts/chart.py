@@ -59,7 +59,8 @@ def load(path):
             except json.JSONDecodeError as e:
                 print(f"{path}:{number}: skipped, not JSON ({e})", file=sys.stderr)
                 continue
-            if run.get("scenario") == "fanout":
+            # Subscribers that also follow a channel of their own are another workload.
+            if run.get("scenario") == "fanout" and not run["params"].get("own_channel"):
                 runs.append(run)
     return runs
 
