@@ -92,36 +92,32 @@ enum Reads {
 }
 
 impl Reads {
+    /// The position held in `message`'s channel, if the lane writes for it.
+    fn of(&mut self, message: &Message) -> Option<&mut Position> {
+        match self {
+            Reads::Unset => None,
+            Reads::One(read) => Some(read),
+            Reads::Many(reads) => reads
+                .iter_mut()
+                .find(|(channel, _)| *channel == message.channel)
+                .map(|(_, read)| read),
+        }
+    }
+
     /// Moves the subscriber to `message` if it is the next of one of its channels, and
     /// returns the offset it held there before.
     fn advance(&mut self, message: &Message) -> Option<u64> {
-        let read = match self {
-            Reads::Unset => return None,
-            Reads::One(read) => read,
-            Reads::Many(reads) => {
-                let (_, read) = reads
-                    .iter_mut()
-                    .find(|(channel, _)| *channel == message.channel)?;
-                read
-            }
-        };
-        if !matches!(fit(read, message), Fit::Next) {
-            return None;
-        }
+        let read = self
+            .of(message)
+            .filter(|read| matches!(fit(read, message), Fit::Next))?;
         Some(std::mem::replace(&mut read.offset, message.offset))
     }
 
     /// Undoes [`Reads::advance`] for a message that was not written whole.
     fn retreat(&mut self, message: &Message, before: u64) {
-        let read = match self {
-            Reads::Unset => return,
-            Reads::One(read) => read,
-            Reads::Many(reads) => match reads.iter_mut().find(|(c, _)| *c == message.channel) {
-                Some((_, read)) => read,
-                None => return,
-            },
-        };
-        read.offset = before;
+        if let Some(read) = self.of(message) {
+            read.offset = before;
+        }
     }
 
     /// The whole cursor, for a subscriber of several channels.
