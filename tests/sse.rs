@@ -377,3 +377,26 @@ async fn a_stalled_reader_gets_every_event_whole_once_it_reads_again() {
     let delivered = r#"cascade_messages_delivered_total{transport="sse"}"#;
     assert_eq!(server.metric(delivered).await, EVENTS as f64);
 }
+
+/// The same for a stream of two channels, whose events the fan-out builds for it alone
+/// (their ids are its whole cursor): each arrives whole, in order, with its own id.
+#[tokio::test]
+async fn a_stalled_reader_of_two_channels_gets_every_event_whole_with_its_cursor() {
+    const EVENTS: u64 = 600;
+    let server = TestServer::default().await;
+    let (mut sse, start) = open(&server, "channels=wide,quiet", None).await;
+    let (wide, quiet) = (epoch_in(&start, "wide"), epoch_in(&start, "quiet"));
+    // About 5 MB, more than the loopback socket buffers hold.
+    let pad = |n: u64| "w".repeat(if n % 2 == 0 { 500 } else { 16 * 1024 });
+    for n in 1..=EVENTS {
+        server.publish("wide", json!({"n": n, "pad": pad(n)})).await;
+    }
+    let delivered = read_messages(&mut sse, EVENTS as usize).await;
+    for (n, (id, message)) in (1..=EVENTS).zip(&delivered) {
+        assert_eq!(message["data"]["n"], n, "in order, none lost");
+        assert_eq!(message["data"]["pad"], pad(n).as_str(), "event {n} whole");
+        assert_eq!(id, &format!("wide@{wide}:{n},quiet@{quiet}:0"));
+    }
+    let delivered = r#"cascade_messages_delivered_total{transport="sse"}"#;
+    assert_eq!(server.metric(delivered).await, EVENTS as f64);
+}

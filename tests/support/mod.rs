@@ -321,14 +321,18 @@ impl SseClient {
         }
     }
 
-    /// The next event of type `message`, skipping others; panics if the stream ends.
+    /// The next event of type `message`, skipping others; panics if the stream ends or
+    /// none comes within [`DEADLINE`] (heartbeats alone keep each read within it).
     pub async fn next_message(&mut self) -> SseEvent {
-        loop {
-            let event = self.next().await.expect("sse stream ended");
-            if event.event == "message" {
-                return event;
+        within(async {
+            loop {
+                let event = self.next().await.expect("sse stream ended");
+                if event.event == "message" {
+                    return event;
+                }
             }
-        }
+        })
+        .await
     }
 }
 
