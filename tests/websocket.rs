@@ -638,3 +638,22 @@ async fn pings_meeting_a_part_written_message_are_answered_after_it() {
     let delivered = r#"cascade_messages_delivered_total{transport="websocket"}"#;
     assert_eq!(server.metric(delivered).await, MESSAGES as f64);
 }
+
+/// A client of two channels that reads only at the end: the fan-out writes to it express
+/// until a message is taken only in part, which must leave the connection's position where
+/// it was, so that the connection still delivers that message, whole and once.
+#[tokio::test]
+async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once() {
+    const MESSAGES: u64 = 120;
+    let server = TestServer::default().await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.subscribe(&["wide", "quiet"], None).await;
+    // 7 MB: the loopback socket fills long before the client starts reading.
+    let pad = "z".repeat(60 * 1024);
+    for n in 1..=MESSAGES {
+        server.publish("wide", json!({"n": n, "pad": pad})).await;
+    }
+    read_messages_and_pongs(&mut ws, MESSAGES, 0, Some(pad.len())).await;
+    let delivered = r#"cascade_messages_delivered_total{transport="websocket"}"#;
+    assert_eq!(server.metric(delivered).await, MESSAGES as f64);
+}
