@@ -129,6 +129,15 @@ impl Reads {
     }
 }
 
+/// Sets `kept` to `read`, cloning its epoch only if it changed (an epoch is shared, and
+/// the same one nearly always).
+fn refresh(kept: &mut Position, read: &Position) {
+    if kept.epoch != read.epoch {
+        kept.epoch = read.epoch.clone();
+    }
+    kept.offset = read.offset;
+}
+
 /// The transport's hold on its express lane, usable while its subscription is borrowed
 /// by a wait.
 pub struct ExpressSwitch {
@@ -217,7 +226,7 @@ impl Inbox {
     /// cannot write for a subscriber of several channels.
     pub(super) fn arm<'a>(
         &self,
-        mut reads: impl ExactSizeIterator<Item = (&'a Channel, &'a Position)>,
+        mut reads: impl ExactSizeIterator<Item = (&'a Channel, &'a Position)> + Clone,
     ) -> bool {
         let mut state = self.shared.lock();
         let idle = state.queue.is_empty() && !self.shared.closed.load(Ordering::Relaxed);
@@ -229,22 +238,37 @@ impl Inbox {
             1 => {
                 let (_, read) = reads.next().expect("one position");
                 match &mut lane.reads {
-                    Reads::One(kept) => kept.clone_from(read),
+                    Reads::One(kept) => refresh(kept, read),
                     reads => *reads = Reads::One(read.clone()),
                 }
             }
             _ if !lane.sink.several_channels() => return false,
-            _ => {
-                let mut kept = match std::mem::replace(&mut lane.reads, Reads::Unset) {
-                    Reads::Many(mut kept) => {
-                        kept.clear();
-                        kept
+            // Armed again for the same channels, as nearly always: the positions are
+            // updated in place, with no reference count touched.
+            _ => match &mut lane.reads {
+                Reads::Many(kept)
+                    if kept.len() == reads.len()
+                        && kept
+                            .iter()
+                            .zip(reads.clone())
+                            .all(|((c, _), (n, _))| c == n) =>
+                {
+                    for ((_, kept), (_, read)) in kept.iter_mut().zip(reads) {
+                        refresh(kept, read);
                     }
-                    _ => Vec::with_capacity(reads.len()),
-                };
-                kept.extend(reads.map(|(channel, read)| (channel.clone(), read.clone())));
-                lane.reads = Reads::Many(kept);
-            }
+                }
+                slot => {
+                    let mut kept = match std::mem::replace(slot, Reads::Unset) {
+                        Reads::Many(mut kept) => {
+                            kept.clear();
+                            kept
+                        }
+                        _ => Vec::with_capacity(reads.len()),
+                    };
+                    kept.extend(reads.map(|(channel, read)| (channel.clone(), read.clone())));
+                    *slot = Reads::Many(kept);
+                }
+            },
         }
         lane.armed = true;
         true
@@ -642,6 +666,17 @@ mod tests {
         assert_eq!(hub.push(&message_in("a", 7), true), Pushed::Queued);
         inbox.try_pop();
         inbox.try_pop();
+        let (a7, b8) = (message_in("a", 7), message_in("bb", 8));
+        let reads = [(&a.channel, &a7.position()), (&b.channel, &b8.position())];
+        assert!(
+            inbox.arm(reads.into_iter()),
+            "the same channels, further on"
+        );
+        assert_eq!(hub.push(&message_in("a", 8), true), Pushed::Written);
+        assert_eq!(
+            sink.cursors.lock().unwrap().last().unwrap(),
+            "a@e1:8,bb@e2:8"
+        );
         let reads = [(&a.channel, &a.position())];
         assert!(inbox.arm(reads.into_iter()), "one channel after several");
         assert_eq!(hub.push(&message_in("a", 5), true), Pushed::Written);
