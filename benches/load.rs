@@ -131,6 +131,10 @@ struct Args {
     /// a user's private channel beside a room.
     #[arg(long)]
     own_channel: bool,
+    /// sse, longpoll, poll: each client first asks `/negotiate` on the connection it then
+    /// subscribes on, as a browser's ladder client does.
+    #[arg(long)]
+    negotiate: bool,
     /// Messages to publish [default: fanout 1000, channels 20000, poll rate x seconds].
     #[arg(long)]
     messages: Option<u64>,
@@ -245,6 +249,8 @@ pub struct Options {
     pub channels: usize,
     /// Each subscriber also follows a quiet channel of its own.
     pub own_channel: bool,
+    /// Each client asks `/negotiate` on its connection first.
+    pub negotiate: bool,
     /// Messages to publish.
     pub messages: u64,
     /// Publishes per second; zero is unpaced.
@@ -311,9 +317,17 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     if args.own_channel && scenario == Scenario::Idle {
         return Err("--own-channel is for fanout, channels and poll".to_owned());
     }
+    if args.negotiate && transport == Transport::Websocket {
+        return Err(
+            "--negotiate is for sse, longpoll and poll: a browser opens a WebSocket on a \
+             connection of its own"
+                .to_owned(),
+        );
+    }
     if args.server == Server::Floor
         && !(transport != Transport::Sse
             && !args.own_channel
+            && !args.negotiate
             && scenario != Scenario::Idle
             && args.engine == EngineChoice::Memory
             && args.nodes == 1
@@ -355,6 +369,7 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
         subscribers,
         channels,
         own_channel: args.own_channel,
+        negotiate: args.negotiate,
         messages,
         rate,
         publishers: args.publishers.unwrap_or(4),

@@ -59,8 +59,10 @@ def load(path):
             except json.JSONDecodeError as e:
                 print(f"{path}:{number}: skipped, not JSON ({e})", file=sys.stderr)
                 continue
-            # Subscribers that also follow a channel of their own are another workload.
-            if run.get("scenario") == "fanout" and not run["params"].get("own_channel"):
+            # Subscribers that also follow a channel of their own, or negotiate first on
+            # their connection, are other workloads.
+            other = run["params"].get("own_channel") or run["params"].get("negotiate")
+            if run.get("scenario") == "fanout" and not other:
                 runs.append(run)
     return runs
 

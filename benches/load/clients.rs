@@ -102,6 +102,8 @@ pub struct Follow {
     pub hold_s: u64,
     /// Local address to bind before connecting.
     pub source: Option<IpAddr>,
+    /// Ask `/negotiate` on the connection before subscribing on it.
+    pub negotiate: bool,
 }
 
 /// Marks `n`s seen by one subscriber and feeds the shared tally.
@@ -312,6 +314,9 @@ async fn sse(
     let mut conn = Conn::open(addr, follow.source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if follow.negotiate {
+        negotiate(&mut conn).await?;
+    }
     let path = format!("/sse?channels={}", follow.channels);
     conn.send("GET", &path, &[("Accept", "text/event-stream")], b"")
         .await
@@ -366,6 +371,9 @@ async fn long_poll(
     let mut conn = Conn::open(addr, follow.source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if follow.negotiate {
+        negotiate(&mut conn).await?;
+    }
     // A first poll with `timeout=0` answers at once with the current position: it proves
     // the gateway has accepted this client (which keeps the connect slot until then) and
     // gives the cursor every parked poll resumes from.
@@ -412,6 +420,9 @@ async fn short_poll(
     let mut conn = Conn::open(addr, follow.source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if follow.negotiate {
+        negotiate(&mut conn).await?;
+    }
     let mut cursor: Option<String> = None;
     let mut next = tokio::time::Instant::now();
     loop {
@@ -534,4 +545,19 @@ pub async fn publisher(addr: SocketAddr, plan: Arc<Publishing>, tally: Arc<Tally
             }
         }
     }
+}
+
+/// Asks `/negotiate` on `conn`, as a ladder client does before it opens its rung.
+async fn negotiate(conn: &mut Conn) -> Result<(), String> {
+    let (status, body) = conn
+        .request("GET", "/negotiate", &[], b"")
+        .await
+        .map_err(|e| format!("negotiate: {e}"))?;
+    if status != 200 {
+        return Err(format!(
+            "negotiate: status {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(())
 }

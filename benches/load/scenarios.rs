@@ -116,6 +116,7 @@ impl Run {
                 interval: self.opts.interval,
                 hold_s,
                 source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
+                negotiate: self.opts.negotiate,
             };
             tasks.push(tokio::spawn(subscriber(
                 self.subscriber_addr(i),
@@ -226,6 +227,9 @@ pub async fn idle(run: &Run) -> Result<Report, String> {
     let o = &run.opts;
     let mut report = Report::new("idle", o.transport);
     report.param("connections", o.connections);
+    if o.negotiate {
+        report.param("negotiate", true);
+    }
     let tally = Arc::new(Tally::new());
     let stop = CancellationToken::new();
     let before = run.stats()?;
@@ -295,6 +299,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     report.param("channels", channels);
     if o.own_channel {
         report.param("own_channel", true);
+    }
+    if o.negotiate {
+        report.param("negotiate", true);
     }
     report.param("messages", o.messages);
     report.param("rate", o.rate);
