@@ -31,7 +31,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,
-/// `/poll` and `/ws`), with the same origin checks, CORS headers and error answers; with
+/// `/poll`, `/negotiate` and `/ws`), with the same origin checks, CORS headers and error answers; with
 /// the accepted WebSocket handshake when the answer is `101`.
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
@@ -224,6 +224,7 @@ fn route_lean<'a>(
                 // allocation for the routing and the poll together is smaller than two.
                 long_poll::serve(app, req, &mut kept.poll, timer).await
             }
+            "/negotiate" => Box::pin(negotiate::serve(app, *req)).await,
             path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
         }
     }

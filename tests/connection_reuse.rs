@@ -1,6 +1,6 @@
 //! One TCP connection carrying several requests: the server's lean path (`/sse`,
-//! `/longpoll`, `/poll`, the `/ws` handshake) and hyper take turns without losing a byte. Raw
-//! sockets, so that the test controls exactly what shares a connection.
+//! `/longpoll`, `/poll`, `/negotiate`, the `/ws` handshake) and hyper take turns without
+//! losing a byte. Raw sockets, so that the test controls exactly what shares a connection.
 
 mod support;
 
@@ -419,4 +419,45 @@ async fn a_head_after_a_long_poll_still_has_its_own_deadline() {
     );
     let timeouts = r#"cascade_errors_total{code="request_timeout"}"#;
     assert_eq!(server.metric(timeouts).await, 1.0);
+}
+
+/// A client asks `/negotiate` and then opens its rung on the same keep-alive connection,
+/// as a browser's pool does: the stream is still served on the lean path, which gives an
+/// SSE stream the connection to itself (`connection: close`) and writes it express.
+#[tokio::test]
+async fn a_stream_opened_after_negotiating_on_the_same_connection_stays_lean() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let ladder = ask(&mut stream, &mut rest, "/negotiate").await;
+    assert_eq!(ladder.status, 200, "{}", ladder.head);
+    assert!(json_body(&ladder)["transports"].is_array());
+    let polled = ask(&mut stream, &mut rest, "/longpoll?channels=rung&timeout=0").await;
+    assert_eq!(polled.status, 200, "{}", polled.head);
+    stream
+        .write_all(get("/sse?channels=rung").as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, &mut rest, b"event: open").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "served by the lean path: {head}"
+    );
+    server.publish("rung", json!({"n": 1})).await;
+    read_until(&mut stream, &mut rest, br#""n":1"#).await;
+}
+
+/// Reads from `stream` into `rest` until `wanted` appears; returns what was read as text.
+async fn read_until(stream: &mut TcpStream, rest: &mut Vec<u8>, wanted: &[u8]) -> String {
+    within(async {
+        while !rest.windows(wanted.len()).any(|w| w == wanted) {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(wanted));
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(rest).into_owned()
 }

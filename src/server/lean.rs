@@ -1,5 +1,5 @@
 //! The lean HTTP/1 path for the GET routes of the transports: `/sse`, `/longpoll`, `/poll`
-//! and the `/ws` handshake.
+//! and the `/ws` handshake, and `/negotiate`, which a client asks before them.
 //!
 //! These requests are most of a gateway's open connections and they spend their life
 //! waiting (a short poller's connection waits between its polls). Served by hyper, each

@@ -1,20 +1,23 @@
 //! `GET /negotiate`: the ladder of enabled transports, best first, and the place clients
 //! report the rungs that failed them, so operators see which networks push users down.
+//!
+//! Served on the lean HTTP/1 path like the transports' GETs: a browser asks here first and
+//! then opens its rung, often on the same keep-alive connection, which would otherwise
+//! have passed to hyper for good.
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Response, StatusCode};
 use serde_json::json;
 
 use crate::app::App;
 use crate::config::Transport;
 use crate::error::{Error, Result};
-use crate::http::{Body, Query, json};
+use crate::http::{Body, Query, RequestHead, json};
 
 /// Answers with the transport ladder and counts reported fallbacks.
-pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
-    let query = Query::parse(req.uri().query());
+pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Response<Body>> {
+    let query = Query::parse(req.query());
     let failed = parse_failed(query.get("failed").unwrap_or(""))?;
     // Bad credentials are reported here, before the client tries any rung; a bearer token
     // is traded for a connect ticket to put in WebSocket and SSE URLs instead of itself.

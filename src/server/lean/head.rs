@@ -148,7 +148,7 @@ pub(super) fn lean_request(
     let (upgrade_allowed, wants_conn) = match path {
         "/ws" => (true, true),
         "/sse" => (false, true),
-        "/longpoll" | "/poll" => (false, false),
+        "/longpoll" | "/poll" | "/negotiate" => (false, false),
         _ => return None,
     };
     // Host is read only to tell a same-origin request from a cross-origin one.
