@@ -21,6 +21,11 @@ for transport in websocket sse longpoll; do
     done
 done
 
+# Clients that ask /negotiate on their connection first, as a browser's ladder client does.
+for transport in sse longpoll; do
+    load idle --transport "$transport" --connections 5000 --negotiate --duration 120
+done
+
 # Paced at the latency target's rate, then unpaced (efficiency once writes batch).
 for transport in websocket sse longpoll poll; do
     for subscribers in 100 1000 10000; do
