@@ -246,6 +246,15 @@ pub fn put_cursor<'a>(
     }
 }
 
+/// The most bytes [`put_cursor`] appends for these entries.
+pub fn cursor_len_max<'a>(entries: impl IntoIterator<Item = (&'a Channel, &'a Position)>) -> usize {
+    entries
+        .into_iter()
+        // '@', ':', ',' and up to 20 digits.
+        .map(|(channel, position)| channel.as_str().len() + position.epoch.as_str().len() + 23)
+        .sum()
+}
+
 /// Offsets are plain decimal u64: no sign, no leading `+`, at most 20 digits.
 /// `str::split_once` for an ASCII byte. A cursor's or a query's parts are a few bytes
 /// long, and scanning them costs less than setting up `str`'s searcher, which callgrind

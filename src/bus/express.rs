@@ -6,15 +6,15 @@
 //! The transport keeps the writing (it knows its framing and its socket); the bus decides
 //! when the hub may call it. A subscriber is *armed* by its transport while it is parked
 //! with nothing unwritten; the hub writes a message express only while the subscriber is
-//! armed, its queue is empty and the message is the next offset of its channel (of any
-//! of its channels, if the transport's framing allows: see [`Express::several_channels`]). Any
-//! other case, and a socket that does not take the whole message, falls back to the queue
-//! and disarms, so messages never overtake one another and the transport never writes
-//! while the hub may.
+//! armed, its queue is empty and the message is the next offset of one of its channels
+//! (of its only one, unless the transport says otherwise: see
+//! [`Express::several_channels`]). Any other case, and a socket that does not take the
+//! whole message, falls back to the queue and disarms, so messages never overtake one
+//! another and the transport never writes while the hub may.
 
 use bytes::BytesMut;
 
-use crate::protocol::{Channel, Message, Position, put_cursor};
+use crate::protocol::{Channel, Message, Position, cursor_len_max, put_cursor};
 
 /// A transport's way to write one message straight to its socket, without waiting.
 pub trait Express: Send + Sync {
@@ -52,11 +52,7 @@ impl CursorAfter<'_> {
 
     /// The most bytes [`CursorAfter::put`] appends.
     pub fn len_max(&self) -> usize {
-        self.0
-            .iter()
-            // '@', ':', ',' and up to 20 digits.
-            .map(|(channel, read)| channel.as_str().len() + read.epoch.as_str().len() + 23)
-            .sum()
+        cursor_len_max(self.0.iter().map(|(channel, read)| (channel, read)))
     }
 }
 

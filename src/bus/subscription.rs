@@ -271,11 +271,7 @@ impl Subscription {
 
     /// The most bytes [`Subscription::put_cursor`] appends.
     pub fn cursor_len_max(&self) -> usize {
-        self.channels
-            .iter()
-            // '@', ':', ',' and up to 20 digits.
-            .map(|f| f.channel.as_str().len() + f.delivered.epoch.as_str().len() + 23)
-            .sum()
+        crate::protocol::cursor_len_max(self.channels.iter().map(|f| (&f.channel, &f.delivered)))
     }
 
     /// Lets the hub write this subscriber's live messages express through `sink` while
