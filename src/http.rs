@@ -148,10 +148,12 @@ pub struct LeanRequest {
     path_end: usize,
     headers: HeaderMap,
     conn: Option<ConnInfo>,
+    /// An `OPTIONS` request (a CORS preflight), not a `GET`.
+    preflight: bool,
 }
 
 impl LeanRequest {
-    /// A request for `target` (origin-form, as the head's parser accepted it).
+    /// A `GET` for `target` (origin-form, as the head's parser accepted it).
     pub fn new(target: &str, headers: HeaderMap, conn: Option<ConnInfo>) -> Self {
         // A fragment is never sent, and never part of the query: `Uri` drops it too.
         // `#` and `?` are ASCII, so both places are on char boundaries.
@@ -161,7 +163,19 @@ impl LeanRequest {
             target: target.into(),
             headers,
             conn,
+            preflight: false,
         }
+    }
+
+    /// The same as an `OPTIONS` request: a CORS preflight.
+    pub fn into_preflight(mut self) -> Self {
+        self.preflight = true;
+        self
+    }
+
+    /// Whether it is an `OPTIONS` request (a CORS preflight).
+    pub fn is_preflight(&self) -> bool {
+        self.preflight
     }
 
     /// The path, without the query.

@@ -31,8 +31,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,
-/// `/poll`, `/negotiate` and `/ws`), with the same origin checks, CORS headers and error answers; with
-/// the accepted WebSocket handshake when the answer is `101`.
+/// `/poll`, `/negotiate` and `/ws`, and their `OPTIONS` preflights), with the same origin
+/// checks, CORS headers and error answers; with the accepted WebSocket handshake when the
+/// answer is `101`.
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
@@ -47,7 +48,7 @@ pub fn handle_lean<'t>(
     // `async move` blocks here and in `answer`, not async fns: a parked long poll keeps
     // these futures, and an async fn keeps its arguments twice.
     async move {
-        let admission = Admission::of(&app, req.headers(), false);
+        let admission = Admission::of(&app, req.headers(), req.is_preflight());
         let response = answer(app, admission, req, |app, req| {
             route_lean(app, req, &mut kept, timer)
         })

@@ -18,13 +18,14 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// Reads one response with a `content-length` body from `stream`, keeping any bytes
-/// that follow it in `rest`.
+/// Reads one response with a `content-length` body (or a `204`, which has none) from
+/// `stream`, keeping any bytes that follow it in `rest`.
 async fn read_answer(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Answer {
     within(async {
         loop {
             if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8(rest[..end].to_vec()).expect("utf-8 head");
+                let status = head[9..12].parse().expect("status");
                 let length = head
                     .lines()
                     .find_map(|l| {
@@ -32,12 +33,12 @@ async fn read_answer(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Answer {
                         name.eq_ignore_ascii_case("content-length")
                             .then(|| value.trim().parse::<usize>().expect("length"))
                     })
+                    .or((status == 204).then_some(0))
                     .expect("content-length");
                 let start = end + 4;
                 if rest.len() >= start + length {
                     let body = rest[start..start + length].to_vec();
                     rest.drain(..start + length);
-                    let status = head[9..12].parse().expect("status");
                     return Answer { status, head, body };
                 }
             }
@@ -460,4 +461,44 @@ async fn read_until(stream: &mut TcpStream, rest: &mut Vec<u8>, wanted: &[u8]) -
     })
     .await;
     String::from_utf8_lossy(rest).into_owned()
+}
+
+/// A page of another origin that sends its token in a header asks a CORS preflight
+/// before `/negotiate`: the preflight is answered on the lean path as hyper would, and the
+/// stream the page then opens on the same connection stays lean.
+#[tokio::test]
+async fn a_preflight_before_negotiating_keeps_the_connection_on_the_lean_path() {
+    let mut config = support::test_config();
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let origin = "origin: https://app.example.com\r\n";
+    let preflight = format!(
+        "OPTIONS /negotiate HTTP/1.1\r\nhost: test\r\n{origin}\
+         access-control-request-method: GET\r\n\
+         access-control-request-headers: authorization\r\n\r\n"
+    );
+    stream.write_all(preflight.as_bytes()).await.unwrap();
+    let answered = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(answered.status, 204, "{}", answered.head);
+    let head = answered.head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example.com"),
+        "{head}"
+    );
+    assert!(head.contains("access-control-allow-headers:"), "{head}");
+    // No body, and no length for one (RFC 9110, 8.6), as hyper answers it.
+    assert!(!head.contains("content-length"), "{head}");
+    let negotiate = format!("GET /negotiate HTTP/1.1\r\nhost: test\r\n{origin}\r\n");
+    stream.write_all(negotiate.as_bytes()).await.unwrap();
+    let ladder = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(ladder.status, 200, "{}", ladder.head);
+    let sse = format!("GET /sse?channels=after-preflight HTTP/1.1\r\nhost: test\r\n{origin}\r\n");
+    stream.write_all(sse.as_bytes()).await.unwrap();
+    let head = read_until(&mut stream, &mut rest, b"event: open").await;
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "served by the lean path: {head}"
+    );
 }

@@ -66,13 +66,13 @@ pub(super) fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: 
         Some(length) => {
             let room = usize::try_from(length).unwrap_or(0).min(64 * 1024);
             let mut head = Vec::with_capacity(256 + room);
-            encode_head(
-                &mut head,
-                &parts,
-                implied,
-                Framing::Length(length),
-                keep_alive,
-            );
+            // A `204` (a preflight's answer) has no body and must not give a length
+            // (RFC 9110, 8.6).
+            let framing = match parts.status {
+                StatusCode::NO_CONTENT => Framing::None,
+                _ => Framing::Length(length),
+            };
+            encode_head(&mut head, &parts, implied, framing, keep_alive);
             Sending::Whole(head, body)
         }
         None => {
@@ -381,7 +381,7 @@ pub(in crate::server) async fn write(stream: &TcpStream, info: &ConnInfo, bytes:
 /// How a response's body is delimited.
 #[derive(Clone, Copy)]
 pub(super) enum Framing {
-    /// No body at all (`101`).
+    /// No body at all (`101`, `204`).
     None,
     Length(u64),
     Chunked,

@@ -142,13 +142,20 @@ pub(super) fn lean_request(
 ) -> Option<(Box<LeanRequest>, bool)> {
     let target = parsed.path?;
     let path = &target[..crate::http::path_end(target)];
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
+    // A preflight: a cross-origin page that sends credentials in a header asks before its
+    // `/negotiate` or its polls, and the connection should stay here for them.
+    let preflight = match parsed.method {
+        Some("GET") => false,
+        Some("OPTIONS") => true,
+        _ => return None,
+    };
+    if parsed.version != Some(1) {
         return None;
     }
     let (upgrade_allowed, wants_conn) = match path {
-        "/ws" => (true, true),
-        "/sse" => (false, true),
-        "/longpoll" | "/poll" | "/negotiate" => (false, false),
+        "/ws" if !preflight => (true, true),
+        "/sse" => (false, !preflight),
+        "/ws" | "/longpoll" | "/poll" | "/negotiate" => (false, false),
         _ => return None,
     };
     // Host is read only to tell a same-origin request from a cross-origin one.
@@ -182,7 +189,13 @@ pub(super) fn lean_request(
     }
     // Only the streams read the connection (to be cut off and for their logs).
     let conn = wants_conn.then(|| info.clone());
-    Some((Box::new(LeanRequest::new(target, map, conn)), keep_alive))
+    let request = LeanRequest::new(target, map, conn);
+    let request = if preflight {
+        request.into_preflight()
+    } else {
+        request
+    };
+    Some((Box::new(request), keep_alive))
 }
 
 /// The name of a header the lean routes read, or `None` for one they never do, which is
