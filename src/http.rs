@@ -150,6 +150,23 @@ pub struct LeanRequest {
     conn: Option<ConnInfo>,
     /// An `OPTIONS` request (a CORS preflight), not a `GET`.
     preflight: bool,
+    /// A `POST`'s body: its declared length until the server has read it.
+    body: LeanBody,
+}
+
+/// The body of a lean request: only `POST /publish` has one, of a declared length.
+#[derive(Default)]
+pub enum LeanBody {
+    /// A `GET` or a preflight.
+    #[default]
+    None,
+    /// This many bytes follow the head, not read yet.
+    Declared(usize),
+    /// Read whole.
+    Read(Bytes),
+    /// Not read: too long, or too slow to come. The answer says so, and the connection
+    /// closes after it.
+    Refused(Box<Error>),
 }
 
 impl LeanRequest {
@@ -164,7 +181,45 @@ impl LeanRequest {
             headers,
             conn,
             preflight: false,
+            body: LeanBody::None,
         }
+    }
+
+    /// The same as a `POST` with a body of `length` bytes yet to be read.
+    pub fn with_body(mut self, length: usize) -> Self {
+        self.body = LeanBody::Declared(length);
+        self
+    }
+
+    /// The body's declared length if it is yet to be read.
+    pub fn unread_body(&self) -> Option<usize> {
+        match self.body {
+            LeanBody::Declared(length) => Some(length),
+            _ => None,
+        }
+    }
+
+    /// Gives the request the body read for it, or why it was not read.
+    pub fn set_body(&mut self, body: Result<Bytes>) {
+        self.body = match body {
+            Ok(body) => LeanBody::Read(body),
+            Err(err) => LeanBody::Refused(Box::new(err)),
+        };
+    }
+
+    /// Takes the body read for a `POST` (empty for any other request), or why it was not
+    /// read.
+    pub fn take_body(&mut self) -> Result<Bytes> {
+        match std::mem::take(&mut self.body) {
+            LeanBody::Read(body) => Ok(body),
+            LeanBody::Refused(err) => Err(*err),
+            LeanBody::None | LeanBody::Declared(_) => Ok(Bytes::new()),
+        }
+    }
+
+    /// Whether it is a `POST` (`/publish`, the one the lean path takes).
+    pub fn is_post(&self) -> bool {
+        !matches!(self.body, LeanBody::None)
     }
 
     /// The same as an `OPTIONS` request: a CORS preflight.

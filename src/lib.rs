@@ -26,8 +26,9 @@
 //!   client may cost.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel
 //!   `App::shutdown` to drain. The transports' GETs (`/sse`, `/longpoll`, `/poll`, the
-//!   `/ws` handshake, and `/negotiate` before them) are served on a lean HTTP/1 path
-//!   without hyper's per-connection buffers; everything else goes to hyper. [`routes`] checks origins and CORS and picks the transport.
+//!   `/ws` handshake, `/negotiate` before them) and `POST /publish` are served on a lean
+//!   HTTP/1 path without hyper's per-connection buffers; everything else goes to hyper.
+//!   [`routes`] checks origins and CORS and picks the transport.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 //! - [`wake`]: a long-lived connection polls its occasional waits (shutdown, expiry,
 //!   timers, the socket's read side) only after one fired, not on every delivery.

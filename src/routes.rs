@@ -31,9 +31,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,
-/// `/poll`, `/negotiate` and `/ws`, and their `OPTIONS` preflights), with the same origin
-/// checks, CORS headers and error answers; with the accepted WebSocket handshake when the
-/// answer is `101`.
+/// `/poll`, `/negotiate` and `/ws`, their `OPTIONS` preflights, and `POST /publish`), with
+/// the same origin checks, CORS headers and error answers; with the accepted WebSocket
+/// handshake when the answer is `101`.
 ///
 /// The request comes boxed: a parked long poll sits under these async layers, and each
 /// would otherwise keep its own room for the request for as long as the poll waits.
@@ -226,6 +226,7 @@ fn route_lean<'a>(
                 long_poll::serve(app, req, &mut kept.poll, timer).await
             }
             "/negotiate" => Box::pin(negotiate::serve(app, *req)).await,
+            "/publish" => Box::pin(publish::serve_lean(app, *req)).await,
             path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
         }
     }

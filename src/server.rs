@@ -179,8 +179,8 @@ enum Protocol {
 
 /// Serves one accepted connection until it ends, the server drops it (`kill`), or the
 /// drain asks it to finish its current answer and close. HTTP/1 connections start on the
-/// lean path (`/sse`, `/longpoll`, `/poll`, `/negotiate`, the `/ws` handshake) and move to
-/// hyper at their first other request.
+/// lean path (`/sse`, `/longpoll`, `/poll`, `/negotiate`, `POST /publish`, the `/ws`
+/// handshake) and move to hyper at their first other request.
 ///
 /// A plain fn around an `async move` block rather than an `async fn`: an async fn keeps
 /// room for its arguments beside the locals they move into for its whole life, and this

@@ -85,7 +85,7 @@ async fn one_connection_alternates_between_long_polls_and_publishes() {
     let first = ask(&mut stream, &mut rest, "/longpoll?channels=reuse&timeout=0").await;
     let cursor = cursor_of(&first);
 
-    // A request with a body on the same connection: hyper's to serve.
+    // A publish, with its body, on the same connection.
     let body = json!({"channel": "reuse", "data": {"n": 1}}).to_string();
     let publish = format!(
         "POST /publish HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -95,7 +95,7 @@ async fn one_connection_alternates_between_long_polls_and_publishes() {
     let published = read_answer(&mut stream, &mut rest).await;
     assert_eq!(published.status, 200, "{}", published.head);
 
-    // And a long poll again, after the hand-over, still on the same socket.
+    // And a long poll again, still on the same socket.
     let polled = ask(
         &mut stream,
         &mut rest,
@@ -501,4 +501,95 @@ async fn a_preflight_before_negotiating_keeps_the_connection_on_the_lean_path() 
         head.to_ascii_lowercase().contains("connection: close"),
         "served by the lean path: {head}"
     );
+}
+
+/// `POST /publish` with `body`, as a browser client sends it.
+fn post_publish(body: &str, extra: &str) -> String {
+    format!(
+        "POST /publish HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+/// A browser client that is not on a WebSocket publishes on the connections it polls on:
+/// a publish is served on the lean path, a request pipelined right behind its body is
+/// answered next, and a stream opened on the connection afterwards is still lean.
+#[tokio::test]
+async fn a_publish_keeps_the_connection_on_the_lean_path() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let body = json!({"channel": "posted", "data": {"n": 1}}).to_string();
+    let both = post_publish(&body, "") + &get("/longpoll?channels=posted&timeout=0");
+    stream.write_all(both.as_bytes()).await.unwrap();
+    let published = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(published.status, 200, "{}", published.head);
+    assert_eq!(json_body(&published)["offset"], 1);
+    let polled = read_answer(&mut stream, &mut rest).await;
+    assert!(
+        cursor_of(&polled).ends_with(":1"),
+        "{:?}",
+        json_body(&polled)
+    );
+    stream
+        .write_all(get("/sse?channels=posted").as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, &mut rest, b"event: open").await;
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "served by the lean path: {head}"
+    );
+}
+
+/// A publish whose declared body is over the limit is refused before any of it is read,
+/// counted, and its connection closed after the answer.
+#[tokio::test]
+async fn a_publish_body_over_the_limit_is_refused_and_the_connection_closed() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let head = "POST /publish HTTP/1.1\r\nhost: test\r\ncontent-length: 10000000\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let refused = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(refused.status, 413, "{}", refused.head);
+    assert_eq!(json_body(&refused)["error"]["code"], "body_too_large");
+    assert!(
+        refused
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close")
+    );
+    closed(&mut stream).await;
+    let counted = r#"cascade_errors_total{code="body_too_large"}"#;
+    assert_eq!(server.metric(counted).await, 1.0);
+}
+
+/// A publish whose body stops short is answered at its deadline, counted, and its
+/// connection closed.
+#[tokio::test]
+async fn a_publish_body_that_stops_short_is_refused_at_its_deadline() {
+    let mut config = support::test_config();
+    config.limits.body_read_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let body = json!({"channel": "slow", "data": 1}).to_string();
+    let request = post_publish(&body, "");
+    let short = &request[..request.len() - 5];
+    stream.write_all(short.as_bytes()).await.unwrap();
+    let refused = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(refused.status, 408, "{}", refused.head);
+    assert_eq!(json_body(&refused)["error"]["code"], "request_timeout");
+    closed(&mut stream).await;
+}
+
+/// Waits for the server to close `stream`.
+async fn closed(stream: &mut TcpStream) {
+    within(async {
+        let mut chunk = [0u8; 1024];
+        while stream.read(&mut chunk).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
 }

@@ -1,5 +1,7 @@
 //! The lean HTTP/1 path for the GET routes of the transports: `/sse`, `/longpoll`, `/poll`
-//! and the `/ws` handshake, and `/negotiate`, which a client asks before them.
+//! and the `/ws` handshake; `/negotiate`, which a client asks before them; their CORS
+//! preflights; and `POST /publish`, which a browser client off a WebSocket sends on the
+//! connections it polls on. A connection stays here for as long as its requests do.
 //!
 //! These requests are most of a gateway's open connections and they spend their life
 //! waiting (a short poller's connection waits between its polls). Served by hyper, each
@@ -7,8 +9,9 @@
 //! as it waits, and an upgraded WebSocket keeps a boxed hyper socket. Here the request
 //! head is read into a small buffer that is released once parsed, and the answer is
 //! written straight to the socket; a WebSocket, and an SSE stream, runs on the bare
-//! socket in a task of its own. Anything else (another route, a body, an upgrade to
-//! anything but WebSocket, HTTP/1.0, a head this path cannot parse) goes to hyper with the
+//! socket in a task of its own. Anything else (another route, a body but a publish's of a
+//! declared length, an upgrade to anything but WebSocket, HTTP/1.0, a head this path
+//! cannot parse) goes to hyper with the
 //! bytes already read, so hyper stays the one full HTTP implementation and this path only
 //! ever takes requests it fully understands.
 //!
@@ -29,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::app::App;
+use crate::error::Error;
 use crate::http::{Body, LeanRequest};
 use crate::routes;
 use crate::server::ConnInfo;
@@ -128,7 +132,7 @@ pub fn serve<'a>(
             };
             // Matched without a binding of its own, which the task would keep while the
             // request is routed.
-            let (req, keep_alive) = match tokio::select! {
+            let (mut req, mut keep_alive) = match tokio::select! {
                 biased;
                 head = head => Some(head),
                 () = timer.as_mut() => None,
@@ -145,6 +149,20 @@ pub fn serve<'a>(
                     return Next::Closed;
                 }
             };
+            if let Some(length) = req.unread_body() {
+                // Boxed: only a publish reads a body, and a parked poll should not keep
+                // room for it.
+                match Box::pin(read_body(stream, &mut buf, length, app, timer.as_mut())).await {
+                    Ok(body) => req.set_body(Ok(body)),
+                    Err(None) => return Next::Closed,
+                    // Answered through the route, CORS headers and all; what is left of
+                    // the body is never read, so the connection closes after the answer.
+                    Err(Some(err)) => {
+                        req.set_body(Err(err));
+                        keep_alive = false;
+                    }
+                }
+            }
             if buf.is_empty() {
                 buf = BytesMut::new();
             }
@@ -217,6 +235,36 @@ fn route<'a>(
             }
         }
     }
+}
+
+/// Reads the `length` bytes of body that follow a request's head (some may be in `buf`
+/// already), within the configured size and time. `Err(None)` when the client went away.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    length: usize,
+    app: &App,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<Bytes, Option<Error>> {
+    use tokio::io::AsyncReadExt;
+    let limits = &app.config.limits;
+    if length > limits.max_body_bytes {
+        return Err(Some(Error::BodyTooLarge(limits.max_body_bytes)));
+    }
+    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
+    timer.as_mut().reset(crate::wake::deadline(deadline));
+    buf.reserve(length.saturating_sub(buf.len()));
+    while buf.len() < length {
+        tokio::select! {
+            biased;
+            read = stream.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return Err(None),
+                Ok(_) => {}
+            },
+            () = timer.as_mut() => return Err(Some(Error::RequestTimeout)),
+        }
+    }
+    Ok(buf.split_to(length).freeze())
 }
 
 /// What became of an answer on the socket.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::app::App;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http::{Body, Query, json, read_body};
+use crate::http::{Body, LeanRequest, Query, RequestHead, json, read_body};
 use crate::protocol::{Channel, Message, compact_json};
 use crate::server::ConnInfo;
 
@@ -25,18 +25,42 @@ struct PublishRequest<'a> {
 
 /// Answers a publish request with the message's position.
 pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
-    let query = Query::parse(req.uri().query());
-    let who = app.auth.identify(req.headers(), &query, &app.bus).await?;
-    if !who.server {
-        if let Some(conn) = req.extensions().get::<ConnInfo>() {
-            conn.take_publish()?;
-        }
+    let (parts, body) = req.into_parts();
+    let limits = &app.config.limits;
+    let read = async {
+        let read = read_body(body, limits.max_body_bytes);
+        tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
+            .await
+            .map_err(|_| Error::RequestTimeout)?
+    };
+    let conn = parts.extensions.get::<ConnInfo>();
+    publish(&app, &parts.headers, parts.uri.query(), conn, read).await
+}
+
+/// The same for a publish the lean HTTP/1 path took, whose body it has read already.
+pub async fn serve_lean(app: Arc<App>, mut req: LeanRequest) -> Result<Response<Body>> {
+    let body = req.take_body();
+    publish(&app, req.headers(), req.query(), req.conn(), async { body }).await
+}
+
+/// Publishes what `body` brings, for a caller allowed by its headers and query; `conn` is
+/// the connection it came on, whose publish budget a client spends.
+async fn publish(
+    app: &App,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    conn: Option<&ConnInfo>,
+    body: impl Future<Output = Result<Bytes>>,
+) -> Result<Response<Body>> {
+    let query = Query::parse(query);
+    let who = app.auth.identify(headers, &query, &app.bus).await?;
+    if !who.server
+        && let Some(conn) = conn
+    {
+        conn.take_publish()?;
     }
     let limits = &app.config.limits;
-    let read = read_body(req.into_body(), limits.max_body_bytes);
-    let body = tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
-        .await
-        .map_err(|_| Error::RequestTimeout)??;
+    let body = body.await?;
     let request: PublishRequest =
         serde_json::from_slice(&body).map_err(|e| Error::BadJson(e.to_string()))?;
     let (channel, data) = validate(&request.channel, request.data, limits.max_message_bytes)?;

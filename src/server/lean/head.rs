@@ -143,10 +143,12 @@ pub(super) fn lean_request(
     let target = parsed.path?;
     let path = &target[..crate::http::path_end(target)];
     // A preflight: a cross-origin page that sends credentials in a header asks before its
-    // `/negotiate` or its polls, and the connection should stay here for them.
-    let preflight = match parsed.method {
-        Some("GET") => false,
-        Some("OPTIONS") => true,
+    // `/negotiate` or its polls, and the connection should stay here for them. A publish:
+    // a browser client that is not on a WebSocket publishes on the connections it polls on.
+    let (preflight, post) = match parsed.method {
+        Some("GET") => (false, false),
+        Some("OPTIONS") => (true, false),
+        Some("POST") if path == "/publish" => (false, true),
         _ => return None,
     };
     if parsed.version != Some(1) {
@@ -155,6 +157,8 @@ pub(super) fn lean_request(
     let (upgrade_allowed, wants_conn) = match path {
         "/ws" if !preflight => (true, true),
         "/sse" => (false, !preflight),
+        // The connection carries the publish budget. A `GET` of it is hyper's to refuse.
+        "/publish" if post || preflight => (false, post),
         "/ws" | "/longpoll" | "/poll" | "/negotiate" => (false, false),
         _ => return None,
     };
@@ -165,16 +169,25 @@ pub(super) fn lean_request(
         .any(|h| h.name.eq_ignore_ascii_case("origin"));
     let mut map = HeaderMap::new();
     let mut keep_alive = true;
+    let mut length = None;
     for header in parsed.headers.iter() {
         let (name, value) = (header.name, header.value);
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
-        // A body, an upgrade or an expectation: hyper's to handle.
+        // A chunked body, an upgrade or an expectation: hyper's to handle.
         if is("transfer-encoding")
             || is("expect")
             || (is("upgrade") && (!upgrade_allowed || !value.eq_ignore_ascii_case(b"websocket")))
-            || (is("content-length") && value != b"0")
         {
             return None;
+        }
+        if is("content-length") {
+            // Plain digits, given once; anything else is hyper's to judge.
+            let digits = std::str::from_utf8(value).ok()?;
+            if length.is_some() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            length = Some(digits.parse::<usize>().ok()?);
         }
         if is("connection") {
             keep_alive &= !std::str::from_utf8(value)
@@ -187,13 +200,19 @@ pub(super) fn lean_request(
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
     }
-    // Only the streams read the connection (to be cut off and for their logs).
+    // A body only where the route reads one; a publish says how long its body is.
+    match (post, length) {
+        (true, None) | (false, Some(1..)) => return None,
+        _ => {}
+    }
+    // Only the streams read the connection (to be cut off and for their logs), and a
+    // publish (its budget).
     let conn = wants_conn.then(|| info.clone());
     let request = LeanRequest::new(target, map, conn);
-    let request = if preflight {
-        request.into_preflight()
-    } else {
-        request
+    let request = match (preflight, length) {
+        (true, _) => request.into_preflight(),
+        (false, Some(length)) if post => request.with_body(length),
+        _ => request,
     };
     Some((Box::new(request), keep_alive))
 }
