@@ -292,6 +292,22 @@ async fn heads_the_lean_path_does_not_take_are_still_answered() {
     )
     .await;
     assert_eq!(chunked.status, 200, "{}", chunked.head);
+    // A publish with a chunked body, and one with two lengths: hyper's to serve or refuse.
+    let body = br#"{"channel":"chunked","data":1}"#;
+    let mut publish =
+        b"POST /publish HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    publish.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+    publish.extend_from_slice(body);
+    publish.extend_from_slice(b"\r\n0\r\n\r\n");
+    let published = exchange(&server, &publish).await;
+    assert_eq!(published.status, 200, "{}", published.head);
+    assert_eq!(json_body(&published)["channel"], "chunked");
+    let twice = exchange(
+        &server,
+        b"POST /publish HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(twice.status, 400, "{}", twice.head);
     let (status, _) = server.get_json("/healthz").await;
     assert_eq!(status, 200);
 }
