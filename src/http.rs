@@ -217,11 +217,6 @@ impl LeanRequest {
         }
     }
 
-    /// Whether it is a `POST` (`/publish`, the one the lean path takes).
-    pub fn is_post(&self) -> bool {
-        !matches!(self.body, LeanBody::None)
-    }
-
     /// The same as an `OPTIONS` request: a CORS preflight.
     pub fn into_preflight(mut self) -> Self {
         self.preflight = true;

@@ -200,18 +200,15 @@ pub(super) fn lean_request(
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
     }
-    // A body only where the route reads one; a publish says how long its body is.
-    match (post, length) {
-        (true, None) | (false, Some(1..)) => return None,
-        _ => {}
-    }
     // Only the streams read the connection (to be cut off and for their logs), and a
     // publish (its budget).
     let conn = wants_conn.then(|| info.clone());
     let request = LeanRequest::new(target, map, conn);
-    let request = match (preflight, length) {
-        (true, _) => request.into_preflight(),
-        (false, Some(length)) if post => request.with_body(length),
+    let request = match (post, length) {
+        (true, Some(length)) => request.with_body(length),
+        // A body only where the route reads one; a publish says how long its body is.
+        (true, None) | (false, Some(1..)) => return None,
+        _ if preflight => request.into_preflight(),
         _ => request,
     };
     Some((Box::new(request), keep_alive))
