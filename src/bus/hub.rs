@@ -95,7 +95,20 @@ impl Hub {
             // It walks a copy instead; queued pushes, nanoseconds each, walk the map.
             let copy: Vec<Subscriber> = subscribers.by_id.values().cloned().collect();
             drop(shard);
-            copy.iter().for_each(&mut hand);
+            // Each write is a system call whose kernel work sweeps the cache, so the next
+            // subscriber's inbox and lane were misses of their own, one after the other,
+            // on every step: a third of the walk's user time. Their loads start a step or
+            // two ahead instead: the inbox two ahead, and the lane, whose address is in
+            // the inbox, one ahead.
+            for (at, subscriber) in copy.iter().enumerate() {
+                if let Some(next) = copy.get(at + 2) {
+                    next.prefetch();
+                }
+                if let Some(next) = copy.get(at + 1) {
+                    next.prefetch_lane();
+                }
+                hand(subscriber);
+            }
         } else {
             subscribers.by_id.values().for_each(&mut hand);
         }
