@@ -12,6 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::auth::Identity;
 use crate::error::{Error, Result};
 use crate::server::ConnInfo;
 
@@ -152,6 +153,8 @@ pub struct LeanRequest {
     preflight: bool,
     /// A `POST`'s body: its declared length until the server has read it.
     body: LeanBody,
+    /// Who sent a `POST`, as admitted before its body was read.
+    caller: Option<Box<Identity>>,
 }
 
 /// The body of a lean request: only `POST /publish` has one, of a declared length.
@@ -182,6 +185,7 @@ impl LeanRequest {
             conn,
             preflight: false,
             body: LeanBody::None,
+            caller: None,
         }
     }
 
@@ -205,6 +209,16 @@ impl LeanRequest {
             Ok(body) => LeanBody::Read(body),
             Err(err) => LeanBody::Refused(Box::new(err)),
         };
+    }
+
+    /// Records who sent the request, once admitted.
+    pub fn set_caller(&mut self, caller: Identity) {
+        self.caller = Some(Box::new(caller));
+    }
+
+    /// Takes who sent the request, if it was admitted before its body was read.
+    pub fn take_caller(&mut self) -> Option<Identity> {
+        self.caller.take().map(|caller| *caller)
     }
 
     /// Takes the body read for a `POST` (empty for any other request), or why it was not

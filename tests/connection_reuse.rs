@@ -582,6 +582,68 @@ async fn a_publish_body_over_the_limit_is_refused_and_the_connection_closed() {
     assert_eq!(server.metric(counted).await, 1.0);
 }
 
+/// A publish is refused for its credentials or its connection's budget before any of its
+/// body is read, as on hyper's path: the answer comes with the head alone, long before
+/// the body's deadline. The body, once it comes, is skipped, and the connection carries
+/// the next request.
+#[tokio::test]
+async fn a_publish_refused_by_its_head_is_answered_before_its_body() {
+    let mut config = support::test_config();
+    config.limits.body_read_timeout_ms = 600_000;
+    config.limits.publish_rate_per_second = 1;
+    config.limits.publish_burst = 1;
+    let server = TestServer::start(config).await;
+    let body = json!({"channel": "refused", "data": "x".repeat(5000)}).to_string();
+    let head_alone = |extra: &str| {
+        let request = post_publish(&body, extra);
+        request[..request.len() - body.len()].to_string()
+    };
+
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let head = head_alone("x-cascade-api-key: not-a-key\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let refused = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(refused.status, 401, "{}", refused.head);
+    assert_eq!(json_body(&refused)["error"]["code"], "token_invalid");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let polled = ask(
+        &mut stream,
+        &mut rest,
+        "/longpoll?channels=refused&timeout=0",
+    )
+    .await;
+    assert_eq!(polled.status, 200, "{}", polled.head);
+    assert_eq!(
+        json_body(&polled)["messages"],
+        json!([]),
+        "nothing was published"
+    );
+
+    // The connection's one publish, then one over its budget.
+    stream
+        .write_all(post_publish(&body, "").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut stream, &mut rest).await.status, 200);
+    stream.write_all(head_alone("").as_bytes()).await.unwrap();
+    let refused = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(refused.status, 429, "{}", refused.head);
+    assert_eq!(json_body(&refused)["error"]["code"], "rate_limited");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let polled = ask(
+        &mut stream,
+        &mut rest,
+        "/longpoll?channels=refused&timeout=0",
+    )
+    .await;
+    assert!(
+        cursor_of(&polled).ends_with(":1"),
+        "{:?}",
+        json_body(&polled)
+    );
+}
+
 /// A publish whose body stops short is answered at its deadline, counted, and its
 /// connection closed.
 #[tokio::test]

@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::http::{Body, LeanRequest};
 use crate::routes;
 use crate::server::ConnInfo;
-use crate::transport::websocket;
+use crate::transport::{publish, websocket};
 
 mod answer;
 mod head;
@@ -51,6 +51,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// The first read's size: a browser's GET head is usually well under this.
 const FIRST_READ: usize = 2048;
+/// Most room a body's read sets aside at a time.
+const BODY_STEP: usize = 16 * 1024;
 
 /// What follows the lean path on a connection.
 pub enum Next {
@@ -149,15 +151,31 @@ pub fn serve<'a>(
                     return Next::Closed;
                 }
             };
+            // A refused publish's body, skipped once the refusal is answered.
+            let mut unread = 0;
             if let Some(length) = req.unread_body() {
                 // Boxed: only a publish reads a body, and a parked poll should not keep
                 // room for it.
-                match Box::pin(read_body(stream, &mut buf, length, app, timer.as_mut())).await {
+                match Box::pin(admit_and_read(
+                    stream,
+                    &mut buf,
+                    &mut req,
+                    length,
+                    app,
+                    timer.as_mut(),
+                ))
+                .await
+                {
                     Ok(body) => req.set_body(Ok(body)),
-                    Err(None) => return Next::Closed,
-                    // Answered through the route, CORS headers and all; what is left of
-                    // the body is never read, so the connection closes after the answer.
-                    Err(Some(err)) => {
+                    Err(Unread::Gone) => return Next::Closed,
+                    // Answered through the route, CORS headers and all.
+                    Err(Unread::Refused(err)) => {
+                        req.set_body(Err(err));
+                        unread = length;
+                    }
+                    // What is left of the body is never read, so the connection closes
+                    // after the answer.
+                    Err(Unread::Failed(err)) => {
                         req.set_body(Err(err));
                         keep_alive = false;
                     }
@@ -199,7 +217,12 @@ pub fn serve<'a>(
                     Sent::Failed => false,
                 },
             };
-            if !written || !keep_alive || app.shutdown.is_cancelled() {
+            let go_on = written
+                && keep_alive
+                && !app.shutdown.is_cancelled()
+                && (unread == 0
+                    || Box::pin(skip(stream, &mut buf, unread, app, timer.as_mut())).await);
+            if !go_on {
                 let _ = stream.shutdown().await;
                 return Next::Closed;
             }
@@ -237,6 +260,70 @@ fn route<'a>(
     }
 }
 
+/// Why a request's body was not read.
+enum Unread {
+    /// The client went away.
+    Gone,
+    /// The caller was refused before any of it was read (credentials, publish budget); it
+    /// is within the limit, and is skipped after the answer.
+    Refused(Error),
+    /// Too long, or too slow to come: the connection closes after the answer.
+    Failed(Error),
+}
+
+/// Admits the sender of a publish (see [`publish::admit_lean`]) and then reads its body,
+/// as hyper's path does: a caller refused costs no more than its head and a skip.
+async fn admit_and_read(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    req: &mut LeanRequest,
+    length: usize,
+    app: &App,
+    timer: Pin<&mut Sleep>,
+) -> Result<Bytes, Unread> {
+    match publish::admit_lean(app, req).await {
+        Ok(caller) => req.set_caller(caller),
+        Err(err) if length <= app.config.limits.max_body_bytes => {
+            return Err(Unread::Refused(err));
+        }
+        Err(err) => return Err(Unread::Failed(err)),
+    }
+    read_body(stream, buf, length, app, timer)
+        .await
+        .map_err(|err| err.map_or(Unread::Gone, Unread::Failed))
+}
+
+/// Reads and drops the `length` bytes of a refused request's body (some may be in `buf`
+/// already), within the body's deadline, so that the connection can carry the next
+/// request; false when the client went away or was too slow.
+async fn skip(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    length: usize,
+    app: &App,
+    mut timer: Pin<&mut Sleep>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let buffered = length.min(buf.len());
+    buf.advance(buffered);
+    let mut left = length - buffered;
+    let deadline = Duration::from_millis(app.config.limits.body_read_timeout_ms);
+    timer.as_mut().reset(crate::wake::deadline(deadline));
+    let mut scratch = [0; 4096];
+    while left > 0 {
+        let room = left.min(scratch.len());
+        tokio::select! {
+            biased;
+            read = stream.read(&mut scratch[..room]) => match read {
+                Ok(0) | Err(_) => return false,
+                Ok(read) => left -= read,
+            },
+            () = timer.as_mut() => return false,
+        }
+    }
+    true
+}
+
 /// Reads the `length` bytes of body that follow a request's head (some may be in `buf`
 /// already), within the configured size and time. `Err(None)` when the client went away.
 async fn read_body(
@@ -253,8 +340,10 @@ async fn read_body(
     }
     let deadline = Duration::from_millis(limits.body_read_timeout_ms);
     timer.as_mut().reset(crate::wake::deadline(deadline));
-    buf.reserve(length.saturating_sub(buf.len()));
     while buf.len() < length {
+        // Room for what arrives, not for what the head declares: a head alone must not
+        // make the gateway set aside the whole limit.
+        buf.reserve((length - buf.len()).min(BODY_STEP));
         tokio::select! {
             biased;
             read = stream.read_buf(buf) => match read {

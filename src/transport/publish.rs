@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{Body, LeanRequest, Query, RequestHead, json, read_body};
@@ -34,24 +35,37 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
             .map_err(|_| Error::RequestTimeout)?
     };
     let conn = parts.extensions.get::<ConnInfo>();
-    publish(&app, &parts.headers, parts.uri.query(), conn, read).await
+    let who = admit(&app, &parts.headers, parts.uri.query(), conn).await?;
+    let body = read.await?;
+    publish(&app, &who, &body).await
 }
 
-/// The same for a publish the lean HTTP/1 path took, whose body it has read already.
+/// The same for a publish the lean HTTP/1 path took: its connection's loop admitted the
+/// caller ([`admit_lean`]) and then read the body, or says why it did neither.
 pub async fn serve_lean(app: Arc<App>, mut req: LeanRequest) -> Result<Response<Body>> {
-    let body = req.take_body();
-    publish(&app, req.headers(), req.query(), req.conn(), async { body }).await
+    let body = req.take_body()?;
+    let who = match req.take_caller() {
+        Some(who) => who,
+        None => admit(&app, req.headers(), req.query(), req.conn()).await?,
+    };
+    publish(&app, &who, &body).await
 }
 
-/// Publishes what `body` brings, for a caller allowed by its headers and query; `conn` is
-/// the connection it came on, whose publish budget a client spends.
-async fn publish(
+/// The caller of a publish the lean path took, admitted (credentials, then its
+/// connection's publish budget) before the body is read, as on hyper's path.
+pub async fn admit_lean(app: &App, req: &LeanRequest) -> Result<Identity> {
+    admit(app, req.headers(), req.query(), req.conn()).await
+}
+
+/// The caller its headers and query name, once it has spent one of its connection's
+/// publish budget (`conn`; a backend's API key spends none). Checked before a byte of the
+/// body is read, so that a caller refused costs no more than its head.
+async fn admit(
     app: &App,
     headers: &HeaderMap,
     query: Option<&str>,
     conn: Option<&ConnInfo>,
-    body: impl Future<Output = Result<Bytes>>,
-) -> Result<Response<Body>> {
+) -> Result<Identity> {
     let query = Query::parse(query);
     let who = app.auth.identify(headers, &query, &app.bus).await?;
     if !who.server
@@ -59,12 +73,16 @@ async fn publish(
     {
         conn.take_publish()?;
     }
+    Ok(who)
+}
+
+/// Publishes what `body` asks, for `who`.
+async fn publish(app: &App, who: &Identity, body: &[u8]) -> Result<Response<Body>> {
     let limits = &app.config.limits;
-    let body = body.await?;
     let request: PublishRequest =
-        serde_json::from_slice(&body).map_err(|e| Error::BadJson(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| Error::BadJson(e.to_string()))?;
     let (channel, data) = validate(&request.channel, request.data, limits.max_message_bytes)?;
-    app.auth.check_publish(&who, &channel)?;
+    app.auth.check_publish(who, &channel)?;
     let message = app.bus.publish(&channel, data).await?;
     app.metrics.published("http");
     Ok(json(StatusCode::OK, acknowledgement(&message)))
