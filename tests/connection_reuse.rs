@@ -602,22 +602,13 @@ async fn a_publish_refused_by_its_head_is_answered_before_its_body() {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let mut rest = Vec::new();
     let head = head_alone("x-cascade-api-key: not-a-key\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let refused = read_answer(&mut stream, &mut rest).await;
+    let (polled, refused) = refused_before_body(&mut stream, &mut rest, &head, &body).await;
     assert_eq!(refused.status, 401, "{}", refused.head);
     assert_eq!(json_body(&refused)["error"]["code"], "token_invalid");
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let polled = ask(
-        &mut stream,
-        &mut rest,
-        "/longpoll?channels=refused&timeout=0",
-    )
-    .await;
-    assert_eq!(polled.status, 200, "{}", polled.head);
     assert_eq!(
         json_body(&polled)["messages"],
         json!([]),
-        "nothing was published"
+        "nothing published"
     );
 
     // The connection's one publish, then one over its budget.
@@ -626,22 +617,36 @@ async fn a_publish_refused_by_its_head_is_answered_before_its_body() {
         .await
         .unwrap();
     assert_eq!(read_answer(&mut stream, &mut rest).await.status, 200);
-    stream.write_all(head_alone("").as_bytes()).await.unwrap();
-    let refused = read_answer(&mut stream, &mut rest).await;
+    let (polled, refused) =
+        refused_before_body(&mut stream, &mut rest, &head_alone(""), &body).await;
     assert_eq!(refused.status, 429, "{}", refused.head);
     assert_eq!(json_body(&refused)["error"]["code"], "rate_limited");
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let polled = ask(
-        &mut stream,
-        &mut rest,
-        "/longpoll?channels=refused&timeout=0",
-    )
-    .await;
     assert!(
         cursor_of(&polled).ends_with(":1"),
         "{:?}",
         json_body(&polled)
     );
+}
+
+/// Sends a publish's `head` and reads its answer, then sends its `body` and a long poll
+/// of its channel on the same connection, which must be answered: the poll's answer and
+/// the publish's.
+async fn refused_before_body(
+    stream: &mut TcpStream,
+    rest: &mut Vec<u8>,
+    head: &str,
+    body: &str,
+) -> (Answer, Answer) {
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let refused = read_answer(stream, rest).await;
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let polled = ask(stream, rest, "/longpoll?channels=refused&timeout=0").await;
+    assert_eq!(
+        polled.status, 200,
+        "the connection goes on: {}",
+        polled.head
+    );
+    (polled, refused)
 }
 
 /// A publish whose body stops short is answered at its deadline, counted, and its

@@ -208,6 +208,17 @@ mod tests {
         ))
     }
 
+    /// A channel's first message, and the position before it, where an armed subscriber
+    /// waits for it.
+    fn first_of(channel: &Channel) -> (Arc<Message>, Position) {
+        let first = message(channel, 1);
+        let before = Position {
+            epoch: first.epoch.clone(),
+            offset: 0,
+        };
+        (first, before)
+    }
+
     #[test]
     fn full_queue_cuts_only_that_subscriber() {
         let hub = Hub::new();
@@ -250,11 +261,7 @@ mod tests {
         let inbox = Inbox::new(8, None);
         inbox.set_express(Arc::new(Accept));
         hub.register(&chat, 1, inbox.subscriber());
-        let first = message(&chat, 1);
-        let before = Position {
-            epoch: first.epoch.clone(),
-            offset: 0,
-        };
+        let (first, before) = first_of(&chat);
         assert!(inbox.arm_at(&chat, &before));
         assert_eq!(hub.deliver(&first), 1);
         assert!(inbox.try_pop().is_none(), "the first message went express");
@@ -283,11 +290,7 @@ mod tests {
     fn an_express_walk_goes_in_subscription_order() {
         let hub = Hub::new();
         let chat = Channel::parse("chat").unwrap();
-        let first = message(&chat, 1);
-        let before = Position {
-            epoch: first.epoch.clone(),
-            offset: 0,
-        };
+        let (first, before) = first_of(&chat);
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ids = [7, 3, 12, 1, 9];
         let inboxes: Vec<Inbox> = ids
@@ -309,11 +312,7 @@ mod tests {
     fn an_express_walk_writes_to_every_armed_subscriber_and_queues_for_the_rest() {
         let hub = Hub::new();
         let chat = Channel::parse("chat").unwrap();
-        let first = message(&chat, 1);
-        let before = Position {
-            epoch: first.epoch.clone(),
-            offset: 0,
-        };
+        let (first, before) = first_of(&chat);
         let inboxes: Vec<Inbox> = (0..3).map(|_| Inbox::new(8, None)).collect();
         for (id, inbox) in inboxes.iter().enumerate() {
             inbox.set_express(Arc::new(Accept));
