@@ -228,7 +228,7 @@ impl Cursor {
 /// Appends cursor entries in their text form, `channel@epoch:offset` (or the bare
 /// channel) separated by commas.
 pub fn put_cursor<'a>(
-    out: &mut BytesMut,
+    out: &mut impl BufMut,
     entries: impl IntoIterator<Item = (&'a Channel, Option<&'a Position>)>,
 ) {
     let mut digits = itoa::Buffer::new();

@@ -12,7 +12,7 @@
 //! whole message, falls back to the queue and disarms, so messages never overtake one
 //! another and the transport never writes while the hub may.
 
-use bytes::BytesMut;
+use bytes::BufMut;
 
 use crate::protocol::{Channel, Message, Position, cursor_len_max, put_cursor};
 
@@ -43,7 +43,7 @@ pub struct CursorAfter<'a>(pub(super) &'a [(Channel, Position)]);
 
 impl CursorAfter<'_> {
     /// Appends it in [`crate::protocol::Cursor`]'s text form.
-    pub fn put(&self, out: &mut BytesMut) {
+    pub fn put(&self, out: &mut impl BufMut) {
         put_cursor(
             out,
             self.0.iter().map(|(channel, read)| (channel, Some(read))),

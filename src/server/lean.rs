@@ -41,7 +41,9 @@ use crate::transport::{publish, websocket};
 mod answer;
 mod head;
 
-pub(super) use answer::{Rest, chunk_len, try_write_chunk, write, write_chunked};
+pub(super) use answer::{
+    Rest, chunk_len, try_write_chunk, try_write_chunk_with, write, write_chunked,
+};
 use answer::{Sending, prepare, write_whole};
 use head::read_head;
 

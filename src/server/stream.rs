@@ -84,23 +84,24 @@ struct Socket {
 
 impl Express for Socket {
     fn write(&self, message: &Message, cursor: Option<CursorAfter<'_>>) -> Written {
-        let built;
-        let event = match cursor {
+        let tried = match cursor {
             // To a subscriber of one channel, the event the message keeps.
-            None => message.sse_event().as_ref(),
-            Some(cursor) => {
-                built = sse::event_after(message, cursor);
-                built.as_ref()
+            None => {
+                let event = message.sse_event();
+                lean::try_write_chunk(&self.stream, event)
+                    .map(|left| (left, lean::chunk_len(event.len())))
             }
+            Some(cursor) => lean::try_write_chunk_with(&self.stream, |out| {
+                sse::put_event_after(out, message, cursor)
+            }),
         };
-        match lean::try_write_chunk(&self.stream, event) {
-            Ok(None) => {
+        match tried {
+            Ok((None, _)) => {
                 let metrics = self.app.metrics.transport(Transport::Sse);
                 metrics.record_delivery(message.json().len(), message.ts, crate::bus::now_ms());
                 Written::All
             }
-            Ok(Some(left)) => {
-                let chunk = lean::chunk_len(event.len());
+            Ok((Some(left), chunk)) => {
                 if left.len() >= chunk {
                     return Written::Nothing;
                 }

@@ -277,16 +277,14 @@ pub fn encode(
     }
 }
 
-/// A message's event to a subscriber of several channels, written express: its `id:` is
-/// the subscriber's cursor once it has the message, as [`encode`] writes it.
-pub fn event_after(message: &Message, cursor: CursorAfter<'_>) -> BytesMut {
-    let mut event = BytesMut::with_capacity(16 + cursor.len_max() + message.json().len());
-    put_event(&mut event, message, |out| cursor.put(out));
-    event
+/// Appends a message's event to a subscriber of several channels, written express: its
+/// `id:` is the subscriber's cursor once it has the message, as [`encode`] writes it.
+pub fn put_event_after(out: &mut impl BufMut, message: &Message, cursor: CursorAfter<'_>) {
+    put_event(out, message, |out| cursor.put(out));
 }
 
 /// Appends `message`'s event with the cursor `put_cursor` writes as its `id:`.
-fn put_event(out: &mut BytesMut, message: &Message, put_cursor: impl FnOnce(&mut BytesMut)) {
+fn put_event<B: BufMut>(out: &mut B, message: &Message, put_cursor: impl FnOnce(&mut B)) {
     out.put_slice(b"id: ");
     put_cursor(out);
     out.put_slice(b"\ndata: ");

@@ -313,6 +313,38 @@ pub(in crate::server) fn try_write_chunk(
     Ok(Some(parts.concat().split_off(written)))
 }
 
+/// Writes a chunk whose data `fill` appends, built in this thread's buffer, if the socket
+/// takes all of it now; else returns, copied, what it did not take. Also returns the
+/// chunk's length, framing included.
+///
+/// For data made per write (an SSE event with its subscriber's own cursor): built where
+/// it is framed, it costs no buffer of its own and no second copy.
+pub(in crate::server) fn try_write_chunk_with(
+    stream: &TcpStream,
+    fill: impl FnOnce(&mut Vec<u8>),
+) -> io::Result<(Option<Vec<u8>>, usize)> {
+    // Room for the longest size line in front of the data, filled once the data's
+    // length is known, right before it.
+    const LINE: usize = 18;
+    ASSEMBLY.with_borrow_mut(|assembled| {
+        assembled.clear();
+        assembled.resize(LINE, 0);
+        fill(assembled);
+        let (size, len) = chunk_size_line(assembled.len() - LINE);
+        assembled.extend_from_slice(b"\r\n");
+        let start = LINE - len;
+        assembled[start..LINE].copy_from_slice(&size[..len]);
+        let chunk = &assembled[start..];
+        let written = taken(stream.try_write(chunk))?;
+        let rest = (written < chunk.len()).then(|| chunk[written..].to_vec());
+        let whole = chunk.len();
+        if assembled.capacity() > MAX_ASSEMBLY {
+            *assembled = Vec::with_capacity(SMALL_CHUNK);
+        }
+        Ok((rest, whole))
+    })
+}
+
 /// Assembles bytes with `fill` in a buffer of this thread's and writes them if the socket
 /// takes all of them now; else returns, copied, what it did not take. A buffer per thread
 /// rather than one per write (an allocation) or on the stack (zeroed each time).
