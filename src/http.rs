@@ -153,8 +153,6 @@ pub struct LeanRequest {
     preflight: bool,
     /// A `POST`'s body: its declared length until the server has read it.
     body: LeanBody,
-    /// Who sent a `POST`, as admitted before its body was read.
-    caller: Option<Box<Identity>>,
 }
 
 /// The body of a lean request: only `POST /publish` has one, of a declared length.
@@ -165,10 +163,10 @@ pub enum LeanBody {
     None,
     /// This many bytes follow the head, not read yet.
     Declared(usize),
-    /// Read whole.
-    Read(Bytes),
-    /// Not read: too long, or too slow to come. The answer says so, and the connection
-    /// closes after it.
+    /// Read whole, from the caller admitted before it was read.
+    Read(Bytes, Box<Identity>),
+    /// Not read: the caller refused, or the body too long or too slow to come. The answer
+    /// says so.
     Refused(Box<Error>),
 }
 
@@ -185,7 +183,6 @@ impl LeanRequest {
             conn,
             preflight: false,
             body: LeanBody::None,
-            caller: None,
         }
     }
 
@@ -203,31 +200,22 @@ impl LeanRequest {
         }
     }
 
-    /// Gives the request the body read for it, or why it was not read.
-    pub fn set_body(&mut self, body: Result<Bytes>) {
+    /// Gives the request the body read for it and the caller admitted before it was
+    /// read, or why it was not read.
+    pub fn set_body(&mut self, body: Result<(Bytes, Identity)>) {
         self.body = match body {
-            Ok(body) => LeanBody::Read(body),
+            Ok((body, caller)) => LeanBody::Read(body, Box::new(caller)),
             Err(err) => LeanBody::Refused(Box::new(err)),
         };
     }
 
-    /// Records who sent the request, once admitted.
-    pub fn set_caller(&mut self, caller: Identity) {
-        self.caller = Some(Box::new(caller));
-    }
-
-    /// Takes who sent the request, if it was admitted before its body was read.
-    pub fn take_caller(&mut self) -> Option<Identity> {
-        self.caller.take().map(|caller| *caller)
-    }
-
-    /// Takes the body read for a `POST` (empty for any other request), or why it was not
-    /// read.
-    pub fn take_body(&mut self) -> Result<Bytes> {
+    /// Takes the body read for a `POST` with its admitted caller (`None` for any other
+    /// request), or why it was not read.
+    pub fn take_body(&mut self) -> Result<Option<(Bytes, Identity)>> {
         match std::mem::take(&mut self.body) {
-            LeanBody::Read(body) => Ok(body),
+            LeanBody::Read(body, caller) => Ok(Some((body, *caller))),
             LeanBody::Refused(err) => Err(*err),
-            LeanBody::None | LeanBody::Declared(_) => Ok(Bytes::new()),
+            LeanBody::None | LeanBody::Declared(_) => Ok(None),
         }
     }
 

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::error::Error;
 use crate::http::{Body, LeanRequest};
 use crate::routes;
@@ -161,14 +162,14 @@ pub fn serve<'a>(
                 match Box::pin(admit_and_read(
                     stream,
                     &mut buf,
-                    &mut req,
+                    &req,
                     length,
                     app,
                     timer.as_mut(),
                 ))
                 .await
                 {
-                    Ok(body) => req.set_body(Ok(body)),
+                    Ok(read) => req.set_body(Ok(read)),
                     Err(Unread::Gone) => return Next::Closed,
                     // Answered through the route, CORS headers and all.
                     Err(Unread::Refused(err)) => {
@@ -278,21 +279,22 @@ enum Unread {
 async fn admit_and_read(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    req: &mut LeanRequest,
+    req: &LeanRequest,
     length: usize,
     app: &App,
     timer: Pin<&mut Sleep>,
-) -> Result<Bytes, Unread> {
-    match publish::admit_lean(app, req).await {
-        Ok(caller) => req.set_caller(caller),
+) -> Result<(Bytes, Identity), Unread> {
+    let caller = match publish::admit_lean(app, req).await {
+        Ok(caller) => caller,
         Err(err) if length <= app.config.limits.max_body_bytes => {
             return Err(Unread::Refused(err));
         }
         Err(err) => return Err(Unread::Failed(err)),
-    }
-    read_body(stream, buf, length, app, timer)
+    };
+    let body = read_body(stream, buf, length, app, timer)
         .await
-        .map_err(|err| err.map_or(Unread::Gone, Unread::Failed))
+        .map_err(|err| err.map_or(Unread::Gone, Unread::Failed))?;
+    Ok((body, caller))
 }
 
 /// Reads and drops the `length` bytes of a refused request's body (some may be in `buf`

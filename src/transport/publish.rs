@@ -43,10 +43,10 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
 /// The same for a publish the lean HTTP/1 path took: its connection's loop admitted the
 /// caller ([`admit_lean`]) and then read the body, or says why it did neither.
 pub async fn serve_lean(app: Arc<App>, mut req: LeanRequest) -> Result<Response<Body>> {
-    let body = req.take_body()?;
-    let who = match req.take_caller() {
-        Some(who) => who,
-        None => admit(&app, req.headers(), req.query(), req.conn()).await?,
+    let (body, who) = match req.take_body()? {
+        Some(read) => read,
+        // A request whose body the loop did not take: admitted here, with nothing to read.
+        None => (Bytes::new(), admit_lean(&app, &req).await?),
     };
     publish(&app, &who, &body).await
 }

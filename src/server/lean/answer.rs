@@ -326,22 +326,14 @@ pub(in crate::server) fn try_write_chunk_with(
     // Room for the longest size line in front of the data, filled once the data's
     // length is known, right before it.
     const LINE: usize = 18;
-    ASSEMBLY.with_borrow_mut(|assembled| {
-        assembled.clear();
-        assembled.resize(LINE, 0);
-        fill(assembled);
-        let (size, len) = chunk_size_line(assembled.len() - LINE);
-        assembled.extend_from_slice(b"\r\n");
+    try_write_built(stream, |out| {
+        out.resize(LINE, 0);
+        fill(out);
+        let (size, len) = chunk_size_line(out.len() - LINE);
+        out.extend_from_slice(b"\r\n");
         let start = LINE - len;
-        assembled[start..LINE].copy_from_slice(&size[..len]);
-        let chunk = &assembled[start..];
-        let written = taken(stream.try_write(chunk))?;
-        let rest = (written < chunk.len()).then(|| chunk[written..].to_vec());
-        let whole = chunk.len();
-        if assembled.capacity() > MAX_ASSEMBLY {
-            *assembled = Vec::with_capacity(SMALL_CHUNK);
-        }
-        Ok((rest, whole))
+        out[start..LINE].copy_from_slice(&size[..len]);
+        start
     })
 }
 
@@ -352,16 +344,31 @@ pub(super) fn try_write_assembled(
     stream: &TcpStream,
     fill: impl FnOnce(&mut Vec<u8>),
 ) -> io::Result<Option<Vec<u8>>> {
+    let (rest, _) = try_write_built(stream, |out| {
+        fill(out);
+        0
+    })?;
+    Ok(rest)
+}
+
+/// Builds bytes with `fill` in this thread's buffer and writes them from the offset
+/// `fill` returns: what the socket did not take, copied, and how many there were.
+fn try_write_built(
+    stream: &TcpStream,
+    fill: impl FnOnce(&mut Vec<u8>) -> usize,
+) -> io::Result<(Option<Vec<u8>>, usize)> {
     ASSEMBLY.with_borrow_mut(|assembled| {
         assembled.clear();
-        fill(assembled);
-        let written = taken(stream.try_write(assembled))?;
-        let rest = (written < assembled.len()).then(|| assembled[written..].to_vec());
+        let start = fill(assembled);
+        let built = &assembled[start..];
+        let written = taken(stream.try_write(built))?;
+        let rest = (written < built.len()).then(|| built[written..].to_vec());
+        let whole = built.len();
         if assembled.capacity() > MAX_ASSEMBLY {
             // A rare large answer does not keep its room for the thread's life.
             *assembled = Vec::with_capacity(SMALL_CHUNK);
         }
-        Ok(rest)
+        Ok((rest, whole))
     })
 }
 
