@@ -628,6 +628,25 @@ async fn a_publish_refused_by_its_head_is_answered_before_its_body() {
     );
 }
 
+/// A refused publish whose body never comes is dropped at the body's deadline and
+/// counted, as a body that stops short is.
+#[tokio::test]
+async fn a_refused_publish_whose_body_never_comes_is_dropped_at_its_deadline() {
+    let mut config = support::test_config();
+    config.limits.body_read_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let head = "POST /publish HTTP/1.1\r\nhost: test\r\ncontent-length: 100\r\n\
+                x-cascade-api-key: not-a-key\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let refused = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(refused.status, 401, "{}", refused.head);
+    closed(&mut stream).await;
+    let counted = r#"cascade_errors_total{code="request_timeout"}"#;
+    assert_eq!(server.metric(counted).await, 1.0);
+}
+
 /// Sends a publish's `head` and reads its answer, then sends its `body` and a long poll
 /// of its channel on the same connection, which must be answered: the poll's answer and
 /// the publish's.

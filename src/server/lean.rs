@@ -299,7 +299,8 @@ async fn admit_and_read(
 
 /// Reads and drops the `length` bytes of a refused request's body (some may be in `buf`
 /// already), within the body's deadline, so that the connection can carry the next
-/// request; false when the client went away or was too slow.
+/// request; false when the client went away or was too slow (counted as
+/// `request_timeout`).
 async fn skip(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -322,7 +323,12 @@ async fn skip(
                 Ok(0) | Err(_) => return false,
                 Ok(read) => left -= read,
             },
-            () = timer.as_mut() => return false,
+            () = timer.as_mut() => {
+                // A body that never comes after its refusal: held on to, it would keep the
+                // connection for nothing.
+                app.metrics.error("request_timeout");
+                return false;
+            }
         }
     }
     true
