@@ -645,7 +645,13 @@ async fn pings_meeting_a_part_written_message_are_answered_after_it() {
 #[tokio::test]
 async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once() {
     const MESSAGES: u64 = 120;
-    let server = TestServer::default().await;
+    // The client reads nothing until all is published: no ping timeout meanwhile, and no
+    // write timeout either, however long a loaded machine takes to publish it (the test
+    // config's 500 ms pings cut it off when a CI build ran beside the suite).
+    let mut config = test_config();
+    config.websocket.ping_interval_ms = 30_000;
+    config.limits.write_timeout_ms = 120_000;
+    let server = TestServer::start(config).await;
     let mut ws = WsClient::connect(&server).await;
     ws.subscribe(&["wide", "quiet"], None).await;
     // 7 MB: the loopback socket fills long before the client starts reading.
