@@ -13,9 +13,11 @@
  *   c.on('transport', function (name) { ... });
  *   c.unsubscribe('chat'); c.close();
  *
- * Options: token (sent as token= on every request), transports (the rungs allowed, e.g.
- * ['longpoll']), channels, timeouts {websocket, sse, longpoll, poll, negotiate, publish}
- * in ms (how long each rung has to show that data flows), probeIntervalMs (how often to
+ * Options: token (sent as token= on every request), getToken(done) (asked for a new token
+ * when there is none or the gateway says it expired; calls done(err, token), or returns
+ * a promise of the token), transports (the rungs allowed, e.g.
+ * ['longpoll']), channels, timeouts {websocket, sse, longpoll, poll, negotiate, publish,
+ * token} in ms (how long each rung has to show that data flows), probeIntervalMs (how often to
  * try better rungs after a fallback), minBackoffMs / maxBackoffMs, remember (start from
  * the rung that last worked in this tab, kept in sessionStorage).
  * Events: connect {transport}, disconnect {reason, retryMs}, transport (name), gap
@@ -49,7 +51,7 @@
 
   var DEFAULTS = {
     // How long each rung has to show that data flows before it counts as failed.
-    timeouts: { websocket: 4000, sse: 3000, longpoll: 5000, poll: 5000, negotiate: 5000, publish: 10000 },
+    timeouts: { websocket: 4000, sse: 3000, longpoll: 5000, poll: 5000, negotiate: 5000, publish: 10000, token: 10000 },
     // How often, after a fallback, the client tries the better rungs again.
     probeIntervalMs: 60000,
     // Reconnect backoff: a random delay in [0, min(max, min * 2^attempt)] (full jitter).
@@ -549,6 +551,11 @@
     this.options.timeouts = merge(DEFAULTS.timeouts, options.timeouts);
     this.base = resolveBase(url);
     this.token = options.token || null;
+    this.getToken = typeof options.getToken === 'function' ? options.getToken : null;
+    // Whether the next connection attempt asks getToken first: at the start without a
+    // token, and whenever the gateway said the token expired.
+    this.tokenStale = !this.token && !!this.getToken;
+    this.renewing = false;
     this.allowed = options.transports && options.transports.length ? options.transports.slice() : null;
     /** The name of the rung in use, or null while disconnected. */
     this.transport = null;
@@ -854,6 +861,10 @@
    */
   Client.prototype._connect = function () {
     if (this.closed || this.active || this.cycle) { return; }
+    if (this.tokenStale) {
+      this._renewToken();
+      return;
+    }
     var self = this;
     var candidates = this._candidates();
     var remembered = this._remembered();
@@ -916,9 +927,10 @@
       }
     }
     if (cycle.failure && cycle.failure.auth) {
-      // Refused credentials are the application's to fix; falling to another rung would
-      // only be refused again, and would blame the network for it.
-      this._retry(null, cycle.failure.auth);
+      // Refused credentials are the application's to fix (or getToken's, for an expired
+      // token); falling to another rung would only be refused again, and would blame the
+      // network for it.
+      this._retry(null, this._renewable(cycle.failure.auth) ? null : cycle.failure.auth);
       return;
     }
     if (cycle.negotiate === 'pending') { return; }
@@ -1014,7 +1026,59 @@
       this.connected = false;
       this._emit('disconnect', { reason: info.reason, retryMs: info.retryMs });
     }
+    // An SSE stream says its token expired in an event of its own, with no status.
+    var expired = info.reason === 'token_expired' ? { code: 'token_expired' } : null;
+    if (this._renewable(info.auth || expired)) {
+      this._retry(info.retryMs, null);
+      return;
+    }
     this._retry(info.retryMs, info.auth || null);
+  };
+
+  /**
+   * Whether getToken can mend the refusal `auth` (an expired token); if so, the next
+   * connection attempt asks it for a new token first.
+   */
+  Client.prototype._renewable = function (auth) {
+    if (!auth || auth.code !== 'token_expired' || !this.getToken) { return false; }
+    this.tokenStale = true;
+    return true;
+  };
+
+  /** Asks the application's getToken for a token, then connects with it. */
+  Client.prototype._renewToken = function () {
+    if (this.renewing) { return; }
+    this.renewing = true;
+    var self = this, settled = false, timer = null;
+    function done(err, token) {
+      if (settled) { return; }
+      settled = true;
+      cancel(timer);
+      self.renewing = false;
+      if (self.closed) { return; }
+      if (err || typeof token !== 'string' || !token) {
+        // Backoff, as for any failed attempt: getToken is asked again on the next one.
+        self._retry(null, {
+          code: 'token_unavailable',
+          message: 'getToken gave no token' + (err ? ': ' + String(err && err.message || err) : '')
+        });
+        return;
+      }
+      self.token = token;
+      self.tokenStale = false;
+      self._connect();
+    }
+    timer = later(function () { done('no answer within ' + self.options.timeouts.token + ' ms'); },
+      this.options.timeouts.token);
+    try {
+      var promised = this.getToken(function (err, token) { done(err, token); });
+      if (promised && typeof promised.then === 'function') {
+        promised.then(function (token) { done(null, token); },
+          function (err) { done(err || 'getToken was rejected'); });
+      }
+    } catch (e) {
+      done(e);
+    }
   };
 
   /** Tells the active rung about channel changes, replacing it when it cannot adapt. */

@@ -1,7 +1,7 @@
 // The client API on every rung: the `token` option carried on every request, publish with
 // an acknowledgement (over the WebSocket, or POST /publish from a read-only rung), channels
-// added and dropped while connected, and a refused token reported as an error rather than
-// blamed on the network.
+// added and dropped while connected, a refused token reported as an error rather than
+// blamed on the network, and an expired token renewed through getToken with nothing lost.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -13,6 +13,7 @@ import {
   metricValue,
   mintToken,
   openPage,
+  publishRetrying,
   publish,
   startFront,
   startGateway,
@@ -103,4 +104,57 @@ test('a refused token is an error for the application, not a reason to fall down
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
   assert.equal(metricValue(metrics, 'cascade_fallbacks_total'), 0, 'no rung was blamed');
   await page.context().close();
+});
+
+for (const rung of ['websocket', 'sse', 'longpoll', 'poll']) {
+  test(`on ${rung}: an expired token is renewed through getToken, and no message is lost`, async () => {
+    const page = await openPage(browser);
+    const channel = `renew-${rung}`;
+    // Expires within 2–3 s (a token's expiry is in whole seconds); its successor lasts.
+    const short = mintToken({ sub: 'renewer', ttl: '3s' });
+    const lasting = mintToken({ sub: 'renewer' });
+    await page.goto(
+      testPageUrl(front.url, { channels: [channel], tokens: [lasting], client: { transports: [rung], token: short } }),
+    );
+    await waitForTransport(page, rung);
+    const tick = ticker(gateway.url, channel, 50);
+    // Past the first token's expiry, with messages published all along, and on after it.
+    await page.waitForFunction(() => window.__app.disconnects.includes('token_expired'), null, { timeout: 20_000 });
+    const atExpiry = await page.evaluate((ch) => window.__app.received[ch].length, channel);
+    await waitForMessages(page, channel, atExpiry + 5);
+    const published = await tick.stop();
+    const received = await waitForMessages(page, channel, published);
+    const state = await appState(page);
+    assert.equal(state.tokensGiven, 1, 'getToken was asked once');
+    assert.deepEqual(state.errors, [], 'an expiry getToken mends is no error for the application');
+    assert.equal(received.length, published, 'each message once');
+    assert.equal(received[0].n, 1);
+    assert.equal(contiguous(received), null);
+    assert.ok(state.connects >= 2, `reconnected (${state.connects} connects)`);
+    assert.deepEqual([...new Set(state.transports)], [rung]);
+    await page.context().close();
+  });
+}
+
+test('without a token, getToken is asked before the first connection; one that gives none is an error', async () => {
+  // A user's own channel is refused without that user's token.
+  const page = await openPage(browser);
+  const own = 'user:renewer';
+  await page.goto(testPageUrl(front.url, { channels: [own], tokens: [mintToken({ sub: 'renewer' })] }));
+  await page.waitForFunction(() => window.__client.transport !== null, null, { timeout: 20_000 });
+  const sent = await publishRetrying(gateway.url, own, { n: 1 });
+  const [first] = await waitForMessages(page, own, 1);
+  assert.equal(first.offset, sent.offset);
+  const state = await appState(page);
+  assert.equal(state.tokensGiven, 1);
+  assert.deepEqual(state.errors, []);
+  await page.context().close();
+
+  const empty = await openPage(browser);
+  await empty.goto(testPageUrl(front.url, { channels: ['anything'], tokens: [] }));
+  await empty.waitForFunction(() => window.__app.errors.length >= 2, null, { timeout: 20_000 });
+  const refused = await appState(empty);
+  assert.ok(refused.errors.every((code) => code === 'token_unavailable'), refused.errors.join());
+  assert.deepEqual(refused.transports, [], 'no connection is tried without a token');
+  await empty.context().close();
 });

@@ -238,9 +238,18 @@ const TEST_PAGE = `<!doctype html>
   var options = JSON.parse(decodeURIComponent(location.hash.slice(1)) || '{}');
   var app = window.__app = {
     received: {}, transports: [], gaps: [], errors: [], connects: 0, disconnects: [],
-    firstMessageAt: null, firstTransportAt: null
+    firstMessageAt: null, firstTransportAt: null, tokensGiven: 0
   };
-  var client = window.__client = Cascade.connect(options.url || '', options.client || {});
+  var clientOptions = options.client || {};
+  if (options.tokens) {
+    // The application's token source: hands out the given tokens one by one, later.
+    clientOptions.getToken = function (done) {
+      var token = options.tokens.shift();
+      if (token) { app.tokensGiven += 1; }
+      setTimeout(function () { done(token ? null : 'no tokens left', token); }, 10);
+    };
+  }
+  var client = window.__client = Cascade.connect(options.url || '', clientOptions);
   (options.channels || []).forEach(function (channel) {
     app.received[channel] = [];
     client.subscribe(channel, function (data, message) {
