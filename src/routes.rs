@@ -227,7 +227,10 @@ fn route_lean<'a>(
             }
             "/negotiate" => Box::pin(negotiate::serve(app, *req)).await,
             "/publish" => Box::pin(publish::serve_lean(app, *req)).await,
-            path => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
+            path => match assets::find(path, app.config.demo) {
+                Some(asset) => Ok(assets::serve(asset, req.headers())),
+                None => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
+            },
         }
     }
 }

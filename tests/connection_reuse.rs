@@ -18,7 +18,7 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// Reads one response with a `content-length` body (or a `204`, which has none) from
+/// Reads one response with a `content-length` body (or a `204` or `304`, which have none) from
 /// `stream`, keeping any bytes that follow it in `rest`.
 async fn read_answer(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Answer {
     within(async {
@@ -33,7 +33,7 @@ async fn read_answer(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Answer {
                         name.eq_ignore_ascii_case("content-length")
                             .then(|| value.trim().parse::<usize>().expect("length"))
                     })
-                    .or((status == 204).then_some(0))
+                    .or((status == 204 || status == 304).then_some(0))
                     .expect("content-length");
                 let start = end + 4;
                 if rest.len() >= start + length {
@@ -694,4 +694,44 @@ async fn closed(stream: &mut TcpStream) {
         while stream.read(&mut chunk).await.is_ok_and(|n| n > 0) {}
     })
     .await;
+}
+
+/// A page loads the client's script from the gateway, and the browser's pool reuses that
+/// connection for the client's stream: the script (and its `304` on a revalidation) is
+/// answered on the lean path, and the stream after it stays lean.
+#[tokio::test]
+async fn a_stream_opened_after_loading_the_client_script_stays_lean() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let script = ask(&mut stream, &mut rest, "/cascade.js").await;
+    assert_eq!(script.status, 200, "{}", script.head);
+    assert_eq!(
+        script.body,
+        include_bytes!("../client/cascade.js"),
+        "the whole script"
+    );
+    let etag = script
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an etag")
+        .to_owned();
+    let revalidate =
+        format!("GET /cascade.js HTTP/1.1\r\nhost: test\r\nif-none-match: {etag}\r\n\r\n");
+    stream.write_all(revalidate.as_bytes()).await.unwrap();
+    let fresh = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(fresh.status, 304, "{}", fresh.head);
+    assert!(fresh.body.is_empty());
+    stream
+        .write_all(get("/sse?channels=script").as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, &mut rest, b"event: open").await;
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "served by the lean path: {head}"
+    );
+    server.publish("script", json!({"n": 1})).await;
+    read_until(&mut stream, &mut rest, br#""n":1"#).await;
 }

@@ -1,7 +1,9 @@
 //! The lean HTTP/1 path for the GET routes of the transports: `/sse`, `/longpoll`, `/poll`
 //! and the `/ws` handshake; `/negotiate`, which a client asks before them; their CORS
-//! preflights; and `POST /publish`, which a browser client off a WebSocket sends on the
-//! connections it polls on. A connection stays here for as long as its requests do.
+//! preflights; `POST /publish`, which a browser client off a WebSocket sends on the
+//! connections it polls on; and `GET /cascade.js` (and the demo's files), which a page
+//! may load from the gateway on the connection its client then uses. A connection stays
+//! here for as long as its requests do.
 //!
 //! These requests are most of a gateway's open connections and they spend their life
 //! waiting (a short poller's connection waits between its polls). Served by hyper, each

@@ -160,6 +160,9 @@ pub(super) fn lean_request(
         // The connection carries the publish budget. A `GET` of it is hyper's to refuse.
         "/publish" if post || preflight => (false, post),
         "/ws" | "/longpoll" | "/poll" | "/negotiate" => (false, false),
+        // The browser client's script, which a page may load from the gateway on the
+        // connection its client then polls on; and the demo's files.
+        _ if crate::transport::assets::is_asset_path(path) => (false, false),
         _ => return None,
     };
     // Host is read only to tell a same-origin request from a cross-origin one.
@@ -218,10 +221,11 @@ pub(super) fn lean_request(
 /// dropped unparsed: a browser sends a dozen headers, and each kept one costs a copy and
 /// an allocation in the request's map. The routes read the origin check's `Origin` (and
 /// `Host`, only beside an `Origin`), the credentials (`Authorization`, the API key),
-/// SSE's `Last-Event-ID` and the WebSocket handshake's headers.
+/// SSE's `Last-Event-ID`, the WebSocket handshake's headers and an asset's
+/// `If-None-Match`.
 pub(super) fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName> {
     use http::header;
-    const KEPT: [(&str, HeaderName); 8] = [
+    const KEPT: [(&str, HeaderName); 9] = [
         ("origin", header::ORIGIN),
         ("authorization", header::AUTHORIZATION),
         (crate::auth::API_KEY_HEADER, crate::auth::API_KEY),
@@ -230,6 +234,7 @@ pub(super) fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName>
         ("connection", header::CONNECTION),
         ("sec-websocket-version", header::SEC_WEBSOCKET_VERSION),
         ("sec-websocket-key", header::SEC_WEBSOCKET_KEY),
+        ("if-none-match", header::IF_NONE_MATCH),
     ];
     if has_origin && name.eq_ignore_ascii_case("host") {
         return Some(header::HOST);
