@@ -38,8 +38,9 @@
 //! `--source-ips 127.0.0.2,127.0.0.3`, and add their numbers up.
 //!
 //! Module map: [`gateway`] (the process and `/proc`), [`http`] (a minimal HTTP/1.1
-//! client), [`clients`] (subscribers per transport, the publisher), [`scenarios`],
-//! [`report`] (table and JSON line).
+//! client), [`clients`] (subscribers per transport, the publisher), [`peers`] (Nchan and
+//! Socket.IO, measured beside Cascade), [`scenarios`], [`report`] (table and JSON
+//! line).
 
 #[path = "load/clients.rs"]
 mod clients;
@@ -51,6 +52,8 @@ mod floor;
 mod gateway;
 #[path = "load/http.rs"]
 mod http;
+#[path = "load/peers.rs"]
+mod peers;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/scenarios.rs"]
@@ -90,6 +93,12 @@ pub enum Server {
     /// The floor: one write per delivery and nothing else, to measure what the kernel
     /// alone charges on this machine (no SSE, no idle scenario).
     Floor,
+    /// Nchan 1.3.6 on nginx (`apt-get install nginx libnginx-mod-nchan`), the peer the
+    /// targets quote: WebSocket subscribers of one channel (fanout and idle).
+    Nchan,
+    /// Socket.IO 4.8 on Node (`npm ci --prefix benches/peers`), the other peer quoted:
+    /// WebSocket subscribers of one room (fanout and idle).
+    Socketio,
 }
 
 impl Server {
@@ -97,7 +106,14 @@ impl Server {
         match self {
             Server::Cascade => "cascade",
             Server::Floor => "floor",
+            Server::Nchan => "nchan",
+            Server::Socketio => "socketio",
         }
+    }
+
+    /// Whether this is a peer server, spoken to in its own wire.
+    fn is_peer(self) -> bool {
+        matches!(self, Server::Nchan | Server::Socketio)
     }
 }
 
@@ -179,8 +195,9 @@ struct Args {
     /// The Redis of --engine redis (loopback only).
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     redis_url: String,
-    /// What to start and measure: the Cascade gateway, or the floor server (one write
-    /// per delivery, no queues or tasks: the least any server spends on this machine).
+    /// What to start and measure: the Cascade gateway, the floor server (one write per
+    /// delivery, no queues or tasks: the least any server spends on this machine), or a
+    /// peer (nchan, socketio) for comparison on the same machine.
     #[arg(long, value_enum, default_value_t = Server::Cascade)]
     server: Server,
     /// Run as the floor server on $CASCADE_LISTEN (the load tool starts itself so).
@@ -251,6 +268,8 @@ pub struct Options {
     pub own_channel: bool,
     /// Each client asks `/negotiate` on its connection first.
     pub negotiate: bool,
+    /// The wire the subscribers speak (the server's).
+    pub wire: clients::Wire,
     /// Messages to publish.
     pub messages: u64,
     /// Publishes per second; zero is unpaced.
@@ -339,6 +358,19 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
                 .to_owned(),
         );
     }
+    if args.server.is_peer()
+        && !(transport == Transport::Websocket
+            && matches!(scenario, Scenario::Fanout | Scenario::Idle)
+            && args.channels.is_none_or(|c| c == 1)
+            && !args.own_channel
+            && args.nodes == 1
+            && args.url.is_none())
+    {
+        return Err(format!(
+            "--server {} runs fanout and idle over websocket, one channel, one node it starts              itself",
+            args.server.name()
+        ));
+    }
     if args.nodes > 1 && args.url.is_some() {
         return Err("--url attaches to one gateway; drop --nodes".to_owned());
     }
@@ -370,6 +402,11 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
         channels,
         own_channel: args.own_channel,
         negotiate: args.negotiate,
+        wire: match args.server {
+            Server::Cascade | Server::Floor => clients::Wire::Cascade,
+            Server::Nchan => clients::Wire::Nchan,
+            Server::Socketio => clients::Wire::Socketio,
+        },
         messages,
         rate,
         publishers: args.publishers.unwrap_or(4),
@@ -528,6 +565,7 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
                     std::env::current_exe().map_err(|e| format!("this executable: {e}"))?,
                     vec!["--serve-floor".to_owned()],
                 ),
+                Server::Nchan | Server::Socketio => peers::launch(args.server == Server::Nchan)?,
             };
             let mut gateways = Vec::with_capacity(args.nodes);
             for node in 0..args.nodes {
@@ -591,11 +629,14 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
 
     let gateway_cpu_text = gateway_cpu.as_deref().unwrap_or("any");
     let generator_cpu_text = generator_cpu.as_deref().unwrap_or("any");
+    let server = match args.server {
+        Server::Cascade => format!("{} gateway", args.engine.name()),
+        other => other.name().to_owned(),
+    };
     report.print(&format!(
-        "{} x {} gateway on cpu {gateway_cpu_text}, generator on cpu {generator_cpu_text}, load \
+        "{} x {server} on cpu {gateway_cpu_text}, generator on cpu {generator_cpu_text}, load \
          average {}",
         args.nodes,
-        args.engine.name(),
         load_before.map_or_else(|| "?".to_owned(), |l| l.to_string())
     ));
     if !args.no_record {

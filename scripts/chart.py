@@ -4,7 +4,8 @@
 Two panels against subscriber count, one line per transport, from the `fanout` runs:
 deliveries per gateway CPU-second, and p99 publish-to-receive latency. Runs with
 `--server floor` (one write per delivery, nothing else) are drawn as a dashed grey line:
-the most any server could reach on the machine that took them. Both axes are
+the most any server could reach on the machine that took them. Runs of the peers
+(`--server nchan`, `--server socketio`) are dotted lines of their own. Both axes are
 logarithmic. Each point is the latest run for its (transport, subscribers); runs are
 compared only at one publish rate (the latest run's, unless --rate says otherwise),
 because the rate changes both figures.
@@ -30,15 +31,18 @@ TRANSPORTS = [
     ("longpoll", "#2ca02c", "triangle", None),
     ("poll", "#c0392b", "diamond", None),
     ("floor", "#777777", "circle", "6 4"),
+    ("nchan", "#8e44ad", "square", "2 3"),
+    ("socketio", "#b8860b", "triangle", "2 3"),
 ]
+
+# Series drawn only when they have runs, and their legend names.
+OTHER_SERVERS = {"floor": "floor: one write per delivery", "nchan": "Nchan 1.3.6", "socketio": "Socket.IO 4.8"}
 
 PANELS = [
     # result key, title, unit shown on the axis
     ("deliveries_per_cpu_s", "Deliveries per gateway CPU-second", "deliveries / CPU-s"),
     ("latency_p99_ms", "p99 publish-to-receive latency", "milliseconds"),
 ]
-
-FLOOR_LABEL = "floor: one write per delivery"
 
 WIDTH, HEIGHT = 1000, 470
 PANEL_W, PANEL_H = 380, 290
@@ -75,7 +79,8 @@ def select(runs, rate, all_rates):
         runs = [r for r in runs if r["params"].get("rate") == rate]
     latest = {}
     for run in runs:
-        series = "floor" if run["params"].get("server") == "floor" else run["transport"]
+        server = run["params"].get("server")
+        series = server if server in OTHER_SERVERS else run["transport"]
         key = (series, run["params"].get("subscribers"))
         latest[key] = run
     return latest, rate
@@ -205,8 +210,8 @@ def render(latest, rate, all_rates):
         panel(out, left, key, title, unit, latest, xs or [1, 10])
     # Legend, centred under the panels; each entry is as wide as its name needs.
     shown = {name for name, _ in latest}
-    entries = [t for t in TRANSPORTS if t[0] != "floor" or "floor" in shown]
-    names = [FLOOR_LABEL if name == "floor" else name for name, _, _, _ in entries]
+    entries = [t for t in TRANSPORTS if t[0] not in OTHER_SERVERS or t[0] in shown]
+    names = [OTHER_SERVERS.get(name, name) for name, _, _, _ in entries]
     widths = [30 + 7 * len(name) + 28 for name in names]
     x = WIDTH / 2 - sum(widths) / 2
     y = HEIGHT - 22

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use cascade::config::Transport;
 
 use crate::http::{Conn, connect, find, rfind};
+use crate::peers;
 
 /// Microseconds since the unix epoch.
 pub fn unix_us() -> u64 {
@@ -104,10 +105,23 @@ pub struct Follow {
     pub source: Option<IpAddr>,
     /// Ask `/negotiate` on the connection before subscribing on it.
     pub negotiate: bool,
+    /// The server's wire: Cascade's, or a peer's.
+    pub wire: Wire,
+}
+
+/// Which server's wire a subscriber speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// Cascade's (and the floor's).
+    Cascade,
+    /// Nchan's WebSocket subscriber (see `peers`).
+    Nchan,
+    /// Socket.IO's (see `peers`).
+    Socketio,
 }
 
 /// Marks `n`s seen by one subscriber and feeds the shared tally.
-struct Receiver {
+pub struct Receiver {
     seen: Vec<u64>,
     expected: u64,
     tally: Arc<Tally>,
@@ -124,7 +138,7 @@ impl Receiver {
 
     /// Finds every `"t":..,"n":..` pair in `bytes` (one frame, an SSE batch or a poll
     /// body) and records it.
-    fn take(&mut self, bytes: &[u8]) {
+    pub fn take(&mut self, bytes: &[u8]) {
         let now = unix_us();
         let (mut new, mut duplicates, mut strays) = (0, 0, 0);
         let mut latencies = [0u64; 64];
@@ -198,14 +212,15 @@ fn number(bytes: &[u8], at: usize) -> (u64, usize) {
 }
 
 /// Counts a subscriber as confirmed once, and releases its connect slot then.
-struct Ready {
+pub struct Ready {
     tally: Arc<Tally>,
     permit: Option<OwnedSemaphorePermit>,
     confirmed: bool,
 }
 
 impl Ready {
-    fn confirm(&mut self) {
+    /// Counts the subscriber as subscribed.
+    pub fn confirm(&mut self) {
         if !self.confirmed {
             self.confirmed = true;
             self.permit = None;
@@ -230,7 +245,11 @@ pub async fn subscriber(
     let mut receiver = Receiver::new(follow.expected, tally.clone());
     let run = async {
         match follow.transport {
-            Transport::Websocket => websocket(addr, &follow, &mut receiver, &mut ready).await,
+            Transport::Websocket => match follow.wire {
+                Wire::Cascade => websocket(addr, &follow, &mut receiver, &mut ready).await,
+                Wire::Nchan => peers::nchan(addr, &follow, &mut receiver, &mut ready).await,
+                Wire::Socketio => peers::socketio(addr, &follow, &mut receiver, &mut ready).await,
+            },
             Transport::Sse => sse(addr, &follow, &mut receiver, &mut ready).await,
             Transport::Longpoll => long_poll(addr, &follow, &mut receiver, &mut ready).await,
             Transport::Poll => short_poll(addr, &follow, &mut receiver, &mut ready).await,
@@ -521,7 +540,8 @@ pub async fn publisher(addr: SocketAddr, plan: Arc<Publishing>, tally: Arc<Tally
             .request("POST", "/publish", &headers, body.as_bytes())
             .await
         {
-            Ok((200, _)) => {
+            // A peer may say 201 or 202 (Nchan does).
+            Ok((200..=299, _)) => {
                 plan.published.fetch_add(1, Ordering::Relaxed);
                 plan.published_per_channel[(j % width) as usize].fetch_add(1, Ordering::Relaxed);
                 let rtt = unix_us().saturating_sub(sent).max(1);

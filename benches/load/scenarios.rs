@@ -117,6 +117,7 @@ impl Run {
                 hold_s,
                 source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
                 negotiate: self.opts.negotiate,
+                wire: self.opts.wire,
             };
             tasks.push(tokio::spawn(subscriber(
                 self.subscriber_addr(i),
