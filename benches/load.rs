@@ -94,7 +94,7 @@ pub enum Server {
     /// alone charges on this machine (no SSE, no idle scenario).
     Floor,
     /// Nchan 1.3.6 on nginx (`apt-get install nginx libnginx-mod-nchan`), the peer the
-    /// targets quote: WebSocket subscribers of one channel (fanout and idle).
+    /// targets quote: WebSocket or SSE subscribers of one channel (fanout and idle).
     Nchan,
     /// Socket.IO 4.8 on Node (`npm ci --prefix benches/peers`), the other peer quoted:
     /// WebSocket subscribers of one room (fanout and idle).
@@ -358,8 +358,12 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
                 .to_owned(),
         );
     }
+    let peer_transport = match args.server {
+        Server::Nchan => matches!(transport, Transport::Websocket | Transport::Sse),
+        _ => transport == Transport::Websocket,
+    };
     if args.server.is_peer()
-        && !(transport == Transport::Websocket
+        && !(peer_transport
             && matches!(scenario, Scenario::Fanout | Scenario::Idle)
             && args.channels.is_none_or(|c| c == 1)
             && !args.own_channel
@@ -367,7 +371,8 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             && args.url.is_none())
     {
         return Err(format!(
-            "--server {} runs fanout and idle over websocket, one channel, one node it starts              itself",
+            "--server {} runs fanout and idle over websocket (nchan also sse), one channel, \
+             one node it starts itself",
             args.server.name()
         ));
     }

@@ -32,11 +32,17 @@ TRANSPORTS = [
     ("poll", "#c0392b", "diamond", None),
     ("floor", "#777777", "circle", "6 4"),
     ("nchan", "#8e44ad", "square", "2 3"),
+    ("nchan-sse", "#d35fb7", "square", "2 3"),
     ("socketio", "#b8860b", "triangle", "2 3"),
 ]
 
 # Series drawn only when they have runs, and their legend names.
-OTHER_SERVERS = {"floor": "floor: one write per delivery", "nchan": "Nchan 1.3.6", "socketio": "Socket.IO 4.8"}
+OTHER_SERVERS = {
+    "floor": "floor: one write per delivery",
+    "nchan": "Nchan WS",
+    "nchan-sse": "Nchan SSE",
+    "socketio": "Socket.IO",
+}
 
 PANELS = [
     # result key, title, unit shown on the axis
@@ -80,7 +86,9 @@ def select(runs, rate, all_rates):
     latest = {}
     for run in runs:
         server = run["params"].get("server")
-        series = server if server in OTHER_SERVERS else run["transport"]
+        series = run["transport"]
+        if server in OTHER_SERVERS:
+            series = f"{server}-sse" if series == "sse" else server
         key = (series, run["params"].get("subscribers"))
         latest[key] = run
     return latest, rate
@@ -212,7 +220,7 @@ def render(latest, rate, all_rates):
     shown = {name for name, _ in latest}
     entries = [t for t in TRANSPORTS if t[0] not in OTHER_SERVERS or t[0] in shown]
     names = [OTHER_SERVERS.get(name, name) for name, _, _, _ in entries]
-    widths = [30 + 7 * len(name) + 28 for name in names]
+    widths = [30 + 6.2 * len(name) + 22 for name in names]
     x = WIDTH / 2 - sum(widths) / 2
     y = HEIGHT - 22
     for (_, colour, kind, dashes), name, width in zip(entries, names, widths):

@@ -344,6 +344,10 @@ async fn sse(
     if head.status != 200 {
         return Err(format!("status {}", head.status));
     }
+    if follow.wire != Wire::Cascade {
+        // A peer's stream has no `open` event: its answer is the confirmation.
+        ready.confirm();
+    }
     let mut pending = BytesMut::new();
     loop {
         let piece = conn.piece(head).await.map_err(|e| format!("read: {e}"))?;
