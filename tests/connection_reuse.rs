@@ -451,18 +451,21 @@ async fn a_stream_opened_after_negotiating_on_the_same_connection_stays_lean() {
     assert!(json_body(&ladder)["transports"].is_array());
     let polled = ask(&mut stream, &mut rest, "/longpoll?channels=rung&timeout=0").await;
     assert_eq!(polled.status, 200, "{}", polled.head);
-    stream
-        .write_all(get("/sse?channels=rung").as_bytes())
-        .await
-        .unwrap();
-    let head = read_until(&mut stream, &mut rest, b"event: open").await;
+    open_lean_stream(&mut stream, &mut rest, &get("/sse?channels=rung")).await;
+    server.publish("rung", json!({"n": 1})).await;
+    read_until(&mut stream, &mut rest, br#""n":1"#).await;
+}
+
+/// Sends `request` (an SSE request) and checks that the stream opens on the lean path,
+/// which gives a stream its connection to itself (`connection: close`); hyper does not.
+async fn open_lean_stream(stream: &mut TcpStream, rest: &mut Vec<u8>, request: &str) {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = read_until(stream, rest, b"event: open").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("connection: close"),
         "served by the lean path: {head}"
     );
-    server.publish("rung", json!({"n": 1})).await;
-    read_until(&mut stream, &mut rest, br#""n":1"#).await;
 }
 
 /// Reads from `stream` into `rest` until `wanted` appears; returns what was read as text.
@@ -511,12 +514,7 @@ async fn a_preflight_before_negotiating_keeps_the_connection_on_the_lean_path() 
     let ladder = read_answer(&mut stream, &mut rest).await;
     assert_eq!(ladder.status, 200, "{}", ladder.head);
     let sse = format!("GET /sse?channels=after-preflight HTTP/1.1\r\nhost: test\r\n{origin}\r\n");
-    stream.write_all(sse.as_bytes()).await.unwrap();
-    let head = read_until(&mut stream, &mut rest, b"event: open").await;
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "served by the lean path: {head}"
-    );
+    open_lean_stream(&mut stream, &mut rest, &sse).await;
 }
 
 /// `POST /publish` with `body`, as a browser client sends it.
@@ -548,15 +546,7 @@ async fn a_publish_keeps_the_connection_on_the_lean_path() {
         "{:?}",
         json_body(&polled)
     );
-    stream
-        .write_all(get("/sse?channels=posted").as_bytes())
-        .await
-        .unwrap();
-    let head = read_until(&mut stream, &mut rest, b"event: open").await;
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "served by the lean path: {head}"
-    );
+    open_lean_stream(&mut stream, &mut rest, &get("/sse?channels=posted")).await;
 }
 
 /// A publish whose declared body is over the limit is refused before any of it is read,
@@ -723,15 +713,7 @@ async fn a_stream_opened_after_loading_the_client_script_stays_lean() {
     let fresh = read_answer(&mut stream, &mut rest).await;
     assert_eq!(fresh.status, 304, "{}", fresh.head);
     assert!(fresh.body.is_empty());
-    stream
-        .write_all(get("/sse?channels=script").as_bytes())
-        .await
-        .unwrap();
-    let head = read_until(&mut stream, &mut rest, b"event: open").await;
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "served by the lean path: {head}"
-    );
+    open_lean_stream(&mut stream, &mut rest, &get("/sse?channels=script")).await;
     server.publish("script", json!({"n": 1})).await;
     read_until(&mut stream, &mut rest, br#""n":1"#).await;
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -269,12 +271,12 @@ pub async fn subscriber(
     }
 }
 
-async fn websocket(
+/// A WebSocket client connected to `path` on `addr` (from `follow`'s source address).
+pub async fn open_websocket(
     addr: SocketAddr,
     follow: &Follow,
-    receiver: &mut Receiver,
-    ready: &mut Ready,
-) -> Result<(), String> {
+    path: &str,
+) -> Result<WebSocketStream<TcpStream>, String> {
     let stream = connect(addr, follow.source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -282,13 +284,23 @@ async fn websocket(
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://{addr}/ws"),
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{addr}{path}"),
         stream,
         Some(config),
     )
     .await
     .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+async fn websocket(
+    addr: SocketAddr,
+    follow: &Follow,
+    receiver: &mut Receiver,
+    ready: &mut Ready,
+) -> Result<(), String> {
+    let mut ws = open_websocket(addr, follow, "/ws").await?;
     let list = follow.channels.replace(',', r#"",""#);
     let subscribe = format!(r#"{{"op":"subscribe","channels":["{list}"]}}"#);
     ws.send(Frame::text(subscribe))

@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::clients::{Follow, Ready, Receiver};
-use crate::http::connect;
+use crate::clients::{Follow, Ready, Receiver, open_websocket};
 
 /// The program and arguments that start a peer on `$CASCADE_LISTEN`.
 pub fn launch(nchan: bool) -> Result<(PathBuf, Vec<String>), String> {
@@ -61,13 +59,7 @@ pub async fn nchan(
     receiver: &mut Receiver,
     ready: &mut Ready,
 ) -> Result<(), String> {
-    let stream = connect(addr, follow.source)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/ws"), stream, config())
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+    let mut ws = open_websocket(addr, follow, "/ws").await?;
     // Subscribed once the upgrade is answered: Nchan confirms nothing else.
     ready.confirm();
     while let Some(frame) = ws.next().await {
@@ -88,13 +80,7 @@ pub async fn socketio(
     receiver: &mut Receiver,
     ready: &mut Ready,
 ) -> Result<(), String> {
-    let stream = connect(addr, follow.source)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, config())
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let mut ws = open_websocket(addr, follow, "/socket.io/?EIO=4&transport=websocket").await?;
     let channel = follow.channels.split(',').next().unwrap_or_default();
     while let Some(frame) = ws.next().await {
         let Frame::Text(text) = frame.map_err(|e| format!("read: {e}"))? else {
@@ -127,13 +113,4 @@ pub async fn socketio(
         }
     }
     Err("connection ended".to_owned())
-}
-
-/// Small buffers, as for Cascade's subscribers: thousands share one process.
-fn config() -> Option<WebSocketConfig> {
-    Some(
-        WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0),
-    )
 }
