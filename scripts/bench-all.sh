@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-takes every figure of BENCHMARKS.md: each run appends one JSON line to
 # benches/results.jsonl, then the charts are redrawn from them. About 10 minutes on the
-# 2-core reference machine. Run it on a quiet machine: the figures are CPU seconds.
+# 2-core reference machine, 3 more with the peers (Nchan, Socket.IO) when they are
+# installed. Run it on a quiet machine: the figures are CPU seconds.
 #
 #   scripts/bench-all.sh [--note "what changed"]
 set -euo pipefail
@@ -62,6 +63,33 @@ load poll --server floor --transport poll --clients 1000 --seconds 5
 # 60 s cap, or the messages still queued at the cap count as lost.
 load channels --subscribers 10000 --channels 1 --messages 10000 --duration 300
 load channels --subscribers 10000 --channels 10000 --messages 20000 --duration 120
+
+# The peers the targets are quoted against, on this machine, when they are installed
+# (BENCHMARKS.md, "Peers on the same machine"); skipped, and said so, when they are not.
+if [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+    for transport in websocket sse; do
+        for subscribers in 100 1000 10000; do
+            load fanout --server nchan --transport "$transport" --subscribers "$subscribers" --messages 400 --rate 40 --duration 120
+        done
+        load fanout --server nchan --transport "$transport" --subscribers 1000 --messages 2000 --rate 0 --duration 120
+        for connections in 1000 5000 15000; do
+            load idle --server nchan --transport "$transport" --connections "$connections" --duration 120
+        done
+    done
+else
+    echo "bench-all: Nchan skipped (apt-get install nginx libnginx-mod-nchan)" >&2
+fi
+if [ -d benches/peers/node_modules/socket.io ]; then
+    for subscribers in 100 1000 10000; do
+        load fanout --server socketio --subscribers "$subscribers" --messages 400 --rate 40 --duration 120
+    done
+    load fanout --server socketio --subscribers 1000 --messages 2000 --rate 0 --duration 120
+    for connections in 1000 5000 15000; do
+        load idle --server socketio --connections "$connections" --duration 120
+    done
+else
+    echo "bench-all: Socket.IO skipped (npm ci --prefix benches/peers)" >&2
+fi
 
 python3 scripts/chart.py --rate 40 --output docs/bench.svg
 python3 scripts/chart.py --rate 0 --output docs/bench-unpaced.svg
