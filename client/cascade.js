@@ -15,11 +15,12 @@
  *
  * Options: token (sent as token= on every request), getToken(done) (asked for a new token
  * when there is none or the gateway says it expired; calls done(err, token), or returns
- * a promise of the token), transports (the rungs allowed, e.g.
- * ['longpoll']), channels, timeouts {websocket, sse, longpoll, poll, negotiate, publish,
- * token} in ms (how long each rung has to show that data flows), probeIntervalMs (how often to
- * try better rungs after a fallback), minBackoffMs / maxBackoffMs, remember (start from
- * the rung that last worked in this tab, kept in sessionStorage).
+ * a promise of the token), transports (the rungs allowed, e.g. ['longpoll']), channels,
+ * timeouts {websocket, sse, longpoll, poll, negotiate, publish, token} in ms (how long
+ * each rung has to show that data flows; token: how long getToken may take),
+ * probeIntervalMs (how often to try better rungs after a fallback), minBackoffMs /
+ * maxBackoffMs, remember (start from the rung that last worked in this tab, kept in
+ * sessionStorage).
  * Events: connect {transport}, disconnect {reason, retryMs}, transport (name), gap
  * {channel, epoch, first}, error {code, message}, message (every delivered message).
  * c.transport is the rung in use, or null while disconnected.
