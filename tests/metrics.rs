@@ -543,36 +543,105 @@ async fn exposition_is_valid_prometheus_text() {
     }
 
     // promtool, when present; CI must have it.
+    if let Some(output) = promtool(&["check", "metrics"], Some(&text)) {
+        assert!(
+            output.status.success(),
+            "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// Runs promtool with `args` (in `deploy/prometheus`), feeding it `input`; `None` when it
+/// is not installed, which CI does not allow.
+fn promtool(args: &[&str], input: Option<&str>) -> Option<std::process::Output> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
     match Command::new("promtool")
-        .args(["check", "metrics"])
+        .args(args)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
     {
         Ok(mut child) => {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write to promtool");
-            let output = child.wait_with_output().expect("promtool");
-            assert!(
-                output.status.success(),
-                "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let mut stdin = child.stdin.take().expect("stdin");
+            if let Some(input) = input {
+                stdin
+                    .write_all(input.as_bytes())
+                    .expect("write to promtool");
+            }
+            drop(stdin);
+            Some(child.wait_with_output().expect("promtool"))
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "CI is set but promtool is not on PATH"
             );
-            eprintln!("note: promtool not found on PATH; checked the text format only");
+            eprintln!(
+                "note: promtool not found on PATH; skipped promtool {}",
+                args.join(" ")
+            );
+            None
         }
         Err(err) => panic!("running promtool: {err}"),
+    }
+}
+
+/// The alerts and recording rules shipped in `deploy/prometheus` name only metric families
+/// this gateway serves, and pass promtool's check and their own unit tests there.
+#[tokio::test]
+async fn shipped_alert_rules_name_served_metrics_and_pass_their_tests() {
+    let rules = include_str!("../deploy/prometheus/cascade-rules.yml");
+    let named: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("cascade_"))
+        .map(|word| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word)
+        })
+        .collect();
+    assert!(named.len() >= 8, "the rules name {named:?}");
+
+    let server = TestServer::default().await;
+    exercise(&server).await;
+    let text = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let served: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    for family in &named {
+        assert!(
+            served.contains(family),
+            "the rules name {family}, which the gateway does not serve:\n{text}"
+        );
+    }
+
+    for args in [
+        &["check", "rules", "cascade-rules.yml"][..],
+        &["test", "rules", "cascade-rules.test.yml"][..],
+    ] {
+        if let Some(output) = promtool(args, None) {
+            assert!(
+                output.status.success(),
+                "promtool {} failed:\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 }
 
