@@ -590,13 +590,9 @@ fn promtool(args: &[&str], input: Option<&str>) -> Option<std::process::Output> 
     }
 }
 
-/// The alerts and recording rules shipped in `deploy/prometheus` name only metric families
-/// this gateway serves, and pass promtool's check and their own unit tests there.
-#[tokio::test]
-async fn shipped_alert_rules_name_served_metrics_and_pass_their_tests() {
-    let rules = include_str!("../deploy/prometheus/cascade-rules.yml");
-    let named: std::collections::BTreeSet<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+/// The metric families `text` names (`cascade_...`, a histogram's series by its family).
+fn families_named(text: &str) -> std::collections::BTreeSet<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| word.starts_with("cascade_"))
         .map(|word| {
             ["_bucket", "_sum", "_count"]
@@ -604,12 +600,15 @@ async fn shipped_alert_rules_name_served_metrics_and_pass_their_tests() {
                 .find_map(|suffix| word.strip_suffix(suffix))
                 .unwrap_or(word)
         })
-        .collect();
-    assert!(named.len() >= 8, "the rules name {named:?}");
+        .collect()
+}
 
-    let server = TestServer::default().await;
-    exercise(&server).await;
-    let text = http()
+/// Asserts that `server`, once every transport was exercised, serves each family named in
+/// `text` (from `what`).
+async fn assert_served(server: &TestServer, what: &str, text: &str) {
+    let named = families_named(text);
+    assert!(named.len() >= 8, "{what} names {named:?}");
+    let exposition = http()
         .get(server.url("/metrics"))
         .send()
         .await
@@ -617,7 +616,7 @@ async fn shipped_alert_rules_name_served_metrics_and_pass_their_tests() {
         .text()
         .await
         .expect("text");
-    let served: std::collections::BTreeSet<&str> = text
+    let served: std::collections::BTreeSet<&str> = exposition
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|line| line.split(' ').next())
@@ -625,24 +624,74 @@ async fn shipped_alert_rules_name_served_metrics_and_pass_their_tests() {
     for family in &named {
         assert!(
             served.contains(family),
-            "the rules name {family}, which the gateway does not serve:\n{text}"
+            "{what} names {family}, which the gateway does not serve:\n{exposition}"
         );
     }
+}
 
-    for args in [
-        &["check", "rules", "cascade-rules.yml"][..],
-        &["test", "rules", "cascade-rules.test.yml"][..],
-    ] {
-        if let Some(output) = promtool(args, None) {
-            assert!(
-                output.status.success(),
-                "promtool {} failed:\n{}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+/// Asserts that promtool (when present) succeeds with `args` in `deploy/prometheus`.
+fn assert_promtool(args: &[&str]) {
+    assert_succeeded(args, promtool(args, None));
+}
+
+/// Asserts that the promtool run with `args` that gave `output` (if it ran) succeeded.
+fn assert_succeeded(args: &[&str], output: Option<std::process::Output>) {
+    if let Some(output) = output {
+        assert!(
+            output.status.success(),
+            "promtool {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
+}
+
+/// The alerts and recording rules shipped in `deploy/prometheus` name only metric families
+/// this gateway serves, and pass promtool's check and their own unit tests there.
+#[tokio::test]
+async fn shipped_alert_rules_name_served_metrics_and_pass_their_tests() {
+    let server = TestServer::default().await;
+    exercise(&server).await;
+    let rules = include_str!("../deploy/prometheus/cascade-rules.yml");
+    assert_served(&server, "cascade-rules.yml", rules).await;
+    assert_promtool(&["check", "rules", "cascade-rules.yml"]);
+    assert_promtool(&["test", "rules", "cascade-rules.test.yml"]);
+}
+
+/// The Grafana dashboard in `deploy/grafana` queries only metric families this gateway
+/// serves, and every query parses as PromQL once Grafana's variables are filled in.
+#[tokio::test]
+async fn shipped_dashboard_queries_parse_and_name_served_metrics() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana/cascade.json")).expect("JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().expect("targets").iter())
+        .map(|target| target["expr"].as_str().expect("expr").to_owned())
+        .collect();
+    assert_eq!(exprs.len(), 14, "one query per panel");
+    let server = TestServer::default().await;
+    exercise(&server).await;
+    assert_served(&server, "cascade.json", &exprs.join("\n")).await;
+
+    // promtool parses PromQL in rule files: each query becomes a recording rule.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (at, expr) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        let quoted = serde_json::to_string(&expr).unwrap();
+        rules += &format!("      - record: dashboard:query{at}\n        expr: {quoted}\n");
+    }
+    let path = std::env::temp_dir().join(format!("cascade-dashboard-{}.yml", std::process::id()));
+    std::fs::write(&path, rules).expect("write the rules");
+    let args = ["check", "rules", path.to_str().unwrap()];
+    let output = promtool(&args, None);
+    let _ = std::fs::remove_file(&path);
+    assert_succeeded(&args, output);
 }
 
 #[test]
