@@ -161,6 +161,9 @@ struct Args {
     /// Publisher connections; messages stay paced by --rate [default: 4].
     #[arg(long)]
     publishers: Option<usize>,
+    /// Messages per publish request: above 1, each request is a batch (a JSON array).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
     /// Short-poll interval in ms [default: 2000, the gateway's advice; poll scenario: 0,
     /// back to back].
     #[arg(long)]
@@ -276,6 +279,8 @@ pub struct Options {
     pub rate: f64,
     /// Publisher connections.
     pub publishers: usize,
+    /// Messages per publish request.
+    pub batch: u64,
     /// Short-poll interval.
     pub interval: Duration,
     /// The delivery window lasts at least this long (the poll scenario's --seconds).
@@ -376,6 +381,9 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             args.server.name()
         ));
     }
+    if args.batch > 1 && (args.server != Server::Cascade || scenario == Scenario::Idle) {
+        return Err("--batch is for Cascade's fanout, channels and poll publishers".to_owned());
+    }
     if args.nodes > 1 && args.url.is_some() {
         return Err("--url attaches to one gateway; drop --nodes".to_owned());
     }
@@ -415,6 +423,7 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
         messages,
         rate,
         publishers: args.publishers.unwrap_or(4),
+        batch: args.batch.max(1),
         interval: Duration::from_millis(interval_ms),
         min_window: match scenario {
             Scenario::Poll => Duration::from_secs(args.seconds),

@@ -507,6 +507,8 @@ pub struct Publishing {
     pub channels: Vec<String>,
     /// The API key that lets a backend publish without the per-connection rate limit.
     pub api_key: String,
+    /// Messages per request; above 1 each request is a batch.
+    pub batch: u64,
     /// When publishing began; message `j` is due at `start + j / rate`.
     pub start: Instant,
     /// No publish starts after this.
@@ -535,31 +537,51 @@ pub async fn publisher(addr: SocketAddr, plan: Arc<Publishing>, tally: Arc<Tally
     let headers = [("X-Cascade-Api-Key", plan.api_key.as_str())];
     let width = plan.channels.len() as u64;
     loop {
-        let j = plan.next.fetch_add(1, Ordering::Relaxed);
-        if j >= plan.messages {
+        let first = plan.next.fetch_add(plan.batch, Ordering::Relaxed);
+        if first >= plan.messages {
             return;
         }
+        let messages = first..(first + plan.batch).min(plan.messages);
         if plan.rate > 0.0 {
-            let due = plan.start + Duration::from_secs_f64(j as f64 / plan.rate);
+            let due = plan.start + Duration::from_secs_f64(first as f64 / plan.rate);
             tokio::time::sleep_until(due.into()).await;
         }
         if Instant::now() > plan.deadline {
             return;
         }
-        let channel = &plan.channels[(j % width) as usize];
         let sent = unix_us();
-        let body = format!(
-            r#"{{"channel":"{channel}","data":{{"t":{sent},"n":{}}}}}"#,
-            j / width + 1
-        );
+        let item = |j: u64| {
+            let channel = &plan.channels[(j % width) as usize];
+            format!(
+                r#"{{"channel":"{channel}","data":{{"t":{sent},"n":{}}}}}"#,
+                j / width + 1
+            )
+        };
+        let body = if plan.batch > 1 {
+            let items: Vec<String> = messages.clone().map(item).collect();
+            format!("[{}]", items.join(","))
+        } else {
+            item(first)
+        };
         match conn
             .request("POST", "/publish", &headers, body.as_bytes())
             .await
         {
             // A peer may say 201 or 202 (Nchan does).
-            Ok((200..=299, _)) => {
-                plan.published.fetch_add(1, Ordering::Relaxed);
-                plan.published_per_channel[(j % width) as usize].fetch_add(1, Ordering::Relaxed);
+            Ok((200..=299, answer)) => {
+                let batched = (plan.batch > 1).then(|| batch_published(&answer));
+                for (at, j) in messages.enumerate() {
+                    if batched
+                        .as_ref()
+                        .is_some_and(|ok| !ok.get(at).copied().unwrap_or(false))
+                    {
+                        plan.failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    plan.published.fetch_add(1, Ordering::Relaxed);
+                    plan.published_per_channel[(j % width) as usize]
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 let rtt = unix_us().saturating_sub(sent).max(1);
                 let mut histogram = plan.round_trip.lock().unwrap_or_else(|e| e.into_inner());
                 histogram.saturating_record(rtt);
@@ -581,6 +603,15 @@ pub async fn publisher(addr: SocketAddr, plan: Arc<Publishing>, tally: Arc<Tally
             }
         }
     }
+}
+
+/// Which items of a batch publish's answer (`{"results":[..]}`) were published.
+fn batch_published(answer: &[u8]) -> Vec<bool> {
+    let answer: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
+    answer["results"]
+        .as_array()
+        .map(|results| results.iter().map(|r| r["offset"].is_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// Asks `/negotiate` on `conn`, as a ladder client does before it opens its rung.

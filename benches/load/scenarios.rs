@@ -345,6 +345,7 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
         rate: o.rate,
         channels: (0..channels).map(|c| run.channel(c)).collect(),
         api_key: o.api_key.clone(),
+        batch: o.batch,
         start: t0,
         deadline: run.deadline,
         next: AtomicU64::new(0),
