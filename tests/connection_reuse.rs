@@ -326,22 +326,85 @@ async fn a_head_trickled_byte_by_byte_is_served() {
     assert_eq!(answer.status, 200, "{}", answer.head);
 }
 
+/// A client that pipelines far more than a head behind a parked poll is slowed down by its
+/// own socket, not cut off: the poll it sent whole is still answered, and nothing more
+/// than a head is buffered for it.
 #[tokio::test]
-async fn a_client_flooding_a_parked_poll_is_dropped_and_counted_and_others_are_unharmed() {
+async fn a_client_flooding_a_parked_poll_still_gets_its_answer_and_others_are_unharmed() {
     let server = TestServer::default().await;
     let mut flooder = park_poll(&server, "flood").await;
-    // Far more than a pipelined head may hold, while the answer is pending.
     let junk = vec![b'x'; 64 * 1024];
-    let _ = flooder.write_all(&junk).await;
-    polls_released(&server).await;
+    within(flooder.write_all(&junk))
+        .await
+        .expect("the socket takes it");
+    server.publish("flood", json!({"n": 1})).await;
+    let answered = read_answer(&mut flooder, &mut Vec::new()).await;
+    assert_eq!(answered.status, 200, "{}", answered.head);
+    assert_eq!(json_body(&answered)["messages"][0]["data"], json!({"n": 1}));
     let overflow = r#"cascade_errors_total{code="pipeline_overflow"}"#;
-    assert_eq!(server.metric(overflow).await, 1.0);
+    assert_eq!(server.metric(overflow).await, 0.0);
     let answered = exchange(
         &server,
         get("/longpoll?channels=other&timeout=0").as_bytes(),
     )
     .await;
     assert_eq!(answered.status, 200, "{}", answered.head);
+}
+
+/// A parked poll and, in the same write, a publish with a body over the head limit behind
+/// it: both are answered in order, and the publish is stored.
+#[tokio::test]
+async fn a_large_publish_pipelined_behind_a_parked_poll_is_answered() {
+    let server = TestServer::default().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let body = json!({"channel": "behind", "data": "x".repeat(16_500)}).to_string();
+    let both = get("/longpoll?channels=parked&timeout=1") + &post_publish(&body, "");
+    stream.write_all(both.as_bytes()).await.unwrap();
+    let polled = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(polled.status, 200, "{}", polled.head);
+    let published = read_answer(&mut stream, &mut rest).await;
+    assert_eq!(published.status, 200, "{}", published.head);
+    assert_eq!(json_body(&published)["offset"], 1);
+    let epoch = json_body(&published)["epoch"].as_str().unwrap().to_owned();
+    let (_, stored) = server
+        .get_json(&format!("/poll?cursor=behind@{epoch}:0"))
+        .await;
+    assert_eq!(
+        stored["messages"][0]["data"].as_str().map(str::len),
+        Some(16_500)
+    );
+}
+
+/// On an engine whose publish waits (Redis), a publish followed in the same write by a
+/// second one whose body is over the head limit: the first is answered and stored, then
+/// the second. The pipelined bytes once made the gateway drop the connection, and the
+/// first publish with it.
+#[tokio::test]
+async fn a_large_publish_pipelined_behind_a_pending_publish_is_answered_on_redis() {
+    let mut config = support::test_config();
+    config.engine = cascade::config::EngineKind::Redis;
+    config.redis_url = std::env::var("CASCADE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    config.redis_prefix = format!("test-pipelined-{}", std::process::id());
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let first = json!({"channel": "pipelined", "data": {"n": 1}}).to_string();
+    let second = json!({"channel": "pipelined", "data": "x".repeat(16_460)}).to_string();
+    assert!(second.len() >= 16_470, "{}", second.len());
+    let both = post_publish(&first, "") + &post_publish(&second, "");
+    stream.write_all(both.as_bytes()).await.unwrap();
+    let mut epoch = String::new();
+    for offset in [1, 2] {
+        let published = read_answer(&mut stream, &mut rest).await;
+        assert_eq!(published.status, 200, "{}", published.head);
+        assert_eq!(json_body(&published)["offset"], offset);
+        epoch = json_body(&published)["epoch"].as_str().unwrap().to_owned();
+    }
+    let cursor = format!("pipelined@{epoch}:0");
+    let (_, stored) = server.get_json(&format!("/poll?cursor={cursor}")).await;
+    assert_eq!(stored["messages"][0]["data"], json!({"n": 1}));
 }
 
 #[tokio::test]

@@ -415,9 +415,17 @@ fn send<'a>(
 }
 
 /// Waits for the client to send something while its answer is pending; `true` when it
-/// has closed (or errs) or pipelined past the limit, `false` when it sent the start of its
-/// next request (kept for after this answer).
+/// has closed (or errs), `false` when it sent the start of its next request (kept for
+/// after this answer).
+///
+/// Once a head's worth is pipelined, reading stops until the answer is written: the
+/// request was read whole and its answer is owed, so a client that sends ahead is slowed
+/// down by its own socket (backpressure), never cut off with its answer lost. Its close
+/// goes unseen meanwhile; the pending answer ends by itself (a poll's hold, a publish).
 async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
+    if buf.len() >= MAX_HEAD {
+        return std::future::pending().await;
+    }
     // Readiness is polled rather than awaited with `readable()`, whose future carries a
     // waiter node of its own: this wait is part of every parked poll.
     if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
@@ -428,8 +436,8 @@ async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
 
 /// What reading a readable socket found.
 enum Read {
-    /// The client closed (or the socket failed), or pipelined past the limit (counted as
-    /// `pipeline_overflow`).
+    /// The client closed (or the socket failed), or sent past the limit beside an open
+    /// stream (counted as `pipeline_overflow`).
     Gone,
     /// Nothing more to read now.
     Drained,
@@ -440,7 +448,8 @@ enum Read {
 /// Reads what a readable socket holds into `buf`, up to the head limit.
 fn read_some(stream: &TcpStream, buf: &mut BytesMut, app: &App) -> Read {
     if buf.len() >= MAX_HEAD {
-        // A client pipelining without reading: stop it rather than buffer more.
+        // A client sending beside a stream that never ends: nothing it sends can be
+        // served, so stop it rather than buffer more.
         app.metrics.error("pipeline_overflow");
         return Read::Gone;
     }
