@@ -332,3 +332,92 @@ async fn many_stalled_clients_are_all_cut_off_and_memory_stays_bounded() {
     let growth = rss_kib().saturating_sub(rss_before);
     assert!(growth < MAX_RSS_GROWTH_KIB, "RSS grew by {growth} KiB");
 }
+
+/// The resident set size, and its peak, of process `pid`, in KiB.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect(name)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Pings as fast as the socket takes them, 125 bytes each, never reading: one pong owed
+/// per ping. Stops when the server closes the connection, after `max` pings, or at the
+/// load deadline; returns how many pings were written.
+async fn ping_flood(mut raw: support::raw_ws::RawWs, max: u64) -> u64 {
+    use tokio::io::AsyncWriteExt;
+    // Many pings per write: the flood is bounded by the server, not by system calls.
+    const BATCH: usize = 64;
+    let mut batch = Vec::with_capacity(BATCH * 131);
+    for _ in 0..BATCH {
+        batch.extend_from_slice(&[0x80 | support::raw_ws::PING, 0x80 | 125, 0, 0, 0, 0]);
+        batch.extend_from_slice(&[b'p'; 125]);
+    }
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < max && start.elapsed() < MAX_LOAD_TIME {
+        let write = tokio::time::timeout(Duration::from_secs(1), raw.stream.write_all(&batch));
+        match write.await {
+            Ok(Ok(())) => sent += BATCH as u64,
+            // The server closed (reset) the connection.
+            Ok(Err(_)) => break,
+            // The server stopped reading: go on trying until it closes or the deadline.
+            Err(_) => {}
+        }
+    }
+    sent
+}
+
+/// A client that pings without ever reading its socket makes the gateway owe it a pong
+/// per ping. They are bounded: the gateway cuts such a client off as a slow consumer and
+/// its memory stays flat (a probe once grew it by 270 MB per connection in two seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_flooding_pings_without_reading_are_cut_off_and_memory_stays_flat() {
+    const CLIENTS: usize = 4;
+    const MAX_PINGS: u64 = 2_000_000;
+    const MAX_GROWTH_KIB: u64 = 4 * 1024;
+    let node = support::nodes::Node::spawn(&[("CASCADE_WEBSOCKET_PING_INTERVAL_MS", "60000")]);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(support::raw_ws::connect(node.addr, Some(4096)).await);
+    }
+    let (before, peak_before) = rss_of(node.pid());
+    let floods: Vec<_> = clients
+        .into_iter()
+        .map(|raw| tokio::spawn(ping_flood(raw, MAX_PINGS)))
+        .collect();
+    for flood in floods {
+        let sent = flood.await.expect("flood task");
+        assert!(
+            sent < MAX_PINGS,
+            "cut off before the flood's end ({sent} pings)"
+        );
+    }
+    let (after, peak) = rss_of(node.pid());
+    eprintln!("gateway RSS {before} KiB -> {after} KiB, peak {peak_before} -> {peak} KiB");
+    assert!(
+        peak.saturating_sub(before.max(peak_before)) < MAX_GROWTH_KIB,
+        "the gateway grew from {before} KiB to a peak of {peak} KiB"
+    );
+    let metrics = http()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let cut = metric_value(
+        &metrics,
+        r#"cascade_slow_consumers_total{transport="websocket"}"#,
+    );
+    assert_eq!(
+        cut, CLIENTS as f64,
+        "each flooder counted as a slow consumer"
+    );
+}

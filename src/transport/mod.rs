@@ -102,6 +102,11 @@ impl Session {
     pub fn ending(&mut self, reason: &'static str) {
         self.reason = reason;
     }
+
+    /// Cuts the session off as a slow consumer (counted when it closes).
+    pub fn cut_off(&mut self) {
+        self.cut.cancel();
+    }
 }
 
 impl Drop for Session {

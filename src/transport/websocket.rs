@@ -109,13 +109,7 @@ impl Accepted {
     {
         // Unboxed at once, so the box is not kept for the connection's life.
         let Accepted { app, who, conn } = *self;
-        let limits = &app.config.websocket;
-        let config = WebSocketConfig::default()
-            // The default 128 KiB read buffer is allocated eagerly per connection.
-            .read_buffer_size(512)
-            .write_buffer_size(4 * 1024)
-            .max_message_size(Some(limits.max_frame_bytes))
-            .max_frame_size(Some(limits.max_frame_bytes));
+        let config = ws_config(&app.config);
         let ws = WebSocketStream::from_partially_read(io, read, Role::Server, Some(config)).await;
         let identity = who.as_ref().ok().cloned();
         let mut connection = Connection::new(app, ws, conn, identity, express);
@@ -124,6 +118,24 @@ impl Accepted {
             Err(err) => connection.refuse(&err).await,
         }
     }
+}
+
+/// tungstenite's buffers for one connection, each bounded.
+fn ws_config(config: &crate::config::Config) -> WebSocketConfig {
+    const WRITE_BUFFER: usize = 4 * 1024;
+    let limits = &config.websocket;
+    // Room for the largest frame the gateway writes (a message, or a reply naming up to
+    // `max_channels` channels), on top of what is batched before a write. tungstenite's
+    // default is unbounded, and its automatic pongs filled it for a client that pings
+    // without reading (see `Connection::owe_pong`).
+    let largest = config.limits.max_message_bytes.max(limits.max_frame_bytes) + 64 * 1024;
+    WebSocketConfig::default()
+        // The default 128 KiB read buffer is allocated eagerly per connection.
+        .read_buffer_size(512)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + largest)
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes))
 }
 
 /// A WebSocket's TCP socket, as the hub writes messages to it express.

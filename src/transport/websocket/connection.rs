@@ -41,6 +41,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
 
+/// Most pings answered while the socket takes nothing: a client that pings without
+/// reading its socket is a slow consumer of its own pongs. tungstenite keeps only the
+/// latest unsent pong once its write buffer is full, so this bounds time, not memory.
+const MAX_PONGS_OWED: u32 = 32;
+
 /// What woke the connection loop.
 enum Step {
     Shutdown,
@@ -83,6 +88,8 @@ pub(super) struct Connection<S> {
     direct: bool,
     /// The hub's express lane to this socket, if it has one.
     express: Option<ExpressSwitch>,
+    /// Pings in a row whose pong the socket did not take at once.
+    pongs_owed: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -117,6 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             last_heard: Instant::now(),
             direct: true,
             express,
+            pongs_owed: 0,
         }
     }
 
@@ -272,8 +280,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     close: None,
                 })
             }
+            Some(Ok(Frame::Ping(_))) => self.owe_pong(),
             Some(Ok(_)) => Ok(()),
             Some(Err(err)) => Err(protocol_stop(&err, &self.app)),
+        }
+    }
+
+    /// tungstenite has queued the pong of a ping just read: cuts the client off as a slow
+    /// consumer once too many pongs in a row find its socket full.
+    fn owe_pong(&mut self) -> Result<(), Stop> {
+        // The socket's readiness is watched by the read side already: no waker is needed.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.ws.poll_flush_unpin(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                self.pongs_owed = 0;
+                self.direct = true;
+                Ok(())
+            }
+            Poll::Ready(Err(_)) => Err(Stop {
+                reason: "write_failed",
+                close: None,
+            }),
+            Poll::Pending => {
+                self.pongs_owed += 1;
+                if self.pongs_owed <= MAX_PONGS_OWED {
+                    return Ok(());
+                }
+                // Nothing can be written to it: no close frame either.
+                self.session.cut_off();
+                Err(Stop {
+                    reason: "slow_consumer",
+                    close: None,
+                })
+            }
         }
     }
 
