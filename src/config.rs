@@ -244,6 +244,9 @@ pub struct LimitsConfig {
     pub header_read_timeout_ms: u64,
     /// How long a client may take to send a request body, in milliseconds.
     pub body_read_timeout_ms: u64,
+    /// How long an HTTP/2 connection may stay open with no request in flight, in
+    /// milliseconds.
+    pub http2_idle_timeout_ms: u64,
 }
 
 /// Graceful shutdown.
@@ -347,6 +350,7 @@ impl Default for LimitsConfig {
             publish_burst: 50,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            http2_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -440,6 +444,10 @@ impl Config {
             ),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("sse.heartbeat_ms", self.sse.heartbeat_ms),
+            (
+                "limits.http2_idle_timeout_ms",
+                self.limits.http2_idle_timeout_ms,
+            ),
             (
                 "websocket.ping_interval_ms",
                 self.websocket.ping_interval_ms,

@@ -19,11 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{App, Shutdown};
+use crate::app::App;
 use crate::error::Error;
 use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::routes;
 
+mod h2;
 mod lean;
 mod stream;
 
@@ -252,13 +253,27 @@ async fn serve_hyper(
     protocols: &Protocols,
 ) -> Option<hyper::Result<()>> {
     let kill = info.kill().clone();
-    let shutdown = app.shutdown.clone();
+    let ends = Ends {
+        app: app.clone(),
+        // hyper keeps HTTP/1's deadlines itself (`header_read_timeout`, between requests
+        // too); HTTP/2's are kept here.
+        http2: (protocol == Protocol::Http2).then(|| Http2Deadlines::new(&app)),
+    };
+    let streams = ends.http2.as_ref().map(|d| d.activity.clone());
     let service = service_fn(move |mut req| {
         req.extensions_mut().insert(info.clone());
+        let stream = streams.as_ref().map(|s| s.open());
         // Boxed: hyper keeps room for one in-flight request future per connection for
         // as long as the connection lives, so an inline one would cost every idle
         // connection the size of the largest route.
-        Box::pin(routes::handle(app.clone(), req)) as Pin<Box<dyn Future<Output = _> + Send>>
+        let handled = routes::handle(app.clone(), req);
+        Box::pin(async move {
+            let response = handled.await;
+            match stream {
+                Some(stream) => response.map(|r| r.map(|body| h2::Counted::wrap(body, stream))),
+                None => response,
+            }
+        }) as Pin<Box<dyn Future<Output = _> + Send>>
     });
     let io = TokioIo::new(io);
     // Pinned here and driven by reference: moved into `drive`, the connection's state
@@ -269,11 +284,50 @@ async fn serve_hyper(
                 .http1
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(std::pin::pin!(conn), &shutdown, &kill).await
+            drive(std::pin::pin!(conn), &ends, &kill).await
         }
         Protocol::Http2 => {
             let conn = protocols.http2.serve_connection(io, service);
-            drive(std::pin::pin!(conn), &shutdown, &kill).await
+            drive(std::pin::pin!(conn), &ends, &kill).await
+        }
+    }
+}
+
+/// What ends a hyper connection besides its peer: the drain, and HTTP/2's deadlines.
+struct Ends {
+    app: Arc<App>,
+    http2: Option<Http2Deadlines>,
+}
+
+/// An HTTP/2 connection's deadlines (see [`h2`]).
+struct Http2Deadlines {
+    activity: Arc<h2::Activity>,
+    first: Duration,
+    idle: Duration,
+}
+
+impl Http2Deadlines {
+    fn new(app: &App) -> Self {
+        let limits = &app.config.limits;
+        Http2Deadlines {
+            activity: h2::Activity::new(),
+            first: Duration::from_millis(limits.header_read_timeout_ms),
+            idle: Duration::from_millis(limits.http2_idle_timeout_ms),
+        }
+    }
+
+    /// Resolves once a deadline has passed; never without deadlines.
+    async fn expired(deadlines: Option<&Self>) -> h2::Expired {
+        let Some(d) = deadlines else {
+            return std::future::pending().await;
+        };
+        let every = h2::check_every(d.first, d.idle);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = tokio::time::Instant::now();
+            if let Some(expired) = d.activity.expired(now, d.first, d.idle) {
+                return expired;
+            }
         }
     }
 }
@@ -310,21 +364,42 @@ where
     }
 }
 
-/// Runs `conn` to its end; on shutdown lets it finish what is in flight. `None` when
-/// the connection was dropped through `kill`.
+/// Runs `conn` to its end; on shutdown, or idle past its deadline, lets it finish what is
+/// in flight. `None` when the connection was dropped: through `kill`, or for sending no
+/// request in time.
 async fn drive<C: Graceful>(
     mut conn: Pin<&mut C>,
-    shutdown: &Shutdown,
+    ends: &Ends,
     kill: &CancellationToken,
 ) -> Option<hyper::Result<()>> {
+    // An idle connection has nothing in flight: its goodbye (HTTP/2's GOAWAY) gets a
+    // moment, not the drain's deadline.
+    let mut grace = None;
     tokio::select! {
         result = conn.as_mut() => return Some(result),
         _ = kill.cancelled() => return None,
-        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+        _ = ends.app.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+        expired = Http2Deadlines::expired(ends.http2.as_ref()) => match expired {
+            h2::Expired::NoRequest => {
+                ends.app.metrics.error("request_timeout");
+                return None;
+            }
+            h2::Expired::Idle => {
+                conn.as_mut().graceful_shutdown();
+                grace = Some(Duration::from_secs(1));
+            }
+        },
     }
+    let grace = async {
+        match grace {
+            Some(grace) => tokio::time::sleep(grace).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = conn => Some(result),
         _ = kill.cancelled() => None,
+        _ = grace => None,
     }
 }
 

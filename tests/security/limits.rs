@@ -168,6 +168,122 @@ async fn a_trickled_http2_preface_is_dropped() {
     assert!(dropped, "a trickled HTTP/2 preface is still open after 3 s");
 }
 
+/// A complete HTTP/2 preface and an empty SETTINGS frame, then nothing: no request ever
+/// comes, and the connection must not outlive the header timeout (it once stayed open
+/// for minutes, and a thousand of them filled an address's connection budget).
+#[tokio::test]
+async fn a_complete_http2_preface_without_a_request_is_dropped_and_counted() {
+    let mut config = limits_config();
+    config.limits.header_read_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    let started = Instant::now();
+    assert!(
+        closed_by_server(&mut stream, Duration::from_secs(3)).await,
+        "an HTTP/2 connection with no request is still open 3 s after a 300 ms header_read_timeout"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the deadline"
+    );
+    let timeouts = r#"cascade_errors_total{code="request_timeout"}"#;
+    assert_eq!(server.metric(timeouts).await, 1.0);
+}
+
+/// An HTTP/2 (h2c) connection: a hyper client over prior knowledge, and its connection's
+/// task, which ends when the server closes the connection.
+async fn h2_client(
+    server: &TestServer,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = TcpStream::connect(server.addr).await.expect("connect");
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+    (
+        sender,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
+}
+
+fn h2_get(server: &TestServer, path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(server.url(path))
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+/// An HTTP/2 connection whose requests are all answered is closed once it has had no
+/// stream in flight for `http2_idle_timeout_ms`, and not before.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_its_idle_limit() {
+    let mut config = limits_config();
+    config.limits.http2_idle_timeout_ms = 400;
+    let server = TestServer::start(config).await;
+    let (mut sender, conn) = h2_client(&server).await;
+    let answered = within(sender.send_request(h2_get(&server, "/healthz")))
+        .await
+        .expect("answer");
+    assert_eq!(answered.status(), 200);
+    drop(answered);
+    let idle = Instant::now();
+    within(conn).await.expect("the connection ends");
+    let elapsed = idle.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(350),
+        "closed {elapsed:?} after its last answer, before its idle limit"
+    );
+}
+
+/// A stream in flight (SSE over HTTP/2) holds its connection open past the idle limit,
+/// and keeps delivering.
+#[tokio::test]
+async fn an_http2_stream_in_flight_outlives_the_idle_limit() {
+    use http_body_util::BodyExt;
+    let mut config = limits_config();
+    config.limits.http2_idle_timeout_ms = 200;
+    config.api_keys = vec![KEY.into()];
+    let server = TestServer::start(config).await;
+    let (mut sender, conn) = h2_client(&server).await;
+    let response = within(sender.send_request(h2_get(&server, "/sse?channels=held")))
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !conn.is_finished(),
+        "the stream's connection was closed while in flight"
+    );
+    let published = super::support::http()
+        .post(server.url("/publish"))
+        .header("X-Cascade-Api-Key", KEY)
+        .json(&json!({"channel": "held", "data": {"n": 1}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 200);
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    while !seen.contains(r#""n":1"#) {
+        let frame = within(body.frame())
+            .await
+            .expect("a frame")
+            .expect("no error");
+        if let Some(data) = frame.data_ref() {
+            seen.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_slow_body_gets_408() {
     let mut config = limits_config();
