@@ -55,6 +55,10 @@ pub enum Error {
     /// A message payload over the configured limit.
     #[error("message data larger than {0} bytes")]
     MessageTooLarge(usize),
+    /// A request that breaks HTTP's own rules (a missing or repeated `Host`, a malformed
+    /// WebSocket handshake).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// A plain GET on the WebSocket route, or a malformed upgrade.
     #[error("WebSocket upgrade required: {0}")]
     UpgradeRequired(&'static str),
@@ -109,6 +113,7 @@ impl Error {
             Error::BadFrame(_) => "bad_frame",
             Error::BodyTooLarge(_) => "body_too_large",
             Error::MessageTooLarge(_) => "message_too_large",
+            Error::BadRequest(_) => "bad_request",
             Error::UpgradeRequired(_) => "upgrade_required",
             Error::TokenInvalid(_) => "token_invalid",
             Error::TokenExpired => "token_expired",
@@ -135,7 +140,8 @@ impl Error {
             | Error::BadCursor(_)
             | Error::BadParam { .. }
             | Error::BadJson(_)
-            | Error::BadFrame(_) => StatusCode::BAD_REQUEST,
+            | Error::BadFrame(_)
+            | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge(_) | Error::MessageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             Error::TokenInvalid(_) | Error::TokenExpired => StatusCode::UNAUTHORIZED,

@@ -24,7 +24,10 @@ use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, 
 /// this is the cross-site WebSocket hijacking check); an allowed cross-origin caller gets
 /// CORS headers on every answer, errors included, so that it can read them.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let admission = Admission::of(&app, req.headers(), req.method() == Method::OPTIONS);
+    let mut admission = Admission::of(&app, req.headers(), req.method() == Method::OPTIONS);
+    if let Err(err) = one_host(&req) {
+        admission.origin = Err(err);
+    }
     let mut response = answer(app, admission, req, route).await;
     add_implied_headers(&mut response);
     Ok(response)
@@ -80,6 +83,27 @@ impl Admission {
             origin: app.auth.origins.check(headers),
             preflight,
         }
+    }
+}
+
+/// Refuses an HTTP/1 request without exactly one `Host` (RFC 9112 §3.2; HTTP/1.0 may
+/// omit it). The lean path hands such a request here, so the rule is kept once; over
+/// HTTP/2 the authority is in the request line.
+fn one_host<B>(req: &Request<B>) -> Result<()> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let needed = if req.version() == http::Version::HTTP_11 {
+        1..=1
+    } else {
+        0..=1
+    };
+    if needed.contains(&hosts) {
+        Ok(())
+    } else if hosts == 0 {
+        Err(Error::BadRequest("an HTTP/1.1 request needs a Host header"))
+    } else {
+        Err(Error::BadRequest(
+            "a request may carry only one Host header",
+        ))
     }
 }
 
@@ -139,6 +163,8 @@ fn preflight() -> Response<Body> {
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    // HEAD where a load balancer or a cache asks it; hyper sends the head alone.
+    let read = method == Method::GET || method == Method::HEAD;
     match (&method, path.as_str()) {
         (&Method::GET, "/ws") => {
             enabled(&app, Transport::Websocket)?;
@@ -165,22 +191,27 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         (&Method::GET, "/negotiate") => Box::pin(negotiate::serve(app, req)).await,
         (&Method::POST, "/publish") => Box::pin(publish::serve(app, req)).await,
         (&Method::POST, "/demo/login") => Box::pin(demo::login(app, req)).await,
-        (&Method::GET, "/healthz") => Ok(health(&app)),
-        (&Method::GET, "/readyz") => ready(&app),
-        (&Method::GET, "/metrics") => Ok(metrics(&app)),
-        (&Method::GET, _) if assets::is_asset_path(&path) => {
+        (_, "/healthz") if read => Ok(health(&app)),
+        (_, "/readyz") if read => ready(&app),
+        (_, "/metrics") if read => Ok(metrics(&app)),
+        (_, _) if read && assets::is_asset_path(&path) => {
             match assets::find(&path, app.config.demo) {
                 Some(asset) => Ok(assets::serve(asset, req.headers())),
                 None => Err(Error::NotFound(path)),
             }
         }
+        (_, "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate") => {
+            Err(Error::MethodNotAllowed {
+                method: method.to_string(),
+                allow: "GET",
+            })
+        }
         (
             _,
-            "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate" | "/healthz" | "/readyz"
-            | "/metrics" | "/cascade.js" | "/" | "/demo.js" | "/demo.css",
+            "/healthz" | "/readyz" | "/metrics" | "/cascade.js" | "/" | "/demo.js" | "/demo.css",
         ) => Err(Error::MethodNotAllowed {
             method: method.to_string(),
-            allow: "GET",
+            allow: "GET, HEAD",
         }),
         (_, "/publish" | "/demo/login") => Err(Error::MethodNotAllowed {
             method: method.to_string(),

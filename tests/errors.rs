@@ -110,8 +110,8 @@ async fn wrong_method_names_the_allowed_one() {
         (Method::DELETE, "/sse", "GET"),
         (Method::PUT, "/ws", "GET"),
         (Method::POST, "/negotiate", "GET"),
-        (Method::POST, "/metrics", "GET"),
-        (Method::POST, "/healthz", "GET"),
+        (Method::POST, "/metrics", "GET, HEAD"),
+        (Method::POST, "/healthz", "GET, HEAD"),
         (Method::GET, "/publish", "POST"),
         (Method::PUT, "/publish", "POST"),
     ];

@@ -43,6 +43,10 @@ pub const CLOSE_ENGINE_UNAVAILABLE: u16 = 4011;
 /// Accepts the upgrade through hyper and spawns the connection; answers `101 Switching
 /// Protocols`. (The server's lean HTTP/1 path calls [`handshake`] itself instead.)
 pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    // RFC 6455 §4.1: the upgrade is an HTTP/1.1 one. (The lean path serves HTTP/1.1 only.)
+    if req.version() != http::Version::HTTP_11 {
+        return Err(Error::BadRequest("a WebSocket handshake needs HTTP/1.1"));
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (response, accepted) = handshake(app.clone(), &req).await?;
     app.streams.spawn(async move {
@@ -196,5 +200,39 @@ fn accept_key(headers: &HeaderMap) -> Result<String> {
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|k| !k.is_empty())
         .ok_or(Error::UpgradeRequired("Sec-WebSocket-Key is missing"))?;
+    if !is_nonce(key.as_bytes()) {
+        return Err(Error::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
     Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Whether `key` is the base64 of 16 bytes (RFC 6455 §4.2.1): 22 digits and `==`, the
+/// last digit carrying only the nonce's last two bits.
+fn is_nonce(key: &[u8]) -> bool {
+    let digit = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    matches!(key, [digits @ .., b'=', b'='] if digits.len() == 22 && digits.iter().all(|&b| digit(b)))
+        && b"AQgw".contains(&key[21])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_nonce;
+
+    #[test]
+    fn a_key_is_the_base64_of_sixteen_bytes() {
+        assert!(is_nonce(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_nonce(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        for bad in [
+            &b"dGhlIHNhbXBsZSBub25jZQ"[..],
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZSBub25jZQ==",
+            b"x",
+        ] {
+            assert!(!is_nonce(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

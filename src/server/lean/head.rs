@@ -173,9 +173,11 @@ pub(super) fn lean_request(
     let mut map = HeaderMap::new();
     let mut keep_alive = true;
     let mut length = None;
+    let mut hosts = 0;
     for header in parsed.headers.iter() {
         let (name, value) = (header.name, header.value);
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+        hosts += usize::from(is("host"));
         // A chunked body, an upgrade or an expectation: hyper's to handle.
         if is("transfer-encoding")
             || is("expect")
@@ -202,6 +204,10 @@ pub(super) fn lean_request(
             continue;
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
+    }
+    // Without exactly one: hyper's path refuses it (`routes::one_host`).
+    if hosts != 1 {
+        return None;
     }
     // Only the streams read the connection (to be cut off and for their logs), and a
     // publish (its budget).
