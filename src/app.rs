@@ -13,7 +13,8 @@ use crate::bus::redis::{RedisEngine, RedisSettings};
 use crate::bus::{Bus, BusConfig, Engine, Hub, Retention, RetentionPolicy};
 use crate::config::{Config, EngineKind};
 use crate::error::{Error, Result};
-use crate::limits::ConnectionLimiter;
+use crate::forwarded::TrustedProxies;
+use crate::limits::{ConnectionLimiter, PublishRate};
 use crate::metrics::Metrics;
 
 /// Shared application state; handlers receive it as `Arc<App>`.
@@ -24,7 +25,7 @@ pub struct App {
     pub bus: Bus,
     /// Who may connect, subscribe and publish.
     pub auth: Auth,
-    /// Open connections, in total and per IP.
+    /// Open connections, in total and per IP, and the trusted proxies' clients.
     pub connections: Arc<ConnectionLimiter>,
     /// The Prometheus metrics.
     pub metrics: Metrics,
@@ -65,9 +66,15 @@ impl App {
                 history_limit,
             },
         );
+        let proxies = TrustedProxies::parse(&config.trusted_proxies).map_err(Error::Config)?;
         let connections = ConnectionLimiter::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
+            proxies,
+            PublishRate {
+                per_second: config.limits.publish_rate_per_second,
+                burst: config.limits.publish_burst,
+            },
         );
         Ok(Arc::new(App {
             config,

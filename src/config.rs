@@ -58,6 +58,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Whether CORS answers allow credentials (cookies) from allowed origins.
     pub cors_credentials: bool,
+    /// Load balancers and proxies (addresses or CIDR blocks) whose `Forwarded`,
+    /// `X-Forwarded-For` and `X-Forwarded-Host` headers name the client; empty: none.
+    pub trusted_proxies: Vec<String>,
     /// Rules of channels outside every namespace.
     pub channels: NamespaceConfig,
     /// Rules per namespace: the part of a channel name before the first `:`.
@@ -281,6 +284,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             allowed_origins: Vec::new(),
             cors_credentials: false,
+            trusted_proxies: Vec::new(),
             // Secure by default: anyone may read public channels (read-only feeds over
             // SSE are a core use); publishing needs an API key or a token that allows it.
             channels: NamespaceConfig {
@@ -425,6 +429,9 @@ impl Config {
         }
         if self.transports.is_empty() {
             bail!("transports: enable at least one transport");
+        }
+        if let Err(err) = crate::forwarded::TrustedProxies::parse(&self.trusted_proxies) {
+            bail!("trusted_proxies: {err}");
         }
         for (i, t) in self.transports.iter().enumerate() {
             if self.transports[..i].contains(t) {

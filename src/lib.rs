@@ -38,6 +38,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod forwarded;
 pub mod http;
 pub mod limits;
 pub mod metrics;

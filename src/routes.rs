@@ -33,6 +33,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(response)
 }
 
+/// The answer to a request refused before routing (a client at its connection limit),
+/// counted like any other refusal.
+pub fn refuse(app: &App, err: &Error) -> Response<Body> {
+    app.metrics.error(err.code());
+    let mut response = error_response(err);
+    add_implied_headers(&mut response);
+    response
+}
+
 /// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,
 /// `/poll`, `/negotiate` and `/ws`, their `OPTIONS` preflights, and `POST /publish`), with
 /// the same origin checks, CORS headers and error answers; with the accepted WebSocket

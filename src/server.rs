@@ -79,18 +79,56 @@ impl ConnInfo {
         }
     }
 
-    /// Takes one publish from the connection's budget, or refuses with `rate_limited`.
-    pub fn take_publish(&self) -> crate::error::Result<()> {
-        let mut budget = self
-            .shared
-            .publish_budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if budget.try_take() {
+    /// Takes one publish from the budget of the request's sender, or refuses with
+    /// `rate_limited`: the connection's, or, on a trusted proxy's connection, that of the
+    /// client the request's `headers` name.
+    pub fn take_publish(&self, headers: Option<&http::HeaderMap>) -> crate::error::Result<()> {
+        let permit = &self.shared.permit;
+        let taken = match headers.and_then(|h| permit.forwarded_client(h)) {
+            Some(client) => permit.take_client_publish(client),
+            None => self
+                .shared
+                .publish_budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .try_take(),
+        };
+        if taken {
             Ok(())
         } else {
             Err(crate::error::Error::RateLimited)
         }
+    }
+
+    /// Whether the peer is a trusted proxy, whose forwarding headers count.
+    pub fn proxied(&self) -> bool {
+        self.shared.permit.proxied()
+    }
+
+    /// On a trusted proxy's connection, applies a request's forwarding headers: the
+    /// client they name takes the connection's per-IP slot (on its first request), and
+    /// `X-Forwarded-Host` becomes the `Host` the same-origin check sees. Refuses a client
+    /// at its connection limit. Nothing happens on any other connection.
+    pub fn forwarded(&self, headers: &mut http::HeaderMap) -> crate::error::Result<()> {
+        let permit = &self.shared.permit;
+        if !permit.proxied() {
+            return Ok(());
+        }
+        if let Some(client) = permit.forwarded_client(headers) {
+            permit
+                .admit_client(client)
+                .map_err(crate::error::Error::TooManyConnections)?;
+        }
+        // The first of a chain of proxies is the host the client asked for.
+        let host = headers
+            .get(crate::forwarded::X_FORWARDED_HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| http::HeaderValue::from_str(v.trim()).ok());
+        if let Some(host) = host {
+            headers.insert(http::header::HOST, host);
+        }
+        Ok(())
     }
 }
 
@@ -260,15 +298,19 @@ async fn serve_hyper(
         http2: (protocol == Protocol::Http2).then(|| Http2Deadlines::new(&app)),
     };
     let streams = ends.http2.as_ref().map(|d| d.activity.clone());
-    let service = service_fn(move |mut req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let refused = info.forwarded(req.headers_mut()).err();
         req.extensions_mut().insert(info.clone());
         let stream = streams.as_ref().map(|s| s.open());
+        let app = app.clone();
         // Boxed: hyper keeps room for one in-flight request future per connection for
         // as long as the connection lives, so an inline one would cost every idle
         // connection the size of the largest route.
-        let handled = routes::handle(app.clone(), req);
         Box::pin(async move {
-            let response = handled.await;
+            let response = match refused {
+                Some(err) => Ok(routes::refuse(&app, &err)),
+                None => routes::handle(app, req).await,
+            };
             match stream {
                 Some(stream) => response.map(|r| r.map(|body| h2::Counted::wrap(body, stream))),
                 None => response,

@@ -72,7 +72,7 @@ async fn admit(
     if !who.server
         && let Some(conn) = conn
     {
-        conn.take_publish()?;
+        conn.take_publish(Some(headers))?;
     }
     Ok(who)
 }

@@ -165,6 +165,7 @@ pub(super) fn lean_request(
         _ if crate::transport::assets::is_asset_path(path) => (false, false),
         _ => return None,
     };
+    let proxied = info.proxied();
     // Host is read only to tell a same-origin request from a cross-origin one.
     let has_origin = parsed
         .headers
@@ -200,13 +201,14 @@ pub(super) fn lean_request(
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("close"));
         }
-        let Some(name) = read_by_routes(name, has_origin) else {
+        let Some(name) = read_by_routes(name, has_origin, proxied) else {
             continue;
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
     }
-    // Without exactly one: hyper's path refuses it (`routes::one_host`).
-    if hosts != 1 {
+    // Without exactly one: hyper's path refuses it (`routes::one_host`). A client at its
+    // connection limit behind a proxy likewise.
+    if hosts != 1 || info.forwarded(&mut map).is_err() {
         return None;
     }
     // Only the streams read the connection (to be cut off and for their logs), and a
@@ -228,8 +230,8 @@ pub(super) fn lean_request(
 /// an allocation in the request's map. The routes read the origin check's `Origin` (and
 /// `Host`, only beside an `Origin`), the credentials (`Authorization`, the API key),
 /// SSE's `Last-Event-ID`, the WebSocket handshake's headers and an asset's
-/// `If-None-Match`.
-pub(super) fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName> {
+/// `If-None-Match`; and, from a trusted proxy, its forwarding headers.
+pub(super) fn read_by_routes(name: &str, has_origin: bool, proxied: bool) -> Option<HeaderName> {
     use http::header;
     const KEPT: [(&str, HeaderName); 9] = [
         ("origin", header::ORIGIN),
@@ -245,6 +247,16 @@ pub(super) fn read_by_routes(name: &str, has_origin: bool) -> Option<HeaderName>
     if has_origin && name.eq_ignore_ascii_case("host") {
         return Some(header::HOST);
     }
+    if proxied {
+        use crate::forwarded::{X_FORWARDED_FOR, X_FORWARDED_HOST};
+        let forwarding = [header::FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST];
+        if let Some(kept) = forwarding
+            .into_iter()
+            .find(|kept| name.eq_ignore_ascii_case(kept.as_str()))
+        {
+            return Some(kept);
+        }
+    }
     KEPT.into_iter()
         .find(|(kept, _)| name.eq_ignore_ascii_case(kept))
         .map(|(_, name)| name)
@@ -256,17 +268,27 @@ mod tests {
 
     #[test]
     fn only_headers_the_routes_read_are_kept() {
-        assert_eq!(read_by_routes("Origin", false), Some(http::header::ORIGIN));
         assert_eq!(
-            read_by_routes("X-Cascade-API-Key", false).unwrap().as_str(),
+            read_by_routes("Origin", false, false),
+            Some(http::header::ORIGIN)
+        );
+        assert_eq!(
+            read_by_routes("X-Cascade-API-Key", false, false)
+                .unwrap()
+                .as_str(),
             crate::auth::API_KEY_HEADER
         );
         assert_eq!(
-            read_by_routes("LAST-EVENT-ID", false).unwrap().as_str(),
+            read_by_routes("LAST-EVENT-ID", false, false)
+                .unwrap()
+                .as_str(),
             "last-event-id"
         );
-        assert_eq!(read_by_routes("Host", true), Some(http::header::HOST));
-        assert_eq!(read_by_routes("Host", false), None);
+        assert_eq!(
+            read_by_routes("Host", true, false),
+            Some(http::header::HOST)
+        );
+        assert_eq!(read_by_routes("Host", false, false), None);
         for dropped in [
             "User-Agent",
             "Accept",
@@ -274,7 +296,18 @@ mod tests {
             "Sec-Fetch-Mode",
             "Referer",
         ] {
-            assert_eq!(read_by_routes(dropped, true), None, "{dropped}");
+            assert_eq!(read_by_routes(dropped, true, false), None, "{dropped}");
         }
+        assert_eq!(read_by_routes("X-Forwarded-For", false, false), None);
+        assert_eq!(
+            read_by_routes("X-Forwarded-For", false, true)
+                .unwrap()
+                .as_str(),
+            "x-forwarded-for"
+        );
+        assert_eq!(
+            read_by_routes("Forwarded", false, true),
+            Some(http::header::FORWARDED)
+        );
     }
 }

@@ -387,7 +387,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let (channel, data) = validate(channel, data, self.app.config.limits.max_message_bytes)?;
         self.app.auth.check_publish(&self.who, &channel)?;
         if let (false, Some(conn)) = (self.who.server, &self.conn) {
-            conn.take_publish()?;
+            // The client behind a proxy was named at the handshake: the connection is its.
+            conn.take_publish(None)?;
         }
         let message = self.app.bus.publish(&channel, data).await?;
         self.app.metrics.published("websocket");
