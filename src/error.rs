@@ -154,10 +154,40 @@ impl Error {
         }
     }
 
+    /// The message clients are sent: the error's text, cut to at most
+    /// [`MAX_MESSAGE_BYTES`]. Every answer to a client takes its message from here, so
+    /// that no error (a serde error quoting a whole JSON string, say) can echo
+    /// unbounded input back.
+    pub fn message(&self) -> String {
+        clip(self.to_string())
+    }
+
     /// The error body, `{"error":{"code":..,"message":..}}`.
     pub fn to_json(&self) -> String {
-        serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}}).to_string()
+        serde_json::json!({"error": {"code": self.code(), "message": self.message()}}).to_string()
     }
+}
+
+/// The longest message an error sends a client, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 256;
+
+/// `text` when it fits in [`MAX_MESSAGE_BYTES`]; else its start and its end around a `…`,
+/// since both say something (serde names the expected type and position at the end).
+fn clip(text: String) -> String {
+    const HEAD: usize = 150;
+    const TAIL: usize = 100;
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text;
+    }
+    let mut head = HEAD;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - TAIL;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &text[..head], &text[tail..])
 }
 
 #[cfg(test)]
@@ -171,5 +201,22 @@ mod tests {
         assert_eq!(body["error"]["code"], "too_many_channels");
         assert!(body["error"]["message"].as_str().unwrap().contains("128"));
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn messages_are_clipped_at_both_ends() {
+        let long = format!("start {} end", "é".repeat(1000));
+        let message = Error::BadJson(long).message();
+        assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
+        assert!(message.starts_with("bad JSON: start "), "{message}");
+        assert!(
+            message.ends_with("é end") && message.contains('…'),
+            "{message}"
+        );
+        let short = Error::BadJson("short".into());
+        assert_eq!(short.message(), short.to_string());
+        let body: serde_json::Value =
+            serde_json::from_str(&Error::NotFound("/".repeat(10_000)).to_json()).unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().len() <= MAX_MESSAGE_BYTES);
     }
 }

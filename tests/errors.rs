@@ -317,6 +317,54 @@ async fn bad_publish_bodies_are_refused() {
     );
 }
 
+/// Error messages quote at most a cut of what the client sent, however much it sent: an
+/// error is never a way to make the gateway echo a body back.
+#[tokio::test]
+async fn errors_do_not_echo_large_inputs() {
+    let server = TestServer::default().await;
+    let huge = json!("x".repeat(100 * 1024)).to_string();
+    let before = server.metric(&errors_series("bad_json")).await;
+    let response = http()
+        .post(server.url("/publish"))
+        .header("content-type", "application/json")
+        .body(huge.clone())
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status().as_u16(), 400);
+    let body = response.bytes().await.expect("body");
+    assert!(
+        body.len() < 1024,
+        "a 100 KiB string got a {} byte error",
+        body.len()
+    );
+    let body: Value = serde_json::from_slice(&body).expect("error body is JSON");
+    assert_eq!(body["error"]["code"], "bad_json", "{body}");
+    assert_eq!(
+        server.metric(&errors_series("bad_json")).await,
+        before + 1.0
+    );
+
+    // Over WebSocket: a frame just under the frame limit, a JSON string of it.
+    let mut ws = WsClient::connect(&server).await;
+    let frame = json!("y".repeat(128 * 1024 - 2)).to_string();
+    ws.ws.send(WsMessage::text(frame)).await.expect("send");
+    let reply = within(futures_util::StreamExt::next(&mut ws.ws))
+        .await
+        .expect("a reply")
+        .expect("a frame");
+    let reply = reply.into_text().expect("a text frame");
+    assert!(
+        reply.len() < 1024,
+        "a 128 KiB string got a {} byte error frame",
+        reply.len()
+    );
+    let reply: Value = serde_json::from_str(&reply).expect("JSON frame");
+    assert_eq!(reply["op"], "error", "{reply}");
+    assert_eq!(reply["code"], "bad_frame", "{reply}");
+    assert_eq!(server.metric(&errors_series("bad_frame")).await, 1.0);
+}
+
 #[tokio::test]
 async fn oversized_bodies_and_messages_are_refused() {
     let mut config = test_config();

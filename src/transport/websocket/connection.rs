@@ -520,7 +520,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn send_error(&mut self, id: Option<u64>, err: &Error) -> Result<(), Stop> {
         self.app.metrics.error(err.code());
         let mut body =
-            serde_json::json!({"op": "error", "code": err.code(), "message": err.to_string()});
+            serde_json::json!({"op": "error", "code": err.code(), "message": err.message()});
         if let Some(id) = id {
             body["id"] = id.into();
         }
