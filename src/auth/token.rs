@@ -23,6 +23,21 @@ pub struct Claims {
     pub publish: Vec<String>,
 }
 
+/// A client token's claims with the dates Cascade checks itself (see [`not_yet_valid`]).
+#[derive(Deserialize)]
+struct Dated {
+    #[serde(flatten)]
+    claims: Claims,
+    /// Not before, unix seconds (a NumericDate may have a fraction).
+    nbf: Option<f64>,
+    /// Issued at, unix seconds.
+    iat: Option<f64>,
+}
+
+/// How far ahead of the gateway's clock a token's `nbf` or `iat` may be, in seconds: the
+/// clock skew tolerated between the issuer and the gateway. `exp` has none.
+pub const CLOCK_LEEWAY_SECS: u64 = 60;
+
 /// Ticket claims: the client's claims plus the ticket's own id and expiry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct TicketClaims {
@@ -53,10 +68,28 @@ pub fn now_secs() -> u64 {
 
 fn validation(algorithm: Algorithm) -> Validation {
     let mut validation = Validation::new(algorithm);
+    // No leeway for `exp`; `nbf` and `iat` get `CLOCK_LEEWAY_SECS`, checked in `verify`
+    // since the library has one leeway for all three.
     validation.leeway = 0;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation
+}
+
+/// Refuses a token whose `nbf` or `iat` is more than [`CLOCK_LEEWAY_SECS`] after `now`:
+/// one that is not valid yet, or that claims to be issued in the future.
+fn not_yet_valid(nbf: Option<f64>, iat: Option<f64>, now: u64) -> Result<(), Error> {
+    let latest = (now + CLOCK_LEEWAY_SECS) as f64;
+    for (claim, at) in [("nbf", nbf), ("iat", iat)] {
+        if let Some(at) = at.filter(|&at| at > latest) {
+            return Err(Error::TokenInvalid(format!(
+                "the token is not yet valid: its {claim} is {:.0} s ahead of the gateway's \
+                 clock (leeway {CLOCK_LEEWAY_SECS} s)",
+                at - now as f64
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn token_error(err: jsonwebtoken::errors::Error) -> Error {
@@ -97,14 +130,16 @@ impl Verifier {
         })
     }
 
-    /// Verifies a token's signature and expiry and returns its claims.
+    /// Verifies a token's signature, expiry, `nbf` and `iat`, and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
         if token.len() > 8 * 1024 {
             return Err(Error::TokenInvalid("token longer than 8 KiB".into()));
         }
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(token_error)
+        let dated = jsonwebtoken::decode::<Dated>(token, &self.key, &self.validation)
+            .map_err(token_error)?
+            .claims;
+        not_yet_valid(dated.nbf, dated.iat, now_secs())?;
+        Ok(dated.claims)
     }
 
     /// Signs `claims` (HS256 only): what `cascade token` prints.
@@ -217,6 +252,48 @@ mod tests {
         let verifier = Verifier::hmac(SECRET).unwrap();
         let token = verifier.sign(&claims(now_secs() - 5)).unwrap();
         assert_eq!(verifier.verify(&token).unwrap_err().code(), "token_expired");
+    }
+
+    /// A token signed with whatever `claims` JSON, `nbf` and `iat` included.
+    fn signed(claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(SECRET).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn tokens_from_the_future_are_not_yet_valid() {
+        let verifier = Verifier::hmac(SECRET).unwrap();
+        let now = now_secs();
+        let exp = now + 3600;
+        for (claim, at) in [
+            ("nbf", now + 120),
+            ("iat", now + 120),
+            ("nbf", now + 10_000),
+        ] {
+            let token = signed(serde_json::json!({"sub": "alice", "exp": exp, claim: at}));
+            let err = verifier.verify(&token).unwrap_err();
+            assert_eq!(err.code(), "token_invalid", "{claim} {at}: {err}");
+            assert!(err.to_string().contains("not yet valid"), "{claim}: {err}");
+        }
+        // Within the leeway (a clock a little ahead of ours), and in the past, they are.
+        for (claim, at) in [
+            ("nbf", now + 30),
+            ("iat", now + 30),
+            ("nbf", now - 600),
+            ("iat", now - 600),
+        ] {
+            let token = signed(serde_json::json!({"sub": "alice", "exp": exp, claim: at}));
+            assert_eq!(
+                verifier.verify(&token).unwrap().sub,
+                "alice",
+                "{claim} {at}"
+            );
+        }
+        // NumericDate may have a fraction; a date that is not a number is refused.
+        let token = signed(serde_json::json!({"sub": "a", "exp": exp, "nbf": now as f64 - 0.5}));
+        assert!(verifier.verify(&token).is_ok());
+        let token = signed(serde_json::json!({"sub": "a", "exp": exp, "nbf": "soon"}));
+        assert_eq!(verifier.verify(&token).unwrap_err().code(), "token_invalid");
     }
 
     #[test]
