@@ -19,7 +19,8 @@ use crate::auth::rules::{NamespaceConfig, PublishRule, SubscribeRule, default_na
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address the gateway listens on.
+    /// Address the gateway listens on: an IP address and a port, not a host name.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Enabled transports, best first; `/negotiate` offers them in this order.
     pub transports: Vec<Transport>,
@@ -479,6 +480,25 @@ impl Config {
     }
 }
 
+/// `listen`, refused with an example to copy when it is not an IP address and port
+/// (`localhost:8080` would need a resolver, and could name several addresses).
+fn listen_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        let port = text
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .unwrap_or(8080);
+        serde::de::Error::custom(format!(
+            "listen {:?} is not an IP address and port, such as 127.0.0.1:{port} or \
+             0.0.0.0:{port} ([::]:{port} for IPv6); host names are not accepted",
+            crate::protocol::truncate_for_message(&text)
+        ))
+    })
+}
+
 /// `CASCADE_*` variables that are not config keys.
 const NOT_KEYS: [&str; 3] = ["CASCADE_CONFIG", "CASCADE_LOG", "CASCADE_LOG_FORMAT"];
 
@@ -580,6 +600,20 @@ mod tests {
         assert!(Config::from_sources("transports = []", env(&[])).is_err());
         assert!(Config::from_sources("transports = [\"sse\",\"sse\"]", env(&[])).is_err());
         assert!(Config::from_sources("[limits]\nmax_channels = 0", env(&[])).is_err());
+    }
+
+    #[test]
+    fn a_host_name_in_listen_says_to_use_an_address() {
+        for (file, vars) in [
+            ("listen = \"localhost:9000\"", env(&[])),
+            ("", env(&[("CASCADE_LISTEN", "localhost:9000")])),
+        ] {
+            let err = format!("{:#}", Config::from_sources(file, vars).unwrap_err());
+            assert!(err.contains("host names are not accepted"), "{err}");
+            assert!(err.contains("127.0.0.1:9000"), "{err}");
+        }
+        let c = Config::from_sources("listen = \"[::1]:9000\"", env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9000");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -11,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use cascade::app::App;
 use cascade::auth::Auth;
 use cascade::auth::token::{Claims, now_secs};
-use cascade::config::Config;
+use cascade::config::{Config, EngineKind};
 
 /// A realtime gateway: WebSocket, SSE, long polling and short polling from one bus.
 #[derive(Parser)]
@@ -114,9 +116,22 @@ fn init_logging() {
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, "cascade listening");
+        // Everything that can refuse the configuration (secrets, keys, the engine's URL)
+        // runs before the port is bound: a gateway that logs "listening" is one that serves.
+        let listen = config.listen;
         let app = App::new(config)?;
+        if app.auth.nobody_can_publish() {
+            tracing::warn!(
+                "nothing can publish: no api_keys, no token key (token.hmac_secret or \
+                 token.public_key_file) and no channel whose publish rule is \"anyone\"; \
+                 set CASCADE_API_KEYS for your backend"
+            );
+        }
+        let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "cascade listening");
+        if app.config.engine == EngineKind::Redis {
+            tokio::spawn(warn_if_engine_down(app.clone()));
+        }
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -131,6 +146,33 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .context("the accept loop panicked")?;
         Ok(())
     })
+}
+
+/// Warns once when the engine has not answered a few seconds after start-up: the gateway
+/// starts anyway (Redis may come up later), but it cannot carry a message until it does.
+async fn warn_if_engine_down(app: Arc<App>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        if app.bus.engine_health().1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(
+        redis_url = %without_password(&app.config.redis_url),
+        "redis does not answer; serving anyway: /readyz answers 503 and publishes fail \
+         until it does"
+    );
+}
+
+/// `url` with its user and password, if any, replaced by `***`, for the log.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Binds with a deep accept backlog: after a deploy, thousands of clients reconnect at
@@ -165,4 +207,25 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_redis_urls_carry_no_password() {
+        assert_eq!(
+            without_password("redis://:hunter2@db:6379/0"),
+            "redis://***@db:6379/0"
+        );
+        assert_eq!(
+            without_password("rediss://user:p@ss@db/0"),
+            "rediss://***@db/0"
+        );
+        assert_eq!(
+            without_password("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
 }

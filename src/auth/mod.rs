@@ -137,11 +137,13 @@ impl Auth {
             .filter(|k| !k.expose().is_empty())
             .map(|k| Sha256::digest(k.expose().as_bytes()).into())
             .collect();
+        let rules = Rules::new(config.channels.clone(), config.namespaces.clone())
+            .tokens(verifier.is_some());
         Ok(Auth {
             verifier,
             tickets,
             api_keys,
-            rules: Rules::new(config.channels.clone(), config.namespaces.clone()),
+            rules,
             origins: origin::Origins::new(&config.allowed_origins, config.cors_credentials),
         })
     }
@@ -149,6 +151,12 @@ impl Auth {
     /// Whether client tokens can be verified (a secret or public key is configured).
     pub fn tokens_enabled(&self) -> bool {
         self.verifier.is_some()
+    }
+
+    /// Whether no request at all can publish: no API key, no token key, and no channel
+    /// open to anyone (the built-in defaults). Worth a warning at start-up.
+    pub fn nobody_can_publish(&self) -> bool {
+        self.api_keys.is_empty() && self.verifier.is_none() && !self.rules.anyone_publishes()
     }
 
     /// Identifies a request by API key, ticket or token; anonymous without credentials.

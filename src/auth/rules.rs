@@ -87,6 +87,9 @@ pub fn default_namespaces() -> BTreeMap<String, NamespaceConfig> {
 pub struct Rules {
     default: NamespaceConfig,
     namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Whether client tokens can be verified; without, only an API key can pass a rule
+    /// other than `anyone`, and refusals say so.
+    tokens: bool,
 }
 
 impl Rules {
@@ -102,7 +105,21 @@ impl Rules {
         Rules {
             default,
             namespaces,
+            tokens: true,
         }
+    }
+
+    /// The same rules on a gateway that verifies client tokens (`true`, the default) or
+    /// accepts none.
+    pub fn tokens(self, tokens: bool) -> Self {
+        Rules { tokens, ..self }
+    }
+
+    /// Whether some channel may be published to without credentials.
+    pub fn anyone_publishes(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.namespaces.values())
+            .any(|ns| ns.publish == PublishRule::Anyone)
     }
 
     fn namespace(&self, channel: &Channel) -> &NamespaceConfig {
@@ -127,7 +144,7 @@ impl Rules {
         if allowed {
             Ok(())
         } else {
-            Err(refusal(who, "subscribe to", channel))
+            Err(self.refusal(who, "subscribe to", channel, false))
         }
     }
 
@@ -136,7 +153,8 @@ impl Rules {
         if who.server {
             return Ok(());
         }
-        let allowed = match self.namespace(channel).publish {
+        let rule = self.namespace(channel).publish;
+        let allowed = match rule {
             PublishRule::Anyone => true,
             PublishRule::Authenticated => who.user.is_some(),
             PublishRule::Token => any_matches(&who.publish, channel.as_str()),
@@ -148,23 +166,32 @@ impl Rules {
         if allowed {
             Ok(())
         } else {
-            Err(refusal(who, "publish to", channel))
+            Err(self.refusal(who, "publish to", channel, rule == PublishRule::Server))
         }
+    }
+
+    /// Anonymous clients are told to authenticate (401) with what can work here, a
+    /// token or only an API key; known ones that they may not (403).
+    fn refusal(&self, who: &Identity, action: &str, channel: &Channel, server: bool) -> Error {
+        if who.user.is_some() {
+            return Error::Forbidden(format!("not allowed to {action} {channel}"));
+        }
+        Error::TokenInvalid(if server {
+            format!("an API key (X-Cascade-Api-Key) is needed to {action} {channel}")
+        } else if !self.tokens {
+            format!(
+                "an API key (X-Cascade-Api-Key) is needed to {action} {channel}: this \
+                 gateway accepts no client tokens (no token key is configured)"
+            )
+        } else {
+            format!("a token is needed to {action} {channel}")
+        })
     }
 }
 
 fn is_owner(who: &Identity, channel: &Channel) -> bool {
     let owner = channel.as_str().split_once(':').map(|(_, id)| id);
     who.user.is_some() && who.user.as_deref() == owner
-}
-
-/// Anonymous clients are told to authenticate (401); known ones that they may not (403).
-fn refusal(who: &Identity, action: &str, channel: &Channel) -> Error {
-    if who.user.is_none() {
-        Error::TokenInvalid(format!("a token is needed to {action} {channel}"))
-    } else {
-        Error::Forbidden(format!("not allowed to {action} {channel}"))
-    }
 }
 
 #[cfg(test)]
