@@ -185,6 +185,42 @@ async fn an_unreachable_redis_is_warned_about() {
     assert_eq!(response.status().as_u16(), 503);
 }
 
+#[test]
+fn the_token_command_refuses_what_the_gateway_would() {
+    let secret = (
+        "CASCADE_TOKEN_HMAC_SECRET",
+        "0123456789abcdef0123456789abcdef",
+    );
+    for args in [
+        ["--sub", "bad name", "--channels", "room:*"],
+        ["--sub", "alice", "--channels", "a b"],
+        ["--sub", "alice", "--channels", "room:*,x@y"],
+    ] {
+        let mut command = cascade(&[secret]);
+        command.arg("token").args(args);
+        let output = run_to_exit(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} minted a token");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        assert!(stderr.contains("A-Z a-z 0-9"), "{args:?}: {stderr}");
+    }
+    let mut command = cascade(&[secret]);
+    command.arg("token").args([
+        "--sub",
+        "alice",
+        "--channels",
+        "room:*, chat",
+        "--publish",
+        "*",
+    ]);
+    let output = run_to_exit(command);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).split('.').count(),
+        3
+    );
+}
+
 /// With the built-in defaults no token can work (no key is configured): a refused publish
 /// says what would work, an API key.
 #[tokio::test]

@@ -7,6 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::protocol::{Channel, MAX_CHANNEL_LEN, truncate_for_message};
 
 /// The claims Cascade reads from a client token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,6 +22,34 @@ pub struct Claims {
     /// Patterns of channels the user may publish to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+}
+
+impl Claims {
+    /// Refuses claims that would sign a token the gateway cannot use: a `sub` whose
+    /// personal channel `user:<sub>` is not a channel name, or a pattern no channel name
+    /// can match (outside the channel alphabet, or longer than a name).
+    pub fn check(&self) -> Result<(), String> {
+        let personal = format!("{}:{}", crate::auth::rules::PERSONAL, self.sub);
+        if self.sub.is_empty() || Channel::parse(&personal).is_err() {
+            return Err(format!(
+                "sub {:?}: user:<sub> must be a channel name, so use 1 to {} of \
+                 A-Z a-z 0-9 _ - . : /",
+                truncate_for_message(&self.sub),
+                MAX_CHANNEL_LEN - crate::auth::rules::PERSONAL.len() - 1
+            ));
+        }
+        for pattern in self.channels.iter().chain(&self.publish) {
+            // A pattern is a channel name in which `*` stands for any run of characters.
+            Channel::parse(&pattern.replace('*', "a")).map_err(|_| {
+                format!(
+                    "channel pattern {:?}: use 1 to {MAX_CHANNEL_LEN} of A-Z a-z 0-9 _ - . : / \
+                     and * (any run of characters)",
+                    truncate_for_message(pattern)
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// A client token's claims with the dates Cascade checks itself (see [`not_yet_valid`]).
@@ -142,12 +171,14 @@ impl Verifier {
         Ok(dated.claims)
     }
 
-    /// Signs `claims` (HS256 only): what `cascade token` prints.
+    /// Signs `claims` (HS256 only): what `cascade token` prints. Refuses claims the
+    /// gateway could not use ([`Claims::check`]).
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
         let key = self
             .signing
             .as_ref()
             .ok_or("signing needs token.hmac_secret (HS256)")?;
+        claims.check()?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, key).map_err(|e| e.to_string())
     }
 }
@@ -294,6 +325,33 @@ mod tests {
         assert!(verifier.verify(&token).is_ok());
         let token = signed(serde_json::json!({"sub": "a", "exp": exp, "nbf": "soon"}));
         assert_eq!(verifier.verify(&token).unwrap_err().code(), "token_invalid");
+    }
+
+    #[test]
+    fn only_claims_the_gateway_can_use_are_signed() {
+        let verifier = Verifier::hmac(SECRET).unwrap();
+        let with = |sub: &str, channels: &[&str]| Claims {
+            sub: sub.into(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            ..claims(now_secs() + 60)
+        };
+        for bad in [
+            with("bad name", &[]),
+            with("", &[]),
+            with(&"a".repeat(124), &[]),
+            with("alice", &["a b"]),
+            with("alice", &["room:*", ""]),
+            with("alice", &["x@y"]),
+        ] {
+            let err = verifier.sign(&bad).unwrap_err();
+            assert!(err.contains("A-Z a-z 0-9"), "{bad:?}: {err}");
+        }
+        for good in [
+            with("alice", &["room:*", "*", "chat"]),
+            with(&"a".repeat(123), &[]),
+        ] {
+            assert!(verifier.sign(&good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
