@@ -17,7 +17,7 @@
   };
 
   var me = null;
-  var token = null;       // a client token, needed for private messages (user:<name>)
+  var token = null;       // a client token, to read this user's private messages (user:<name>)
   var client = null;
   var conversations = {}; // key -> {key, kind, name, channel, title, items: [], unread}
   var order = [];         // conversation keys, sidebar order
@@ -127,9 +127,9 @@
       : conv.kind === 'room' ? 'Message ' + conv.title : 'Message everyone';
     if (conv.kind === 'dm' && !token && !conv.warned) {
       conv.warned = true;
-      note(conv, 'Private messages need a token: user:' + conv.name + ' is readable by ' + conv.name +
-        ' only. Log in again with a token from `cascade --config config/cascade.toml token --sub ' +
-        me + '`.');
+      note(conv, 'Private messages need a token, and this gateway signed none for you (its ' +
+        '/demo/login needs token.hmac_secret): user:' + conv.name + ' is readable by ' + conv.name +
+        ' only. Log in again with a token from `cascade token --sub ' + me + '`.');
     }
     var list = $('messages');
     list.innerHTML = '';

@@ -57,3 +57,42 @@ async fn demo_login_does_not_exist_without_the_demo() {
         (404, Some("not_found"))
     );
 }
+
+/// The log-in form tells the truth: private messages work without pasting a token, since
+/// the form asks `/demo/login` for one signed for the name typed.
+#[tokio::test]
+async fn the_login_form_says_no_token_is_needed_for_private_messages() {
+    let server = TestServer::start(demo_config(true)).await;
+    let page = http()
+        .get(server.url("/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    let form = &page[page.find("<form id=\"login-form\"").expect("form")..];
+    let form = &form[..form.find("</form>").expect("end of form")];
+    assert!(!form.contains("for private messages)"), "{form}");
+    assert!(form.contains("/demo/login"), "{form}");
+    let script = http()
+        .get(server.url("/demo.js"))
+        .send()
+        .await
+        .expect("script")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        script.contains("'/demo/login'"),
+        "the form asks for a token"
+    );
+    // And what the form promises works: the name's token reads its inbox.
+    let (status, body) = login(&server, "carol").await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().expect("token");
+    let (own, _) = server
+        .get_json(&format!("/poll?channels=user:carol&token={token}"))
+        .await;
+    assert_eq!(own, 200);
+}
