@@ -492,9 +492,8 @@ fn listen_address<'de, D: serde::Deserializer<'de>>(
             .and_then(|(_, port)| port.parse::<u16>().ok())
             .unwrap_or(8080);
         serde::de::Error::custom(format!(
-            "listen {:?} is not an IP address and port, such as 127.0.0.1:{port} or \
-             0.0.0.0:{port} ([::]:{port} for IPv6); host names are not accepted",
-            crate::protocol::truncate_for_message(&text)
+            "listen {text:?} is not an IP address and port, such as 127.0.0.1:{port} or \
+             0.0.0.0:{port} ([::]:{port} for IPv6); host names are not accepted"
         ))
     })
 }

@@ -264,6 +264,35 @@ mod tests {
     }
 
     #[test]
+    fn refusals_name_what_can_work() {
+        let anon = Identity::anonymous();
+        let message = |rules: &Rules, channel: &str| {
+            rules
+                .check_publish(&anon, &ch(channel))
+                .unwrap_err()
+                .to_string()
+        };
+        let namespaces = BTreeMap::from([(
+            "ops".to_owned(),
+            ns(SubscribeRule::Anyone, PublishRule::Server),
+        )]);
+        let rules = Rules::new(ns(SubscribeRule::Anyone, PublishRule::Token), namespaces);
+        assert!(message(&rules, "news").contains("a token is needed"));
+        // Under `server`, or with no token key, no token can work: say what can.
+        assert!(message(&rules, "ops:deploys").contains("an API key (X-Cascade-Api-Key)"));
+        let rules = rules.tokens(false);
+        let news = message(&rules, "news");
+        assert!(news.contains("an API key (X-Cascade-Api-Key)"), "{news}");
+        assert!(news.contains("accepts no client tokens"), "{news}");
+        assert!(!rules.anyone_publishes());
+        let open = Rules::new(
+            ns(SubscribeRule::Anyone, PublishRule::Anyone),
+            BTreeMap::new(),
+        );
+        assert!(open.anyone_publishes());
+    }
+
+    #[test]
     fn namespace_rules_apply_by_prefix() {
         let rules = Rules::new(
             ns(SubscribeRule::Anyone, PublishRule::Server),
