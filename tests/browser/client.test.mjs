@@ -49,7 +49,7 @@ test('GET /cascade.js serves the file with caching headers and honours If-None-M
 
     const post = await fetch(`${gateway.url}/cascade.js`, { method: 'POST' });
     assert.equal(post.status, 405);
-    assert.equal(post.headers.get('allow'), 'GET');
+    assert.equal(post.headers.get('allow'), 'GET, HEAD');
   } finally {
     await gateway.stop();
   }
