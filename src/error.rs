@@ -71,6 +71,15 @@ pub enum Error {
     /// Valid credentials that do not allow this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The channel rules refused every channel of a subscribing request: answered as the
+    /// first refusal (`forbidden` or `token_invalid`), naming each refused channel.
+    #[error("{first}")]
+    Refused {
+        /// The refusal of the first channel, which gives the code and the status.
+        first: Box<Error>,
+        /// Every refused channel, in the order asked.
+        refused: Vec<Refusal>,
+    },
     /// A browser origin outside the allowlist.
     #[error("origin {0:?} is not allowed")]
     OriginNotAllowed(String),
@@ -118,6 +127,7 @@ impl Error {
             Error::TokenInvalid(_) => "token_invalid",
             Error::TokenExpired => "token_expired",
             Error::Forbidden(_) => "forbidden",
+            Error::Refused { first, .. } => first.code(),
             Error::OriginNotAllowed(_) => "origin_not_allowed",
             Error::RateLimited => "rate_limited",
             Error::TooManyConnections(_) => "too_many_connections",
@@ -146,6 +156,7 @@ impl Error {
             Error::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             Error::TokenInvalid(_) | Error::TokenExpired => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Error::Refused { first, .. } => first.status(),
             Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Error::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -162,10 +173,34 @@ impl Error {
         clip(self.to_string())
     }
 
-    /// The error body, `{"error":{"code":..,"message":..}}`.
-    pub fn to_json(&self) -> String {
-        serde_json::json!({"error": {"code": self.code(), "message": self.message()}}).to_string()
+    /// The channels a refusal names; empty for every other error.
+    pub fn refused(&self) -> &[Refusal] {
+        match self {
+            Error::Refused { refused, .. } => refused,
+            _ => &[],
+        }
     }
+
+    /// The error body, `{"error":{"code":..,"message":..}}`, with `"refused":[..]` beside
+    /// `error` when it names refused channels.
+    pub fn to_json(&self) -> String {
+        let mut body =
+            serde_json::json!({"error": {"code": self.code(), "message": self.message()}});
+        if !self.refused().is_empty() {
+            body["refused"] = serde_json::json!(self.refused());
+        }
+        body.to_string()
+    }
+}
+
+/// A channel of a subscribing request that the channel rules refused: the request goes
+/// on without it and names it, `{"channel":"user:bob","code":"forbidden"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// The channel's name.
+    pub channel: String,
+    /// `forbidden`, or `token_invalid` when the channel needs a token the request lacks.
+    pub code: &'static str,
 }
 
 /// The longest message an error sends a client, in bytes.
@@ -201,6 +236,39 @@ mod tests {
         assert_eq!(body["error"]["code"], "too_many_channels");
         assert!(body["error"]["message"].as_str().unwrap().contains("128"));
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(body.get("refused").is_none(), "{body}");
+    }
+
+    #[test]
+    fn a_refusal_of_every_channel_names_them_all() {
+        let err = Error::Refused {
+            first: Box::new(Error::Forbidden(
+                "not allowed to subscribe to user:bob".into(),
+            )),
+            refused: vec![
+                Refusal {
+                    channel: "user:bob".into(),
+                    code: "forbidden",
+                },
+                Refusal {
+                    channel: "user:eve".into(),
+                    code: "forbidden",
+                },
+            ],
+        };
+        assert_eq!(
+            (err.code(), err.status()),
+            ("forbidden", StatusCode::FORBIDDEN)
+        );
+        let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
+        assert_eq!(body["error"]["code"], "forbidden");
+        assert_eq!(
+            body["refused"],
+            serde_json::json!([
+                {"channel": "user:bob", "code": "forbidden"},
+                {"channel": "user:eve", "code": "forbidden"}
+            ])
+        );
     }
 
     #[test]

@@ -275,6 +275,13 @@ impl Metrics {
         self.errors.with_label_values(&[code]).inc();
     }
 
+    /// Counts an error answer by its code: once for each channel it refuses when it names
+    /// refused channels, as when some of a request's channels are served, else once.
+    pub fn error_answer(&self, err: &crate::error::Error) {
+        let times = err.refused().len().max(1) as u64;
+        self.errors.with_label_values(&[err.code()]).inc_by(times);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

@@ -144,7 +144,7 @@ where
             None => route(app.clone(), req).await,
         };
         let mut response = result.unwrap_or_else(|err| {
-            app.metrics.error(err.code());
+            app.metrics.error_answer(&err);
             tracing::debug!(code = err.code(), error = %err, "request refused");
             error_response(&err)
         });

@@ -16,6 +16,8 @@ mod keys;
 mod limits;
 #[path = "security/origins.rs"]
 mod origins;
+#[path = "security/refusals.rs"]
+mod refusals;
 #[path = "security/rules.rs"]
 mod rules;
 #[path = "security/tickets.rs"]

@@ -18,10 +18,10 @@ use tokio::time::Sleep;
 use crate::app::App;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
-use crate::error::Result;
+use crate::error::{Refusal, Result};
 use crate::http::{Body, Query, RequestHead, json};
 use crate::protocol::Cursor;
-use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor, shutting_down};
+use crate::transport::{InFlight, keep_allowed, poll_body, requested_cursor, shutting_down};
 
 /// Most events one answer carries; the rest wait for the next poll.
 const MAX_BATCH: usize = 1000;
@@ -63,11 +63,12 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
         let carried = carry.take();
         // One box for both steps: they run one after the other, so it is as large as the
         // larger, and a poll is one allocation cheaper than with a box each.
-        let (_in_flight, mut events, mut waiting) = Box::pin(async {
-            let (wanted, timeout) = admit(&app, req, carried).await?;
+        // Refusals are a boxed slice: nearly always empty, and kept while the poll waits.
+        let (_in_flight, mut events, mut waiting, refused) = Box::pin(async {
+            let (wanted, timeout, refused) = admit(&app, req, carried).await?;
             let in_flight = InFlight::new(metrics);
             let (events, waiting) = start(&app, wanted, timeout).await?;
-            Ok::<_, crate::error::Error>((in_flight, events, waiting))
+            Ok::<_, crate::error::Error>((in_flight, events, waiting, refused))
         })
         .await?;
         // By reference: moved out, the subscription would take room of its own beside
@@ -98,7 +99,13 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
         if events.iter().any(|e| matches!(e, Event::Gap(_))) {
             tracing::debug!(next = %waiting.cursor(), "long poll reported a gap");
         }
-        let body = poll_body(&events, |out| waiting.put_cursor(out), retry_ms, metrics);
+        let body = poll_body(
+            &events,
+            |out| waiting.put_cursor(out),
+            &refused,
+            retry_ms,
+            metrics,
+        );
         if let Waiting::Found(subscription) | Waiting::Park(subscription, _) = waiting
             && retry_ms.is_none()
         {
@@ -177,35 +184,46 @@ fn take_ready(subscription: &mut Subscription, events: &mut Vec<Event>) {
     }
 }
 
-/// Where the poll starts and how long it may be held, once the request is allowed.
+/// Where the poll starts, how long it may be held and the channels refused, once the
+/// request is allowed.
 async fn admit<R: RequestHead + Send + Sync>(
     app: &App,
     req: Box<R>,
     carried: Option<Carry>,
-) -> Result<(Wanted, Duration)> {
+) -> Result<(Wanted, Duration, Box<[Refusal]>)> {
     let query = Query::parse(req.query());
+    let max = app.config.limits.max_channels;
     let resumed = |kept: &Subscription| {
         kept.resumed_by(query.get("channels"), query.get("cursor").unwrap_or(""))
     };
     let wanted = match carried {
         Some(Carry(kept)) if resumed(&kept) => Wanted::Kept(kept),
-        _ => Wanted::From(requested_cursor(
-            &query,
-            None,
-            app.config.limits.max_channels,
-        )?),
+        _ => Wanted::From(requested_cursor(&query, None, max)?),
     };
-    let who = match &wanted {
-        Wanted::Kept(kept) => {
-            authorize_subscribe(app, req.headers(), &query, kept.channels()).await?
+    let who = app.auth.identify(req.headers(), &query, &app.bus).await?;
+    let (wanted, refused) = match wanted {
+        // Credentials come with each poll: the kept subscription goes on only if these
+        // allow all of it; else the poll starts afresh from its cursor.
+        Wanted::Kept(kept)
+            if kept
+                .channels()
+                .all(|channel| app.auth.check_subscribe(&who, channel).is_ok()) =>
+        {
+            (Wanted::Kept(kept), Vec::new())
         }
-        Wanted::From(cursor) => {
-            authorize_subscribe(app, req.headers(), &query, cursor.channels()).await?
+        Wanted::Kept(_) => {
+            let mut cursor = requested_cursor(&query, None, max)?;
+            let refused = keep_allowed(app, &who, &mut cursor)?;
+            (Wanted::From(cursor), refused)
+        }
+        Wanted::From(mut cursor) => {
+            let refused = keep_allowed(app, &who, &mut cursor)?;
+            (Wanted::From(cursor), refused)
         }
     };
     // A poll is never held past the expiry of the credentials it was allowed with.
     let timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
-    Ok((wanted, timeout))
+    Ok((wanted, timeout, refused.into_boxed_slice()))
 }
 
 /// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.

@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::bus::Event;
 use crate::config::Transport;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::http::Query;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{Channel, Cursor};
@@ -196,26 +196,75 @@ pub fn wanted_cursor<'a>(
     Ok(cursor)
 }
 
-/// Identifies the caller and checks that it may read every one of `channels`.
-pub async fn authorize_subscribe<'c>(
+/// Identifies the caller and keeps the channels of `cursor` it may read (see
+/// [`keep_allowed`]); returns who it is and the channels refused.
+pub async fn authorize_subscribe(
     app: &App,
     headers: &HeaderMap,
     query: &Query<'_>,
-    channels: impl IntoIterator<Item = &'c Channel>,
-) -> Result<Identity> {
+    cursor: &mut Cursor,
+) -> Result<(Identity, Vec<Refusal>)> {
     let who = app.auth.identify(headers, query, &app.bus).await?;
-    for channel in channels {
-        app.auth.check_subscribe(&who, channel)?;
-    }
-    Ok(who)
+    let refused = keep_allowed(app, &who, cursor)?;
+    Ok((who, refused))
 }
 
-/// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..]}`, recording the
-/// deliveries; `put_cursor` appends the cursor's text (a subscription writes its own
-/// without building a [`Cursor`]), and `retry_ms` is added when the gateway is draining.
+/// Drops from `cursor` the channels the rules do not let `who` read, and names them: the
+/// request is served with the others. Each refused channel is counted as a refusal. When
+/// none is left, the request is refused as its first channel was, naming them all (and
+/// counted where that error is answered).
+pub fn keep_allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<Vec<Refusal>> {
+    let mut refused = Vec::new();
+    let mut first = None;
+    cursor.entries.retain(
+        |(channel, _)| match app.auth.check_subscribe(who, channel) {
+            Ok(()) => true,
+            Err(err) => {
+                refused.push(Refusal {
+                    channel: channel.as_str().to_owned(),
+                    code: err.code(),
+                });
+                first.get_or_insert(err);
+                false
+            }
+        },
+    );
+    if let Some(first) = first {
+        if cursor.entries.is_empty() {
+            return Err(Error::Refused {
+                first: Box::new(first),
+                refused,
+            });
+        }
+        for refusal in &refused {
+            app.metrics.error(refusal.code);
+        }
+    }
+    Ok(refused)
+}
+
+/// Appends `,"refused":[..]` to a JSON object being written, when any channel was refused.
+pub fn put_refused(out: &mut BytesMut, refused: &[Refusal]) {
+    if refused.is_empty() {
+        return;
+    }
+    out.put_slice(b",\"refused\":");
+    // Channel names and codes need no escaping, but serde keeps that a non-question.
+    out.put_slice(
+        serde_json::to_string(refused)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+}
+
+/// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..],"refused":[..]}`,
+/// recording the deliveries; `put_cursor` appends the cursor's text (a subscription writes
+/// its own without building a [`Cursor`]), `refused` names the channels left out, and
+/// `retry_ms` is added when the gateway is draining.
 pub fn poll_body(
     events: &[Event],
     put_cursor: impl FnOnce(&mut BytesMut),
+    refused: &[Refusal],
     retry_ms: Option<u64>,
     metrics: &TransportMetrics,
 ) -> Vec<u8> {
@@ -250,6 +299,7 @@ pub fn poll_body(
         body.put_slice(gaps.join(",").as_bytes());
         body.put_u8(b']');
     }
+    put_refused(&mut body, refused);
     if let Some(retry_ms) = retry_ms {
         body.put_slice(format!(",\"retry_ms\":{retry_ms}").as_bytes());
     }

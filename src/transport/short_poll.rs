@@ -1,6 +1,7 @@
 //! `GET /poll`: short polling, for networks where nothing else works. Answers at once from
 //! history without ever registering a live subscriber, so an idle poller costs nothing
-//! between requests.
+//! between requests. It is also how the browser client learns why an SSE request failed
+//! before its stream opened (an `EventSource` cannot read the status).
 
 use std::sync::Arc;
 
@@ -16,14 +17,14 @@ use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_curso
 pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Poll);
     let query = Query::parse(req.query());
-    let cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    authorize_subscribe(&app, req.headers(), &query, cursor.channels()).await?;
+    let mut cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
+    let (_, refused) = authorize_subscribe(&app, req.headers(), &query, &mut cursor).await?;
     let _in_flight = InFlight::new(metrics);
     let (events, next) = app.bus.catch_up(&cursor).await?;
     let retry_ms = app
         .shutdown
         .is_cancelled()
         .then(|| app.reconnect_delay_ms());
-    let body = poll_body(&events, |out| next.put(out), retry_ms, metrics);
+    let body = poll_body(&events, |out| next.put(out), &refused, retry_ms, metrics);
     Ok(json(StatusCode::OK, body))
 }

@@ -19,10 +19,12 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::bus::{CursorAfter, Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
-use crate::error::Result;
+use crate::error::{Refusal, Result};
 use crate::http::{Body, Query, RequestHead};
 use crate::protocol::{Cursor, Message};
-use crate::transport::{Session, authorize_subscribe, requested_cursor, shutting_down};
+use crate::transport::{
+    Session, authorize_subscribe, put_refused, requested_cursor, shutting_down,
+};
 use crate::wake::SideWaits;
 
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
@@ -43,8 +45,8 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
-    let cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
-    let who = authorize_subscribe(&app, req.headers(), &query, cursor.channels()).await?;
+    let mut cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
+    let (who, refused) = authorize_subscribe(&app, req.headers(), &query, &mut cursor).await?;
     let conn = req.conn().cloned();
     // A stalled reader stops hyper from polling this body, so the cut must reach the
     // connection itself: the server drops a connection whose token is cancelled.
@@ -55,7 +57,8 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     let start = subscription.add(&cursor).await?;
     let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
     let slot = ExpressSlot::default();
-    let frames = events(app.clone(), subscription, start, session, who, slot.clone())
+    let open = open_event(&start, &refused, app.config.sse.retry_ms);
+    let frames = events(app.clone(), subscription, open, session, who, slot.clone())
         .map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(Body::Boxed(StreamBody::new(frames).boxed_unsync()));
     response.extensions_mut().insert(slot);
@@ -70,10 +73,22 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     Ok(response)
 }
 
+/// The `open` event: where delivery starts, and the channels refused, if any.
+fn open_event(start: &Cursor, refused: &[Refusal], retry_ms: u64) -> Bytes {
+    let mut out = BytesMut::new();
+    let _ = write!(
+        out,
+        "retry: {retry_ms}\nevent: open\nid: {start}\ndata: {{\"cursor\":\"{start}\""
+    );
+    put_refused(&mut out, refused);
+    out.put_slice(b"}\n\n");
+    out.freeze()
+}
+
 fn events(
     app: Arc<App>,
     mut subscription: Subscription,
-    start: Cursor,
+    open: Bytes,
     mut session: Session,
     who: Identity,
     slot: ExpressSlot,
@@ -84,10 +99,7 @@ fn events(
     async_stream::stream! {
         let _tracked = tracked;
         let metrics = app.metrics.transport(Transport::Sse);
-        yield Bytes::from(format!(
-            "retry: {}\nevent: open\nid: {start}\ndata: {{\"cursor\":\"{start}\"}}\n\n",
-            app.config.sse.retry_ms
-        ));
+        yield open;
         let expiry = who.expired();
         tokio::pin!(expiry);
         // Ticks at half the interval; a heartbeat goes out after two ticks without an

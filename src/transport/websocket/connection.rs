@@ -27,7 +27,7 @@ use crate::protocol::ClientFrame;
 use crate::protocol::Message;
 use crate::server::ConnInfo;
 use crate::transport::publish::{acknowledgement, validate};
-use crate::transport::{Session, wanted_cursor};
+use crate::transport::{Session, keep_allowed, wanted_cursor};
 use crate::wake::SideWaits;
 
 use super::{
@@ -354,7 +354,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         cursor: &str,
     ) -> Result<String> {
         let max = self.app.config.limits.max_channels;
-        let wanted = wanted_cursor(channels, cursor, max)?;
+        let mut wanted = wanted_cursor(channels, cursor, max)?;
+        // The refused channels are left out before counting: they will not be followed.
+        let refused = keep_allowed(&self.app, &self.who, &mut wanted)?;
         let new = wanted
             .entries
             .iter()
@@ -363,15 +365,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if self.subscription.len() + new > max {
             return Err(Error::TooManyChannels(max));
         }
-        for (channel, _) in &wanted.entries {
-            self.app.auth.check_subscribe(&self.who, channel)?;
-        }
         let start = self.subscription.add(&wanted).await?;
         let names: Vec<&str> = start.entries.iter().map(|(c, _)| c.as_str()).collect();
-        Ok(
-            serde_json::json!({"op": "subscribed", "channels": names, "cursor": start.to_string()})
-                .to_string(),
-        )
+        let mut reply =
+            serde_json::json!({"op": "subscribed", "channels": names, "cursor": start.to_string()});
+        if !refused.is_empty() {
+            reply["refused"] = serde_json::json!(refused);
+        }
+        Ok(reply.to_string())
     }
 
     fn unsubscribe(&mut self, names: &[String]) -> Result<String> {
@@ -518,11 +519,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     async fn send_error(&mut self, id: Option<u64>, err: &Error) -> Result<(), Stop> {
-        self.app.metrics.error(err.code());
+        self.app.metrics.error_answer(err);
         let mut body =
             serde_json::json!({"op": "error", "code": err.code(), "message": err.message()});
         if let Some(id) = id {
             body["id"] = id.into();
+        }
+        if !err.refused().is_empty() {
+            body["refused"] = serde_json::json!(err.refused());
         }
         self.send_text(body.to_string()).await
     }
