@@ -221,8 +221,12 @@ async fn admit<R: RequestHead + Send + Sync>(
             (Wanted::From(cursor), refused)
         }
     };
-    // A poll is never held past the expiry of the credentials it was allowed with.
-    let timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
+    // A poll is never held past the expiry of the credentials it was allowed with, and
+    // one that left channels out answers at once: the client should know before it waits.
+    let mut timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
+    if !refused.is_empty() {
+        timeout = Duration::ZERO;
+    }
     Ok((wanted, timeout, refused.into_boxed_slice()))
 }
 
