@@ -22,7 +22,8 @@
  * maxBackoffMs, remember (start from the rung that last worked in this tab, kept in
  * sessionStorage).
  * Events: connect {transport}, disconnect {reason, retryMs}, transport (name), gap
- * {channel, epoch, first}, error {code, message}, message (every delivered message).
+ * {channel, epoch, first}, error {code, message, channel} (`channel` when the gateway
+ * refused that channel, which the client then drops), message (every delivered message).
  * c.transport is the rung in use, or null while disconnected.
  *
  * The wire contract is docs/PROTOCOL.md; the gateway serves this file at /cascade.js.
@@ -82,6 +83,20 @@
 
   function has(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
 
+  /** `names` without the channels of `refused` ([{channel, code}]). */
+  function without(names, refused) {
+    if (!refused || !refused.length) { return names; }
+    var out = [];
+    for (var i = 0; i < names.length; i++) {
+      var kept = true;
+      for (var j = 0; j < refused.length; j++) {
+        if (refused[j] && refused[j].channel === names[i]) { kept = false; break; }
+      }
+      if (kept) { out.push(names[i]); }
+    }
+    return out;
+  }
+
   function indexOfName(list, name) {
     for (var i = 0; i < list.length; i++) {
       if (list[i].name === name) { return i; }
@@ -137,8 +152,8 @@
   }
 
   /**
-   * One HTTP request. `done(err, json)`; err is {code, message, status}, status 0 for a
-   * network failure or a timeout. Returns a handle whose abort() silences the callback.
+   * One HTTP request. `done(err, json)`; err is {code, message, status, refused}, status 0
+   * for a network failure or a timeout. Returns a handle whose abort() silences the callback.
    */
   function request(method, url, body, timeoutMs, done) {
     var XHR = root.XMLHttpRequest;
@@ -166,7 +181,9 @@
           finish({
             code: (e && e.code) || 'http_' + status,
             message: (e && e.message) || 'HTTP ' + status,
-            status: status
+            status: status,
+            // The channels the gateway refused, when it refused all of a subscription's.
+            refused: json && json.refused
           });
         }
       };
@@ -296,19 +313,31 @@
     switch (frame.op) {
       case 'message': client._message(frame); break;
       case 'gap': client._gap(frame); break;
-      case 'subscribed': client._startAt(frame.cursor); break;
+      case 'subscribed':
+        this.refused(frame.refused);
+        client._startAt(frame.cursor);
+        break;
       case 'ack':
         client._acked(frame.id, null, { channel: frame.channel, epoch: frame.epoch, offset: frame.offset });
         break;
       case 'error':
         if (frame.id !== undefined && frame.id !== null) {
           client._acked(frame.id, { code: frame.code, message: frame.message }, null);
-        } else {
+        } else if (!this.refused(frame.refused)) {
           client._emit('error', { code: frame.code, message: frame.message });
         }
         break;
       default: break;
     }
+  };
+
+  /**
+   * Forgets the channels the gateway refused (the socket follows none of them), and has
+   * the client drop them; false when none of them was the client's.
+   */
+  WebSocketRung.prototype.refused = function (list) {
+    this.channels = without(this.channels, list);
+    return this.client._refused(list) > 0;
   };
 
   /** Channel changes travel as frames on the open socket (or with the first subscribe). */
@@ -387,7 +416,7 @@
     // The gateway writes its headers and an `open` event at once, and /negotiate has just
     // shown it reachable: when the event does not come, something in between is holding
     // the response back. Whether or not it let the headers through, that is a buffer.
-    timer = later(function () { fail('buffered'); }, client.options.timeouts.sse);
+    timer = this.timer = later(function () { fail('buffered'); }, client.options.timeouts.sse);
     this.es.addEventListener('open', function (event) {
       if (self.dead) { return; }
       if (event.data === undefined) { headers = true; return; } // the browser's own open
@@ -395,6 +424,9 @@
       if (!self.proven) {
         self.proven = true;
         cancel(timer);
+        // The stream follows the others: it is no reason to open a new one.
+        self.channels = without(self.channels, body && body.refused);
+        client._refused(body && body.refused);
         client._startAt(body && body.cursor);
         done(null);
       }
@@ -422,11 +454,52 @@
         return;
       }
       if (!self.proven) {
-        fail(headers ? 'closed' : 'refused');
+        self.ask(headers ? 'closed' : 'refused', fail, done);
       } else {
         // The browser would reconnect by itself; the client does it, with its own cursor.
         down({ reason: 'closed', retryMs: null });
       }
+    });
+  };
+
+  /**
+   * The stream failed before its `open` event, and an EventSource cannot read why. Asks
+   * GET /poll once, with the same channels and credentials: a refusal naming channels
+   * drops them (they were all refused: any allowed one would have opened the stream) and
+   * leaves this rung idle, proven; refused credentials are no transport failure either;
+   * anything else is `fail(reason)`, as before.
+   */
+  SseRung.prototype.ask = function (reason, fail, done) {
+    var self = this, client = this.client;
+    // Closed first: the EventSource would retry by itself, and the deadline no longer
+    // measures the stream.
+    if (this.es) {
+      try { this.es.close(); } catch (e) { /* already closed */ }
+    }
+    cancel(this.timer);
+    var url = withQuery(client._url('/poll'), {
+      channels: this.channels.join(','),
+      cursor: client._cursor(this.channels)
+    });
+    this.asking = request('GET', url, null, client.options.timeouts.poll, function (err) {
+      self.asking = null;
+      if (self.dead || self.proven) { return; }
+      var auth = err && (err.status === 401 || err.status === 403);
+      if (auth && err.refused && err.refused.length) {
+        self.channels = without(self.channels, err.refused);
+        if (client._refused(err.refused) > 0 && !self.channels.length) {
+          self.idle = true;
+          self.proven = true;
+          done(null);
+          return;
+        }
+      }
+      if (auth) {
+        self.close();
+        done(reason, { code: err.code, message: err.message });
+        return;
+      }
+      fail(reason);
     });
   };
 
@@ -437,6 +510,8 @@
 
   SseRung.prototype.close = function () {
     this.dead = true;
+    cancel(this.timer);
+    if (this.asking) { this.asking.abort(); this.asking = null; }
     if (this.es) {
       try { this.es.close(); } catch (e) { /* already closed */ }
     }
@@ -498,6 +573,12 @@
       self.inflight = null;
       if (err) {
         var auth = err.status === 401 || err.status === 403 ? { code: err.code, message: err.message } : null;
+        if (auth && client._refused(err.refused) > 0) {
+          // Every channel asked was refused and is dropped: ask again for what is left
+          // (nothing at all leaves the rung idle, proven).
+          self.next(0);
+          return;
+        }
         if (!self.proven) {
           self.onFailed(err.code === 'timeout' ? 'timeout' : 'refused', auth);
         } else {
@@ -506,6 +587,7 @@
         }
         return;
       }
+      client._refused(body.refused);
       client._polled(body);
       if (!self.proven) { self.onProven(); }
       if (self.dead) { return; }
@@ -603,10 +685,7 @@
       if (at >= 0) { list.splice(at, 1); }
       if (list.length) { return this; }
     }
-    delete this.subs[channel];
-    delete this.pos[channel];
-    delete this.retired[channel];
-    this.order.splice(this.order.indexOf(channel), 1);
+    this._drop(channel);
     this._sync();
     return this;
   };
@@ -679,6 +758,43 @@
       this.subs[channel] = [];
       this.order.push(channel);
     }
+  };
+
+  /** Forgets `channel`, its handlers and its position. */
+  Client.prototype._drop = function (channel) {
+    delete this.subs[channel];
+    delete this.pos[channel];
+    delete this.retired[channel];
+    this.order.splice(this.order.indexOf(channel), 1);
+  };
+
+  /**
+   * The gateway refused these channels ([{channel, code}], its `refused` list) and serves
+   * the others: each one still subscribed is dropped and reported as an `error` naming it.
+   * A refusal is no transport failure: the rungs stay as they are. Returns how many were
+   * dropped.
+   */
+  Client.prototype._refused = function (list) {
+    var dropped = [], i;
+    if (!list || !list.length) { return 0; }
+    for (i = 0; i < list.length; i++) {
+      var channel = list[i] && list[i].channel;
+      if (typeof channel === 'string' && has(this.subs, channel)) {
+        this._drop(channel);
+        dropped.push({ channel: channel, code: String(list[i].code || 'forbidden') });
+      }
+    }
+    // Reported once all are dropped, so that a handler sees the client's new set.
+    for (i = 0; i < dropped.length; i++) {
+      var refusal = dropped[i];
+      this._emit('error', {
+        code: refusal.code,
+        message: (refusal.code === 'token_invalid' ? 'a token is needed to subscribe to '
+          : 'not allowed to subscribe to ') + refusal.channel,
+        channel: refusal.channel
+      });
+    }
+    return dropped.length;
   };
 
   Client.prototype._channels = function () { return this.order.slice(); };

@@ -237,7 +237,7 @@ const TEST_PAGE = `<!doctype html>
 (function () {
   var options = JSON.parse(decodeURIComponent(location.hash.slice(1)) || '{}');
   var app = window.__app = {
-    received: {}, transports: [], gaps: [], errors: [], connects: 0, disconnects: [],
+    received: {}, transports: [], gaps: [], errors: [], refused: [], connects: 0, disconnects: [],
     firstMessageAt: null, firstTransportAt: null, tokensGiven: 0
   };
   var clientOptions = options.client || {};
@@ -264,7 +264,10 @@ const TEST_PAGE = `<!doctype html>
   client.on('connect', function () { app.connects += 1; });
   client.on('disconnect', function (info) { app.disconnects.push(info.reason); });
   client.on('gap', function (gap) { app.gaps.push(gap); });
-  client.on('error', function (err) { app.errors.push(err.code); });
+  client.on('error', function (err) {
+    app.errors.push(err.code);
+    if (err.channel) { app.refused.push({ channel: err.channel, code: err.code }); }
+  });
 })();
 </script>
 `;
@@ -288,12 +291,17 @@ export function testPageUrl(origin, options) {
 export async function startFront(upstreamPort, mode = {}) {
   const state = { bufferSse: false, websocket: 'pass', ...mode };
   const sockets = new Set();
-  const counts = { sse: 0, upgrades: 0 };
+  // `failed`: the fallback reports the client sent (the `failed` of each /negotiate).
+  const counts = { sse: 0, upgrades: 0, failed: [] };
   const server = http.createServer((req, res) => {
     if (req.url.split('?')[0] === '/__test.html') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       res.end(TEST_PAGE);
       return;
+    }
+    if (req.url.startsWith('/negotiate')) {
+      const failed = new URL(req.url, 'http://front').searchParams.get('failed');
+      if (failed) counts.failed.push(failed);
     }
     const isSse = req.url.startsWith('/sse');
     if (isSse) counts.sse += 1;
