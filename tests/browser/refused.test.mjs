@@ -85,11 +85,18 @@ function subscribe(page, channel) {
 
 /** Waits until the application was told that `channel` was refused with `code`. */
 async function refusedWith(page, channel, code) {
-  await page.waitForFunction(
-    ([ch, c]) => window.__app.refused.some((r) => r.channel === ch && r.code === c),
-    [channel, code],
-    { timeout: 20_000, polling: 20 },
-  );
+  try {
+    await page.waitForFunction(
+      ([ch, c]) => window.__app.refused.some((r) => r.channel === ch && r.code === c),
+      [channel, code],
+      { timeout: 10_000, polling: 20 },
+    );
+  } catch (err) {
+    // What the application saw instead, and whether the client still has the channel.
+    const { errors, transports, disconnects } = await appState(page);
+    const seen = { errors, transports, disconnects, channels: await page.evaluate(() => window.__client._channels()) };
+    throw new Error(`no error naming ${channel} (${code}): ${JSON.stringify(seen)}`);
+  }
   const channels = await page.evaluate(() => window.__client._channels());
   assert.ok(!channels.includes(channel), `${channel} is dropped from the client's set: ${channels}`);
 }
