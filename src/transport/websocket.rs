@@ -28,6 +28,8 @@ use crate::server::ConnInfo;
 use crate::transport::shared_socket::SharedSocket;
 
 mod connection;
+#[cfg(feature = "autobahn")]
+mod echo;
 
 use connection::Connection;
 
@@ -79,8 +81,15 @@ pub async fn handshake<R: RequestHead + Sync>(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).map_err(|e| Error::Internal(e.to_string()))?,
     );
+    let accepted = Accepted {
+        app,
+        who,
+        conn,
+        #[cfg(feature = "autobahn")]
+        echo: query.get("echo").is_some(),
+    };
     // Boxed: it travels through the lean path's futures, which would each keep room for it.
-    Ok((response, Box::new(Accepted { app, who, conn })))
+    Ok((response, Box::new(accepted)))
 }
 
 /// An accepted handshake, waiting for its socket.
@@ -88,6 +97,9 @@ pub struct Accepted {
     app: Arc<App>,
     who: Result<Identity>,
     conn: Option<ConnInfo>,
+    /// `?echo` on a build with the `autobahn` feature: the test-only echo, not a client.
+    #[cfg(feature = "autobahn")]
+    echo: bool,
 }
 
 impl Accepted {
@@ -112,9 +124,17 @@ impl Accepted {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         // Unboxed at once, so the box is not kept for the connection's life.
-        let Accepted { app, who, conn } = *self;
+        #[cfg(feature = "autobahn")]
+        let echo = self.echo;
+        let Accepted { app, who, conn, .. } = *self;
         let config = ws_config(&app.config);
+        #[cfg(feature = "autobahn")]
+        let config = if echo { echo::config(config) } else { config };
         let ws = WebSocketStream::from_partially_read(io, read, Role::Server, Some(config)).await;
+        #[cfg(feature = "autobahn")]
+        if echo {
+            return echo::run(ws).await;
+        }
         let identity = who.as_ref().ok().cloned();
         let mut connection = Connection::new(app, ws, conn, identity, express);
         match who {

@@ -36,7 +36,7 @@ use super::{
 
 /// How long a close frame may take to go out. Short: the peer being closed is often the
 /// one that stopped reading (a slow consumer), and its slot should free quickly.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
@@ -596,21 +596,27 @@ fn close_code(closed: crate::bus::Closed) -> u16 {
 
 /// Maps a read error to the close the peer deserves.
 fn protocol_stop(err: &tungstenite::Error, app: &App) -> Stop {
-    use tungstenite::Error as E;
-    let (code, reason): (u16, &'static str) = match err {
-        E::Capacity(_) => (1009, "message_too_large"),
-        E::Utf8(_) => (1007, "invalid_utf8"),
-        E::Protocol(_) => (1002, "protocol_error"),
-        _ => {
-            return Stop {
-                reason: "read_failed",
-                close: None,
-            };
-        }
+    let Some((code, reason)) = read_error_close(err) else {
+        return Stop {
+            reason: "read_failed",
+            close: None,
+        };
     };
     app.metrics.error(reason);
     Stop {
         reason,
         close: Some((code, reason.to_owned())),
+    }
+}
+
+/// The close code and reason for a read error that breaks the protocol; `None` when the
+/// socket itself failed and nothing can be sent.
+pub(super) fn read_error_close(err: &tungstenite::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::Error as E;
+    match err {
+        E::Capacity(_) => Some((1009, "message_too_large")),
+        E::Utf8(_) => Some((1007, "invalid_utf8")),
+        E::Protocol(_) => Some((1002, "protocol_error")),
+        _ => None,
     }
 }
