@@ -1,12 +1,20 @@
-//! Runs the browser tests (`tests/browser/*.test.mjs`: Node's test runner driving Debian's
-//! headless Chromium through playwright-core) against this build's gateway binary, so that
-//! `cargo test` runs every test of the project.
+//! The tests that need tools from outside Cargo. Runs the browser tests
+//! (`tests/browser/*.test.mjs`: Node's test runner driving Debian's headless Chromium
+//! through playwright-core) against this build's gateway binary, so that `cargo test` runs
+//! every test of the project; and checks that promtool, which tests/metrics.rs runs when it
+//! is there, is installed.
 //!
-//! Needs `node`, `/usr/bin/chromium` and the npm devDependencies (`npm ci`); `.ci/run`
-//! installs them. Without them this test fails and says what is missing: it never skips.
+//! Needs `node`, `/usr/bin/chromium`, the npm devDependencies (`npm ci`) and `promtool`;
+//! `scripts/test` installs them. Without one, its test fails and says what is missing: it
+//! never skips. This binary is named `zz_browser` in Cargo.toml so that it runs last:
+//! plain `cargo test` stops at the first binary that fails, and a missing tool should not
+//! keep the other suites from running.
 
 use std::path::Path;
 use std::process::Command;
+
+/// How to get what is missing, in every failure message.
+const INSTALL: &str = "scripts/test installs it";
 
 #[test]
 fn browser_tests_pass_in_headless_chromium() {
@@ -30,7 +38,7 @@ fn browser_tests_pass_in_headless_chromium() {
     .collect();
     assert!(
         missing.is_empty(),
-        "the browser tests need: {} — .ci/run installs them",
+        "the browser tests need: {} ({INSTALL})",
         missing.join(", ")
     );
     let status = Command::new("node")
@@ -40,4 +48,17 @@ fn browser_tests_pass_in_headless_chromium() {
         .status()
         .expect("run node --test");
     assert!(status.success(), "browser tests failed: {status}");
+}
+
+/// tests/metrics.rs checks the exposition, the alert rules and the dashboard's queries
+/// with promtool, and skips those checks (with a note) where it is missing; this is where
+/// a missing promtool fails.
+#[test]
+fn promtool_is_installed() {
+    let found = Command::new("promtool").arg("--version").output();
+    assert!(
+        found.is_ok_and(|out| out.status.success()),
+        "promtool is not on PATH, so tests/metrics.rs skipped its promtool checks \
+         (apt-get install prometheus; {INSTALL})"
+    );
 }
