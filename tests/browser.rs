@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// How to get what is missing, in every failure message.
-const INSTALL: &str = "scripts/test installs it";
+const INSTALL: &str = "scripts/test installs what is missing";
 
 #[test]
 fn browser_tests_pass_in_headless_chromium() {
