@@ -63,7 +63,6 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
         let carried = carry.take();
         // One box for both steps: they run one after the other, so it is as large as the
         // larger, and a poll is one allocation cheaper than with a box each.
-        // Refusals are a boxed slice: nearly always empty, and kept while the poll waits.
         let (_in_flight, mut events, mut waiting, refused) = Box::pin(async {
             let (wanted, timeout, refused) = admit(&app, req, carried).await?;
             let in_flight = InFlight::new(metrics);
@@ -71,6 +70,12 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
             Ok::<_, crate::error::Error>((in_flight, events, waiting, refused))
         })
         .await?;
+        // A poll that left channels out answers at once (see `admit`); the others drop the
+        // empty list before they park, so that no parked poll keeps room for it.
+        if !refused.is_empty() {
+            return Ok(answer(&app, &events, waiting, &refused, carry));
+        }
+        drop(refused);
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
@@ -92,27 +97,40 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
                 () = timer.as_mut() => {}
             }
         }
-        let mut retry_ms = None;
-        if app.shutdown.is_cancelled() {
-            retry_ms = Some(app.reconnect_delay_ms());
-        }
-        if events.iter().any(|e| matches!(e, Event::Gap(_))) {
-            tracing::debug!(next = %waiting.cursor(), "long poll reported a gap");
-        }
-        let body = poll_body(
-            &events,
-            |out| waiting.put_cursor(out),
-            &refused,
-            retry_ms,
-            metrics,
-        );
-        if let Waiting::Found(subscription) | Waiting::Park(subscription, _) = waiting
-            && retry_ms.is_none()
-        {
-            *carry = Some(Carry(subscription));
-        }
-        Ok(json(StatusCode::OK, body))
+        Ok(answer(&app, &events, waiting, &[], carry))
     }
+}
+
+/// The poll's answer: `events`, the cursor after them and the channels `refused`; the
+/// subscription goes to `carry` for the connection's next poll, unless the gateway drains.
+fn answer(
+    app: &App,
+    events: &[Event],
+    waiting: Waiting,
+    refused: &[Refusal],
+    carry: &mut Option<Carry>,
+) -> Response<Body> {
+    let mut retry_ms = None;
+    if app.shutdown.is_cancelled() {
+        retry_ms = Some(app.reconnect_delay_ms());
+    }
+    if events.iter().any(|e| matches!(e, Event::Gap(_))) {
+        tracing::debug!(next = %waiting.cursor(), "long poll reported a gap");
+    }
+    let metrics = app.metrics.transport(Transport::Longpoll);
+    let body = poll_body(
+        events,
+        |out| waiting.put_cursor(out),
+        refused,
+        retry_ms,
+        metrics,
+    );
+    if let Waiting::Found(subscription) | Waiting::Park(subscription, _) = waiting
+        && retry_ms.is_none()
+    {
+        *carry = Some(Carry(subscription));
+    }
+    json(StatusCode::OK, body)
 }
 
 /// Whether a poll waits for live messages.
