@@ -28,9 +28,9 @@ use futures_util::FutureExt;
 use cascade::bus::memory::{MemoryEngine, Retention};
 use cascade::bus::{Bus, BusConfig, CursorAfter, Event, Express, Hub, Subscription, Written};
 use cascade::config::Transport;
-use cascade::http::Query;
 use cascade::metrics::Metrics;
 use cascade::protocol::{Channel, Cursor, Epoch, Message};
+use cascade::query::Query;
 use cascade::transport::{poll_body, sse};
 
 /// The payload the load generator publishes: a timestamp and a sequence number.

@@ -138,6 +138,32 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// How a live message relates to the position a reader holds in its channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fit {
+    /// The very next message: deliver it.
+    Next,
+    /// Already read: drop it.
+    Duplicate,
+    /// Something is missing before it (or its history is another epoch): read history.
+    Hole,
+}
+
+impl Position {
+    /// How `message`, of this position's channel, relates to it.
+    pub fn fit(&self, message: &Message) -> Fit {
+        if self.epoch != message.epoch {
+            Fit::Hole
+        } else if message.offset <= self.offset {
+            Fit::Duplicate
+        } else if message.offset == self.offset + 1 {
+            Fit::Next
+        } else {
+            Fit::Hole
+        }
+    }
+}
+
 /// A resume token over several channels: `chat@e1X9:42,room:lobby@k3Jd:7`.
 ///
 /// An entry without a position (`chat`) means "from now on".

@@ -6,9 +6,8 @@
 //! are answered. The process waits for all of that up to the drain deadline.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,117 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::conn::ConnInfo;
 use crate::error::Error;
-use crate::limits::{ConnectionPermit, TokenBucket};
+use crate::limits::TokenBucket;
 use crate::routes;
 
 mod h2;
 mod lean;
-mod stream;
 
 use lean::Prefixed;
-
-/// What a handler knows about the connection its request came on. One pointer, cheap to
-/// clone: every connection's task keeps one for its whole life.
-#[derive(Clone)]
-pub struct ConnInfo {
-    shared: Arc<ConnShared>,
-}
-
-struct ConnShared {
-    /// Cancelling this drops the connection: used to cut off a stalled reader. Made on
-    /// first use: a token is an allocation of its own, and only connections whose
-    /// subscriber can be cut off (SSE, WebSocket) or that hyper serves take one; a
-    /// parked long poll does not.
-    kill: OnceLock<CancellationToken>,
-    /// The connection's slot under the connection limits, held while any clone lives (an
-    /// upgraded WebSocket keeps one), and the peer's address.
-    permit: ConnectionPermit,
-    /// Publishes allowed on this connection (token bucket), shared by its requests.
-    publish_budget: Mutex<TokenBucket>,
-}
-
-impl ConnInfo {
-    /// The peer's address.
-    pub fn remote(&self) -> SocketAddr {
-        self.shared.permit.remote()
-    }
-
-    /// Cancelling this drops the connection (and cuts off its subscription): a stalled
-    /// SSE reader, whose body hyper has stopped polling, cannot be reached otherwise.
-    pub fn kill(&self) -> &CancellationToken {
-        self.shared.kill.get_or_init(CancellationToken::new)
-    }
-
-    /// The kill token, if something has taken it: until then nothing can kill the
-    /// connection (see [`ConnInfo::killed`]).
-    pub fn kill_taken(&self) -> Option<&CancellationToken> {
-        self.shared.kill.get()
-    }
-
-    /// Resolves once the connection is killed. Until something takes the token with
-    /// [`ConnInfo::kill`] nothing can kill the connection, so this waits forever; a wait
-    /// begun before the token was taken does not see it, so wait anew after anything
-    /// that may take it.
-    pub async fn killed(&self) {
-        match self.shared.kill.get() {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Takes one publish from the budget of the request's sender, or refuses with
-    /// `rate_limited`: the connection's, or, on a trusted proxy's connection, that of the
-    /// client the request's `headers` name.
-    pub fn take_publish(&self, headers: Option<&http::HeaderMap>) -> crate::error::Result<()> {
-        let permit = &self.shared.permit;
-        let taken = match headers.and_then(|h| permit.forwarded_client(h)) {
-            Some(client) => permit.take_client_publish(client),
-            None => self
-                .shared
-                .publish_budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .try_take(),
-        };
-        if taken {
-            Ok(())
-        } else {
-            Err(crate::error::Error::RateLimited)
-        }
-    }
-
-    /// Whether the peer is a trusted proxy, whose forwarding headers count.
-    pub fn proxied(&self) -> bool {
-        self.shared.permit.proxied()
-    }
-
-    /// On a trusted proxy's connection, applies a request's forwarding headers: the
-    /// client they name takes the connection's per-IP slot (on its first request), and
-    /// `X-Forwarded-Host` becomes the `Host` the same-origin check sees. Refuses a client
-    /// at its connection limit. Nothing happens on any other connection.
-    pub fn forwarded(&self, headers: &mut http::HeaderMap) -> crate::error::Result<()> {
-        let permit = &self.shared.permit;
-        if !permit.proxied() {
-            return Ok(());
-        }
-        if let Some(client) = permit.forwarded_client(headers) {
-            permit
-                .admit_client(client)
-                .map_err(crate::error::Error::TooManyConnections)?;
-        }
-        // The first of a chain of proxies is the host the client asked for.
-        let host = headers
-            .get(crate::forwarded::X_FORWARDED_HOST)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| http::HeaderValue::from_str(v.trim()).ok());
-        if let Some(host) = host {
-            headers.insert(http::header::HOST, host);
-        }
-        Ok(())
-    }
-}
 
 /// Serves on `listener` until `app.shutdown` is cancelled, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>) {
@@ -162,16 +59,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         // Latency matters more than packet count for realtime delivery.
         let _ = stream.set_nodelay(true);
         let limits = &app.config.limits;
-        let info = ConnInfo {
-            shared: Arc::new(ConnShared {
-                kill: OnceLock::new(),
-                permit,
-                publish_budget: Mutex::new(TokenBucket::new(
-                    limits.publish_rate_per_second,
-                    limits.publish_burst,
-                )),
-            }),
-        };
+        let budget = TokenBucket::new(limits.publish_rate_per_second, limits.publish_burst);
+        let info = ConnInfo::new(permit, budget);
         connections.spawn(serve(stream, info, app.clone(), protocols.clone()));
     }
 
@@ -260,7 +149,7 @@ fn serve(
                 lean::Next::Stream(streaming) => {
                     // Likewise: the stream's task keeps the socket, shared with the hub.
                     app.streams
-                        .spawn(stream::run(stream, info, app.clone(), streaming));
+                        .spawn(lean::stream::run(stream, info, app.clone(), streaming));
                     return;
                 }
                 lean::Next::Closed => return,

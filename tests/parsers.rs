@@ -14,8 +14,8 @@ mod hostile;
 mod tokens;
 
 use cascade::auth::pattern::Pattern;
-use cascade::http::Query;
 use cascade::protocol::{Channel, ClientFrame, Cursor};
+use cascade::query::Query;
 use cascade::transport::requested_cursor;
 use harness::{channel_name, epoch, error_code_in, fuzz, hostile_text, json_value};
 use proptest::prelude::*;

@@ -20,8 +20,7 @@ use std::task::{Poll, Waker};
 use tokio_util::sync::CancellationToken;
 
 use super::express::{CursorAfter, Express, Written};
-use super::subscription::{Fit, fit};
-use crate::protocol::{Channel, Message, Position};
+use crate::protocol::{Channel, Fit, Message, Position};
 
 /// Queued capacity kept when an inbox empties; a burst's larger buffer is given back.
 const KEEP_CAPACITY: usize = 16;
@@ -109,7 +108,7 @@ impl Reads {
     fn advance(&mut self, message: &Message) -> Option<u64> {
         let read = self
             .of(message)
-            .filter(|read| matches!(fit(read, message), Fit::Next))?;
+            .filter(|read| read.fit(message) == Fit::Next)?;
         Some(std::mem::replace(&mut read.offset, message.offset))
     }
 

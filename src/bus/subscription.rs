@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::inbox::{ExpressSwitch, Inbox};
 use super::{Bus, Express};
 use crate::error::Result;
-use crate::protocol::{Channel, Cursor, Gap, Message, Position};
+use crate::protocol::{Channel, Cursor, Fit, Gap, Message, Position};
 
 /// What a subscriber receives.
 #[derive(Clone, Debug)]
@@ -44,26 +44,6 @@ impl Closed {
             Closed::SlowConsumer => "slow_consumer",
             Closed::EngineUnavailable => "engine_unavailable",
         }
-    }
-}
-
-/// How a live message relates to the position the subscriber holds.
-pub(super) enum Fit {
-    Next,
-    Duplicate,
-    Hole,
-}
-
-/// How `message` relates to the position `read`.
-pub(super) fn fit(read: &Position, message: &Message) -> Fit {
-    if read.epoch != message.epoch {
-        Fit::Hole
-    } else if message.offset <= read.offset {
-        Fit::Duplicate
-    } else if message.offset == read.offset + 1 {
-        Fit::Next
-    } else {
-        Fit::Hole
     }
 }
 
@@ -419,7 +399,7 @@ impl Subscription {
             .channels
             .iter_mut()
             .find(|f| f.channel == message.channel)?;
-        match fit(&followed.read, &message) {
+        match followed.read.fit(&message) {
             Fit::Duplicate => None,
             Fit::Next => {
                 let position = message.position();
@@ -435,7 +415,7 @@ impl Subscription {
     }
 
     fn fit(&self, message: &Message) -> Option<Fit> {
-        Some(fit(&self.find(&message.channel)?.read, message))
+        Some(self.find(&message.channel)?.read.fit(message))
     }
 
     fn advance(&mut self, message: &Message) {

@@ -35,14 +35,15 @@ use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::auth::Identity;
+use crate::conn::ConnInfo;
 use crate::error::Error;
 use crate::http::{Body, LeanRequest};
 use crate::routes;
-use crate::server::ConnInfo;
 use crate::transport::{publish, websocket};
 
 mod answer;
 mod head;
+pub(super) mod stream;
 
 pub(super) use answer::{
     Rest, chunk_len, try_write_chunk, try_write_chunk_with, write, write_chunked,
@@ -68,7 +69,7 @@ pub enum Next {
     WebSocket(Box<websocket::Accepted>, Vec<u8>),
     /// A stream (SSE) that takes the socket over, to share it with the hub's express
     /// writes: nothing of it is written yet.
-    Stream(Box<super::stream::Streaming>),
+    Stream(Box<stream::Streaming>),
     /// The connection is finished.
     Closed,
 }

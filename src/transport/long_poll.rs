@@ -19,8 +19,9 @@ use crate::app::App;
 use crate::bus::{Event, Subscription};
 use crate::config::Transport;
 use crate::error::{Refusal, Result};
-use crate::http::{Body, Query, RequestHead, json};
+use crate::http::{Body, RequestHead, json};
 use crate::protocol::Cursor;
+use crate::query::Query;
 use crate::transport::{InFlight, keep_allowed, poll_body, requested_cursor, shutting_down};
 
 /// Most events one answer carries; the rest wait for the next poll.

@@ -26,9 +26,9 @@ use crate::auth::Identity;
 use crate::bus::Event;
 use crate::config::Transport;
 use crate::error::{Error, Refusal, Result};
-use crate::http::Query;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{Channel, Cursor};
+use crate::query::Query;
 
 /// Counts a connection or request for as long as it is open or in flight.
 pub struct InFlight {

@@ -13,7 +13,8 @@ use serde_json::json;
 use crate::app::App;
 use crate::config::Transport;
 use crate::error::{Error, Result};
-use crate::http::{Body, Query, RequestHead, json};
+use crate::http::{Body, RequestHead, json};
+use crate::query::Query;
 
 /// Answers with the transport ladder and counts reported fallbacks.
 pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Response<Body>> {

@@ -12,10 +12,11 @@ use serde_json::value::RawValue;
 use crate::app::App;
 use crate::auth::Identity;
 use crate::config::Config;
+use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
-use crate::http::{Body, LeanRequest, Query, RequestHead, json, read_body};
+use crate::http::{Body, LeanRequest, RequestHead, json, read_body};
 use crate::protocol::{Channel, Message, compact_json};
-use crate::server::ConnInfo;
+use crate::query::Query;
 
 #[derive(Deserialize)]
 struct PublishRequest<'a> {

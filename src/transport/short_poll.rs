@@ -10,7 +10,8 @@ use http::{Response, StatusCode};
 use crate::app::App;
 use crate::config::Transport;
 use crate::error::Result;
-use crate::http::{Body, Query, RequestHead, json};
+use crate::http::{Body, RequestHead, json};
+use crate::query::Query;
 use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
 
 /// Answers with everything after the request's cursor, possibly nothing.

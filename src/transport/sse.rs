@@ -20,8 +20,9 @@ use crate::auth::Identity;
 use crate::bus::{CursorAfter, Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
 use crate::error::{Refusal, Result};
-use crate::http::{Body, Query, RequestHead};
+use crate::http::{Body, RequestHead};
 use crate::protocol::{Cursor, Message};
+use crate::query::Query;
 use crate::transport::{
     Session, authorize_subscribe, put_refused, requested_cursor, shutting_down,
 };

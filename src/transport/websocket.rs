@@ -22,10 +22,11 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::bus::{CursorAfter, Express, Written};
 use crate::config::Transport;
+use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
-use crate::http::{Body, Query, RequestHead, full};
+use crate::http::{Body, RequestHead, full};
 use crate::protocol::Message;
-use crate::server::ConnInfo;
+use crate::query::Query;
 use crate::transport::shared_socket::SharedSocket;
 
 mod connection;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use cascade::auth::pattern::Pattern;
 use cascade::auth::token::{Tickets, Verifier};
-use cascade::http::Query;
 use cascade::protocol::{Channel, ClientFrame, Cursor};
+use cascade::query::Query;
 use cascade::transport::requested_cursor;
 
 use super::harness::measured;

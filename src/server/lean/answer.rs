@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 
 use super::{Read, read_some};
 use crate::app::App;
+use crate::conn::ConnInfo;
 use crate::http::Body;
-use crate::server::ConnInfo;
 use crate::transport::sse::ExpressSlot;
 use crate::wake::SideWaits;
 
@@ -32,7 +32,7 @@ pub(super) enum Sending {
     Whole(Vec<u8>, UnsyncBoxBody<Bytes, Infallible>),
     /// A streamed body (SSE), which takes the socket over to share it with the hub's
     /// express writes: see `server::stream`.
-    Stream(Box<crate::server::stream::Streaming>),
+    Stream(Box<super::stream::Streaming>),
 }
 
 /// Frames `response` for this path. A JSON answer, which every poll gets, is written at
@@ -86,7 +86,7 @@ pub(super) fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: 
             // A handed-over stream's connection closes with it.
             encode_head(&mut head, &parts, implied, Framing::Chunked, false);
             let body = Body::Boxed(body);
-            Sending::Stream(crate::server::stream::Streaming::new(head, body, slot))
+            Sending::Stream(super::stream::Streaming::new(head, body, slot))
         }
     }
 }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{FIRST_READ, MAX_HEAD, MAX_HEADERS};
+use crate::conn::ConnInfo;
 use crate::http::LeanRequest;
-use crate::server::ConnInfo;
 
 /// Reads until `buf` holds a whole request head; the request, if this path serves it,
 /// and whether the connection may carry another. `None` hands the connection to hyper.

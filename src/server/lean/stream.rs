@@ -12,11 +12,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use super::ConnInfo;
-use super::lean::{self, Rest};
+use super::{self as lean, Rest};
 use crate::app::App;
 use crate::bus::{CursorAfter, Express, Written};
 use crate::config::Transport;
+use crate::conn::ConnInfo;
 use crate::http::Body;
 use crate::protocol::Message;
 use crate::transport::sse::{self, ExpressSlot};
