@@ -37,7 +37,7 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::conn::ConnInfo;
 use crate::error::Error;
-use crate::http::{Body, LeanRequest};
+use crate::http::{Body, LeanRequest, RequestHead};
 use crate::routes;
 use crate::transport::{publish, websocket};
 
@@ -287,12 +287,22 @@ async fn admit_and_read(
     app: &App,
     timer: Pin<&mut Sleep>,
 ) -> Result<(Bytes, Identity), Unread> {
+    let refused = |err| {
+        if length <= app.config.limits.max_body_bytes {
+            Unread::Refused(err)
+        } else {
+            Unread::Failed(err)
+        }
+    };
+    // The origin first, as `routes` checks it for every request: a cross-origin caller
+    // must not spend a connect ticket or the publish budget before it is refused. The
+    // route answers the refusal.
+    if let Err(err) = app.auth.origins.check(req.headers()) {
+        return Err(refused(err));
+    }
     let caller = match publish::admit_lean(app, req).await {
         Ok(caller) => caller,
-        Err(err) if length <= app.config.limits.max_body_bytes => {
-            return Err(Unread::Refused(err));
-        }
-        Err(err) => return Err(Unread::Failed(err)),
+        Err(err) => return Err(refused(err)),
     };
     let body = read_body(stream, buf, length, app, timer)
         .await

@@ -203,3 +203,39 @@ async fn nodes_sharing_a_secret_accept_each_others_tickets() {
         .expect("ws on node b");
     ws_subscribed(&mut ws, "user:alice").await;
 }
+
+/// The origin is checked before anything else on both HTTP paths: a cross-origin publish
+/// that carries a ticket is refused without spending it (on the lean path, identifying the
+/// caller once came first and claimed the single-use ticket).
+#[tokio::test]
+async fn a_cross_origin_publish_does_not_spend_a_ticket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = secure_config();
+    let alice = token(&config, "alice", &[], &["chat"], 60);
+    let server = TestServer::start(config).await;
+    let ticket = negotiate(get(&server, "/negotiate").bearer_auth(&alice))
+        .await
+        .expect("ticket");
+    let body = r#"{"channel":"chat","data":1}"#;
+    let request = format!(
+        "POST /publish?ticket={ticket} HTTP/1.1\r\nHost: gateway\r\nOrigin: http://evil.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    within(stream.read_to_end(&mut answer))
+        .await
+        .expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("origin_not_allowed"), "{answer}");
+    // Still unused: it opens a WebSocket.
+    let mut ws = ws_open(&server, &format!("ticket={ticket}"), &[])
+        .await
+        .expect("ws");
+    ws_subscribed(&mut ws, "user:alice").await;
+}
