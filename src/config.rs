@@ -129,13 +129,13 @@ impl std::fmt::Debug for Secret {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
-    /// `/ws`
+    /// WebSocket.
     Websocket,
-    /// `/sse`
+    /// Server-Sent Events.
     Sse,
-    /// `/longpoll`
+    /// Long polling.
     Longpoll,
-    /// `/poll`
+    /// Short polling.
     Poll,
 }
 
@@ -161,6 +161,16 @@ impl Transport {
     /// Looks a transport up by its wire name.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The path it is served at: the route table's and `/negotiate`'s, written once.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Transport::Websocket => "/ws",
+            Transport::Sse => "/sse",
+            Transport::Longpoll => "/longpoll",
+            Transport::Poll => "/poll",
+        }
     }
 }
 

@@ -37,15 +37,14 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     let transports: Vec<_> = config
         .transports
         .iter()
-        .map(|t| match t {
-            Transport::Websocket => json!({"name": "websocket", "url": "/ws"}),
-            Transport::Sse => json!({"name": "sse", "url": "/sse"}),
-            Transport::Longpoll => json!({
-                "name": "longpoll", "url": "/longpoll", "timeout_ms": config.longpoll.timeout_ms
-            }),
-            Transport::Poll => json!({
-                "name": "poll", "url": "/poll", "interval_ms": config.poll.interval_ms
-            }),
+        .map(|&t| {
+            let mut rung = json!({"name": t.name(), "url": t.path()});
+            match t {
+                Transport::Longpoll => rung["timeout_ms"] = config.longpoll.timeout_ms.into(),
+                Transport::Poll => rung["interval_ms"] = config.poll.interval_ms.into(),
+                Transport::Websocket | Transport::Sse => {}
+            }
+            rung
         })
         .collect();
     let mut body = json!({ "transports": transports });

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::{FIRST_READ, MAX_HEAD, MAX_HEADERS};
 use crate::conn::ConnInfo;
 use crate::http::LeanRequest;
+use crate::routes::table::{Route, Verb};
 
 /// Reads until `buf` holds a whole request head; the request, if this path serves it,
 /// and whether the connection may carry another. `None` hands the connection to hyper.
@@ -142,29 +143,21 @@ pub(super) fn lean_request(
 ) -> Option<(Box<LeanRequest>, bool)> {
     let target = parsed.path?;
     let path = &target[..crate::http::path_end(target)];
+    let route = crate::routes::table::find(path).filter(|route| route.lean)?;
     // A preflight: a cross-origin page that sends credentials in a header asks before its
-    // `/negotiate` or its polls, and the connection should stay here for them. A publish:
-    // a browser client that is not on a WebSocket publishes on the connections it polls on.
-    let (preflight, post) = match parsed.method {
-        Some("GET") => (false, false),
-        Some("OPTIONS") => (true, false),
-        Some("POST") if path == "/publish" => (false, true),
+    // `/negotiate` or its polls, and the connection should stay here for them. Any other
+    // method than the route's is hyper's to refuse.
+    let (preflight, post) = match (parsed.method, route.method) {
+        (Some("GET"), Verb::Get) => (false, false),
+        (Some("POST"), Verb::Post) => (false, true),
+        (Some("OPTIONS"), _) => (true, false),
         _ => return None,
     };
     if parsed.version != Some(1) {
         return None;
     }
-    let (upgrade_allowed, wants_conn) = match path {
-        "/ws" if !preflight => (true, true),
-        "/sse" => (false, !preflight),
-        // The connection carries the publish budget. A `GET` of it is hyper's to refuse.
-        "/publish" if post || preflight => (false, post),
-        "/ws" | "/longpoll" | "/poll" | "/negotiate" => (false, false),
-        // The browser client's script, which a page may load from the gateway on the
-        // connection its client then polls on; and the demo's files.
-        _ if crate::transport::assets::is_asset_path(path) => (false, false),
-        _ => return None,
-    };
+    let upgrade_allowed = route.upgrade && !preflight;
+    let wants_conn = route.conn && !preflight;
     let proxied = info.proxied();
     // Host is read only to tell a same-origin request from a cross-origin one.
     let has_origin = parsed
@@ -201,7 +194,7 @@ pub(super) fn lean_request(
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("close"));
         }
-        let Some(name) = read_by_routes(name, has_origin, proxied) else {
+        let Some(name) = kept(route, name, has_origin, proxied) else {
             continue;
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
@@ -225,24 +218,23 @@ pub(super) fn lean_request(
     Some((Box::new(request), keep_alive))
 }
 
-/// The name of a header the lean routes read, or `None` for one they never do, which is
-/// dropped unparsed: a browser sends a dozen headers, and each kept one costs a copy and
-/// an allocation in the request's map. The routes read the origin check's `Origin` (and
-/// `Host`, only beside an `Origin`), the credentials (`Authorization`, the API key),
-/// SSE's `Last-Event-ID`, the WebSocket handshake's headers and an asset's
-/// `If-None-Match`; and, from a trusted proxy, its forwarding headers.
-pub(super) fn read_by_routes(name: &str, has_origin: bool, proxied: bool) -> Option<HeaderName> {
+/// The name of a header `route` reads, or `None` for one it never does, which is dropped
+/// unparsed: a browser sends a dozen headers, and each kept one costs a copy and an
+/// allocation in the request's map. Every route's admission reads the origin check's
+/// `Origin` (and `Host`, only beside an `Origin`) and the credentials (`Authorization`,
+/// the API key), and, from a trusted proxy, its forwarding headers; the route table says
+/// what else each handler reads.
+pub(super) fn kept(
+    route: &Route,
+    name: &str,
+    has_origin: bool,
+    proxied: bool,
+) -> Option<HeaderName> {
     use http::header;
-    const KEPT: [(&str, HeaderName); 9] = [
+    const ADMISSION: [(&str, HeaderName); 3] = [
         ("origin", header::ORIGIN),
         ("authorization", header::AUTHORIZATION),
         (crate::auth::API_KEY_HEADER, crate::auth::API_KEY),
-        ("last-event-id", HeaderName::from_static("last-event-id")),
-        ("upgrade", header::UPGRADE),
-        ("connection", header::CONNECTION),
-        ("sec-websocket-version", header::SEC_WEBSOCKET_VERSION),
-        ("sec-websocket-key", header::SEC_WEBSOCKET_KEY),
-        ("if-none-match", header::IF_NONE_MATCH),
     ];
     if has_origin && name.eq_ignore_ascii_case("host") {
         return Some(header::HOST);
@@ -257,9 +249,11 @@ pub(super) fn read_by_routes(name: &str, has_origin: bool, proxied: bool) -> Opt
             return Some(kept);
         }
     }
-    KEPT.into_iter()
+    ADMISSION
+        .into_iter()
         .find(|(kept, _)| name.eq_ignore_ascii_case(kept))
         .map(|(_, name)| name)
+        .or_else(|| route.reads(name))
 }
 
 #[cfg(test)]
@@ -268,27 +262,30 @@ mod tests {
 
     #[test]
     fn only_headers_the_routes_read_are_kept() {
+        let find = |path| crate::routes::table::find(path).unwrap();
+        let (sse, poll, ws) = (find("/sse"), find("/poll"), find("/ws"));
         assert_eq!(
-            read_by_routes("Origin", false, false),
+            kept(poll, "Origin", false, false),
             Some(http::header::ORIGIN)
         );
         assert_eq!(
-            read_by_routes("X-Cascade-API-Key", false, false)
+            kept(poll, "X-Cascade-API-Key", false, false)
                 .unwrap()
                 .as_str(),
             crate::auth::API_KEY_HEADER
         );
         assert_eq!(
-            read_by_routes("LAST-EVENT-ID", false, false)
-                .unwrap()
-                .as_str(),
+            kept(sse, "LAST-EVENT-ID", false, false).unwrap().as_str(),
             "last-event-id"
         );
+        assert_eq!(kept(poll, "Last-Event-ID", false, false), None);
         assert_eq!(
-            read_by_routes("Host", true, false),
-            Some(http::header::HOST)
+            kept(ws, "Sec-WebSocket-Key", false, false),
+            Some(http::header::SEC_WEBSOCKET_KEY)
         );
-        assert_eq!(read_by_routes("Host", false, false), None);
+        assert_eq!(kept(sse, "Sec-WebSocket-Key", false, false), None);
+        assert_eq!(kept(poll, "Host", true, false), Some(http::header::HOST));
+        assert_eq!(kept(poll, "Host", false, false), None);
         for dropped in [
             "User-Agent",
             "Accept",
@@ -296,17 +293,15 @@ mod tests {
             "Sec-Fetch-Mode",
             "Referer",
         ] {
-            assert_eq!(read_by_routes(dropped, true, false), None, "{dropped}");
+            assert_eq!(kept(sse, dropped, true, false), None, "{dropped}");
         }
-        assert_eq!(read_by_routes("X-Forwarded-For", false, false), None);
+        assert_eq!(kept(poll, "X-Forwarded-For", false, false), None);
         assert_eq!(
-            read_by_routes("X-Forwarded-For", false, true)
-                .unwrap()
-                .as_str(),
+            kept(poll, "X-Forwarded-For", false, true).unwrap().as_str(),
             "x-forwarded-for"
         );
         assert_eq!(
-            read_by_routes("Forwarded", false, true),
+            kept(poll, "Forwarded", false, true),
             Some(http::header::FORWARDED)
         );
     }

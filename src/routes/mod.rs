@@ -1,5 +1,9 @@
-//! The router: one `match` from method and path to a transport. Errors from any handler
-//! become responses here, and are counted, so no handler picks a status itself.
+//! The router: both HTTP/1 paths (the lean one and hyper's) and HTTP/2 dispatch from one
+//! route table ([`table`]), after one admission (the origin, and HTTP's own rules). Errors
+//! from any handler become responses here, and are counted, so no handler picks a status
+//! itself.
+
+pub mod table;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -17,6 +21,8 @@ use crate::http::{
     Body, LeanRequest, RequestHead, add_implied_headers, error_response, full, json,
 };
 use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
+
+use table::Handler;
 
 /// Routes one request; never fails (errors are answered as JSON).
 ///
@@ -170,69 +176,46 @@ fn preflight() -> Response<Body> {
 /// Each handler's future is boxed, so a request costs the size of its own route's state
 /// rather than that of the largest route.
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    // HEAD where a load balancer or a cache asks it; hyper sends the head alone.
-    let read = method == Method::GET || method == Method::HEAD;
-    match (&method, path.as_str()) {
-        (&Method::GET, "/ws") => {
-            enabled(&app, Transport::Websocket)?;
-            Box::pin(websocket::serve(app, req)).await
-        }
-        (&Method::GET, "/sse") => {
-            enabled(&app, Transport::Sse)?;
-            Box::pin(sse::serve(app, req)).await
-        }
-        (&Method::GET, "/longpoll") => {
-            enabled(&app, Transport::Longpoll)?;
-            // hyper's connections keep nothing between requests, and have no timer to
-            // lend.
-            Box::pin(async move {
-                let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-                long_poll::serve(app, Box::new(req), &mut None, timer).await
-            })
-            .await
-        }
-        (&Method::GET, "/poll") => {
-            enabled(&app, Transport::Poll)?;
-            Box::pin(short_poll::serve(app, req)).await
-        }
-        (&Method::GET, "/negotiate") => Box::pin(negotiate::serve(app, req)).await,
-        (&Method::POST, "/publish") => Box::pin(publish::serve(app, req)).await,
-        (&Method::POST, "/demo/login") => Box::pin(demo::login(app, req)).await,
-        (_, "/healthz") if read => Ok(health(&app)),
-        (_, "/readyz") if read => ready(&app),
-        (_, "/metrics") if read => Ok(metrics(&app)),
-        (_, _) if read && assets::is_asset_path(&path) => {
-            match assets::find(&path, app.config.demo) {
-                Some(asset) => Ok(assets::serve(asset, req.headers())),
-                None => Err(Error::NotFound(path)),
+    let path = req.uri().path();
+    let Some(route) = table::find(path) else {
+        return Err(Error::NotFound(crate::protocol::truncate_for_message(path)));
+    };
+    if !route.allows(req.method()) {
+        return Err(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: route.allow(),
+        });
+    }
+    match route.handler {
+        Handler::Transport(transport) => {
+            enabled(&app, transport)?;
+            match transport {
+                Transport::Websocket => Box::pin(websocket::serve(app, req)).await,
+                Transport::Sse => Box::pin(sse::serve(app, req)).await,
+                // hyper's connections keep nothing between requests, and have no timer to
+                // lend.
+                Transport::Longpoll => {
+                    Box::pin(async move {
+                        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+                        long_poll::serve(app, Box::new(req), &mut None, timer).await
+                    })
+                    .await
+                }
+                Transport::Poll => Box::pin(short_poll::serve(app, req)).await,
             }
         }
-        (_, "/ws" | "/sse" | "/longpoll" | "/poll" | "/negotiate") => {
-            Err(Error::MethodNotAllowed {
-                method: method.to_string(),
-                allow: "GET",
-            })
-        }
-        (
-            _,
-            "/healthz" | "/readyz" | "/metrics" | "/cascade.js" | "/" | "/demo.js" | "/demo.css",
-        ) => Err(Error::MethodNotAllowed {
-            method: method.to_string(),
-            allow: "GET, HEAD",
-        }),
-        (_, "/publish" | "/demo/login") => Err(Error::MethodNotAllowed {
-            method: method.to_string(),
-            allow: "POST",
-        }),
-        _ => Err(Error::NotFound(crate::protocol::truncate_for_message(
-            &path,
-        ))),
+        Handler::Negotiate => Box::pin(negotiate::serve(app, req)).await,
+        Handler::Publish => Box::pin(publish::serve(app, req)).await,
+        Handler::DemoLogin => Box::pin(demo::login(app, req)).await,
+        Handler::Health => Ok(health(&app)),
+        Handler::Ready => ready(&app),
+        Handler::Metrics => Ok(metrics(&app)),
+        Handler::Asset => asset(&app, path, req.headers()),
     }
 }
 
-/// The routes the lean path takes; the server hands it nothing else.
+/// The routes the lean path takes (those the table marks `lean`); the server hands it
+/// nothing else.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn route_lean<'a>(
     app: Arc<App>,
@@ -241,37 +224,48 @@ fn route_lean<'a>(
     timer: Pin<&'a mut Sleep>,
 ) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
     async move {
-        if req.path() != "/longpoll" {
+        let Some(route) = table::find(req.path()).filter(|route| route.lean) else {
+            return Err(Error::NotFound(crate::protocol::truncate_for_message(
+                req.path(),
+            )));
+        };
+        if route.handler != Handler::Transport(Transport::Longpoll) {
             kept.poll = None;
         }
-        match req.path() {
-            "/ws" => {
-                enabled(&app, Transport::Websocket)?;
-                let (response, accepted) = Box::pin(websocket::handshake(app, &*req)).await?;
-                kept.upgrade = Some(accepted);
-                Ok(response)
+        match route.handler {
+            Handler::Transport(transport) => {
+                enabled(&app, transport)?;
+                match transport {
+                    Transport::Websocket => {
+                        let (response, accepted) =
+                            Box::pin(websocket::handshake(app, &*req)).await?;
+                        kept.upgrade = Some(accepted);
+                        Ok(response)
+                    }
+                    Transport::Sse => Box::pin(sse::serve(app, *req)).await,
+                    Transport::Poll => Box::pin(short_poll::serve(app, *req)).await,
+                    // Not boxed, unlike the others: a parked poll keeps this future, and
+                    // one allocation for the routing and the poll together is smaller
+                    // than two.
+                    Transport::Longpoll => long_poll::serve(app, req, &mut kept.poll, timer).await,
+                }
             }
-            "/sse" => {
-                enabled(&app, Transport::Sse)?;
-                Box::pin(sse::serve(app, *req)).await
-            }
-            "/poll" => {
-                enabled(&app, Transport::Poll)?;
-                Box::pin(short_poll::serve(app, *req)).await
-            }
-            "/longpoll" => {
-                enabled(&app, Transport::Longpoll)?;
-                // Not boxed, unlike the others: a parked poll keeps this future, and one
-                // allocation for the routing and the poll together is smaller than two.
-                long_poll::serve(app, req, &mut kept.poll, timer).await
-            }
-            "/negotiate" => Box::pin(negotiate::serve(app, *req)).await,
-            "/publish" => Box::pin(publish::serve_lean(app, *req)).await,
-            path => match assets::find(path, app.config.demo) {
-                Some(asset) => Ok(assets::serve(asset, req.headers())),
-                None => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
-            },
+            Handler::Negotiate => Box::pin(negotiate::serve(app, *req)).await,
+            Handler::Publish => Box::pin(publish::serve_lean(app, *req)).await,
+            Handler::Asset => asset(&app, req.path(), req.headers()),
+            // Not lean: `find` above filtered them out.
+            Handler::DemoLogin | Handler::Health | Handler::Ready | Handler::Metrics => Err(
+                Error::NotFound(crate::protocol::truncate_for_message(req.path())),
+            ),
         }
+    }
+}
+
+/// A static file, if it is served (the demo's only with `demo = true`).
+fn asset(app: &App, path: &str, headers: &HeaderMap) -> Result<Response<Body>> {
+    match assets::find(path, app.config.demo) {
+        Some(asset) => Ok(assets::serve(asset, headers)),
+        None => Err(Error::NotFound(crate::protocol::truncate_for_message(path))),
     }
 }
 

@@ -1,0 +1,215 @@
+//! THE route table: every route declared once, with what the server needs to know before
+//! its handler runs. Both HTTP/1 paths dispatch from it: the lean path takes a request
+//! only for a route marked `lean`, and keeps only the headers its route `reads`; hyper's
+//! router answers `405` with the route's `Allow`; `/negotiate` names the transports'
+//! paths from [`Transport::path`].
+
+use http::Method;
+use http::header::HeaderName;
+
+use crate::config::Transport;
+use crate::transport::assets;
+
+/// Who answers a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    /// A rung of the ladder, if the operator enabled it.
+    Transport(Transport),
+    /// `/negotiate`: the ladder, and failures reported.
+    Negotiate,
+    /// `POST /publish`.
+    Publish,
+    /// The demo's log-in (`demo = true` only).
+    DemoLogin,
+    /// Liveness.
+    Health,
+    /// Readiness.
+    Ready,
+    /// The Prometheus exposition.
+    Metrics,
+    /// A static file: the browser client, the demo's files.
+    Asset,
+}
+
+/// The method a route answers (an enum of its own: `http::Method` cannot live in a
+/// static table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// The path, exactly; empty for the static files, whose paths are the assets'.
+    pub path: &'static str,
+    /// The method it answers.
+    pub method: Verb,
+    /// Whether it answers `HEAD` too (a `GET` without the body).
+    pub head: bool,
+    /// Its handler.
+    pub handler: Handler,
+    /// Whether the lean HTTP/1 path may serve it; else the connection goes to hyper.
+    pub lean: bool,
+    /// Whether its handler holds the connection (to cut a stream off, for the publish
+    /// budget), and so the lean path hands it the connection's info.
+    pub conn: bool,
+    /// Whether it may upgrade the connection (to a WebSocket).
+    pub upgrade: bool,
+    /// Request headers its handler reads besides those every route's admission reads
+    /// (`Origin`, `Host`, the credentials; a trusted proxy's forwarding headers). The lean
+    /// path keeps no other: a handler that starts reading a header must be given it here.
+    pub reads: &'static [&'static str],
+}
+
+/// A `GET` route with no special needs.
+const fn get(path: &'static str, handler: Handler, lean: bool, head: bool) -> Route {
+    Route {
+        path,
+        method: Verb::Get,
+        head,
+        handler,
+        lean,
+        conn: false,
+        upgrade: false,
+        reads: &[],
+    }
+}
+
+/// Every route but the static files (see [`ASSET`]).
+static ROUTES: [Route; 10] = [
+    Route {
+        conn: true,
+        upgrade: true,
+        reads: &[
+            "upgrade",
+            "connection",
+            "sec-websocket-version",
+            "sec-websocket-key",
+        ],
+        ..get(
+            Transport::Websocket.path(),
+            Handler::Transport(Transport::Websocket),
+            true,
+            false,
+        )
+    },
+    Route {
+        conn: true,
+        // What an SSE client resumes from.
+        reads: &["last-event-id"],
+        ..get(
+            Transport::Sse.path(),
+            Handler::Transport(Transport::Sse),
+            true,
+            false,
+        )
+    },
+    get(
+        Transport::Longpoll.path(),
+        Handler::Transport(Transport::Longpoll),
+        true,
+        false,
+    ),
+    get(
+        Transport::Poll.path(),
+        Handler::Transport(Transport::Poll),
+        true,
+        false,
+    ),
+    get("/negotiate", Handler::Negotiate, true, false),
+    // The connection carries the publish budget.
+    Route {
+        method: Verb::Post,
+        conn: true,
+        ..get("/publish", Handler::Publish, true, false)
+    },
+    Route {
+        method: Verb::Post,
+        ..get("/demo/login", Handler::DemoLogin, false, false)
+    },
+    get("/healthz", Handler::Health, false, true),
+    get("/readyz", Handler::Ready, false, true),
+    get("/metrics", Handler::Metrics, false, true),
+];
+
+/// The static files: the browser client's script, which a page may load from the gateway
+/// on the connection its client then polls on, and the demo's files.
+static ASSET: Route = Route {
+    reads: &["if-none-match"],
+    ..get("", Handler::Asset, true, true)
+};
+
+/// The route at `path`, whatever the method.
+pub fn find(path: &str) -> Option<&'static Route> {
+    ROUTES
+        .iter()
+        .find(|route| route.path == path)
+        .or_else(|| assets::is_asset_path(path).then_some(&ASSET))
+}
+
+impl Route {
+    /// Whether it answers `method`.
+    pub fn allows(&self, method: &Method) -> bool {
+        match self.method {
+            Verb::Get => *method == Method::GET || (self.head && *method == Method::HEAD),
+            Verb::Post => *method == Method::POST,
+        }
+    }
+
+    /// The `Allow` header of its `405`.
+    pub fn allow(&self) -> &'static str {
+        match (self.method, self.head) {
+            (Verb::Post, _) => "POST",
+            (_, true) => "GET, HEAD",
+            _ => "GET",
+        }
+    }
+
+    /// The header `name`, if its handler reads it (beyond admission's).
+    pub fn reads(&self, name: &str) -> Option<HeaderName> {
+        self.reads
+            .iter()
+            .find(|read| name.eq_ignore_ascii_case(read))
+            .map(|read| HeaderName::from_static(read))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_is_declared_once() {
+        for (i, route) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[i + 1..].iter().all(|other| other.path != route.path),
+                "{} twice",
+                route.path
+            );
+            assert!(
+                !assets::is_asset_path(route.path),
+                "{} is an asset",
+                route.path
+            );
+        }
+    }
+
+    #[test]
+    fn methods_and_allow_follow_the_table() {
+        let sse = find("/sse").unwrap();
+        assert!(sse.allows(&Method::GET) && !sse.allows(&Method::HEAD));
+        assert_eq!(sse.allow(), "GET");
+        let health = find("/healthz").unwrap();
+        assert!(health.allows(&Method::HEAD));
+        assert_eq!(health.allow(), "GET, HEAD");
+        assert_eq!(find("/publish").unwrap().allow(), "POST");
+        assert_eq!(find("/cascade.js").unwrap().handler, Handler::Asset);
+        assert!(find("/nowhere").is_none());
+        assert!(find("/ws").unwrap().reads("Sec-WebSocket-Key").is_some());
+        assert!(find("/poll").unwrap().reads("Last-Event-ID").is_none());
+    }
+}
