@@ -118,6 +118,8 @@ pub trait RequestHead {
     fn headers(&self) -> &HeaderMap;
     /// The connection the request came on, when the server recorded it.
     fn conn(&self) -> Option<&ConnInfo>;
+    /// The HTTP version it came in.
+    fn version(&self) -> http::Version;
 }
 
 impl<B> RequestHead for Request<B> {
@@ -131,6 +133,10 @@ impl<B> RequestHead for Request<B> {
 
     fn conn(&self) -> Option<&ConnInfo> {
         self.extensions().get()
+    }
+
+    fn version(&self) -> http::Version {
+        Request::version(self)
     }
 }
 
@@ -250,6 +256,11 @@ impl RequestHead for LeanRequest {
 
     fn conn(&self) -> Option<&ConnInfo> {
         self.conn.as_ref()
+    }
+
+    fn version(&self) -> http::Version {
+        // The lean path takes HTTP/1.1 only.
+        http::Version::HTTP_11
     }
 }
 

@@ -663,3 +663,73 @@ async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once() {
     let delivered = r#"cascade_messages_delivered_total{transport="websocket"}"#;
     assert_eq!(server.metric(delivered).await, MESSAGES as f64);
 }
+
+/// A connection that carried another request first is hyper's: its WebSocket handshake is
+/// answered there, and the socket hyper switches carries the same protocol.
+#[tokio::test]
+async fn a_websocket_opened_after_another_request_is_served_through_hyper() {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let server = TestServer::default().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    // Not a lean route: the connection goes to hyper for good.
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let read_head = async |stream: &mut tokio::net::TcpStream, seen: &mut Vec<u8>| {
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                seen.drain(..end + 4);
+                return head;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = within(stream.read(&mut chunk)).await.expect("read");
+            assert!(n > 0, "closed");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let head = read_head(&mut stream, &mut seen).await;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    while seen.len() < length {
+        let mut chunk = [0u8; 65536];
+        let n = within(stream.read(&mut chunk)).await.expect("read");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    seen.drain(..length);
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream, &mut seen).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(seen.is_empty(), "nothing after the 101 yet");
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    ws.send(WsMessage::text(
+        json!({"op": "subscribe", "channels": ["via-hyper"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let reply = within(ws.next()).await.expect("a frame").expect("ok");
+    let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    server.publish("via-hyper", json!({"n": 1})).await;
+    let message = within(ws.next()).await.expect("a frame").expect("ok");
+    let message: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    assert_eq!(message["data"], json!({"n": 1}), "{message}");
+}

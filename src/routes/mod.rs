@@ -10,15 +10,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::app::App;
-use crate::config::Transport;
+use crate::config::{Config, Transport};
 use crate::error::{Error, Result};
 use crate::http::{
-    Body, LeanRequest, RequestHead, add_implied_headers, error_response, full, json,
+    Body, LeanRequest, RequestHead, add_implied_headers, error_response, full, json, read_body,
 };
 use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
 
@@ -190,7 +191,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
         Handler::Transport(transport) => {
             enabled(&app, transport)?;
             match transport {
-                Transport::Websocket => Box::pin(websocket::serve(app, req)).await,
+                Transport::Websocket => Box::pin(upgrade(app, req)).await,
                 Transport::Sse => Box::pin(sse::serve(app, req)).await,
                 // hyper's connections keep nothing between requests, and have no timer to
                 // lend.
@@ -205,7 +206,18 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
             }
         }
         Handler::Negotiate => Box::pin(negotiate::serve(app, req)).await,
-        Handler::Publish => Box::pin(publish::serve(app, req)).await,
+        Handler::Publish => {
+            Box::pin(async move {
+                let who = publish::admit(&app, &req).await?;
+                let limits = &app.config.limits;
+                let read = read_body(req.into_body(), limits.max_body_bytes);
+                let body = tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
+                    .await
+                    .map_err(|_| Error::RequestTimeout)??;
+                publish::publish(&app, &who, &body).await
+            })
+            .await
+        }
         Handler::DemoLogin => Box::pin(demo::login(app, req)).await,
         Handler::Health => Ok(health(&app)),
         Handler::Ready => ready(&app),
@@ -251,7 +263,19 @@ fn route_lean<'a>(
                 }
             }
             Handler::Negotiate => Box::pin(negotiate::serve(app, *req)).await,
-            Handler::Publish => Box::pin(publish::serve_lean(app, *req)).await,
+            // The connection's loop admitted the caller and read the body, or says why
+            // it did neither; a request with no body is admitted here.
+            Handler::Publish => {
+                Box::pin(async move {
+                    let mut req = req;
+                    let (body, who) = match req.take_body()? {
+                        Some(read) => read,
+                        None => (Bytes::new(), publish::admit(&app, &*req).await?),
+                    };
+                    publish::publish(&app, &who, &body).await
+                })
+                .await
+            }
             Handler::Asset => asset(&app, req.path(), req.headers()),
             // Not lean: `find` above filtered them out.
             Handler::DemoLogin | Handler::Health | Handler::Ready | Handler::Metrics => Err(
@@ -259,6 +283,23 @@ fn route_lean<'a>(
             ),
         }
     }
+}
+
+/// A WebSocket handshake hyper took: answered `101`, and the connection spawned on the
+/// socket hyper switches.
+async fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (response, accepted) = websocket::handshake(app.clone(), &req).await?;
+    app.streams.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                accepted.run_upgraded(io).await
+            }
+            Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
+        }
+    });
+    Ok(response)
 }
 
 /// A static file, if it is served (the demo's only with `demo = true`).

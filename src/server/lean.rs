@@ -277,7 +277,7 @@ enum Unread {
     Failed(Error),
 }
 
-/// Admits the sender of a publish (see [`publish::admit_lean`]) and then reads its body,
+/// Admits the sender of a publish (see [`publish::admit`]) and then reads its body,
 /// as hyper's path does: a caller refused costs no more than its head and a skip.
 async fn admit_and_read(
     stream: &mut TcpStream,
@@ -300,7 +300,7 @@ async fn admit_and_read(
     if let Err(err) = app.auth.origins.check(req.headers()) {
         return Err(refused(err));
     }
-    let caller = match publish::admit_lean(app, req).await {
+    let caller = match publish::admit(app, req).await {
         Ok(caller) => caller,
         Err(err) => return Err(refused(err)),
     };

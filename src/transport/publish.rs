@@ -4,17 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::config::Config;
-use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
-use crate::http::{Body, LeanRequest, RequestHead, json, read_body};
+use crate::http::{Body, RequestHead, json};
 use crate::protocol::{Channel, Message, compact_json};
 use crate::query::Query;
 
@@ -26,60 +23,23 @@ struct PublishRequest<'a> {
     data: &'a RawValue,
 }
 
-/// Answers a publish request with the message's position.
-pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
-    let (parts, body) = req.into_parts();
-    let limits = &app.config.limits;
-    let read = async {
-        let read = read_body(body, limits.max_body_bytes);
-        tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
-            .await
-            .map_err(|_| Error::RequestTimeout)?
-    };
-    let conn = parts.extensions.get::<ConnInfo>();
-    let who = admit(&app, &parts.headers, parts.uri.query(), conn).await?;
-    let body = read.await?;
-    publish(&app, &who, &body).await
-}
-
-/// The same for a publish the lean HTTP/1 path took: its connection's loop admitted the
-/// caller ([`admit_lean`]) and then read the body, or says why it did neither.
-pub async fn serve_lean(app: Arc<App>, mut req: LeanRequest) -> Result<Response<Body>> {
-    let (body, who) = match req.take_body()? {
-        Some(read) => read,
-        // A request whose body the loop did not take: admitted here, with nothing to read.
-        None => (Bytes::new(), admit_lean(&app, &req).await?),
-    };
-    publish(&app, &who, &body).await
-}
-
-/// The caller of a publish the lean path took, admitted (credentials, then its
-/// connection's publish budget) before the body is read, as on hyper's path.
-pub async fn admit_lean(app: &App, req: &LeanRequest) -> Result<Identity> {
-    admit(app, req.headers(), req.query(), req.conn()).await
-}
-
-/// The caller its headers and query name, once it has spent one of its connection's
-/// publish budget (`conn`; a backend's API key spends none). Checked before a byte of the
-/// body is read, so that a caller refused costs no more than its head.
-async fn admit(
-    app: &App,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    conn: Option<&ConnInfo>,
-) -> Result<Identity> {
-    let query = Query::parse(query);
-    let who = app.auth.identify(headers, &query, &app.bus).await?;
+/// The caller of a publish, once it has spent one of its connection's publish budget (a
+/// backend's API key spends none). Each HTTP path calls it before reading a byte of the
+/// body, so that a caller refused costs no more than its head.
+pub async fn admit(app: &App, head: &(impl RequestHead + Sync)) -> Result<Identity> {
+    let query = Query::parse(head.query());
+    let who = app.auth.identify(head.headers(), &query, &app.bus).await?;
     if !who.server
-        && let Some(conn) = conn
+        && let Some(conn) = head.conn()
     {
-        conn.take_publish(Some(headers))?;
+        conn.take_publish(Some(head.headers()))?;
     }
     Ok(who)
 }
 
-/// Publishes what `body` asks, for `who`: one message, or an array of them (a batch).
-async fn publish(app: &App, who: &Identity, body: &[u8]) -> Result<Response<Body>> {
+/// Answers a publish whose caller was admitted ([`admit`]) and whose body was read: one
+/// message, or an array of them (a batch), with their positions.
+pub async fn publish(app: &App, who: &Identity, body: &[u8]) -> Result<Response<Body>> {
     if body.trim_ascii_start().first() == Some(&b'[') {
         return publish_batch(app, who, body).await;
     }

@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -44,30 +42,16 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the engine cannot be read; the client should resume later.
 pub const CLOSE_ENGINE_UNAVAILABLE: u16 = 4011;
 
-/// Accepts the upgrade through hyper and spawns the connection; answers `101 Switching
-/// Protocols`. (The server's lean HTTP/1 path calls [`handshake`] itself instead.)
-pub async fn serve(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
-    // RFC 6455 §4.1: the upgrade is an HTTP/1.1 one. (The lean path serves HTTP/1.1 only.)
-    if req.version() != http::Version::HTTP_11 {
-        return Err(Error::BadRequest("a WebSocket handshake needs HTTP/1.1"));
-    }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let (response, accepted) = handshake(app.clone(), &req).await?;
-    app.streams.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => accepted.run(TokioIo::new(upgraded), Vec::new(), None).await,
-            Err(err) => tracing::debug!(error = %err, "websocket upgrade failed"),
-        }
-    });
-    Ok(response)
-}
-
 /// Checks an upgrade request; the `101` answer and what the connection needs once the
-/// socket is switched.
+/// socket is switched, which whichever HTTP path took the request hands it.
 pub async fn handshake<R: RequestHead + Sync>(
     app: Arc<App>,
     req: &R,
 ) -> Result<(Response<Body>, Box<Accepted>)> {
+    // RFC 6455 §4.1: the upgrade is an HTTP/1.1 one.
+    if req.version() != http::Version::HTTP_11 {
+        return Err(Error::BadRequest("a WebSocket handshake needs HTTP/1.1"));
+    }
     let accept = accept_key(req.headers())?;
     // Browsers cannot read the status of a refused handshake, so bad credentials are
     // reported after the upgrade, as a 4001/4002 close with the reason.
@@ -117,6 +101,15 @@ impl Accepted {
         });
         let sink: Arc<dyn Express> = socket.clone();
         self.run(SharedSocket(socket), read, Some(sink))
+    }
+
+    /// Runs the connection on a stream hyper switched (no express lane: the hub cannot
+    /// write to hyper's socket).
+    pub fn run_upgraded<S>(self: Box<Self>, io: S) -> impl Future<Output = ()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.run(io, Vec::new(), None)
     }
 
     /// Runs the connection on the switched stream `io`, with `express` as its lane if the
