@@ -4,8 +4,12 @@
 //! # The map
 //!
 //! ```text
-//!   clients ──> server (accept, limits, drain; lean HTTP/1 path | hyper) ──> routes
-//!                                                    │
+//!   clients ──> server (accept, limits, HTTP/1 or HTTP/2, drain)
+//!                 │ HTTP/1: the lean path (server::lean) while requests are lean routes,
+//!                 │ else hyper
+//!                 ▼
+//!               routes (THE route table; origin and HTTP checks; one handler per route)
+//!                 │
 //!        transport::{websocket, sse, long_poll, short_poll, negotiate, publish, assets}
 //!                │ auth: who is asking, may they    │ only Bus and Subscription
 //!                ▼ subscribe / publish here?        ▼
@@ -14,6 +18,8 @@
 //!                                          dyn Engine ──> Hub (local fan-out, bounded queues)
 //!                                               │
 //!                              bus::memory (embedded) | bus::redis (many nodes)
+//!
+//!   leaves: protocol, conn, query, forwarded, limits, metrics, config, error
 //! ```
 //!
 //! - [`protocol`] is the wire contract: channels, epochs, positions, cursors, messages,
@@ -23,12 +29,12 @@
 //!   [`bus::Express`]: a transport lends the hub a writer, and while its connection idles
 //!   the hub writes live messages to its socket itself, without waking it.
 //! - [`auth`] decides who may connect, subscribe and publish; [`limits`] bounds what one
-//!   client may cost.
+//!   client may cost, and [`conn::ConnInfo`] carries a connection's share of it.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel
-//!   `App::shutdown` to drain. The transports' GETs (`/sse`, `/longpoll`, `/poll`, the
-//!   `/ws` handshake, `/negotiate` before them) and `POST /publish` are served on a lean
-//!   HTTP/1 path without hyper's per-connection buffers; everything else goes to hyper.
-//!   [`routes`] checks origins and CORS and picks the transport.
+//!   `App::shutdown` to drain. HTTP/1 connections start on a lean path without hyper's
+//!   per-connection buffers (idle connections are most of a gateway's); the routes that
+//!   [`routes::table`] marks lean are served there, and a connection moves to hyper at its
+//!   first other request. Both dispatch from the one table.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 //! - [`wake`]: a long-lived connection polls its occasional waits (shutdown, expiry,
 //!   timers, the socket's read side) only after one fired, not on every delivery.
