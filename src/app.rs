@@ -12,7 +12,7 @@ use crate::bus::memory::MemoryEngine;
 use crate::bus::redis::{RedisEngine, RedisSettings};
 use crate::bus::{Bus, BusConfig, Engine, Hub, Retention, RetentionPolicy};
 use crate::config::{Config, EngineKind};
-use crate::error::{Error, Result};
+use crate::error::ConfigError;
 use crate::forwarded::TrustedProxies;
 use crate::limits::{ConnectionLimiter, PublishRate};
 use crate::metrics::Metrics;
@@ -39,8 +39,8 @@ pub struct App {
 
 impl App {
     /// Builds the state, starting the configured engine. Must run inside a tokio runtime.
-    pub fn new(config: Config) -> Result<Arc<Self>> {
-        let auth = Auth::from_config(&config).map_err(Error::Config)?;
+    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let auth = Auth::from_config(&config)?;
         let hub = Arc::new(Hub::new());
         let metrics = Metrics::new();
         let retention = retention_policy(&config);
@@ -56,7 +56,8 @@ impl App {
                     shards: config.redis_shards,
                 },
                 metrics.engine(),
-            )?,
+            )
+            .map_err(|err| ConfigError(err.to_string()))?,
         };
         let bus = Bus::new(
             engine,
@@ -66,7 +67,7 @@ impl App {
                 history_limit,
             },
         );
-        let proxies = TrustedProxies::parse(&config.trusted_proxies).map_err(Error::Config)?;
+        let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
         let connections = ConnectionLimiter::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::limits::{ConnectionPermit, TokenBucket};
+use crate::sync::Unpoisoned;
 
 /// What a handler knows about the connection its request came on. One pointer, cheap to
 /// clone: every connection's task keeps one for its whole life.
@@ -78,12 +79,7 @@ impl ConnInfo {
         let permit = &self.shared.permit;
         let taken = match headers.and_then(|h| permit.forwarded_client(h)) {
             Some(client) => permit.take_client_publish(client),
-            None => self
-                .shared
-                .publish_budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .try_take(),
+            None => self.shared.publish_budget.locked().try_take(),
         };
         if taken {
             Ok(())

@@ -6,6 +6,19 @@ use http::StatusCode;
 /// Result with the gateway's error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why the gateway cannot start with its configuration (a secret, a key file, the
+/// engine's URL, a proxy list): reported by `main` and never sent to a client, so kept
+/// apart from [`Error`], whose every variant has a status and a code.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(reason: String) -> Self {
+        ConfigError(reason)
+    }
+}
+
 /// Everything that can go wrong while serving a request, from the client's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,9 +111,6 @@ pub enum Error {
     /// The engine (for example Redis) cannot be reached.
     #[error("the message engine is unavailable: {0}")]
     EngineUnavailable(String),
-    /// The configuration cannot be used (a start-up error, never sent to clients).
-    #[error("configuration: {0}")]
-    Config(String),
     /// A bug or an I/O failure on our side.
     #[error("internal error: {0}")]
     Internal(String),
@@ -134,7 +144,6 @@ impl Error {
             Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::EngineUnavailable(_) => "engine_unavailable",
-            Error::Config(_) => "config",
             Error::Internal(_) => "internal",
         }
     }
@@ -161,7 +170,7 @@ impl Error {
             Error::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::EngineUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Config(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

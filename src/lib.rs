@@ -53,5 +53,6 @@ pub mod protocol;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod sync;
 pub mod transport;
 pub mod wake;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use http::HeaderMap;
 
 use crate::forwarded::TrustedProxies;
+use crate::sync::Unpoisoned;
 
 /// Most clients behind trusted proxies whose publish budgets are tracked at once; past
 /// it, budgets that have refilled (and so equal a fresh one) are forgotten first.
@@ -119,11 +120,7 @@ impl ConnectionPermit {
 
     /// Takes one publish from the budget of `client`, a client behind a trusted proxy.
     pub fn take_client_publish(&self, client: IpAddr) -> bool {
-        let mut budgets = self
-            .limiter
-            .client_budgets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut budgets = self.limiter.client_budgets.locked();
         if budgets.len() >= MAX_CLIENT_BUDGETS && !budgets.contains_key(&client) {
             budgets.retain(|_, bucket| !bucket.is_full());
             if budgets.len() >= MAX_CLIENT_BUDGETS {
@@ -149,7 +146,7 @@ impl ConnectionPermit {
         if client.get().is_some() {
             return Ok(());
         }
-        let mut open = self.limiter.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.limiter.open.locked();
         // Checked again under the lock: two requests of one connection never race here,
         // but the permit is shared with the connection's WebSocket.
         if client.get().is_some() {
@@ -185,7 +182,7 @@ impl ConnectionLimiter {
     pub fn admit(self: &Arc<Self>, remote: SocketAddr) -> Result<ConnectionPermit, &'static str> {
         let ip = remote.ip();
         let proxied = self.proxies.trusts(ip);
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.open.locked();
         if open.0 >= self.max {
             return Err("the gateway is at its connection limit");
         }
@@ -206,13 +203,13 @@ impl ConnectionLimiter {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.open.locked().0
     }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        let mut open = self.limiter.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.limiter.open.locked();
         open.0 = open.0.saturating_sub(1);
         let ip = match &self.client {
             None => self.remote.ip(),

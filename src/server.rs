@@ -385,9 +385,14 @@ async fn refuse(mut stream: TcpStream, err: Error) {
         }
     })
     .await;
+    // Written by hand, as no HTTP machinery serves this connection, but with the status
+    // and body of the one error mapping.
     let body = err.to_json();
+    let status = err.status();
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

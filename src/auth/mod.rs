@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::protocol::Channel;
 use crate::query::Query;
 use pattern::Pattern;
@@ -106,7 +106,7 @@ pub const API_KEY: http::HeaderName = http::HeaderName::from_static(API_KEY_HEAD
 
 impl Auth {
     /// Builds the checks from config; fails on an unreadable key or a bad secret.
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let token = &config.token;
         let verifier = if !token.public_key_file.is_empty() {
             let pem = std::fs::read(&token.public_key_file)
@@ -114,10 +114,10 @@ impl Auth {
             Some(Verifier::public_key(&token.algorithm, &pem)?)
         } else if !token.hmac_secret.expose().is_empty() {
             if token.algorithm != "HS256" {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "token.algorithm {} needs token.public_key_file",
                     token.algorithm
-                ));
+                )));
             }
             Some(Verifier::hmac(token.hmac_secret.expose().as_bytes())?)
         } else {

@@ -14,6 +14,7 @@ use std::time::Instant;
 use super::Map;
 use super::inbox::{Pushed, Subscriber};
 use crate::protocol::{Channel, Message};
+use crate::sync::UnpoisonedRw;
 
 /// Shards spread the channel map over several locks so that publishers on different
 /// channels rarely contend.
@@ -75,10 +76,7 @@ impl Hub {
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
         // std RwLock, not tokio's: never held across an await, and a push never blocks (an
         // express write does not wait for the socket).
-        let shard = self
-            .shard(&message.channel)
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let shard = self.shard(&message.channel).reading();
         let Some(subscribers) = shard.get(&message.channel) else {
             return 0;
         };
@@ -137,10 +135,7 @@ impl Hub {
 
     /// Registers a subscriber on `channel`; returns true when it is the channel's first.
     pub(super) fn register(&self, channel: &Channel, id: u64, subscriber: Subscriber) -> bool {
-        let mut shard = self
-            .shard(channel)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(channel).writing();
         let subscribers = &mut shard.entry(channel.clone()).or_default().by_id;
         subscribers.insert(id, subscriber);
         subscribers.len() == 1
@@ -148,10 +143,7 @@ impl Hub {
 
     /// Removes a subscriber from `channel`; returns true when the channel has none left.
     pub(super) fn unregister(&self, channel: &Channel, id: u64) -> bool {
-        let mut shard = self
-            .shard(channel)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(channel).writing();
         let Some(subscribers) = shard.get_mut(channel) else {
             return false;
         };
@@ -166,7 +158,7 @@ impl Hub {
     /// Wakes every local subscriber that waits for a message.
     pub fn wake_all(&self) {
         for shard in self.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.reading();
             for subscriber in shard.values().flat_map(|s| s.by_id.values()) {
                 subscriber.wake();
             }
@@ -175,19 +167,13 @@ impl Hub {
 
     /// Whether any local subscriber follows `channel`.
     pub fn has_subscribers(&self, channel: &Channel) -> bool {
-        let shard = self
-            .shard(channel)
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let shard = self.shard(channel).reading();
         shard.contains_key(channel)
     }
 
     /// Number of channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.reading().len()).sum()
     }
 }
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::express::{CursorAfter, Express, Written};
 use crate::protocol::{Channel, Fit, Message, Position};
+use crate::sync::Unpoisoned;
 
 /// Queued capacity kept when an inbox empties; a burst's larger buffer is given back.
 const KEEP_CAPACITY: usize = 16;
@@ -472,7 +473,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding this lock leaves the queue consistent: every
         // critical section is a single push, pop or flag change.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 

@@ -14,6 +14,7 @@ use bytes::Bytes;
 pub use super::Retention;
 use super::{Engine, History, Hub, Map, Reply, RetentionPolicy, now, now_ms};
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+use crate::sync::Unpoisoned;
 
 /// The in-memory engine.
 pub struct MemoryEngine {
@@ -121,7 +122,7 @@ impl MemoryEngine {
     }
 
     fn log(&self, channel: &Channel) -> Arc<Mutex<Log>> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut channels = self.channels.locked();
         channels
             .entry(channel.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Log::new(self.retention.for_channel(channel)))))
@@ -134,10 +135,10 @@ impl MemoryEngine {
         let now = Instant::now();
         // The map lock is held across the hub check so that a reader cannot fetch a log
         // that is being dropped: it either sees the old log or creates a fresh epoch.
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut channels = self.channels.locked();
         let before = channels.len();
         channels.retain(|channel, log| {
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            let mut log = log.locked();
             log.trim(now);
             !log.messages.is_empty()
                 || now.duration_since(log.touched) <= log.retention.max_age
@@ -148,15 +149,12 @@ impl MemoryEngine {
 
     /// Number of channels with a live log.
     pub fn channel_count(&self) -> usize {
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.channels.locked().len()
     }
 
     fn publish_now(&self, channel: &Channel, data: &[u8]) -> Arc<Message> {
         let log = self.log(channel);
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = log.locked();
         let now = Instant::now();
         log.head += 1;
         log.touched = now;
@@ -176,7 +174,7 @@ impl MemoryEngine {
 
     fn history_now(&self, channel: &Channel, from: Option<&Position>, limit: usize) -> History {
         let log = self.log(channel);
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = log.locked();
         let now = Instant::now();
         log.trim(now);
         log.touched = now;
@@ -219,7 +217,7 @@ impl Engine for MemoryEngine {
 
     fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
         let at = Instant::now();
-        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claimed = self.claimed.locked();
         claimed.retain(|_, expires| *expires > at);
         let fresh = !claimed.contains_key(key);
         if fresh {

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Engine, History, Hub, Reply, RetentionPolicy, later, now_ms};
 use crate::error::{Error, Result};
 use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+use crate::sync::Unpoisoned;
 
 /// Settings of the Redis engine.
 #[derive(Clone, Debug)]
@@ -327,7 +328,7 @@ impl RedisEngine {
 
     async fn watch_now(&self, channel: &Channel) -> Result<()> {
         let mut ready = {
-            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            let mut watched = self.watched.locked();
             match watched.get(channel) {
                 Some(sender) => sender.subscribe(),
                 None => {
@@ -375,12 +376,7 @@ impl Engine for RedisEngine {
     }
 
     fn unwatch(&self, channel: &Channel) {
-        let removed = self
-            .watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(channel)
-            .is_some();
+        let removed = self.watched.locked().remove(channel).is_some();
         if removed {
             let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
         }
@@ -523,23 +519,15 @@ impl Listener {
     }
 
     fn wanted(&self) -> Vec<Channel> {
-        self.watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.watched.locked().keys().cloned().collect()
     }
 
     fn is_wanted(&self, channel: &Channel) -> bool {
-        self.watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(channel)
+        self.watched.locked().contains_key(channel)
     }
 
     fn mark_ready(&self, channels: &[Channel]) {
-        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let watched = self.watched.locked();
         for channel in channels {
             if let Some(ready) = watched.get(channel) {
                 ready.send_replace(true);

@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::http::Body;
+use crate::sync::Unpoisoned;
 
 /// What one HTTP/2 connection has in flight.
 pub(super) struct Activity {
@@ -55,7 +56,7 @@ impl Activity {
 
     /// Counts a stream in flight until the returned guard is dropped.
     pub(super) fn open(self: &Arc<Self>) -> StreamGuard {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         state.open += 1;
         state.served = true;
         StreamGuard(self.clone())
@@ -63,7 +64,7 @@ impl Activity {
 
     /// Whether a deadline has passed at `now`.
     pub(super) fn expired(&self, now: Instant, first: Duration, idle: Duration) -> Option<Expired> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.locked();
         let quiet = now.saturating_duration_since(state.idle_since);
         match (state.open, state.served) {
             (1.., _) => None,
@@ -79,7 +80,7 @@ pub(super) struct StreamGuard(Arc<Activity>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.0.state.locked();
         state.open -= 1;
         if state.open == 0 {
             state.idle_since = Instant::now();

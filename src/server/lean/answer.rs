@@ -19,6 +19,7 @@ use super::{Read, read_some};
 use crate::app::App;
 use crate::conn::ConnInfo;
 use crate::http::Body;
+use crate::sync::Unpoisoned;
 use crate::transport::sse::ExpressSlot;
 use crate::wake::SideWaits;
 
@@ -270,7 +271,7 @@ impl Rest {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.locked()
     }
 }
 
