@@ -27,20 +27,16 @@ use crate::protocol::Message;
 use crate::query::Query;
 use crate::transport::shared_socket::SharedSocket;
 
+mod close;
 mod connection;
 #[cfg(feature = "autobahn")]
 mod echo;
 
 use connection::Connection;
 
-/// Close code for missing, malformed or badly signed credentials.
-pub const CLOSE_TOKEN_INVALID: u16 = 4001;
-/// Close code when the credentials expire while the socket is open.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
-/// Close code for a subscriber cut off because it could not keep up.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// Close code when the engine cannot be read; the client should resume later.
-pub const CLOSE_ENGINE_UNAVAILABLE: u16 = 4011;
+pub use close::{
+    CLOSE_ENGINE_UNAVAILABLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID,
+};
 
 /// Checks an upgrade request; the `101` answer and what the connection needs once the
 /// socket is switched, which whichever HTTP path took the request hands it.

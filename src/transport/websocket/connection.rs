@@ -30,13 +30,9 @@ use crate::transport::publish::{acknowledgement, validate};
 use crate::transport::{Session, keep_allowed, wanted_cursor};
 use crate::wake::SideWaits;
 
-use super::{
-    CLOSE_ENGINE_UNAVAILABLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID,
+use super::close::{
+    CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, close_code, read_error_close,
 };
-
-/// How long a close frame may take to go out. Short: the peer being closed is often the
-/// one that stopped reading (a slow consumer), and its slot should free quickly.
-pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
@@ -587,13 +583,6 @@ async fn guarded(
     }
 }
 
-fn close_code(closed: crate::bus::Closed) -> u16 {
-    match closed {
-        crate::bus::Closed::SlowConsumer => CLOSE_SLOW_CONSUMER,
-        crate::bus::Closed::EngineUnavailable => CLOSE_ENGINE_UNAVAILABLE,
-    }
-}
-
 /// Maps a read error to the close the peer deserves.
 fn protocol_stop(err: &tungstenite::Error, app: &App) -> Stop {
     let Some((code, reason)) = read_error_close(err) else {
@@ -606,17 +595,5 @@ fn protocol_stop(err: &tungstenite::Error, app: &App) -> Stop {
     Stop {
         reason,
         close: Some((code, reason.to_owned())),
-    }
-}
-
-/// The close code and reason for a read error that breaks the protocol; `None` when the
-/// socket itself failed and nothing can be sent.
-pub(super) fn read_error_close(err: &tungstenite::Error) -> Option<(u16, &'static str)> {
-    use tungstenite::Error as E;
-    match err {
-        E::Capacity(_) => Some((1009, "message_too_large")),
-        E::Utf8(_) => Some((1007, "invalid_utf8")),
-        E::Protocol(_) => Some((1002, "protocol_error")),
-        _ => None,
     }
 }

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use super::connection::{CLOSE_TIMEOUT, read_error_close};
+use super::close::{CLOSE_TIMEOUT, read_error_close};
 
 /// The largest message and frame the echo takes: the suite's cases 1 to 7 send up to
 /// 256 KiB (7.1.6), 9.x up to 16 MiB, past the gateway's own limits for client frames.
