@@ -1,0 +1,684 @@
+//! Every route answered alike by the server's two HTTP/1 paths: each case's request is
+//! sent once as the first request of a fresh connection, where the lean path takes it if
+//! it is one of its routes, and once on a connection that first carried `GET /healthz`,
+//! which the lean path never takes, so that hyper serves the connection from then on (the
+//! README's "Known issues": "A connection that carried any other request is served by
+//! hyper from then on"). The two answers must have the same status, the same headers
+//! (but the few named below, each with its reason) and the same body.
+//!
+//! Which path served a connection is seen, not assumed: after the case's request the
+//! connection asks for an SSE stream, which the lean path always takes, and which it
+//! answers with `connection: close`, the stream having the connection to itself
+//! (docs/PROTOCOL.md, `GET /sse`); hyper keeps the connection open. As a connection only
+//! ever moves from the lean path to hyper, never back, a lean probe proves the case's
+//! request was answered lean, and a hyper one that it was answered by hyper (a request the
+//! lean path would have taken first would have kept the connection lean for the probe).
+//! Where no probe can follow (an upgrade, a stream, an answer that closes the
+//! connection), the stream's own head is the witness, or, for the others, the hand-off
+//! rule alone: the first request of a connection is the lean path's when it is one of its
+//! routes, and a connection that carried `GET /healthz` is hyper's for good.
+//!
+//! The table of cases is at the end: a route is one line.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use cascade::config::{Config, Transport};
+use serde_json::{Value, json};
+use support::{TestServer, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The one origin the gateway's CORS allowlist names.
+const ALLOWED: &str = "https://app.example.com";
+/// An origin outside it.
+const REFUSED: &str = "https://evil.example";
+/// A backend's API key.
+const KEY: &str = "both-paths-backend-key-0123456789";
+
+/// The gateway most cases run against: publishing open to anyone (as in every test),
+/// one allowed cross-origin caller, a backend's API key, and the demo's files on.
+fn open() -> Config {
+    let mut config = support::test_config();
+    config.allowed_origins = vec![ALLOWED.into()];
+    config.api_keys = vec![KEY.into()];
+    config.demo = true;
+    config
+}
+
+/// The built-in rules (publishing needs a token), the demo off and short polling
+/// disabled.
+fn secure() -> Config {
+    let mut config = open();
+    config.channels.publish = cascade::auth::rules::PublishRule::Token;
+    config.demo = false;
+    config.transports.retain(|t| *t != Transport::Poll);
+    config
+}
+
+/// Request bodies over 1 KiB are refused.
+fn small_bodies() -> Config {
+    let mut config = open();
+    config.limits.max_body_bytes = 1024;
+    config
+}
+
+/// Which path a connection was on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Lean,
+    Hyper,
+}
+use Path::{Hyper, Lean};
+
+/// A request, written by hand so that the test controls every byte of it.
+struct Ask {
+    method: &'static str,
+    target: String,
+    /// `{addr}` in a value is the gateway's address, `{etag}` the client script's `ETag`.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Whether a `Host` header is sent (an HTTP/1.1 request needs one).
+    host: bool,
+}
+
+fn ask(method: &'static str, target: &str) -> Ask {
+    Ask {
+        method,
+        target: target.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        host: true,
+    }
+}
+
+fn get(target: &str) -> Ask {
+    ask("GET", target)
+}
+
+fn head(target: &str) -> Ask {
+    ask("HEAD", target)
+}
+
+fn post(target: &str, body: impl Into<String>) -> Ask {
+    Ask {
+        body: body.into().into_bytes(),
+        ..ask("POST", target).header("content-type", "application/json")
+    }
+}
+
+/// A CORS preflight from `origin` for a `GET` that sends credentials in a header.
+fn preflight(target: &str, origin: &str) -> Ask {
+    ask("OPTIONS", target)
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+}
+
+/// A WebSocket handshake with RFC 6455's sample key.
+fn upgrade(target: &str) -> Ask {
+    handshake(target, "13", "dGhlIHNhbXBsZSBub25jZQ==")
+}
+
+/// A WebSocket handshake of `version` with `key`.
+fn handshake(target: &str, version: &str, key: &str) -> Ask {
+    get(target)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", version)
+        .header("sec-websocket-key", key)
+}
+
+impl Ask {
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn without_host(mut self) -> Self {
+        self.host = false;
+        self
+    }
+
+    fn bytes(&self, server: &TestServer, etag: &str) -> Vec<u8> {
+        let addr = server.addr.to_string();
+        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.target);
+        if self.host {
+            head.push_str(&format!("host: {addr}\r\n"));
+        }
+        for (name, value) in &self.headers {
+            let value = value.replace("{addr}", &addr).replace("{etag}", etag);
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !self.body.is_empty() {
+            head.push_str(&format!("content-length: {}\r\n", self.body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    fn line(&self) -> String {
+        format!("{} {}", self.method, self.target)
+    }
+}
+
+/// One route's case: the request, what the lean path does with it on a fresh connection,
+/// the status both paths must answer, and what may legitimately differ in the bodies.
+struct Case {
+    /// Whether the lean path takes the request as a connection's first.
+    first: Path,
+    setup: fn() -> Config,
+    ask: Ask,
+    status: u16,
+    /// Published before either request: (channel, data).
+    history: Vec<(&'static str, Value)>,
+    /// Applied to both bodies before they are compared.
+    normalise: fn(&mut Value),
+    /// Headers the paths may legitimately send differently for this request, and why.
+    differs: Vec<(&'static str, &'static str)>,
+}
+
+fn case(first: Path, setup: fn() -> Config, ask: Ask, status: u16) -> Case {
+    Case {
+        first,
+        setup,
+        ask,
+        status,
+        history: Vec::new(),
+        normalise: |_| {},
+        differs: Vec::new(),
+    }
+}
+
+impl Case {
+    fn after_publishing(mut self, channel: &'static str, data: Value) -> Self {
+        self.history.push((channel, data));
+        self
+    }
+
+    fn normalised(mut self, normalise: fn(&mut Value)) -> Self {
+        self.normalise = normalise;
+        self
+    }
+
+    /// `header` may differ between the paths, for the reason given.
+    fn differs_in(mut self, header: &'static str, why: &'static str) -> Self {
+        self.differs.push((header, why));
+        self
+    }
+}
+
+/// A publish's offset: each request publishes one more message to the same channel (same
+/// epoch), so the second answer's offset is the first's plus one.
+fn offset(body: &mut Value) {
+    let offset = body["offset"].take();
+    assert!(offset.as_u64().is_some_and(|n| n > 0), "an offset: {body}");
+}
+
+/// The offsets of a batch's results, likewise.
+fn offsets(body: &mut Value) {
+    for result in body["results"].as_array_mut().expect("results") {
+        if result.get("offset").is_some() {
+            offset(result);
+        }
+    }
+}
+
+/// The metrics' values change with every request (the two requests, the probes): the
+/// series they describe must not.
+fn metric_names(body: &mut Value) {
+    let text = body.as_str().expect("metrics text");
+    let described: Vec<&str> = text.lines().filter(|l| l.starts_with("# ")).collect();
+    assert!(!described.is_empty(), "metrics described: {text}");
+    *body = described.join("\n").into();
+}
+
+/// An answer read off the socket.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-case names, each with its values in the order sent.
+    headers: BTreeMap<String, Vec<String>>,
+    /// The body (de-chunked), or for an SSE stream its first event.
+    body: Value,
+    /// Nothing can follow on the connection (an upgrade, a stream, `connection: close`).
+    last: bool,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v[0].as_str())
+    }
+
+    fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+
+    fn is_stream(&self) -> bool {
+        self.header("content-type")
+            .is_some_and(|t| t.starts_with("text/event-stream"))
+    }
+}
+
+/// A raw keep-alive connection to the gateway.
+struct Conn {
+    reader: Reader,
+    write: OwnedWriteHalf,
+}
+
+/// A connection's read side.
+struct Reader {
+    read: OwnedReadHalf,
+    /// Read and not yet consumed.
+    rest: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(server: &TestServer) -> Self {
+        let stream = within(TcpStream::connect(server.addr))
+            .await
+            .expect("connect");
+        let (read, write) = stream.into_split();
+        Conn {
+            reader: Reader {
+                read,
+                rest: Vec::new(),
+            },
+            write,
+        }
+    }
+
+    /// Sends `bytes` and reads the answer to a request of `method`. The answer is read
+    /// while the request is written: a gateway may answer (and close) before it has read
+    /// a body it refuses, and the rest of the write then fails, which is the client's
+    /// loss, not the test's.
+    async fn exchange(&mut self, bytes: &[u8], method: &str) -> Answer {
+        let write = async {
+            let _ = self.write.write_all(bytes).await;
+        };
+        let ((), answer) = within(async { tokio::join!(write, self.reader.answer(method)) }).await;
+        answer
+    }
+
+    /// Which path the connection is on now: it asks for an SSE stream, which the lean
+    /// path always takes and answers with `connection: close`, and hyper never does.
+    /// `None` when the gateway closed the connection instead.
+    async fn probe(&mut self) -> Option<Path> {
+        let probe = b"GET /sse?channels=both-paths-probe HTTP/1.1\r\nhost: probe\r\n\r\n";
+        let _ = self.write.write_all(probe).await;
+        if self.reader.rest.is_empty() && !within(self.reader.more()).await {
+            return None;
+        }
+        let answer = within(self.reader.answer("GET")).await;
+        assert_eq!(answer.status, 200, "the probe's stream: {answer:?}");
+        assert!(answer.is_stream(), "the probe's stream: {answer:?}");
+        Some(stream_path(&answer))
+    }
+}
+
+impl Reader {
+    /// Reads more from the socket; panics when it closed.
+    async fn fill(&mut self) {
+        assert!(
+            self.more().await,
+            "connection closed mid-answer: {:?}",
+            String::from_utf8_lossy(&self.rest)
+        );
+    }
+
+    /// Reads more from the socket; false when it closed.
+    async fn more(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        let n = self.read.read(&mut chunk).await.expect("read");
+        self.rest.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Takes `n` bytes, reading as needed.
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.rest.len() < n {
+            self.fill().await;
+        }
+        self.rest.drain(..n).collect()
+    }
+
+    /// Takes a line ending in CRLF, without it.
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.rest.windows(2).position(|w| w == b"\r\n") {
+                let line = self.take(end + 2).await;
+                return String::from_utf8(line[..end].to_vec()).expect("utf-8 line");
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Reads one answer: its head, and its body by its framing; of an SSE stream, the
+    /// first event only.
+    async fn answer(&mut self, method: &str) -> Answer {
+        let status_line = self.line().await;
+        let status: u16 = status_line
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a status line: {status_line:?}"));
+        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("a header line");
+            headers
+                .entry(name.trim().to_ascii_lowercase())
+                .or_default()
+                .push(value.trim().to_owned());
+        }
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Value::Null,
+            last: false,
+        };
+        let bodiless = method == "HEAD" || matches!(status, 101 | 204 | 304);
+        let chunked = answer
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        let raw = if bodiless {
+            Vec::new()
+        } else if chunked {
+            self.chunks(answer.is_stream()).await
+        } else {
+            let length = answer
+                .header("content-length")
+                .map(|l| l.parse().expect("a length"))
+                .unwrap_or_else(|| panic!("a framed body: {:?}", answer.headers));
+            self.take(length).await
+        };
+        answer.last = status == 101 || answer.is_stream() || answer.closes();
+        answer.body = if raw.is_empty() {
+            Value::Null
+        } else if answer.is_stream() {
+            first_event(&raw)
+        } else if answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+        {
+            serde_json::from_slice(&raw).expect("a JSON body")
+        } else {
+            String::from_utf8(raw).expect("a text body").into()
+        };
+        answer
+    }
+
+    /// A chunked body; of a stream, up to the end of its first event.
+    async fn chunks(&mut self, stream: bool) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let size = self.line().await;
+            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|_| panic!("a chunk size: {size:?}"));
+            if size == 0 {
+                assert_eq!(self.line().await, "", "no trailers");
+                return body;
+            }
+            body.extend(self.take(size).await);
+            assert_eq!(self.take(2).await, b"\r\n", "a chunk's end");
+            if stream && body.windows(2).any(|w| w == b"\n\n") {
+                return body;
+            }
+        }
+    }
+}
+
+/// The path that answered an SSE stream: the lean path gives a stream its connection to
+/// itself and says so; hyper keeps the connection for another request.
+fn stream_path(answer: &Answer) -> Path {
+    if answer.closes() { Lean } else { Hyper }
+}
+
+/// The fields of the first event of an SSE body, its data parsed.
+fn first_event(raw: &[u8]) -> Value {
+    let text = std::str::from_utf8(raw).expect("utf-8 events");
+    let event = text.split("\n\n").next().unwrap_or("");
+    let mut fields = serde_json::Map::new();
+    for line in event.lines().filter(|l| !l.starts_with(':')) {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        let value = match field {
+            "data" => serde_json::from_str(value).expect("JSON data"),
+            _ => value.into(),
+        };
+        fields.insert(field.into(), value);
+    }
+    Value::Object(fields)
+}
+
+/// Headers that may differ between the paths, and why.
+const NOT_COMPARED: [(&str, &str); 1] = [(
+    "date",
+    "the lean path sends none: `the_lean_path_dates_its_answers` below",
+)];
+
+/// Runs `case` through both paths and compares the answers.
+async fn compare(case: Case) {
+    let route = case.ask.line();
+    let server = TestServer::start((case.setup)()).await;
+    for (channel, data) in &case.history {
+        server.publish(channel, data.clone()).await;
+    }
+    let etag = if case.ask.headers.iter().any(|(_, v)| v.contains("{etag}")) {
+        client_etag(&server).await
+    } else {
+        String::new()
+    };
+    let request = case.ask.bytes(&server, &etag);
+
+    // (a) The connection's first request: the lean path's if it is one of its routes.
+    let mut fresh = Conn::open(&server).await;
+    let first = fresh.exchange(&request, case.ask.method).await;
+    let first_path = path_after(&mut fresh, &first).await;
+
+    // (b) After `GET /healthz`, which the lean path never takes: hyper's.
+    let mut handed = Conn::open(&server).await;
+    let health = handed
+        .exchange(b"GET /healthz HTTP/1.1\r\nhost: handed\r\n\r\n", "GET")
+        .await;
+    assert_eq!(health.status, 200, "{route}: the hand-off's /healthz");
+    let second = handed.exchange(&request, case.ask.method).await;
+    let second_path = path_after(&mut handed, &second).await;
+
+    // Each path is what the case says it is, where it can be seen; elsewhere the hand-off
+    // rule (see the top of this file) decides it.
+    if let Some(path) = first_path {
+        assert_eq!(path, case.first, "{route}: the path of a fresh connection");
+    }
+    if let Some(path) = second_path {
+        assert_eq!(path, Hyper, "{route}: the path after /healthz");
+    }
+
+    assert_eq!(
+        (first.status, second.status),
+        (case.status, case.status),
+        "{route}: the statuses, on a fresh connection and after the hand-off\n\
+         fresh: {first:?}\nhanded: {second:?}"
+    );
+    assert_eq!(
+        compared_headers(&first, &case.differs),
+        compared_headers(&second, &case.differs),
+        "{route}: the headers, on a fresh connection (left) and after the hand-off (right)"
+    );
+    let (mut first_body, mut second_body) = (first.body, second.body);
+    (case.normalise)(&mut first_body);
+    (case.normalise)(&mut second_body);
+    assert_eq!(
+        first_body, second_body,
+        "{route}: the body, on a fresh connection (left) and after the hand-off (right)"
+    );
+}
+
+/// The path a connection is on after `answer`, if a probe can still ask: none after an
+/// upgrade or an answer that closes the connection; a stream's own head tells.
+async fn path_after(conn: &mut Conn, answer: &Answer) -> Option<Path> {
+    if answer.is_stream() {
+        return Some(stream_path(answer));
+    }
+    if answer.last {
+        return None;
+    }
+    conn.probe().await
+}
+
+/// The headers both paths must send alike. An SSE stream's `connection: close` on the lean
+/// path is the documented difference (the stream has the connection to itself), and the
+/// probe's witness.
+fn compared_headers(answer: &Answer, differs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+    let mut headers = answer.headers.clone();
+    for (name, _why) in NOT_COMPARED.iter().chain(differs) {
+        headers.remove(*name);
+    }
+    if answer.is_stream() {
+        headers.remove("connection");
+    }
+    headers
+}
+
+/// The client script's `ETag`, asked on a connection of its own.
+async fn client_etag(server: &TestServer) -> String {
+    let mut conn = Conn::open(server).await;
+    let answer = conn
+        .exchange(b"GET /cascade.js HTTP/1.1\r\nhost: etag\r\n\r\n", "GET")
+        .await;
+    answer.header("etag").expect("an etag").to_owned()
+}
+
+/// The lean path sends no `Date` header, which hyper adds to every answer; RFC 9110
+/// §6.6.1 says an origin server with a clock MUST send one with 2xx, 3xx and 4xx answers.
+/// KNOWN DISAGREEMENT between the paths: this test fails until the lean path dates its
+/// answers (it is left out of the table's comparison, where it would fail every lean
+/// case).
+#[tokio::test]
+async fn the_lean_path_dates_its_answers() {
+    let server = TestServer::start(open()).await;
+    let request = get("/negotiate").bytes(&server, "");
+    let mut fresh = Conn::open(&server).await;
+    let lean = fresh.exchange(&request, "GET").await;
+    assert_eq!(fresh.probe().await, Some(Lean));
+    let mut handed = Conn::open(&server).await;
+    handed
+        .exchange(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n", "GET")
+        .await;
+    let hyper = handed.exchange(&request, "GET").await;
+    assert_eq!(handed.probe().await, Some(Hyper));
+    assert!(hyper.header("date").is_some(), "hyper dates: {hyper:?}");
+    assert!(
+        lean.header("date").is_some(),
+        "the lean path dates: {lean:?}"
+    );
+}
+
+/// One test per case, named for its route.
+macro_rules! both_paths {
+    ($($name:ident => $case:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                compare($case).await;
+            }
+        )*
+    };
+}
+
+/// A publish of `n` bytes of data.
+fn big(n: usize) -> String {
+    format!(r#"{{"channel":"big","data":"{}"}}"#, "x".repeat(n))
+}
+
+/// Why the paths may disagree on `connection` after a body over the limit.
+const UNREAD: &str = "the lean path refuses a body over the limit by its declared length, \
+    before reading any of it, so it cannot go on with the connection and says \
+    `connection: close`; hyper reads the body up to the limit and goes on when that was \
+    all of it, else closes the connection without saying so";
+
+const CHAT: &str = r#"{"channel":"chat","data":{"text":"hi"}}"#;
+
+both_paths! {
+    // GET /negotiate
+    negotiate => case(Lean, open, get("/negotiate"), 200);
+    negotiate_failed => case(Lean, open, get("/negotiate?failed=websocket:timeout,sse"), 200);
+    negotiate_bad_failed => case(Lean, open, get("/negotiate?failed=carrier:pigeon"), 400);
+    negotiate_bad_token => case(Lean, open, get("/negotiate").header("authorization", "Bearer nope"), 401);
+    negotiate_cross_origin => case(Lean, open, get("/negotiate").header("origin", ALLOWED), 200);
+    negotiate_same_origin => case(Lean, open, get("/negotiate").header("origin", "http://{addr}"), 200);
+    // GET /poll
+    poll_channels => case(Lean, open, get("/poll?channels=polled,other"), 200);
+    poll_cursor => case(Lean, open, get("/poll?cursor=polled@x:0"), 200)
+        .after_publishing("polled", json!({"n": 1}))
+        .after_publishing("polled", json!({"n": 2}));
+    poll_bad_cursor => case(Lean, open, get("/poll?cursor=polled@x:y"), 400);
+    poll_no_channels => case(Lean, open, get("/poll"), 400);
+    poll_refused_origin => case(Lean, open, get("/poll?channels=a").header("origin", REFUSED), 403);
+    poll_disabled => case(Lean, secure, get("/poll?channels=a"), 404);
+    // GET /longpoll
+    longpoll => case(Lean, open, get("/longpoll?channels=held&timeout=0"), 200);
+    longpoll_cursor => case(Lean, open, get("/longpoll?cursor=held@x:0&timeout=0"), 200)
+        .after_publishing("held", json!("one"));
+    longpoll_bad_timeout => case(Lean, open, get("/longpoll?channels=held&timeout=soon"), 400);
+    // GET /sse: the head and the first (`open`) event.
+    sse => case(Lean, open, get("/sse?channels=streamed"), 200);
+    sse_cursor => case(Lean, open, get("/sse?channels=streamed&cursor=streamed@x:0"), 200)
+        .after_publishing("streamed", json!(1));
+    sse_bad_cursor => case(Lean, open, get("/sse?cursor=streamed@@"), 400);
+    sse_cross_origin => case(Lean, open, get("/sse?channels=streamed").header("origin", ALLOWED), 200);
+    // GET /ws: the handshake.
+    ws => case(Lean, open, upgrade("/ws"), 101);
+    ws_without_upgrade => case(Lean, open, get("/ws"), 426);
+    ws_bad_key => case(Lean, open, handshake("/ws", "13", "short"), 400);
+    ws_old_version => case(Lean, open, handshake("/ws", "8", "dGhlIHNhbXBsZSBub25jZQ=="), 426);
+    // Both take the first of two (RFC 6455 §11.3.1 allows a key only once).
+    ws_two_keys => case(Lean, open, upgrade("/ws").header("sec-websocket-key", "c2Vjb25kIGtleSBoZXJlIQ=="), 101);
+    ws_two_versions => case(Lean, open, upgrade("/ws").header("sec-websocket-version", "8"), 101);
+    ws_refused_origin => case(Lean, open, upgrade("/ws").header("origin", REFUSED), 403);
+    // POST /publish
+    publish => case(Lean, open, post("/publish", CHAT), 200).normalised(offset);
+    publish_bad_json => case(Lean, open, post("/publish", "{nope"), 400);
+    publish_batch => case(Lean, open, post("/publish", format!("[{CHAT},{CHAT}]")).header("x-cascade-api-key", KEY), 200).normalised(offsets);
+    publish_batch_anonymous => case(Lean, open, post("/publish", format!("[{CHAT}]")), 403);
+    publish_too_large => case(Lean, small_bodies, post("/publish", big(1100)), 413).differs_in("connection", UNREAD);
+    publish_far_too_large => case(Lean, small_bodies, post("/publish", big(200_000)), 413).differs_in("connection", UNREAD);
+    publish_anonymous => case(Lean, secure, post("/publish", CHAT), 401);
+    publish_bad_key => case(Lean, open, post("/publish", CHAT).header("x-cascade-api-key", "nope"), 401);
+    // CORS preflights
+    preflight_negotiate => case(Lean, open, preflight("/negotiate", ALLOWED), 204);
+    preflight_publish => case(Lean, open, preflight("/publish", ALLOWED), 204);
+    preflight_refused => case(Lean, open, preflight("/poll", REFUSED), 403);
+    preflight_healthz => case(Hyper, open, preflight("/healthz", ALLOWED), 204);
+    // The client script and the demo's files
+    script => case(Lean, open, get("/cascade.js"), 200);
+    script_fresh => case(Lean, open, get("/cascade.js").header("if-none-match", "{etag}"), 304);
+    script_head => case(Hyper, open, head("/cascade.js"), 200);
+    demo_page => case(Lean, open, get("/"), 200);
+    demo_script => case(Lean, open, get("/demo.js"), 200);
+    demo_style => case(Lean, open, get("/demo.css"), 200);
+    demo_off => case(Lean, secure, get("/demo.js"), 404);
+    // Health and metrics: hyper's on both connections.
+    healthz => case(Hyper, open, get("/healthz"), 200);
+    healthz_head => case(Hyper, open, head("/healthz"), 200);
+    readyz => case(Hyper, open, get("/readyz"), 200);
+    readyz_head => case(Hyper, open, head("/readyz"), 200);
+    metrics => case(Hyper, open, get("/metrics"), 200).normalised(metric_names);
+    metrics_head => case(Hyper, open, head("/metrics"), 200);
+    // Unknown paths, wrong methods, bad heads
+    unknown => case(Hyper, open, get("/nowhere"), 404);
+    poll_put => case(Hyper, open, ask("PUT", "/poll"), 405);
+    poll_head => case(Hyper, open, head("/poll?channels=a"), 405);
+    publish_get => case(Hyper, open, get("/publish"), 405);
+    healthz_post => case(Hyper, open, ask("POST", "/healthz"), 405);
+    script_delete => case(Hyper, open, ask("DELETE", "/cascade.js"), 405);
+    no_host => case(Hyper, open, get("/poll?channels=a").without_host(), 400);
+    two_hosts => case(Hyper, open, get("/negotiate").header("host", "again"), 400);
+}
