@@ -9,11 +9,11 @@
 //! Which path served a connection is seen, not assumed: after the case's request the
 //! connection asks for an SSE stream, which the lean path always takes, and which it
 //! answers with `connection: close`, the stream having the connection to itself
-//! (docs/PROTOCOL.md, `GET /sse`); hyper keeps the connection open. As a connection only
-//! ever moves from the lean path to hyper, never back, a lean probe proves the case's
-//! request was answered lean, and a hyper one that it was answered by hyper (a request the
-//! lean path would have taken first would have kept the connection lean for the probe).
-//! Where no probe can follow (an upgrade, a stream, an answer that closes the
+//! (docs/PROTOCOL.md, `GET /sse`); hyper keeps the connection open. A connection only
+//! ever moves from the lean path to hyper, never back (`server::serve`), so a lean probe
+//! proves the case's request was answered lean; and a hyper probe that it was answered by
+//! hyper, since had the lean path answered it, the connection would still be lean for the
+//! probe. Where no probe can follow (an upgrade, a stream, an answer that closes the
 //! connection), the stream's own head is the witness, or, for the others, the hand-off
 //! rule alone: the first request of a connection is the lean path's when it is one of its
 //! routes, and a connection that carried `GET /healthz` is hyper's for good.
@@ -23,6 +23,9 @@
 //! `connection: close` (see [`compared_headers`]); `connection` after a body over the
 //! limit (`UNREAD`). Both paths frame alike (a length for every complete body, chunks for
 //! a stream), so framing headers are compared as they are.
+//!
+//! Beyond single answers, a few tests compare what follows on the connection: an SSE
+//! stream's events, a WebSocket's frames, and a long poll's kept subscription.
 //!
 //! The table of cases is at the end: a route is one line. Cases marked KNOWN DISAGREEMENT
 //! fail until the paths agree.
@@ -500,6 +503,80 @@ impl Reader {
     }
 }
 
+impl Conn {
+    /// The next event of an open SSE stream (heartbeats skipped), its fields as
+    /// [`first_event`] gives them.
+    async fn next_event(&mut self) -> Value {
+        let mut pending = Vec::new();
+        within(async {
+            loop {
+                if let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = pending.drain(..end + 2).collect();
+                    let fields = first_event(&event);
+                    if fields.as_object().is_some_and(|f| !f.is_empty()) {
+                        return fields;
+                    }
+                    continue;
+                }
+                let size = self.reader.line().await;
+                let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+                assert!(size > 0, "the stream ended");
+                pending.extend(self.reader.take(size).await);
+                assert_eq!(self.reader.take(2).await, b"\r\n", "a chunk's end");
+            }
+        })
+        .await
+    }
+
+    /// Sends a masked WebSocket text frame (payload under 126 bytes).
+    async fn send_text(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        assert!(payload.len() < 126);
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.write.write_all(&frame).await.expect("write a frame");
+    }
+
+    /// The next WebSocket text frame from the gateway, as JSON (pings skipped).
+    async fn next_text(&mut self) -> Value {
+        within(async {
+            loop {
+                let head = self.reader.take(2).await;
+                let length = match head[1] & 0x7f {
+                    126 => {
+                        let n = self.reader.take(2).await;
+                        usize::from(u16::from_be_bytes([n[0], n[1]]))
+                    }
+                    127 => panic!("a frame too long for this test"),
+                    n => usize::from(n),
+                };
+                let payload = self.reader.take(length).await;
+                match head[0] & 0x0f {
+                    0x1 => return serde_json::from_slice(&payload).expect("a JSON frame"),
+                    0x9 | 0xa => continue,
+                    opcode => panic!("an unexpected frame {opcode:#x}: {payload:?}"),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Opens a connection on `path`: a fresh one (the lean path's), or one that first carried
+/// `GET /healthz` (hyper's).
+async fn connection_on(server: &TestServer, path: Path) -> Conn {
+    let mut conn = Conn::open(server).await;
+    if path == Hyper {
+        let health = conn
+            .exchange(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n", "GET")
+            .await;
+        assert_eq!(health.status, 200, "{health:?}");
+    }
+    conn
+}
+
 /// The path that answered an SSE stream: the lean path gives a stream its connection to
 /// itself and says so; hyper keeps the connection for another request.
 fn stream_path(answer: &Answer) -> Path {
@@ -555,17 +632,13 @@ async fn compare(case: Case) {
 
     // (a) The connection's first request (or after `before`, which the case makes lean
     // where it is): the lean path's if it is one of its routes.
-    let mut fresh = Conn::open(&server).await;
+    let mut fresh = connection_on(&server, Lean).await;
     before(&mut fresh).await;
     let first = fresh.exchange(&request, case.ask.method).await;
     let first_path = path_after(&mut fresh, &first).await;
 
     // (b) After `GET /healthz`, which the lean path never takes: hyper's.
-    let mut handed = Conn::open(&server).await;
-    let health = handed
-        .exchange(b"GET /healthz HTTP/1.1\r\nhost: handed\r\n\r\n", "GET")
-        .await;
-    assert_eq!(health.status, 200, "{route}: the hand-off's /healthz");
+    let mut handed = connection_on(&server, Hyper).await;
     before(&mut handed).await;
     let second = handed.exchange(&request, case.ask.method).await;
     let second_path = path_after(&mut handed, &second).await;
@@ -643,13 +716,10 @@ async fn client_etag(server: &TestServer) -> String {
 async fn the_lean_path_dates_its_answers() {
     let server = TestServer::start(open()).await;
     let request = get("/negotiate").bytes(&server, "");
-    let mut fresh = Conn::open(&server).await;
+    let mut fresh = connection_on(&server, Lean).await;
     let lean = fresh.exchange(&request, "GET").await;
     assert_eq!(fresh.probe().await, Some(Lean));
-    let mut handed = Conn::open(&server).await;
-    handed
-        .exchange(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n", "GET")
-        .await;
+    let mut handed = connection_on(&server, Hyper).await;
     let hyper = handed.exchange(&request, "GET").await;
     assert_eq!(handed.probe().await, Some(Hyper));
     assert!(hyper.header("date").is_some(), "hyper dates: {hyper:?}");
@@ -676,13 +746,7 @@ async fn a_long_poll_goes_on_with_its_subscription_on_both_paths() {
     let mut delivered = Vec::new();
     for path in [Lean, Hyper] {
         let channel = format!("kept-{path:?}");
-        let mut conn = Conn::open(&server).await;
-        if path == Hyper {
-            let health = conn
-                .exchange(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n", "GET")
-                .await;
-            assert_eq!(health.status, 200);
-        }
+        let mut conn = connection_on(&server, path).await;
         // Held (for its second), so that it subscribes: a poll that answers at once reads
         // history alone.
         let poll = get(&format!("/longpoll?channels={channel}&timeout=1"));
@@ -713,6 +777,57 @@ async fn a_long_poll_goes_on_with_its_subscription_on_both_paths() {
         (&delivered[0].1, &delivered[0].2),
         (&delivered[1].1, &delivered[1].2),
         "the same on a connection hyper serves: {delivered:?}"
+    );
+}
+
+/// An SSE stream, once open, delivers the same events on both paths.
+#[tokio::test]
+async fn an_sse_stream_delivers_alike_on_both_paths() {
+    let server = TestServer::start(open()).await;
+    let request = get("/sse?channels=delivered").bytes(&server, "");
+    let mut streams = Vec::new();
+    for path in [Lean, Hyper] {
+        let mut conn = connection_on(&server, path).await;
+        let open = conn.exchange(&request, "GET").await;
+        assert_eq!(stream_path(&open), path, "{open:?}");
+        streams.push((conn, open.body));
+    }
+    assert_eq!(streams[0].1, streams[1].1, "the open events");
+    server.publish("delivered", json!({"n": 1})).await;
+    let lean = streams[0].0.next_event().await;
+    let hyper = streams[1].0.next_event().await;
+    assert_eq!(lean["data"]["data"], json!({"n": 1}), "{lean}");
+    assert_eq!(
+        lean, hyper,
+        "the message events, lean (left) and hyper (right)"
+    );
+}
+
+/// A WebSocket, once upgraded, speaks alike on both paths: the `subscribed` frame, and a
+/// message published to it.
+#[tokio::test]
+async fn a_websocket_speaks_alike_on_both_paths() {
+    let server = TestServer::start(open()).await;
+    let request = upgrade("/ws").bytes(&server, "");
+    let subscribe = json!({"op": "subscribe", "channels": ["spoken"]}).to_string();
+    let mut sockets = Vec::new();
+    for path in [Lean, Hyper] {
+        let mut conn = connection_on(&server, path).await;
+        let upgraded = conn.exchange(&request, "GET").await;
+        assert_eq!(upgraded.status, 101, "{upgraded:?}");
+        conn.send_text(&subscribe).await;
+        let subscribed = conn.next_text().await;
+        sockets.push((conn, subscribed));
+    }
+    assert_eq!(sockets[0].1["op"], "subscribed", "{}", sockets[0].1);
+    assert_eq!(sockets[0].1, sockets[1].1, "the subscribed frames");
+    server.publish("spoken", json!({"n": 1})).await;
+    let lean = sockets[0].0.next_text().await;
+    let hyper = sockets[1].0.next_text().await;
+    assert_eq!(lean["data"], json!({"n": 1}), "{lean}");
+    assert_eq!(
+        lean, hyper,
+        "the message frames, lean (left) and hyper (right)"
     );
 }
 
