@@ -36,10 +36,8 @@ use std::collections::BTreeMap;
 
 use cascade::config::{Config, Transport};
 use serde_json::{Value, json};
-use support::{TestServer, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use support::TestServer;
+use support::raw_http::{Answer, Ask, Conn, ask, get, handshake, head, post, preflight, upgrade};
 
 /// The one origin the gateway's CORS allowlist names.
 const ALLOWED: &str = "https://app.example.com";
@@ -100,123 +98,6 @@ enum Path {
     Hyper,
 }
 use Path::{Hyper, Lean};
-
-/// A request, written by hand so that the test controls every byte of it.
-struct Ask {
-    method: &'static str,
-    target: String,
-    /// `{addr}` in a value is the gateway's address, `{etag}` the client script's `ETag`.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Whether a `Host` header is sent (an HTTP/1.1 request needs one).
-    host: bool,
-    /// Whether the body is sent chunked rather than with a length.
-    chunked: bool,
-    /// `HTTP/1.1`, or `HTTP/1.0`.
-    version: &'static str,
-}
-
-fn ask(method: &'static str, target: &str) -> Ask {
-    Ask {
-        method,
-        target: target.into(),
-        headers: Vec::new(),
-        body: Vec::new(),
-        host: true,
-        chunked: false,
-        version: "HTTP/1.1",
-    }
-}
-
-fn get(target: &str) -> Ask {
-    ask("GET", target)
-}
-
-fn head(target: &str) -> Ask {
-    ask("HEAD", target)
-}
-
-fn post(target: &str, body: impl Into<String>) -> Ask {
-    Ask {
-        body: body.into().into_bytes(),
-        ..ask("POST", target).header("content-type", "application/json")
-    }
-}
-
-/// A CORS preflight from `origin` for a `GET` that sends credentials in a header.
-fn preflight(target: &str, origin: &str) -> Ask {
-    ask("OPTIONS", target)
-        .header("origin", origin)
-        .header("access-control-request-method", "GET")
-        .header("access-control-request-headers", "authorization")
-}
-
-/// A WebSocket handshake with RFC 6455's sample key.
-fn upgrade(target: &str) -> Ask {
-    handshake(target, "13", "dGhlIHNhbXBsZSBub25jZQ==")
-}
-
-/// A WebSocket handshake of `version` with `key`.
-fn handshake(target: &str, version: &str, key: &str) -> Ask {
-    get(target)
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", version)
-        .header("sec-websocket-key", key)
-}
-
-impl Ask {
-    fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    fn without_host(mut self) -> Self {
-        self.host = false;
-        self
-    }
-
-    fn chunked(mut self) -> Self {
-        self.chunked = true;
-        self
-    }
-
-    fn http10(mut self) -> Self {
-        self.version = "HTTP/1.0";
-        self
-    }
-
-    fn bytes(&self, server: &TestServer, etag: &str) -> Vec<u8> {
-        let addr = server.addr.to_string();
-        let mut head = format!("{} {} {}\r\n", self.method, self.target, self.version);
-        if self.host {
-            head.push_str(&format!("host: {addr}\r\n"));
-        }
-        for (name, value) in &self.headers {
-            let value = value.replace("{addr}", &addr).replace("{etag}", etag);
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if self.chunked {
-            head.push_str("transfer-encoding: chunked\r\n\r\n");
-            head.push_str(&format!("{:x}\r\n", self.body.len()));
-            let mut bytes = head.into_bytes();
-            bytes.extend_from_slice(&self.body);
-            bytes.extend_from_slice(b"\r\n0\r\n\r\n");
-            return bytes;
-        }
-        if !self.body.is_empty() {
-            head.push_str(&format!("content-length: {}\r\n", self.body.len()));
-        }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
-    }
-
-    fn line(&self) -> String {
-        format!("{} {} {}", self.method, self.target, self.version)
-    }
-}
 
 /// One route's case: the request, what the lean path does with it on a fresh connection,
 /// the status both paths must answer, and what may legitimately differ in the bodies.
@@ -305,263 +186,15 @@ fn metric_names(body: &mut Value) {
     *body = described.join("\n").into();
 }
 
-/// An answer read off the socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Lower-case names, each with its values in the order sent.
-    headers: BTreeMap<String, Vec<String>>,
-    /// The body (de-chunked), or for an SSE stream its first event.
-    body: Value,
-    /// Nothing can follow on the connection (an upgrade, a stream, `connection: close`).
-    last: bool,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v[0].as_str())
-    }
-
-    fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-
-    fn is_stream(&self) -> bool {
-        self.header("content-type")
-            .is_some_and(|t| t.starts_with("text/event-stream"))
-    }
-}
-
-/// A raw keep-alive connection to the gateway.
-struct Conn {
-    reader: Reader,
-    write: OwnedWriteHalf,
-}
-
-/// A connection's read side.
-struct Reader {
-    read: OwnedReadHalf,
-    /// Read and not yet consumed.
-    rest: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(server: &TestServer) -> Self {
-        let stream = within(TcpStream::connect(server.addr))
-            .await
-            .expect("connect");
-        let (read, write) = stream.into_split();
-        Conn {
-            reader: Reader {
-                read,
-                rest: Vec::new(),
-            },
-            write,
-        }
-    }
-
-    /// Sends `bytes` and reads the answer to a request of `method`. The answer is read
-    /// while the request is written: a gateway may answer (and close) before it has read
-    /// a body it refuses, and the rest of the write then fails, which is the client's
-    /// loss, not the test's.
-    async fn exchange(&mut self, bytes: &[u8], method: &str) -> Answer {
-        let write = async {
-            let _ = self.write.write_all(bytes).await;
-        };
-        let ((), answer) = within(async { tokio::join!(write, self.reader.answer(method)) }).await;
-        answer
-    }
-
-    /// Which path the connection is on now: it asks for an SSE stream, which the lean
-    /// path always takes and answers with `connection: close`, and hyper never does.
-    /// `None` when the gateway closed the connection instead.
-    async fn probe(&mut self) -> Option<Path> {
-        let probe = b"GET /sse?channels=both-paths-probe HTTP/1.1\r\nhost: probe\r\n\r\n";
-        let _ = self.write.write_all(probe).await;
-        if self.reader.rest.is_empty() && !within(self.reader.more()).await {
-            return None;
-        }
-        let answer = within(self.reader.answer("GET")).await;
-        assert_eq!(answer.status, 200, "the probe's stream: {answer:?}");
-        assert!(answer.is_stream(), "the probe's stream: {answer:?}");
-        Some(stream_path(&answer))
-    }
-}
-
-impl Reader {
-    /// Reads more from the socket; panics when it closed.
-    async fn fill(&mut self) {
-        assert!(
-            self.more().await,
-            "connection closed mid-answer: {:?}",
-            String::from_utf8_lossy(&self.rest)
-        );
-    }
-
-    /// Reads more from the socket; false when it closed.
-    async fn more(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        let n = self.read.read(&mut chunk).await.expect("read");
-        self.rest.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Takes `n` bytes, reading as needed.
-    async fn take(&mut self, n: usize) -> Vec<u8> {
-        while self.rest.len() < n {
-            self.fill().await;
-        }
-        self.rest.drain(..n).collect()
-    }
-
-    /// Takes a line ending in CRLF, without it.
-    async fn line(&mut self) -> String {
-        loop {
-            if let Some(end) = self.rest.windows(2).position(|w| w == b"\r\n") {
-                let line = self.take(end + 2).await;
-                return String::from_utf8(line[..end].to_vec()).expect("utf-8 line");
-            }
-            self.fill().await;
-        }
-    }
-
-    /// Reads one answer: its head, and its body by its framing; of an SSE stream, the
-    /// first event only.
-    async fn answer(&mut self, method: &str) -> Answer {
-        let status_line = self.line().await;
-        let status: u16 = status_line
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("a status line: {status_line:?}"));
-        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        loop {
-            let line = self.line().await;
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':').expect("a header line");
-            headers
-                .entry(name.trim().to_ascii_lowercase())
-                .or_default()
-                .push(value.trim().to_owned());
-        }
-        let mut answer = Answer {
-            status,
-            headers,
-            body: Value::Null,
-            last: false,
-        };
-        let bodiless = method == "HEAD" || matches!(status, 101 | 204 | 304);
-        let chunked = answer
-            .header("transfer-encoding")
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        let raw = if bodiless {
-            Vec::new()
-        } else if chunked {
-            self.chunks(answer.is_stream()).await
-        } else {
-            let length = answer
-                .header("content-length")
-                .map(|l| l.parse().expect("a length"))
-                .unwrap_or_else(|| panic!("a framed body: {:?}", answer.headers));
-            self.take(length).await
-        };
-        answer.last = status == 101 || answer.is_stream() || answer.closes();
-        answer.body = if raw.is_empty() {
-            Value::Null
-        } else if answer.is_stream() {
-            first_event(&raw)
-        } else if answer
-            .header("content-type")
-            .is_some_and(|t| t.starts_with("application/json"))
-        {
-            serde_json::from_slice(&raw).expect("a JSON body")
-        } else {
-            String::from_utf8(raw).expect("a text body").into()
-        };
-        answer
-    }
-
-    /// A chunked body; of a stream, up to the end of its first event.
-    async fn chunks(&mut self, stream: bool) -> Vec<u8> {
-        let mut body = Vec::new();
-        loop {
-            let size = self.line().await;
-            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
-                .unwrap_or_else(|_| panic!("a chunk size: {size:?}"));
-            if size == 0 {
-                assert_eq!(self.line().await, "", "no trailers");
-                return body;
-            }
-            body.extend(self.take(size).await);
-            assert_eq!(self.take(2).await, b"\r\n", "a chunk's end");
-            if stream && body.windows(2).any(|w| w == b"\n\n") {
-                return body;
-            }
-        }
-    }
-}
-
-impl Conn {
-    /// The next event of an open SSE stream (heartbeats skipped), its fields as
-    /// [`first_event`] gives them.
-    async fn next_event(&mut self) -> Value {
-        let mut pending = Vec::new();
-        within(async {
-            loop {
-                if let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-                    let event: Vec<u8> = pending.drain(..end + 2).collect();
-                    let fields = first_event(&event);
-                    if fields.as_object().is_some_and(|f| !f.is_empty()) {
-                        return fields;
-                    }
-                    continue;
-                }
-                let size = self.reader.line().await;
-                let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-                assert!(size > 0, "the stream ended");
-                pending.extend(self.reader.take(size).await);
-                assert_eq!(self.reader.take(2).await, b"\r\n", "a chunk's end");
-            }
-        })
-        .await
-    }
-
-    /// Sends a masked WebSocket text frame (payload under 126 bytes).
-    async fn send_text(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        assert!(payload.len() < 126);
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.write.write_all(&frame).await.expect("write a frame");
-    }
-
-    /// The next WebSocket text frame from the gateway, as JSON (pings skipped).
-    async fn next_text(&mut self) -> Value {
-        within(async {
-            loop {
-                let head = self.reader.take(2).await;
-                let length = match head[1] & 0x7f {
-                    126 => {
-                        let n = self.reader.take(2).await;
-                        usize::from(u16::from_be_bytes([n[0], n[1]]))
-                    }
-                    127 => panic!("a frame too long for this test"),
-                    n => usize::from(n),
-                };
-                let payload = self.reader.take(length).await;
-                match head[0] & 0x0f {
-                    0x1 => return serde_json::from_slice(&payload).expect("a JSON frame"),
-                    0x9 | 0xa => continue,
-                    opcode => panic!("an unexpected frame {opcode:#x}: {payload:?}"),
-                }
-            }
-        })
-        .await
-    }
+/// Which path `conn` is on now: it asks for an SSE stream, which the lean path always
+/// takes and answers with `connection: close`, and hyper never does. `None` when the
+/// gateway closed the connection instead.
+async fn probe(conn: &mut Conn) -> Option<Path> {
+    let probe = b"GET /sse?channels=both-paths-probe HTTP/1.1\r\nhost: probe\r\n\r\n";
+    let answer = conn.try_exchange(probe, "GET").await?;
+    assert_eq!(answer.status, 200, "the probe's stream: {answer:?}");
+    assert!(answer.is_stream(), "the probe's stream: {answer:?}");
+    Some(stream_path(&answer))
 }
 
 /// Opens a connection on `path`: a fresh one (the lean path's), or one that first carried
@@ -583,23 +216,6 @@ fn stream_path(answer: &Answer) -> Path {
     if answer.closes() { Lean } else { Hyper }
 }
 
-/// The fields of the first event of an SSE body, its data parsed.
-fn first_event(raw: &[u8]) -> Value {
-    let text = std::str::from_utf8(raw).expect("utf-8 events");
-    let event = text.split("\n\n").next().unwrap_or("");
-    let mut fields = serde_json::Map::new();
-    for line in event.lines().filter(|l| !l.starts_with(':')) {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        let value = match field {
-            "data" => serde_json::from_str(value).expect("JSON data"),
-            _ => value.into(),
-        };
-        fields.insert(field.into(), value);
-    }
-    Value::Object(fields)
-}
-
 /// Headers that may differ between the paths, and why.
 const NOT_COMPARED: [(&str, &str); 1] = [(
     "date",
@@ -618,10 +234,12 @@ async fn compare(case: Case) {
     } else {
         String::new()
     };
-    let request = case.ask.bytes(&server, &etag);
+    let request = case.ask.bytes_with(&server, &[("etag", &etag)]);
     let before = async |conn: &mut Conn| {
         for ask in &case.before {
-            let answer = conn.exchange(&ask.bytes(&server, &etag), ask.method).await;
+            let answer = conn
+                .exchange(&ask.bytes_with(&server, &[("etag", &etag)]), ask.method)
+                .await;
             assert!(
                 !answer.last,
                 "{}: the connection goes on: {answer:?}",
@@ -681,7 +299,7 @@ async fn path_after(conn: &mut Conn, answer: &Answer) -> Option<Path> {
     if answer.last {
         return None;
     }
-    conn.probe().await
+    probe(conn).await
 }
 
 /// The headers both paths must send alike. An SSE stream's `connection: close` on the lean
@@ -715,13 +333,13 @@ async fn client_etag(server: &TestServer) -> String {
 #[tokio::test]
 async fn the_lean_path_dates_its_answers() {
     let server = TestServer::start(open()).await;
-    let request = get("/negotiate").bytes(&server, "");
+    let request = get("/negotiate").bytes(&server);
     let mut fresh = connection_on(&server, Lean).await;
     let lean = fresh.exchange(&request, "GET").await;
-    assert_eq!(fresh.probe().await, Some(Lean));
+    assert_eq!(probe(&mut fresh).await, Some(Lean));
     let mut handed = connection_on(&server, Hyper).await;
     let hyper = handed.exchange(&request, "GET").await;
-    assert_eq!(handed.probe().await, Some(Hyper));
+    assert_eq!(probe(&mut handed).await, Some(Hyper));
     assert!(hyper.header("date").is_some(), "hyper dates: {hyper:?}");
     assert!(
         lean.header("date").is_some(),
@@ -750,16 +368,16 @@ async fn a_long_poll_goes_on_with_its_subscription_on_both_paths() {
         // Held (for its second), so that it subscribes: a poll that answers at once reads
         // history alone.
         let poll = get(&format!("/longpoll?channels={channel}&timeout=1"));
-        let first = conn.exchange(&poll.bytes(&server, ""), "GET").await;
+        let first = conn.exchange(&poll.bytes(&server), "GET").await;
         assert_eq!(first.status, 200, "{first:?}");
         let cursor = first.body["cursor"].as_str().expect("a cursor").to_owned();
         for n in 1..=3 {
             server.publish(&channel, json!(n)).await;
         }
         let resume = get(&format!("/longpoll?cursor={cursor}&timeout=0"));
-        let next = conn.exchange(&resume.bytes(&server, ""), "GET").await;
+        let next = conn.exchange(&resume.bytes(&server), "GET").await;
         assert_eq!(next.status, 200, "{next:?}");
-        assert_eq!(conn.probe().await, Some(path), "the connection's path");
+        assert_eq!(probe(&mut conn).await, Some(path), "the connection's path");
         let data: Vec<Value> = next.body["messages"]
             .as_array()
             .expect("messages")
@@ -784,7 +402,7 @@ async fn a_long_poll_goes_on_with_its_subscription_on_both_paths() {
 #[tokio::test]
 async fn an_sse_stream_delivers_alike_on_both_paths() {
     let server = TestServer::start(open()).await;
-    let request = get("/sse?channels=delivered").bytes(&server, "");
+    let request = get("/sse?channels=delivered").bytes(&server);
     let mut streams = Vec::new();
     for path in [Lean, Hyper] {
         let mut conn = connection_on(&server, path).await;
@@ -808,7 +426,7 @@ async fn an_sse_stream_delivers_alike_on_both_paths() {
 #[tokio::test]
 async fn a_websocket_speaks_alike_on_both_paths() {
     let server = TestServer::start(open()).await;
-    let request = upgrade("/ws").bytes(&server, "");
+    let request = upgrade("/ws").bytes(&server);
     let subscribe = json!({"op": "subscribe", "channels": ["spoken"]}).to_string();
     let mut sockets = Vec::new();
     for path in [Lean, Hyper] {

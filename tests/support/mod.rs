@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod nodes;
+pub mod raw_http;
 
 use std::future::Future;
 use std::net::SocketAddr;
