@@ -90,6 +90,12 @@ impl Ask {
         self
     }
 
+    /// Gives the request `body` (sent with its length).
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.as_bytes().to_vec();
+        self
+    }
+
     /// Sends the body as one chunk rather than with a length.
     pub fn chunked(mut self) -> Self {
         self.chunked = true;
@@ -325,9 +331,13 @@ impl Reader {
     }
 
     /// Reads one answer: its head, and its body by its framing; of an SSE stream, the
-    /// first event only.
+    /// first event only. Interim answers (`100 Continue`) are skipped.
     async fn answer(&mut self, method: &str) -> Answer {
-        let status_line = self.line().await;
+        let mut status_line = self.line().await;
+        while status_line.starts_with("HTTP/1.1 1") && !status_line.starts_with("HTTP/1.1 101") {
+            while !self.line().await.is_empty() {}
+            status_line = self.line().await;
+        }
         let status: u16 = status_line
             .get(9..12)
             .and_then(|s| s.parse().ok())
