@@ -177,6 +177,12 @@ fn token(body: &mut Value) {
     assert_eq!(parts, Some(3), "a JWT: {token}");
 }
 
+/// A connect ticket is signed with its issue time: two a second apart differ.
+fn ticket(body: &mut Value) {
+    let ticket = body["ticket"].take();
+    assert!(ticket.is_string(), "a ticket: {ticket}");
+}
+
 /// The metrics' values change with every request (the two requests, the probes): the
 /// series they describe must not.
 fn metric_names(body: &mut Value) {
@@ -229,16 +235,17 @@ async fn compare(case: Case) {
     for (channel, data) in &case.history {
         server.publish(channel, data.clone()).await;
     }
-    let etag = if case.ask.headers.iter().any(|(_, v)| v.contains("{etag}")) {
-        client_etag(&server).await
-    } else {
-        String::new()
-    };
-    let request = case.ask.bytes_with(&server, &[("etag", &etag)]);
+    // What `{etag}` and `{token}` stand for in the case's headers.
+    let vars = [
+        ("etag", client_etag(&server).await),
+        ("token", alice(&server)),
+    ];
+    let vars = vars.each_ref().map(|(name, value)| (*name, value.as_str()));
+    let request = case.ask.bytes_with(&server, &vars);
     let before = async |conn: &mut Conn| {
         for ask in &case.before {
             let answer = conn
-                .exchange(&ask.bytes_with(&server, &[("etag", &etag)]), ask.method)
+                .exchange(&ask.bytes_with(&server, &vars), ask.method)
                 .await;
             assert!(
                 !answer.last,
@@ -314,6 +321,21 @@ fn compared_headers(answer: &Answer, differs: &[(&str, &str)]) -> BTreeMap<Strin
         headers.remove("connection");
     }
     headers
+}
+
+/// A token for `alice`, who may publish to `room:*`.
+fn alice(server: &TestServer) -> String {
+    let claims = cascade::auth::token::Claims {
+        sub: "alice".into(),
+        exp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 3600,
+        channels: Vec::new(),
+        publish: vec!["room:*".into()],
+    };
+    server.app.auth.sign(&claims).expect("a token")
 }
 
 /// The client script's `ETag`, asked on a connection of its own.
@@ -483,6 +505,7 @@ both_paths! {
     negotiate_close => case(Lean, open, get("/negotiate").header("connection", "close"), 200);
     negotiate_head => case(Hyper, open, head("/negotiate"), 405);
     negotiate_post => case(Hyper, open, post("/negotiate", "{}"), 405);
+    negotiate_token => case(Lean, open, get("/negotiate").header("authorization", "Bearer {token}"), 200).normalised(ticket);
     negotiate_cross_origin => case(Lean, open, get("/negotiate").header("origin", ALLOWED), 200);
     negotiate_same_origin => case(Lean, open, get("/negotiate").header("origin", "http://{addr}"), 200);
     // GET /poll
@@ -522,6 +545,8 @@ both_paths! {
     sse_with_upgrade => case(Hyper, open, get("/sse?channels=a").header("connection", "Upgrade").header("upgrade", "websocket"), 200);
     publish_expect_continue => case(Hyper, open, post("/publish", CHAT).header("expect", "100-continue"), 200).normalised(offset);
     target_absolute => case(Hyper, open, get("http://example.com/poll?channels=a"), 200);
+    poll_own_channel => case(Lean, open, get("/poll?channels=user:alice").header("authorization", "Bearer {token}"), 200);
+    poll_token_in_query => case(Lean, open, get("/poll?channels=user:alice&token={token}"), 200);
     poll_disabled => case(Lean, secure, get("/poll?channels=a"), 404);
     // GET /longpoll
     longpoll => case(Lean, open, get("/longpoll?channels=held&timeout=0"), 200);
@@ -565,6 +590,8 @@ both_paths! {
     publish_refused_origin => case(Lean, open, post("/publish", CHAT).header("origin", REFUSED), 403);
     publish_no_host => case(Hyper, open, post("/publish", CHAT).without_host(), 400);
     publish_anonymous => case(Lean, secure, post("/publish", CHAT), 401);
+    publish_token => case(Lean, secure, post("/publish", r#"{"channel":"room:1","data":1}"#).header("authorization", "Bearer {token}"), 200).normalised(offset);
+    publish_forbidden => case(Lean, secure, post("/publish", CHAT).header("authorization", "Bearer {token}"), 403);
     publish_bad_key => case(Lean, open, post("/publish", CHAT).header("x-cascade-api-key", "nope"), 401);
     // CORS preflights
     preflight_negotiate => case(Lean, open, preflight("/negotiate", ALLOWED), 204);

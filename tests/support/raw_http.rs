@@ -15,8 +15,8 @@ use super::{TestServer, within};
 pub struct Ask {
     pub method: &'static str,
     pub target: String,
-    /// `{addr}` in a value is the gateway's address; other `{name}`s are filled in by
-    /// [`Ask::bytes_with`].
+    /// `{addr}` in a value (or the target) is the gateway's address; other `{name}`s are
+    /// filled in by [`Ask::bytes_with`].
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// Whether a `Host` header is sent (an HTTP/1.1 request needs one).
@@ -115,16 +115,20 @@ impl Ask {
     /// The request's bytes, for `server`, each `{name}` of `vars` filled in.
     pub fn bytes_with(&self, server: &TestServer, vars: &[(&str, &str)]) -> Vec<u8> {
         let addr = server.addr.to_string();
-        let mut head = format!("{} {} {}\r\n", self.method, self.target, self.version);
+        let fill = |text: &str| {
+            let mut text = text.replace("{addr}", &addr);
+            for (var, filled) in vars {
+                text = text.replace(&format!("{{{var}}}"), filled);
+            }
+            text
+        };
+        let target = fill(&self.target);
+        let mut head = format!("{} {target} {}\r\n", self.method, self.version);
         if self.host {
             head.push_str(&format!("host: {addr}\r\n"));
         }
         for (name, value) in &self.headers {
-            let mut value = value.replace("{addr}", &addr);
-            for (var, filled) in vars {
-                value = value.replace(&format!("{{{var}}}"), filled);
-            }
-            head.push_str(&format!("{name}: {value}\r\n"));
+            head.push_str(&format!("{name}: {}\r\n", fill(value)));
         }
         if self.chunked {
             assert!(!self.body.is_empty(), "a chunked body of one chunk");
