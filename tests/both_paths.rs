@@ -84,6 +84,20 @@ fn one_publish() -> Config {
     config
 }
 
+/// Every transport but WebSocket.
+fn without_websocket() -> Config {
+    let mut config = open();
+    config.transports.retain(|t| *t != Transport::Websocket);
+    config
+}
+
+/// Long and short polling alone (the probe's SSE stream too is refused).
+fn only_polls() -> Config {
+    let mut config = open();
+    config.transports = vec![Transport::Longpoll, Transport::Poll];
+    config
+}
+
 /// Request bodies over 1 KiB are refused.
 fn small_bodies() -> Config {
     let mut config = open();
@@ -194,10 +208,13 @@ fn metric_names(body: &mut Value) {
 
 /// Which path `conn` is on now: it asks for an SSE stream, which the lean path always
 /// takes and answers with `connection: close`, and hyper never does. `None` when the
-/// gateway closed the connection instead.
+/// gateway closed the connection instead, or has SSE disabled.
 async fn probe(conn: &mut Conn) -> Option<Path> {
     let probe = b"GET /sse?channels=both-paths-probe HTTP/1.1\r\nhost: probe\r\n\r\n";
     let answer = conn.try_exchange(probe, "GET").await?;
+    if answer.body["error"]["code"] == "transport_disabled" {
+        return None;
+    }
     assert_eq!(answer.status, 200, "the probe's stream: {answer:?}");
     assert!(answer.is_stream(), "the probe's stream: {answer:?}");
     Some(stream_path(&answer))
@@ -566,6 +583,12 @@ both_paths! {
     sse_cross_origin => case(Lean, open, get("/sse?channels=streamed").header("origin", ALLOWED), 200);
     // GET /ws: the handshake.
     ws => case(Lean, open, upgrade("/ws"), 101);
+    ws_subprotocol => case(Lean, open, upgrade("/ws").header("sec-websocket-protocol", "chat"), 101);
+    ws_extensions => case(Lean, open, upgrade("/ws").header("sec-websocket-extensions", "permessage-deflate"), 101);
+    ws_as_firefox_asks => case(Lean, open, get("/ws").header("connection", "keep-alive, Upgrade").header("upgrade", "websocket").header("sec-websocket-version", "13").header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), 101);
+    ws_head => case(Hyper, open, head("/ws"), 405);
+    ws_disabled => case(Lean, without_websocket, upgrade("/ws"), 404);
+    sse_disabled => case(Lean, only_polls, get("/sse?channels=a"), 404);
     ws_without_upgrade => case(Lean, open, get("/ws"), 426);
     ws_bad_key => case(Lean, open, handshake("/ws", "13", "short"), 400);
     ws_old_version => case(Lean, open, handshake("/ws", "8", "dGhlIHNhbXBsZSBub25jZQ=="), 426);
@@ -620,6 +643,7 @@ both_paths! {
     demo_login => case(Hyper, open, post("/demo/login", r#"{"name":"alice"}"#), 200).normalised(token);
     demo_login_get => case(Hyper, open, get("/demo/login"), 405);
     demo_login_off => case(Hyper, secure, post("/demo/login", r#"{"name":"alice"}"#), 404);
+    demo_page_off => case(Lean, secure, get("/"), 404);
     demo_off => case(Lean, secure, get("/demo.js"), 404);
     // Health and metrics: hyper's on both connections.
     healthz => case(Hyper, open, get("/healthz"), 200);
