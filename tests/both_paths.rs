@@ -116,7 +116,7 @@ use Path::{Hyper, Lean};
 /// One route's case: the request, what the lean path does with it on a fresh connection,
 /// the status both paths must answer, and what may legitimately differ in the bodies.
 struct Case {
-    /// Whether the lean path takes the request as a connection's first.
+    /// Which path takes the request as a connection's first.
     first: Path,
     setup: fn() -> Config,
     ask: Ask,
@@ -519,12 +519,13 @@ both_paths! {
     negotiate_failed => case(Lean, open, get("/negotiate?failed=websocket:timeout,sse"), 200);
     negotiate_bad_failed => case(Lean, open, get("/negotiate?failed=carrier:pigeon"), 400);
     negotiate_bad_token => case(Lean, open, get("/negotiate").header("authorization", "Bearer nope"), 401);
-    negotiate_close => case(Lean, open, get("/negotiate").header("connection", "close"), 200);
-    negotiate_head => case(Hyper, open, head("/negotiate"), 405);
-    negotiate_post => case(Hyper, open, post("/negotiate", "{}"), 405);
     negotiate_token => case(Lean, open, get("/negotiate").header("authorization", "Bearer {token}"), 200).normalised(ticket);
+    negotiate_close => case(Lean, open, get("/negotiate").header("connection", "close"), 200);
     negotiate_cross_origin => case(Lean, open, get("/negotiate").header("origin", ALLOWED), 200);
     negotiate_same_origin => case(Lean, open, get("/negotiate").header("origin", "http://{addr}"), 200);
+    negotiate_head => case(Hyper, open, head("/negotiate"), 405);
+    negotiate_post => case(Hyper, open, post("/negotiate", "{}"), 405);
+    negotiate_http10 => case(Hyper, open, get("/negotiate").http10().without_host(), 200);
     // GET /poll
     poll_channels => case(Lean, open, get("/poll?channels=polled,other"), 200);
     poll_cursor => case(Lean, open, get("/poll?cursor=polled@x:0"), 200)
@@ -536,7 +537,113 @@ both_paths! {
     poll_refused_channel => case(Lean, open, get("/poll?channels=polled,user:bob"), 200);
     poll_only_refused_channels => case(Lean, open, get("/poll?channels=user:bob,user:carol"), 401);
     poll_bad_token => case(Lean, open, get("/poll?channels=a").header("authorization", "Bearer nope"), 401);
+    poll_own_channel => case(Lean, open, get("/poll?channels=user:alice").header("authorization", "Bearer {token}"), 200);
+    poll_token_in_query => case(Lean, open, get("/poll?channels=user:alice&token={token}"), 200);
     poll_backend => case(Lean, open, get("/poll?channels=user:bob").header("x-cascade-api-key", KEY), 200);
+    poll_disabled => case(Lean, secure, get("/poll?channels=a"), 404);
+    poll_head => case(Hyper, open, head("/poll?channels=a"), 405);
+    poll_put => case(Hyper, open, ask("PUT", "/poll"), 405);
+    // GET /longpoll
+    longpoll => case(Lean, open, get("/longpoll?channels=held&timeout=0"), 200);
+    longpoll_cursor => case(Lean, open, get("/longpoll?cursor=held@x:0&timeout=0"), 200)
+        .after_publishing("held", json!("one"));
+    longpoll_held => case(Lean, open, get("/longpoll?channels=held&timeout=1"), 200);
+    longpoll_bad_timeout => case(Lean, open, get("/longpoll?channels=held&timeout=soon"), 400);
+    // GET /sse: the head and the first (`open`) event.
+    sse => case(Lean, open, get("/sse?channels=streamed"), 200);
+    sse_cursor => case(Lean, open, get("/sse?channels=streamed&cursor=streamed@x:0"), 200)
+        .after_publishing("streamed", json!(1));
+    sse_last_event_id => case(Lean, open, get("/sse?channels=streamed").header("last-event-id", "streamed@x:0"), 200)
+        .after_publishing("streamed", json!(1));
+    sse_refused_channel => case(Lean, open, get("/sse?channels=streamed,user:bob"), 200);
+    sse_only_refused_channels => case(Lean, open, get("/sse?channels=user:bob"), 401);
+    sse_bad_cursor => case(Lean, open, get("/sse?cursor=streamed@@"), 400);
+    sse_cross_origin => case(Lean, open, get("/sse?channels=streamed").header("origin", ALLOWED), 200);
+    sse_disabled => case(Lean, only_polls, get("/sse?channels=a"), 404);
+    sse_with_upgrade => case(Hyper, open, get("/sse?channels=a").header("connection", "Upgrade").header("upgrade", "websocket"), 200);
+    // GET /ws: the handshake.
+    ws => case(Lean, open, upgrade("/ws"), 101);
+    ws_subprotocol => case(Lean, open, upgrade("/ws").header("sec-websocket-protocol", "chat"), 101);
+    ws_extensions => case(Lean, open, upgrade("/ws").header("sec-websocket-extensions", "permessage-deflate"), 101);
+    ws_as_firefox_asks => case(Lean, open, get("/ws").header("connection", "keep-alive, Upgrade").header("upgrade", "websocket").header("sec-websocket-version", "13").header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), 101);
+    ws_without_upgrade => case(Lean, open, get("/ws"), 426);
+    ws_bad_key => case(Lean, open, handshake("/ws", "13", "short"), 400);
+    ws_old_version => case(Lean, open, handshake("/ws", "8", "dGhlIHNhbXBsZSBub25jZQ=="), 426);
+    // Both paths take the first of two (RFC 6455 §11.3.1 allows each only once).
+    ws_two_keys => case(Lean, open, upgrade("/ws").header("sec-websocket-key", "c2Vjb25kIGtleSBoZXJlIQ=="), 101);
+    ws_two_versions => case(Lean, open, upgrade("/ws").header("sec-websocket-version", "8"), 101);
+    ws_refused_origin => case(Lean, open, upgrade("/ws").header("origin", REFUSED), 403);
+    ws_disabled => case(Lean, without_websocket, upgrade("/ws"), 404);
+    ws_head => case(Hyper, open, head("/ws"), 405);
+    // POST /publish
+    publish => case(Lean, open, post("/publish", CHAT), 200).normalised(offset);
+    publish_backend => case(Lean, secure, post("/publish", CHAT).header("x-cascade-api-key", KEY), 200).normalised(offset);
+    publish_token => case(Lean, secure, post("/publish", r#"{"channel":"room:1","data":1}"#).header("authorization", "Bearer {token}"), 200).normalised(offset);
+    publish_cross_origin => case(Lean, open, post("/publish", CHAT).header("origin", ALLOWED), 200).normalised(offset);
+    publish_over_budget => case(Lean, one_publish, post("/publish", CHAT), 429).after(post("/publish", CHAT));
+    publish_budget_of_a_backend => case(Lean, one_publish, post("/publish", CHAT).header("x-cascade-api-key", KEY), 200).after(post("/publish", CHAT)).normalised(offset);
+    publish_empty => case(Lean, open, post("/publish", "").header("content-length", "0"), 400);
+    publish_bad_json => case(Lean, open, post("/publish", "{nope"), 400);
+    publish_batch => case(Lean, open, post("/publish", format!("[{CHAT},{CHAT}]")).header("x-cascade-api-key", KEY), 200).normalised(offsets);
+    publish_batch_anonymous => case(Lean, open, post("/publish", format!("[{CHAT}]")), 403);
+    publish_too_large => case(Lean, small_bodies, post("/publish", big(1100)), 413).differs_in("connection", UNREAD);
+    publish_far_too_large => case(Lean, small_bodies, post("/publish", big(200_000)), 413).differs_in("connection", UNREAD);
+    publish_refused_origin => case(Lean, open, post("/publish", CHAT).header("origin", REFUSED), 403);
+    publish_anonymous => case(Lean, secure, post("/publish", CHAT), 401);
+    publish_forbidden => case(Lean, secure, post("/publish", CHAT).header("authorization", "Bearer {token}"), 403);
+    publish_bad_key => case(Lean, open, post("/publish", CHAT).header("x-cascade-api-key", "nope"), 401);
+    publish_without_length => case(Hyper, open, post("/publish", ""), 400);
+    publish_chunked => case(Hyper, open, post("/publish", CHAT).chunked(), 200).normalised(offset);
+    publish_expect_continue => case(Hyper, open, post("/publish", CHAT).header("expect", "100-continue"), 200).normalised(offset);
+    publish_no_host => case(Hyper, open, post("/publish", CHAT).without_host(), 400);
+    publish_get => case(Hyper, open, get("/publish"), 405);
+    // CORS preflights (OPTIONS, any path)
+    preflight_negotiate => case(Lean, open, preflight("/negotiate", ALLOWED), 204);
+    preflight_publish => case(Lean, open, preflight("/publish", ALLOWED), 204);
+    preflight_script => case(Lean, open, preflight("/cascade.js", ALLOWED), 204);
+    preflight_ws => case(Lean, open, preflight("/ws", ALLOWED), 204);
+    preflight_refused => case(Lean, open, preflight("/poll", REFUSED), 403);
+    options_without_origin => case(Lean, open, ask("OPTIONS", "/poll"), 204);
+    preflight_unknown => case(Hyper, open, preflight("/nowhere", ALLOWED), 204);
+    preflight_healthz => case(Hyper, open, preflight("/healthz", ALLOWED), 204);
+    // The client script and the demo's files
+    script => case(Lean, open, get("/cascade.js"), 200);
+    // KNOWN DISAGREEMENT (both fail): the lean path's 304 says `content-length: 0`,
+    // hyper's no length; RFC 9110 §8.6 forbids a length in a 304 other than the 200's.
+    script_fresh => case(Lean, open, get("/cascade.js").header("if-none-match", "{etag}"), 304);
+    script_fresh_any => case(Lean, open, get("/cascade.js").header("if-none-match", "*"), 304);
+    script_query => case(Lean, open, get("/cascade.js?v=2"), 200);
+    script_cross_origin => case(Lean, open, get("/cascade.js").header("origin", ALLOWED), 200);
+    script_refused_origin => case(Lean, open, get("/cascade.js").header("origin", REFUSED), 403);
+    script_head => case(Hyper, open, head("/cascade.js"), 200);
+    script_http10 => case(Hyper, open, get("/cascade.js").http10().without_host(), 200);
+    script_delete => case(Hyper, open, ask("DELETE", "/cascade.js"), 405);
+    demo_page => case(Lean, open, get("/"), 200);
+    demo_script => case(Lean, open, get("/demo.js"), 200);
+    demo_style => case(Lean, open, get("/demo.css"), 200);
+    demo_page_head => case(Hyper, open, head("/"), 200);
+    demo_page_off => case(Lean, secure, get("/"), 404);
+    demo_off => case(Lean, secure, get("/demo.js"), 404);
+    // POST /demo/login: hyper's on both connections.
+    demo_login => case(Hyper, open, post("/demo/login", r#"{"name":"alice"}"#), 200).normalised(token);
+    demo_login_get => case(Hyper, open, get("/demo/login"), 405);
+    demo_login_off => case(Hyper, secure, post("/demo/login", r#"{"name":"alice"}"#), 404);
+    // Health and metrics: hyper's on both connections.
+    healthz => case(Hyper, open, get("/healthz"), 200);
+    healthz_head => case(Hyper, open, head("/healthz"), 200);
+    healthz_post => case(Hyper, open, ask("POST", "/healthz"), 405);
+    readyz => case(Hyper, open, get("/readyz"), 200);
+    readyz_head => case(Hyper, open, head("/readyz"), 200);
+    metrics => case(Hyper, open, get("/metrics"), 200).normalised(metric_names);
+    metrics_head => case(Hyper, open, head("/metrics"), 200);
+    // Unknown paths, and heads without exactly one Host
+    unknown => case(Hyper, open, get("/nowhere"), 404);
+    no_host => case(Hyper, open, get("/poll?channels=a").without_host(), 400);
+    two_hosts => case(Hyper, open, get("/negotiate").header("host", "again"), 400);
+    // A page served by the proxy's host: its origin is the gateway's own when the proxy is
+    // trusted, and refused when not.
+    forwarded_host => case(Lean, behind_proxy, get("/negotiate").header("x-forwarded-for", "203.0.113.7").header("x-forwarded-host", "public.example, inner").header("origin", "https://public.example"), 200);
+    forwarded_host_untrusted => case(Lean, open, get("/negotiate").header("x-forwarded-host", "public.example").header("origin", "https://public.example"), 403);
     // Request targets. KNOWN DISAGREEMENT (the first two fail): `"`, `<` and `>` are no
     // URI characters (RFC 3986); hyper refuses such a target with a bare 400 (no JSON) and
     // closes, the lean path serves it.
@@ -554,116 +661,10 @@ both_paths! {
     target_path_utf8 => case(Hyper, open, get("/pollé?channels=a"), 404);
     target_double_slash => case(Hyper, open, get("//poll?channels=a"), 404);
     target_asterisk => case(Hyper, open, ask("OPTIONS", "*"), 204);
-    // Heads the lean path leaves to hyper.
+    target_absolute => case(Hyper, open, get("http://example.com/poll?channels=a"), 200);
+    // Heads the lean path leaves to hyper, or takes though they look unusual
     get_with_empty_length => case(Lean, open, get("/poll?channels=a").header("content-length", "0"), 200);
     get_with_body => case(Hyper, open, get("/poll?channels=a").body("hello"), 200);
     many_headers => case(Hyper, open, (0..70).fold(get("/poll?channels=a"), |a, i| a.header(&format!("x-{i}"), "v")), 200);
     h2c_upgrade => case(Hyper, open, get("/negotiate").header("connection", "Upgrade, HTTP2-Settings").header("upgrade", "h2c").header("http2-settings", ""), 200);
-    sse_with_upgrade => case(Hyper, open, get("/sse?channels=a").header("connection", "Upgrade").header("upgrade", "websocket"), 200);
-    publish_expect_continue => case(Hyper, open, post("/publish", CHAT).header("expect", "100-continue"), 200).normalised(offset);
-    target_absolute => case(Hyper, open, get("http://example.com/poll?channels=a"), 200);
-    poll_own_channel => case(Lean, open, get("/poll?channels=user:alice").header("authorization", "Bearer {token}"), 200);
-    poll_token_in_query => case(Lean, open, get("/poll?channels=user:alice&token={token}"), 200);
-    poll_disabled => case(Lean, secure, get("/poll?channels=a"), 404);
-    // GET /longpoll
-    longpoll => case(Lean, open, get("/longpoll?channels=held&timeout=0"), 200);
-    longpoll_cursor => case(Lean, open, get("/longpoll?cursor=held@x:0&timeout=0"), 200)
-        .after_publishing("held", json!("one"));
-    longpoll_held => case(Lean, open, get("/longpoll?channels=held&timeout=1"), 200);
-    longpoll_bad_timeout => case(Lean, open, get("/longpoll?channels=held&timeout=soon"), 400);
-    // GET /sse: the head and the first (`open`) event.
-    sse => case(Lean, open, get("/sse?channels=streamed"), 200);
-    sse_cursor => case(Lean, open, get("/sse?channels=streamed&cursor=streamed@x:0"), 200)
-        .after_publishing("streamed", json!(1));
-    sse_last_event_id => case(Lean, open, get("/sse?channels=streamed").header("last-event-id", "streamed@x:0"), 200)
-        .after_publishing("streamed", json!(1));
-    sse_refused_channel => case(Lean, open, get("/sse?channels=streamed,user:bob"), 200);
-    sse_only_refused_channels => case(Lean, open, get("/sse?channels=user:bob"), 401);
-    sse_bad_cursor => case(Lean, open, get("/sse?cursor=streamed@@"), 400);
-    sse_cross_origin => case(Lean, open, get("/sse?channels=streamed").header("origin", ALLOWED), 200);
-    // GET /ws: the handshake.
-    ws => case(Lean, open, upgrade("/ws"), 101);
-    ws_subprotocol => case(Lean, open, upgrade("/ws").header("sec-websocket-protocol", "chat"), 101);
-    ws_extensions => case(Lean, open, upgrade("/ws").header("sec-websocket-extensions", "permessage-deflate"), 101);
-    ws_as_firefox_asks => case(Lean, open, get("/ws").header("connection", "keep-alive, Upgrade").header("upgrade", "websocket").header("sec-websocket-version", "13").header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), 101);
-    ws_head => case(Hyper, open, head("/ws"), 405);
-    ws_disabled => case(Lean, without_websocket, upgrade("/ws"), 404);
-    sse_disabled => case(Lean, only_polls, get("/sse?channels=a"), 404);
-    ws_without_upgrade => case(Lean, open, get("/ws"), 426);
-    ws_bad_key => case(Lean, open, handshake("/ws", "13", "short"), 400);
-    ws_old_version => case(Lean, open, handshake("/ws", "8", "dGhlIHNhbXBsZSBub25jZQ=="), 426);
-    // Both paths take the first of two (RFC 6455 §11.3.1 allows each only once).
-    ws_two_keys => case(Lean, open, upgrade("/ws").header("sec-websocket-key", "c2Vjb25kIGtleSBoZXJlIQ=="), 101);
-    ws_two_versions => case(Lean, open, upgrade("/ws").header("sec-websocket-version", "8"), 101);
-    ws_refused_origin => case(Lean, open, upgrade("/ws").header("origin", REFUSED), 403);
-    // POST /publish
-    publish => case(Lean, open, post("/publish", CHAT), 200).normalised(offset);
-    publish_over_budget => case(Lean, one_publish, post("/publish", CHAT), 429).after(post("/publish", CHAT));
-    publish_budget_of_a_backend => case(Lean, one_publish, post("/publish", CHAT).header("x-cascade-api-key", KEY), 200).after(post("/publish", CHAT)).normalised(offset);
-    publish_empty => case(Lean, open, post("/publish", "").header("content-length", "0"), 400);
-    publish_without_length => case(Hyper, open, post("/publish", ""), 400);
-    publish_bad_json => case(Lean, open, post("/publish", "{nope"), 400);
-    publish_batch => case(Lean, open, post("/publish", format!("[{CHAT},{CHAT}]")).header("x-cascade-api-key", KEY), 200).normalised(offsets);
-    publish_batch_anonymous => case(Lean, open, post("/publish", format!("[{CHAT}]")), 403);
-    publish_too_large => case(Lean, small_bodies, post("/publish", big(1100)), 413).differs_in("connection", UNREAD);
-    publish_far_too_large => case(Lean, small_bodies, post("/publish", big(200_000)), 413).differs_in("connection", UNREAD);
-    publish_backend => case(Lean, secure, post("/publish", CHAT).header("x-cascade-api-key", KEY), 200).normalised(offset);
-    publish_chunked => case(Hyper, open, post("/publish", CHAT).chunked(), 200).normalised(offset);
-    publish_cross_origin => case(Lean, open, post("/publish", CHAT).header("origin", ALLOWED), 200).normalised(offset);
-    publish_refused_origin => case(Lean, open, post("/publish", CHAT).header("origin", REFUSED), 403);
-    publish_no_host => case(Hyper, open, post("/publish", CHAT).without_host(), 400);
-    publish_anonymous => case(Lean, secure, post("/publish", CHAT), 401);
-    publish_token => case(Lean, secure, post("/publish", r#"{"channel":"room:1","data":1}"#).header("authorization", "Bearer {token}"), 200).normalised(offset);
-    publish_forbidden => case(Lean, secure, post("/publish", CHAT).header("authorization", "Bearer {token}"), 403);
-    publish_bad_key => case(Lean, open, post("/publish", CHAT).header("x-cascade-api-key", "nope"), 401);
-    // CORS preflights
-    preflight_negotiate => case(Lean, open, preflight("/negotiate", ALLOWED), 204);
-    preflight_publish => case(Lean, open, preflight("/publish", ALLOWED), 204);
-    preflight_refused => case(Lean, open, preflight("/poll", REFUSED), 403);
-    preflight_script => case(Lean, open, preflight("/cascade.js", ALLOWED), 204);
-    options_without_origin => case(Lean, open, ask("OPTIONS", "/poll"), 204);
-    preflight_ws => case(Lean, open, preflight("/ws", ALLOWED), 204);
-    preflight_unknown => case(Hyper, open, preflight("/nowhere", ALLOWED), 204);
-    preflight_healthz => case(Hyper, open, preflight("/healthz", ALLOWED), 204);
-    // The client script and the demo's files
-    script => case(Lean, open, get("/cascade.js"), 200);
-    // KNOWN DISAGREEMENT (both fail): the lean path's 304 says `content-length: 0`,
-    // hyper's no length; RFC 9110 §8.6 forbids a length in a 304 other than the 200's.
-    script_fresh => case(Lean, open, get("/cascade.js").header("if-none-match", "{etag}"), 304);
-    script_fresh_any => case(Lean, open, get("/cascade.js").header("if-none-match", "*"), 304);
-    script_query => case(Lean, open, get("/cascade.js?v=2"), 200);
-    script_cross_origin => case(Lean, open, get("/cascade.js").header("origin", ALLOWED), 200);
-    script_refused_origin => case(Lean, open, get("/cascade.js").header("origin", REFUSED), 403);
-    script_http10 => case(Hyper, open, get("/cascade.js").http10().without_host(), 200);
-    script_head => case(Hyper, open, head("/cascade.js"), 200);
-    demo_page => case(Lean, open, get("/"), 200);
-    demo_script => case(Lean, open, get("/demo.js"), 200);
-    demo_style => case(Lean, open, get("/demo.css"), 200);
-    demo_page_head => case(Hyper, open, head("/"), 200);
-    demo_login => case(Hyper, open, post("/demo/login", r#"{"name":"alice"}"#), 200).normalised(token);
-    demo_login_get => case(Hyper, open, get("/demo/login"), 405);
-    demo_login_off => case(Hyper, secure, post("/demo/login", r#"{"name":"alice"}"#), 404);
-    demo_page_off => case(Lean, secure, get("/"), 404);
-    demo_off => case(Lean, secure, get("/demo.js"), 404);
-    // Health and metrics: hyper's on both connections.
-    healthz => case(Hyper, open, get("/healthz"), 200);
-    healthz_head => case(Hyper, open, head("/healthz"), 200);
-    readyz => case(Hyper, open, get("/readyz"), 200);
-    readyz_head => case(Hyper, open, head("/readyz"), 200);
-    metrics => case(Hyper, open, get("/metrics"), 200).normalised(metric_names);
-    metrics_head => case(Hyper, open, head("/metrics"), 200);
-    // Unknown paths, wrong methods, bad heads
-    unknown => case(Hyper, open, get("/nowhere"), 404);
-    poll_put => case(Hyper, open, ask("PUT", "/poll"), 405);
-    poll_head => case(Hyper, open, head("/poll?channels=a"), 405);
-    publish_get => case(Hyper, open, get("/publish"), 405);
-    healthz_post => case(Hyper, open, ask("POST", "/healthz"), 405);
-    script_delete => case(Hyper, open, ask("DELETE", "/cascade.js"), 405);
-    no_host => case(Hyper, open, get("/poll?channels=a").without_host(), 400);
-    // A page served by the proxy's host: its origin is the gateway's own when the proxy is
-    // trusted, and refused when not.
-    forwarded_host => case(Lean, behind_proxy, get("/negotiate").header("x-forwarded-for", "203.0.113.7").header("x-forwarded-host", "public.example, inner").header("origin", "https://public.example"), 200);
-    forwarded_host_untrusted => case(Lean, open, get("/negotiate").header("x-forwarded-host", "public.example").header("origin", "https://public.example"), 403);
-    negotiate_http10 => case(Hyper, open, get("/negotiate").http10().without_host(), 200);
-    two_hosts => case(Hyper, open, get("/negotiate").header("host", "again"), 400);
 }
