@@ -67,10 +67,10 @@ pub(super) fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: 
         Some(length) => {
             let room = usize::try_from(length).unwrap_or(0).min(64 * 1024);
             let mut head = Vec::with_capacity(256 + room);
-            // A `204` (a preflight's answer) has no body and must not give a length
-            // (RFC 9110, 8.6).
+            // A `204` (a preflight's answer) has no body and must not give a length, nor
+            // may a `304` give one other than its `200`'s (RFC 9110, 8.6).
             let framing = match parts.status {
-                StatusCode::NO_CONTENT => Framing::None,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => Framing::None,
                 _ => Framing::Length(length),
             };
             encode_head(&mut head, &parts, implied, framing, keep_alive);
@@ -421,7 +421,7 @@ pub(in crate::server) async fn write(stream: &TcpStream, info: &ConnInfo, bytes:
 /// How a response's body is delimited.
 #[derive(Clone, Copy)]
 pub(super) enum Framing {
-    /// No body at all (`101`, `204`).
+    /// No body at all (`101`, `204`, `304`).
     None,
     Length(u64),
     Chunked,
@@ -475,8 +475,8 @@ pub(super) fn encode_field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b"\r\n");
 }
 
-/// Appends the framing header, `connection: close` when the connection ends, and the
-/// head's end.
+/// Appends the framing header, `connection: close` when the connection ends, the date,
+/// and the head's end.
 pub(super) fn encode_framing(head: &mut Vec<u8>, framing: Framing, keep_alive: bool) {
     match framing {
         Framing::None => {}
@@ -490,7 +490,41 @@ pub(super) fn encode_framing(head: &mut Vec<u8>, framing: Framing, keep_alive: b
     if !keep_alive {
         head.extend_from_slice(b"connection: close\r\n");
     }
-    head.extend_from_slice(b"\r\n");
+    // RFC 9110, 6.6.1: a server with a clock dates its answers.
+    head.extend_from_slice(b"date: ");
+    DATE.with(|date| head.extend_from_slice(date.borrow_mut().now()));
+    head.extend_from_slice(b"\r\n\r\n");
+}
+
+thread_local! {
+    /// The thread's `Date` value, formatted once a second (as hyper does), not per answer.
+    static DATE: std::cell::RefCell<HttpDate> = const {
+        std::cell::RefCell::new(HttpDate { second: 0, text: [0; 29] })
+    };
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) and the second it names.
+struct HttpDate {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl HttpDate {
+    /// The date now, formatted anew only when the second has changed.
+    fn now(&mut self) -> &[u8] {
+        let now = std::time::SystemTime::now();
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == self.text.len() {
+                self.text.copy_from_slice(text.as_bytes());
+                self.second = second;
+            }
+        }
+        &self.text
+    }
 }
 
 #[cfg(test)]
@@ -530,16 +564,19 @@ mod tests {
         let mut head = Vec::new();
         encode_head(&mut head, &parts, implied, Framing::Length(2), false);
         let head = String::from_utf8(head).unwrap();
+        let (head, date) = head.split_once("date: ").expect("a date");
         assert_eq!(
             head,
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
-             vary: Origin\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+             vary: Origin\r\ncontent-length: 2\r\nconnection: close\r\n"
         );
+        let date = date.strip_suffix("\r\n\r\n").expect("the head's end");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         let mut head = Vec::new();
         encode_head(&mut head, &parts, &[], Framing::Chunked, true);
         let head = String::from_utf8(head).unwrap();
         assert!(
-            head.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            head.contains("transfer-encoding: chunked\r\ndate: "),
             "{head}"
         );
     }
