@@ -187,18 +187,20 @@ async fn serve_hyper(
         http2: (protocol == Protocol::Http2).then(|| Http2Deadlines::new(&app)),
     };
     let streams = ends.http2.as_ref().map(|d| d.activity.clone());
+    let kept = routes::KeptPoll::default();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let refused = info.forwarded(req.headers_mut()).err();
         req.extensions_mut().insert(info.clone());
         let stream = streams.as_ref().map(|s| s.open());
         let app = app.clone();
+        let kept = kept.clone();
         // Boxed: hyper keeps room for one in-flight request future per connection for
         // as long as the connection lives, so an inline one would cost every idle
         // connection the size of the largest route.
         Box::pin(async move {
             let response = match refused {
                 Some(err) => Ok(routes::refuse(&app, &err)),
-                None => routes::handle(app, req).await,
+                None => routes::handle(app, req, kept).await,
             };
             match stream {
                 Some(stream) => response.map(|r| r.map(|body| h2::Counted::wrap(body, stream))),

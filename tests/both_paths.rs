@@ -18,8 +18,9 @@
 //! rule alone: the first request of a connection is the lean path's when it is one of its
 //! routes, and a connection that carried `GET /healthz` is hyper's for good.
 //!
-//! What may differ, and why, is named where it is allowed: no `date` from the lean path
-//! (a disagreement, with a failing test of its own: [`NOT_COMPARED`]); an SSE stream's
+//! What may differ, and why, is named where it is allowed: the `date` (the second may
+//! turn between the two answers; that both paths send one is a test of its own:
+//! [`NOT_COMPARED`]); an SSE stream's
 //! `connection: close` (see [`compared_headers`]); `connection` after a body over the
 //! limit (`UNREAD`). Both paths frame alike (a length for every complete body, chunks for
 //! a stream), so framing headers are compared as they are.
@@ -27,8 +28,8 @@
 //! Beyond single answers, a few tests compare what follows on the connection: an SSE
 //! stream's events, a WebSocket's frames, and a long poll's kept subscription.
 //!
-//! The table of cases is at the end: a route is one line. Cases marked KNOWN DISAGREEMENT
-//! fail until the paths agree.
+//! The table of cases is at the end: a route is one line. Cases marked "once disagreed"
+//! failed until the paths were made to agree; each guards its fix.
 
 mod support;
 
@@ -364,11 +365,9 @@ async fn client_etag(server: &TestServer) -> String {
     answer.header("etag").expect("an etag").to_owned()
 }
 
-/// The lean path sends no `Date` header, which hyper adds to every answer; RFC 9110
-/// §6.6.1 says an origin server with a clock MUST send one with 2xx, 3xx and 4xx answers.
-/// KNOWN DISAGREEMENT between the paths: this test fails until the lean path dates its
-/// answers (it is left out of the table's comparison, where it would fail every lean
-/// case).
+/// Both paths date their answers: RFC 9110 §6.6.1 says an origin server with a clock
+/// MUST send `Date` with 2xx, 3xx and 4xx answers. Once disagreed: the lean path sent
+/// none (the date is left out of the table's comparison, as its second may turn).
 #[tokio::test]
 async fn the_lean_path_dates_its_answers() {
     let server = TestServer::start(open()).await;
@@ -391,10 +390,9 @@ async fn the_lean_path_dates_its_answers() {
 /// no longer retains it (docs/PROTOCOL.md, `GET /longpoll`: "On a keep-alive connection
 /// the server keeps the poll's live subscription after the answer").
 ///
-/// KNOWN DISAGREEMENT between the paths: hyper's connections keep nothing between
-/// requests (`routes::route`), so on a connection hyper serves the next poll reads history
-/// and gets a gap where the lean path delivers every message. This test fails until the
-/// paths agree.
+/// Once disagreed: hyper's connections kept nothing between requests, so on a connection
+/// hyper served the next poll read history and got a gap where the lean path delivered
+/// every message.
 #[tokio::test]
 async fn a_long_poll_goes_on_with_its_subscription_on_both_paths() {
     let mut config = open();
@@ -608,8 +606,8 @@ both_paths! {
     preflight_healthz => case(Hyper, open, preflight("/healthz", ALLOWED), 204);
     // The client script and the demo's files
     script => case(Lean, open, get("/cascade.js"), 200);
-    // KNOWN DISAGREEMENT (both fail): the lean path's 304 says `content-length: 0`,
-    // hyper's no length; RFC 9110 §8.6 forbids a length in a 304 other than the 200's.
+    // Once disagreed: the lean path's 304 said `content-length: 0`, hyper's no length;
+    // RFC 9110 §8.6 forbids a length in a 304 other than the 200's.
     script_fresh => case(Lean, open, get("/cascade.js").header("if-none-match", "{etag}"), 304);
     script_fresh_any => case(Lean, open, get("/cascade.js").header("if-none-match", "*"), 304);
     script_query => case(Lean, open, get("/cascade.js?v=2"), 200);
@@ -644,9 +642,9 @@ both_paths! {
     // trusted, and refused when not.
     forwarded_host => case(Lean, behind_proxy, get("/negotiate").header("x-forwarded-for", "203.0.113.7").header("x-forwarded-host", "public.example, inner").header("origin", "https://public.example"), 200);
     forwarded_host_untrusted => case(Lean, open, get("/negotiate").header("x-forwarded-host", "public.example").header("origin", "https://public.example"), 403);
-    // Request targets. KNOWN DISAGREEMENT (the first two fail): `"`, `<` and `>` are no
-    // URI characters (RFC 3986); hyper refuses such a target with a bare 400 (no JSON) and
-    // closes, the lean path serves it.
+    // Request targets. Once disagreed (the first two): `"`, `<` and `>` are no URI
+    // characters (RFC 3986); hyper refuses such a target with a bare 400 (no JSON) and
+    // closes, and the lean path served it; it now hands such a head to hyper.
     target_quote => case(Lean, open, get("/negotiate?x=\"y\""), 400);
     target_angles => case(Lean, open, get("/poll?channels=<a>"), 400);
     target_backslash => case(Lean, open, get("/poll?channels=a\\b"), 400);

@@ -7,7 +7,7 @@ pub mod table;
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use crate::http::{
 };
 use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
 
+use crate::sync::Unpoisoned;
 use table::Handler;
 
 /// Routes one request; never fails (errors are answered as JSON).
@@ -30,12 +31,19 @@ use table::Handler;
 /// A browser origin outside the allowlist is refused before any route runs (for `/ws`
 /// this is the cross-site WebSocket hijacking check); an allowed cross-origin caller gets
 /// CORS headers on every answer, errors included, so that it can read them.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+///
+/// `kept` is the connection's: a long poll's subscription, kept for the connection's next
+/// poll as on the lean path ([`Kept::poll`]).
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    kept: KeptPoll,
+) -> Result<Response<Body>, Infallible> {
     let mut admission = Admission::of(&app, req.headers(), req.method() == Method::OPTIONS);
     if let Err(err) = one_host(&req) {
         admission.origin = Err(err);
     }
-    let mut response = answer(app, admission, req, route).await;
+    let mut response = answer(app, admission, req, |app, req| route(app, req, kept)).await;
     add_implied_headers(&mut response);
     Ok(response)
 }
@@ -75,6 +83,11 @@ pub fn handle_lean<'t>(
         (response, kept)
     }
 }
+
+/// A long poll's subscription, kept between the requests of a connection hyper serves: a
+/// lock, as HTTP/2 may carry requests at once (the first poll takes it, the others read
+/// history).
+pub type KeptPoll = Arc<Mutex<Option<long_poll::Carry>>>;
 
 /// What a lean route leaves to its connection besides the answer.
 #[derive(Default)]
@@ -176,7 +189,9 @@ fn preflight() -> Response<Body> {
 
 /// Each handler's future is boxed, so a request costs the size of its own route's state
 /// rather than that of the largest route.
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<Response<Body>> {
+    // Any other request releases the kept subscription, as on the lean path.
+    let carried = kept.locked().take();
     let path = req.uri().path();
     let Some(route) = table::find(path) else {
         return Err(Error::NotFound(crate::protocol::truncate_for_message(path)));
@@ -193,12 +208,15 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> 
             match transport {
                 Transport::Websocket => Box::pin(upgrade(app, req)).await,
                 Transport::Sse => Box::pin(sse::serve(app, req)).await,
-                // hyper's connections keep nothing between requests, and have no timer to
-                // lend.
+                // hyper's connections have no timer to lend: one for this poll.
                 Transport::Longpoll => {
                     Box::pin(async move {
                         let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-                        long_poll::serve(app, Box::new(req), &mut None, timer).await
+                        let mut carried = carried;
+                        let answer =
+                            long_poll::serve(app, Box::new(req), &mut carried, timer).await;
+                        *kept.locked() = carried;
+                        answer
                     })
                     .await
                 }

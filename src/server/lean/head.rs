@@ -142,6 +142,11 @@ pub(super) fn lean_request(
     info: &ConnInfo,
 ) -> Option<(Box<LeanRequest>, bool)> {
     let target = parsed.path?;
+    // Characters no URI holds (RFC 3986), which httparse lets through and hyper refuses:
+    // its refusal is the answer, as for any head this path does not understand.
+    if memchr::memchr3(b'"', b'<', b'>', target.as_bytes()).is_some() {
+        return None;
+    }
     let path = &target[..crate::http::path_end(target)];
     let route = crate::routes::table::find(path).filter(|route| route.lean)?;
     // A preflight: a cross-origin page that sends credentials in a header asks before its
