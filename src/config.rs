@@ -97,6 +97,10 @@ impl Default for TokenConfig {
     }
 }
 
+/// `token.hmac_secret` of the shipped development config, `config/cascade.toml`. It is
+/// public: a gateway that signs or verifies with it accepts tokens anyone can make.
+pub const DEVELOPMENT_SECRET: &str = "dev-only-secret-change-me";
+
 /// A configuration value that must never be printed.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -479,6 +483,21 @@ impl Config {
         Ok(())
     }
 
+    /// Whether client tokens or connect tickets are signed with [`DEVELOPMENT_SECRET`]:
+    /// tokens when it is `token.hmac_secret` and no public key replaces it, tickets when it
+    /// is `token.ticket_secret`, or `token.hmac_secret` which they then derive from.
+    pub fn uses_development_secret(&self) -> bool {
+        let token = &self.token;
+        let is_dev = |s: &Secret| s.expose() == DEVELOPMENT_SECRET;
+        let tokens = token.public_key_file.is_empty() && is_dev(&token.hmac_secret);
+        let tickets = if token.ticket_secret.expose().is_empty() {
+            is_dev(&token.hmac_secret)
+        } else {
+            is_dev(&token.ticket_secret)
+        };
+        tokens || tickets
+    }
+
     /// Whether `transport` is enabled.
     pub fn enabled(&self, transport: Transport) -> bool {
         self.transports.contains(&transport)
@@ -630,5 +649,39 @@ mod tests {
         let text = include_str!("../config/cascade.toml");
         let c = Config::from_sources(text, env(&[])).unwrap();
         assert!(c.demo, "the shipped dev config serves the demo");
+        assert!(
+            c.uses_development_secret(),
+            "DEVELOPMENT_SECRET is config/cascade.toml's token.hmac_secret"
+        );
+    }
+
+    #[test]
+    fn the_development_secret_is_recognised_wherever_it_signs() {
+        let dev = ("CASCADE_TOKEN_HMAC_SECRET", DEVELOPMENT_SECRET);
+        let own = "an-operator-secret-of-32-bytes!!";
+        let cases: [(&[(&str, &str)], bool); 6] = [
+            (&[], false),
+            (&[("CASCADE_TOKEN_HMAC_SECRET", own)], false),
+            (&[dev], true),
+            // Tickets derive from the development secret even when tokens do not use it.
+            (&[dev, ("CASCADE_TOKEN_PUBLIC_KEY_FILE", "/k.pem")], true),
+            (
+                &[
+                    dev,
+                    ("CASCADE_TOKEN_PUBLIC_KEY_FILE", "/k.pem"),
+                    ("CASCADE_TOKEN_TICKET_SECRET", own),
+                ],
+                false,
+            ),
+            (&[("CASCADE_TOKEN_TICKET_SECRET", DEVELOPMENT_SECRET)], true),
+        ];
+        for (vars, expected) in cases {
+            let c = Config::from_sources("", env(vars)).unwrap();
+            assert_eq!(c.uses_development_secret(), expected, "{vars:?}");
+        }
+        // The shipped file with a secret of the operator's own, as the README advises.
+        let text = include_str!("../config/cascade.toml");
+        let c = Config::from_sources(text, env(&[("CASCADE_TOKEN_HMAC_SECRET", own)])).unwrap();
+        assert!(!c.uses_development_secret());
     }
 }

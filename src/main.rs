@@ -120,6 +120,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // runs before the port is bound: a gateway that logs "listening" is one that serves.
         let listen = config.listen;
         let app = App::new(config)?;
+        if app.config.uses_development_secret() {
+            tracing::warn!(
+                "INSECURE: tokens or tickets are signed with the development secret published \
+                 in config/cascade.toml, so anyone can sign a token for any user; set \
+                 CASCADE_TOKEN_HMAC_SECRET (and CASCADE_TOKEN_TICKET_SECRET) to secrets of \
+                 your own, or run without the development config"
+            );
+        }
+        if app.config.demo {
+            tracing::warn!(
+                "demo = true: POST /demo/login signs a token for any user name it is given; \
+                 turn the demo off outside development"
+            );
+        }
         if app.auth.nobody_can_publish() {
             tracing::warn!(
                 "nothing can publish: no api_keys, no token key (token.hmac_secret or \
