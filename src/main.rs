@@ -134,6 +134,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                  turn the demo off outside development"
             );
         }
+        open_files_limit(app.config.limits.max_connections);
         if app.auth.nobody_can_publish() {
             tracing::warn!(
                 "nothing can publish: no api_keys, no token key (token.hmac_secret or \
@@ -160,6 +161,70 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .context("the accept loop panicked")?;
         Ok(())
     })
+}
+
+/// File descriptors the gateway needs besides its clients' connections: the listener,
+/// the engine's connections, the runtime's own, with room to spare.
+#[cfg(unix)]
+const SPARE_FILES: libc::rlim_t = 64;
+
+/// Raises the soft open-files limit to the hard one, where the platform allows (container
+/// runtimes often start processes at a soft limit of 1024, and every connection is a
+/// file), and warns when even that is too low for `limits.max_connections`: connections
+/// past the limit fail at accept (EMFILE) instead of being answered 503.
+fn open_files_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let (before, after) = match raise_open_files_limit() {
+            Ok(limits) => limits,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the open-files limit");
+                return;
+            }
+        };
+        if after > before {
+            tracing::info!(from = before, to = after, "raised the open-files limit");
+        }
+        let needed = (max_connections as libc::rlim_t).saturating_add(SPARE_FILES);
+        if after < needed {
+            tracing::warn!(
+                open_files = after,
+                max_connections,
+                "the open-files limit is below limits.max_connections + {SPARE_FILES}: \
+                 connections past it fail at accept instead of being answered 503; raise \
+                 the hard limit (docker run --ulimit nofile=N:N, systemd LimitNOFILE=N) or \
+                 lower limits.max_connections"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
+}
+
+/// Sets the soft `RLIMIT_NOFILE` to the hard one; returns the soft limit before and after
+/// (unchanged when the kernel refuses, as macOS does for an unlimited hard limit).
+#[cfg(unix)]
+fn raise_open_files_limit() -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok((before, raised.rlim_cur));
+        }
+    }
+    Ok((before, before))
 }
 
 /// Warns once when the engine has not answered a few seconds after start-up: the gateway
