@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -15,6 +16,7 @@ use super::{DEADLINE, SseClient, WsClient, within};
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -27,35 +29,55 @@ impl Node {
         }
         command
             .env("CASCADE_LISTEN", "127.0.0.1:0")
-            .env("CASCADE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("CASCADE_LOG", "info");
         for (key, value) in env {
             command.env(key, value);
         }
+        Node::start(command)
+    }
+
+    /// Runs `command`, a `cascade` whose arguments and environment the caller set (it must
+    /// listen on a port of 127.0.0.1, and log at info), until it logs its listen address.
+    pub fn start(mut command: Command) -> Node {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn cascade");
         let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         // Keeps draining the log so the child never blocks on a full pipe.
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
+                let addr = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("listen="))
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                {
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                lines.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(DEADLINE)
-            .expect("cascade printed its listen address");
-        Node { child, addr }
+        let Ok(addr) = rx.recv_timeout(DEADLINE) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cascade did not print its listen address; its log: {:#?}",
+                log.lock().unwrap()
+            );
+        };
+        Node { child, addr, log }
+    }
+
+    /// The lines the node has logged so far: every start-up line once `spawn` returned.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn url(&self, path: &str) -> String {
