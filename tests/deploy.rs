@@ -15,8 +15,8 @@ use cascade::auth::Auth;
 use cascade::auth::token::{Claims, now_secs};
 use cascade::config::{Config, DEVELOPMENT_SECRET};
 use serde_json::{Value, json};
-use support::http;
 use support::nodes::Node;
+use support::{eventually, http};
 
 /// A repository file's text.
 fn read(path: &str) -> String {
@@ -366,6 +366,11 @@ async fn compose_opts_into_the_development_config_which_is_warned_about() {
         node.log()
     );
     assert_eq!(status(http().get(node.url("/"))).await, 200, "the demo");
+    let ready = node.url("/readyz");
+    eventually("redis", || async {
+        status(http().get(&ready)).await == 200
+    })
+    .await;
     assert_eq!(publish(&node, None).await.0, 200, "open publishing");
 
     // The development config with a secret of one's own: no secret warning.
@@ -652,10 +657,23 @@ async fn the_kubernetes_pod_starts_and_answers_its_probes() {
     assert!(logged(&node, "nothing can publish"), "{:#?}", node.log());
     assert!(!logged(&node, "INSECURE"), "{:#?}", node.log());
     let container = k.container();
-    for probe in [&container["readinessProbe"], &container["livenessProbe"]] {
-        let path = probe["httpGet"]["path"].as_str().unwrap();
-        assert_eq!(status(http().get(node.url(path))).await, 200, "{path}");
-    }
+    // Live at once; ready once its Redis connection is up, as the kubelet would see.
+    let liveness = container["livenessProbe"]["httpGet"]["path"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        status(http().get(node.url(liveness))).await,
+        200,
+        "{liveness}"
+    );
+    let readiness = container["readinessProbe"]["httpGet"]["path"]
+        .as_str()
+        .unwrap();
+    let ready = node.url(readiness);
+    eventually(readiness, || async {
+        status(http().get(&ready)).await == 200
+    })
+    .await;
     let annotations = &k.get("Deployment")["spec"]["template"]["metadata"]["annotations"];
     let metrics = annotations["prometheus.io/path"].as_str().unwrap();
     assert_eq!(status(http().get(node.url(metrics))).await, 200);
