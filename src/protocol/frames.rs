@@ -1,0 +1,131 @@
+//! The frames a WebSocket client sends: subscribe, unsubscribe and publish, parsed
+//! without copying the published payload.
+
+use super::truncate_for_message;
+use crate::error::Error;
+
+/// A frame a WebSocket client sends.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// `{"op":"subscribe","channels":[..],"cursor":".."}`; either part may be absent.
+    Subscribe {
+        /// Channel names, unvalidated.
+        channels: Option<Vec<String>>,
+        /// A cursor, unparsed.
+        cursor: Option<String>,
+    },
+    /// `{"op":"unsubscribe","channels":[..]}`.
+    Unsubscribe {
+        /// Channel names, unvalidated.
+        channels: Vec<String>,
+    },
+    /// `{"op":"publish","channel":"..","data":<JSON>,"id":7}`.
+    Publish {
+        /// The channel name, unvalidated.
+        channel: String,
+        /// The payload, as sent.
+        data: &'a serde_json::value::RawValue,
+        /// Echoed in the `ack` or `error` frame.
+        id: Option<u64>,
+    },
+}
+
+/// The fields any frame may carry. A flat struct rather than an internally tagged enum:
+/// serde buffers tagged enums, which `RawValue` cannot be read from.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrame<'a> {
+    op: String,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+/// `Some` for a present field, even one holding JSON `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de serde_json::value::RawValue>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
+impl<'a> ClientFrame<'a> {
+    /// Parses a text frame. On failure returns the frame's `id` (when it has a readable
+    /// one, to echo it) with a `bad_json` or `bad_frame` error.
+    pub fn parse(text: &'a str) -> Result<Self, (Option<u64>, Error)> {
+        let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|err| {
+            #[derive(serde::Deserialize)]
+            struct Id {
+                id: Option<u64>,
+            }
+            let id = serde_json::from_str::<Id>(text).ok().and_then(|f| f.id);
+            let err = if err.is_data() {
+                Error::BadFrame(err.to_string())
+            } else {
+                Error::BadJson(err.to_string())
+            };
+            (id, err)
+        })?;
+        let missing = |field: &str| (raw.id, Error::BadFrame(format!("{} needs {field}", raw.op)));
+        match raw.op.as_str() {
+            "subscribe" => Ok(ClientFrame::Subscribe {
+                channels: raw.channels,
+                cursor: raw.cursor,
+            }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+                channels: raw.channels.ok_or_else(|| missing("channels"))?,
+            }),
+            "publish" => Ok(ClientFrame::Publish {
+                channel: raw.channel.clone().ok_or_else(|| missing("channel"))?,
+                data: raw.data.ok_or_else(|| missing("data"))?,
+                id: raw.id,
+            }),
+            other => Err((
+                raw.id,
+                Error::BadFrame(format!(
+                    "unknown op {:?}: use subscribe, unsubscribe or publish",
+                    truncate_for_message(other)
+                )),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_with_escapes_and_null_data() {
+        let frame =
+            ClientFrame::parse(r#"{"op":"publish","channel":"room\/1","data":null,"id":3}"#)
+                .unwrap();
+        let ClientFrame::Publish { channel, data, id } = frame else {
+            panic!("publish");
+        };
+        assert_eq!(
+            (channel.as_str(), data.get(), id),
+            ("room/1", "null", Some(3))
+        );
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"subscribe","channels":["a"]}"#),
+            Ok(ClientFrame::Subscribe { .. })
+        ));
+        let code = |text: &str| ClientFrame::parse(text).unwrap_err().1.code();
+        assert_eq!(code("{"), "bad_json");
+        assert_eq!(code(r#"{"op":"dance"}"#), "bad_frame");
+        assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), "bad_frame");
+        assert_eq!(code(r#"{"op":"subscribe","extra":1}"#), "bad_frame");
+        assert_eq!(code("[]"), "bad_frame");
+        assert_eq!(
+            ClientFrame::parse(r#"{"op":"x","id":9}"#).unwrap_err().0,
+            Some(9)
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! The message object as delivered (`{"channel":..,"epoch":..,"offset":..,"ts":..,"data":..}`),
+//! built once at publish and shared by every subscriber; the gap that stands in for lost
+//! history; and the compaction that keeps a payload on one line.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{Channel, Epoch, Position, parse_offset, put_cursor};
+
+/// Tells a reader that the history it asked for is gone: it continues from `first`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The channel whose history was lost.
+    pub channel: Channel,
+    /// The channel's current epoch.
+    pub epoch: Epoch,
+    /// The first offset still retained (the next one to be published if none is).
+    pub first: u64,
+}
+
+impl Gap {
+    /// The gap as its JSON object, `{"channel":..,"epoch":..,"first":..}`.
+    pub fn to_json(&self) -> String {
+        // Channel and epoch alphabets need no JSON escaping.
+        format!(
+            r#"{{"channel":"{}","epoch":"{}","first":{}}}"#,
+            self.channel, self.epoch, self.first
+        )
+    }
+
+    /// The position a reader holds after accepting this gap.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.first.saturating_sub(1),
+        }
+    }
+}
+
+/// One published message, encoded once and shared by every subscriber and transport.
+pub struct Message {
+    /// The channel it was published to.
+    pub channel: Channel,
+    /// The epoch of the history that holds it.
+    pub epoch: Epoch,
+    /// Its offset within that epoch, starting at 1.
+    pub offset: u64,
+    /// Publish time, unix milliseconds.
+    pub ts: u64,
+    /// The delivered JSON object, built once at publish.
+    json: Bytes,
+    /// Where `data` starts inside `json`.
+    data_start: usize,
+    /// The WebSocket frame, built on first use: most messages never reach a WebSocket.
+    ws_frame: OnceLock<WsFrame>,
+    /// The SSE event for subscribers of this channel alone, built on first use.
+    sse_event: OnceLock<Bytes>,
+}
+
+/// A message's WebSocket text frame, whole on the wire and as tungstenite's payload; both
+/// share one buffer.
+struct WsFrame {
+    wire: Bytes,
+    text: Utf8Bytes,
+}
+
+impl Message {
+    /// Builds a message around `data`, which must be compact, valid JSON.
+    pub fn new(channel: Channel, epoch: Epoch, offset: u64, ts: u64, data: &[u8]) -> Self {
+        use std::fmt::Write as _;
+        let mut json = BytesMut::with_capacity(80 + channel.as_str().len() + data.len());
+        // Channel and epoch alphabets need no JSON escaping; writing to BytesMut cannot fail.
+        let _ = write!(
+            json,
+            r#"{{"channel":"{channel}","epoch":"{epoch}","offset":{offset},"ts":{ts},"data":"#
+        );
+        let data_start = json.len();
+        json.put_slice(data);
+        json.put_u8(b'}');
+        Message {
+            channel,
+            epoch,
+            offset,
+            ts,
+            json: json.freeze(),
+            data_start,
+            ws_frame: OnceLock::new(),
+            sse_event: OnceLock::new(),
+        }
+    }
+
+    /// Parses a message object in the canonical shape built by [`Message::new`] (as an
+    /// engine stores it), reusing `json` without copying. `None` for any other shape.
+    pub fn from_json(json: Bytes) -> Option<Self> {
+        let text = std::str::from_utf8(&json).ok()?;
+        let rest = text.strip_prefix("{\"channel\":\"")?;
+        let (channel, rest) = rest.split_once("\",\"epoch\":\"")?;
+        let (epoch, rest) = rest.split_once("\",\"offset\":")?;
+        let (offset, rest) = rest.split_once(",\"ts\":")?;
+        let (ts, rest) = rest.split_once(",\"data\":")?;
+        if !rest.ends_with('}') {
+            return None;
+        }
+        let data_start = json.len() - rest.len();
+        Some(Message {
+            channel: Channel::parse(channel).ok()?,
+            epoch: Epoch::parse(epoch)?,
+            offset: parse_offset(offset)?,
+            ts: parse_offset(ts)?,
+            data_start,
+            json,
+            ws_frame: OnceLock::new(),
+            sse_event: OnceLock::new(),
+        })
+    }
+
+    /// The message object as delivered by SSE and the polling transports.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// The data payload alone (a slice of the shared JSON).
+    pub fn data(&self) -> &[u8] {
+        &self.json[self.data_start..self.json.len() - 1]
+    }
+
+    /// The WebSocket text frame `{"op":"message",...}`, built and checked as UTF-8 once
+    /// per message rather than once per subscriber.
+    pub fn ws_frame(&self) -> &Utf8Bytes {
+        &self.ws().text
+    }
+
+    /// The same frame as a server writes it on the wire (unmasked, final, text), so that
+    /// every subscriber's socket can be given the one buffer.
+    pub fn ws_wire(&self) -> &Bytes {
+        &self.ws().wire
+    }
+
+    fn ws(&self) -> &WsFrame {
+        self.ws_frame.get_or_init(|| {
+            const PREFIX: &[u8] = b"{\"op\":\"message\",";
+            let len = PREFIX.len() + self.json.len() - 1;
+            let mut wire = BytesMut::with_capacity(len + 10);
+            put_ws_header(&mut wire, len);
+            let start = wire.len();
+            wire.put_slice(PREFIX);
+            wire.put_slice(&self.json[1..]);
+            let wire = wire.freeze();
+            // JSON built here came from a str; JSON read back from an engine might not be
+            // UTF-8, and its subscribers then get an error frame instead.
+            match Utf8Bytes::try_from(wire.slice(start..)) {
+                Ok(text) => WsFrame { wire, text },
+                Err(_) => {
+                    let text = r#"{"op":"error","code":"internal","message":"invalid frame"}"#;
+                    let mut wire = BytesMut::with_capacity(text.len() + 2);
+                    put_ws_header(&mut wire, text.len());
+                    wire.put_slice(text.as_bytes());
+                    WsFrame {
+                        wire: wire.freeze(),
+                        text: Utf8Bytes::from_static(text),
+                    }
+                }
+            }
+        })
+    }
+
+    /// The SSE event `id: <cursor>\ndata: <json>\n\n` for a subscriber that follows this
+    /// message's channel alone. Its cursor after the message is then
+    /// `channel@epoch:offset`, the same for every such subscriber, so the event is built
+    /// once per message rather than once per subscriber.
+    pub fn sse_event(&self) -> &Bytes {
+        self.sse_event.get_or_init(|| {
+            let mut event =
+                BytesMut::with_capacity(self.json.len() + self.channel.as_str().len() + 64);
+            event.put_slice(b"id: ");
+            put_cursor(&mut event, [(&self.channel, Some(&self.position()))]);
+            event.put_slice(b"\ndata: ");
+            event.put_slice(&self.json);
+            event.put_slice(b"\n\n");
+            event.freeze()
+        })
+    }
+
+    /// The position a reader holds once it has this message.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+/// Appends the head of a final, unmasked text frame of `len` bytes (RFC 6455, 5.2).
+fn put_ws_header(out: &mut BytesMut, len: usize) {
+    out.put_u8(0x81);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.put_u8(126);
+        out.put_u16(len);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("channel", &self.channel)
+            .field("epoch", &self.epoch)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates `raw` as JSON and strips insignificant whitespace, so that a payload never
+/// carries a raw newline into an SSE `data:` line. Returns `None` for invalid JSON.
+pub fn compact_json(raw: &[u8]) -> Option<Bytes> {
+    serde_json::from_slice::<&serde_json::value::RawValue>(raw).ok()?;
+    if !raw
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return Some(Bytes::copy_from_slice(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in raw {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Cursor;
+
+    #[test]
+    fn message_encodings_share_one_payload() {
+        let m = Message::new(
+            Channel::parse("chat").unwrap(),
+            Epoch::parse("e1X9").unwrap(),
+            42,
+            1_764_300_000_000,
+            br#"{"text":"hi"}"#,
+        );
+        let json: serde_json::Value = serde_json::from_slice(m.json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"channel":"chat","epoch":"e1X9","offset":42,"ts":1764300000000u64,"data":{"text":"hi"}})
+        );
+        assert_eq!(m.data(), br#"{"text":"hi"}"#);
+        let ws: serde_json::Value = serde_json::from_slice(m.ws_frame().as_bytes()).unwrap();
+        assert_eq!(ws["op"], "message");
+        assert_eq!(ws["offset"], 42);
+    }
+
+    #[test]
+    fn the_ws_wire_frame_is_a_final_unmasked_text_frame_of_the_payload() {
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        // Each length class of the frame head: 7 bits, 16 bits, 64 bits.
+        for size in [10, 500, 70_000] {
+            let data = format!("\"{}\"", "x".repeat(size));
+            let m = Message::new(
+                Channel::parse("chat").unwrap(),
+                Epoch::parse("e1").unwrap(),
+                1,
+                0,
+                data.as_bytes(),
+            );
+            let mut wire = std::io::Cursor::new(m.ws_wire().clone());
+            let (head, len) = FrameHeader::parse(&mut wire).unwrap().unwrap();
+            assert!(head.is_final);
+            assert_eq!(head.opcode, OpCode::Data(Data::Text));
+            assert_eq!(head.mask, None);
+            let payload = &wire.get_ref()[wire.position() as usize..];
+            assert_eq!(len as usize, payload.len());
+            assert_eq!(payload, m.ws_frame().as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_shared_sse_event_resumes_right_after_its_message() {
+        let m = Message::new(
+            Channel::parse("room:lobby").unwrap(),
+            Epoch::parse("k3Jd").unwrap(),
+            7,
+            1_764_300_000_000,
+            br#"{"n":1}"#,
+        );
+        let event = std::str::from_utf8(m.sse_event()).unwrap();
+        let json = std::str::from_utf8(m.json()).unwrap();
+        assert_eq!(event, format!("id: room:lobby@k3Jd:7\ndata: {json}\n\n"));
+        let id = event
+            .strip_prefix("id: ")
+            .unwrap()
+            .split('\n')
+            .next()
+            .unwrap();
+        let cursor = Cursor::parse(id, 1).unwrap();
+        assert_eq!(cursor.position(&m.channel), Some(&m.position()));
+    }
+
+    #[test]
+    fn canonical_json_parses_back() {
+        let m = Message::new(
+            Channel::parse("room:lobby").unwrap(),
+            Epoch::parse("k3Jd").unwrap(),
+            7,
+            1_764_300_000_000,
+            br#"{"t":"a\",\"data\":1"}"#,
+        );
+        let back = Message::from_json(m.json().clone()).unwrap();
+        assert_eq!(back.channel.as_str(), "room:lobby");
+        assert_eq!(back.epoch.as_str(), "k3Jd");
+        assert_eq!((back.offset, back.ts), (7, 1_764_300_000_000));
+        assert_eq!(back.data(), m.data());
+        for bad in [&b"{}"[..], b"{\"channel\":\"a\"}", b"\xff"] {
+            assert!(Message::from_json(Bytes::copy_from_slice(bad)).is_none());
+        }
+    }
+
+    #[test]
+    fn compact_json_strips_only_insignificant_whitespace() {
+        let raw = b"{ \"a\" :\n [1, 2],\t\"s\": \"x y\\\" z\" }";
+        assert_eq!(
+            &compact_json(raw).unwrap()[..],
+            b"{\"a\":[1,2],\"s\":\"x y\\\" z\"}"
+        );
+        assert!(compact_json(b"{").is_none());
+        assert!(compact_json(b"").is_none());
+        assert_eq!(&compact_json(b"42").unwrap()[..], b"42");
+    }
+
+    #[test]
+    fn gap_json_and_position() {
+        let gap = Gap {
+            channel: Channel::parse("chat").unwrap(),
+            epoch: Epoch::parse("k3Jd").unwrap(),
+            first: 5,
+        };
+        assert_eq!(
+            gap.to_json(),
+            r#"{"channel":"chat","epoch":"k3Jd","first":5}"#
+        );
+        assert_eq!(gap.position().offset, 4);
+    }
+}
