@@ -548,7 +548,7 @@ mod tests {
                 self.cursors.lock().unwrap().push(text);
             }
             let mut room = self.room.lock().unwrap();
-            let len = message.ws_wire().len();
+            let len = message.json().len();
             let took = len.min(*room);
             *room -= took;
             if took > 0 {
@@ -642,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_part_written_message_is_queued_with_what_was_written() {
-        let len = message(5).ws_wire().len();
+        let len = message(5).json().len();
         let (inbox, _sink, switch) = lane(len + 3);
         let hub = inbox.subscriber();
         assert!(arm(&inbox, 4));
@@ -719,7 +719,7 @@ mod tests {
 
     #[test]
     fn a_message_not_written_whole_leaves_its_channel_where_it_was() {
-        let len = message_in("a", 5).ws_wire().len();
+        let len = message_in("a", 5).json().len();
         let (inbox, sink, switch) = lane(len + 3);
         let hub = inbox.subscriber();
         let (a, b) = (message_in("a", 4), message_in("bb", 7));

@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Channel, Epoch, Position, parse_offset, put_cursor};
 
@@ -54,17 +53,11 @@ pub struct Message {
     json: Bytes,
     /// Where `data` starts inside `json`.
     data_start: usize,
-    /// The WebSocket frame, built on first use: most messages never reach a WebSocket.
-    ws_frame: OnceLock<WsFrame>,
+    /// The WebSocket transport's frame, built on first use: most messages never reach a
+    /// WebSocket (see [`Message::ws_encoding`]).
+    ws_frame: OnceLock<Bytes>,
     /// The SSE event for subscribers of this channel alone, built on first use.
     sse_event: OnceLock<Bytes>,
-}
-
-/// A message's WebSocket text frame, whole on the wire and as tungstenite's payload; both
-/// share one buffer.
-struct WsFrame {
-    wire: Bytes,
-    text: Utf8Bytes,
 }
 
 impl Message {
@@ -127,44 +120,11 @@ impl Message {
         &self.json[self.data_start..self.json.len() - 1]
     }
 
-    /// The WebSocket text frame `{"op":"message",...}`, built and checked as UTF-8 once
-    /// per message rather than once per subscriber.
-    pub fn ws_frame(&self) -> &Utf8Bytes {
-        &self.ws().text
-    }
-
-    /// The same frame as a server writes it on the wire (unmasked, final, text), so that
-    /// every subscriber's socket can be given the one buffer.
-    pub fn ws_wire(&self) -> &Bytes {
-        &self.ws().wire
-    }
-
-    fn ws(&self) -> &WsFrame {
-        self.ws_frame.get_or_init(|| {
-            const PREFIX: &[u8] = b"{\"op\":\"message\",";
-            let len = PREFIX.len() + self.json.len() - 1;
-            let mut wire = BytesMut::with_capacity(len + 10);
-            put_ws_header(&mut wire, len);
-            let start = wire.len();
-            wire.put_slice(PREFIX);
-            wire.put_slice(&self.json[1..]);
-            let wire = wire.freeze();
-            // JSON built here came from a str; JSON read back from an engine might not be
-            // UTF-8, and its subscribers then get an error frame instead.
-            match Utf8Bytes::try_from(wire.slice(start..)) {
-                Ok(text) => WsFrame { wire, text },
-                Err(_) => {
-                    let text = r#"{"op":"error","code":"internal","message":"invalid frame"}"#;
-                    let mut wire = BytesMut::with_capacity(text.len() + 2);
-                    put_ws_header(&mut wire, text.len());
-                    wire.put_slice(text.as_bytes());
-                    WsFrame {
-                        wire: wire.freeze(),
-                        text: Utf8Bytes::from_static(text),
-                    }
-                }
-            }
-        })
+    /// The WebSocket frame this message keeps: `encode`d on its first use, then the same
+    /// bytes for every subscriber. The WebSocket transport owns the encoding and is the one
+    /// caller, always with the same `encode`; this module only keeps the result.
+    pub(crate) fn ws_encoding(&self, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
+        self.ws_frame.get_or_init(|| encode(self))
     }
 
     /// The SSE event `id: <cursor>\ndata: <json>\n\n` for a subscriber that follows this
@@ -190,20 +150,6 @@ impl Message {
             epoch: self.epoch.clone(),
             offset: self.offset,
         }
-    }
-}
-
-/// Appends the head of a final, unmasked text frame of `len` bytes (RFC 6455, 5.2).
-fn put_ws_header(out: &mut BytesMut, len: usize) {
-    out.put_u8(0x81);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.put_u8(126);
-        out.put_u16(len);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
     }
 }
 
@@ -269,34 +215,6 @@ mod tests {
             serde_json::json!({"channel":"chat","epoch":"e1X9","offset":42,"ts":1764300000000u64,"data":{"text":"hi"}})
         );
         assert_eq!(m.data(), br#"{"text":"hi"}"#);
-        let ws: serde_json::Value = serde_json::from_slice(m.ws_frame().as_bytes()).unwrap();
-        assert_eq!(ws["op"], "message");
-        assert_eq!(ws["offset"], 42);
-    }
-
-    #[test]
-    fn the_ws_wire_frame_is_a_final_unmasked_text_frame_of_the_payload() {
-        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-        // Each length class of the frame head: 7 bits, 16 bits, 64 bits.
-        for size in [10, 500, 70_000] {
-            let data = format!("\"{}\"", "x".repeat(size));
-            let m = Message::new(
-                Channel::parse("chat").unwrap(),
-                Epoch::parse("e1").unwrap(),
-                1,
-                0,
-                data.as_bytes(),
-            );
-            let mut wire = std::io::Cursor::new(m.ws_wire().clone());
-            let (head, len) = FrameHeader::parse(&mut wire).unwrap().unwrap();
-            assert!(head.is_final);
-            assert_eq!(head.opcode, OpCode::Data(Data::Text));
-            assert_eq!(head.mask, None);
-            let payload = &wire.get_ref()[wire.position() as usize..];
-            assert_eq!(len as usize, payload.len());
-            assert_eq!(payload, m.ws_frame().as_bytes());
-        }
     }
 
     #[test]
@@ -364,5 +282,13 @@ mod tests {
             r#"{"channel":"chat","epoch":"k3Jd","first":5}"#
         );
         assert_eq!(gap.position().offset, 4);
+    }
+
+    /// A history keeps every retained message: the transports' encodings cost it one
+    /// `Bytes` slot each, 40 bytes, whether built or not.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_message_is_its_fields_and_two_encoding_slots() {
+        assert_eq!(std::mem::size_of::<Message>(), 168);
     }
 }

@@ -31,8 +31,10 @@ mod close;
 mod connection;
 #[cfg(feature = "autobahn")]
 mod echo;
+pub mod wire;
 
 use connection::Connection;
+use wire::WsFrame as _;
 
 pub use close::{
     CLOSE_ENGINE_UNAVAILABLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID,

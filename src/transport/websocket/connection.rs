@@ -33,6 +33,7 @@ use crate::wake::SideWaits;
 use super::close::{
     CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, close_code, read_error_close,
 };
+use super::wire::WsFrame as _;
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
@@ -432,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let Event::Message(message) = event else {
             return self.deliver_framed(Some(event), None).await;
         };
-        let frame = || Frame::Text(message.ws_frame().clone());
+        let frame = || message.ws_message();
         match direct {
             Direct::Written => Ok(()),
             // The socket took part of the frame: the rest must follow before anything
@@ -480,7 +481,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let frame = match &event {
                 Event::Message(message) => {
                     self.record(message, now);
-                    Frame::Text(message.ws_frame().clone())
+                    message.ws_message()
                 }
                 Event::Gap(gap) => {
                     self.metrics().gaps.inc();
