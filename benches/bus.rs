@@ -31,6 +31,7 @@ use cascade::config::Transport;
 use cascade::metrics::Metrics;
 use cascade::protocol::{Channel, Cursor, Epoch, Message};
 use cascade::query::Query;
+use cascade::transport::sse::event::SseEvent as _;
 use cascade::transport::websocket::wire::WsFrame as _;
 use cascade::transport::{poll_body, sse};
 

@@ -234,7 +234,8 @@ impl Subscription {
     }
 
     /// Whether this subscription follows one channel: its cursor after a message is then
-    /// the message's own position (see [`Message::sse_event`]).
+    /// the message's own position, so a transport can give every such subscriber the one
+    /// encoding the message keeps.
     pub fn follows_one_channel(&self) -> bool {
         self.channels.len() == 1
     }

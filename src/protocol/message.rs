@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Channel, Epoch, Position, parse_offset, put_cursor};
+use super::{Channel, Epoch, Position, parse_offset};
 
 /// Tells a reader that the history it asked for is gone: it continues from `first`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +56,8 @@ pub struct Message {
     /// The WebSocket transport's frame, built on first use: most messages never reach a
     /// WebSocket (see [`Message::ws_encoding`]).
     ws_frame: OnceLock<Bytes>,
-    /// The SSE event for subscribers of this channel alone, built on first use.
+    /// The SSE transport's event for subscribers of this channel alone, built on first
+    /// use (see [`Message::sse_encoding`]).
     sse_event: OnceLock<Bytes>,
 }
 
@@ -127,21 +128,11 @@ impl Message {
         self.ws_frame.get_or_init(|| encode(self))
     }
 
-    /// The SSE event `id: <cursor>\ndata: <json>\n\n` for a subscriber that follows this
-    /// message's channel alone. Its cursor after the message is then
-    /// `channel@epoch:offset`, the same for every such subscriber, so the event is built
-    /// once per message rather than once per subscriber.
-    pub fn sse_event(&self) -> &Bytes {
-        self.sse_event.get_or_init(|| {
-            let mut event =
-                BytesMut::with_capacity(self.json.len() + self.channel.as_str().len() + 64);
-            event.put_slice(b"id: ");
-            put_cursor(&mut event, [(&self.channel, Some(&self.position()))]);
-            event.put_slice(b"\ndata: ");
-            event.put_slice(&self.json);
-            event.put_slice(b"\n\n");
-            event.freeze()
-        })
+    /// The SSE event this message keeps for subscribers of its channel alone: `encode`d
+    /// on its first use, then the same bytes for every such subscriber. The SSE transport
+    /// owns the encoding and is the one caller, always with the same `encode`.
+    pub(crate) fn sse_encoding(&self, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
+        self.sse_event.get_or_init(|| encode(self))
     }
 
     /// The position a reader holds once it has this message.
@@ -198,7 +189,6 @@ pub fn compact_json(raw: &[u8]) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Cursor;
 
     #[test]
     fn message_encodings_share_one_payload() {
@@ -215,28 +205,6 @@ mod tests {
             serde_json::json!({"channel":"chat","epoch":"e1X9","offset":42,"ts":1764300000000u64,"data":{"text":"hi"}})
         );
         assert_eq!(m.data(), br#"{"text":"hi"}"#);
-    }
-
-    #[test]
-    fn the_shared_sse_event_resumes_right_after_its_message() {
-        let m = Message::new(
-            Channel::parse("room:lobby").unwrap(),
-            Epoch::parse("k3Jd").unwrap(),
-            7,
-            1_764_300_000_000,
-            br#"{"n":1}"#,
-        );
-        let event = std::str::from_utf8(m.sse_event()).unwrap();
-        let json = std::str::from_utf8(m.json()).unwrap();
-        assert_eq!(event, format!("id: room:lobby@k3Jd:7\ndata: {json}\n\n"));
-        let id = event
-            .strip_prefix("id: ")
-            .unwrap()
-            .split('\n')
-            .next()
-            .unwrap();
-        let cursor = Cursor::parse(id, 1).unwrap();
-        assert_eq!(cursor.position(&m.channel), Some(&m.position()));
     }
 
     #[test]

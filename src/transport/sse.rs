@@ -28,6 +28,10 @@ use crate::transport::{
 };
 use crate::wake::SideWaits;
 
+pub mod event;
+
+use event::SseEvent as _;
+
 /// A batch stops growing past this many bytes, so one write stays reasonably sized.
 const BATCH_BYTES: usize = 64 * 1024;
 

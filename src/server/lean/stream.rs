@@ -19,6 +19,7 @@ use crate::config::Transport;
 use crate::conn::ConnInfo;
 use crate::http::Body;
 use crate::protocol::Message;
+use crate::transport::sse::event::SseEvent as _;
 use crate::transport::sse::{self, ExpressSlot};
 
 /// A streamed answer, not yet written, and what was read past its request.
