@@ -23,7 +23,9 @@
 //! ```
 //!
 //! - [`protocol`] is the wire contract: channels, epochs, positions, cursors, messages,
-//!   gaps, WebSocket client frames. Every transport encodes the same bytes from it.
+//!   gaps, WebSocket client frames. Every transport encodes the same bytes from it; a
+//!   transport's own encoding of a message lives with the transport and is kept by the
+//!   message, built once for all its subscribers.
 //! - [`bus`] is the one boundary: transports never see an engine, engines never see HTTP.
 //!   The hub and the seam are shared by both engines. The one call the other way is
 //!   [`bus::Express`]: a transport lends the hub a writer, and while its connection idles

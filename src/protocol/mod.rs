@@ -9,6 +9,8 @@
 //! - `cursor`: [`Position`], how a live message [`Fit`]s one, and [`Cursor`], the resume
 //!   token over several channels.
 //! - `message`: [`Message`], built once at publish and shared by every subscriber; [`Gap`].
+//!   A message keeps a slot for each transport encoding built once per message (the
+//!   WebSocket frame, the SSE event); the encodings live with their transports.
 //! - `frames`: [`ClientFrame`], what a WebSocket client sends.
 
 mod channel;
