@@ -4,7 +4,8 @@
 //! protocol violation closes it with the matching close code.
 //!
 //! This module is the handshake and the express writer the hub uses on the socket;
-//! `connection` is the connection itself; `echo`, built only with the test-only
+//! `connection` is the connection itself; `wire` encodes a message's frame once for all
+//! its subscribers; `close` holds the close codes; `echo`, built only with the test-only
 //! `autobahn` feature, answers `/ws?echo` for the Autobahn conformance run.
 
 use std::sync::Arc;
