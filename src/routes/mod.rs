@@ -342,11 +342,13 @@ fn health(app: &App) -> Response<Body> {
     if app.shutdown.is_cancelled() {
         return error_response(&Error::ShuttingDown);
     }
+    json(StatusCode::OK, liveness(app))
+}
+
+/// The body of a live gateway's `/healthz`: it serves, and whether its engine answers.
+pub fn liveness(app: &App) -> String {
     let (engine, up) = app.bus.engine_health();
-    json(
-        StatusCode::OK,
-        format!(r#"{{"status":"ok","engine":"{engine}","engine_up":{up}}}"#),
-    )
+    format!(r#"{{"status":"ok","engine":"{engine}","engine_up":{up}}}"#)
 }
 
 /// Readiness: the gateway can carry messages right now (its engine answers).

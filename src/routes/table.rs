@@ -65,6 +65,9 @@ pub struct Route {
     pub reads: &'static [&'static str],
 }
 
+/// Liveness's path, which the accept loop answers too for a connection over the limits.
+pub const HEALTHZ: &str = "/healthz";
+
 /// A `GET` route with no special needs.
 const fn get(path: &'static str, handler: Handler, lean: bool, head: bool) -> Route {
     Route {
@@ -131,7 +134,7 @@ static ROUTES: [Route; 10] = [
         method: Verb::Post,
         ..get("/demo/login", Handler::DemoLogin, false, false)
     },
-    get("/healthz", Handler::Health, false, true),
+    get(HEALTHZ, Handler::Health, false, true),
     get("/readyz", Handler::Ready, false, true),
     get("/metrics", Handler::Metrics, false, true),
 ];

@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::conn::ConnInfo;
 use crate::error::Error;
 use crate::limits::TokenBucket;
+use crate::routes;
 
 mod h2;
 mod hyper;
@@ -51,8 +52,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         let permit = match app.connections.admit(remote) {
             Ok(permit) => permit,
             Err(reason) => {
-                app.metrics.error("too_many_connections");
-                tokio::spawn(refuse(stream, Error::TooManyConnections(reason)));
+                let err = Error::TooManyConnections(reason);
+                tokio::spawn(refuse(stream, err, app.clone()));
                 continue;
             }
         };
@@ -172,9 +173,15 @@ async fn request_started(stream: &TcpStream, within: Duration) -> Option<Protoco
 /// Answers a connection over the limits with a plain 503 and closes it, without handing
 /// it to hyper (which would hold it open for keep-alive). The request head is read first
 /// (briefly, bounded) so that HTTP clients that wait to finish sending can read the answer.
-async fn refuse(mut stream: TcpStream, err: Error) {
+///
+/// A liveness probe (`GET` or `HEAD /healthz`) is answered as usual instead: a gateway at
+/// its connection limit is alive, and an orchestrator that saw its probe refused would
+/// restart it and drop every connection it holds.
+async fn refuse(mut stream: TcpStream, err: Error, app: Arc<App>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = [0u8; 4096];
+    // The start of the request line, and the last bytes read, to see the head's end.
+    let mut first = Vec::with_capacity(16);
     let mut tail = Vec::with_capacity(8);
     // Real clients send their request right after connecting; a silent one gets the
     // answer anyway after a moment.
@@ -183,6 +190,8 @@ async fn refuse(mut stream: TcpStream, err: Error) {
             if n == 0 {
                 break;
             }
+            let room = first.capacity() - first.len();
+            first.extend_from_slice(&buf[..n.min(room)]);
             tail.extend_from_slice(&buf[..n]);
             if tail.windows(4).any(|w| w == b"\r\n\r\n") {
                 break;
@@ -192,15 +201,27 @@ async fn refuse(mut stream: TcpStream, err: Error) {
         }
     })
     .await;
+    let probe = |method: &[u8]| {
+        first.strip_prefix(method).is_some_and(|rest| {
+            rest.strip_prefix(routes::table::HEALTHZ.as_bytes())
+                .is_some_and(|rest| rest.starts_with(b" ") || rest.starts_with(b"?"))
+        })
+    };
+    let (head_only, get) = (probe(b"HEAD "), probe(b"GET "));
     // Written by hand, as no HTTP machinery serves this connection, but with the status
-    // and body of the one error mapping.
-    let body = err.to_json();
-    let status = err.status();
+    // and body of the one error mapping, or of the route.
+    let (status, body) = if (head_only || get) && !app.shutdown.is_cancelled() {
+        (http::StatusCode::OK, routes::liveness(&app))
+    } else {
+        app.metrics.error(err.code());
+        (err.status(), err.to_json())
+    };
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        body.len()
+        body.len(),
+        if head_only { "" } else { &body }
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(response.as_bytes()).await?;

@@ -62,6 +62,57 @@ async fn connections_over_the_total_limit_get_503() {
     assert_eq!(errors(&server, "too_many_connections").await, before + 1.0);
 }
 
+/// A gateway at its connection limit is alive: a liveness probe still gets its 200 (an
+/// orchestrator that saw it refused would restart the gateway and drop every connection),
+/// while any other request is refused, and counted, as before.
+#[tokio::test]
+async fn a_liveness_probe_is_answered_at_the_connection_limit() {
+    let server = TestServer::start(connection_config(2, 0)).await;
+    open_connections(&server, 0).await;
+    // Read while a slot is free: at the limit, /metrics is refused like any request.
+    let before = errors(&server, "too_many_connections").await;
+    open_connections(&server, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    open_connections(&server, 2).await;
+    for request in [
+        &b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"[..],
+        b"GET /healthz?probe=1 HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ] {
+        let mut probe = TcpStream::connect(server.addr).await.expect("connect");
+        probe.write_all(request).await.expect("write");
+        let (status, body) = read_response(&mut probe).await.expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "ok", "{body}");
+    }
+    let mut head = TcpStream::connect(server.addr).await.expect("connect");
+    head.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(&mut head, &mut answer))
+        .await
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body: {answer}");
+    // Anything else, /readyz included, is refused.
+    for request in [
+        &b"GET /readyz HTTP/1.1\r\nHost: gw\r\n\r\n"[..],
+        b"GET /healthzz HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ] {
+        let mut other = TcpStream::connect(server.addr).await.expect("connect");
+        other.write_all(request).await.expect("write");
+        let (status, body) = read_response(&mut other).await.expect("an answer");
+        assert_eq!(status, 503, "{body}");
+    }
+    drop(held);
+    open_connections(&server, 0).await;
+    assert_eq!(errors(&server, "too_many_connections").await, before + 2.0);
+}
+
 #[tokio::test]
 async fn connections_over_the_per_ip_limit_get_503() {
     let server = TestServer::start(connection_config(100, 2)).await;
@@ -93,7 +144,7 @@ async fn connections_over_the_per_ip_limit_get_503() {
 }
 
 /// A real HTTP client sends its request as soon as it connects; it must still read the
-/// 503, not a connection reset.
+/// 503, not a connection reset. (Any request but a liveness probe, which is answered.)
 #[tokio::test]
 async fn a_real_client_over_the_limit_reads_the_503() {
     let server = TestServer::start(connection_config(100, 1)).await;
@@ -107,7 +158,7 @@ async fn a_real_client_over_the_limit_reads_the_503() {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client");
-        match client.get(server.url("/healthz")).send().await {
+        match client.get(server.url("/negotiate")).send().await {
             Ok(response) => {
                 assert_eq!(response.status().as_u16(), 503);
                 let body: serde_json::Value = response.json().await.expect("json");
