@@ -1,0 +1,120 @@
+/**
+ * Types of the Cascade browser client (cascade.js, dependency-free ES5), written by hand
+ * beside the script it describes. The wire contract is docs/PROTOCOL.md.
+ */
+
+declare namespace Cascade {
+  /** A rung of the transport ladder, best first. */
+  type Transport = 'websocket' | 'sse' | 'longpoll' | 'poll';
+
+  /** Any value JSON can carry: what a message's `data` is. */
+  type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+  /** A delivered message (docs/PROTOCOL.md, "The message object"). */
+  interface Message<T = Json> {
+    channel: string;
+    epoch: string;
+    offset: number;
+    /** When the gateway accepted it, in Unix milliseconds. */
+    ts: number;
+    data: T;
+  }
+
+  /** Where a published message landed. */
+  interface Position {
+    channel: string;
+    epoch: string;
+    offset: number;
+  }
+
+  /** History was lost before `first`: messages of `channel` resume there. */
+  interface Gap {
+    channel: string;
+    epoch: string;
+    first: number;
+  }
+
+  /** An error the client reports; `channel` when the gateway refused that channel. */
+  interface CascadeError {
+    /** Machine-readable: `forbidden`, `token_invalid`, `token_unavailable`, `timeout`, … */
+    code: string;
+    message: string;
+    channel?: string;
+  }
+
+  /** Per-rung deadlines, in milliseconds. */
+  interface Timeouts {
+    websocket?: number;
+    sse?: number;
+    longpoll?: number;
+    poll?: number;
+    negotiate?: number;
+    publish?: number;
+    token?: number;
+  }
+
+  /** Options of `Cascade.connect`. */
+  interface Options {
+    /** A client token, sent as `token=` on every request. */
+    token?: string;
+    /**
+     * Asked for a token when there is none or the gateway says it expired: call
+     * `done(err, token)`, or return a promise of the token.
+     */
+    getToken?: (done: (err: unknown, token?: string) => void) => void | PromiseLike<string>;
+    /** The rungs allowed, e.g. `['longpoll']`. */
+    transports?: Transport[];
+    /** Channels to follow from the start. */
+    channels?: string[];
+    timeouts?: Timeouts;
+    /** How often to try better rungs after a fallback, in milliseconds. */
+    probeIntervalMs?: number;
+    minBackoffMs?: number;
+    maxBackoffMs?: number;
+    /** Start from the rung that last worked in this tab (sessionStorage). */
+    remember?: boolean;
+  }
+
+  /** The events a client emits, and what each handler gets. */
+  interface Events {
+    connect: (info: { transport: Transport }) => void;
+    disconnect: (info: { reason: string; retryMs: number | null }) => void;
+    transport: (name: Transport) => void;
+    gap: (gap: Gap) => void;
+    error: (error: CascadeError) => void;
+    message: (message: Message) => void;
+  }
+
+  /** A connection to a gateway; create it with `Cascade.connect`. */
+  interface Client {
+    /** The rung in use, or null while disconnected. */
+    readonly transport: Transport | null;
+    /** Calls `fn(data, message)` for every message on `channel`, from now on. */
+    subscribe<T = Json>(channel: string, fn?: (data: T, message: Message<T>) => void): this;
+    /** Removes `fn` (or every handler) from `channel`; the last one leaves the channel. */
+    unsubscribe(channel: string, fn?: (data: any, message: Message<any>) => void): this;
+    /** Publishes `data` (any JSON value) to `channel`. */
+    publish(
+      channel: string,
+      data: Json,
+      callback?: (err: CascadeError | null, position?: Position) => void,
+    ): this;
+    /** Adds a handler. */
+    on<E extends keyof Events>(event: E, fn: Events[E]): this;
+    /** Removes a handler added with `on`. */
+    off<E extends keyof Events>(event: E, fn: Events[E]): this;
+    /** Closes every connection and stops reconnecting. */
+    close(): void;
+  }
+
+  /** Connects to the gateway at `url` (`''` for this page's origin). */
+  function connect(url: string, options?: Options): Client;
+
+  /** The client's version. */
+  const version: string;
+  /** Every rung, best first. */
+  const transports: Transport[];
+}
+
+export = Cascade;
+export as namespace Cascade;
