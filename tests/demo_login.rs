@@ -63,26 +63,12 @@ async fn demo_login_does_not_exist_without_the_demo() {
 #[tokio::test]
 async fn the_login_form_says_no_token_is_needed_for_private_messages() {
     let server = TestServer::start(demo_config(true)).await;
-    let page = http()
-        .get(server.url("/"))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("text");
+    let page = get_text(&server.url("/")).await;
     let form = &page[page.find("<form id=\"login-form\"").expect("form")..];
     let form = &form[..form.find("</form>").expect("end of form")];
     assert!(!form.contains("for private messages)"), "{form}");
     assert!(form.contains("/demo/login"), "{form}");
-    let script = http()
-        .get(server.url("/demo.js"))
-        .send()
-        .await
-        .expect("script")
-        .text()
-        .await
-        .expect("text");
+    let script = get_text(&server.url("/demo.js")).await;
     assert!(
         script.contains("'/demo/login'"),
         "the form asks for a token"

@@ -408,15 +408,7 @@ async fn websockets_flooding_pings_without_reading_are_cut_off_and_memory_stays_
     // and counts it.
     let series = r#"cascade_slow_consumers_total{transport="websocket"}"#;
     eventually("each flooder counted as a slow consumer", || async {
-        let metrics = http()
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        metric_value(&metrics, series) == CLIENTS as f64
+        metric_value(&get_text(&node.url("/metrics")).await, series) == CLIENTS as f64
     })
     .await;
 }

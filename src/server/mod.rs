@@ -181,7 +181,9 @@ async fn refuse(mut stream: TcpStream, err: Error, app: Arc<App>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = [0u8; 4096];
     // The start of the request line, and the last bytes read, to see the head's end.
-    let mut first = Vec::with_capacity(16);
+    // Enough for `HEAD /healthz?`, the longest probe line this looks for.
+    const FIRST: usize = 16;
+    let mut first = Vec::with_capacity(FIRST);
     let mut tail = Vec::with_capacity(8);
     // Real clients send their request right after connecting; a silent one gets the
     // answer anyway after a moment.
@@ -190,7 +192,7 @@ async fn refuse(mut stream: TcpStream, err: Error, app: Arc<App>) {
             if n == 0 {
                 break;
             }
-            let room = first.capacity() - first.len();
+            let room = FIRST - first.len();
             first.extend_from_slice(&buf[..n.min(room)]);
             tail.extend_from_slice(&buf[..n]);
             if tail.windows(4).any(|w| w == b"\r\n\r\n") {

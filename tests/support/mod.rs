@@ -146,6 +146,12 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// The body of `GET url`, as text.
+pub async fn get_text(url: &str) -> String {
+    let response = http().get(url).send().await.expect("GET");
+    response.text().await.expect("text body")
+}
+
 /// Awaits `future`, failing the test if it takes longer than [`DEADLINE`].
 pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, future)
