@@ -140,6 +140,16 @@ impl<B> RequestHead for Request<B> {
     }
 }
 
+/// The method a route answers (an enum of its own: `http::Method` cannot live in a
+/// static table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+}
+
 /// A `GET` request as the server's lean path takes it: its origin-form target, the
 /// headers the routes read, and its connection.
 ///
@@ -167,6 +177,8 @@ pub enum LeanBody {
     None,
     /// This many bytes follow the head, not read yet.
     Declared(usize),
+    /// This many bytes follow the head, not read yet, from this admitted caller.
+    Admitted(usize, Box<Identity>),
     /// Read whole, from the caller admitted before it was read.
     Read(Bytes, Box<Identity>),
     /// Not read: the caller refused, or the body too long or too slow to come. The answer
@@ -199,17 +211,27 @@ impl LeanRequest {
     /// The body's declared length if it is yet to be read.
     pub fn unread_body(&self) -> Option<usize> {
         match self.body {
-            LeanBody::Declared(length) => Some(length),
+            LeanBody::Declared(length) | LeanBody::Admitted(length, _) => Some(length),
             _ => None,
         }
     }
 
-    /// Gives the request the body read for it and the caller admitted before it was
-    /// read, or why it was not read.
-    pub fn set_body(&mut self, body: Result<(Bytes, Identity)>) {
-        self.body = match body {
-            Ok((body, caller)) => LeanBody::Read(body, Box::new(caller)),
-            Err(err) => LeanBody::Refused(Box::new(err)),
+    /// Records the caller admitted before the body is read.
+    pub fn admit(&mut self, caller: Identity) {
+        if let LeanBody::Declared(length) = self.body {
+            self.body = LeanBody::Admitted(length, Box::new(caller));
+        }
+    }
+
+    /// Gives the request the body read for its admitted caller, or why it was not read.
+    pub fn set_body(&mut self, body: Result<Bytes>) {
+        self.body = match (body, std::mem::take(&mut self.body)) {
+            (Ok(body), LeanBody::Admitted(_, caller)) => LeanBody::Read(body, caller),
+            // Read without an admission: a caller never admitted is never served.
+            (Ok(_), _) => LeanBody::Refused(Box::new(Error::Internal(
+                "a request body was read before its caller was admitted".into(),
+            ))),
+            (Err(err), _) => LeanBody::Refused(Box::new(err)),
         };
     }
 
@@ -219,7 +241,7 @@ impl LeanRequest {
         match std::mem::take(&mut self.body) {
             LeanBody::Read(body, caller) => Ok(Some((body, *caller))),
             LeanBody::Refused(err) => Err(*err),
-            LeanBody::None | LeanBody::Declared(_) => Ok(None),
+            LeanBody::None | LeanBody::Declared(_) | LeanBody::Admitted(..) => Ok(None),
         }
     }
 

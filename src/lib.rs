@@ -4,11 +4,11 @@
 //! # The map
 //!
 //! ```text
-//!   clients ──> server (accept, limits, HTTP/1 or HTTP/2, drain)
-//!                 │ HTTP/1: the lean path (server::lean) while requests are lean routes,
-//!                 │ else hyper
+//!   clients ──> server (accept, limits, HTTP/1 or HTTP/2, hand-offs, drain)
+//!                 │ HTTP/1: http1 (hand-written, generic over the socket) while requests
+//!                 │ are lean routes, asking routes through its Router trait; else hyper
 //!                 ▼
-//!               routes (THE route table; origin and HTTP checks; one handler per route)
+//!               routes (THE route table; one admission; one handler per route)
 //!                 │
 //!        transport::{websocket, sse, long_poll, short_poll, negotiate, publish, assets}
 //!                │ auth: who is asking, may they    │ only Bus and Subscription
@@ -33,10 +33,12 @@
 //! - [`auth`] decides who may connect, subscribe and publish; [`limits`] bounds what one
 //!   client may cost, and [`conn::ConnInfo`] carries a connection's share of it.
 //! - [`server::run`] takes a bound listener and an [`app::App`]; cancel
-//!   `App::shutdown` to drain. HTTP/1 connections start on a lean path without hyper's
-//!   per-connection buffers (idle connections are most of a gateway's); the routes that
-//!   [`routes::table`] marks lean are served there, and a connection moves to hyper at its
-//!   first other request. Both dispatch from the one table.
+//!   `App::shutdown` to drain. HTTP/1 connections start on [`http1`], a hand-written path
+//!   without hyper's per-connection buffers (idle connections are most of a gateway's);
+//!   the routes that [`routes::table`] marks lean are served there, and a connection moves
+//!   to hyper at its first other request. Both dispatch from the one table. `http1` knows
+//!   HTTP/1 and the [`socket::Socket`] contract, not the transports: it asks through
+//!   [`http1::Router`] and ends in a typed hand-off ([`http1::Next`]).
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 //! - [`wake`]: a long-lived connection polls its occasional waits (shutdown, expiry,
 //!   timers, the socket's read side) only after one fired, not on every delivery.
@@ -49,12 +51,14 @@ pub mod conn;
 pub mod error;
 pub mod forwarded;
 pub mod http;
+pub mod http1;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod socket;
 pub mod sync;
 pub mod transport;
 pub mod wake;

@@ -3,24 +3,20 @@
 //! from any handler become responses here, and are counted, so no handler picks a status
 //! itself.
 
+mod lean;
 pub mod table;
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
 
 use crate::app::App;
 use crate::config::{Config, Transport};
 use crate::error::{Error, Result};
-use crate::http::{
-    Body, LeanRequest, RequestHead, add_implied_headers, error_response, full, json, read_body,
-};
+use crate::http::{Body, RequestHead, add_implied_headers, error_response, full, json, read_body};
 use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
 
 use crate::sync::Unpoisoned;
@@ -33,7 +29,7 @@ use table::Handler;
 /// CORS headers on every answer, errors included, so that it can read them.
 ///
 /// `kept` is the connection's: a long poll's subscription, kept for the connection's next
-/// poll as on the lean path ([`Kept::poll`]).
+/// poll as on the lean path ([`crate::http1::Kept::carry`]).
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
@@ -57,46 +53,22 @@ pub fn refuse(app: &App, err: &Error) -> Response<Body> {
     response
 }
 
-/// Routes a request taken by the server's lean HTTP/1 path (`GET /sse`, `/longpoll`,
-/// `/poll`, `/negotiate` and `/ws`, their `OPTIONS` preflights, and `POST /publish`), with
-/// the same origin checks, CORS headers and error answers; with the accepted WebSocket
-/// handshake when the answer is `101`.
-///
-/// The request comes boxed: a parked long poll sits under these async layers, and each
-/// would otherwise keep its own room for the request for as long as the poll waits.
-/// `timer` is the connection's, lent for a long poll's hold.
-#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub fn handle_lean<'t>(
-    app: Arc<App>,
-    req: Box<LeanRequest>,
-    mut kept: Kept,
-    timer: Pin<&'t mut Sleep>,
-) -> impl Future<Output = (Response<Body>, Kept)> + Send + 't {
-    // `async move` blocks here and in `answer`, not async fns: a parked long poll keeps
-    // these futures, and an async fn keeps its arguments twice.
-    async move {
-        let admission = Admission::of(&app, req.headers(), req.is_preflight());
-        let response = answer(app, admission, req, |app, req| {
-            route_lean(app, req, &mut kept, timer)
-        })
-        .await;
-        (response, kept)
-    }
-}
-
 /// A long poll's subscription, kept between the requests of a connection hyper serves: a
 /// lock, as HTTP/2 may carry requests at once (the first poll takes it, the others read
 /// history).
 pub type KeptPoll = Arc<Mutex<Option<long_poll::Carry>>>;
 
-/// What a lean route leaves to its connection besides the answer.
-#[derive(Default)]
-pub struct Kept {
-    /// The accepted WebSocket handshake, when the answer is `101`.
-    pub upgrade: Option<Box<websocket::Accepted>>,
-    /// A long poll's subscription, for the connection's next poll (given back to the
-    /// next request, which drops it unless it is a poll that goes on with it).
-    pub poll: Option<long_poll::Carry>,
+/// Admits the caller of a route that acts for it (a publish), in the one order both
+/// HTTP paths keep, before a byte of its body is read: the browser origin, then who is
+/// asking, then their budget. A cross-origin caller spends neither a connect ticket nor
+/// the budget before it is refused. (Every request's origin is checked again by
+/// [`answer`], for its CORS headers; the check is pure.)
+pub(crate) async fn admit_caller(
+    app: &App,
+    head: &(impl RequestHead + Sync),
+) -> Result<crate::auth::Identity> {
+    app.auth.origins.check(head.headers())?;
+    publish::admit(app, head).await
 }
 
 /// What is decided about a request before any route runs.
@@ -226,7 +198,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<
         Handler::Negotiate => Box::pin(negotiate::serve(app, req)).await,
         Handler::Publish => {
             Box::pin(async move {
-                let who = publish::admit(&app, &req).await?;
+                let who = admit_caller(&app, &req).await?;
                 let limits = &app.config.limits;
                 let read = read_body(req.into_body(), limits.max_body_bytes);
                 let body = tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
@@ -241,65 +213,6 @@ async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<
         Handler::Ready => ready(&app),
         Handler::Metrics => Ok(metrics(&app)),
         Handler::Asset => asset(&app, path, req.headers()),
-    }
-}
-
-/// The routes the lean path takes (those the table marks `lean`); the server hands it
-/// nothing else.
-#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-fn route_lean<'a>(
-    app: Arc<App>,
-    req: Box<LeanRequest>,
-    kept: &'a mut Kept,
-    timer: Pin<&'a mut Sleep>,
-) -> impl Future<Output = Result<Response<Body>>> + Send + 'a {
-    async move {
-        let Some(route) = table::find(req.path()).filter(|route| route.lean) else {
-            return Err(Error::NotFound(crate::protocol::truncate_for_message(
-                req.path(),
-            )));
-        };
-        if route.handler != Handler::Transport(Transport::Longpoll) {
-            kept.poll = None;
-        }
-        match route.handler {
-            Handler::Transport(transport) => {
-                enabled(&app, transport)?;
-                match transport {
-                    Transport::Websocket => {
-                        let (response, accepted) =
-                            Box::pin(websocket::handshake(app, &*req)).await?;
-                        kept.upgrade = Some(accepted);
-                        Ok(response)
-                    }
-                    Transport::Sse => Box::pin(sse::serve(app, *req)).await,
-                    Transport::Poll => Box::pin(short_poll::serve(app, *req)).await,
-                    // Not boxed, unlike the others: a parked poll keeps this future, and
-                    // one allocation for the routing and the poll together is smaller
-                    // than two.
-                    Transport::Longpoll => long_poll::serve(app, req, &mut kept.poll, timer).await,
-                }
-            }
-            Handler::Negotiate => Box::pin(negotiate::serve(app, *req)).await,
-            // The connection's loop admitted the caller and read the body, or says why
-            // it did neither; a request with no body is admitted here.
-            Handler::Publish => {
-                Box::pin(async move {
-                    let mut req = req;
-                    let (body, who) = match req.take_body()? {
-                        Some(read) => read,
-                        None => (Bytes::new(), publish::admit(&app, &*req).await?),
-                    };
-                    publish::publish(&app, &who, &body).await
-                })
-                .await
-            }
-            Handler::Asset => asset(&app, req.path(), req.headers()),
-            // Not lean: `find` above filtered them out.
-            Handler::DemoLogin | Handler::Health | Handler::Ready | Handler::Metrics => Err(
-                Error::NotFound(crate::protocol::truncate_for_message(req.path())),
-            ),
-        }
     }
 }
 

@@ -5,9 +5,10 @@
 //! paths from [`Transport::path`].
 
 use http::Method;
-use http::header::HeaderName;
 
 use crate::config::Transport;
+use crate::http::Verb;
+use crate::http1::LeanRoute;
 use crate::transport::assets;
 
 /// Who answers a route.
@@ -29,16 +30,6 @@ pub enum Handler {
     Metrics,
     /// A static file: the browser client, the demo's files.
     Asset,
-}
-
-/// The method a route answers (an enum of its own: `http::Method` cannot live in a
-/// static table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
-    /// `GET`.
-    Get,
-    /// `POST`.
-    Post,
 }
 
 /// One route.
@@ -172,12 +163,14 @@ impl Route {
         }
     }
 
-    /// The header `name`, if its handler reads it (beyond admission's).
-    pub fn reads(&self, name: &str) -> Option<HeaderName> {
-        self.reads
-            .iter()
-            .find(|read| name.eq_ignore_ascii_case(read))
-            .map(|read| HeaderName::from_static(read))
+    /// What the HTTP/1 path needs of it, if it may serve it.
+    pub fn lean(&self) -> Option<LeanRoute> {
+        self.lean.then_some(LeanRoute {
+            method: self.method,
+            conn: self.conn,
+            upgrade: self.upgrade,
+            reads: self.reads,
+        })
     }
 }
 
@@ -212,7 +205,9 @@ mod tests {
         assert_eq!(find("/publish").unwrap().allow(), "POST");
         assert_eq!(find("/cascade.js").unwrap().handler, Handler::Asset);
         assert!(find("/nowhere").is_none());
-        assert!(find("/ws").unwrap().reads("Sec-WebSocket-Key").is_some());
-        assert!(find("/poll").unwrap().reads("Last-Event-ID").is_none());
+        let lean = |path| find(path).and_then(Route::lean).unwrap();
+        assert!(lean("/ws").reads("Sec-WebSocket-Key").is_some());
+        assert!(lean("/poll").reads("Last-Event-ID").is_none());
+        assert!(find("/metrics").unwrap().lean().is_none());
     }
 }

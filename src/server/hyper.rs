@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Protocol;
 use super::h2;
-use super::lean::Prefixed;
 use crate::app::App;
 use crate::conn::ConnInfo;
 use crate::routes;
+use crate::socket::Prefixed;
 
 /// The HTTP/1 and HTTP/2 connection settings, built once and shared by every connection.
 ///
@@ -52,7 +52,7 @@ impl Protocols {
 
 /// Serves the rest of a connection with hyper. `None` when the server dropped it.
 pub(super) async fn serve_hyper(
-    io: Prefixed,
+    io: Prefixed<tokio::net::TcpStream>,
     protocol: Protocol,
     info: ConnInfo,
     app: Arc<App>,

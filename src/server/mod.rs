@@ -1,9 +1,10 @@
 //! The accept loop, protocol detection and graceful drain; nothing else.
 //!
 //! `run` takes a bound listener (tests pass port 0) and serves until the app's shutdown
-//! token is cancelled. An HTTP/1 connection starts on the lean path (`lean`) and moves to
-//! hyper (`hyper`) at its first request the lean path does not take; an HTTP/2 one is
-//! hyper's from the start. Draining then tells every client to come back after a
+//! token is cancelled. An HTTP/1 connection starts on the hand-written HTTP/1 path
+//! ([`crate::http1`]) and moves to hyper (`hyper`) at its first request that path does not
+//! take; an HTTP/2 one is hyper's from the start. The HTTP/1 path's hand-offs (a
+//! WebSocket's socket, an SSE stream's) are spawned here as tasks of their own. Draining then tells every client to come back after a
 //! randomized delay: WebSockets close with 1012, SSE streams end after a `retry:`, parked
 //! long polls are answered. The process waits for all of that up to the drain deadline.
 
@@ -18,17 +19,18 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::conn::ConnInfo;
 use crate::error::Error;
+use crate::http1::{self, Next};
 use crate::limits::TokenBucket;
 use crate::routes;
+use crate::socket::Prefixed;
+use crate::transport::sse;
 
 mod h2;
 mod hyper;
-mod lean;
 #[cfg(test)]
 mod sizes;
 
 use hyper::{Protocols, serve_hyper};
-use lean::Prefixed;
 
 /// Serves on `listener` until `app.shutdown` is cancelled, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>) {
@@ -78,8 +80,8 @@ enum Protocol {
 
 /// Serves one accepted connection until it ends, the server drops it (`kill`), or the
 /// drain asks it to finish its current answer and close. HTTP/1 connections start on the
-/// lean path (`/sse`, `/longpoll`, `/poll`, `/negotiate`, `POST /publish`, the `/ws`
-/// handshake) and move to hyper at their first other request.
+/// hand-written path for the routes the table marks lean and move to hyper at their first
+/// other request.
 ///
 /// A plain fn around an `async move` block rather than an `async fn`: an async fn keeps
 /// room for its arguments beside the locals they move into for its whole life, and this
@@ -109,21 +111,21 @@ fn serve(
             return;
         };
         let prefix = match protocol {
-            Protocol::Http1 => match lean::serve(&mut stream, &info, &app).await {
-                lean::Next::Hyper(prefix) => prefix,
-                lean::Next::WebSocket(websocket, rest) => {
+            Protocol::Http1 => match http1::serve(&mut stream, &info, &app).await {
+                Next::Hyper(prefix) => prefix,
+                Next::WebSocket(websocket, rest) => {
                     // A task of its own, sized for the WebSocket alone: this one is sized
                     // for the largest lean route.
                     app.streams.spawn(websocket.run_on(stream, rest));
                     return;
                 }
-                lean::Next::Stream(streaming) => {
+                Next::Stream(streaming) => {
                     // Likewise: the stream's task keeps the socket, shared with the hub.
                     app.streams
-                        .spawn(lean::stream::run(stream, info, app.clone(), streaming));
+                        .spawn(sse::stream::run(stream, info, app.clone(), streaming));
                     return;
                 }
-                lean::Next::Closed => return,
+                Next::Closed => return,
             },
             Protocol::Http2 => Bytes::new(),
         };

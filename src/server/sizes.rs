@@ -9,13 +9,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::hyper::Protocols;
-use super::{lean, serve};
+use super::serve;
 use crate::app::App;
 use crate::config::Transport;
 use crate::conn::ConnInfo;
 use crate::http::LeanRequest;
+use crate::http1::{Kept, Router, Streaming};
 use crate::limits::TokenBucket;
-use crate::routes::{self, Kept};
 
 /// A connected pair of sockets on loopback: the server's side and the client's.
 async fn pair() -> (TcpStream, TcpStream) {
@@ -54,7 +54,7 @@ async fn a_parked_long_polls_routing_fits_its_budget() {
     let target = format!("{}?channels=a", Transport::Longpoll.path());
     let req = Box::new(LeanRequest::new(&target, http::HeaderMap::new(), None));
     let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-    let routed = routes::handle_lean(app, req, Kept::default(), timer.as_mut());
+    let routed = App::route(app, req, Kept::default(), timer.as_mut());
     budget("parked long poll routing", size_of_val(&routed), 392, 392);
 }
 
@@ -77,9 +77,13 @@ async fn an_sse_stream_task_fits_its_budget() {
     let app = app();
     let (stream, _client) = pair().await;
     let info = info(&app, &stream);
-    let streaming =
-        lean::stream::Streaming::new(Vec::new(), crate::http::full(""), Default::default());
-    let task = lean::stream::run(stream, info, app, streaming);
+    let streaming = Box::new(Streaming {
+        head: Vec::new(),
+        body: crate::http::full(""),
+        extensions: Default::default(),
+        buf: Default::default(),
+    });
+    let task = crate::transport::sse::stream::run(stream, info, app, streaming);
     budget("sse stream task", size_of_val(&task), 520, 528);
 }
 

@@ -7,7 +7,6 @@ pub mod demo;
 pub mod long_poll;
 pub mod negotiate;
 pub mod publish;
-pub mod shared_socket;
 pub mod short_poll;
 pub mod sse;
 pub mod websocket;

@@ -29,6 +29,7 @@ use crate::transport::{
 use crate::wake::SideWaits;
 
 pub mod event;
+pub mod stream;
 
 use event::SseEvent as _;
 

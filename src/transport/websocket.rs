@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -26,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::http::{Body, RequestHead, full};
 use crate::protocol::Message;
 use crate::query::Query;
-use crate::transport::shared_socket::SharedSocket;
+use crate::socket::{Holds, SharedSocket, Socket as Io};
 
 mod close;
 mod connection;
@@ -88,12 +87,12 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    /// Runs the connection on its own TCP socket, which the hub then writes live messages
+    /// Runs the connection on its own socket, which the hub then writes live messages
     /// to express while the connection is idle; `read` holds bytes the client sent after
     /// its handshake that were already read from it.
     ///
     /// A plain fn: as an async fn it would keep room for its arguments in the task.
-    pub fn run_on(self: Box<Self>, stream: TcpStream, read: Vec<u8>) -> impl Future<Output = ()> {
+    pub fn run_on<S: Io>(self: Box<Self>, stream: S, read: Vec<u8>) -> impl Future<Output = ()> {
         let socket = Arc::new(Socket {
             stream,
             app: self.app.clone(),
@@ -156,19 +155,21 @@ fn ws_config(config: &crate::config::Config) -> WebSocketConfig {
         .max_frame_size(Some(limits.max_frame_bytes))
 }
 
-/// A WebSocket's TCP socket, as the hub writes messages to it express.
-struct Socket {
-    stream: TcpStream,
+/// A WebSocket's socket, as the hub writes messages to it express.
+struct Socket<S> {
+    stream: S,
     app: Arc<App>,
 }
 
-impl AsRef<TcpStream> for Socket {
-    fn as_ref(&self) -> &TcpStream {
+impl<S: Io> Holds for Socket<S> {
+    type Socket = S;
+
+    fn socket(&self) -> &S {
         &self.stream
     }
 }
 
-impl Express for Socket {
+impl<S: Io> Express for Socket<S> {
     fn write(&self, message: &Message, _: Option<CursorAfter<'_>>) -> Written {
         let wire = message.ws_wire();
         match self.stream.try_write(wire) {

@@ -1,7 +1,8 @@
-//! A streamed answer (SSE) on the lean path once it has its connection to itself: the
+//! A streamed answer (SSE) of the HTTP/1 path once it has its connection to itself: the
 //! writer of its chunks, and the hub's express writes to the same socket.
 //!
-//! The lean path hands over a stream whose answer carries an [`ExpressSlot`]. Its socket
+//! The HTTP/1 path hands over a stream ([`Streaming`]) whose answer carries an
+//! [`ExpressSlot`]. Its socket
 //! goes into an `Arc` shared with the hub, which, while the stream is parked, writes each
 //! live message to it as a whole chunk (see [`crate::bus::Express`]). The connection
 //! closes when the stream ends (its head says `connection: close`): a client that comes
@@ -9,39 +10,15 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::net::TcpStream;
-
-use super::{self as lean, Rest};
 use crate::app::App;
 use crate::bus::{CursorAfter, Express, Written};
 use crate::config::Transport;
 use crate::conn::ConnInfo;
-use crate::http::Body;
+use crate::http1::{self, Rest, Streaming};
 use crate::protocol::Message;
+use crate::socket::Socket as Io;
 use crate::transport::sse::event::SseEvent as _;
 use crate::transport::sse::{self, ExpressSlot};
-
-/// A streamed answer, not yet written, and what was read past its request.
-pub struct Streaming {
-    head: Vec<u8>,
-    body: Body,
-    slot: ExpressSlot,
-    /// The start of a next request, read while this one was routed.
-    pub buf: BytesMut,
-}
-
-impl Streaming {
-    /// An answer of `head` and `body`, whose stream takes its express writer from `slot`.
-    pub fn new(head: Vec<u8>, body: Body, slot: ExpressSlot) -> Box<Self> {
-        Box::new(Streaming {
-            head,
-            body,
-            slot,
-            buf: BytesMut::new(),
-        })
-    }
-}
 
 /// Writes the answer on `stream`, lending the hub an express writer over it, until the
 /// stream ends or the connection is dropped.
@@ -49,8 +26,8 @@ impl Streaming {
 /// A plain fn around an `async move` block: an async fn would keep its arguments twice,
 /// for as long as the stream is open.
 #[allow(clippy::manual_async_fn)]
-pub fn run(
-    stream: TcpStream,
+pub fn run<S: Io>(
+    stream: S,
     info: ConnInfo,
     app: Arc<App>,
     streaming: Box<Streaming>,
@@ -59,9 +36,12 @@ pub fn run(
         let Streaming {
             head,
             mut body,
-            slot,
+            mut extensions,
             mut buf,
         } = *streaming;
+        // A stream that lends no express writer gets an empty slot.
+        let slot = extensions.remove::<ExpressSlot>().unwrap_or_default();
+        drop(extensions);
         let socket = Arc::new(Socket {
             stream,
             rest: Rest::default(),
@@ -70,29 +50,29 @@ pub fn run(
         let _ = slot.0.set(socket.clone());
         drop(slot);
         let (stream, rest) = (&socket.stream, &socket.rest);
-        let _ = lean::write(stream, &info, &head).await
-            && lean::write_chunked(stream, rest, &mut buf, &info, &app, &mut body).await;
+        let _ = http1::write(stream, &info, &head).await
+            && http1::write_chunked(stream, rest, &mut buf, &info, &*app, &mut body).await;
     }
 }
 
 /// A handed-over stream's socket, as the hub writes messages to it express.
-struct Socket {
-    stream: TcpStream,
+struct Socket<S> {
+    stream: S,
     /// What the socket did not take of the last chunk written express.
     rest: Rest,
     app: Arc<App>,
 }
 
-impl Express for Socket {
+impl<S: Io> Express for Socket<S> {
     fn write(&self, message: &Message, cursor: Option<CursorAfter<'_>>) -> Written {
         let tried = match cursor {
             // To a subscriber of one channel, the event the message keeps.
             None => {
                 let event = message.sse_event();
-                lean::try_write_chunk(&self.stream, event)
-                    .map(|left| (left, lean::chunk_len(event.len())))
+                http1::try_write_chunk(&self.stream, event)
+                    .map(|left| (left, http1::chunk_len(event.len())))
             }
-            Some(cursor) => lean::try_write_chunk_with(&self.stream, |out| {
+            Some(cursor) => http1::try_write_chunk_with(&self.stream, |out| {
                 sse::put_event_after(out, message, cursor)
             }),
         };

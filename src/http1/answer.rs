@@ -8,20 +8,17 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::{Read, Router, Streaming, read_some};
+use crate::conn::ConnInfo;
+use crate::http::Body;
+use crate::socket::{Socket, taken, write_all};
+use crate::sync::Unpoisoned;
+use crate::wake::SideWaits;
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::net::TcpStream;
-
-use super::{Read, read_some};
-use crate::app::App;
-use crate::conn::ConnInfo;
-use crate::http::Body;
-use crate::sync::Unpoisoned;
-use crate::transport::sse::ExpressSlot;
-use crate::wake::SideWaits;
 
 /// A response, framed for this path.
 pub(super) enum Sending {
@@ -32,13 +29,13 @@ pub(super) enum Sending {
     /// The head (with room for the body) and a complete body of known length.
     Whole(Vec<u8>, UnsyncBoxBody<Bytes, Infallible>),
     /// A streamed body (SSE), which takes the socket over to share it with the hub's
-    /// express writes: see `server::stream`.
-    Stream(Box<super::stream::Streaming>),
+    /// express writes: see [`Streaming`].
+    Stream(Box<Streaming>),
 }
 
 /// Frames `response` for this path. A JSON answer, which every poll gets, is written at
 /// once (see [`try_write_assembled`]).
-pub(super) fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: bool) -> Sending {
+pub(super) fn prepare(stream: &impl Socket, response: Response<Body>, keep_alive: bool) -> Sending {
     let (parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let mut head = Vec::with_capacity(256);
@@ -78,23 +75,21 @@ pub(super) fn prepare(stream: &TcpStream, response: Response<Body>, keep_alive: 
         }
         None => {
             let mut head = Vec::with_capacity(256);
-            // A stream that lends no express writer gets an empty slot.
-            let slot = parts
-                .extensions
-                .get::<ExpressSlot>()
-                .cloned()
-                .unwrap_or_default();
             // A handed-over stream's connection closes with it.
             encode_head(&mut head, &parts, implied, Framing::Chunked, false);
-            let body = Body::Boxed(body);
-            Sending::Stream(super::stream::Streaming::new(head, body, slot))
+            Sending::Stream(Box::new(Streaming {
+                head,
+                body: Body::Boxed(body),
+                extensions: parts.extensions,
+                buf: BytesMut::new(),
+            }))
         }
     }
 }
 
 /// Writes a head and its complete body in one write (see [`prepare`]).
 pub(super) async fn write_whole(
-    stream: &mut TcpStream,
+    stream: &mut impl Socket,
     info: &ConnInfo,
     head: &mut Vec<u8>,
     body: &mut UnsyncBoxBody<Bytes, Infallible>,
@@ -116,12 +111,12 @@ pub(super) async fn write_whole(
 /// An `async move` block, not an `async fn`, so that an SSE stream, which keeps this
 /// future for as long as it is open, does not keep every argument twice.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub(in crate::server) fn write_chunked<'a>(
-    stream: &'a TcpStream,
+pub fn write_chunked<'a, S: Socket, R: Router>(
+    stream: &'a S,
     rest: &'a Rest,
     buf: &'a mut BytesMut,
     info: &'a ConnInfo,
-    app: &'a App,
+    app: &'a R,
     body: &'a mut Body,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
@@ -199,7 +194,7 @@ pub(in crate::server) fn write_chunked<'a>(
 /// take, copied, and whether the frame ended the body (or an error did, which the body
 /// type rules out); `None` for a frame with nothing to send.
 pub(super) fn write_frame<E>(
-    stream: &TcpStream,
+    stream: &impl Socket,
     frame: Option<Result<http_body::Frame<Bytes>, E>>,
 ) -> io::Result<Option<(Option<Vec<u8>>, bool)>> {
     match framed(frame) {
@@ -212,7 +207,7 @@ pub(super) fn write_frame<E>(
 /// Writes what the socket did not take of a chunk, giving up when the connection is
 /// killed meanwhile; `true` once written.
 pub(super) async fn finish_chunk(
-    stream: &TcpStream,
+    stream: &impl Socket,
     rest: &[u8],
     side: &SideWaits,
     mut killed: Pin<&mut impl Future<Output = ()>>,
@@ -275,28 +270,11 @@ impl Rest {
     }
 }
 
-/// Writes all of `bytes` to a socket that is borrowed, not owned (tokio's `write_all`
-/// wants it mutably).
-pub(super) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(written) => bytes = &bytes[written..],
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
-}
-
 /// Writes a data chunk if the socket takes all of it now; else returns, copied, what it
 /// did not take. A small chunk is assembled in a buffer and goes out as one plain write
 /// (a vectored write of three pieces cost more in the kernel than it saved here); a
 /// large one is written vectored, its data not copied.
-pub(in crate::server) fn try_write_chunk(
-    stream: &TcpStream,
-    data: &[u8],
-) -> io::Result<Option<Vec<u8>>> {
+pub fn try_write_chunk(stream: &impl Socket, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let (size, len) = chunk_size_line(data.len());
     let parts: [&[u8]; 3] = [&size[..len], data, b"\r\n"];
     let total = len + data.len() + 2;
@@ -320,8 +298,8 @@ pub(in crate::server) fn try_write_chunk(
 ///
 /// For data made per write (an SSE event with its subscriber's own cursor): built where
 /// it is framed, it costs no buffer of its own and no second copy.
-pub(in crate::server) fn try_write_chunk_with(
-    stream: &TcpStream,
+pub fn try_write_chunk_with(
+    stream: &impl Socket,
     fill: impl FnOnce(&mut Vec<u8>),
 ) -> io::Result<(Option<Vec<u8>>, usize)> {
     // Room for the longest size line in front of the data, filled once the data's
@@ -342,7 +320,7 @@ pub(in crate::server) fn try_write_chunk_with(
 /// takes all of them now; else returns, copied, what it did not take. A buffer per thread
 /// rather than one per write (an allocation) or on the stack (zeroed each time).
 pub(super) fn try_write_assembled(
-    stream: &TcpStream,
+    stream: &impl Socket,
     fill: impl FnOnce(&mut Vec<u8>),
 ) -> io::Result<Option<Vec<u8>>> {
     let (rest, _) = try_write_built(stream, |out| {
@@ -355,7 +333,7 @@ pub(super) fn try_write_assembled(
 /// Builds bytes with `fill` in this thread's buffer and writes them from the offset
 /// `fill` returns: what the socket did not take, copied, and how many there were.
 fn try_write_built(
-    stream: &TcpStream,
+    stream: &impl Socket,
     fill: impl FnOnce(&mut Vec<u8>) -> usize,
 ) -> io::Result<(Option<Vec<u8>>, usize)> {
     ASSEMBLY.with_borrow_mut(|assembled| {
@@ -373,14 +351,6 @@ fn try_write_built(
     })
 }
 
-/// How many bytes a non-blocking write took: none when the socket had no room.
-pub(super) fn taken(attempt: io::Result<usize>) -> io::Result<usize> {
-    match attempt {
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        other => other,
-    }
-}
-
 /// Chunks up to this size (framing included) are assembled in one buffer per thread.
 pub(super) const SMALL_CHUNK: usize = 2048;
 /// The most room the buffer keeps between writes.
@@ -392,7 +362,7 @@ thread_local! {
 }
 
 /// The length of a chunk of `len` bytes of data, framing included.
-pub(in crate::server) fn chunk_len(len: usize) -> usize {
+pub fn chunk_len(len: usize) -> usize {
     chunk_size_line(len).1 + len + 2
 }
 
@@ -410,7 +380,7 @@ pub(super) fn chunk_size_line(len: usize) -> ([u8; 18], usize) {
 
 /// Writes all of `bytes`, giving up when the server drops the connection meanwhile (the
 /// bus cuts off a subscriber that stalls this way).
-pub(in crate::server) async fn write(stream: &TcpStream, info: &ConnInfo, bytes: &[u8]) -> bool {
+pub async fn write(stream: &impl Socket, info: &ConnInfo, bytes: &[u8]) -> bool {
     tokio::select! {
         biased;
         written = write_all(stream, bytes) => written.is_ok(),

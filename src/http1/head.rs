@@ -8,18 +8,17 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::ReadBuf;
 
-use super::{FIRST_READ, MAX_HEAD, MAX_HEADERS};
+use super::{FIRST_READ, LeanRoute, MAX_HEAD, MAX_HEADERS, Router};
 use crate::conn::ConnInfo;
-use crate::http::LeanRequest;
-use crate::routes::table::{Route, Verb};
+use crate::http::{LeanRequest, Verb};
+use crate::socket::Socket;
 
 /// Reads until `buf` holds a whole request head; the request, if this path serves it,
 /// and whether the connection may carry another. `None` hands the connection to hyper.
-pub(super) async fn read_head(
-    stream: &mut TcpStream,
+pub(super) async fn read_head<S: Socket, R: Router>(
+    stream: &mut S,
     buf: &mut BytesMut,
     info: &ConnInfo,
 ) -> io::Result<Option<(Box<LeanRequest>, bool)>> {
@@ -27,14 +26,14 @@ pub(super) async fn read_head(
     if buf.is_empty() {
         // Nearly every head arrives whole in one read: it is read and parsed in the
         // thread's buffer, and the connection's own takes only what is left over.
-        match poll_fn(|cx| poll_first_read(stream, cx, buf, info)).await? {
+        match poll_fn(|cx| poll_first_read::<S, R>(stream, cx, buf, info)).await? {
             Head::Lean(lean, ()) => return Ok(Some(lean)),
             Head::Other => return Ok(None),
             Head::Partial => {}
         }
     }
     loop {
-        match parse_head(buf, info) {
+        match parse_head::<R>(buf, info) {
             Head::Lean(lean, ()) => return Ok(Some(lean)),
             Head::Partial if buf.len() < MAX_HEAD => {}
             Head::Partial | Head::Other => return Ok(None),
@@ -61,8 +60,8 @@ pub(super) async fn read_head(
 /// it would be part of every parked poll. `poll_read`, not `try_read`: a short read tells
 /// tokio that the socket is drained, which spares the parked poll's watch a read that
 /// would find nothing.
-pub(super) fn poll_first_read(
-    stream: &mut TcpStream,
+pub(super) fn poll_first_read<S: Socket, R: Router>(
+    stream: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     info: &ConnInfo,
@@ -78,7 +77,7 @@ pub(super) fn poll_first_read(
         if read.is_empty() {
             return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
         }
-        let (head, used) = parse(read, info).consumed();
+        let (head, used) = parse::<R>(read, info).consumed();
         buf.extend_from_slice(&read[used..]);
         Poll::Ready(Ok(head))
     })
@@ -115,19 +114,19 @@ impl Head<usize> {
 }
 
 /// Parses the head at the start of `buf`, consuming it if this path serves the request.
-pub(super) fn parse_head(buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
-    let (head, used) = parse(buf, info).consumed();
+pub(super) fn parse_head<R: Router>(buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
+    let (head, used) = parse::<R>(buf, info).consumed();
     buf.advance(used);
     head
 }
 
 /// Parses the head at the start of `bytes`: the request and the head's length. Not
 /// async: the header array is 2 KiB, which a future would keep for every connection.
-pub(super) fn parse(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
+pub(super) fn parse<R: Router>(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => match lean_request(&parsed, info) {
+        Ok(httparse::Status::Complete(len)) => match lean_request::<R>(&parsed, info) {
             Some(lean) => Head::Lean(lean, len),
             None => Head::Other,
         },
@@ -137,7 +136,7 @@ pub(super) fn parse(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
 }
 
 /// The request a parsed head stands for, if this path serves it.
-pub(super) fn lean_request(
+pub(super) fn lean_request<R: Router>(
     parsed: &httparse::Request<'_, '_>,
     info: &ConnInfo,
 ) -> Option<(Box<LeanRequest>, bool)> {
@@ -148,7 +147,7 @@ pub(super) fn lean_request(
         return None;
     }
     let path = &target[..crate::http::path_end(target)];
-    let route = crate::routes::table::find(path).filter(|route| route.lean)?;
+    let route = R::lean_route(path)?;
     // A preflight: a cross-origin page that sends credentials in a header asks before its
     // `/negotiate` or its polls, and the connection should stay here for them. Any other
     // method than the route's is hyper's to refuse.
@@ -199,7 +198,7 @@ pub(super) fn lean_request(
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("close"));
         }
-        let Some(name) = kept(route, name, has_origin, proxied) else {
+        let Some(name) = kept::<R>(&route, name, has_origin, proxied) else {
             continue;
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
@@ -229,18 +228,13 @@ pub(super) fn lean_request(
 /// `Origin` (and `Host`, only beside an `Origin`) and the credentials (`Authorization`,
 /// the API key), and, from a trusted proxy, its forwarding headers; the route table says
 /// what else each handler reads.
-pub(super) fn kept(
-    route: &Route,
+pub fn kept<R: Router>(
+    route: &LeanRoute,
     name: &str,
     has_origin: bool,
     proxied: bool,
 ) -> Option<HeaderName> {
     use http::header;
-    const ADMISSION: [(&str, HeaderName); 3] = [
-        ("origin", header::ORIGIN),
-        ("authorization", header::AUTHORIZATION),
-        (crate::auth::API_KEY_HEADER, crate::auth::API_KEY),
-    ];
     if has_origin && name.eq_ignore_ascii_case("host") {
         return Some(header::HOST);
     }
@@ -254,60 +248,5 @@ pub(super) fn kept(
             return Some(kept);
         }
     }
-    ADMISSION
-        .into_iter()
-        .find(|(kept, _)| name.eq_ignore_ascii_case(kept))
-        .map(|(_, name)| name)
-        .or_else(|| route.reads(name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_headers_the_routes_read_are_kept() {
-        let find = |path| crate::routes::table::find(path).unwrap();
-        let (sse, poll, ws) = (find("/sse"), find("/poll"), find("/ws"));
-        assert_eq!(
-            kept(poll, "Origin", false, false),
-            Some(http::header::ORIGIN)
-        );
-        assert_eq!(
-            kept(poll, "X-Cascade-API-Key", false, false)
-                .unwrap()
-                .as_str(),
-            crate::auth::API_KEY_HEADER
-        );
-        assert_eq!(
-            kept(sse, "LAST-EVENT-ID", false, false).unwrap().as_str(),
-            "last-event-id"
-        );
-        assert_eq!(kept(poll, "Last-Event-ID", false, false), None);
-        assert_eq!(
-            kept(ws, "Sec-WebSocket-Key", false, false),
-            Some(http::header::SEC_WEBSOCKET_KEY)
-        );
-        assert_eq!(kept(sse, "Sec-WebSocket-Key", false, false), None);
-        assert_eq!(kept(poll, "Host", true, false), Some(http::header::HOST));
-        assert_eq!(kept(poll, "Host", false, false), None);
-        for dropped in [
-            "User-Agent",
-            "Accept",
-            "Cookie",
-            "Sec-Fetch-Mode",
-            "Referer",
-        ] {
-            assert_eq!(kept(sse, dropped, true, false), None, "{dropped}");
-        }
-        assert_eq!(kept(poll, "X-Forwarded-For", false, false), None);
-        assert_eq!(
-            kept(poll, "X-Forwarded-For", false, true).unwrap().as_str(),
-            "x-forwarded-for"
-        );
-        assert_eq!(
-            kept(poll, "Forwarded", false, true),
-            Some(http::header::FORWARDED)
-        );
-    }
+    R::admission_reads(name).or_else(|| route.reads(name))
 }

@@ -1,21 +1,23 @@
-//! The lean HTTP/1 path for the GET routes of the transports: `/sse`, `/longpoll`, `/poll`
-//! and the `/ws` handshake; `/negotiate`, which a client asks before them; their CORS
-//! preflights; `POST /publish`, which a browser client off a WebSocket sends on the
-//! connections it polls on; and `GET /cascade.js` (and the demo's files), which a page
-//! may load from the gateway on the connection its client then uses. A connection stays
-//! here for as long as its requests do.
+//! The hand-written HTTP/1 path, for the requests most of a gateway's connections make:
+//! the transports' `GET`s (`/sse`, `/longpoll`, `/poll`, the `/ws` handshake),
+//! `/negotiate`, their CORS preflights, `POST /publish` and the static files. Which
+//! requests those are, and what answers them, is the [`Router`]'s to say (the route
+//! table's, through `routes`); this module knows HTTP/1, sockets and the connection's
+//! info, nothing of transports. A connection stays here for as long as its requests do.
 //!
-//! These requests are most of a gateway's open connections and they spend their life
-//! waiting (a short poller's connection waits between its polls). Served by hyper, each
-//! keeps hyper's connection buffers (8 KiB to read, 8 KiB for response heads) for as long
-//! as it waits, and an upgraded WebSocket keeps a boxed hyper socket. Here the request
-//! head is read into a small buffer that is released once parsed, and the answer is
-//! written straight to the socket; a WebSocket, and an SSE stream, runs on the bare
-//! socket in a task of its own. Anything else (another route, a body but a publish's of a
-//! declared length, an upgrade to anything but WebSocket, HTTP/1.0, a head this path
-//! cannot parse) goes to hyper with the
-//! bytes already read, so hyper stays the one full HTTP implementation and this path only
-//! ever takes requests it fully understands.
+//! These requests spend their life waiting (a short poller's connection waits between
+//! its polls). Served by hyper, each keeps hyper's connection buffers (8 KiB to read,
+//! 8 KiB for response heads) for as long as it waits, and an upgraded WebSocket keeps a
+//! boxed hyper socket. Here the request head is read into a small buffer that is released
+//! once parsed, and the answer is written straight to the socket. Anything else (another
+//! route, a body but one of a declared length, an upgrade to anything but WebSocket,
+//! HTTP/1.0, a head this path cannot parse) goes to hyper with the bytes already read, so
+//! hyper stays the one full HTTP implementation and this path only ever takes requests it
+//! fully understands.
+//!
+//! The path ends in a typed hand-off ([`Next`]): hyper for the rest, a WebSocket's
+//! socket, a stream's socket, or the end. It is generic over the socket ([`Socket`]), so
+//! that any that keeps the contract is served the same way.
 //!
 //! This module is the connection's loop (read a head, route, answer, again) and its waits;
 //! `head` reads and parses request heads, `answer` frames and writes the answers.
@@ -24,32 +26,127 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::Response;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use http::header::HeaderName;
+use http::{Extensions, Response};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::app::App;
-use crate::auth::Identity;
 use crate::conn::ConnInfo;
-use crate::error::Error;
-use crate::http::{Body, LeanRequest, RequestHead};
-use crate::routes;
-use crate::transport::{publish, websocket};
+use crate::error::{Error, Result};
+use crate::http::{Body, LeanRequest, Verb};
+use crate::socket::Socket;
 
 mod answer;
 mod head;
-pub(super) mod stream;
 
-pub(super) use answer::{
-    Rest, chunk_len, try_write_chunk, try_write_chunk_with, write, write_chunked,
-};
+pub use answer::{Rest, chunk_len, try_write_chunk, try_write_chunk_with, write, write_chunked};
 use answer::{Sending, prepare, write_whole};
+pub use head::kept;
 use head::read_head;
+
+/// What the HTTP/1 path needs of the application: which requests it may serve, the
+/// admission of a caller before its body is read, and the routing. `routes` implements
+/// it from the one route table.
+pub trait Router: Send + Sync + Sized + 'static {
+    /// What a request leaves for the connection's next one (a long poll's subscription).
+    type Carry: Send;
+    /// An accepted WebSocket handshake, to run on the socket once its `101` is written.
+    type Upgrade: Send;
+    /// The route at `path`, if this path may serve it.
+    fn lean_route(path: &str) -> Option<LeanRoute>;
+    /// The header `name`, if every route's admission reads it (the origin, credentials).
+    fn admission_reads(name: &str) -> Option<HeaderName>;
+    /// The deadlines and sizes this path keeps, read for each request.
+    fn limits(&self) -> Limits;
+    /// Whether the server is draining.
+    fn draining(&self) -> bool;
+    /// Resolves once the server starts draining.
+    fn drain_started(&self) -> WaitForCancellationFuture<'_>;
+    /// Counts a failure of the client's that ends its connection, by error code.
+    fn count(&self, code: &'static str);
+    /// Admits the caller of a request with a body before a byte of the body is read (the
+    /// origin, then who is asking, then their budget), recording it in `req`.
+    fn admit<'a>(
+        &'a self,
+        req: &'a mut LeanRequest,
+    ) -> impl Future<Output = Result<()>> + Send + 'a;
+    /// Routes a request: its answer, and what the connection keeps. `timer` is the
+    /// connection's, lent for a long poll's hold.
+    fn route<'t>(
+        router: Arc<Self>,
+        req: Box<LeanRequest>,
+        kept: Kept<Self>,
+        timer: Pin<&'t mut Sleep>,
+    ) -> impl Future<Output = (Response<Body>, Kept<Self>)> + Send + 't;
+}
+
+/// What this path needs to know of a route it may serve.
+#[derive(Clone, Copy, Debug)]
+pub struct LeanRoute {
+    /// The method it answers.
+    pub method: Verb,
+    /// Whether its handler is given the connection's info.
+    pub conn: bool,
+    /// Whether it may upgrade the connection (to a WebSocket).
+    pub upgrade: bool,
+    /// Request headers its handler reads besides the admission's.
+    pub reads: &'static [&'static str],
+}
+
+impl LeanRoute {
+    /// The header `name`, if its handler reads it (beyond admission's).
+    pub fn reads(&self, name: &str) -> Option<HeaderName> {
+        self.reads
+            .iter()
+            .find(|read| name.eq_ignore_ascii_case(read))
+            .map(|read| HeaderName::from_static(read))
+    }
+}
+
+/// The deadlines and sizes this path keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// For a request's head to arrive.
+    pub header_timeout: Duration,
+    /// For a request's body to arrive.
+    pub body_timeout: Duration,
+    /// The largest body read.
+    pub max_body: usize,
+}
+
+/// What a routed request leaves to its connection besides the answer.
+pub struct Kept<R: Router> {
+    /// The accepted WebSocket handshake, when the answer is `101`.
+    pub upgrade: Option<R::Upgrade>,
+    /// What the connection's next request is given (and drops unless it goes on with it).
+    pub carry: Option<R::Carry>,
+}
+
+impl<R: Router> Default for Kept<R> {
+    fn default() -> Self {
+        Kept {
+            upgrade: None,
+            carry: None,
+        }
+    }
+}
+
+/// A streamed answer (SSE), whose writer takes the socket over; nothing of it is
+/// written yet.
+pub struct Streaming {
+    /// The answer's head, encoded.
+    pub head: Vec<u8>,
+    /// Its body.
+    pub body: Body,
+    /// The response's extensions, where its route left what the writer needs.
+    pub extensions: Extensions,
+    /// The start of a next request, read while this one was routed.
+    pub buf: BytesMut,
+}
 
 /// A request head longer than this goes to hyper, which applies its own limits.
 const MAX_HEAD: usize = 16 * 1024;
@@ -60,31 +157,31 @@ const FIRST_READ: usize = 2048;
 /// Most room a body's read sets aside at a time.
 const BODY_STEP: usize = 16 * 1024;
 
-/// What follows the lean path on a connection.
-pub enum Next {
+/// What follows this path on a connection.
+pub enum Next<R: Router> {
     /// hyper serves the rest; these bytes of the next request were read already.
     Hyper(Bytes),
     /// The handshake was answered: the WebSocket runs on the socket, starting with
     /// these bytes the client sent after its handshake.
-    WebSocket(Box<websocket::Accepted>, Vec<u8>),
+    WebSocket(R::Upgrade, Vec<u8>),
     /// A stream (SSE) that takes the socket over, to share it with the hub's express
     /// writes: nothing of it is written yet.
-    Stream(Box<stream::Streaming>),
+    Stream(Box<Streaming>),
     /// The connection is finished.
     Closed,
 }
 
-/// Serves the lean routes on `stream` for as long as its requests are lean ones.
+/// Serves the router's lean routes on `stream` for as long as its requests are lean ones.
 ///
 /// Not an `async fn`, so that the future does not keep its arguments twice (see
 /// `server::serve`); transient waits are boxed so that the state a parked long poll or an
 /// SSE stream keeps is the smallest one.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub fn serve<'a>(
-    stream: &'a mut TcpStream,
+pub fn serve<'a, S: Socket, R: Router>(
+    stream: &'a mut S,
     info: &'a ConnInfo,
-    app: &'a Arc<App>,
-) -> impl Future<Output = Next> + Send + 'a {
+    app: &'a Arc<R>,
+) -> impl Future<Output = Next<R>> + Send + 'a {
     async move {
         let mut buf = BytesMut::new();
         // What the last request left for the next one: a long poll's subscription.
@@ -98,10 +195,8 @@ pub fn serve<'a>(
         loop {
             // Read from the configuration each time rather than kept: 16 bytes of every
             // connection's task.
-            let header_timeout = app.config.limits.header_read_timeout_ms;
-            timer
-                .as_mut()
-                .reset(crate::wake::deadline(Duration::from_millis(header_timeout)));
+            let header_timeout = app.limits().header_timeout;
+            timer.as_mut().reset(crate::wake::deadline(header_timeout));
             // Not boxed: it takes no more room in this task than the routing does.
             let head = async {
                 if buf.is_empty() {
@@ -115,7 +210,7 @@ pub fn serve<'a>(
                         None => tokio::select! {
                             biased;
                             ready = readable => ready.is_ok(),
-                            _ = app.shutdown.cancelled() => false,
+                            _ = app.drain_started() => false,
                         },
                         // After an SSE request that took the token and was then refused
                         // (a stream that opens leaves this path): rare, and boxed, as the
@@ -125,7 +220,7 @@ pub fn serve<'a>(
                                 tokio::select! {
                                     biased;
                                     ready = readable => ready.is_ok(),
-                                    _ = app.shutdown.cancelled() => false,
+                                    _ = app.drain_started() => false,
                                     _ = kill.cancelled() => false,
                                 }
                             })
@@ -136,7 +231,7 @@ pub fn serve<'a>(
                         return Err(io::ErrorKind::ConnectionAborted.into());
                     }
                 }
-                read_head(stream, &mut buf, info).await
+                read_head::<S, R>(stream, &mut buf, info).await
             };
             // Matched without a binding of its own, which the task would keep while the
             // request is routed.
@@ -153,7 +248,7 @@ pub fn serve<'a>(
                 None if buf.is_empty() => return Next::Closed,
                 // A client trickling its head (slowloris).
                 None => {
-                    app.metrics.error("request_timeout");
+                    app.count("request_timeout");
                     return Next::Closed;
                 }
             };
@@ -165,9 +260,9 @@ pub fn serve<'a>(
                 match Box::pin(admit_and_read(
                     stream,
                     &mut buf,
-                    &req,
+                    &mut req,
                     length,
-                    app,
+                    &**app,
                     timer.as_mut(),
                 ))
                 .await
@@ -192,17 +287,17 @@ pub fn serve<'a>(
             }
             // Routing and sending are separate futures so that a long stream does not keep
             // the routing's room in this task.
-            let kept = routes::Kept {
+            let kept = Kept {
                 upgrade: None,
-                poll: kept_poll.take(),
+                carry: kept_poll.take(),
             };
             // Destructured at once: a binding of the whole would take room of its own.
-            let Some((response, routes::Kept { upgrade, poll })) =
+            let Some((response, Kept { upgrade, carry })) =
                 route(stream, &mut buf, info, app, req, kept, timer.as_mut()).await
             else {
                 return Next::Closed;
             };
-            kept_poll = poll;
+            kept_poll = carry;
             // The head is encoded here, before any wait, so that a long stream's task keeps
             // only its body, not the response's parts.
             let written = match prepare(stream, response, keep_alive) {
@@ -225,9 +320,9 @@ pub fn serve<'a>(
             };
             let go_on = written
                 && keep_alive
-                && !app.shutdown.is_cancelled()
+                && !app.draining()
                 && (unread == 0
-                    || Box::pin(skip(stream, &mut buf, unread, app, timer.as_mut())).await);
+                    || Box::pin(skip(stream, &mut buf, unread, &**app, timer.as_mut())).await);
             if !go_on {
                 let _ = stream.shutdown().await;
                 return Next::Closed;
@@ -239,27 +334,27 @@ pub fn serve<'a>(
 /// Routes `req`, watching the socket meanwhile: a client that goes away ends the wait.
 /// `None` when it did, or the server dropped the connection.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-fn route<'a>(
-    stream: &'a mut TcpStream,
+fn route<'a, S: Socket, R: Router>(
+    stream: &'a mut S,
     buf: &'a mut BytesMut,
     info: &'a ConnInfo,
-    app: &'a Arc<App>,
+    app: &'a Arc<R>,
     req: Box<LeanRequest>,
-    kept: routes::Kept,
+    kept: Kept<R>,
     timer: Pin<&'a mut Sleep>,
-) -> impl Future<Output = Option<(Response<Body>, routes::Kept)>> + Send + 'a {
+) -> impl Future<Output = Option<(Response<Body>, Kept<R>)>> + Send + 'a {
     // Boxed: an SSE stream outlives its routing by hours, and the connection's task
     // should not keep the routing's room for it. Made before the `async move` block (not
     // an `async fn`, which would keep every argument twice), which then keeps only what it
     // waits on, not also the request and the timer it handed on: a parked poll keeps this
     // future.
-    let mut routed = Box::pin(routes::handle_lean(app.clone(), req, kept, timer));
+    let mut routed = Box::pin(R::route(app.clone(), req, kept, timer));
     async move {
         loop {
             tokio::select! {
                 biased;
                 answer = &mut routed => return Some(answer),
-                gone = watch(stream, buf, app) => if gone { return None },
+                gone = watch(stream, buf, &**app) => if gone { return None },
                 _ = info.killed() => return None,
             }
         }
@@ -277,56 +372,47 @@ enum Unread {
     Failed(Error),
 }
 
-/// Admits the sender of a publish (see [`publish::admit`]) and then reads its body,
-/// as hyper's path does: a caller refused costs no more than its head and a skip.
-async fn admit_and_read(
-    stream: &mut TcpStream,
+/// Admits the caller of a request with a body ([`Router::admit`]) and then reads the
+/// body, as hyper's path does: a caller refused costs no more than its head and a skip.
+async fn admit_and_read<S: Socket, R: Router>(
+    stream: &mut S,
     buf: &mut BytesMut,
-    req: &LeanRequest,
+    req: &mut LeanRequest,
     length: usize,
-    app: &App,
+    app: &R,
     timer: Pin<&mut Sleep>,
-) -> Result<(Bytes, Identity), Unread> {
-    let refused = |err| {
-        if length <= app.config.limits.max_body_bytes {
+) -> Result<Bytes, Unread> {
+    if let Err(err) = app.admit(req).await {
+        // The route answers the refusal.
+        return Err(if length <= app.limits().max_body {
             Unread::Refused(err)
         } else {
             Unread::Failed(err)
-        }
-    };
-    // The origin first, as `routes` checks it for every request: a cross-origin caller
-    // must not spend a connect ticket or the publish budget before it is refused. The
-    // route answers the refusal.
-    if let Err(err) = app.auth.origins.check(req.headers()) {
-        return Err(refused(err));
+        });
     }
-    let caller = match publish::admit(app, req).await {
-        Ok(caller) => caller,
-        Err(err) => return Err(refused(err)),
-    };
-    let body = read_body(stream, buf, length, app, timer)
+    read_body(stream, buf, length, app, timer)
         .await
-        .map_err(|err| err.map_or(Unread::Gone, Unread::Failed))?;
-    Ok((body, caller))
+        .map_err(|err| err.map_or(Unread::Gone, Unread::Failed))
 }
 
 /// Reads and drops the `length` bytes of a refused request's body (some may be in `buf`
 /// already), within the body's deadline, so that the connection can carry the next
 /// request; false when the client went away or was too slow (counted as
 /// `request_timeout`).
-async fn skip(
-    stream: &mut TcpStream,
+async fn skip<S: Socket, R: Router>(
+    stream: &mut S,
     buf: &mut BytesMut,
     length: usize,
-    app: &App,
+    app: &R,
     mut timer: Pin<&mut Sleep>,
 ) -> bool {
     use tokio::io::AsyncReadExt;
     let buffered = length.min(buf.len());
     buf.advance(buffered);
     let mut left = length - buffered;
-    let deadline = Duration::from_millis(app.config.limits.body_read_timeout_ms);
-    timer.as_mut().reset(crate::wake::deadline(deadline));
+    timer
+        .as_mut()
+        .reset(crate::wake::deadline(app.limits().body_timeout));
     let mut scratch = [0; 4096];
     while left > 0 {
         let room = left.min(scratch.len());
@@ -339,7 +425,7 @@ async fn skip(
             () = timer.as_mut() => {
                 // A body that never comes after its refusal: held on to, it would keep the
                 // connection for nothing.
-                app.metrics.error("request_timeout");
+                app.count("request_timeout");
                 return false;
             }
         }
@@ -349,20 +435,21 @@ async fn skip(
 
 /// Reads the `length` bytes of body that follow a request's head (some may be in `buf`
 /// already), within the configured size and time. `Err(None)` when the client went away.
-async fn read_body(
-    stream: &mut TcpStream,
+async fn read_body<S: Socket, R: Router>(
+    stream: &mut S,
     buf: &mut BytesMut,
     length: usize,
-    app: &App,
+    app: &R,
     mut timer: Pin<&mut Sleep>,
 ) -> Result<Bytes, Option<Error>> {
     use tokio::io::AsyncReadExt;
-    let limits = &app.config.limits;
-    if length > limits.max_body_bytes {
-        return Err(Some(Error::BodyTooLarge(limits.max_body_bytes)));
+    let limits = app.limits();
+    if length > limits.max_body {
+        return Err(Some(Error::BodyTooLarge(limits.max_body)));
     }
-    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
-    timer.as_mut().reset(crate::wake::deadline(deadline));
+    timer
+        .as_mut()
+        .reset(crate::wake::deadline(limits.body_timeout));
     while buf.len() < length {
         // Room for what arrives, not for what the head declares: a head alone must not
         // make the gateway set aside the whole limit.
@@ -396,8 +483,8 @@ enum Sent {
 /// across several waits here; held by the connection's own future, it took room that the
 /// routing's state could not share).
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-fn send<'a>(
-    stream: &'a mut TcpStream,
+fn send<'a, S: Socket>(
+    stream: &'a mut S,
     info: &'a ConnInfo,
     mut sending: Sending,
 ) -> impl Future<Output = Sent> + Send + 'a {
@@ -433,7 +520,7 @@ fn send<'a>(
 /// request was read whole and its answer is owed, so a client that sends ahead is slowed
 /// down by its own socket (backpressure), never cut off with its answer lost. Its close
 /// goes unseen meanwhile; the pending answer ends by itself (a poll's hold, a publish).
-async fn watch(stream: &mut TcpStream, buf: &mut BytesMut, app: &App) -> bool {
+async fn watch<S: Socket, R: Router>(stream: &mut S, buf: &mut BytesMut, app: &R) -> bool {
     if buf.len() >= MAX_HEAD {
         return std::future::pending().await;
     }
@@ -457,11 +544,11 @@ enum Read {
 }
 
 /// Reads what a readable socket holds into `buf`, up to the head limit.
-fn read_some(stream: &TcpStream, buf: &mut BytesMut, app: &App) -> Read {
+fn read_some<S: Socket, R: Router>(stream: &S, buf: &mut BytesMut, app: &R) -> Read {
     if buf.len() >= MAX_HEAD {
         // A client sending beside a stream that never ends: nothing it sends can be
         // served, so stop it rather than buffer more.
-        app.metrics.error("pipeline_overflow");
+        app.count("pipeline_overflow");
         return Read::Gone;
     }
     buf.reserve(FIRST_READ);
@@ -470,69 +557,5 @@ fn read_some(stream: &TcpStream, buf: &mut BytesMut, app: &App) -> Read {
         Ok(_) => Read::More,
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => Read::Drained,
         Err(_) => Read::Gone,
-    }
-}
-
-/// A socket with bytes already read from it in front, for handing over to hyper.
-pub struct Prefixed {
-    prefix: Bytes,
-    stream: TcpStream,
-}
-
-impl Prefixed {
-    /// `stream`, whose next bytes are `prefix`.
-    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
-        Prefixed { prefix, stream }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(out.remaining());
-            out.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // Release the read buffer: an upgraded connection keeps this socket for
-                // its whole life.
-                self.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, out)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, bytes)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
