@@ -99,6 +99,7 @@ pub struct LeanRoute {
 
 impl LeanRoute {
     /// The header `name`, if its handler reads it (beyond admission's).
+    #[inline] // Per header of every request; a call across codegen units otherwise.
     pub fn reads(&self, name: &str) -> Option<HeaderName> {
         self.reads
             .iter()

@@ -18,6 +18,7 @@ pub trait SseEvent {
 }
 
 impl SseEvent for Message {
+    #[inline] // On every delivery; a call across codegen units otherwise.
     fn sse_event(&self) -> &Bytes {
         self.sse_encoding(encode)
     }

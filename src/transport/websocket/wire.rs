@@ -28,11 +28,14 @@ pub trait WsFrame {
     fn ws_message(&self) -> tungstenite::Message;
 }
 
+// Inlined: both are on every delivery, called from other codegen units.
 impl WsFrame for Message {
+    #[inline]
     fn ws_wire(&self) -> &Bytes {
         self.ws_encoding(encode)
     }
 
+    #[inline]
     fn ws_frame(&self) -> &[u8] {
         let wire = self.ws_wire();
         &wire[head_len(wire.len())..]
