@@ -180,7 +180,11 @@ async fn collect_polls(server: &TestServer, route: &str, cursor: &str, total: us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_delivers_the_same_sequence() {
-    let server = TestServer::default().await;
+    // The WebSocket is read only after all the publishes: on a loaded machine those can
+    // outlast the tests' 500 ms ping cycle, whose unanswered ping would end it.
+    let mut config = support::test_config();
+    config.websocket.ping_interval_ms = 30_000;
+    let server = TestServer::start(config).await;
     let total = 40usize;
     let mut ws = WsClient::connect(&server).await;
     let reply = ws.subscribe(&["chat"], None).await;
