@@ -42,7 +42,21 @@ declare namespace Cascade {
     channel?: string;
   }
 
-  /** Per-rung deadlines, in milliseconds. */
+  /**
+   * How the tabs of an origin share one connection: `true` (the default) through a
+   * SharedWorker running cascade.js where the browser has one, else a leader tab elected
+   * with a Web Lock and reached over a BroadcastChannel, else one connection per tab;
+   * `'leader'` skips the SharedWorker; `false` opts out (one connection per tab).
+   */
+  type Share = boolean | 'leader';
+
+  /** How this tab's connection is shared: see `Client.shareRole`. */
+  type ShareRole = 'worker' | 'leader' | 'follower';
+
+  /**
+   * Per-rung deadlines, in milliseconds. A deadline whose timer fires late (a throttled or
+   * frozen background tab) starts over instead of failing the connection.
+   */
   interface Timeouts {
     websocket?: number;
     sse?: number;
@@ -73,6 +87,19 @@ declare namespace Cascade {
     maxBackoffMs?: number;
     /** Start from the rung that last worked in this tab (sessionStorage). */
     remember?: boolean;
+    /**
+     * The head start, in milliseconds, a WebSocket or SSE attempt gets before long polling
+     * starts beside it and carries messages until the stream proves itself (default 250);
+     * `false` (or a negative number) waits for each rung's deadline instead.
+     */
+    raceDelayMs?: number | false;
+    /** One connection for all tabs of this origin (default `true`); see `Share`. */
+    share?: Share;
+    /**
+     * The URL of cascade.js for the SharedWorker (same origin as the page); by default
+     * the `src` of the script tag that loaded the client.
+     */
+    workerUrl?: string;
   }
 
   /** The events a client emits, and what each handler gets. */
@@ -87,8 +114,13 @@ declare namespace Cascade {
 
   /** A connection to a gateway; create it with `Cascade.connect`. */
   interface Client {
-    /** The rung in use, or null while disconnected. */
+    /** The rung in use (by the shared connection, when shared), or null while disconnected. */
     readonly transport: Transport | null;
+    /**
+     * How the connection is shared: `'worker'` (a SharedWorker holds it), `'leader'` (this
+     * tab holds it for the others), `'follower'` (another tab does), or null (this tab's own).
+     */
+    readonly shareRole: ShareRole | null;
     /** Calls `fn(data, message)` for every message on `channel`, from now on. */
     subscribe<T = Json>(channel: string, fn?: (data: T, message: Message<T>) => void): this;
     /** Removes `fn` (or every handler) from `channel`; the last one leaves the channel. */

@@ -20,11 +20,20 @@
  * each rung has to show that data flows; token: how long getToken may take),
  * probeIntervalMs (how often to try better rungs after a fallback), minBackoffMs /
  * maxBackoffMs, remember (start from the rung that last worked in this tab, kept in
- * sessionStorage).
+ * sessionStorage), raceDelayMs (the head start a WebSocket or SSE attempt gets before long
+ * polling starts beside it and carries the messages until the stream proves itself;
+ * default 250, false: no race), share (true by default: the tabs of an origin share one
+ * connection, through a SharedWorker running this file where there is one, else a leader
+ * tab elected with a Web Lock over a BroadcastChannel, else one per tab; 'leader': no
+ * SharedWorker; false: one connection per tab), workerUrl (this script's URL for the
+ * SharedWorker; by default the src of the script tag that loaded it).
+ * Deadlines are judged by the wall clock: one whose timer fires late (a throttled or
+ * frozen background tab) starts over instead of failing the connection.
  * Events: connect {transport}, disconnect {reason, retryMs}, transport (name), gap
  * {channel, epoch, first}, error {code, message, channel} (`channel` when the gateway
  * refused that channel, which the client then drops), message (every delivered message).
- * c.transport is the rung in use, or null while disconnected.
+ * c.transport is the rung in use, or null while disconnected; c.shareRole is 'worker',
+ * 'leader' (this tab holds the shared connection), 'follower' or null (not shared).
  *
  * The wire contract is docs/PROTOCOL.md; the gateway serves this file at /cascade.js.
  */
@@ -60,7 +69,15 @@
     minBackoffMs: 250,
     maxBackoffMs: 30000,
     // Remember the rung that last worked (sessionStorage) and start there next time.
-    remember: true
+    remember: true,
+    // The head start a streaming rung (WebSocket, SSE) gets before long polling starts
+    // beside it (as Happy Eyeballs gives IPv6): on a good network the stream proves itself
+    // first and the race costs nothing; behind a proxy that buffers or silences the stream,
+    // messages flow over long polling while the stream's deadline runs. false: no race.
+    raceDelayMs: 250,
+    // One connection for all tabs of this origin (SharedWorker, else a leader tab); false:
+    // one per tab; 'leader': skip the SharedWorker and elect a leader tab.
+    share: true
   };
 
   var CHANNEL = /^[A-Za-z0-9_\-.:\/]{1,128}$/;
@@ -75,7 +92,44 @@
 
   function later(fn, ms) { return setTimeout(fn, ms); }
 
-  function cancel(timer) { if (timer) { clearTimeout(timer); } }
+  function cancel(timer) {
+    if (!timer) { return; }
+    if (typeof timer.stop === 'function') { timer.stop(); } else { clearTimeout(timer); }
+  }
+
+  /**
+   * How much later than asked a deadline's timer may fire before the page counts as having
+   * slept: a background tab's timers are aligned to 1 s, or to 1 min when Chromium
+   * throttles them hard, and a frozen tab's run only once it thaws.
+   */
+  var LATE_MS = 1500;
+
+  /**
+   * Calls `fn` when `ms` have passed with the page awake to see an answer arrive. A timer
+   * that fires late says the page slept (a throttled or frozen background tab, socket.io
+   * #4040): the answer may be queued right behind it, so the deadline starts over instead
+   * of declaring the connection dead. Judged by the wall clock, not by counting ticks.
+   * Returns a handle for cancel().
+   */
+  function deadline(fn, ms) {
+    var handle = {
+      timer: null,
+      stop: function () { clearTimeout(handle.timer); handle.timer = null; }
+    };
+    function arm() {
+      var due = Date.now() + ms;
+      handle.timer = later(function () {
+        handle.timer = null;
+        if (Date.now() - due > LATE_MS) {
+          arm();
+        } else {
+          fn();
+        }
+      }, ms);
+    }
+    arm();
+    return handle;
+  }
 
   function parse(text) {
     try { return JSON.parse(text); } catch (e) { return null; }
@@ -187,7 +241,7 @@
           });
         }
       };
-      timer = later(function () {
+      timer = deadline(function () {
         finish({ code: 'timeout', message: 'no answer in ' + timeoutMs + ' ms', status: 0 });
         try { xhr.abort(); } catch (e) { /* already done */ }
       }, timeoutMs);
@@ -250,14 +304,14 @@
       self.close();
       done(reason);
     }
-    if (!supported('websocket')) { later(function () { fail('unsupported'); }, 0); return; }
+    if (!client._supported('websocket')) { later(function () { fail('unsupported'); }, 0); return; }
     try {
       this.ws = new root.WebSocket(client._wsUrl(this.spec.url));
     } catch (e) {
       later(function () { fail('refused'); }, 0);
       return;
     }
-    timer = later(function () { fail('timeout'); }, client.options.timeouts.websocket);
+    timer = deadline(function () { fail('timeout'); }, client.options.timeouts.websocket);
     this.ws.onopen = function () {
       if (self.dead) { return; }
       opened = true;
@@ -396,7 +450,7 @@
       self.close();
       client._down(self, info);
     }
-    if (!supported('sse')) { later(function () { fail('unsupported'); }, 0); return; }
+    if (!client._supported('sse')) { later(function () { fail('unsupported'); }, 0); return; }
     if (!this.channels.length) {
       // Nothing to stream yet: idle until a channel is added (sync() then asks for a new stream).
       this.idle = true;
@@ -416,7 +470,7 @@
     // The gateway writes its headers and an `open` event at once, and /negotiate has just
     // shown it reachable: when the event does not come, something in between is holding
     // the response back. Whether or not it let the headers through, that is a buffer.
-    timer = this.timer = later(function () { fail('buffered'); }, client.options.timeouts.sse);
+    timer = this.timer = deadline(function () { fail('buffered'); }, client.options.timeouts.sse);
     this.es.addEventListener('open', function (event) {
       if (self.dead) { return; }
       if (event.data === undefined) { headers = true; return; } // the browser's own open
@@ -532,7 +586,7 @@
 
   PollRung.prototype.open = function (done) {
     var self = this;
-    if (!supported(this.name)) { later(function () { done('unsupported'); }, 0); return; }
+    if (!this.client._supported(this.name)) { later(function () { done('unsupported'); }, 0); return; }
     this.onProven = function () { self.proven = true; done(null); };
     this.onFailed = function (reason, auth) { self.close(); done(reason, auth); };
     this.next(0);
@@ -655,6 +709,7 @@
     this.failed = {};      // rung -> reason, not yet reported to /negotiate
     this.reported = {};    // rung -> reason, already reported
     this.unsupported = {}; // rungs this browser lacks (reported once)
+    this.worked = {};      // rungs that carried this client's subscription at some point
     this.attempt = 0;      // reconnect attempts since a rung last worked
     this.reconnectTimer = null;
     this.probeTimer = null;
@@ -662,6 +717,12 @@
     this.nextId = 1;
     this.closed = false;
     this.connected = false;
+    this.tabId = randomId();
+    this.lacks = {};       // rungs the tabs' browser lacks, for a hub's connection in a worker
+    this.storage = null;   // where the last rung is remembered, when not sessionStorage
+    this.link = undefined; // to the hub of a shared connection: undefined until tried, null for none
+    /** How the connection is shared: 'worker', 'leader' (this tab runs it), 'follower', or null. */
+    this.shareRole = null;
     var channels = options.channels || [];
     for (var i = 0; i < channels.length; i++) { this._add(channels[i]); }
     var self = this;
@@ -703,7 +764,7 @@
     var rung = this.active;
     if (rung && rung.name === 'websocket' && rung.publish) {
       var id = this.nextId++;
-      var timer = later(function () {
+      var timer = deadline(function () {
         self._acked(id, { code: 'timeout', message: 'no acknowledgement in time' }, null);
       }, this.options.timeouts.publish);
       this.pending[id] = { callback: done, timer: timer };
@@ -817,9 +878,13 @@
       var m = /^([^@]+)@([A-Za-z0-9]+):(\d+)$/.exec(entries[i]);
       if (m && has(this.subs, m[1]) && !this.pos[m[1]]) {
         this.pos[m[1]] = { epoch: m[2], offset: parseInt(m[3], 10) };
+        this._positioned();
       }
     }
   };
+
+  /** Called when a channel gets its first position (a hub answers the tabs waiting on it). */
+  Client.prototype._positioned = noop;
 
   /**
    * Hands a message to the application unless it already has it. Every rung delivers a
@@ -843,6 +908,8 @@
     var list = this.subs[channel].slice();
     for (var i = 0; i < list.length; i++) { safely(list[i], this, [m.data, m]); }
     this._emit('message', m);
+    // After the message went out: a tab told this position first would drop the message.
+    if (!p) { this._positioned(); }
   };
 
   /** The history the application was reading is gone: continue from `first`. */
@@ -856,6 +923,7 @@
     if (p && p.epoch !== gap.epoch) { retired[p.epoch] = true; }
     this.pos[channel] = { epoch: gap.epoch, offset: Math.max(0, gap.first - 1) };
     this._emit('gap', { channel: channel, epoch: gap.epoch, first: gap.first });
+    if (!p) { this._positioned(); }
   };
 
   /** A polling answer: gaps come before the messages that follow them. */
@@ -913,7 +981,7 @@
       var spec = this.ladder[i];
       if (!RUNGS[spec.name]) { continue; }
       if (this.allowed && this.allowed.indexOf(spec.name) < 0) { continue; }
-      if (!supported(spec.name)) {
+      if (!this._supported(spec.name)) {
         // Reported once: it will not change while the page lives.
         if (!has(this.reported, spec.name) && !this.unsupported[spec.name]) {
           this.unsupported[spec.name] = true;
@@ -961,12 +1029,12 @@
   };
 
   Client.prototype._remembered = function () {
-    var s = this.options.remember && storage();
+    var s = this.options.remember && (this.storage || storage());
     try { return s ? s.getItem('cascade.transport ' + this.base) : null; } catch (e) { return null; }
   };
 
   Client.prototype._remember = function (name) {
-    var s = this.options.remember && storage();
+    var s = this.options.remember && (this.storage || storage());
     try { if (s) { s.setItem('cascade.transport ' + this.base, name); } } catch (e) { /* full or denied */ }
   };
 
@@ -974,10 +1042,16 @@
    * One connection attempt: /negotiate and the first rung start together, so a WebSocket
    * that works is not delayed by the negotiate round trip. A rung that fails makes way for
    * the next one down, but only once /negotiate has shown the gateway itself is reachable:
-   * when it is down, every rung fails and none of them is to blame.
+   * when it is down, every rung fails and none of them is to blame. While a streaming rung
+   * has not proven itself, long polling races it (see `raceDelayMs` and `_race`).
    */
   Client.prototype._connect = function () {
     if (this.closed || this.active || this.cycle) { return; }
+    if (this.link === undefined) { this.link = this._shareLink(); }
+    if (this.link) {
+      this._connectShared();
+      return;
+    }
     if (this.tokenStale) {
       this._renewToken();
       return;
@@ -992,7 +1066,10 @@
       floor: start < 0 ? 0 : start, // rungs above the starting one are tried last
       rung: null,
       failure: null,
-      request: null
+      request: null,
+      racer: null,        // the long poll carrying the subscription while the stream proves itself
+      racerFailure: null,
+      raceTimer: null
     };
     this.cycle = cycle;
     cycle.request = this._negotiate(function (err) {
@@ -1017,6 +1094,7 @@
     var self = this, rung = RUNGS[spec.name](this, spec);
     cycle.tried[spec.name] = true;
     cycle.rung = rung;
+    this._armRace(cycle, spec.name);
     rung.open(function (reason, auth) {
       if (self.cycle !== cycle || cycle.rung !== rung) { rung.close(); return; }
       cycle.rung = null;
@@ -1025,6 +1103,53 @@
         self._promote(rung);
       } else {
         cycle.failure = { name: rung.name, reason: reason, auth: auth || null };
+        self._step(cycle);
+      }
+    });
+  };
+
+  /**
+   * Gives the streaming rung `name` its head start, after which long polling (when the
+   * gateway offers it below `name`) starts beside it. Each streaming rung gets a head start
+   * of its own: a WebSocket refused at once leaves SSE the same chance to prove itself.
+   * A rung that already worked for this client, or in this tab before a reload, is trusted
+   * to work again: reconnecting to it (after a gateway restart, say) races nothing.
+   */
+  Client.prototype._armRace = function (cycle, name) {
+    var delay = this.options.raceDelayMs, self = this;
+    cancel(cycle.raceTimer);
+    cycle.raceTimer = null;
+    if (cycle.racer || cycle.racerFailure || typeof delay !== 'number' || delay < 0) { return; }
+    if (name !== 'websocket' && name !== 'sse') { return; }
+    if (this.worked[name] || this._remembered() === name) { return; }
+    cycle.raceTimer = later(function () {
+      cycle.raceTimer = null;
+      self._race(cycle);
+    }, delay);
+  };
+
+  /**
+   * Starts long polling beside the stream being tried. It carries the subscription from
+   * the client's cursor, so whichever rung delivers first, the dedupe shows the application
+   * each message once and in order; once proven it is the rung in use until the stream
+   * proves itself (then it is closed) or every better rung failed (then it stays).
+   */
+  Client.prototype._race = function (cycle) {
+    if (this.closed || this.cycle !== cycle || cycle.racer || !cycle.rung) { return; }
+    var candidates = this._candidates();
+    var at = indexOfName(candidates, 'longpoll');
+    if (at < 0 || at <= indexOfName(candidates, cycle.rung.name) || cycle.tried.longpoll) { return; }
+    var self = this, racer = RUNGS.longpoll(this, candidates[at]);
+    cycle.tried.longpoll = true;
+    cycle.racer = racer;
+    racer.racing = true;
+    racer.open(function (reason, auth) {
+      if (self.cycle !== cycle || cycle.racer !== racer) { racer.close(); return; }
+      if (reason === null) {
+        self._promote(racer);
+      } else {
+        cycle.racer = null;
+        cycle.racerFailure = { name: racer.name, reason: reason, auth: auth || null };
         self._step(cycle);
       }
     });
@@ -1043,6 +1168,10 @@
         return;
       }
     }
+    if (cycle.racerFailure && cycle.racerFailure.auth && !cycle.failure) {
+      cycle.failure = cycle.racerFailure;
+      cycle.racerFailure = null;
+    }
     if (cycle.failure && cycle.failure.auth) {
       // Refused credentials are the application's to fix (or getToken's, for an expired
       // token); falling to another rung would only be refused again, and would blame the
@@ -1052,24 +1181,38 @@
     }
     if (cycle.negotiate === 'pending') { return; }
     if (cycle.negotiate === 'failed') {
+      if (cycle.racer && this.active === cycle.racer) {
+        // /negotiate failed but long polling works: keep it, blame nothing.
+        this._settleRace(cycle);
+        return;
+      }
       // The gateway is unreachable: no rung is to blame; try again later.
       this._retry(null, null);
       return;
     }
-    if (cycle.failure) {
-      if (indexOfName(candidates, cycle.failure.name) >= 0) {
-        this.failed[cycle.failure.name] = cycle.failure.reason;
+    var failures = [cycle.failure, cycle.racerFailure];
+    for (var f = 0; f < failures.length; f++) {
+      if (failures[f] && indexOfName(candidates, failures[f].name) >= 0) {
+        this.failed[failures[f].name] = failures[f].reason;
       }
-      cycle.failure = null;
     }
+    cycle.failure = cycle.racerFailure = null;
+    // While long polling races, only the rungs above it are left to try: it is the answer
+    // for the rest of the ladder (in use once proven, else awaited).
+    var ceiling = cycle.racer ? indexOfName(candidates, cycle.racer.name) : -1;
     // Down from the starting rung first; when nothing below works either, the rungs above
     // it get their turn too (the remembered rung may be the one that broke).
     for (var k = 0; k < candidates.length; k++) {
-      var spec = candidates[(cycle.floor + k) % candidates.length];
+      var index = (cycle.floor + k) % candidates.length, spec = candidates[index];
+      if (ceiling >= 0 && index >= ceiling) { continue; }
       if (!cycle.tried[spec.name]) {
         this._try(cycle, spec);
         return;
       }
+    }
+    if (cycle.racer) {
+      if (this.active === cycle.racer) { this._settleRace(cycle); }
+      return;
     }
     this._retry(null, {
       code: 'no_transport',
@@ -1081,8 +1224,22 @@
     var cycle = this.cycle;
     if (!cycle) { return; }
     this.cycle = null;
+    cancel(cycle.raceTimer);
     if (cycle.rung) { cycle.rung.close(); }
     if (cycle.request) { cycle.request.abort(); }
+    // A racer in use stays (it is `active`, closed when a better rung takes over); one
+    // still proving itself goes with the cycle.
+    if (cycle.racer && cycle.racer !== this.active) { cycle.racer.close(); }
+  };
+
+  /** Every rung above the racing long poll failed: it wins the race and the cycle ends. */
+  Client.prototype._settleRace = function (cycle) {
+    var racer = cycle.racer;
+    this._endCycle();
+    racer.racing = false;
+    if (!this.allowed) { this._remember(racer.name); }
+    if (Object.keys(this.failed).length) { this._negotiate(noop); }
+    this._scheduleProbe();
   };
 
   /** Schedules the next attempt: the server's delay when it gave one, else backoff. */
@@ -1107,6 +1264,7 @@
   /** Makes `rung` the one in use and closes the previous one. */
   Client.prototype._promote = function (rung) {
     var previous = this.active;
+    if (!rung.racing && !rung.shared) { this.worked[rung.name] = true; }
     this.active = rung;
     if (previous && previous !== rung) { previous.close(); }
     this.attempt = 0;
@@ -1114,14 +1272,16 @@
     this.transport = this.lastTransport = rung.name;
     // Only a rung that carried data is worth starting from next time, and only when the
     // application let the client choose (a forced rung says nothing about the network).
-    if (!rung.idle && !this.allowed) { this._remember(rung.name); }
+    // A racer is neither remembered nor reported yet: the race is not over.
+    if (!rung.idle && !this.allowed && !rung.racing && !rung.shared) { this._remember(rung.name); }
     if (!this.connected) {
       this.connected = true;
       this._emit('connect', { transport: rung.name });
     }
     if (changed) { this._emit('transport', rung.name); }
-    // Report the rungs that failed on the way here.
-    if (Object.keys(this.failed).length) { this._negotiate(noop); }
+    // Report the rungs that failed on the way here, all in one report: the gateway counts
+    // each fallback towards the first rung the report leaves.
+    if (!rung.racing && Object.keys(this.failed).length) { this._negotiate(noop); }
     this._sync();
     this._scheduleProbe();
   };
@@ -1185,7 +1345,7 @@
       self.tokenStale = false;
       self._connect();
     }
-    timer = later(function () { done('no answer within ' + self.options.timeouts.token + ' ms'); },
+    timer = deadline(function () { done('no answer within ' + self.options.timeouts.token + ' ms'); },
       this.options.timeouts.token);
     try {
       var promised = this.getToken(function (err, token) { done(err, token); });
@@ -1208,12 +1368,140 @@
     }
   };
 
+  // --- a connection shared by the tabs ----------------------------------------------------
+
+  /** Whether the tabs' browser has what rung `name` needs (see Hub.start). */
+  Client.prototype._supported = function (name) {
+    return !this.lacks[name] && supported(name);
+  };
+
+  /** The link to the hub this tab joins, or null for a connection of its own. */
+  Client.prototype._shareLink = function () {
+    var share = this.options.share;
+    if (share === false || IN_SHARED_WORKER || !root.document) { return null; }
+    var key = hash([this.base, this.token || '', (this.allowed || []).join(','),
+      this._lacking().join(','), this.getToken ? 'getToken' : ''].join(' '));
+    var link = share === 'leader' ? null : workerLink(this, key);
+    if (link) {
+      this.shareRole = 'worker';
+    } else {
+      link = leaderLink(this, key);
+      if (link) { this.shareRole = 'follower'; }
+    }
+    return link;
+  };
+
+  /** The rungs this browser lacks. */
+  Client.prototype._lacking = function () {
+    var out = [], names = ['websocket', 'sse', 'longpoll', 'poll'];
+    for (var i = 0; i < names.length; i++) {
+      if (!supported(names[i])) { out.push(names[i]); }
+    }
+    return out;
+  };
+
+  /** What a hub needs from the first tab that joins it to open the connection. */
+  Client.prototype._shareConfig = function () {
+    var options = {};
+    for (var i = 0; i < SHARED_OPTIONS.length; i++) {
+      var name = SHARED_OPTIONS[i];
+      if (name === 'token') {
+        options.token = this.token;
+      } else if (name === 'transports') {
+        options.transports = this.allowed;
+      } else {
+        options[name] = this.options[name];
+      }
+    }
+    return {
+      base: this.base,
+      options: options,
+      getToken: !!this.getToken,
+      lacks: this._lacking(),
+      remembered: this._remembered()
+    };
+  };
+
+  Client.prototype._connectShared = function () {
+    var self = this, rung = new SharedRung(this, this.link);
+    this.cycle = { rung: rung };
+    rung.open(function () {
+      if (self.cycle && self.cycle.rung === rung) {
+        self.cycle = null;
+        self._promote(rung);
+      } else {
+        rung.close();
+      }
+    });
+  };
+
+  /** The shared connection went down or came back (or changed rungs). */
+  Client.prototype._sharedState = function (rung, state) {
+    if (rung !== this.active) { return; }
+    if (state.connected) {
+      this.transport = rung.name;
+      if (!this.connected) {
+        this.connected = true;
+        this._emit('connect', { transport: rung.name });
+      }
+      if (this.lastTransport !== rung.name) {
+        this.lastTransport = rung.name;
+        this._emit('transport', rung.name);
+      }
+    } else if (this.connected) {
+      this.connected = false;
+      this.transport = null;
+      this._failPending('disconnected');
+      this._emit('disconnect', { reason: state.reason || 'closed', retryMs: state.retryMs || null });
+    }
+  };
+
+  /** The SharedWorker failed to start: this tab connects on its own after all. */
+  Client.prototype._unshare = function () {
+    if (this.closed || this.shareRole !== 'worker') { return; }
+    this.shareRole = null;
+    var rung = this.active || (this.cycle && this.cycle.rung);
+    this.link = null;
+    this.cycle = null;
+    this.active = null;
+    if (rung) { rung.close(); }
+    if (this.connected) {
+      this.connected = false;
+      this.transport = null;
+      this._emit('disconnect', { reason: 'closed', retryMs: null });
+    }
+    this._connect();
+  };
+
+  /** A hub asks this tab's getToken for a token for the shared connection. */
+  Client.prototype._lendToken = function (link, n) {
+    var self = this, settled = false;
+    function done(err, token) {
+      if (settled) { return; }
+      settled = true;
+      link.send({ op: 'token', n: n, err: err ? String(err && err.message || err) : null, token: token || null });
+    }
+    if (!this.getToken) { done('no getToken'); return; }
+    try {
+      var promised = this.getToken(function (err, token) {
+        if (!err && token) { self.token = token; }
+        done(err, token);
+      });
+      if (promised && typeof promised.then === 'function') {
+        promised.then(function (token) { self.token = token; done(null, token); },
+          function (err) { done(err || 'getToken was rejected'); });
+      }
+    } catch (e) {
+      done(e);
+    }
+  };
+
   // --- climbing back up ----------------------------------------------------------------
 
   Client.prototype._scheduleProbe = function () {
     cancel(this.probeTimer);
     this.probeTimer = null;
-    if (this.closed || !this.active || this.probe) { return; }
+    if (this.closed || !this.active || this.active.shared || this.probe || this.cycle) { return; }
     var candidates = this._candidates(), at = indexOfName(candidates, this.active.name);
     if (at <= 0) { return; }
     var self = this;
@@ -1263,11 +1551,593 @@
   };
 
   // ---------------------------------------------------------------------------------------
+  // One connection for all tabs. The connection itself (an ordinary Client, the "upstream")
+  // lives in a hub: in a SharedWorker running this very file where the browser has one, else
+  // in one tab elected leader with a Web Lock, the others reaching it over a BroadcastChannel.
+  // Each tab keeps a Client of its own (its channels, positions, dedupe and handlers) whose
+  // one rung is a SharedRung talking to the hub. The hub forwards every message of a channel
+  // to the tabs that follow it; a tab that is behind the hub (it followed an older leader)
+  // reads what it missed with GET /poll before it takes forwarded messages again.
+
+  /**
+   * The URL this script was loaded from: the SharedWorker runs the same file. Only a file
+   * named cascade.js (or cascade.min.js): a bundle that contains the client would run the
+   * whole application in the worker (`workerUrl` names the file then).
+   */
+  var SCRIPT_URL = (function () {
+    try {
+      var script = root.document && root.document.currentScript;
+      var src = script && script.src ? script.src : null;
+      return src && /\/cascade(\.min)?\.js([?#]|$)/.test(src) ? src : null;
+    } catch (e) {
+      return null;
+    }
+  }());
+
+  /** Messages a catching-up tab holds per channel; past it, it reads them from /poll too. */
+  var MAX_HELD = 1000;
+
+  var IN_SHARED_WORKER = typeof root.SharedWorkerGlobalScope === 'function' &&
+    root instanceof root.SharedWorkerGlobalScope;
+
+  /** Soon but not now: hub and tab in one page talk asynchronously, as they would apart. */
+  function soon(fn) {
+    if (typeof root.Promise === 'function') {
+      root.Promise.resolve().then(fn);
+    } else {
+      later(fn, 0);
+    }
+  }
+
+  function randomId() {
+    return Math.random().toString(36).slice(2) + Date.now().toString(36);
+  }
+
+  /** FNV-1a of `text` in hex: names a hub without putting a token in a worker's name. */
+  function hash(text) {
+    var h = 0x811c9dc5;
+    for (var i = 0; i < text.length; i++) {
+      h ^= text.charCodeAt(i);
+      h = (h + ((h << 1) + (h << 4) + (h << 7) + (h << 8) + (h << 24))) >>> 0;
+    }
+    return h.toString(16);
+  }
+
+  /** "a@e:1,b" -> [{channel, epoch, offset}] for the entries that carry a position. */
+  function positions(cursor) {
+    var out = [], entries = typeof cursor === 'string' && cursor ? cursor.split(',') : [];
+    for (var i = 0; i < entries.length; i++) {
+      var m = /^([^@]+)@([A-Za-z0-9]+):(\d+)$/.exec(entries[i]);
+      if (m) { out.push({ channel: m[1], epoch: m[2], offset: parseInt(m[3], 10) }); }
+    }
+    return out;
+  }
+
+  /** The options a hub's connection takes from the first tab that joins it. */
+  var SHARED_OPTIONS = ['token', 'transports', 'timeouts', 'probeIntervalMs', 'minBackoffMs',
+    'maxBackoffMs', 'remember', 'raceDelayMs'];
+
+  /**
+   * The connection shared by the tabs, wherever it runs. `out` delivers to the tabs:
+   * out.send(tabId, msg) to one, out.channel(channel, msg) to those that follow `channel`
+   * (it may reach others too: a tab ignores channels it does not follow).
+   */
+  function Hub(out) {
+    this.out = out;
+    this.tabs = {};        // tab id -> {channels: [], getToken: bool, waiting: {channel: true}}
+    this.upstream = null;
+    this.tokenAsks = {};   // n -> done
+    this.nextAsk = 1;
+    this.remembered = null;
+  }
+
+  Hub.prototype.receive = function (msg) {
+    if (!msg || typeof msg.tab !== 'string') { return; }
+    if (msg.op === 'join') {
+      this.join(msg);
+    } else if (msg.op === 'leave') {
+      this.leave(msg.tab);
+    } else if (msg.op === 'token' && this.tokenAsks[msg.n]) {
+      var done = this.tokenAsks[msg.n];
+      delete this.tokenAsks[msg.n];
+      done(msg.err || null, msg.token);
+    }
+  };
+
+  Hub.prototype.start = function (config) {
+    var self = this, options = {}, i;
+    for (i = 0; i < SHARED_OPTIONS.length; i++) {
+      if (config.options[SHARED_OPTIONS[i]] !== undefined) { options[SHARED_OPTIONS[i]] = config.options[SHARED_OPTIONS[i]]; }
+    }
+    options.share = false;
+    if (config.getToken) {
+      // The application's getToken runs in a tab: ask one that has it.
+      options.getToken = function (done) { self.askToken(done); };
+    }
+    this.remembered = config.remembered || null;
+    var up = this.upstream = new Client(config.base, options);
+    // The tabs' browser, not the worker's, says which rungs exist: a worker has WebSocket
+    // even where the page does not, and the rungs it lacks are reported as unsupported.
+    up.lacks = {};
+    for (i = 0; i < (config.lacks || []).length; i++) { up.lacks[config.lacks[i]] = true; }
+    // A worker has no sessionStorage: the rung to start from is the tabs' to keep.
+    up.storage = {
+      getItem: function () { return self.remembered; },
+      setItem: function (key, name) {
+        self.remembered = name;
+        self.out.all({ op: 'remember', name: name });
+      }
+    };
+    up._positioned = function () { if (self.upstream === up) { self.answerWaiting(); } };
+    up.on('message', function (m) { self.out.channel(m.channel, { op: 'message', m: m }); });
+    up.on('gap', function (gap) { self.out.channel(gap.channel, { op: 'gap', gap: gap }); });
+    up.on('connect', function () { self.out.all(self.state()); });
+    up.on('transport', function () { self.out.all(self.state()); });
+    up.on('disconnect', function (info) {
+      if (self.upstream !== up) { return; }
+      var state = self.state();
+      state.reason = info.reason;
+      state.retryMs = info.retryMs;
+      self.out.all(state);
+    });
+    up.on('error', function (err) {
+      if (!err.channel) {
+        self.out.all({ op: 'error', error: err });
+        return;
+      }
+      // The gateway refused a channel: every tab that asked for it drops it.
+      for (var id in self.tabs) {
+        if (has(self.tabs, id) && self.tabs[id].channels.indexOf(err.channel) >= 0) {
+          self.tabs[id].channels = without(self.tabs[id].channels, [err]);
+          self.out.send(id, { op: 'refused', refused: [{ channel: err.channel, code: err.code }] });
+        }
+      }
+    });
+  };
+
+  Hub.prototype.state = function () {
+    var up = this.upstream;
+    return { op: 'state', connected: !!(up && up.connected), transport: up ? up.transport : null };
+  };
+
+  /** A tab's (new) channels and positions; answered with the hub's positions. */
+  Hub.prototype.join = function (msg) {
+    if (!this.upstream) { this.start(msg.config || {}); }
+    var up = this.upstream, tab = this.tabs[msg.tab], i, channel;
+    if (!tab) {
+      tab = this.tabs[msg.tab] = { channels: [], getToken: false, waiting: {} };
+      this.watch(msg.tab);
+    }
+    tab.getToken = !!(msg.config && msg.config.getToken);
+    var wanted = [], given = positions(msg.cursor), at = {};
+    for (i = 0; i < given.length; i++) { at[given[i].channel] = given[i]; }
+    for (i = 0; i < (msg.channels || []).length; i++) {
+      channel = msg.channels[i];
+      if (typeof channel !== 'string' || !CHANNEL.test(channel)) { continue; }
+      wanted.push(channel);
+      if (!has(up.subs, channel)) {
+        // A channel new to the connection starts where this tab stands, so the tab (the
+        // new leader's own, after a hand-over) misses nothing.
+        if (at[channel]) { up.pos[channel] = { epoch: at[channel].epoch, offset: at[channel].offset }; }
+        up._add(channel);
+      }
+    }
+    var dropped = tab.channels;
+    tab.channels = wanted;
+    for (i = 0; i < dropped.length; i++) {
+      if (wanted.indexOf(dropped[i]) < 0) { this.release(dropped[i]); }
+    }
+    tab.waiting = {};
+    for (i = 0; i < wanted.length; i++) { tab.waiting[wanted[i]] = true; }
+    up._sync();
+    var state = this.state();
+    state.op = 'joined';
+    this.out.send(msg.tab, state);
+    this.answer(msg.tab);
+  };
+
+  /** Drops `channel` from the connection when no tab follows it any more. */
+  Hub.prototype.release = function (channel) {
+    for (var id in this.tabs) {
+      if (has(this.tabs, id) && this.tabs[id].channels.indexOf(channel) >= 0) { return; }
+    }
+    if (has(this.upstream.subs, channel)) { this.upstream._drop(channel); }
+  };
+
+  Hub.prototype.leave = function (id) {
+    var tab = this.tabs[id];
+    if (!tab) { return; }
+    delete this.tabs[id];
+    if (!this.upstream) { return; }
+    for (var i = 0; i < tab.channels.length; i++) { this.release(tab.channels[i]); }
+    for (id in this.tabs) {
+      if (has(this.tabs, id)) {
+        this.upstream._sync();
+        return;
+      }
+    }
+    // The last tab left: no connection until one joins again.
+    this.upstream.close();
+    this.upstream = null;
+  };
+
+  /**
+   * Learns when tab `id` is gone, closed or crashed without a word: it holds a Web Lock of
+   * its own for as long as it lives, so the hub's request for that lock is granted then.
+   */
+  Hub.prototype.watch = function (id) {
+    var self = this, locks = root.navigator && root.navigator.locks;
+    if (!locks || typeof locks.request !== 'function') { return; }
+    try {
+      locks.request('cascade-tab ' + id, function () { self.leave(id); }).then(noop, noop);
+    } catch (e) { /* unsupported here: tabs say goodbye on pagehide */ }
+  };
+
+  /** Sends tab `id` the positions now known for the channels it waits on. */
+  Hub.prototype.answer = function (id) {
+    var tab = this.tabs[id], known = [], channel;
+    if (!tab || !this.upstream) { return; }
+    for (channel in tab.waiting) {
+      if (has(tab.waiting, channel) && this.upstream.pos[channel]) {
+        known.push(channel);
+        delete tab.waiting[channel];
+      }
+    }
+    if (known.length) { this.out.send(id, { op: 'subscribed', cursor: this.upstream._cursor(known) }); }
+  };
+
+  Hub.prototype.answerWaiting = function () {
+    for (var id in this.tabs) {
+      if (has(this.tabs, id)) { this.answer(id); }
+    }
+  };
+
+  Hub.prototype.askToken = function (done) {
+    var self = this;
+    for (var id in this.tabs) {
+      if (has(this.tabs, id) && this.tabs[id].getToken) {
+        var n = this.nextAsk++;
+        this.tokenAsks[n] = function (err, token) {
+          // Every tab publishes and catches up with HTTP requests of its own.
+          if (!err && token) { self.out.all({ op: 'newToken', token: token }); }
+          done(err, token);
+        };
+        this.out.send(id, { op: 'token?', n: n });
+        return;
+      }
+    }
+    done('no tab has getToken');
+  };
+
+  /** The rung of a tab whose connection is shared: it talks to the hub over `link`. */
+  function SharedRung(client, link) {
+    this.name = null;
+    this.client = client;
+    this.link = link;
+    this.shared = true;
+    this.dead = false;
+    this.proven = false;
+    this.joined = false;
+    this.catching = {};   // channel -> {until, held: [messages]} while reading what it missed
+    this.done = noop;
+  }
+
+  SharedRung.prototype.open = function (done) {
+    var self = this;
+    this.done = done;
+    this.link.onmessage = function (msg) { if (!self.dead) { self.receive(msg); } };
+    this.join();
+  };
+
+  SharedRung.prototype.join = function () {
+    var client = this.client, channels = client._channels();
+    this.link.send({
+      op: 'join',
+      channels: channels,
+      cursor: client._cursor(channels),
+      config: client._shareConfig()
+    });
+  };
+
+  SharedRung.prototype.receive = function (msg) {
+    var client = this.client;
+    switch (msg.op) {
+      case 'joined':
+        this.joined = true;
+        this.state(msg);
+        break;
+      case 'state': this.state(msg); break;
+      case 'subscribed': this.subscribed(msg.cursor); break;
+      case 'message':
+        if (msg.m && this.catching[msg.m.channel]) {
+          this.hold(this.catching[msg.m.channel], msg.m);
+        } else {
+          client._message(msg.m);
+        }
+        break;
+      case 'gap': client._gap(msg.gap); break;
+      case 'refused': client._refused(msg.refused); break;
+      case 'error': client._emit('error', msg.error); break;
+      case 'remember': client._remember(msg.name); break;
+      case 'token?': client._lendToken(this.link, msg.n); break;
+      case 'newToken': if (typeof msg.token === 'string') { client.token = msg.token; } break;
+      case 'leader': this.join(); break; // a new hub: it knows nothing of this tab yet
+      default: break;
+    }
+  };
+
+  SharedRung.prototype.state = function (msg) {
+    if (msg.transport) { this.name = msg.transport; }
+    if (!this.proven) {
+      if (this.joined && msg.connected && this.name) {
+        this.proven = true;
+        this.done(null);
+      }
+      return;
+    }
+    this.client._sharedState(this, msg);
+  };
+
+  /**
+   * The hub's positions for channels this tab follows: where the tab has none, it starts
+   * there; where the tab is behind (its last hub was further back), it first reads the
+   * difference itself.
+   */
+  SharedRung.prototype.subscribed = function (cursor) {
+    var client = this.client, given = positions(cursor), behind = [];
+    for (var i = 0; i < given.length; i++) {
+      var g = given[i], p = client.pos[g.channel];
+      if (!has(client.subs, g.channel) || this.catching[g.channel]) { continue; }
+      if (p && p.epoch === g.epoch && p.offset < g.offset) {
+        this.catching[g.channel] = { until: g.offset, held: [] };
+        behind.push(g.channel);
+      }
+    }
+    client._startAt(cursor);
+    if (behind.length) { this.catchUp(behind); }
+  };
+
+  /** GET /poll from this tab's own cursor until it reaches the hub's position. */
+  SharedRung.prototype.catchUp = function (channels) {
+    var self = this, client = this.client;
+    var url = withQuery(client._url('/poll'), { channels: channels.join(','), cursor: client._cursor(channels) });
+    this.asking = request('GET', url, null, client.options.timeouts.poll, function (err, body) {
+      self.asking = null;
+      if (self.dead) { return; }
+      var again = [];
+      if (!err) {
+        client._polled(body);
+        for (var i = 0; i < channels.length; i++) {
+          var p = client.pos[channels[i]], c = self.catching[channels[i]];
+          var progressed = body.messages && body.messages.length;
+          if (c && p && p.offset < c.until && progressed) { again.push(channels[i]); }
+        }
+      }
+      for (var j = 0; j < channels.length; j++) {
+        if (again.indexOf(channels[j]) < 0) { self.release(channels[j]); }
+      }
+      if (again.length) { self.catchUp(again); }
+    });
+  };
+
+  /** Keeps a forwarded message until the catch-up is done, or moves the catch-up's goal. */
+  SharedRung.prototype.hold = function (catching, m) {
+    if (catching.held.length < MAX_HELD) {
+      catching.held.push(m);
+    } else if (typeof m.offset === 'number') {
+      catching.until = Math.max(catching.until, m.offset);
+    }
+  };
+
+  /** Done reading what it missed: the messages held meanwhile go through the dedupe. */
+  SharedRung.prototype.release = function (channel) {
+    var c = this.catching[channel];
+    delete this.catching[channel];
+    for (var i = 0; c && i < c.held.length; i++) { this.client._message(c.held[i]); }
+  };
+
+  /** Channel changes go to the hub as the tab's whole set. */
+  SharedRung.prototype.sync = function () {
+    if (!this.dead) { this.join(); }
+    return true;
+  };
+
+  SharedRung.prototype.close = function () {
+    if (this.dead) { return; }
+    this.dead = true;
+    if (this.asking) { this.asking.abort(); }
+    this.link.close();
+  };
+
+  // Links a tab to a hub: {send(msg), onmessage, close()}.
+
+  /**
+   * Holds the Web Lock `cascade-tab <id>` while this page lives (a hub watches it to learn
+   * the tab is gone), then calls `ready`; at once where there are no Web Locks. The tab
+   * joins only once it holds the lock: a hub that asked first would get it at once.
+   */
+  function holdTabLock(id, ready) {
+    var locks = root.navigator && root.navigator.locks;
+    if (!locks || typeof locks.request !== 'function' || typeof root.Promise !== 'function') {
+      ready();
+      return;
+    }
+    try {
+      locks.request('cascade-tab ' + id, function () {
+        ready();
+        return new root.Promise(noop);
+      }).then(noop, noop);
+    } catch (e) {
+      ready();
+    }
+  }
+
+  /** `post` once the tab holds its lock; until then messages wait in order. */
+  function whenHeld(id, post) {
+    var queue = [], held = false;
+    holdTabLock(id, function () {
+      held = true;
+      for (var i = 0; i < queue.length; i++) { post(queue[i]); }
+      queue = null;
+    });
+    return function (msg) {
+      if (held) { post(msg); } else { queue.push(msg); }
+    };
+  }
+
+  /** The hub in a SharedWorker running this file; null where that cannot be. */
+  function workerLink(client, key) {
+    var url = client.options.workerUrl || SCRIPT_URL;
+    if (!url || typeof root.SharedWorker !== 'function') { return null; }
+    var worker;
+    try {
+      // The version in the name: a page never joins a worker running another build.
+      worker = new root.SharedWorker(url, { name: 'cascade ' + VERSION + ' ' + key });
+    } catch (e) {
+      return null; // another origin, or workers are blocked here
+    }
+    var port = worker.port, tab = client.tabId;
+    var post = whenHeld(tab, function (msg) {
+      try { port.postMessage(msg); } catch (e) { /* closed */ }
+    });
+    var link = {
+      kind: 'worker',
+      onmessage: noop,
+      send: function (msg) {
+        msg.tab = tab;
+        post(msg);
+      },
+      close: function () {
+        link.send({ op: 'leave' });
+        try { port.close(); } catch (e) { /* closed */ }
+      }
+    };
+    port.onmessage = function (event) { link.onmessage(event.data || {}); };
+    worker.onerror = function () { client._unshare(); };
+    port.start();
+    return link;
+  }
+
+  /**
+   * The hub in the tab that holds the Web Lock `cascade <key>`; the others reach it over a
+   * BroadcastChannel. When the leader goes, the lock passes to another tab, which starts a
+   * hub of its own and tells the others to join it; null without both.
+   */
+  function leaderLink(client, key) {
+    var locks = root.navigator && root.navigator.locks;
+    if (typeof root.BroadcastChannel !== 'function' || !locks || typeof locks.request !== 'function') {
+      return null;
+    }
+    var name = 'cascade ' + key, tab = client.tabId, closed = false;
+    var bus = new root.BroadcastChannel(name), hub = null;
+    var post = whenHeld(tab, function (msg) {
+      if (hub) {
+        soon(function () { if (hub) { hub.receive(msg); } });
+      } else {
+        msg.to = 'hub';
+        bus.postMessage(msg);
+      }
+    });
+    var link = {
+      kind: 'leader',
+      onmessage: noop,
+      send: function (msg) {
+        msg.tab = tab;
+        post(msg);
+      },
+      close: function () {
+        if (closed) { return; }
+        link.send({ op: 'leave' });
+        closed = true;
+        // A leader keeps serving the other tabs until its page goes.
+        if (!hub) { bus.close(); }
+      }
+    };
+    function deliver(msg) {
+      if (!closed) { soon(function () { link.onmessage(msg); }); }
+    }
+    bus.onmessage = function (event) {
+      var msg = event.data || {};
+      if (msg.to === 'hub') {
+        if (hub) { hub.receive(msg); }
+      } else if (msg.to === tab || msg.to === '*') {
+        if (!closed) { link.onmessage(msg); }
+      }
+    };
+    function send(to, msg) {
+      msg.to = to;
+      if (to === tab) { deliver(msg); } else { bus.postMessage(msg); }
+    }
+    function all(msg) {
+      deliver(msg);
+      msg.to = '*';
+      bus.postMessage(msg);
+    }
+    try {
+      locks.request(name, function () {
+        hub = new Hub({ send: send, channel: function (channel, msg) { all(msg); }, all: all });
+        client.shareRole = 'leader';
+        all({ op: 'leader' });
+        return new root.Promise(noop); // held while this page lives
+      }).then(noop, noop);
+    } catch (e) {
+      bus.close();
+      return null;
+    }
+    return link;
+  }
+
+  /** Runs the hub when this file is a SharedWorker's script. */
+  function serveWorker() {
+    var hub = null, ports = {};
+    function tabsOf(channel) {
+      var out = [];
+      for (var id in hub.tabs) {
+        if (has(hub.tabs, id) && hub.tabs[id].channels.indexOf(channel) >= 0) { out.push(id); }
+      }
+      return out;
+    }
+    function send(id, msg) {
+      if (ports[id]) {
+        try { ports[id].postMessage(msg); } catch (e) { /* gone */ }
+      }
+    }
+    var out = {
+      send: send,
+      channel: function (channel, msg) {
+        var ids = tabsOf(channel);
+        for (var i = 0; i < ids.length; i++) { send(ids[i], msg); }
+      },
+      all: function (msg) {
+        for (var id in ports) { if (has(ports, id)) { send(id, msg); } }
+      }
+    };
+    hub = new Hub(out);
+    var leave = hub.leave;
+    hub.leave = function (id) {
+      delete ports[id];
+      leave.call(hub, id);
+    };
+    root.onconnect = function (event) {
+      var port = event.ports[0];
+      port.onmessage = function (e) {
+        var msg = e.data || {};
+        if (typeof msg.tab !== 'string') { return; }
+        ports[msg.tab] = port;
+        hub.receive(msg);
+      };
+      port.start();
+    };
+  }
+
+  // ---------------------------------------------------------------------------------------
 
   /** Connects to the gateway at `url` ('' for this page's origin). */
   function connect(url, options) {
     return new Client(url, options);
   }
+
+  if (IN_SHARED_WORKER) { serveWorker(); }
 
   return {
     connect: connect,

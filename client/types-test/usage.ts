@@ -38,6 +38,10 @@ const rung: Cascade.Transport | null = client.transport;
 console.log(rung, Cascade.version, Cascade.transports.length);
 
 Cascade.connect('', { getToken: () => Promise.resolve('a.b.c') });
+Cascade.connect('', { share: false, raceDelayMs: false });
+Cascade.connect('', { share: 'leader', raceDelayMs: 100, workerUrl: '/static/cascade.js' });
+const role: Cascade.ShareRole | null = client.shareRole;
+console.log(role === 'leader' || role === 'follower' || role === 'worker');
 
 // @ts-expect-error: not a transport
 Cascade.connect('', { transports: ['carrier-pigeon'] });
@@ -49,5 +53,9 @@ client.on('error', (err: string) => console.log(err));
 client.publish('chat', () => 1);
 // @ts-expect-error: transport is read-only
 client.transport = 'sse';
+// @ts-expect-error: not a way to share
+Cascade.connect('', { share: 'worker' });
+// @ts-expect-error: shareRole is read-only
+client.shareRole = 'leader';
 
 client.close();

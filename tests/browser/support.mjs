@@ -291,14 +291,17 @@ export function testPageUrl(origin, options) {
 export async function startFront(upstreamPort, mode = {}) {
   const state = { bufferSse: false, websocket: 'pass', ...mode };
   const sockets = new Set();
-  // `failed`: the fallback reports the client sent (the `failed` of each /negotiate).
-  const counts = { sse: 0, upgrades: 0, failed: [] };
+  // `failed`: the fallback reports the client sent (the `failed` of each /negotiate);
+  // `paths`: requests by path (upgrades not included).
+  const counts = { sse: 0, upgrades: 0, failed: [], paths: {} };
   const server = http.createServer((req, res) => {
     if (req.url.split('?')[0] === '/__test.html') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       res.end(TEST_PAGE);
       return;
     }
+    const pathname = req.url.split('?')[0];
+    counts.paths[pathname] = (counts.paths[pathname] || 0) + 1;
     if (req.url.startsWith('/negotiate')) {
       const failed = new URL(req.url, 'http://front').searchParams.get('failed');
       if (failed) counts.failed.push(failed);
@@ -462,7 +465,16 @@ export const WITHOUT = {
   eventsource: () => {
     delete window.EventSource;
   },
+  sharedworker: () => {
+    delete window.SharedWorker;
+  },
+  broadcastchannel: () => {
+    delete window.BroadcastChannel;
+  },
 };
+
+/** What an old browser lacks: every feature the client would use beyond XMLHttpRequest. */
+export const LEGACY = ['websocket', 'eventsource', 'sharedworker', 'broadcastchannel'];
 
 /** A fresh context (fresh sessionStorage) and page, with `remove` features deleted. */
 export async function openPage(browser, remove = []) {
