@@ -82,6 +82,13 @@
 
   var CHANNEL = /^[A-Za-z0-9_\-.:\/]{1,128}$/;
 
+  /**
+   * A stream proves itself in about three round trips (connect, upgrade or request, the
+   * first frame); /negotiate, started with it, takes one or two: long polling's head start
+   * is at least this many /negotiate durations, however short `raceDelayMs`.
+   */
+  var RACE_ROUND_TRIPS = 3;
+
   /** WebSocket close codes the gateway uses, by what they mean to the client. */
   var CLOSE_REASONS = { 1012: 'shutdown', 4008: 'slow_consumer', 4011: 'engine_unavailable' };
 
@@ -1069,13 +1076,22 @@
       request: null,
       racer: null,        // the long poll carrying the subscription while the stream proves itself
       racerFailure: null,
-      raceTimer: null
+      raceTimer: null,
+      raceWaiting: false, // the head start is over but /negotiate has not answered yet
+      startedAt: Date.now(),
+      negotiateMs: null,
+      rungStartedAt: null
     };
     this.cycle = cycle;
     cycle.request = this._negotiate(function (err) {
       if (self.cycle !== cycle) { return; }
       cycle.request = null;
       cycle.negotiate = err ? 'failed' : 'ok';
+      cycle.negotiateMs = Date.now() - cycle.startedAt;
+      if (cycle.raceWaiting && !err) {
+        cycle.raceWaiting = false;
+        self._race(cycle);
+      }
       if (!err) {
         // The server's ladder may place the rung being tried elsewhere, or not offer it.
         var current = cycle.rung ? cycle.rung.name : (cycle.failure ? cycle.failure.name : null);
@@ -1094,6 +1110,7 @@
     var self = this, rung = RUNGS[spec.name](this, spec);
     cycle.tried[spec.name] = true;
     cycle.rung = rung;
+    cycle.rungStartedAt = Date.now();
     this._armRace(cycle, spec.name);
     rung.open(function (reason, auth) {
       if (self.cycle !== cycle || cycle.rung !== rung) { rung.close(); return; }
@@ -1114,11 +1131,14 @@
    * of its own: a WebSocket refused at once leaves SSE the same chance to prove itself.
    * A rung that already worked for this client, or in this tab before a reload, is trusted
    * to work again: reconnecting to it (after a gateway restart, say) races nothing.
+   * The head start is at least three /negotiate round trips (see `_race`): a stream needs
+   * about that many to prove itself, so a slow network does not race every page load.
    */
   Client.prototype._armRace = function (cycle, name) {
     var delay = this.options.raceDelayMs, self = this;
     cancel(cycle.raceTimer);
     cycle.raceTimer = null;
+    cycle.raceWaiting = false;
     if (cycle.racer || cycle.racerFailure || typeof delay !== 'number' || delay < 0) { return; }
     if (name !== 'websocket' && name !== 'sse') { return; }
     if (this.worked[name] || this._remembered() === name) { return; }
@@ -1136,10 +1156,25 @@
    */
   Client.prototype._race = function (cycle) {
     if (this.closed || this.cycle !== cycle || cycle.racer || !cycle.rung) { return; }
+    if (cycle.negotiate !== 'ok') {
+      // Long polling is raced only once the gateway answered (else nothing would work).
+      cycle.raceWaiting = cycle.negotiate === 'pending';
+      return;
+    }
+    var self = this;
+    var headStart = Math.max(this.options.raceDelayMs, RACE_ROUND_TRIPS * cycle.negotiateMs);
+    var wait = cycle.rungStartedAt + headStart - Date.now();
+    if (wait > 0) {
+      cycle.raceTimer = later(function () {
+        cycle.raceTimer = null;
+        self._race(cycle);
+      }, wait);
+      return;
+    }
     var candidates = this._candidates();
     var at = indexOfName(candidates, 'longpoll');
     if (at < 0 || at <= indexOfName(candidates, cycle.rung.name) || cycle.tried.longpoll) { return; }
-    var self = this, racer = RUNGS.longpoll(this, candidates[at]);
+    var racer = RUNGS.longpoll(this, candidates[at]);
     cycle.tried.longpoll = true;
     cycle.racer = racer;
     racer.racing = true;
@@ -1147,6 +1182,8 @@
       if (self.cycle !== cycle || cycle.racer !== racer) { racer.close(); return; }
       if (reason === null) {
         self._promote(racer);
+        // The rungs above it may all have failed while it proved itself: that settles it.
+        self._step(cycle);
       } else {
         cycle.racer = null;
         cycle.racerFailure = { name: racer.name, reason: reason, auth: auth || null };

@@ -59,7 +59,10 @@ async function firstMessages({ scenario, mode = {}, remove = [], client = {}, ex
         assert.equal(state.transports[0], expect, `${scenario}: first rung`);
         states.push(state);
         const how = share ? 'shared' : 'share: false';
-        table.add(`${scenario}, ${how} (load ${run + 1})`, state, { rungs: state.transports.join(' > ') });
+        table.add(`${scenario}, ${how} (load ${run + 1})`, state, {
+          'client ms': Math.round(state.firstMessageAt - state.startedAt),
+          rungs: state.transports.join(' > '),
+        });
         await page.context().close();
       }
     }
@@ -110,7 +113,9 @@ test('sse buffered by a proxy (upgrades refused): long polling carries the messa
       assert.deepEqual(state.transports, ['longpoll']);
       // The first message came well before the SSE deadline (3 s) ran out.
       assert.ok(state.firstMessageAt < 3000, `first message at ${state.firstMessageAt} ms`);
-      table.add(`race: SSE buffered, upgrades refused, ${share ? 'shared' : 'share: false'} (load ${(run % LOADS) + 1})`, state);
+      table.add(`race: SSE buffered, upgrades refused, ${share ? 'shared' : 'share: false'} (load ${(run % LOADS) + 1})`, state, {
+        'client ms': Math.round(state.firstMessageAt - state.startedAt),
+      });
       // The stream that lost is still reported, once its deadline has passed, as before.
       await eventually('the buffered stream reported', async () => {
         const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
@@ -140,7 +145,9 @@ test('without the race (raceDelayMs: false), the first message waits for the SSE
     const state = await appState(page);
     assert.deepEqual(state.transports, ['longpoll']);
     assert.ok(state.firstMessageAt >= 3000, `no message before the 3 s SSE deadline (${state.firstMessageAt} ms)`);
-    table.add('no race: SSE buffered, upgrades refused, share: false', state);
+    table.add('no race: SSE buffered, upgrades refused, share: false', state, {
+      'client ms': Math.round(state.firstMessageAt - state.startedAt),
+    });
     await page.context().close();
   } finally {
     await tick.stop();

@@ -238,7 +238,8 @@ const TEST_PAGE = `<!doctype html>
   var options = JSON.parse(decodeURIComponent(location.hash.slice(1)) || '{}');
   var app = window.__app = {
     received: {}, transports: [], gaps: [], errors: [], refused: [], connects: 0, disconnects: [],
-    firstMessageAt: null, firstTransportAt: null, tokensGiven: 0
+    firstMessageAt: null, firstTransportAt: null, tokensGiven: 0,
+    startedAt: performance.now() // when the client starts: the page and script loaded
   };
   var clientOptions = options.client || {};
   if (options.tokens) {
