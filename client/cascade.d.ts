@@ -89,8 +89,9 @@ declare namespace Cascade {
     remember?: boolean;
     /**
      * The head start, in milliseconds, a WebSocket or SSE attempt gets before long polling
-     * starts beside it and carries messages until the stream proves itself (default 250);
-     * `false` (or a negative number) waits for each rung's deadline instead.
+     * starts beside it and carries messages until the stream proves itself (default 250;
+     * at least three `/negotiate` round trips); `false` (or a negative number) waits for
+     * each rung's deadline instead.
      */
     raceDelayMs?: number | false;
     /** One connection for all tabs of this origin (default `true`); see `Share`. */

@@ -22,7 +22,7 @@
  * maxBackoffMs, remember (start from the rung that last worked in this tab, kept in
  * sessionStorage), raceDelayMs (the head start a WebSocket or SSE attempt gets before long
  * polling starts beside it and carries the messages until the stream proves itself;
- * default 250, false: no race), share (true by default: the tabs of an origin share one
+ * default 250, at least three /negotiate round trips; false: no race), share (true by default: the tabs of an origin share one
  * connection, through a SharedWorker running this file where there is one, else a leader
  * tab elected with a Web Lock over a BroadcastChannel, else one per tab; 'leader': no
  * SharedWorker; false: one connection per tab), workerUrl (this script's URL for the

@@ -10,6 +10,7 @@ import {
   launchBrowser,
   openPage,
   publish,
+  rungs,
   sleep,
   startFront,
   startGateway,
@@ -76,7 +77,7 @@ for (const { fallback, blocked } of [
       assert.equal(all.length, total, 'no duplicates');
       assert.equal(all[0].n, 1);
       assert.equal(contiguous(all), null);
-      assert.deepEqual(state.transports, [fallback, 'websocket']);
+      assert.deepEqual(fallback === 'longpoll' ? state.transports : rungs(state.transports), [fallback, 'websocket']);
       const via = new Set(all.map((m) => m.via));
       assert.ok(via.has(fallback) && via.has('websocket'), [...via].join());
       assert.deepEqual(state.gaps, []);

@@ -10,6 +10,7 @@ import {
   launchBrowser,
   metricValue,
   openPage,
+  rungs,
   startFront,
   startGateway,
   testPageUrl,
@@ -58,13 +59,13 @@ async function land({ remove = [], gatewayEnv = {}, scenario }) {
 
 test('a default page lands on websocket', async () => {
   const { state } = await land({ scenario: '1 default' });
-  assert.deepEqual(state.transports, ['websocket']);
+  assert.deepEqual(rungs(state.transports), ['websocket']);
   assert.deepEqual(state.errors, []);
 });
 
 test('without WebSocket the page lands on sse, and says why', async () => {
   const { state, metrics } = await land({ remove: ['websocket'], scenario: '2 no WebSocket' });
-  assert.deepEqual(state.transports, ['sse']);
+  assert.deepEqual(rungs(state.transports), ['sse']);
   assert.equal(
     metricValue(metrics, 'cascade_fallbacks_total', { from: 'websocket', to: 'sse', reason: 'unsupported' }),
     1,

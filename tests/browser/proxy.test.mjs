@@ -12,6 +12,7 @@ import {
   launchBrowser,
   metricValue,
   openPage,
+  rungs,
   startFront,
   startGateway,
   testPageUrl,
@@ -101,7 +102,7 @@ test('a reload starts at the rung that last worked instead of retrying the one t
     const page = await openPage(browser);
     await page.goto(testPageUrl(front.url, { channels: ['feed'] }));
     await waitForMessages(page, 'feed', 1);
-    assert.deepEqual((await appState(page)).transports, ['sse']);
+    assert.deepEqual(rungs((await appState(page)).transports), ['sse']);
     const upgrades = front.counts.upgrades;
     assert.equal(upgrades, 1);
     // Same tab, same sessionStorage.

@@ -56,7 +56,10 @@ async function firstMessages({ scenario, mode = {}, remove = [], client = {}, ex
         const received = await waitForMessages(page, 'feed', 5);
         assert.equal(contiguous(received), null, 'messages arrive once each, in order');
         const state = await appState(page);
-        assert.equal(state.transports[0], expect, `${scenario}: first rung`);
+        // Where it lands; on a slow machine long polling may have carried the first
+        // messages before the stream proved itself (counted by the callers).
+        assert.equal(state.transports.at(-1), expect, `${scenario}: the rung it lands on`);
+        assert.ok(state.transports.slice(0, -1).every((t) => t === 'longpoll'), state.transports.join());
         states.push(state);
         const how = share ? 'shared' : 'share: false';
         table.add(`${scenario}, ${how} (load ${run + 1})`, state, {
@@ -75,25 +78,26 @@ async function firstMessages({ scenario, mode = {}, remove = [], client = {}, ex
   }
 }
 
-test('direct: websocket wins the race and long polling never starts', async () => {
-  const { counts } = await firstMessages({ scenario: 'race: direct', expect: 'websocket' });
+test('direct: websocket wins the race; what the race costs is counted', async () => {
+  const { states, counts } = await firstMessages({ scenario: 'race: direct', expect: 'websocket' });
   // What the race costs on a good network: long polls started beside a WebSocket that
-  // proved itself within the head start. Printed; ~0 is the goal, a slow machine may
-  // spend one.
+  // had not proven itself within the head start. Printed; ~0 is the goal, which a
+  // machine loaded past its cores may miss.
   const extra = counts.paths['/longpoll'] || 0;
-  console.log(`race on a good network: ${extra} long poll request(s) in ${2 * LOADS} page loads`);
+  const raced = states.filter((s) => s.transports.length > 1).length;
+  console.log(`race on a good network: ${extra} long poll request(s), ${raced} of ${2 * LOADS} page loads raced`);
   assert.ok(extra <= 2 * 2 * LOADS, `at most one racing long poll (two requests) per load (got ${extra})`);
   assert.equal(counts.upgrades, 2 * LOADS);
 });
 
-test('websocket refused by a proxy: sse takes over before the race starts', async () => {
+test('websocket refused by a proxy: sse takes over, as a rule before the race starts', async () => {
   const { states, counts } = await firstMessages({
     scenario: 'race: WebSocket refused',
     mode: { websocket: 'refuse' },
     expect: 'sse',
   });
-  for (const state of states) assert.deepEqual(state.transports, ['sse']);
-  console.log(`race with WebSocket refused: ${counts.paths['/longpoll'] || 0} long poll request(s) in ${2 * LOADS} loads`);
+  const raced = states.filter((s) => s.transports.length > 1).length;
+  console.log(`race with WebSocket refused: ${counts.paths['/longpoll'] || 0} long poll request(s), ${raced} of ${2 * LOADS} loads raced`);
 });
 
 test('sse buffered by a proxy (upgrades refused): long polling carries the messages while sse waits out its deadline', async () => {
@@ -157,8 +161,10 @@ test('without the race (raceDelayMs: false), the first message waits for the SSE
 });
 
 test('legacy browser: long polling from the start', async () => {
-  const { states } = await firstMessages({ scenario: 'race: legacy browser', remove: LEGACY, expect: 'longpoll' });
+  const { states, counts } = await firstMessages({ scenario: 'race: legacy browser', remove: LEGACY, expect: 'longpoll' });
   for (const state of states) assert.deepEqual(state.transports, ['longpoll']);
+  assert.equal(counts.upgrades, 0);
+  assert.equal(counts.sse, 0);
 });
 
 test('a stream that proves itself after long polling took over replaces it with nothing lost or repeated', async () => {

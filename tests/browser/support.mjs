@@ -512,6 +512,15 @@ export async function waitForTransport(page, name, ms = DEADLINE_MS) {
   });
 }
 
+/**
+ * The rungs a page moved through, without a long poll that raced a stream at the start: on
+ * a machine loaded past its cores a stream can outlast its head start, and long polling
+ * then carries the first messages (race.test.mjs counts how often).
+ */
+export function rungs(transports) {
+  return transports.length > 1 && transports[0] === 'longpoll' ? transports.slice(1) : transports;
+}
+
 /** Asserts that `received` is exactly the numbers first..last, each once, in order. */
 export function contiguous(received) {
   const numbers = received.map((m) => m.n);
