@@ -728,6 +728,7 @@
     this.lacks = {};       // rungs the tabs' browser lacks, for a hub's connection in a worker
     this.storage = null;   // where the last rung is remembered, when not sessionStorage
     this.link = undefined; // to the hub of a shared connection: undefined until tried, null for none
+    this.tabLock = null;   // the Web Lock that tells hubs this tab lives (see whenHeld)
     /** How the connection is shared: 'worker', 'leader' (this tab runs it), 'follower', or null. */
     this.shareRole = null;
     var channels = options.channels || [];
@@ -1493,12 +1494,16 @@
     }
   };
 
-  /** The SharedWorker failed to start: this tab connects on its own after all. */
+  /**
+   * The SharedWorker failed (its script did not load, or threw): this tab shares through
+   * a leader tab instead, or connects on its own where it cannot.
+   */
   Client.prototype._unshare = function () {
     if (this.closed || this.shareRole !== 'worker') { return; }
     this.shareRole = null;
+    this.options.share = 'leader';
     var rung = this.active || (this.cycle && this.cycle.rung);
-    this.link = null;
+    this.link = undefined;
     this.cycle = null;
     this.active = null;
     if (rung) { rung.close(); }
@@ -1860,9 +1865,16 @@
   }
 
   SharedRung.prototype.open = function (done) {
-    var self = this;
+    var self = this, client = this.client;
     this.done = done;
     this.link.onmessage = function (msg) { if (!self.dead) { self.receive(msg); } };
+    if (this.link.kind === 'worker') {
+      // A worker that never answers (one whose script failed for an earlier tab is not
+      // always reported again) is given up like one that reported its failure.
+      this.timer = deadline(function () {
+        if (!self.dead && !self.joined) { client._unshare(); }
+      }, client.options.timeouts.negotiate);
+    }
     this.join();
   };
 
@@ -1881,6 +1893,7 @@
     switch (msg.op) {
       case 'joined':
         this.joined = true;
+        cancel(this.timer);
         this.state(msg);
         break;
       case 'state': this.state(msg); break;
@@ -1982,6 +1995,7 @@
   SharedRung.prototype.close = function () {
     if (this.dead) { return; }
     this.dead = true;
+    cancel(this.timer);
     if (this.asking) { this.asking.abort(); }
     this.link.close();
   };
@@ -2009,14 +2023,28 @@
     }
   }
 
-  /** `post` once the tab holds its lock; until then messages wait in order. */
-  function whenHeld(id, post) {
-    var queue = [], held = false;
-    holdTabLock(id, function () {
-      held = true;
-      for (var i = 0; i < queue.length; i++) { post(queue[i]); }
-      queue = null;
-    });
+  /**
+   * `post` once the tab holds its lock; until then messages wait in order. The lock is
+   * taken once per client: a link that replaces another (a worker that failed) reuses it.
+   */
+  function whenHeld(client, post) {
+    var lock = client.tabLock;
+    if (!lock) {
+      lock = client.tabLock = { held: false, waiting: [] };
+      holdTabLock(client.tabId, function () {
+        lock.held = true;
+        for (var i = 0; i < lock.waiting.length; i++) { lock.waiting[i](); }
+        lock.waiting = null;
+      });
+    }
+    var queue = [], held = lock.held;
+    if (!held) {
+      lock.waiting.push(function () {
+        held = true;
+        for (var i = 0; i < queue.length; i++) { post(queue[i]); }
+        queue = null;
+      });
+    }
     return function (msg) {
       if (held) { post(msg); } else { queue.push(msg); }
     };
@@ -2034,7 +2062,7 @@
       return null; // another origin, or workers are blocked here
     }
     var port = worker.port, tab = client.tabId;
-    var post = whenHeld(tab, function (msg) {
+    var post = whenHeld(client, function (msg) {
       try { port.postMessage(msg); } catch (e) { /* closed */ }
     });
     var link = {
@@ -2067,7 +2095,7 @@
     }
     var name = 'cascade ' + key, tab = client.tabId, closed = false;
     var bus = new root.BroadcastChannel(name), hub = null;
-    var post = whenHeld(tab, function (msg) {
+    var post = whenHeld(client, function (msg) {
       if (hub) {
         soon(function () { if (hub) { hub.receive(msg); } });
       } else {

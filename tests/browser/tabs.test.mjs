@@ -188,3 +188,28 @@ test('a tab behind the new leader reads what it missed from /poll before taking 
     await gateway.stop();
   }
 });
+
+test('a SharedWorker whose script does not load gives way to a leader tab', async () => {
+  const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
+  const front = await startFront(gateway.port);
+  const context = await browser.newContext();
+  try {
+    const pages = [];
+    for (let i = 0; i < 2; i++) {
+      const page = await context.newPage();
+      // The gateway answers 404 there: the worker fails to start.
+      await page.goto(testPageUrl(front.url, { channels: ['feed'], client: { workerUrl: '/missing/cascade.js' } }));
+      pages.push(page);
+    }
+    for (const page of pages) await waitForTransport(page, 'sse');
+    const roles = await Promise.all(pages.map((p) => p.evaluate(() => window.__client.shareRole)));
+    assert.deepEqual([...roles].sort(), ['follower', 'leader']);
+    await eventually('one connection for both tabs', async () => (await connections(gateway)).all === 1);
+    await publish(gateway.url, 'feed', { n: 1 });
+    for (const page of pages) assert.deepEqual((await waitForMessages(page, 'feed', 1)).map((m) => m.n), [1]);
+  } finally {
+    await context.close();
+    await front.close();
+    await gateway.stop();
+  }
+});
