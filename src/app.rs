@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::bus::memory::MemoryEngine;
 use crate::bus::redis::{RedisEngine, RedisSettings};
+use crate::bus::redis_cluster::{RedisClusterEngine, RedisClusterSettings};
 use crate::bus::{Bus, BusConfig, Engine, Hub, Retention, RetentionPolicy};
 use crate::config::{Config, EngineKind};
 use crate::error::ConfigError;
@@ -54,6 +55,22 @@ impl App {
                     prefix: config.redis_prefix.clone(),
                     retention,
                     shards: config.redis_shards,
+                },
+                metrics.engine(),
+            )
+            .map_err(|err| ConfigError(err.to_string()))?,
+            EngineKind::RedisCluster => RedisClusterEngine::new(
+                hub.clone(),
+                RedisClusterSettings {
+                    urls: config
+                        .redis_url
+                        .split(',')
+                        .map(|url| url.trim().to_owned())
+                        .filter(|url| !url.is_empty())
+                        .collect(),
+                    prefix: config.redis_prefix.clone(),
+                    retention,
+                    min_replicas: config.redis_min_replicas,
                 },
                 metrics.engine(),
             )

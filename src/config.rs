@@ -28,7 +28,8 @@ pub struct Config {
     pub engine: EngineKind,
     /// Serves the chat demo at `/` (with `/demo.js` and `/demo.css`); off in production.
     pub demo: bool,
-    /// The Redis server of the `redis` engine: `redis://host:port/db`.
+    /// The Redis server of the `redis` engine (`redis://host:port/db`), or the seed
+    /// nodes of the `redis-cluster` engine, comma-separated.
     pub redis_url: String,
     /// Prefix of every Redis key and pub/sub channel, so that several clusters (or test
     /// runs) can share one Redis.
@@ -36,6 +37,9 @@ pub struct Config {
     /// How Redis pub/sub carries live messages: 0 = each node subscribes to the channels
     /// its clients follow; N = N fixed shard channels that every node follows.
     pub redis_shards: u32,
+    /// `redis-cluster` engine: replicas that must hold a publish before it is
+    /// acknowledged, so that a failover loses nothing acknowledged (0: do not wait).
+    pub redis_min_replicas: u32,
     /// Retained history per channel.
     pub history: HistoryConfig,
     /// Long-polling settings.
@@ -186,6 +190,9 @@ pub enum EngineKind {
     Memory,
     /// Redis: many gateway nodes share one bus.
     Redis,
+    /// Redis Cluster: the bus spread over the shards of a cluster.
+    #[serde(rename = "redis-cluster")]
+    RedisCluster,
 }
 
 /// Retained history per channel.
@@ -288,6 +295,7 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
             redis_prefix: "cascade".to_owned(),
             redis_shards: 0,
+            redis_min_replicas: 1,
             history: HistoryConfig::default(),
             longpoll: LongPollConfig::default(),
             poll: PollConfig::default(),
@@ -617,6 +625,30 @@ mod tests {
         assert_eq!(c.transports, vec![Transport::Sse, Transport::Poll]);
         assert_eq!(c.history.max_age_ms, 60000);
         assert!(c.demo);
+    }
+
+    #[test]
+    fn the_cluster_engine_takes_a_list_of_seed_nodes() {
+        let c = Config::from_sources(
+            "",
+            env(&[
+                ("CASCADE_ENGINE", "redis-cluster"),
+                (
+                    "CASCADE_REDIS_URL",
+                    "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+                ),
+                ("CASCADE_REDIS_MIN_REPLICAS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.engine, EngineKind::RedisCluster);
+        assert_eq!(c.redis_url, "redis://10.0.0.1:7000,redis://10.0.0.2:7000");
+        assert_eq!(c.redis_min_replicas, 0);
+        let c = Config::from_sources("engine = \"redis-cluster\"", env(&[])).unwrap();
+        assert_eq!(
+            (c.engine, c.redis_min_replicas),
+            (EngineKind::RedisCluster, 1)
+        );
     }
 
     #[test]

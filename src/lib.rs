@@ -17,7 +17,7 @@
 //!                                               │            ▲
 //!                                          dyn Engine ──> Hub (local fan-out, bounded queues)
 //!                                               │
-//!                              bus::memory (embedded) | bus::redis (many nodes)
+//!            bus::memory (embedded) | bus::redis (many nodes) | bus::redis_cluster
 //!
 //!   leaves: protocol, conn, query, forwarded, limits, metrics, config, error
 //! ```

@@ -144,7 +144,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
         tracing::info!(listen = %listener.local_addr()?, "cascade listening");
-        if app.config.engine == EngineKind::Redis {
+        if app.config.engine != EngineKind::Memory {
             tokio::spawn(warn_if_engine_down(app.clone()));
         }
         let shutdown = app.shutdown.clone();
@@ -244,14 +244,16 @@ async fn warn_if_engine_down(app: Arc<App>) {
     );
 }
 
-/// `url` with its user and password, if any, replaced by `***`, for the log.
+/// `url` (or each of a comma-separated list) with its user and password, if any,
+/// replaced by `***`, for the log.
 fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let one = |url: &str| match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_owned(),
-    }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
 /// Binds with a deep accept backlog: after a deploy, thousands of clients reconnect at
@@ -305,6 +307,10 @@ mod tests {
         assert_eq!(
             without_password("redis://127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            without_password("redis://:a@n1:7000,redis://n2:7001,redis://u:b@n3:7002"),
+            "redis://***@n1:7000,redis://n2:7001,redis://***@n3:7002"
         );
     }
 }

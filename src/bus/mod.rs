@@ -10,6 +10,8 @@ mod hub;
 mod inbox;
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
+mod redis_script;
 mod subscription;
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,7 @@
 //! The Redis engine: many gateway nodes, one bus, no sticky sessions.
 //!
-//! Data layout, for prefix `P` and channel `C` (hash tags keep a channel's keys in one
-//! cluster slot):
-//! - `P:{C}:meta`, a hash: `epoch` (the history's identity) and `head` (last offset).
-//! - `P:{C}:log`, a list of the retained message objects, oldest first. Offsets are
-//!   consecutive, so the message at offset `o` sits at index `o - first`.
-//! - `P:live:C`, the pub/sub channel every publish is announced on.
-//!
-//! Publishing is one `EVALSHA` (offset, append, trim by count and age, expire, announce),
-//! so a publish is one round trip and atomic. A history read is one `EVALSHA` too. Each
+//! The data layout and the scripts are [`super::redis_script`]'s, shared with the cluster
+//! engine; live messages are announced on `P:live:C` (or on shard channels). Each
 //! node subscribes only to the channels its own clients follow and hands every announced
 //! message to its hub once, whatever its number of local subscribers.
 //!
@@ -28,12 +21,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use prometheus::{Histogram, IntGauge};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use redis::{Client, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::{Engine, History, Hub, Reply, RetentionPolicy, later, now_ms};
+use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, log_key, unavailable};
+use super::{Engine, History, Hub, Reply, RetentionPolicy, later};
 use crate::error::{Error, Result};
-use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+use crate::protocol::{Channel, Message, Position};
 use crate::sync::Unpoisoned;
 
 /// Settings of the Redis engine.
@@ -96,71 +90,12 @@ pub struct EngineMetrics {
     pub history_seconds: Histogram,
 }
 
-/// How long a command may take before the engine counts as unavailable.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-
-const PUBLISH: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'head', 1)
-local json = '{"channel":"' .. ARGV[1] .. '","epoch":"' .. epoch .. '","offset":' .. offset ..
-  ',"ts":' .. ARGV[3] .. ',"data":' .. ARGV[2] .. '}'
-redis.call('RPUSH', KEYS[2], json)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[5])
-while true do
-  local first = redis.call('LINDEX', KEYS[2], 0)
-  if not first or tonumber(string.match(first, '"ts":(%d+)')) >= cutoff then break end
-  redis.call('LPOP', KEYS[2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
-redis.call('PUBLISH', ARGV[7], json)
-return json
-"#;
-
-const HISTORY: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
-end
-local head = tonumber(redis.call('HGET', KEYS[1], 'head'))
-local cutoff = tonumber(ARGV[4]) - tonumber(ARGV[5])
-while true do
-  local first = redis.call('LINDEX', KEYS[2], 0)
-  if not first or tonumber(string.match(first, '"ts":(%d+)')) >= cutoff then break end
-  redis.call('LPOP', KEYS[2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
-local first = head - redis.call('LLEN', KEYS[2]) + 1
-if ARGV[1] == '' then
-  return {epoch, tostring(head), 0, {}}
-end
-local from = tonumber(ARGV[2])
-local gap = 0
-if ARGV[1] ~= epoch or from + 1 < first or from > head then
-  gap = 1
-  from = first - 1
-end
-local start = from + 1 - first
-local messages = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[3]) - 1)
-return {epoch, tostring(head), gap, messages}
-"#;
-
 /// The Redis engine.
 pub struct RedisEngine {
     settings: RedisSettings,
     topics: Topics,
     connection: ConnectionManager,
-    publish: Script,
-    history: Script,
+    scripts: Scripts,
     watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
     commands: mpsc::UnboundedSender<Command>,
     up: Arc<AtomicBool>,
@@ -196,10 +131,9 @@ impl RedisEngine {
         };
         let engine = Arc::new(RedisEngine {
             topics: topics.clone(),
+            scripts: Scripts::new(&settings.prefix, settings.retention.clone(), "PUBLISH"),
             settings,
             connection,
-            publish: Script::new(PUBLISH),
-            history: Script::new(HISTORY),
             watched: Arc::default(),
             commands,
             up: Arc::new(AtomicBool::new(false)),
@@ -219,19 +153,6 @@ impl RedisEngine {
         Ok(engine)
     }
 
-    fn keys(&self, channel: &Channel) -> (String, String) {
-        let prefix = &self.settings.prefix;
-        (
-            format!("{prefix}:{{{channel}}}:meta"),
-            log_key(prefix, channel),
-        )
-    }
-
-    /// Keys of an idle channel expire after twice its retention age.
-    fn idle_ttl_ms(max_age: Duration) -> u64 {
-        (max_age.as_millis() as u64).saturating_mul(2).max(1000)
-    }
-
     fn record(&self, ok: bool) {
         self.up.store(ok, Ordering::Relaxed);
         self.metrics.up.set(i64::from(ok));
@@ -246,15 +167,7 @@ impl RedisEngine {
     ) -> Result<T> {
         let started = Instant::now();
         let mut connection = self.connection.clone();
-        let result =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-            {
-                Ok(result) => result.map_err(unavailable),
-                Err(_) => Err(Error::EngineUnavailable(
-                    "redis did not answer in time".into(),
-                )),
-            };
+        let result = redis_script::invoke(invocation, &mut connection).await;
         self.record(result.is_ok());
         if result.is_ok() {
             round_trip.observe(started.elapsed().as_secs_f64());
@@ -263,25 +176,13 @@ impl RedisEngine {
     }
 
     async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
-        let (meta, log) = self.keys(channel);
-        let retention = self.settings.retention.for_channel(channel);
-        let mut invocation = self.publish.key(meta);
-        invocation
-            .key(log)
-            .arg(channel.as_str())
-            .arg(&data[..])
-            .arg(now_ms())
-            .arg(retention.max_messages)
-            .arg(retention.max_age.as_millis() as u64)
-            .arg(Epoch::random().as_str())
-            .arg(self.topics.of(channel))
-            .arg(Self::idle_ttl_ms(retention.max_age));
-        let json: Vec<u8> = self
+        let invocation = self
+            .scripts
+            .publish(channel, &data, self.topics.of(channel));
+        let json = self
             .invoke(&invocation, &self.metrics.publish_seconds)
             .await?;
-        Message::from_json(Bytes::from(json))
-            .map(Arc::new)
-            .ok_or_else(|| Error::Internal("redis returned a malformed message".into()))
+        redis_script::published(json)
     }
 
     async fn history_now(
@@ -290,40 +191,11 @@ impl RedisEngine {
         from: Option<&Position>,
         limit: usize,
     ) -> Result<History> {
-        let (meta, log) = self.keys(channel);
-        let retention = self.settings.retention.for_channel(channel);
-        let mut invocation = self.history.key(meta);
-        invocation
-            .key(log)
-            .arg(from.map_or("", |p| p.epoch.as_str()))
-            .arg(from.map_or(0, |p| p.offset))
-            .arg(limit.max(1))
-            .arg(now_ms())
-            .arg(retention.max_age.as_millis() as u64)
-            .arg(Epoch::random().as_str())
-            .arg(Self::idle_ttl_ms(retention.max_age));
-        let (epoch, head, gap, raw): (String, String, u8, Vec<Vec<u8>>) = self
+        let invocation = self.scripts.history(channel, from, limit);
+        let raw = self
             .invoke(&invocation, &self.metrics.history_seconds)
             .await?;
-        let malformed = || Error::Internal("redis returned a malformed history".into());
-        let epoch = Epoch::parse(&epoch).ok_or_else(malformed)?;
-        let head: u64 = head.parse().map_err(|_| malformed())?;
-        let messages = raw
-            .into_iter()
-            .map(|json| Message::from_json(Bytes::from(json)).map(Arc::new))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(malformed)?;
-        let gap = (gap == 1).then(|| Gap {
-            channel: channel.clone(),
-            epoch: epoch.clone(),
-            first: messages.first().map_or(head + 1, |m| m.offset),
-        });
-        Ok(History {
-            epoch,
-            head,
-            gap,
-            messages,
-        })
+        redis_script::history(channel, raw)
     }
 
     async fn watch_now(&self, channel: &Channel) -> Result<()> {
@@ -346,14 +218,6 @@ impl RedisEngine {
             )),
         }
     }
-}
-
-fn log_key(prefix: &str, channel: &Channel) -> String {
-    format!("{prefix}:{{{channel}}}:log")
-}
-
-fn unavailable(err: redis::RedisError) -> Error {
-    Error::EngineUnavailable(format!("redis: {err}"))
 }
 
 impl Engine for RedisEngine {

@@ -1,0 +1,561 @@
+//! The Redis Cluster engine: the Redis engine's data and scripts, spread over the shards
+//! of a cluster, with live delivery over sharded pub/sub (Redis 7+).
+//!
+//! A channel's keys and its shard channel `P:{C}:live` share the hash tag `{C}`, so they
+//! live in one slot: the publish script appends and `SPUBLISH`es on the slot's master, and
+//! live traffic stays on the shard that owns the channel instead of reaching every node
+//! of the cluster as plain `PUBLISH` would. The cluster client follows `MOVED` and `ASK`
+//! redirects and refreshes its slot map by itself.
+//!
+//! Sharded subscriptions are this engine's to keep: a node drops them (with an
+//! `sunsubscribe` push) when their slot moves away or its master steps down, and a lost
+//! connection takes them along. The listener subscribes such channels again wherever
+//! their slot now lives, and after every resubscription it checks the channel's history
+//! against the last message it handed out (see `VERIFY` in [`super::redis_script`]):
+//! if a promoted replica lacks writes readers already have, the channel starts a new
+//! epoch, so they get an explicit gap rather than a reused offset. It then re-announces
+//! the last retained message, so subscribers notice anything missed meanwhile and fill it
+//! from history.
+//!
+//! A publish is acknowledged once `WAIT` reports it on `min_replicas` replicas, so that
+//! the replica promoted after a master dies holds every acknowledged message.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus::{Histogram, IntGauge};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::redis::EngineMetrics;
+use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, unavailable};
+use super::{Engine, History, Hub, Reply, RetentionPolicy, later};
+use crate::error::{Error, Result};
+use crate::protocol::{Channel, Message, Position};
+use crate::sync::Unpoisoned;
+
+/// Settings of the Redis Cluster engine.
+#[derive(Clone, Debug)]
+pub struct RedisClusterSettings {
+    /// Seed nodes, `redis://host:port` each; the rest of the cluster is discovered.
+    pub urls: Vec<String>,
+    /// Prefix of every key and shard channel.
+    pub prefix: String,
+    /// History retention per channel.
+    pub retention: RetentionPolicy,
+    /// Replicas that must hold a publish before it is acknowledged (0: do not wait).
+    pub min_replicas: u32,
+}
+
+/// How long a publish waits for its replicas before it fails as `engine_unavailable`.
+const REPLICATION_TIMEOUT_MS: u64 = 500;
+
+/// Longest pause between attempts to resubscribe a channel the cluster dropped.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The Redis Cluster engine.
+pub struct RedisClusterEngine {
+    settings: RedisClusterSettings,
+    scripts: Arc<Scripts>,
+    connection: watch::Receiver<Option<ClusterConnection>>,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    metrics: EngineMetrics,
+}
+
+/// What the engine and its listener both hold.
+struct Shared {
+    watched: Mutex<HashMap<Channel, watch::Sender<bool>>>,
+    /// The last message of each watched channel this node saw, checked against the
+    /// history after a resubscription.
+    last: Mutex<HashMap<Channel, Arc<Message>>>,
+    up: AtomicBool,
+    gauge: IntGauge,
+}
+
+impl Shared {
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.gauge.set(i64::from(up));
+    }
+
+    fn is_wanted(&self, channel: &Channel) -> bool {
+        self.watched.locked().contains_key(channel)
+    }
+
+    /// Remembers `message` as the newest of its channel this node has seen.
+    fn saw(&self, message: &Arc<Message>) {
+        if !self.is_wanted(&message.channel) {
+            return;
+        }
+        let mut last = self.last.locked();
+        match last.get(&message.channel) {
+            Some(known) if known.epoch == message.epoch && known.offset >= message.offset => {}
+            _ => {
+                last.insert(message.channel.clone(), message.clone());
+            }
+        }
+    }
+}
+
+enum Command {
+    Subscribe(Channel),
+    Unsubscribe(Channel),
+}
+
+impl RedisClusterEngine {
+    /// Checks the seed URLs and starts the listener, which connects in the background
+    /// (the gateway starts even while the cluster is down) and feeds `hub`.
+    pub fn new(
+        hub: Arc<Hub>,
+        settings: RedisClusterSettings,
+        metrics: EngineMetrics,
+    ) -> Result<Arc<Self>> {
+        let (pushes, push_receiver) = mpsc::unbounded_channel();
+        let client = ClusterClientBuilder::new(settings.urls.iter().map(String::as_str))
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .connection_timeout(COMMAND_TIMEOUT)
+            .response_timeout(COMMAND_TIMEOUT)
+            .retries(3)
+            .max_retry_wait(200)
+            .build()
+            .map_err(|e| Error::EngineUnavailable(format!("bad redis_url: {e}")))?;
+        let (connection_sender, connection) = watch::channel(None);
+        let (commands, command_receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            watched: Mutex::default(),
+            last: Mutex::default(),
+            up: AtomicBool::new(false),
+            gauge: metrics.up.clone(),
+        });
+        let scripts = Arc::new(Scripts::new(
+            &settings.prefix,
+            settings.retention.clone(),
+            "SPUBLISH",
+        ));
+        let listener = Listener {
+            hub,
+            scripts: scripts.clone(),
+            shared: shared.clone(),
+            confirmed: HashSet::new(),
+            pending: HashSet::new(),
+        };
+        tokio::spawn(listener.run(client, connection_sender, command_receiver, push_receiver));
+        Ok(Arc::new(RedisClusterEngine {
+            settings,
+            scripts,
+            connection,
+            shared,
+            commands,
+            metrics,
+        }))
+    }
+
+    fn connection(&self) -> Result<ClusterConnection> {
+        self.connection
+            .borrow()
+            .clone()
+            .ok_or_else(|| Error::EngineUnavailable("redis cluster not reached yet".into()))
+    }
+
+    /// Records whether the cluster answered and, when it did, the round trip.
+    fn record<T>(&self, result: &Result<T>, started: Instant, round_trip: &Histogram) {
+        self.shared.set_up(result.is_ok());
+        if result.is_ok() {
+            round_trip.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
+        let started = Instant::now();
+        let result = async {
+            let mut connection = self.connection()?;
+            let invocation =
+                self.scripts
+                    .publish(channel, &data, topic(self.scripts.prefix(), channel));
+            let json = redis_script::invoke(&invocation, &mut connection).await?;
+            self.replicated(&mut connection, channel).await?;
+            redis_script::published(json)
+        }
+        .await;
+        self.record(&result, started, &self.metrics.publish_seconds);
+        result
+    }
+
+    /// Waits until the channel's master has passed everything this node wrote to it to
+    /// `min_replicas` replicas. The cluster client keeps one connection per node, so the
+    /// `WAIT` follows the publish on the connection that carried it.
+    async fn replicated(
+        &self,
+        connection: &mut ClusterConnection,
+        channel: &Channel,
+    ) -> Result<()> {
+        let wanted = self.settings.min_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let (meta, _) = self.scripts.keys(channel);
+        let route = Route::with_slot(Slot::for_key(meta), SlotAddr::Master);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(REPLICATION_TIMEOUT_MS);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        let reached =
+            match tokio::time::timeout(COMMAND_TIMEOUT, connection.route_command(wait, routing))
+                .await
+            {
+                Ok(Ok(Value::Int(reached))) => reached,
+                Ok(Ok(_)) => return Err(Error::Internal("WAIT answered a non-integer".into())),
+                Ok(Err(err)) => return Err(unavailable(err)),
+                Err(_) => return Err(Error::EngineUnavailable("WAIT timed out".into())),
+            };
+        if reached < i64::from(wanted) {
+            return Err(Error::EngineUnavailable(format!(
+                "the publish reached {reached} of {wanted} replicas in time"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn history_now(
+        &self,
+        channel: &Channel,
+        from: Option<&Position>,
+        limit: usize,
+    ) -> Result<History> {
+        let started = Instant::now();
+        let result = async {
+            let mut connection = self.connection()?;
+            let invocation = self.scripts.history(channel, from, limit);
+            let raw = redis_script::invoke(&invocation, &mut connection).await?;
+            redis_script::history(channel, raw)
+        }
+        .await;
+        self.record(&result, started, &self.metrics.history_seconds);
+        // A reader may take a message from history before its live copy arrives: it
+        // counts as seen for the check after a failover.
+        if let Some(newest) = result.as_ref().ok().and_then(|h| h.messages.last()) {
+            self.shared.saw(newest);
+        }
+        result
+    }
+
+    async fn watch_now(&self, channel: &Channel) -> Result<()> {
+        let mut ready = {
+            let mut watched = self.shared.watched.locked();
+            match watched.get(channel) {
+                Some(sender) => sender.subscribe(),
+                None => {
+                    let (sender, receiver) = watch::channel(false);
+                    watched.insert(channel.clone(), sender);
+                    let _ = self.commands.send(Command::Subscribe(channel.clone()));
+                    receiver
+                }
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, ready.wait_for(|ready| *ready)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::EngineUnavailable(
+                "could not subscribe to the channel in the redis cluster".into(),
+            )),
+        }
+    }
+}
+
+/// The shard channel of `channel`'s live messages, in the slot of its keys.
+fn topic(prefix: &str, channel: &Channel) -> String {
+    format!("{prefix}:{{{channel}}}:live")
+}
+
+/// The channel whose live messages travel on `topic`.
+fn channel_of(prefix: &str, topic: &[u8]) -> Option<Channel> {
+    let topic = std::str::from_utf8(topic).ok()?;
+    let name = topic
+        .strip_prefix(prefix)?
+        .strip_prefix(":{")?
+        .strip_suffix("}:live")?;
+    Channel::parse(name).ok()
+}
+
+impl Engine for RedisClusterEngine {
+    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
+        let channel = channel.clone();
+        later(async move { self.publish_now(&channel, data).await })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a Channel,
+        from: Option<&'a Position>,
+        limit: usize,
+    ) -> Reply<'a, History> {
+        later(self.history_now(channel, from, limit))
+    }
+
+    fn watch<'a>(&'a self, channel: &'a Channel) -> Reply<'a, ()> {
+        later(self.watch_now(channel))
+    }
+
+    fn unwatch(&self, channel: &Channel) {
+        let removed = self.shared.watched.locked().remove(channel).is_some();
+        if removed {
+            self.shared.last.locked().remove(channel);
+            let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
+        }
+    }
+
+    fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
+        later(async move {
+            let mut connection = self.connection()?;
+            let reply: Option<String> = redis::cmd("SET")
+                .arg(format!("{}:once:{key}", self.settings.prefix))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(reply.is_some())
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis-cluster"
+    }
+}
+
+/// The sharded pub/sub side: keeps the cluster subscribed to exactly the watched
+/// channels, wherever their slots move, and hands live messages to the hub.
+struct Listener {
+    hub: Arc<Hub>,
+    scripts: Arc<Scripts>,
+    shared: Arc<Shared>,
+    /// Channels the cluster confirmed at least once since they were watched: a further
+    /// confirmation is a resubscription, after which messages may have been missed.
+    confirmed: HashSet<Channel>,
+    /// Watched channels the cluster does not carry to us right now.
+    pending: HashSet<Channel>,
+}
+
+impl Listener {
+    async fn run(
+        mut self,
+        client: redis::cluster::ClusterClient,
+        connection_sender: watch::Sender<Option<ClusterConnection>>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        let mut connection = loop {
+            let attempt = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection());
+            if let Ok(Ok(connection)) = attempt.await {
+                break connection;
+            }
+            tracing::debug!("redis cluster not reachable yet; retrying");
+            // Watches queue up meanwhile; the watched map says what to subscribe.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        };
+        connection_sender.send_replace(Some(connection.clone()));
+        self.shared.set_up(true);
+        tracing::info!("redis cluster connected");
+        self.pending = self.shared.watched.locked().keys().cloned().collect();
+        let mut backoff = Duration::ZERO;
+        loop {
+            if !self.pending.is_empty() {
+                self.resubscribe(&mut connection).await;
+                backoff = if self.pending.is_empty() {
+                    Duration::ZERO
+                } else {
+                    (backoff * 2).clamp(Duration::from_millis(25), MAX_BACKOFF)
+                };
+            }
+            let retry = tokio::time::sleep(if self.pending.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                backoff
+            });
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    self.apply(&mut connection, command).await;
+                }
+                push = pushes.recv() => {
+                    let Some(push) = push else { return };
+                    self.take(&mut connection, push).await;
+                }
+                _ = retry => {}
+            }
+        }
+    }
+
+    /// Brings the cluster in line with one watch change. The watched map is the truth:
+    /// an unsubscribe for a channel watched again meanwhile is skipped.
+    async fn apply(&mut self, connection: &mut ClusterConnection, command: Command) {
+        match command {
+            Command::Subscribe(channel) => {
+                self.pending.insert(channel);
+            }
+            Command::Unsubscribe(channel) => {
+                if self.shared.is_wanted(&channel) {
+                    return;
+                }
+                self.confirmed.remove(&channel);
+                self.pending.remove(&channel);
+                let name = topic(self.scripts.prefix(), &channel);
+                let unsubscribe = connection.sunsubscribe(name);
+                if !matches!(
+                    tokio::time::timeout(COMMAND_TIMEOUT, unsubscribe).await,
+                    Ok(Ok(()))
+                ) {
+                    // Harmless: a message of an unwatched channel finds no subscriber.
+                    tracing::debug!(%channel, "sunsubscribe failed");
+                }
+            }
+        }
+    }
+
+    /// Subscribes every pending channel that is still watched, stopping at the first
+    /// failure (the cluster is then still settling; the caller retries later).
+    async fn resubscribe(&mut self, connection: &mut ClusterConnection) {
+        let channels: Vec<Channel> = self.pending.iter().cloned().collect();
+        for channel in channels {
+            if !self.shared.is_wanted(&channel) {
+                self.pending.remove(&channel);
+                continue;
+            }
+            let name = topic(self.scripts.prefix(), &channel);
+            match tokio::time::timeout(COMMAND_TIMEOUT, connection.ssubscribe(name)).await {
+                Ok(Ok(())) => {
+                    self.pending.remove(&channel);
+                    self.mark_ready(&channel);
+                    if !self.confirmed.insert(channel.clone())
+                        && !self.catch_up(connection, &channel).await
+                    {
+                        self.pending.insert(channel);
+                        return;
+                    }
+                }
+                failed => {
+                    let error = match failed {
+                        Ok(Err(err)) => err.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::debug!(%channel, error, "ssubscribe failed; retrying");
+                    self.shared.set_up(false);
+                    return;
+                }
+            }
+        }
+        self.shared.set_up(true);
+    }
+
+    /// Handles one push from the cluster: a live message, or a change of subscriptions.
+    async fn take(&mut self, connection: &mut ClusterConnection, push: PushInfo) {
+        let prefix = self.scripts.prefix();
+        let channel = || match push.data.first() {
+            Some(Value::BulkString(name)) => channel_of(prefix, name),
+            _ => None,
+        };
+        if push.kind != PushKind::SMessage {
+            tracing::debug!(kind = ?push.kind, data = ?push.data, "cluster push");
+        }
+        match push.kind {
+            PushKind::SMessage => {
+                let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                    return;
+                };
+                match Message::from_json(Bytes::copy_from_slice(payload)) {
+                    Some(message) => {
+                        let message = Arc::new(message);
+                        self.shared.saw(&message);
+                        self.hub.deliver(&message);
+                    }
+                    None => tracing::warn!("malformed message on redis sharded pub/sub"),
+                }
+            }
+            // The cluster dropped a subscription: its slot moved, or its master stepped
+            // down. Subscribe again where the slot lives now.
+            PushKind::SUnsubscribe => {
+                if let Some(channel) = channel().filter(|c| self.shared.is_wanted(c)) {
+                    tracing::info!(%channel, "sharded subscription dropped by the cluster");
+                    self.pending.insert(channel);
+                }
+            }
+            // The client resubscribed on its own (after a reconnect or a new slot map).
+            PushKind::SSubscribe => {
+                if let Some(channel) = channel().filter(|c| self.shared.is_wanted(c)) {
+                    if !self.confirmed.insert(channel.clone())
+                        && !self.catch_up(connection, &channel).await
+                    {
+                        self.pending.insert(channel);
+                    }
+                }
+            }
+            // A node's connection broke: its subscriptions may be gone for good if its
+            // master died. Subscribe everything again; a live subscription just confirms.
+            PushKind::Disconnection => {
+                tracing::warn!("a redis cluster connection was lost; resubscribing");
+                self.shared.set_up(false);
+                let watched = self.shared.watched.locked();
+                self.pending.extend(watched.keys().cloned());
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_ready(&self, channel: &Channel) {
+        if let Some(ready) = self.shared.watched.locked().get(channel) {
+            ready.send_replace(true);
+        }
+    }
+
+    /// After a resubscription: checks the history against the last message seen (a
+    /// fork starts a new epoch) and re-announces the last retained message, so that
+    /// subscribers who missed messages see a hole and fill it. False when the cluster
+    /// could not be read; the caller tries again.
+    async fn catch_up(&self, connection: &mut ClusterConnection, channel: &Channel) -> bool {
+        let last = self.shared.last.locked().get(channel).cloned();
+        let tail: Result<Option<Vec<u8>>> = match &last {
+            Some(last) => {
+                let invocation = self.scripts.verify(last);
+                redis_script::invoke(&invocation, connection).await
+            }
+            None => {
+                let (_, log) = self.scripts.keys(channel);
+                let mut read = redis::cmd("LINDEX");
+                read.arg(log).arg(-1);
+                match tokio::time::timeout(COMMAND_TIMEOUT, read.query_async(connection)).await {
+                    Ok(result) => result.map_err(unavailable),
+                    Err(_) => Err(Error::EngineUnavailable("LINDEX timed out".into())),
+                }
+            }
+        };
+        match tail {
+            Ok(Some(json)) => {
+                if let Some(message) = Message::from_json(Bytes::from(json)) {
+                    let message = Arc::new(message);
+                    self.shared.saw(&message);
+                    self.hub.deliver(&message);
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(err) => {
+                tracing::debug!(%channel, %err, "could not check history after a resubscription");
+                false
+            }
+        }
+    }
+}
