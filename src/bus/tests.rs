@@ -2,12 +2,13 @@
 //! gaps, hole filling and slow consumers. The seam tests run many iterations because the
 //! races they guard against are timing-dependent.
 //!
-//! Every contract test runs against both engines. The Redis runs need a Redis at
+//! Every contract test runs against every engine. The Redis runs need a Redis at
 //! `CASCADE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) and fail loudly without
-//! one; each bus uses a fresh key prefix.
+//! one; the Redis Cluster runs start a local cluster (`redis-server` and `redis-cli` on
+//! PATH), shared by the runs that overlap; each bus uses a fresh key prefix.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,15 +24,58 @@ enum Kind {
     Redis,
     /// Redis with live messages on 4 shard channels instead of one per channel.
     RedisSharded,
+    /// A Redis Cluster of 3 masters and 3 replicas.
+    RedisCluster,
+}
+
+#[path = "../../tests/support/redis_cluster.rs"]
+mod local_cluster;
+
+/// A bus, and the local cluster its engine needs, if any.
+struct TestBus {
+    bus: Bus,
+    _cluster: Option<Arc<local_cluster::RedisCluster>>,
+}
+
+impl std::ops::Deref for TestBus {
+    type Target = Bus;
+    fn deref(&self) -> &Bus {
+        &self.bus
+    }
+}
+
+/// The cluster of the Redis Cluster runs: started by the first that needs it, stopped
+/// (by PID) when the last bus using it is dropped.
+fn shared_cluster() -> Arc<local_cluster::RedisCluster> {
+    static CLUSTER: Mutex<Weak<local_cluster::RedisCluster>> = Mutex::new(Weak::new());
+    let mut shared = CLUSTER.lock().unwrap();
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(tokio::task::block_in_place(
+        local_cluster::RedisCluster::start,
+    ));
+    *shared = Arc::downgrade(&cluster);
+    cluster
+}
+
+/// Waits until `engine` answers, failing loudly when it does not in time.
+async fn until_up(engine: &dyn Engine, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !engine.is_up() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn redis_url() -> String {
     std::env::var("CASCADE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
-async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> Bus {
+async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
     let hub = Arc::new(Hub::new());
     let history_limit = retention.max_messages;
+    let mut cluster = None;
     let engine: Arc<dyn Engine> = match kind {
         Kind::Memory => MemoryEngine::new(hub.clone(), retention),
         Kind::Redis | Kind::RedisSharded => {
@@ -51,29 +95,47 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> Bus {
                 crate::metrics::Metrics::new().engine(),
             )
             .expect("redis engine");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while !engine.is_up() {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "Redis must answer at {} for the redis engine tests (.ci/run starts one)",
-                    redis_url()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let what = format!(
+                "Redis must answer at {} for the redis engine tests (.ci/run starts one)",
+                redis_url()
+            );
+            until_up(&*engine, &what).await;
+            engine
+        }
+        Kind::RedisCluster => {
+            let shared = shared_cluster();
+            let settings = super::redis_cluster::RedisClusterSettings {
+                urls: shared.url().split(',').map(str::to_owned).collect(),
+                prefix: format!("test-{}", Epoch::random()),
+                retention: retention.into(),
+                min_replicas: 1,
+            };
+            cluster = Some(shared);
+            let engine = super::redis_cluster::RedisClusterEngine::new(
+                hub.clone(),
+                settings,
+                crate::metrics::Metrics::new().engine(),
+            )
+            .expect("redis cluster engine");
+            until_up(&*engine, "the local Redis Cluster must answer").await;
             engine
         }
     };
-    Bus::new(
+    let bus = Bus::new(
         engine,
         hub,
         BusConfig {
             subscriber_queue: queue,
             history_limit,
         },
-    )
+    );
+    TestBus {
+        bus,
+        _cluster: cluster,
+    }
 }
 
-async fn bus(kind: Kind) -> Bus {
+async fn bus(kind: Kind) -> TestBus {
     bus_with(
         kind,
         Retention {
@@ -109,6 +171,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::RedisSharded).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::RedisCluster).await
                 }
             )*
         }
@@ -151,7 +221,7 @@ async fn racing_publishers_get_consecutive_offsets(kind: Kind) {
     let bus = bus(kind).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let bus = bus.clone();
+        let bus = bus.bus.clone();
         tasks.push(tokio::spawn(async move {
             let mut offsets = Vec::new();
             for n in 0..250 {
@@ -182,14 +252,16 @@ async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher(kind: Kind) {
     let iterations = match kind {
         Kind::Memory => 200,
         // Each iteration connects afresh; fewer keep the run short.
-        Kind::Redis | Kind::RedisSharded => 40,
+        Kind::Redis | Kind::RedisSharded | Kind::RedisCluster => 40,
     };
+    // Keeps a local cluster up across the iterations' buses.
+    let _first = bus(kind).await;
     for iteration in 0..iterations {
         let bus = bus(kind).await;
         let channel = Channel::parse(&format!("race:{iteration}")).unwrap();
         let total = 60u64;
         let publisher = {
-            let bus = bus.clone();
+            let bus = bus.bus.clone();
             let channel = channel.clone();
             tokio::spawn(async move {
                 for n in 1..=total {

@@ -3,6 +3,7 @@
 
 pub mod nodes;
 pub mod raw_http;
+pub mod redis_cluster;
 
 use std::future::Future;
 use std::net::SocketAddr;

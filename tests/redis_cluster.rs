@@ -1,0 +1,550 @@
+//! Gateway nodes on a Redis Cluster (`engine = "redis-cluster"`): one sequence on every
+//! transport, live traffic on the shard that owns each channel, and no silent loss when a
+//! master fails over (gracefully or killed) or a channel's slot moves mid-stream.
+//!
+//! Each test starts its own cluster of 3 masters and 3 replicas on free ports
+//! (`redis-server` and `redis-cli` on PATH) and stops it by PID. The tests take turns
+//! (see [`one_at_a_time`]): six clusters at once on a small machine would miss the
+//! cluster's own heartbeats and fail over by themselves.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::nodes::Node;
+use support::redis_cluster::RedisCluster;
+use support::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Held for a test's duration, so that one cluster runs at a time.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// Publishers are backends: they authenticate with an API key, as in production.
+const API_KEY: &str = "redis-cluster-test-key";
+
+/// How long a stream may stall while the cluster fails over or a slot moves.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
+
+fn nodes(count: usize, cluster: &RedisCluster, test: &str) -> Vec<Node> {
+    nodes_with(count, cluster, test, "1")
+}
+
+/// Gateway nodes that acknowledge a publish once `min_replicas` replicas hold it.
+fn nodes_with(count: usize, cluster: &RedisCluster, test: &str, min_replicas: &str) -> Vec<Node> {
+    let url = cluster.url();
+    let prefix = format!("test-{test}-{}", std::process::id());
+    let env = [
+        ("CASCADE_ENGINE", "redis-cluster"),
+        ("CASCADE_REDIS_URL", url.as_str()),
+        ("CASCADE_REDIS_PREFIX", prefix.as_str()),
+        ("CASCADE_LONGPOLL_TIMEOUT_MS", "1000"),
+        ("CASCADE_API_KEYS", API_KEY),
+        ("CASCADE_REDIS_MIN_REPLICAS", min_replicas),
+        ("CASCADE_LOG", "info,cascade::bus::redis_cluster=debug"),
+    ];
+    (0..count).map(|_| Node::spawn(&env)).collect()
+}
+
+/// Publishes `{"n": n}` to `channel` on `node`; the acknowledged (epoch, offset), or the
+/// error code when the gateway refused.
+async fn publish(node: &Node, channel: &str, n: u64) -> Result<(String, u64), String> {
+    NodeUrl(node.url("")).publish(channel, n).await
+}
+
+/// An acknowledged publish: (epoch, offset, n).
+type Ack = (String, u64, u64);
+
+/// Publishes 1..=total to `channel`, 5 ms apart, retrying each refused publish (as a
+/// client would) until it is acknowledged; counts acknowledgements in `acked`.
+fn spawn_publisher(
+    node: &Node,
+    channel: &'static str,
+    total: u64,
+    acked: Arc<AtomicU64>,
+    last: Arc<OnceLock<Ack>>,
+) -> tokio::task::JoinHandle<(Vec<Ack>, usize)> {
+    let node_url = node.url("");
+    tokio::spawn(async move {
+        let node = NodeUrl(node_url);
+        let mut acks = Vec::new();
+        let mut refused = 0;
+        let started = Instant::now();
+        for n in 1..=total {
+            loop {
+                assert!(
+                    started.elapsed() < FAILOVER_DEADLINE * 2,
+                    "publishes did not resume"
+                );
+                match node.publish(channel, n).await {
+                    Ok((epoch, offset)) => {
+                        acks.push((epoch, offset, n));
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(_) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = last.set(acks.last().expect("acknowledged").clone());
+        (acks, refused)
+    })
+}
+
+/// A node's base URL, for tasks that outlive a borrow of the [`Node`].
+struct NodeUrl(String);
+
+impl NodeUrl {
+    async fn publish(&self, channel: &str, n: u64) -> Result<(String, u64), String> {
+        let response = http()
+            .post(format!("{}/publish", self.0))
+            .header("X-Cascade-Api-Key", API_KEY)
+            .json(&json!({"channel": channel, "data": {"n": n}}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(body["error"]["code"].as_str().unwrap_or("?").to_owned());
+        }
+        Ok((
+            body["epoch"].as_str().unwrap().to_owned(),
+            body["offset"].as_u64().unwrap(),
+        ))
+    }
+}
+
+/// What a subscriber saw, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Message { epoch: String, offset: u64, n: u64 },
+    Gap { epoch: String, first: u64 },
+}
+
+/// Follows `channel` over WebSocket on `node` from `cursor` until `done` holds for what
+/// it saw; resumes from its cursor when the gateway closes the stream (an engine outage).
+/// Returns what it saw and how many times it resumed.
+async fn follow(
+    node: &Node,
+    channel: &str,
+    mut cursor: String,
+    done: impl Fn(&[Seen]) -> bool,
+) -> (Vec<Seen>, usize) {
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    let mut connections = 0usize;
+    'connect: while !done(&seen) {
+        connections += 1;
+        assert!(
+            started.elapsed() < FAILOVER_DEADLINE * 2,
+            "stream stalled after {} events",
+            seen.len()
+        );
+        let mut ws = node.ws().await;
+        ws.subscribe(&[channel], Some(&cursor)).await;
+        while !done(&seen) {
+            // Pings keep an idle stream busy: the deadline is on the whole stream.
+            let stalled = |seen: &[Seen]| {
+                let last = seen.last();
+                format!(
+                    "stream stalled after {} events, the last {last:?}",
+                    seen.len()
+                )
+            };
+            assert!(
+                started.elapsed() < FAILOVER_DEADLINE * 2,
+                "{}",
+                stalled(&seen)
+            );
+            let frame = match tokio::time::timeout(FAILOVER_DEADLINE, ws.ws.next()).await {
+                Ok(Some(Ok(WsMessage::Text(text)))) => {
+                    serde_json::from_str::<Value>(&text).expect("json frame")
+                }
+                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+                Ok(_) => continue 'connect,
+                Err(_) => panic!("no frame within {FAILOVER_DEADLINE:?}; saw {seen:?}"),
+            };
+            let epoch = frame["epoch"].as_str().unwrap_or_default().to_owned();
+            match frame["op"].as_str() {
+                Some("message") => {
+                    let offset = frame["offset"].as_u64().unwrap();
+                    cursor = format!("{channel}@{epoch}:{offset}");
+                    let n = frame["data"]["n"].as_u64().unwrap();
+                    seen.push(Seen::Message { epoch, offset, n });
+                }
+                Some("gap") => {
+                    let first = frame["first"].as_u64().unwrap();
+                    cursor = format!("{channel}@{epoch}:{}", first - 1);
+                    seen.push(Seen::Gap { epoch, first });
+                }
+                _ => {
+                    eprintln!("the stream ended with {frame}; resuming from {cursor}");
+                    let _ = ws.ws.close(None).await;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    (seen, connections.saturating_sub(1))
+}
+
+/// Checks the stream a subscriber saw against what was acknowledged: offsets advance one
+/// at a time within an epoch, a jump or a new epoch only after a reported gap, no
+/// duplicate, and every acknowledged message seen (with its data) unless a gap was
+/// reported. Returns the gaps reported and the acknowledged messages they covered.
+fn check(start: (String, u64), seen: &[Seen], acks: &[Ack]) -> (usize, usize) {
+    let (mut epoch, mut offset) = start;
+    let mut gaps = 0;
+    let mut delivered = std::collections::HashMap::new();
+    for event in seen {
+        match event {
+            Seen::Gap { epoch: e, first } => {
+                gaps += 1;
+                (epoch, offset) = (e.clone(), first - 1);
+            }
+            Seen::Message {
+                epoch: e,
+                offset: o,
+                n,
+            } => {
+                assert_eq!(
+                    (e, *o),
+                    (&epoch, offset + 1),
+                    "a silent jump, duplicate or epoch change in {seen:?}"
+                );
+                assert!(delivered.insert((e.clone(), *o), *n).is_none());
+                offset = *o;
+            }
+        }
+    }
+    let mut covered = 0;
+    for (epoch, offset, n) in acks {
+        match delivered.get(&(epoch.clone(), *offset)) {
+            Some(seen_n) => assert_eq!(seen_n, n, "offset {offset} carried other data"),
+            None => {
+                assert!(
+                    gaps > 0,
+                    "acknowledged {epoch}:{offset} (n={n}) missing without a gap"
+                );
+                covered += 1;
+            }
+        }
+    }
+    (gaps, covered)
+}
+
+/// The subscriber has seen the last acknowledged message, or moved past it.
+fn reached(seen: &[Seen], last: &Ack) -> bool {
+    seen.iter().any(|event| match event {
+        Seen::Message { epoch, offset, .. } => epoch != &last.0 || *offset >= last.1,
+        Seen::Gap { epoch, first } => epoch != &last.0 || *first > last.1,
+    })
+}
+
+async fn subscribed_position(node: &Node, channel: &str) -> (String, u64) {
+    let mut ws = node.ws().await;
+    let reply = ws.subscribe(&[channel], None).await;
+    let cursor = reply["cursor"].as_str().unwrap();
+    let (epoch, offset) = cursor.split_once('@').unwrap().1.split_once(':').unwrap();
+    (epoch.to_owned(), offset.parse().unwrap())
+}
+
+/// What a disrupted stream came to.
+#[derive(Debug)]
+struct Outcome {
+    /// Gaps the subscriber was told of.
+    gaps: usize,
+    /// Acknowledged messages it did not get, each covered by a reported gap.
+    covered: usize,
+    /// Publishes refused (and retried) during the disruption.
+    refused: usize,
+    /// Times the subscriber had to reconnect and resume from its cursor.
+    resumed: usize,
+    /// Whether publishing went on after the disruption was over.
+    outlived: bool,
+}
+
+/// Runs a publisher on node 0 and a WebSocket subscriber on node 1 of `cluster`, calls
+/// `disrupt` (on a blocking thread) once `at` messages are acknowledged, and checks what
+/// the subscriber saw against what was acknowledged.
+async fn stream_through(
+    cluster: RedisCluster,
+    test: &str,
+    min_replicas: &str,
+    disrupt: impl FnOnce(&mut RedisCluster) + Send + 'static,
+) -> (Outcome, RedisCluster) {
+    let (total, at) = (300, 60);
+    let nodes = nodes_with(2, &cluster, test, min_replicas);
+    let start = subscribed_position(&nodes[1], "chat").await;
+    let cursor = format!("chat@{}:{}", start.0, start.1);
+    let acked = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(OnceLock::new());
+    let publisher = spawn_publisher(&nodes[0], "chat", total, acked.clone(), last.clone());
+    let follower = follow(&nodes[1], "chat", cursor, |seen| {
+        last.get().is_some_and(|last| reached(seen, last))
+    });
+    let disruption = async {
+        eventually("the first acknowledgements", || async {
+            acked.load(Ordering::Relaxed) >= at
+        })
+        .await;
+        let mut cluster = cluster;
+        let cluster = tokio::task::spawn_blocking(move || {
+            disrupt(&mut cluster);
+            cluster
+        })
+        .await
+        .expect("disruption");
+        (cluster, acked.load(Ordering::Relaxed))
+    };
+    let ((seen, resumed), (cluster, acked_by_then)) = tokio::join!(follower, disruption);
+    let (acks, refused) = publisher.await.unwrap();
+    let (gaps, covered) = check(start, &seen, &acks);
+    let outcome = Outcome {
+        gaps,
+        covered,
+        refused,
+        resumed,
+        outlived: acked_by_then < total,
+    };
+    // Shown when a test fails: how the subscriber's node followed the cluster.
+    for line in nodes[1].log().iter().filter(|l| l.contains("redis")) {
+        eprintln!("node 1: {line}");
+    }
+    eprintln!("{test}: {} acknowledged, {outcome:?}", acks.len());
+    (outcome, cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_one_sequence_on_every_transport() {
+    let _turn = one_at_a_time().await;
+    let cluster = RedisCluster::start();
+    let nodes = nodes(2, &cluster, "two");
+    let mut ws = nodes[1].ws().await;
+    let subscribed = ws.subscribe(&["chat"], None).await;
+    let start = subscribed["cursor"].as_str().unwrap().to_owned();
+    let mut sse = nodes[0].sse(&format!("cursor={start}"), None).await;
+    assert_eq!(sse.next().await.unwrap().event, "open");
+
+    let total = 60u64;
+    for n in 1..=total {
+        let (_, offset) = publish(&nodes[n as usize % 2], "chat", n)
+            .await
+            .expect("publish");
+        assert_eq!(offset, n);
+    }
+    let expected: Vec<u64> = (1..=total).collect();
+    let mut over_ws = Vec::new();
+    while over_ws.len() < total as usize {
+        let frame = ws.recv().await;
+        assert_eq!(frame["op"], "message", "{frame}");
+        assert_eq!(frame["offset"], frame["data"]["n"]);
+        over_ws.push(frame["offset"].as_u64().unwrap());
+    }
+    assert_eq!(over_ws, expected, "websocket");
+    let mut over_sse = Vec::new();
+    while over_sse.len() < total as usize {
+        over_sse.push(sse.next_message().await.json()["offset"].as_u64().unwrap());
+    }
+    assert_eq!(over_sse, expected, "sse");
+    let mut cursor = start;
+    let mut polled = Vec::new();
+    for i in 0..total {
+        if polled.len() >= total as usize {
+            break;
+        }
+        let path = if i % 2 == 0 { "/longpoll" } else { "/poll" };
+        let url = nodes[i as usize % 2].url(&format!("{path}?cursor={cursor}&timeout=1"));
+        let body: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+        assert!(body.get("gaps").is_none(), "{body}");
+        for message in body["messages"].as_array().unwrap() {
+            polled.push(message["offset"].as_u64().unwrap());
+        }
+        cursor = body["cursor"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(polled, expected, "polling across both nodes");
+    let health: Value = http()
+        .get(nodes[0].url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["engine"], "redis-cluster");
+}
+
+/// Live traffic stays on the shard that owns each channel: every master carries the
+/// sharded subscriptions of its own channels, and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_delivery_spreads_over_the_shards() {
+    let _turn = one_at_a_time().await;
+    let cluster = RedisCluster::start();
+    let nodes = nodes(2, &cluster, "spread");
+    let prefix = format!("test-spread-{}", std::process::id());
+    let channels: Vec<String> = (0..12).map(|i| format!("room{i}")).collect();
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let mut ws = nodes[1].ws().await;
+    ws.subscribe(&names, None).await;
+    let mut masters = std::collections::HashSet::new();
+    for channel in &channels {
+        let topic = format!("{prefix}:{{{channel}}}:live");
+        let owner = cluster.master_of(cluster.slot(&topic));
+        masters.insert(owner.port);
+        for node in cluster.nodes().iter().filter(|n| n.master) {
+            let reply = cluster.cli(node.port, &["PUBSUB", "SHARDNUMSUB", &topic]);
+            let count: u64 = reply.lines().nth(1).unwrap().parse().unwrap();
+            let expected = u64::from(node.port == owner.port);
+            assert_eq!(count, expected, "{topic} on {}", node.port);
+        }
+    }
+    assert_eq!(masters.len(), 3, "the test channels cover every shard");
+    for (n, channel) in channels.iter().enumerate() {
+        publish(&nodes[0], channel, n as u64)
+            .await
+            .expect("publish");
+    }
+    let mut got = std::collections::HashSet::new();
+    while got.len() < channels.len() {
+        let frame = ws.recv().await;
+        assert_eq!(frame["op"], "message", "{frame}");
+        got.insert(frame["channel"].as_str().unwrap().to_owned());
+    }
+}
+
+/// The key of `test`'s channel `chat`, whose slot the disruptions aim at.
+fn chat_key(test: &str) -> String {
+    format!("test-{test}-{}:{{chat}}:meta", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_mid_stream_loses_nothing() {
+    let _turn = one_at_a_time().await;
+    let (outcome, _cluster) = stream_through(RedisCluster::start(), "failover", "1", |cluster| {
+        let master = cluster.master_of(cluster.slot(&chat_key("failover")));
+        let replica = cluster.replica_of(&master.id);
+        cluster.failover(replica.port);
+    })
+    .await;
+    // Mid-stream; nothing lost, no gap, and the stream never broke.
+    assert!(outcome.outlived, "{outcome:?}");
+    assert_eq!(
+        (outcome.gaps, outcome.covered, outcome.resumed),
+        (0, 0, 0),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_mid_stream_loses_nothing_silently() {
+    let _turn = one_at_a_time().await;
+    let (outcome, _cluster) = stream_through(RedisCluster::start(), "kill", "1", |cluster| {
+        let slot = cluster.slot(&chat_key("kill"));
+        let master = cluster.master_of(slot);
+        cluster.kill(master.port);
+        let started = Instant::now();
+        while cluster.serving(slot).is_none_or(|now| now.id == master.id) {
+            assert!(
+                started.elapsed() < FAILOVER_DEADLINE,
+                "no replica took over"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("kill: a replica took over after {:?}", started.elapsed());
+        // Back as a replica of its successor, so that publishes reach a replica again.
+        cluster.restart(master.port);
+        cluster.wait_healthy();
+    })
+    .await;
+    assert!(outcome.refused > 0, "the kill was mid-stream: {outcome:?}");
+    assert_eq!(
+        outcome.covered, 0,
+        "acknowledged messages reached a replica: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_mid_stream_loses_nothing() {
+    let _turn = one_at_a_time().await;
+    let (outcome, _cluster) = stream_through(RedisCluster::start(), "reshard", "1", |cluster| {
+        let slot = cluster.slot(&chat_key("reshard"));
+        let from = cluster.master_of(slot);
+        let to = cluster.other_master(&from.id);
+        // Half moved for a while: the keys already on `to`, clients sent there by ASK.
+        cluster.migrate_slot(slot, &from, &to, || {
+            std::thread::sleep(Duration::from_millis(300))
+        });
+    })
+    .await;
+    // Mid-stream; nothing lost, no gap, and the stream never broke.
+    assert!(outcome.outlived, "{outcome:?}");
+    assert_eq!(
+        (outcome.gaps, outcome.covered, outcome.resumed),
+        (0, 0, 0),
+        "{outcome:?}"
+    );
+}
+
+/// A master killed while its replica lacks its last writes (the link cut, and a
+/// publish acknowledged without waiting for a replica): the promoted replica misses
+/// messages the subscriber already has, and its next publishes would reuse their
+/// offsets. The subscriber must be told of a gap, never get a reused offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_before_its_replica_caught_up_reports_a_gap() {
+    let _turn = one_at_a_time().await;
+    let (outcome, _cluster) = stream_through(RedisCluster::start(), "fork", "0", |cluster| {
+        let slot = cluster.slot(&chat_key("fork"));
+        let master = cluster.master_of(slot);
+        let offset = |cluster: &RedisCluster| -> u64 {
+            let info = cluster.cli(master.port, &["INFO", "replication"]);
+            let line = info.lines().find(|l| l.starts_with("master_repl_offset:"));
+            line.unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        // The replica cannot sync again (its AUTH fails) once its link is cut: from then
+        // on the master's writes exist only on the master.
+        let replica = cluster.replica_of(&master.id);
+        cluster.cli(replica.port, &["CONFIG", "SET", "masterauth", "wrong"]);
+        cluster.cli(master.port, &["CLIENT", "KILL", "TYPE", "replica"]);
+        let cut = offset(cluster);
+        let started = Instant::now();
+        while offset(cluster) < cut + 1000 {
+            assert!(
+                started.elapsed() < FAILOVER_DEADLINE,
+                "no write after the cut"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cluster.kill(master.port);
+        while cluster.serving(slot).is_none_or(|now| now.id == master.id) {
+            assert!(
+                started.elapsed() < FAILOVER_DEADLINE,
+                "no replica took over"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.cli(replica.port, &["CONFIG", "SET", "masterauth", ""]);
+        cluster.restart(master.port);
+        cluster.wait_healthy();
+    })
+    .await;
+    // `check` already failed the test on any silent loss or reused offset.
+    assert!(outcome.refused > 0, "the kill was mid-stream: {outcome:?}");
+    assert!(outcome.gaps > 0, "the fork was reported: {outcome:?}");
+}
