@@ -15,8 +15,10 @@ use crate::bus::{Bus, BusConfig, Engine, Hub, Retention, RetentionPolicy};
 use crate::config::{Config, EngineKind};
 use crate::error::ConfigError;
 use crate::forwarded::TrustedProxies;
+use crate::hooks::Hooks;
 use crate::limits::{ConnectionLimiter, PublishRate};
 use crate::metrics::Metrics;
+use crate::session::Sessions;
 
 /// Shared application state; handlers receive it as `Arc<App>`.
 pub struct App {
@@ -36,6 +38,10 @@ pub struct App {
     /// Tracks upgraded WebSockets and streaming bodies, which outlive hyper's own
     /// graceful shutdown of the connection they came from.
     pub streams: TaskTracker,
+    /// The application's backend, when `[hooks]` names one.
+    pub hooks: Option<Arc<Hooks>>,
+    /// Issues and verifies the session values polling clients carry.
+    pub sessions: Sessions,
 }
 
 impl App {
@@ -94,7 +100,11 @@ impl App {
                 burst: config.limits.publish_burst,
             },
         );
+        let hooks = Hooks::new(&config, metrics.hooks()).map(Arc::new);
+        let sessions = Sessions::from_config(&config)?;
         Ok(Arc::new(App {
+            hooks,
+            sessions,
             config,
             bus,
             auth,

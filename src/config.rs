@@ -5,6 +5,10 @@
 //! `listen` is `CASCADE_LISTEN`, `[longpoll] timeout_ms` is `CASCADE_LONGPOLL_TIMEOUT_MS`.
 //! Lists are comma-separated (`CASCADE_TRANSPORTS=sse,poll`).
 
+mod hooks;
+
+pub use hooks::{HookEvent, HooksConfig};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -70,6 +74,8 @@ pub struct Config {
     pub channels: NamespaceConfig,
     /// Rules per namespace: the part of a channel name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Calls to the application's backend (docs/HOOKS.md); off while `url` is empty.
+    pub hooks: HooksConfig,
 }
 
 /// Client token settings.
@@ -317,6 +323,7 @@ impl Default for Config {
                 history_max_age_ms: None,
             },
             namespaces: default_namespaces(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -488,7 +495,12 @@ impl Config {
                 bail!("{key} must be greater than 0");
             }
         }
-        Ok(())
+        self.hooks.validate()
+    }
+
+    /// Whether the backend is called for `event`.
+    pub fn hook(&self, event: HookEvent) -> bool {
+        !self.hooks.url.is_empty() && self.hooks.events.contains(&event)
     }
 
     /// Whether client tokens or connect tickets are signed with [`DEVELOPMENT_SECRET`]:
@@ -660,6 +672,53 @@ mod tests {
         assert!(Config::from_sources("transports = []", env(&[])).is_err());
         assert!(Config::from_sources("transports = [\"sse\",\"sse\"]", env(&[])).is_err());
         assert!(Config::from_sources("[limits]\nmax_channels = 0", env(&[])).is_err());
+    }
+
+    #[test]
+    fn hooks_take_the_environment_names_the_issue_spells() {
+        let c = Config::from_sources("", env(&[])).unwrap();
+        assert_eq!(c.hooks.timeout_ms, 3000);
+        assert_eq!(
+            c.hooks.forward_headers,
+            ["cookie", "user-agent", "x-forwarded-for"]
+        );
+        assert!(!c.hook(HookEvent::Connect), "off without a url");
+        let c = Config::from_sources(
+            "",
+            env(&[
+                ("CASCADE_HOOKS_URL", "https://app.example/hooks"),
+                ("CASCADE_HOOKS_EVENTS", "connect, rpc"),
+                ("CASCADE_HOOKS_TIMEOUT_MS", "500"),
+                ("CASCADE_HOOKS_SECRET", "s3cret"),
+                ("CASCADE_HOOKS_FORWARD_HEADERS", "cookie,x-tenant"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.hooks.url, "https://app.example/hooks");
+        assert_eq!(c.hooks.events, [HookEvent::Connect, HookEvent::Rpc]);
+        assert!(c.hook(HookEvent::Rpc) && !c.hook(HookEvent::Publish));
+        assert_eq!(c.hooks.timeout_ms, 500);
+        assert_eq!(c.hooks.secret.expose(), "s3cret");
+        assert_eq!(c.hooks.forward_headers, ["cookie", "x-tenant"]);
+        for bad in [
+            &[("CASCADE_HOOKS_EVENTS", "connect")][..],
+            &[("CASCADE_HOOKS_URL", "ftp://x")],
+            &[("CASCADE_HOOKS_URL", "http://x/?a=1")],
+            &[
+                ("CASCADE_HOOKS_URL", "http://x"),
+                ("CASCADE_HOOKS_EVENTS", "ping"),
+            ],
+            &[
+                ("CASCADE_HOOKS_URL", "http://x"),
+                ("CASCADE_HOOKS_FORWARD_HEADERS", "Cookie"),
+            ],
+            &[
+                ("CASCADE_HOOKS_URL", "http://x"),
+                ("CASCADE_HOOKS_TIMEOUT_MS", "0"),
+            ],
+        ] {
+            assert!(Config::from_sources("", env(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -111,14 +111,48 @@ pub enum Error {
     /// The engine (for example Redis) cannot be reached.
     #[error("the message engine is unavailable: {0}")]
     EngineUnavailable(String),
+    /// The application's backend cannot be reached, or answered with an HTTP error.
+    #[error("the application's backend is unavailable: {0}")]
+    BackendUnavailable(String),
+    /// The application's backend did not answer within `hooks.timeout_ms`.
+    #[error("the application's backend did not answer in time")]
+    BackendTimeout,
+    /// The application's backend answered with something that is not a hook answer.
+    #[error("the application's backend answered nonsense: {0}")]
+    BackendInvalid(String),
+    /// The application's backend refused, with its own code and message.
+    #[error("{}", .0.message)]
+    Backend(Box<BackendRefusal>),
     /// A bug or an I/O failure on our side.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// A refusal by the application's backend, passed on to the client as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendRefusal {
+    /// The backend's code: 1 to 64 of `a-z 0-9 _` (anything else was made `forbidden`).
+    pub code: String,
+    /// The backend's message.
+    pub message: String,
+    /// 401 for a refused connect, 403 for anything else.
+    pub status: StatusCode,
+}
+
 impl Error {
-    /// The stable, machine-readable code clients match on.
-    pub fn code(&self) -> &'static str {
+    /// The stable, machine-readable code clients match on: the backend's own for a
+    /// backend's refusal, else one of the gateway's (see [`Error::label`]).
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Backend(refusal) => &refusal.code,
+            Error::Refused { first, .. } => first.code(),
+            other => other.label(),
+        }
+    }
+
+    /// The gateway's own code, as metrics count it: a backend's refusal is
+    /// `backend_refused` whatever its code, so that no backend can grow the label set.
+    pub fn label(&self) -> &'static str {
         match self {
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
@@ -137,13 +171,17 @@ impl Error {
             Error::TokenInvalid(_) => "token_invalid",
             Error::TokenExpired => "token_expired",
             Error::Forbidden(_) => "forbidden",
-            Error::Refused { first, .. } => first.code(),
+            Error::Refused { first, .. } => first.label(),
             Error::OriginNotAllowed(_) => "origin_not_allowed",
             Error::RateLimited => "rate_limited",
             Error::TooManyConnections(_) => "too_many_connections",
             Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::EngineUnavailable(_) => "engine_unavailable",
+            Error::BackendUnavailable(_) => "backend_unavailable",
+            Error::BackendTimeout => "backend_timeout",
+            Error::BackendInvalid(_) => "backend_invalid",
+            Error::Backend(_) => "backend_refused",
             Error::Internal(_) => "internal",
         }
     }
@@ -170,6 +208,10 @@ impl Error {
             Error::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::EngineUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::BackendInvalid(_) => StatusCode::BAD_GATEWAY,
+            Error::Backend(refusal) => refusal.status,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -180,6 +222,14 @@ impl Error {
     /// unbounded input back.
     pub fn message(&self) -> String {
         clip(self.to_string())
+    }
+
+    /// The code a refused channel is named with: the backend's own for its refusal.
+    pub fn refusal_code(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Error::Backend(refusal) => refusal.code.clone().into(),
+            other => other.label().into(),
+        }
     }
 
     /// The channels a refusal names; empty for every other error.
@@ -208,8 +258,9 @@ impl Error {
 pub struct Refusal {
     /// The channel's name.
     pub channel: String,
-    /// `forbidden`, or `token_invalid` when the channel needs a token the request lacks.
-    pub code: &'static str,
+    /// `forbidden`, or `token_invalid` when the channel needs a token the request lacks,
+    /// or the code of the backend's subscribe hook.
+    pub code: std::borrow::Cow<'static, str>,
 }
 
 /// The longest message an error sends a client, in bytes.
@@ -257,11 +308,11 @@ mod tests {
             refused: vec![
                 Refusal {
                     channel: "user:bob".into(),
-                    code: "forbidden",
+                    code: "forbidden".into(),
                 },
                 Refusal {
                     channel: "user:eve".into(),
-                    code: "forbidden",
+                    code: "forbidden".into(),
                 },
             ],
         };

@@ -9,7 +9,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::config::Transport;
+use crate::config::{HookEvent, Transport};
 
 /// Reasons a client may give for a failed rung; anything else is counted as `other` so
 /// that clients cannot blow up the label cardinality.
@@ -35,6 +35,29 @@ pub struct Metrics {
     /// Channels with at least one subscriber on this node.
     pub active_channels: IntGauge,
     engine: crate::bus::redis::EngineMetrics,
+    hooks: HookMetrics,
+}
+
+/// The outcomes of a call to the backend, as `cascade_hook_requests_total`'s `result`.
+pub const HOOK_RESULTS: [&str; 5] = ["ok", "refused", "unavailable", "timeout", "invalid"];
+
+/// The handles of the backend hooks, resolved per event once: `requests[event][result]`
+/// in the order of [`HookEvent::ALL`] and [`HOOK_RESULTS`].
+#[derive(Clone)]
+pub struct HookMetrics {
+    requests: [[IntCounter; 5]; 5],
+    duration: [Histogram; 5],
+}
+
+impl HookMetrics {
+    /// Counts one call of `event` that ended as `result` (one of [`HOOK_RESULTS`]) after
+    /// `seconds`.
+    pub fn record(&self, event: HookEvent, result: &str, seconds: f64) {
+        let e = event as usize;
+        let r = HOOK_RESULTS.iter().position(|x| *x == result).unwrap_or(2);
+        self.requests[e][r].inc();
+        self.duration[e].observe(seconds);
+    }
 }
 
 /// The metric handles of one transport.
@@ -188,6 +211,25 @@ impl Metrics {
         )
         .expect("valid metric");
         engine_up.set(1);
+        let hook_requests = IntCounterVec::new(
+            Opts::new(
+                "cascade_hook_requests_total",
+                "Calls to the application's backend, by event and result.",
+            ),
+            &["event", "result"],
+        )
+        .expect("valid metric");
+        let hook_duration = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "cascade_hook_duration_seconds",
+                "Time of one call to the application's backend, queueing included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["event"],
+        )
+        .expect("valid metric");
 
         for collector in [
             Box::new(engine_up.clone()) as Box<dyn prometheus::core::Collector>,
@@ -204,6 +246,8 @@ impl Metrics {
             Box::new(published.clone()),
             Box::new(errors.clone()),
             Box::new(active_channels.clone()),
+            Box::new(hook_requests.clone()),
+            Box::new(hook_duration.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -211,6 +255,12 @@ impl Metrics {
             published.with_label_values(&[via]);
         }
 
+        let hooks = HookMetrics {
+            requests: HookEvent::ALL.map(|event| {
+                HOOK_RESULTS.map(|result| hook_requests.with_label_values(&[event.name(), result]))
+            }),
+            duration: HookEvent::ALL.map(|event| hook_duration.with_label_values(&[event.name()])),
+        };
         let transports = Transport::ALL.map(|t| {
             let label = [t.name()];
             TransportMetrics {
@@ -236,7 +286,13 @@ impl Metrics {
                 publish_seconds: engine_roundtrip.with_label_values(&["publish"]),
                 history_seconds: engine_roundtrip.with_label_values(&["history"]),
             },
+            hooks,
         }
+    }
+
+    /// The handles the backend hooks report through.
+    pub fn hooks(&self) -> HookMetrics {
+        self.hooks.clone()
     }
 
     /// The handles an engine reports its health and latency through.
@@ -281,7 +337,7 @@ impl Metrics {
     /// refused channels, as when some of a request's channels are served, else once.
     pub fn error_answer(&self, err: &crate::error::Error) {
         let times = err.refused().len().max(1) as u64;
-        self.errors.with_label_values(&[err.code()]).inc_by(times);
+        self.errors.with_label_values(&[err.label()]).inc_by(times);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -103,6 +103,15 @@ impl<'a> Query<'a> {
         text.get(start as usize..end as usize)
     }
 
+    /// Every `(key, value)`, in order, decoded; the first occurrence of a key is not
+    /// singled out here.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let text = &*self.text;
+        let part = |(start, end): (u32, u32)| text.get(start as usize..end as usize).unwrap_or("");
+        self.pairs()
+            .map(move |pair| (part(pair.key), part(pair.value)))
+    }
+
     /// The pairs, in order.
     fn pairs(&self) -> impl Iterator<Item = &Pair> {
         let inline = usize::from(self.len).min(INLINE_PAIRS);

@@ -11,6 +11,7 @@ pub mod pattern;
 pub mod rules;
 pub mod token;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::error::{ConfigError, Error, Result};
 use crate::protocol::Channel;
 use crate::query::Query;
+use crate::session::{ClientId, ClientSession};
 use pattern::Pattern;
 use rules::Rules;
 use token::{Claims, Tickets, Verifier, now_secs};
@@ -39,6 +41,9 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// A backend holding an API key: may publish and subscribe anywhere.
     pub server: bool,
+    /// The client session, where the gateway keeps one (with `[hooks]`): its id, and
+    /// what the connect hook granted.
+    pub session: Option<Arc<ClientSession>>,
 }
 
 impl Identity {
@@ -50,6 +55,7 @@ impl Identity {
             publish: Vec::new(),
             expires_at: None,
             server: false,
+            session: None,
         }
     }
 
@@ -68,7 +74,27 @@ impl Identity {
             publish: claims.publish.into_iter().map(Pattern::new).collect(),
             expires_at: Some(claims.exp),
             server: false,
+            session: None,
         }
+    }
+
+    /// The same caller in client session `session`: its user (the connect hook's, else
+    /// the token's) and the earlier of the two ends.
+    pub fn in_session(mut self, session: Arc<ClientSession>) -> Self {
+        if session.user.is_some() {
+            self.user = session.user.clone();
+        }
+        self.expires_at = match (self.expires_at, session.expire_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.session = Some(session);
+        self
+    }
+
+    /// The client session's id, if it has one.
+    pub fn client(&self) -> Option<&ClientId> {
+        self.session.as_ref().map(|s| &s.client)
     }
 
     /// Time left before the credentials expire; `None` when they never do.

@@ -132,7 +132,8 @@ impl Rules {
 
     /// Allows or refuses a subscription.
     pub fn check_subscribe(&self, who: &Identity, channel: &Channel) -> Result<(), Error> {
-        if who.server {
+        // A channel the connect hook granted is the backend's decision, not the rules'.
+        if who.server || who.session.as_ref().is_some_and(|s| s.grants(channel)) {
             return Ok(());
         }
         let allowed = match self.namespace(channel).subscribe {
@@ -215,6 +216,7 @@ mod tests {
             publish: publish.iter().map(|p| Pattern::new(*p)).collect(),
             expires_at: None,
             server: false,
+            session: None,
         }
     }
 

@@ -117,7 +117,7 @@ mod tests {
             ClientFrame::parse(r#"{"op":"subscribe","channels":["a"]}"#),
             Ok(ClientFrame::Subscribe { .. })
         ));
-        let code = |text: &str| ClientFrame::parse(text).unwrap_err().1.code();
+        let code = |text: &str| ClientFrame::parse(text).unwrap_err().1.label();
         assert_eq!(code("{"), "bad_json");
         assert_eq!(code(r#"{"op":"dance"}"#), "bad_frame");
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), "bad_frame");

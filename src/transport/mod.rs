@@ -214,6 +214,7 @@ pub async fn authorize_subscribe(
 /// counted where that error is answered).
 pub fn keep_allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<Vec<Refusal>> {
     let mut refused = Vec::new();
+    let mut labels = Vec::new();
     let mut first = None;
     cursor.entries.retain(
         |(channel, _)| match app.auth.check_subscribe(who, channel) {
@@ -221,8 +222,9 @@ pub fn keep_allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<Ve
             Err(err) => {
                 refused.push(Refusal {
                     channel: channel.as_str().to_owned(),
-                    code: err.code(),
+                    code: err.refusal_code(),
                 });
+                labels.push(err.label());
                 first.get_or_insert(err);
                 false
             }
@@ -235,8 +237,8 @@ pub fn keep_allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<Ve
                 refused,
             });
         }
-        for refusal in &refused {
-            app.metrics.error(refusal.code);
+        for label in labels {
+            app.metrics.error(label);
         }
     }
     Ok(refused)
@@ -335,7 +337,7 @@ mod tests {
 
     #[test]
     fn bad_requests_have_codes() {
-        let code = |q: &str, max| requested_cursor(&query(q), None, max).unwrap_err().code();
+        let code = |q: &str, max| requested_cursor(&query(q), None, max).unwrap_err().label();
         assert_eq!(code("", 8), "no_channels");
         assert_eq!(code("channels=", 8), "bad_channel");
         assert_eq!(code("channels=a@b", 8), "bad_channel");

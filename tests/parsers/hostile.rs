@@ -92,7 +92,7 @@ fn hostile_megabyte_inputs_fail_fast_and_small() {
         || {
             ClientFrame::parse(&deep)
                 .map(|_| ())
-                .map_err(|(_, e)| e.code())
+                .map_err(|(_, e)| e.label())
         },
     )
     .expect("deep data parses");

@@ -136,10 +136,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Error::TokenExpired => CLOSE_TOKEN_EXPIRED,
             _ => CLOSE_TOKEN_INVALID,
         };
-        self.session.ending(err.code());
+        self.session.ending(err.label());
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: err.code().into(),
+            reason: err.code().to_owned().into(),
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
     }
