@@ -254,7 +254,16 @@ fn encode(c: &mut Criterion) {
             .collect();
         group.throughput(Throughput::Elements(count as u64));
         group.bench_function(BenchmarkId::new("poll_body", count), |b| {
-            b.iter(|| poll_body(&events, |out| cursor.put(out), &[], None, poll_metrics));
+            b.iter(|| {
+                poll_body(
+                    &events,
+                    |out| cursor.put(out),
+                    &[],
+                    None,
+                    None,
+                    poll_metrics,
+                )
+            });
         });
     }
     group.finish();

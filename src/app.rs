@@ -101,6 +101,9 @@ impl App {
             },
         );
         let hooks = Hooks::new(&config, metrics.hooks()).map(Arc::new);
+        if let Some(hooks) = &hooks {
+            hooks.start();
+        }
         let sessions = Sessions::from_config(&config)?;
         Ok(Arc::new(App {
             hooks,

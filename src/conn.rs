@@ -88,6 +88,14 @@ impl ConnInfo {
         }
     }
 
+    /// The client's address: the one a trusted proxy's `headers` name, else the peer's.
+    pub fn client_ip(&self, headers: &http::HeaderMap) -> std::net::IpAddr {
+        self.shared
+            .permit
+            .forwarded_client(headers)
+            .unwrap_or_else(|| self.remote().ip())
+    }
+
     /// Whether the peer is a trusted proxy, whose forwarding headers count.
     pub fn proxied(&self) -> bool {
         self.shared.permit.proxied()

@@ -10,6 +10,7 @@
 
 pub mod answer;
 mod client;
+mod idle;
 pub mod sign;
 
 use std::net::IpAddr;
@@ -24,7 +25,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use crate::auth::Identity;
-use crate::config::{Config, HookEvent, Transport};
+use crate::config::{Config, HookEvent};
 use crate::error::{BackendRefusal, Error, Result};
 use crate::metrics::HookMetrics;
 use crate::protocol::{Channel, compact_json};
@@ -55,12 +56,15 @@ pub struct Hooks {
     logged: [AtomicBool; 5],
     max_message_bytes: usize,
     max_channels: usize,
+    idle: idle::Idle,
+    poll_idle: Duration,
 }
 
 /// What the connect hook is told about a client starting a session.
 pub struct Connecting<'a> {
-    /// The transport it came on.
-    pub transport: Transport,
+    /// The transport it came on (`websocket`, `sse`, `longpoll`, `poll`), or the endpoint
+    /// for a client's first request outside any (`publish`, `rpc`).
+    pub transport: &'static str,
     /// Its address (the client's, behind a trusted proxy).
     pub remote: Option<IpAddr>,
     /// Its request's headers; only `hooks.forward_headers` are passed on.
@@ -95,7 +99,31 @@ impl Hooks {
             logged: Default::default(),
             max_message_bytes: config.limits.max_message_bytes,
             max_channels: config.limits.max_channels,
+            idle: idle::Idle::default(),
+            poll_idle: Duration::from_millis(hooks.poll_idle_ms),
         })
+    }
+
+    /// Starts watching polling sessions for the disconnect hook, for as long as these
+    /// hooks live. Must run inside a tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        if self.on(HookEvent::Disconnect) {
+            let tell = |hooks: &Arc<Self>, gone: idle::Seen| {
+                hooks.tell_disconnect(gone.user.as_deref(), Some(&gone.session), "idle");
+            };
+            idle::sweep(Arc::downgrade(self), |h| &h.idle, self.poll_idle, tell);
+        }
+    }
+
+    /// Records a poll by `who`: a polling session is over once it stops (`hooks.poll_idle_ms`).
+    pub fn polled(&self, who: &Identity) {
+        if let Some(session) = who
+            .session
+            .as_ref()
+            .filter(|_| self.on(HookEvent::Disconnect))
+        {
+            self.idle.touch(who.user.as_deref(), session);
+        }
     }
 
     /// Whether the backend is called for `event`.
@@ -138,7 +166,7 @@ impl Hooks {
         }
         let mut body = json!({
             "client": client.as_str(),
-            "transport": connecting.transport.name(),
+            "transport": connecting.transport,
             "remote": connecting.remote.map(|ip| ip.to_string()),
             "headers": headers,
             "query": query,
@@ -243,10 +271,19 @@ impl Hooks {
 
     /// Tells the backend, without waiting for it, that `who`'s session ended for `reason`.
     pub fn disconnect(self: &Arc<Self>, who: &Identity, reason: &str) {
+        self.tell_disconnect(who.user.as_deref(), who.session.as_deref(), reason);
+    }
+
+    fn tell_disconnect(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        session: Option<&ClientSession>,
+        reason: &str,
+    ) {
         if !self.on(HookEvent::Disconnect) {
             return;
         }
-        let mut body = caller(who);
+        let mut body = caller_of(user, session);
         body["reason"] = reason.into();
         let hooks = self.clone();
         // The answer is read only to be counted: nothing waits on it.
@@ -343,9 +380,12 @@ impl Hooks {
 
 /// The `user`, `client` and `meta` every hook but connect is told.
 fn caller(who: &Identity) -> Value {
-    let session = who.session.as_deref();
+    caller_of(who.user.as_deref(), who.session.as_deref())
+}
+
+fn caller_of(user: Option<&str>, session: Option<&ClientSession>) -> Value {
     let mut body = json!({
-        "user": who.user,
+        "user": user,
         "client": session.map(|s| s.client.as_str()),
     });
     if let Some(meta) = session.and_then(|s| s.meta.as_deref()) {

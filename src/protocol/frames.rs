@@ -28,6 +28,15 @@ pub enum ClientFrame<'a> {
         /// Echoed in the `ack` or `error` frame.
         id: Option<u64>,
     },
+    /// `{"op":"rpc","id":7,"method":"login","params":<JSON>}`: a call to the backend.
+    Rpc {
+        /// Echoed in the `rpc_result` or `error` frame.
+        id: u64,
+        /// The backend's method, unvalidated.
+        method: String,
+        /// The parameters as sent; absent is `null`.
+        params: Option<&'a serde_json::value::RawValue>,
+    },
 }
 
 /// The fields any frame may carry. A flat struct rather than an internally tagged enum:
@@ -46,6 +55,10 @@ struct RawFrame<'a> {
     data: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     id: Option<u64>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(borrow, default)]
+    params: Option<&'a serde_json::value::RawValue>,
 }
 
 /// `Some` for a present field, even one holding JSON `null`.
@@ -86,10 +99,15 @@ impl<'a> ClientFrame<'a> {
                 data: raw.data.ok_or_else(|| missing("data"))?,
                 id: raw.id,
             }),
+            "rpc" => Ok(ClientFrame::Rpc {
+                id: raw.id.ok_or_else(|| missing("id"))?,
+                method: raw.method.clone().ok_or_else(|| missing("method"))?,
+                params: raw.params,
+            }),
             other => Err((
                 raw.id,
                 Error::BadFrame(format!(
-                    "unknown op {:?}: use subscribe, unsubscribe or publish",
+                    "unknown op {:?}: use subscribe, unsubscribe, publish or rpc",
                     truncate_for_message(other)
                 )),
             )),
@@ -118,6 +136,15 @@ mod tests {
             Ok(ClientFrame::Subscribe { .. })
         ));
         let code = |text: &str| ClientFrame::parse(text).unwrap_err().1.label();
+        let frame = ClientFrame::parse(r#"{"op":"rpc","id":7,"method":"login","params":[1]}"#);
+        let Ok(ClientFrame::Rpc { id, method, params }) = frame else {
+            panic!("rpc");
+        };
+        assert_eq!(
+            (id, method.as_str(), params.map(|p| p.get())),
+            (7, "login", Some("[1]"))
+        );
+        assert_eq!(code(r#"{"op":"rpc","method":"login"}"#), "bad_frame");
         assert_eq!(code("{"), "bad_json");
         assert_eq!(code(r#"{"op":"dance"}"#), "bad_frame");
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), "bad_frame");

@@ -158,9 +158,13 @@ fn route_lean<'a>(
             }
             Handler::Asset => asset(&app, req.path(), req.headers()),
             // Not lean: `find` above filtered them out.
-            Handler::DemoLogin | Handler::Health | Handler::Ready | Handler::Metrics => Err(
-                Error::NotFound(crate::protocol::truncate_for_message(req.path())),
-            ),
+            Handler::Rpc
+            | Handler::DemoLogin
+            | Handler::Health
+            | Handler::Ready
+            | Handler::Metrics => Err(Error::NotFound(crate::protocol::truncate_for_message(
+                req.path(),
+            ))),
         }
     }
 }

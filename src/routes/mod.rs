@@ -17,7 +17,9 @@ use crate::app::App;
 use crate::config::{Config, Transport};
 use crate::error::{Error, Result};
 use crate::http::{Body, RequestHead, add_implied_headers, error_response, full, json, read_body};
-use crate::transport::{assets, demo, long_poll, negotiate, publish, short_poll, sse, websocket};
+use crate::transport::{
+    assets, demo, long_poll, negotiate, publish, rpc, short_poll, sse, websocket,
+};
 
 use crate::sync::Unpoisoned;
 use table::Handler;
@@ -205,6 +207,14 @@ async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<
                     .await
                     .map_err(|_| Error::RequestTimeout)??;
                 publish::publish(&app, &who, &body).await
+            })
+            .await
+        }
+        Handler::Rpc => {
+            Box::pin(async move {
+                rpc::enabled(&app)?;
+                let who = admit_caller(&app, &req).await?;
+                rpc::serve(app, who, req).await
             })
             .await
         }

@@ -20,6 +20,8 @@ pub enum Handler {
     Negotiate,
     /// `POST /publish`.
     Publish,
+    /// `POST /rpc`: a call to the application's backend.
+    Rpc,
     /// The demo's log-in (`demo = true` only).
     DemoLogin,
     /// Liveness.
@@ -74,7 +76,7 @@ const fn get(path: &'static str, handler: Handler, lean: bool, head: bool) -> Ro
 }
 
 /// Every route but the static files (see [`ASSET`]).
-static ROUTES: [Route; 10] = [
+static ROUTES: [Route; 11] = [
     Route {
         conn: true,
         upgrade: true,
@@ -120,6 +122,11 @@ static ROUTES: [Route; 10] = [
         method: Verb::Post,
         conn: true,
         ..get("/publish", Handler::Publish, true, false)
+    },
+    // Not lean: rare beside polls, and its body is read by hyper's path.
+    Route {
+        method: Verb::Post,
+        ..get("/rpc", Handler::Rpc, false, false)
     },
     Route {
         method: Verb::Post,

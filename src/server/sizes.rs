@@ -55,7 +55,8 @@ async fn a_parked_long_polls_routing_fits_its_budget() {
     let req = Box::new(LeanRequest::new(&target, http::HeaderMap::new(), None));
     let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let routed = App::route(app, req, Kept::default(), timer.as_mut());
-    budget("parked long poll routing", size_of_val(&routed), 392, 392);
+    // 392 before the hooks (issue 23): the client session grew the identity.
+    budget("parked long poll routing", size_of_val(&routed), 400, 400);
 }
 
 /// An upgraded WebSocket's task on the lean path.
@@ -68,7 +69,9 @@ async fn a_websocket_task_fits_its_budget() {
         .await
         .unwrap();
     let task = accepted.run_on(stream, Vec::new());
-    budget("websocket task", size_of_val(&task), 1544, 1544);
+    // 1544 before the hooks (issue 23): the client session in the identity, the RPCs in
+    // flight, the disconnect hook's goodbye.
+    budget("websocket task", size_of_val(&task), 1616, 1616);
 }
 
 /// An SSE stream's task on the lean path, once it has its socket.

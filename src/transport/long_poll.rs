@@ -22,7 +22,8 @@ use crate::error::{Refusal, Result};
 use crate::http::{Body, RequestHead, json};
 use crate::protocol::Cursor;
 use crate::query::Query;
-use crate::transport::{InFlight, keep_allowed, poll_body, requested_cursor, shutting_down};
+use crate::transport::session::{self, Issued};
+use crate::transport::{InFlight, poll_body, requested_cursor, shutting_down};
 
 /// Most events one answer carries; the rest wait for the next poll.
 const MAX_BATCH: usize = 1000;
@@ -64,19 +65,18 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
         let carried = carry.take();
         // One box for both steps: they run one after the other, so it is as large as the
         // larger, and a poll is one allocation cheaper than with a box each.
-        let (_in_flight, mut events, mut waiting, refused) = Box::pin(async {
-            let (wanted, timeout, refused) = admit(&app, req, carried).await?;
+        let (_in_flight, mut events, mut waiting, told) = Box::pin(async {
+            let (wanted, timeout, told) = admit(&app, req, carried).await?;
             let in_flight = InFlight::new(metrics);
             let (events, waiting) = start(&app, wanted, timeout).await?;
-            Ok::<_, crate::error::Error>((in_flight, events, waiting, refused))
+            Ok::<_, crate::error::Error>((in_flight, events, waiting, told))
         })
         .await?;
-        // A poll that left channels out answers at once (see `admit`); the others drop the
-        // empty list before they park, so that no parked poll keeps room for it.
-        if !refused.is_empty() {
-            return Ok(answer(&app, &events, waiting, &refused, carry));
+        // A poll with something to tell (channels left out, a session begun) answers at
+        // once (see `admit`); the others park with nothing of it kept.
+        if let Some(told) = told {
+            return Ok(answer(&app, &events, waiting, Some(&told), carry));
         }
-        drop(refused);
         // By reference: moved out, the subscription would take room of its own beside
         // the `waiting` it came from.
         if let Waiting::Park(subscription, timeout) = &mut waiting {
@@ -98,17 +98,25 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
                 () = timer.as_mut() => {}
             }
         }
-        Ok(answer(&app, &events, waiting, &[], carry))
+        Ok(answer(&app, &events, waiting, None, carry))
     }
 }
 
-/// The poll's answer: `events`, the cursor after them and the channels `refused`; the
+/// What a poll answers at once with, besides its messages.
+struct Told {
+    /// The channels left out.
+    refused: Vec<Refusal>,
+    /// The client session it began.
+    issued: Option<Box<Issued>>,
+}
+
+/// The poll's answer: `events`, the cursor after them and what it was `told`; the
 /// subscription goes to `carry` for the connection's next poll, unless the gateway drains.
 fn answer(
     app: &App,
     events: &[Event],
     waiting: Waiting,
-    refused: &[Refusal],
+    told: Option<&Told>,
     carry: &mut Option<Carry>,
 ) -> Response<Body> {
     let mut retry_ms = None;
@@ -122,7 +130,8 @@ fn answer(
     let body = poll_body(
         events,
         |out| waiting.put_cursor(out),
-        refused,
+        told.map_or(&[], |t| &t.refused),
+        told.and_then(|t| t.issued.as_deref()),
         retry_ms,
         metrics,
     );
@@ -203,13 +212,13 @@ fn take_ready(subscription: &mut Subscription, events: &mut Vec<Event>) {
     }
 }
 
-/// Where the poll starts, how long it may be held and the channels refused, once the
-/// request is allowed.
+/// Where the poll starts, how long it may be held and what it answers at once with, once
+/// the request is allowed.
 async fn admit<R: RequestHead + Send + Sync>(
     app: &App,
     req: Box<R>,
     carried: Option<Carry>,
-) -> Result<(Wanted, Duration, Box<[Refusal]>)> {
+) -> Result<(Wanted, Duration, Option<Box<Told>>)> {
     let query = Query::parse(req.query());
     let max = app.config.limits.max_channels;
     let resumed = |kept: &Subscription| {
@@ -219,7 +228,15 @@ async fn admit<R: RequestHead + Send + Sync>(
         Some(Carry(kept)) if resumed(&kept) => Wanted::Kept(kept),
         _ => Wanted::From(requested_cursor(&query, None, max)?),
     };
-    let who = app.auth.identify(req.headers(), &query, &app.bus).await?;
+    let (who, issued) = session::identify(
+        app,
+        Transport::Longpoll.name(),
+        req.headers(),
+        &query,
+        req.conn(),
+    )
+    .await?;
+    session::polled(app, &who);
     let (wanted, refused) = match wanted {
         // Credentials come with each poll: the kept subscription goes on only if these
         // allow all of it; else the poll starts afresh from its cursor.
@@ -232,21 +249,24 @@ async fn admit<R: RequestHead + Send + Sync>(
         }
         Wanted::Kept(_) => {
             let mut cursor = requested_cursor(&query, None, max)?;
-            let refused = keep_allowed(app, &who, &mut cursor)?;
+            let refused = session::allowed(app, &who, &mut cursor).await?;
             (Wanted::From(cursor), refused)
         }
         Wanted::From(mut cursor) => {
-            let refused = keep_allowed(app, &who, &mut cursor)?;
+            let refused = session::allowed(app, &who, &mut cursor).await?;
             (Wanted::From(cursor), refused)
         }
     };
     // A poll is never held past the expiry of the credentials it was allowed with, and
-    // one that left channels out answers at once: the client should know before it waits.
+    // one that left channels out or began a session answers at once: the client should
+    // know before it waits.
     let mut timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
-    if !refused.is_empty() {
+    let told =
+        (!refused.is_empty() || issued.is_some()).then(|| Box::new(Told { refused, issued }));
+    if told.is_some() {
         timeout = Duration::ZERO;
     }
-    Ok((wanted, timeout, refused.into_boxed_slice()))
+    Ok((wanted, timeout, told))
 }
 
 /// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.

@@ -7,11 +7,14 @@ pub mod demo;
 pub mod long_poll;
 pub mod negotiate;
 pub mod publish;
+pub mod rpc;
+pub mod session;
 pub mod short_poll;
 pub mod sse;
 pub mod websocket;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
@@ -72,6 +75,8 @@ pub struct Session {
     reason: &'static str,
     cut: CancellationToken,
     slow_consumers: IntCounter,
+    /// The backend's disconnect hook and the session's caller, told when it closes.
+    goodbye: Option<Box<(Arc<crate::hooks::Hooks>, Identity)>>,
     _in_flight: InFlight,
 }
 
@@ -91,7 +96,18 @@ impl Session {
             reason: "client_closed",
             cut,
             slow_consumers: metrics.slow_consumers.clone(),
+            goodbye: None,
             _in_flight: InFlight::new(metrics),
+        }
+    }
+
+    /// Tells the backend's disconnect hook when the session closes, if `who` has a
+    /// client session and the hook is on.
+    pub fn tell_backend(&mut self, app: &App, who: &Identity) {
+        if let (Some(hooks), Some(_)) = (&app.hooks, &who.session)
+            && hooks.on(crate::config::HookEvent::Disconnect)
+        {
+            self.goodbye = Some(Box::new((hooks.clone(), who.clone())));
         }
     }
 }
@@ -123,6 +139,10 @@ impl Drop for Session {
             seconds = self.opened.elapsed().as_secs_f64(),
             "connection closed"
         );
+        if let Some(goodbye) = self.goodbye.take() {
+            let (hooks, who) = *goodbye;
+            hooks.disconnect(&who, self.reason);
+        }
     }
 }
 
@@ -195,17 +215,20 @@ pub fn wanted_cursor<'a>(
     Ok(cursor)
 }
 
-/// Identifies the caller and keeps the channels of `cursor` it may read (see
-/// [`keep_allowed`]); returns who it is and the channels refused.
+/// Identifies the caller, with its client session ([`session::identify`]), and keeps the
+/// channels of `cursor` it may read ([`session::allowed`]); returns who it is, the
+/// channels refused, and the session it began, if any.
 pub async fn authorize_subscribe(
     app: &App,
+    transport: Transport,
     headers: &HeaderMap,
     query: &Query<'_>,
+    conn: Option<&crate::conn::ConnInfo>,
     cursor: &mut Cursor,
-) -> Result<(Identity, Vec<Refusal>)> {
-    let who = app.auth.identify(headers, query, &app.bus).await?;
-    let refused = keep_allowed(app, &who, cursor)?;
-    Ok((who, refused))
+) -> Result<(Identity, Vec<Refusal>, Option<Box<session::Issued>>)> {
+    let (who, issued) = session::identify(app, transport.name(), headers, query, conn).await?;
+    let refused = session::allowed(app, &who, cursor).await?;
+    Ok((who, refused, issued))
 }
 
 /// Drops from `cursor` the channels the rules do not let `who` read, and names them: the
@@ -260,12 +283,14 @@ pub fn put_refused(out: &mut BytesMut, refused: &[Refusal]) {
 
 /// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..],"refused":[..]}`,
 /// recording the deliveries; `put_cursor` appends the cursor's text (a subscription writes
-/// its own without building a [`Cursor`]), `refused` names the channels left out, and
-/// `retry_ms` is added when the gateway is draining.
+/// its own without building a [`Cursor`]), `refused` names the channels left out,
+/// `issued` the client session the request began, and `retry_ms` is added when the
+/// gateway is draining.
 pub fn poll_body(
     events: &[Event],
     put_cursor: impl FnOnce(&mut BytesMut),
     refused: &[Refusal],
+    issued: Option<&session::Issued>,
     retry_ms: Option<u64>,
     metrics: &TransportMetrics,
 ) -> Vec<u8> {
@@ -301,6 +326,9 @@ pub fn poll_body(
         body.put_u8(b']');
     }
     put_refused(&mut body, refused);
+    if let Some(issued) = issued {
+        issued.put(&mut body);
+    }
     if let Some(retry_ms) = retry_ms {
         body.put_slice(format!(",\"retry_ms\":{retry_ms}").as_bytes());
     }

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::auth::Identity;
+use crate::config::HookEvent;
 use crate::error::{Error, Result};
 use crate::http::{Body, RequestHead, json};
 use crate::protocol::{Channel, Message, compact_json};
@@ -29,6 +30,7 @@ struct PublishRequest<'a> {
 pub async fn admit(app: &App, head: &(impl RequestHead + Sync)) -> Result<Identity> {
     let query = Query::parse(head.query());
     let who = app.auth.identify(head.headers(), &query, &app.bus).await?;
+    let who = super::session::resume(app, who, &query);
     if !who.server
         && let Some(conn) = head.conn()
     {
@@ -94,9 +96,21 @@ async fn publish_one(
     let max_bytes = app.config.limits.max_message_bytes;
     let (channel, data) = validate(&request.channel, request.data, max_bytes)?;
     app.auth.check_publish(who, &channel)?;
+    let data = hooked(app, who, &channel, data).await?;
     let message = app.bus.publish(&channel, data).await?;
     app.metrics.published("http");
     Ok(message)
+}
+
+/// The data a client's publish goes out with: the backend's publish hook, when it is on,
+/// may refuse it or replace it. Backends' own publishes are not asked about.
+pub async fn hooked(app: &App, who: &Identity, channel: &Channel, data: Bytes) -> Result<Bytes> {
+    match &app.hooks {
+        Some(hooks) if hooks.on(HookEvent::Publish) && !who.server => {
+            hooks.publish(who, channel, data).await
+        }
+        _ => Ok(data),
+    }
 }
 
 /// Checks a publish from any entry point: a valid channel and data within the size limit.

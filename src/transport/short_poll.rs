@@ -12,20 +12,36 @@ use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, RequestHead, json};
 use crate::query::Query;
-use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor};
+use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor, session};
 
 /// Answers with everything after the request's cursor, possibly nothing.
 pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Body>> {
     let metrics = app.metrics.transport(Transport::Poll);
     let query = Query::parse(req.query());
     let mut cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    let (_, refused) = authorize_subscribe(&app, req.headers(), &query, &mut cursor).await?;
+    let (who, refused, issued) = authorize_subscribe(
+        &app,
+        Transport::Poll,
+        req.headers(),
+        &query,
+        req.conn(),
+        &mut cursor,
+    )
+    .await?;
+    session::polled(&app, &who);
     let _in_flight = InFlight::new(metrics);
     let (events, next) = app.bus.catch_up(&cursor).await?;
     let retry_ms = app
         .shutdown
         .is_cancelled()
         .then(|| app.reconnect_delay_ms());
-    let body = poll_body(&events, |out| next.put(out), &refused, retry_ms, metrics);
+    let body = poll_body(
+        &events,
+        |out| next.put(out),
+        &refused,
+        issued.as_deref(),
+        retry_ms,
+        metrics,
+    );
     Ok(json(StatusCode::OK, body))
 }

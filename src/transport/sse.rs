@@ -23,6 +23,7 @@ use crate::error::{Refusal, Result};
 use crate::http::{Body, RequestHead};
 use crate::protocol::{Cursor, Message};
 use crate::query::Query;
+use crate::transport::session::Issued;
 use crate::transport::{
     Session, authorize_subscribe, put_refused, requested_cursor, shutting_down,
 };
@@ -52,7 +53,15 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let mut cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
-    let (who, refused) = authorize_subscribe(&app, req.headers(), &query, &mut cursor).await?;
+    let (who, refused, issued) = authorize_subscribe(
+        &app,
+        Transport::Sse,
+        req.headers(),
+        &query,
+        req.conn(),
+        &mut cursor,
+    )
+    .await?;
     let conn = req.conn().cloned();
     // A stalled reader stops hyper from polling this body, so the cut must reach the
     // connection itself: the server drops a connection whose token is cancelled.
@@ -61,9 +70,10 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
         .map_or_else(CancellationToken::new, |c| c.kill().clone());
     let mut subscription = app.bus.subscribe_with_cut(cut.clone());
     let start = subscription.add(&cursor).await?;
-    let session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
+    let mut session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
+    session.tell_backend(&app, &who);
     let slot = ExpressSlot::default();
-    let open = open_event(&start, &refused, app.config.sse.retry_ms);
+    let open = open_event(&start, &refused, issued.as_deref(), app.config.sse.retry_ms);
     let frames = events(app.clone(), subscription, open, session, who, slot.clone())
         .map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(Body::Boxed(StreamBody::new(frames).boxed_unsync()));
@@ -79,14 +89,23 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     Ok(response)
 }
 
-/// The `open` event: where delivery starts, and the channels refused, if any.
-fn open_event(start: &Cursor, refused: &[Refusal], retry_ms: u64) -> Bytes {
+/// The `open` event: where delivery starts, the channels refused and the client session
+/// begun, if any.
+fn open_event(
+    start: &Cursor,
+    refused: &[Refusal],
+    issued: Option<&Issued>,
+    retry_ms: u64,
+) -> Bytes {
     let mut out = BytesMut::new();
     let _ = write!(
         out,
         "retry: {retry_ms}\nevent: open\nid: {start}\ndata: {{\"cursor\":\"{start}\""
     );
     put_refused(&mut out, refused);
+    if let Some(issued) = issued {
+        issued.put(&mut out);
+    }
     out.put_slice(b"}\n\n");
     out.freeze()
 }

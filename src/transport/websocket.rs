@@ -26,6 +26,7 @@ use crate::http::{Body, RequestHead, full};
 use crate::protocol::Message;
 use crate::query::Query;
 use crate::socket::{Holds, SharedSocket, Socket as Io};
+use crate::transport::session::{self, Issued};
 
 mod close;
 mod connection;
@@ -37,7 +38,8 @@ use connection::Connection;
 use wire::WsFrame as _;
 
 pub use close::{
-    CLOSE_ENGINE_UNAVAILABLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID,
+    CLOSE_BACKEND_REFUSED, CLOSE_BACKEND_UNAVAILABLE, CLOSE_ENGINE_UNAVAILABLE,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID,
 };
 
 /// Checks an upgrade request; the `101` answer and what the connection needs once the
@@ -54,8 +56,15 @@ pub async fn handshake<R: RequestHead + Sync>(
     // Browsers cannot read the status of a refused handshake, so bad credentials are
     // reported after the upgrade, as a 4001/4002 close with the reason.
     let query = Query::parse(req.query());
-    let who = app.auth.identify(req.headers(), &query, &app.bus).await;
     let conn = req.conn().cloned();
+    let who = session::identify(
+        &app,
+        Transport::Websocket.name(),
+        req.headers(),
+        &query,
+        conn.as_ref(),
+    )
+    .await;
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -79,7 +88,8 @@ pub async fn handshake<R: RequestHead + Sync>(
 /// An accepted handshake, waiting for its socket.
 pub struct Accepted {
     app: Arc<App>,
-    who: Result<Identity>,
+    /// Who it is, and the client session begun for it, if any.
+    who: Result<(Identity, Option<Box<Issued>>)>,
     conn: Option<ConnInfo>,
     /// `?echo` on a build with the `autobahn` feature: the test-only echo, not a client.
     #[cfg(feature = "autobahn")]
@@ -128,10 +138,10 @@ impl Accepted {
         if echo {
             return echo::run(ws).await;
         }
-        let identity = who.as_ref().ok().cloned();
+        let identity = who.as_ref().ok().map(|(who, _)| who.clone());
         let mut connection = Connection::new(app, ws, conn, identity, express);
         match who {
-            Ok(_) => connection.run().await,
+            Ok((_, issued)) => connection.run(issued).await,
             Err(err) => connection.refuse(&err).await,
         }
     }

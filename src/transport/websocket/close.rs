@@ -9,6 +9,12 @@ use tokio_tungstenite::tungstenite;
 pub const CLOSE_TOKEN_INVALID: u16 = 4001;
 /// Close code when the credentials expire while the socket is open.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+/// Close code when the backend's connect hook refused the client; the reason is the
+/// backend's code.
+pub const CLOSE_BACKEND_REFUSED: u16 = 4003;
+/// Close code when the backend's connect hook could not be asked (down, slow, nonsense);
+/// the client should retry later.
+pub const CLOSE_BACKEND_UNAVAILABLE: u16 = 4013;
 /// Close code for a subscriber cut off because it could not keep up.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the engine cannot be read; the client should resume later.

@@ -9,7 +9,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -24,16 +23,18 @@ use crate::config::Transport;
 use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
 use crate::metrics::TransportMetrics;
-use crate::protocol::ClientFrame;
 use crate::protocol::Message;
-use crate::transport::publish::{acknowledgement, validate};
-use crate::transport::{Session, keep_allowed, wanted_cursor};
+use crate::transport::Session;
+use crate::transport::session::Issued;
 use crate::wake::SideWaits;
 
 use super::close::{
-    CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, close_code, read_error_close,
+    CLOSE_BACKEND_REFUSED, CLOSE_BACKEND_UNAVAILABLE, CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOKEN_INVALID, close_code, read_error_close,
 };
 use super::wire::WsFrame as _;
+
+mod frames;
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
@@ -50,6 +51,8 @@ enum Step {
     Ping,
     Event(std::result::Result<Event, crate::bus::Closed>),
     Frame(Option<std::result::Result<Frame, tungstenite::Error>>),
+    /// A call to the backend came back with this frame to send.
+    Rpc(String),
 }
 
 /// What came of writing a message straight to the socket.
@@ -87,6 +90,8 @@ pub(super) struct Connection<S> {
     express: Option<ExpressSwitch>,
     /// Pings in a row whose pong the socket did not take at once.
     pongs_owed: u32,
+    /// Its calls to the backend, once it made one.
+    rpcs: Option<Box<frames::Rpcs>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -105,12 +110,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let subscription = app.bus.subscribe_with_cut(cut.clone());
         let express = express.map(|sink| subscription.set_express(sink));
         let metrics = app.metrics.transport(Transport::Websocket);
-        let session = Session::open(
+        let mut session = Session::open(
             Transport::Websocket,
             metrics,
             conn.as_ref().map(|c| c.remote()),
             cut,
         );
+        if let Some(who) = &who {
+            session.tell_backend(&app, who);
+        }
         Connection {
             app,
             ws,
@@ -122,6 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             direct: true,
             express,
             pongs_owed: 0,
+            rpcs: None,
         }
     }
 
@@ -134,6 +143,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.app.metrics.error(err.code());
         let code = match err {
             Error::TokenExpired => CLOSE_TOKEN_EXPIRED,
+            Error::Backend(_) => CLOSE_BACKEND_REFUSED,
+            Error::BackendUnavailable(_) => CLOSE_BACKEND_UNAVAILABLE,
             _ => CLOSE_TOKEN_INVALID,
         };
         self.session.ending(err.label());
@@ -144,7 +155,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
     }
 
-    pub(super) async fn run(&mut self) {
+    /// Serves the connection until it ends; `issued` is the client session its handshake
+    /// began, which the client is told of first.
+    pub(super) async fn run(&mut self, issued: Option<Box<Issued>>) {
+        if let Some(issued) = issued {
+            let mut frame = serde_json::json!({"op": "session"});
+            issued.add_to(&mut frame);
+            // Boxed: it runs once, and the task should not keep room for it.
+            if Box::pin(self.send_text(frame.to_string())).await.is_err() {
+                return;
+            }
+        }
         let ping_every = Duration::from_millis(self.app.config.websocket.ping_interval_ms);
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -167,6 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let express = self.express.as_ref().filter(|_| armed);
             let step = {
                 let ws = &mut self.ws;
+                let rpcs = &mut self.rpcs;
                 // Kept across wake-ups until this turn ends: a history read it starts
                 // (filling a hole) may take several polls to complete.
                 let mut next = std::pin::pin!(self.subscription.next());
@@ -191,6 +213,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         if ping.poll_tick(&mut side_cx).is_ready() {
                             side.again();
                             return Poll::Ready(Step::Ping);
+                        }
+                        if let Some(rpcs) = rpcs.as_mut()
+                            && let Poll::Ready(Some(answer)) = rpcs.answers.poll_recv(&mut side_cx)
+                        {
+                            rpcs.in_flight -= 1;
+                            side.again();
+                            return Poll::Ready(Step::Rpc(answer));
                         }
                         read = true;
                         if let Poll::Ready(frame) = ws.poll_next_unpin(&mut side_cx) {
@@ -239,6 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 // Boxed: handling a client frame (a subscribe reads history) is the largest
                 // state in this loop, and idle connections should not carry it inline.
                 Step::Frame(frame) => Box::pin(self.on_frame(frame)).await,
+                Step::Rpc(answer) => Box::pin(self.send_text(answer)).await,
             };
             if let Err(stop) = outcome {
                 break stop;
@@ -311,86 +341,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 })
             }
         }
-    }
-
-    async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
-        let frame = match ClientFrame::parse(text) {
-            Ok(frame) => frame,
-            Err((id, err)) => return self.send_error(id, &err).await,
-        };
-        match frame {
-            ClientFrame::Subscribe { channels, cursor } => {
-                let names = channels.as_ref().map(|c| c.iter().map(String::as_str));
-                match self.subscribe(names, cursor.as_deref().unwrap_or("")).await {
-                    Ok(reply) => self.send_text(reply).await,
-                    Err(err) => self.send_error(None, &err).await,
-                }
-            }
-            ClientFrame::Unsubscribe { channels } => match self.unsubscribe(&channels) {
-                Ok(reply) => self.send_text(reply).await,
-                Err(err) => self.send_error(None, &err).await,
-            },
-            ClientFrame::Publish { channel, data, id } => {
-                match self.publish(&channel, data).await {
-                    Ok(ack) => match id {
-                        Some(id) => {
-                            self.send_text(format!(r#"{{"op":"ack","id":{id},{}"#, &ack[1..]))
-                                .await
-                        }
-                        None => Ok(()),
-                    },
-                    Err(err) => self.send_error(id, &err).await,
-                }
-            }
-        }
-    }
-
-    async fn subscribe<'a>(
-        &mut self,
-        channels: Option<impl IntoIterator<Item = &'a str>>,
-        cursor: &str,
-    ) -> Result<String> {
-        let max = self.app.config.limits.max_channels;
-        let mut wanted = wanted_cursor(channels, cursor, max)?;
-        // The refused channels are left out before counting: they will not be followed.
-        let refused = keep_allowed(&self.app, &self.who, &mut wanted)?;
-        let new = wanted
-            .entries
-            .iter()
-            .filter(|(c, _)| !self.subscription.follows(c))
-            .count();
-        if self.subscription.len() + new > max {
-            return Err(Error::TooManyChannels(max));
-        }
-        let start = self.subscription.add(&wanted).await?;
-        let names: Vec<&str> = start.entries.iter().map(|(c, _)| c.as_str()).collect();
-        let mut reply =
-            serde_json::json!({"op": "subscribed", "channels": names, "cursor": start.to_string()});
-        if !refused.is_empty() {
-            reply["refused"] = serde_json::json!(refused);
-        }
-        Ok(reply.to_string())
-    }
-
-    fn unsubscribe(&mut self, names: &[String]) -> Result<String> {
-        let channels = names
-            .iter()
-            .map(|n| crate::protocol::Channel::parse(n))
-            .collect::<Result<Vec<_>>>()?;
-        self.subscription.remove(&channels);
-        Ok(serde_json::json!({"op": "unsubscribed", "channels": names}).to_string())
-    }
-
-    async fn publish(&mut self, channel: &str, data: &RawValue) -> Result<String> {
-        let (channel, data) = validate(channel, data, self.app.config.limits.max_message_bytes)?;
-        self.app.auth.check_publish(&self.who, &channel)?;
-        if let (false, Some(conn)) = (self.who.server, &self.conn) {
-            // The client behind a proxy was named at the handshake: the connection is its.
-            conn.take_publish(None)?;
-        }
-        let message = self.app.bus.publish(&channel, data).await?;
-        self.app.metrics.published("websocket");
-        Ok(acknowledgement(&message))
     }
 
     /// Writes a lone message straight to the socket, as the one buffer its message holds
@@ -517,15 +467,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     async fn send_error(&mut self, id: Option<u64>, err: &Error) -> Result<(), Stop> {
         self.app.metrics.error_answer(err);
-        let mut body =
-            serde_json::json!({"op": "error", "code": err.code(), "message": err.message()});
-        if let Some(id) = id {
-            body["id"] = id.into();
-        }
-        if !err.refused().is_empty() {
-            body["refused"] = serde_json::json!(err.refused());
-        }
-        self.send_text(body.to_string()).await
+        self.send_text(frames::error_frame(id, err)).await
     }
 
     /// Writes one frame (flushing it out when `flush`), within the write guard.
