@@ -18,6 +18,7 @@ use crate::socket::Socket;
 /// Reads until `buf` holds a whole request head; the request, if this path serves it,
 /// and whether the connection may carry another. `None` hands the connection to hyper.
 pub(super) async fn read_head<S: Socket, R: Router>(
+    router: &R,
     stream: &mut S,
     buf: &mut BytesMut,
     info: &ConnInfo,
@@ -26,14 +27,14 @@ pub(super) async fn read_head<S: Socket, R: Router>(
     if buf.is_empty() {
         // Nearly every head arrives whole in one read: it is read and parsed in the
         // thread's buffer, and the connection's own takes only what is left over.
-        match poll_fn(|cx| poll_first_read::<S, R>(stream, cx, buf, info)).await? {
+        match poll_fn(|cx| poll_first_read::<S, R>(router, stream, cx, buf, info)).await? {
             Head::Lean(lean, ()) => return Ok(Some(lean)),
             Head::Other => return Ok(None),
             Head::Partial => {}
         }
     }
     loop {
-        match parse_head::<R>(buf, info) {
+        match parse_head(router, buf, info) {
             Head::Lean(lean, ()) => return Ok(Some(lean)),
             Head::Partial if buf.len() < MAX_HEAD => {}
             Head::Partial | Head::Other => return Ok(None),
@@ -61,6 +62,7 @@ pub(super) async fn read_head<S: Socket, R: Router>(
 /// tokio that the socket is drained, which spares the parked poll's watch a read that
 /// would find nothing.
 pub(super) fn poll_first_read<S: Socket, R: Router>(
+    router: &R,
     stream: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
@@ -77,7 +79,7 @@ pub(super) fn poll_first_read<S: Socket, R: Router>(
         if read.is_empty() {
             return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
         }
-        let (head, used) = parse::<R>(read, info).consumed();
+        let (head, used) = parse(router, read, info).consumed();
         buf.extend_from_slice(&read[used..]);
         Poll::Ready(Ok(head))
     })
@@ -114,19 +116,19 @@ impl Head<usize> {
 }
 
 /// Parses the head at the start of `buf`, consuming it if this path serves the request.
-pub(super) fn parse_head<R: Router>(buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
-    let (head, used) = parse::<R>(buf, info).consumed();
+pub(super) fn parse_head<R: Router>(router: &R, buf: &mut BytesMut, info: &ConnInfo) -> Head<()> {
+    let (head, used) = parse(router, buf, info).consumed();
     buf.advance(used);
     head
 }
 
 /// Parses the head at the start of `bytes`: the request and the head's length. Not
 /// async: the header array is 2 KiB, which a future would keep for every connection.
-pub(super) fn parse<R: Router>(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
+pub(super) fn parse<R: Router>(router: &R, bytes: &[u8], info: &ConnInfo) -> Head<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => match lean_request::<R>(&parsed, info) {
+        Ok(httparse::Status::Complete(len)) => match lean_request(router, &parsed, info) {
             Some(lean) => Head::Lean(lean, len),
             None => Head::Other,
         },
@@ -137,6 +139,7 @@ pub(super) fn parse<R: Router>(bytes: &[u8], info: &ConnInfo) -> Head<usize> {
 
 /// The request a parsed head stands for, if this path serves it.
 pub(super) fn lean_request<R: Router>(
+    router: &R,
     parsed: &httparse::Request<'_, '_>,
     info: &ConnInfo,
 ) -> Option<(Box<LeanRequest>, bool)> {
@@ -198,7 +201,7 @@ pub(super) fn lean_request<R: Router>(
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("close"));
         }
-        let Some(name) = kept::<R>(&route, name, has_origin, proxied) else {
+        let Some(name) = kept(router, &route, name, has_origin, proxied) else {
             continue;
         };
         map.append(name, HeaderValue::from_bytes(value).ok()?);
@@ -229,6 +232,7 @@ pub(super) fn lean_request<R: Router>(
 /// the API key), and, from a trusted proxy, its forwarding headers; the route table says
 /// what else each handler reads.
 pub fn kept<R: Router>(
+    router: &R,
     route: &LeanRoute,
     name: &str,
     has_origin: bool,
@@ -248,5 +252,5 @@ pub fn kept<R: Router>(
             return Some(kept);
         }
     }
-    R::admission_reads(name).or_else(|| route.reads(name))
+    router.admission_reads(name).or_else(|| route.reads(name))
 }

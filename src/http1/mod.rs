@@ -58,8 +58,9 @@ pub trait Router: Send + Sync + Sized + 'static {
     type Upgrade: Send;
     /// The route at `path`, if this path may serve it.
     fn lean_route(path: &str) -> Option<LeanRoute>;
-    /// The header `name`, if every route's admission reads it (the origin, credentials).
-    fn admission_reads(name: &str) -> Option<HeaderName>;
+    /// The header `name`, if every route's admission reads it (the origin, credentials,
+    /// and what the operator has the connect hook forwarded).
+    fn admission_reads(&self, name: &str) -> Option<HeaderName>;
     /// The deadlines and sizes this path keeps, read for each request.
     fn limits(&self) -> Limits;
     /// Whether the server is draining.
@@ -232,7 +233,7 @@ pub fn serve<'a, S: Socket, R: Router>(
                         return Err(io::ErrorKind::ConnectionAborted.into());
                     }
                 }
-                read_head::<S, R>(stream, &mut buf, info).await
+                read_head::<S, R>(app, stream, &mut buf, info).await
             };
             // Matched without a binding of its own, which the task would keep while the
             // request is routed.

@@ -27,7 +27,7 @@ impl Router for App {
         table::find(path).and_then(table::Route::lean)
     }
 
-    fn admission_reads(name: &str) -> Option<HeaderName> {
+    fn admission_reads(&self, name: &str) -> Option<HeaderName> {
         // Compared as text first: a name is made only for a header kept (a browser sends
         // a dozen, nearly all dropped).
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
@@ -38,7 +38,14 @@ impl Router for App {
         } else if is(crate::auth::API_KEY_HEADER) {
             Some(crate::auth::API_KEY)
         } else {
-            None
+            // The connect hook is given the headers the operator names (cookies): a
+            // client's request may begin its session on any rung.
+            let hooks = self.hooks.as_ref()?;
+            hooks
+                .forwarded_headers()
+                .iter()
+                .find(|kept| is(kept.as_str()))
+                .cloned()
         }
     }
 
@@ -174,11 +181,12 @@ mod tests {
     use super::*;
     use crate::http1::kept;
 
-    #[test]
-    fn only_headers_the_routes_read_are_kept() {
+    #[tokio::test]
+    async fn only_headers_the_routes_read_are_kept() {
         let find = |path| table::find(path).and_then(table::Route::lean).unwrap();
         let (sse, poll, ws) = (&find("/sse"), &find("/poll"), &find("/ws"));
-        let kept = kept::<App>;
+        let app = App::new(Config::default()).unwrap();
+        let kept = |route, name, origin, proxied| kept(&*app, route, name, origin, proxied);
         assert_eq!(
             kept(poll, "Origin", false, false),
             Some(http::header::ORIGIN)
@@ -211,6 +219,16 @@ mod tests {
             assert_eq!(kept(sse, dropped, true, false), None, "{dropped}");
         }
         assert_eq!(kept(poll, "X-Forwarded-For", false, false), None);
+        // With a connect hook, what it is given is kept on every route.
+        let mut config = Config::default();
+        config.hooks.url = "http://127.0.0.1:9".into();
+        let hooked = App::new(config).unwrap();
+        for name in ["Cookie", "user-agent", "X-Forwarded-For"] {
+            assert!(
+                crate::http1::kept(&*hooked, poll, name, false, false).is_some(),
+                "{name}"
+            );
+        }
         assert_eq!(
             kept(poll, "X-Forwarded-For", false, true).unwrap().as_str(),
             "x-forwarded-for"
