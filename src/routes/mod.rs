@@ -49,7 +49,7 @@ pub async fn handle(
 /// The answer to a request refused before routing (a client at its connection limit),
 /// counted like any other refusal.
 pub fn refuse(app: &App, err: &Error) -> Response<Body> {
-    app.metrics.error(err.code());
+    app.metrics.error(err.label());
     let mut response = error_response(err);
     add_implied_headers(&mut response);
     response

@@ -217,7 +217,7 @@ async fn refuse(mut stream: TcpStream, err: Error, app: Arc<App>) {
     let (status, body) = if (head_only || get) && !app.shutdown.is_cancelled() {
         (http::StatusCode::OK, routes::liveness(&app))
     } else {
-        app.metrics.error(err.code());
+        app.metrics.error(err.label());
         (err.status(), err.to_json())
     };
     let response = format!(

@@ -78,7 +78,7 @@ async fn publish_batch(app: &App, who: &Identity, body: &[u8]) -> Result<Respons
         match publish_one(app, who, request).await {
             Ok(message) => answer.push_str(&acknowledgement(&message)),
             Err(err) => {
-                app.metrics.error(err.code());
+                app.metrics.error(err.label());
                 answer.push_str(&err.to_json());
             }
         }

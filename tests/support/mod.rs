@@ -1,6 +1,7 @@
 //! Test harness: a real gateway on 127.0.0.1:0 and real clients for every transport.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backend;
 pub mod nodes;
 pub mod raw_http;
 pub mod redis_cluster;

@@ -140,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Closes at once for credentials that did not verify.
     pub(super) async fn refuse(&mut self, err: &Error) {
-        self.app.metrics.error(err.code());
+        self.app.metrics.error(err.label());
         let code = match err {
             Error::TokenExpired => CLOSE_TOKEN_EXPIRED,
             Error::Backend(_) => CLOSE_BACKEND_REFUSED,
