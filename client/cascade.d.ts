@@ -64,6 +64,7 @@ declare namespace Cascade {
     poll?: number;
     negotiate?: number;
     publish?: number;
+    rpc?: number;
     token?: number;
   }
 
@@ -111,6 +112,8 @@ declare namespace Cascade {
     gap: (gap: Gap) => void;
     error: (error: CascadeError) => void;
     message: (message: Message) => void;
+    /** The gateway began a client session (backend hooks): its id. */
+    session: (clientId: string) => void;
   }
 
   /** A connection to a gateway; create it with `Cascade.connect`. */
@@ -132,6 +135,19 @@ declare namespace Cascade {
       data: Json,
       callback?: (err: CascadeError | null, position?: Position) => void,
     ): this;
+    /**
+     * Calls the application's backend (its rpc hook): `method` with `params`, answered
+     * with the backend's result; a refusal is the backend's `code` and `message`.
+     */
+    rpc<R = Json>(
+      method: string,
+      params: Json | undefined,
+      callback: (err: CascadeError | null, result?: R) => void,
+    ): this;
+    /** The same, as a Promise of the result. */
+    rpc<R = Json>(method: string, params?: Json): Promise<R>;
+    /** The id of this client's session (what backend hooks receive), once it has one. */
+    readonly clientId: string | null;
     /** Adds a handler. */
     on<E extends keyof Events>(event: E, fn: Events[E]): this;
     /** Removes a handler added with `on`. */

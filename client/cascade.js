@@ -62,7 +62,7 @@
 
   var DEFAULTS = {
     // How long each rung has to show that data flows before it counts as failed.
-    timeouts: { websocket: 4000, sse: 3000, longpoll: 5000, poll: 5000, negotiate: 5000, publish: 10000, token: 10000 },
+    timeouts: { websocket: 4000, sse: 3000, longpoll: 5000, poll: 5000, negotiate: 5000, publish: 10000, rpc: 10000, token: 10000 },
     // How often, after a fallback, the client tries the better rungs again.
     probeIntervalMs: 60000,
     // Reconnect backoff: a random delay in [0, min(max, min * 2^attempt)] (full jitter).
@@ -381,6 +381,12 @@
       case 'ack':
         client._acked(frame.id, null, { channel: frame.channel, epoch: frame.epoch, offset: frame.offset });
         break;
+      case 'rpc_result':
+        client._acked(frame.id, null, frame.result);
+        break;
+      case 'session':
+        client._session(frame);
+        break;
       case 'error':
         if (frame.id !== undefined && frame.id !== null) {
           client._acked(frame.id, { code: frame.code, message: frame.message }, null);
@@ -424,6 +430,10 @@
 
   WebSocketRung.prototype.publish = function (id, channel, data) {
     return this.send({ op: 'publish', channel: channel, data: data, id: id });
+  };
+
+  WebSocketRung.prototype.rpc = function (id, method, params) {
+    return this.send({ op: 'rpc', id: id, method: method, params: params });
   };
 
   WebSocketRung.prototype.close = function () {
@@ -487,6 +497,7 @@
         cancel(timer);
         // The stream follows the others: it is no reason to open a new one.
         self.channels = without(self.channels, body && body.refused);
+        client._session(body);
         client._refused(body && body.refused);
         client._startAt(body && body.cursor);
         done(null);
@@ -648,6 +659,7 @@
         }
         return;
       }
+      client._session(body);
       client._refused(body.refused);
       client._polled(body);
       if (!self.proven) { self.onProven(); }
@@ -720,7 +732,11 @@
     this.attempt = 0;      // reconnect attempts since a rung last worked
     this.reconnectTimer = null;
     this.probeTimer = null;
-    this.pending = {};     // publish id -> {callback, timer}
+    this.pending = {};     // publish or rpc id -> {callback, timer}
+    // The client session the gateway began (with backend hooks): its id, and the value
+    // sent back with every request so that a poll is not a new session.
+    this.clientId = null;
+    this.session = null;
     this.nextId = 1;
     this.closed = false;
     this.connected = false;
@@ -787,7 +803,46 @@
     return this;
   };
 
-  /** Adds a handler for connect, disconnect, transport, gap, error or message. */
+  /**
+   * Calls the application's backend: `method` with `params` (any JSON value), answered
+   * with the backend's result. Over a WebSocket when one is in use, else with POST /rpc.
+   * With `callback(err, result)`, returns the client; without, a Promise of the result
+   * (where the browser has Promise).
+   */
+  Client.prototype.rpc = function (method, params, callback) {
+    var self = this;
+    if (typeof callback !== 'function' && typeof root.Promise === 'function') {
+      return new root.Promise(function (resolve, reject) {
+        self.rpc(method, params, function (err, result) {
+          if (err) { reject(err); } else { resolve(result); }
+        });
+      });
+    }
+    var done = typeof callback === 'function' ? callback : noop;
+    if (params === undefined) { params = null; }
+    if (this.closed) {
+      later(function () { done({ code: 'closed', message: 'the client is closed' }); }, 0);
+      return this;
+    }
+    var rung = this.active;
+    if (rung && rung.name === 'websocket' && rung.rpc) {
+      var id = this.nextId++;
+      var timer = later(function () {
+        self._acked(id, { code: 'timeout', message: 'no answer in time' }, null);
+      }, this.options.timeouts.rpc);
+      this.pending[id] = { callback: done, timer: timer };
+      if (rung.rpc(id, method, params)) { return this; }
+      cancel(timer);
+      delete this.pending[id];
+    }
+    request('POST', this._url('/rpc'), JSON.stringify({ method: method, params: params }),
+      this.options.timeouts.rpc, function (err, body) {
+        if (err) { done(err); } else { done(null, body && body.result); }
+      });
+    return this;
+  };
+
+  /** Adds a handler for connect, disconnect, transport, gap, error, message or session. */
   Client.prototype.on = function (event, fn) {
     (this.handlers[event] = this.handlers[event] || []).push(fn);
     return this;
@@ -967,7 +1022,18 @@
 
   Client.prototype._url = function (path) {
     var url = /^https?:\/\//i.test(path) ? path : this.base + path;
+    if (this.session) { url = withQuery(url, { session: this.session }); }
     return this.token ? withQuery(url, { token: this.token }) : url;
+  };
+
+  /** Keeps the client session a gateway's answer began, if it began one. */
+  Client.prototype._session = function (body) {
+    if (!body || typeof body.session !== 'string') { return; }
+    this.session = body.session;
+    if (this.clientId !== body.client) {
+      this.clientId = body.client;
+      this._emit('session', body.client);
+    }
   };
 
   Client.prototype._wsUrl = function (path) {

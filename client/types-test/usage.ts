@@ -34,6 +34,16 @@ client.publish('chat', { text: 'hi' }, (err, position) => {
   }
 });
 
+client.rpc('login', { name: 'alice' }, (err, result) => {
+  console.log(err ? err.code : result);
+});
+client
+  .rpc<{ ok: boolean }>('login', { name: 'alice' })
+  .then((result) => console.log(result.ok), (err: Cascade.CascadeError) => console.log(err.code));
+client.on('session', (id: string) => console.log(id, client.clientId));
+// @ts-expect-error: params must be JSON
+client.rpc('login', () => 1);
+
 const rung: Cascade.Transport | null = client.transport;
 console.log(rung, Cascade.version, Cascade.transports.length);
 
