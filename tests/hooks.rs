@@ -574,3 +574,73 @@ async fn on_redis_a_session_moves_between_nodes_without_another_connect() {
     assert_eq!(answer["messages"][0]["data"], json!({"text": "[alice] hi"}));
     assert_eq!(backend.count("connect"), 1, "one connect across both nodes");
 }
+
+/// The RPC round trip with a backend on the same machine, over WebSocket and over
+/// `POST /rpc` (one keep-alive connection each, calls one after another): a measurement,
+/// not a check; run with
+/// `cargo test --release --test hooks -- --ignored --nocapture measure_rpc_round_trip`.
+#[tokio::test]
+#[ignore = "a measurement: run it by name"]
+async fn measure_rpc_round_trip() {
+    const CALLS: u64 = 2000;
+    let backend = Backend::start(|_, body| Reply::result(body["params"].clone())).await;
+    let mut config = hooked(&backend, &[HookEvent::Rpc]);
+    config.hooks.max_rpc_in_flight = 1;
+    let server = TestServer::start(config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let report = |what: &str, histogram: &hdrhistogram::Histogram<u64>| {
+        println!(
+            "{what}: {} calls, p50 {} us, p99 {} us, max {} us",
+            histogram.len(),
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.99),
+            histogram.max()
+        );
+    };
+
+    let mut ws = WsClient::connect(&server).await;
+    ws.recv().await;
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for id in 0..CALLS {
+        let started = std::time::Instant::now();
+        ws.send(json!({"op": "rpc", "id": id, "method": "echo", "params": {"n": id}}))
+            .await;
+        let answer = ws.recv().await;
+        assert_eq!(answer["id"], id);
+        histogram
+            .record(started.elapsed().as_micros() as u64)
+            .unwrap();
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    report("rpc over websocket", &histogram);
+    let mut calls = histogram.len();
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let url = server.url("/rpc");
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for id in 0..CALLS {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(&url)
+            .json(&json!({"method": "echo", "params": {"n": id}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let _: Value = response.json().await.unwrap();
+        histogram
+            .record(started.elapsed().as_micros() as u64)
+            .unwrap();
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    report("rpc over POST /rpc", &histogram);
+    calls += histogram.len();
+    assert_eq!(backend.count("rpc") as u64, calls);
+}

@@ -673,7 +673,7 @@ async fn shipped_dashboard_queries_parse_and_name_served_metrics() {
         .flat_map(|panel| panel["targets"].as_array().expect("targets").iter())
         .map(|target| target["expr"].as_str().expect("expr").to_owned())
         .collect();
-    assert_eq!(exprs.len(), 14, "one query per panel");
+    assert_eq!(exprs.len(), 16, "one query per panel");
     let server = TestServer::default().await;
     exercise(&server).await;
     assert_served(&server, "cascade.json", &exprs.join("\n")).await;
