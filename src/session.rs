@@ -25,6 +25,10 @@ use crate::protocol::Channel;
 /// Length of a client id: 22 characters of base64url are 132 bits.
 pub const CLIENT_ID_LEN: usize = 22;
 
+/// Most bytes of channel names a session value remembers as allowed by the subscribe
+/// hook: the value rides in every poll's URL, which the lean path bounds at 16 KiB.
+pub const MAX_ALLOWED_BYTES: usize = 2048;
+
 /// The largest `meta` a connect hook may attach to a session, compact JSON bytes: it
 /// travels in the session value, in every polling request's URL.
 pub const MAX_META_BYTES: usize = 1024;
@@ -79,6 +83,9 @@ pub struct ClientSession {
     /// Channels the connect hook subscribed the client to: readable whatever the channel
     /// rules say, and asked of no subscribe hook.
     pub granted: Vec<Channel>,
+    /// Channels the subscribe hook allowed: not asked again in this session (the channel
+    /// rules still apply). Kept to [`MAX_ALLOWED_BYTES`] of names.
+    pub allowed: Vec<Channel>,
     /// The connect hook's `expire_at`, unix seconds: the session ends then.
     pub expire_at: Option<u64>,
     /// The connect hook's `meta`, passed to the later hooks.
@@ -92,9 +99,30 @@ impl ClientSession {
             client: ClientId::random(),
             user: None,
             granted: Vec::new(),
+            allowed: Vec::new(),
             expire_at: None,
             meta: None,
         }
+    }
+
+    /// Whether the subscribe hook allowed `channel` earlier in the session.
+    pub fn allows(&self, channel: &Channel) -> bool {
+        self.allowed.iter().any(|allowed| allowed == channel)
+    }
+
+    /// The same session, remembering that the subscribe hook allowed `channels`, as far
+    /// as [`MAX_ALLOWED_BYTES`] lets it; `None` when nothing new is remembered.
+    pub fn allowing<'a>(&self, channels: impl IntoIterator<Item = &'a Channel>) -> Option<Self> {
+        let mut more = self.clone();
+        let mut bytes: usize = more.allowed.iter().map(|c| c.as_str().len() + 1).sum();
+        for channel in channels {
+            if more.allows(channel) || bytes + channel.as_str().len() + 1 > MAX_ALLOWED_BYTES {
+                continue;
+            }
+            bytes += channel.as_str().len() + 1;
+            more.allowed.push(channel.clone());
+        }
+        (more.allowed.len() > self.allowed.len()).then_some(more)
     }
 
     /// Whether the connect hook granted `channel`.
@@ -113,6 +141,9 @@ struct SessionClaims {
     sub: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ch: Vec<String>,
+    /// Allowed by the subscribe hook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ok: Vec<String>,
     /// The connect hook's `expire_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uexp: Option<u64>,
@@ -177,6 +208,11 @@ impl Sessions {
                 .iter()
                 .map(|c| c.as_str().to_owned())
                 .collect(),
+            ok: session
+                .allowed
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
             uexp: session.expire_at,
             meta: session.meta.clone(),
             exp: session.expire_at.unwrap_or(u64::MAX).min(now + self.ttl),
@@ -206,6 +242,12 @@ impl Sessions {
                 .map(|c| Channel::parse(c))
                 .collect::<Result<_>>()
                 .ok()?,
+            allowed: claims
+                .ok
+                .iter()
+                .map(|c| Channel::parse(c))
+                .collect::<Result<_>>()
+                .ok()?,
             expire_at: claims.uexp,
             meta: claims.meta,
         })
@@ -228,6 +270,7 @@ mod tests {
             client: ClientId::random(),
             user: Some("alice".into()),
             granted: vec![Channel::parse("room:1").unwrap()],
+            allowed: Vec::new(),
             expire_at: None,
             meta: Some(RawValue::from_string(r#"{"name":"Alice"}"#.into()).unwrap()),
         }
@@ -252,7 +295,18 @@ mod tests {
         assert_eq!(back.user.as_deref(), Some("alice"));
         assert!(back.grants(&Channel::parse("room:1").unwrap()));
         assert!(!back.grants(&Channel::parse("room:2").unwrap()));
-        assert_eq!(back.meta.unwrap().get(), r#"{"name":"Alice"}"#);
+        assert_eq!(back.meta.as_ref().unwrap().get(), r#"{"name":"Alice"}"#);
+        let chat = Channel::parse("chat").unwrap();
+        let more = back.allowing([&chat]).unwrap();
+        assert!(more.allowing([&chat]).is_none(), "nothing new");
+        let again = node_a.verify(&node_b.issue(&more).unwrap()).unwrap();
+        assert!(again.allows(&chat) && !again.allows(&Channel::parse("x").unwrap()));
+        let long: Vec<Channel> = (0..100)
+            .map(|i| Channel::parse(&format!("{i:0>100}")).unwrap())
+            .collect();
+        let full = again.allowing(&long).unwrap();
+        let kept: usize = full.allowed.iter().map(|c| c.as_str().len() + 1).sum();
+        assert!(kept <= MAX_ALLOWED_BYTES && full.allowed.len() > 10);
     }
 
     #[test]

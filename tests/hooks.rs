@@ -288,6 +288,43 @@ async fn the_subscribe_hook_decides_each_channel_on_every_transport() {
 }
 
 #[tokio::test]
+async fn a_poller_is_asked_about_a_channel_once_per_session() {
+    let backend = app_backend().await;
+    let server = TestServer::start(hooked(&backend, &ALL)).await;
+    let (_, first) = get(&server, "/poll?channels=news,sport").await;
+    assert_eq!(backend.count("subscribe"), 2);
+    let mut session = first["session"].as_str().unwrap().to_owned();
+    let mut cursor = first["cursor"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let (status, body) =
+            get(&server, &format!("/poll?cursor={cursor}&session={session}")).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(newer) = body["session"].as_str() {
+            session = newer.to_owned();
+        }
+        cursor = body["cursor"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(
+        backend.count("subscribe"),
+        2,
+        "remembered in the session value"
+    );
+    // A new channel is asked about once, and remembered too.
+    for _ in 0..3 {
+        let (_, body) = get(
+            &server,
+            &format!("/longpoll?channels=news,weather&session={session}&timeout=0"),
+        )
+        .await;
+        if let Some(newer) = body["session"].as_str() {
+            session = newer.to_owned();
+        }
+    }
+    assert_eq!(backend.count("subscribe"), 3);
+    assert_eq!(backend.count("connect"), 1);
+}
+
+#[tokio::test]
 async fn the_publish_hook_replaces_or_refuses_a_clients_publish() {
     let backend = app_backend().await;
     let mut config = hooked(&backend, &ALL);

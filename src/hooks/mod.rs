@@ -222,6 +222,7 @@ impl Hooks {
             client,
             user: result.user.or(token_user),
             granted,
+            allowed: Vec::new(),
             expire_at: result.expire_at,
             meta,
         })
@@ -272,6 +273,16 @@ impl Hooks {
     /// Tells the backend, without waiting for it, that `who`'s session ended for `reason`.
     pub fn disconnect(self: &Arc<Self>, who: &Identity, reason: &str) {
         self.tell_disconnect(who.user.as_deref(), who.session.as_deref(), reason);
+    }
+
+    /// Tells the backend, without waiting for it, that `session` of `user` ended.
+    pub fn disconnect_session(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        session: &ClientSession,
+        reason: &str,
+    ) {
+        self.tell_disconnect(user, Some(session), reason);
     }
 
     fn tell_disconnect(

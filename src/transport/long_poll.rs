@@ -228,7 +228,7 @@ async fn admit<R: RequestHead + Send + Sync>(
         Some(Carry(kept)) if resumed(&kept) => Wanted::Kept(kept),
         _ => Wanted::From(requested_cursor(&query, None, max)?),
     };
-    let (who, issued) = session::identify(
+    let (who, mut issued) = session::identify(
         app,
         Transport::Longpoll.name(),
         req.headers(),
@@ -249,11 +249,13 @@ async fn admit<R: RequestHead + Send + Sync>(
         }
         Wanted::Kept(_) => {
             let mut cursor = requested_cursor(&query, None, max)?;
-            let refused = session::allowed(app, &who, &mut cursor).await?;
+            let (refused, remembered) = session::allowed(app, &who, &mut cursor).await?;
+            issued = remembered.or(issued);
             (Wanted::From(cursor), refused)
         }
         Wanted::From(mut cursor) => {
-            let refused = session::allowed(app, &who, &mut cursor).await?;
+            let (refused, remembered) = session::allowed(app, &who, &mut cursor).await?;
+            issued = remembered.or(issued);
             (Wanted::From(cursor), refused)
         }
     };

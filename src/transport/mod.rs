@@ -75,8 +75,8 @@ pub struct Session {
     reason: &'static str,
     cut: CancellationToken,
     slow_consumers: IntCounter,
-    /// The backend's disconnect hook and the session's caller, told when it closes.
-    goodbye: Option<Box<(Arc<crate::hooks::Hooks>, Identity)>>,
+    /// The backend's disconnect hook and the session's user, told when it closes.
+    goodbye: Option<Box<Goodbye>>,
     _in_flight: InFlight,
 }
 
@@ -104,10 +104,14 @@ impl Session {
     /// Tells the backend's disconnect hook when the session closes, if `who` has a
     /// client session and the hook is on.
     pub fn tell_backend(&mut self, app: &App, who: &Identity) {
-        if let (Some(hooks), Some(_)) = (&app.hooks, &who.session)
+        if let (Some(hooks), Some(session)) = (&app.hooks, &who.session)
             && hooks.on(crate::config::HookEvent::Disconnect)
         {
-            self.goodbye = Some(Box::new((hooks.clone(), who.clone())));
+            self.goodbye = Some(Box::new(Goodbye {
+                hooks: hooks.clone(),
+                user: who.user.clone(),
+                session: session.clone(),
+            }));
         }
     }
 }
@@ -140,10 +144,22 @@ impl Drop for Session {
             "connection closed"
         );
         if let Some(goodbye) = self.goodbye.take() {
-            let (hooks, who) = *goodbye;
-            hooks.disconnect(&who, self.reason);
+            let Goodbye {
+                hooks,
+                user,
+                session,
+            } = *goodbye;
+            hooks.disconnect_session(user.as_deref(), &session, self.reason);
         }
     }
+}
+
+/// What a session's end tells the backend: who it was (not the whole identity, whose
+/// token patterns an open connection need not keep twice).
+struct Goodbye {
+    hooks: Arc<crate::hooks::Hooks>,
+    user: Option<String>,
+    session: Arc<crate::session::ClientSession>,
 }
 
 /// Ready once the gateway shuts down, and registers no waker: a transport that waits on
@@ -227,8 +243,9 @@ pub async fn authorize_subscribe(
     cursor: &mut Cursor,
 ) -> Result<(Identity, Vec<Refusal>, Option<Box<session::Issued>>)> {
     let (who, issued) = session::identify(app, transport.name(), headers, query, conn).await?;
-    let refused = session::allowed(app, &who, cursor).await?;
-    Ok((who, refused, issued))
+    let (refused, remembered) = session::allowed(app, &who, cursor).await?;
+    // The later value carries all of the earlier one.
+    Ok((who, refused, remembered.or(issued)))
 }
 
 /// Drops from `cursor` the channels the rules do not let `who` read, and names them: the

@@ -110,29 +110,46 @@ fn unavailable(err: Error) -> Error {
 
 /// Keeps the channels of `cursor` that the rules ([`keep_allowed`]) and then the
 /// subscribe hook let `who` read, asking the hook about every channel at once; names the
-/// others. A channel the connect hook granted is asked of no hook; a backend that cannot
-/// be asked refuses the channel with `backend_unavailable` or `backend_timeout`.
-pub async fn allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<Vec<Refusal>> {
+/// others. Not asked: a channel the connect hook granted, or one the hook allowed earlier
+/// in the session. A backend that cannot be asked refuses the channel with
+/// `backend_unavailable`, `backend_timeout` or `backend_invalid`.
+///
+/// When the hook allowed channels, the session value is issued again remembering them
+/// (returned, for the client to send from then on): a poller's next polls, on any node,
+/// ask the hook nothing.
+pub async fn allowed(
+    app: &App,
+    who: &Identity,
+    cursor: &mut Cursor,
+) -> Result<(Vec<Refusal>, Option<Box<Issued>>)> {
     let mut refused = keep_allowed(app, who, cursor)?;
     let Some(hooks) = app.hooks.as_ref().filter(|h| h.on(HookEvent::Subscribe)) else {
-        return Ok(refused);
+        return Ok((refused, None));
     };
     if who.server {
-        return Ok(refused);
+        return Ok((refused, None));
     }
-    let granted = |channel: &Channel| who.session.as_ref().is_some_and(|s| s.grants(channel));
+    let known = |channel: &Channel| {
+        who.session
+            .as_ref()
+            .is_some_and(|s| s.grants(channel) || s.allows(channel))
+    };
     let asked: Vec<Channel> = cursor
         .entries
         .iter()
-        .filter(|(channel, _)| !granted(channel))
+        .filter(|(channel, _)| !known(channel))
         .map(|(channel, _)| channel.clone())
         .collect();
+    if asked.is_empty() {
+        return Ok((refused, None));
+    }
     let answers = join_all(asked.iter().map(|channel| hooks.subscribe(who, channel))).await;
     let mut answers = answers.into_iter();
     let mut first = None;
     let mut labels = Vec::new();
+    let mut yes = Vec::new();
     cursor.entries.retain(|(channel, _)| {
-        if granted(channel) {
+        if known(channel) {
             return true;
         }
         match answers.next() {
@@ -145,30 +162,30 @@ pub async fn allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<V
                 first.get_or_insert(err);
                 false
             }
-            _ => true,
+            _ => {
+                yes.push(channel.clone());
+                true
+            }
         }
     });
-    match first {
-        Some(first) if cursor.entries.is_empty() => Err(Error::Refused {
+    if let Some(first) = first.filter(|_| cursor.entries.is_empty()) {
+        return Err(Error::Refused {
             first: Box::new(first),
-            refused: std::mem::take(&mut refused),
-        }),
-        _ => {
-            // Counted here only when the request goes on; else where it is answered.
-            for label in labels {
-                app.metrics.error(label);
-            }
-            Ok(refused)
-        }
+            refused,
+        });
     }
-}
-
-/// Tells the backend that `who`'s session ended for `reason`, if it has a session and the
-/// disconnect hook is on; never waits.
-pub fn ended(app: &App, who: &Identity, reason: &str) {
-    if let (Some(hooks), Some(_)) = (&app.hooks, &who.session) {
-        hooks.disconnect(who, reason);
+    // Counted here only when the request goes on; else where it is answered.
+    for label in labels {
+        app.metrics.error(label);
     }
+    let remembered = match who.session.as_ref().and_then(|s| s.allowing(&yes)) {
+        Some(session) => Some(Box::new(Issued {
+            client: session.client.as_str().to_owned(),
+            value: app.sessions.issue(&session)?,
+        })),
+        None => None,
+    };
+    Ok((refused, remembered))
 }
 
 /// Records a poll by `who`, whose session ends once it stops polling.

@@ -68,7 +68,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let max = self.app.config.limits.max_channels;
         let mut wanted = wanted_cursor(channels, cursor, max)?;
         // The refused channels are left out before counting: they will not be followed.
-        let refused = session::allowed(&self.app, &self.who, &mut wanted).await?;
+        // The socket is the session: nothing to remember in a value.
+        let (refused, _) = session::allowed(&self.app, &self.who, &mut wanted).await?;
         let new = wanted
             .entries
             .iter()
