@@ -72,6 +72,8 @@ declare namespace Cascade {
   interface Options {
     /** A client token, sent as `token=` on every request. */
     token?: string;
+    /** Extra query parameters sent on every request (a backend's connect hook reads them). */
+    query?: Record<string, string>;
     /**
      * Asked for a token when there is none or the gateway says it expired: call
      * `done(err, token)`, or return a promise of the token.

@@ -707,6 +707,8 @@
     this.options.timeouts = merge(DEFAULTS.timeouts, options.timeouts);
     this.base = resolveBase(url);
     this.token = options.token || null;
+    // Extra query parameters on every request: what a backend's connect hook reads.
+    this.query = options.query || null;
     this.getToken = typeof options.getToken === 'function' ? options.getToken : null;
     // Whether the next connection attempt asks getToken first: at the start without a
     // token, and whenever the gateway said the token expired.
@@ -1022,6 +1024,7 @@
 
   Client.prototype._url = function (path) {
     var url = /^https?:\/\//i.test(path) ? path : this.base + path;
+    if (this.query) { url = withQuery(url, this.query); }
     if (this.session) { url = withQuery(url, { session: this.session }); }
     return this.token ? withQuery(url, { token: this.token }) : url;
   };
@@ -1483,7 +1486,7 @@
   Client.prototype._shareLink = function () {
     var share = this.options.share;
     if (share === false || IN_SHARED_WORKER || !root.document) { return null; }
-    var key = hash([this.base, this.token || '', (this.allowed || []).join(','),
+    var key = hash([this.base, this.token || '', query(this.query || {}), (this.allowed || []).join(','),
       this._lacking().join(','), this.getToken ? 'getToken' : ''].join(' '));
     var link = share === 'leader' ? null : workerLink(this, key);
     if (link) {
@@ -1722,7 +1725,7 @@
   }
 
   /** The options a hub's connection takes from the first tab that joins it. */
-  var SHARED_OPTIONS = ['token', 'transports', 'timeouts', 'probeIntervalMs', 'minBackoffMs',
+  var SHARED_OPTIONS = ['token', 'query', 'transports', 'timeouts', 'probeIntervalMs', 'minBackoffMs',
     'maxBackoffMs', 'remember', 'raceDelayMs'];
 
   /**

@@ -11,6 +11,7 @@ const client: Cascade.Client = Cascade.connect('', {
   channels: ['chat'],
   transports: ['sse', 'longpoll'],
   timeouts: { sse: 1000, token: 5000 },
+  query: { name: 'alice' },
   getToken: (done) => done(null, 'a.b.c'),
 });
 
