@@ -1,6 +1,6 @@
 //! The Redis engine: many gateway nodes, one bus, no sticky sessions.
 //!
-//! The data layout and the scripts are [`super::redis_script`]'s, shared with the cluster
+//! The data layout and the scripts are `redis_script`'s, shared with the cluster
 //! engine; live messages are announced on `P:live:C` (or on shard channels). Each
 //! node subscribes only to the channels its own clients follow and hands every announced
 //! message to its hub once, whatever its number of local subscribers.

@@ -11,7 +11,7 @@
 //! `sunsubscribe` push) when their slot moves away or its master steps down, and a lost
 //! connection takes them along. The listener subscribes such channels again wherever
 //! their slot now lives, and after every resubscription it checks the channel's history
-//! against the last message it handed out (see `VERIFY` in [`super::redis_script`]):
+//! against the last message it handed out (see `VERIFY` in `redis_script`):
 //! if a promoted replica lacks writes readers already have, the channel starts a new
 //! epoch, so they get an explicit gap rather than a reused offset. It then re-announces
 //! the last retained message, so subscribers notice anything missed meanwhile and fill it
