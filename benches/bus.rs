@@ -54,6 +54,7 @@ fn memory_bus() -> Bus {
         BusConfig {
             subscriber_queue: 1024,
             history_limit: 1000,
+            presence: Default::default(),
         },
     )
 }

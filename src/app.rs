@@ -11,7 +11,7 @@ use crate::auth::Auth;
 use crate::bus::memory::MemoryEngine;
 use crate::bus::redis::{RedisEngine, RedisSettings};
 use crate::bus::redis_cluster::{RedisClusterEngine, RedisClusterSettings};
-use crate::bus::{Bus, BusConfig, Engine, Hub, Retention, RetentionPolicy};
+use crate::bus::{Bus, BusConfig, Engine, Hub, PresencePolicy, Retention, RetentionPolicy};
 use crate::config::{Config, EngineKind};
 use crate::error::ConfigError;
 use crate::forwarded::TrustedProxies;
@@ -88,6 +88,7 @@ impl App {
             BusConfig {
                 subscriber_queue: config.limits.subscriber_queue,
                 history_limit,
+                presence: presence_policy(&config),
             },
         );
         let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
@@ -105,6 +106,10 @@ impl App {
             hooks.start();
         }
         let sessions = Sessions::from_config(&config)?;
+        let shutdown = Shutdown::default();
+        if bus.keeps_presence() {
+            tokio::spawn(expire_presence(bus.clone(), shutdown.clone()));
+        }
         Ok(Arc::new(App {
             hooks,
             sessions,
@@ -113,7 +118,7 @@ impl App {
             auth,
             connections,
             metrics,
-            shutdown: Shutdown::default(),
+            shutdown,
             streams: TaskTracker::new(),
         }))
     }
@@ -148,6 +153,29 @@ impl Shutdown {
     /// Resolves once the drain starts.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.token.cancelled()
+    }
+}
+
+/// Which channels keep presence and announce joins and leaves: per namespace.
+fn presence_policy(config: &Config) -> PresencePolicy {
+    let flags = |ns: &crate::auth::rules::NamespaceConfig| (ns.presence, ns.join_leave);
+    PresencePolicy {
+        default: flags(&config.channels),
+        namespaces: (config.namespaces.iter())
+            .map(|(name, ns)| (name.clone(), flags(ns)))
+            .collect(),
+    }
+}
+
+/// Every few seconds, the polling clients that stopped polling leave presence.
+async fn expire_presence(bus: Bus, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => bus.expire_presence().await,
+        }
     }
 }
 

@@ -321,6 +321,8 @@ impl Default for Config {
                 publish: PublishRule::Token,
                 history_max_messages: None,
                 history_max_age_ms: None,
+                presence: false,
+                join_leave: false,
             },
             namespaces: default_namespaces(),
             hooks: HooksConfig::default(),

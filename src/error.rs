@@ -68,6 +68,13 @@ pub enum Error {
     /// A message payload over the configured limit.
     #[error("message data larger than {0} bytes")]
     MessageTooLarge(usize),
+    /// A client's publish that names its own `from`: the gateway alone sets the sender.
+    #[error("from is set by the gateway; a publish may not carry it")]
+    FromNotAllowed,
+    /// The session was ended by the application's backend (`POST /disconnect`): the
+    /// client must not reconnect with the same credentials.
+    #[error("disconnected by the server")]
+    Disconnected,
     /// A request that breaks HTTP's own rules (a missing or repeated `Host`, a malformed
     /// WebSocket handshake).
     #[error("bad request: {0}")]
@@ -167,6 +174,8 @@ impl Error {
             Error::BodyTooLarge(_) => "body_too_large",
             Error::MessageTooLarge(_) => "message_too_large",
             Error::BadRequest(_) => "bad_request",
+            Error::FromNotAllowed => "from_not_allowed",
+            Error::Disconnected => "disconnected",
             Error::UpgradeRequired(_) => "upgrade_required",
             Error::TokenInvalid(_) => "token_invalid",
             Error::TokenExpired => "token_expired",
@@ -198,7 +207,9 @@ impl Error {
             | Error::BadParam { .. }
             | Error::BadJson(_)
             | Error::BadFrame(_)
-            | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            | Error::BadRequest(_)
+            | Error::FromNotAllowed => StatusCode::BAD_REQUEST,
+            Error::Disconnected => StatusCode::FORBIDDEN,
             Error::BodyTooLarge(_) | Error::MessageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             Error::TokenInvalid(_) | Error::TokenExpired => StatusCode::UNAUTHORIZED,

@@ -188,7 +188,12 @@ fn client_frames() {
             (Frame::Unsubscribe(c), ClientFrame::Unsubscribe { channels }) => {
                 prop_assert_eq!(c, channels);
             }
-            (Frame::Publish(c, d, i), ClientFrame::Publish { channel, data, id }) => {
+            (
+                Frame::Publish(c, d, i),
+                ClientFrame::Publish {
+                    channel, data, id, ..
+                },
+            ) => {
                 prop_assert_eq!(c, channel);
                 prop_assert_eq!(d.to_string(), data.get());
                 prop_assert_eq!(i, id);

@@ -54,6 +54,13 @@ pub struct NamespaceConfig {
     /// Retention age in milliseconds, overriding `history.max_age_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_max_age_ms: Option<u64>,
+    /// Whether its channels keep presence (`GET /presence`, the `presence` frame).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
+    /// Whether its channels announce joins and leaves to their subscribers (with
+    /// `presence`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join_leave: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -63,6 +70,8 @@ impl Default for NamespaceConfig {
             publish: PublishRule::Token,
             history_max_messages: None,
             history_max_age_ms: None,
+            presence: false,
+            join_leave: false,
         }
     }
 }
@@ -79,6 +88,8 @@ pub fn default_namespaces() -> BTreeMap<String, NamespaceConfig> {
             publish: PublishRule::Token,
             history_max_messages: None,
             history_max_age_ms: None,
+            presence: false,
+            join_leave: false,
         },
     )])
 }
@@ -206,6 +217,8 @@ mod tests {
             publish,
             history_max_messages: None,
             history_max_age_ms: None,
+            presence: false,
+            join_leave: false,
         }
     }
 

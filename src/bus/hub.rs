@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use super::Map;
 use super::inbox::{Pushed, Subscriber};
+use super::presence::Roster;
+use super::users::Users;
 use crate::protocol::{Channel, Message};
 use crate::sync::UnpoisonedRw;
 
@@ -44,6 +46,10 @@ pub struct Hub {
     clock: Instant,
     /// What an express write has cost lately, in nanoseconds (a moving average).
     write_ns: AtomicU64,
+    /// This node's clients in channels that keep presence.
+    roster: Roster,
+    /// This node's streams by user, for the server API's commands.
+    users: Users,
 }
 
 impl Default for Hub {
@@ -60,6 +66,8 @@ impl Hub {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             clock: Instant::now(),
             write_ns: AtomicU64::new(0),
+            roster: Roster::default(),
+            users: Users::default(),
         }
     }
 
@@ -83,7 +91,11 @@ impl Hub {
         let start = self.now_ns();
         let last = subscribers.last_walk.swap(start, Ordering::Relaxed);
         let walk = subscribers.by_id.len() as u64 * self.write_ns.load(Ordering::Relaxed);
-        let express = last == 0 || walk.saturating_mul(EXPRESS_SHARE) <= start.saturating_sub(last);
+        // A message that leaves a client out goes through the queues, where each
+        // subscription knows whether it is that client (see `Subscription::set_client`).
+        let express = (last == 0
+            || walk.saturating_mul(EXPRESS_SHARE) <= start.saturating_sub(last))
+            && !message.excludes_anyone();
         let (mut delivered, mut written) = (0, 0);
         let mut hand = |subscriber: &Subscriber| match subscriber.push(message, express) {
             Pushed::Queued => delivered += 1,
@@ -169,6 +181,16 @@ impl Hub {
     pub fn has_subscribers(&self, channel: &Channel) -> bool {
         let shard = self.shard(channel).reading();
         shard.contains_key(channel)
+    }
+
+    /// This node's streams by user, for the server API's commands.
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    /// This node's clients in channels that keep presence.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
     }
 
     /// Number of channels with at least one local subscriber.

@@ -19,6 +19,7 @@ use std::task::{Poll, Waker};
 
 use tokio_util::sync::CancellationToken;
 
+use super::control::Member;
 use super::express::{CursorAfter, Express, Written};
 use crate::protocol::{Channel, Fit, Message, Position};
 use crate::sync::Unpoisoned;
@@ -39,7 +40,11 @@ pub(super) struct Subscriber {
 
 struct Shared {
     state: Mutex<State>,
-    capacity: usize,
+    /// 32 bits leave room for `client` within the allocation size step.
+    capacity: u32,
+    /// The client session the subscription is, if any (see `Subscription::set_client`);
+    /// here rather than in the subscription, which every open WebSocket keeps inline.
+    client: Option<Arc<Member>>,
     /// Set when the inbox overflowed.
     cut: AtomicBool,
     /// Cancelled with `cut`, for a transport that must drop its connection at once. A
@@ -59,6 +64,8 @@ struct Shared {
 const MOVED: u8 = 1;
 /// `Shared::news`: the queue's front message was written in part.
 const WRITTEN: u8 = 2;
+/// `Shared::news`: a server command waits for the subscription (see `bus::control`).
+const COMMAND: u8 = 4;
 
 struct State {
     queue: VecDeque<Arc<Message>>,
@@ -182,13 +189,31 @@ impl Inbox {
         Inbox {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
-                capacity: capacity.max(1),
+                capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
+                client: None,
                 cut: AtomicBool::new(false),
                 cut_token: cut,
                 closed: AtomicBool::new(false),
                 news: AtomicU8::new(0),
             }),
         }
+    }
+
+    /// Makes the inbox client session `client`'s; false (and nothing changed) once the
+    /// hub or an express lane holds the inbox: it must be set first.
+    pub(super) fn set_client(&mut self, client: Option<Arc<Member>>) -> bool {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => {
+                shared.client = client;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The client session the inbox is, if any.
+    pub(super) fn client(&self) -> Option<&Arc<Member>> {
+        self.shared.client.as_ref()
     }
 
     /// A handle for the hub.
@@ -330,16 +355,25 @@ impl Inbox {
         message
     }
 
-    /// The oldest message, waiting for one. Cancel-safe: nothing is taken unless it is
-    /// returned.
-    pub(super) async fn pop(&self) -> Arc<Message> {
+    /// Whether a server command waits, clearing the flag.
+    pub(super) fn take_command(&self) -> bool {
+        self.shared.news.load(Ordering::Acquire) & COMMAND != 0
+            && self.shared.news.fetch_and(!COMMAND, Ordering::AcqRel) & COMMAND != 0
+    }
+
+    /// The oldest message, waiting for one; `None` when a server command waits instead.
+    /// Cancel-safe: nothing is taken unless it is returned.
+    pub(super) async fn pop(&self) -> Option<Arc<Message>> {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if let Some(message) = state.queue.pop_front() {
                 if state.queue.is_empty() {
                     state.queue.shrink_to(KEEP_CAPACITY);
                 }
-                return Poll::Ready(message);
+                return Poll::Ready(Some(message));
+            }
+            if self.shared.news.load(Ordering::Acquire) & COMMAND != 0 {
+                return Poll::Ready(None);
             }
             match &state.waker {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -414,7 +448,7 @@ impl Subscriber {
                     }
                 }
             }
-            if state.queue.len() >= self.shared.capacity {
+            if state.queue.len() >= self.shared.capacity as usize {
                 return Pushed::Full;
             }
             state.queue.push_back(message.clone());
@@ -428,6 +462,17 @@ impl Subscriber {
     }
 
     /// Wakes the subscription if it waits, with nothing new to take.
+    /// The client session the subscriber is, if any.
+    pub(super) fn client(&self) -> Option<&Arc<Member>> {
+        self.shared.client.as_ref()
+    }
+
+    /// Tells the subscription a server command waits: its wait for a message ends.
+    pub(super) fn command_waiting(&self) {
+        self.shared.news.fetch_or(COMMAND, Ordering::Release);
+        self.wake();
+    }
+
     pub(super) fn wake(&self) {
         let waker = self.shared.lock().waker.take();
         if let Some(waker) = waker {
@@ -777,7 +822,7 @@ mod tests {
         assert!(pop.as_mut().poll(&mut cx).is_pending(), "nothing to take");
         assert_eq!(hub.push(&message(9), true), Pushed::Queued);
         assert_eq!(woken.load(Ordering::SeqCst), 2);
-        assert!(matches!(pop.as_mut().poll(&mut cx), Poll::Ready(m) if m.offset == 9));
+        assert!(matches!(pop.as_mut().poll(&mut cx), Poll::Ready(Some(m)) if m.offset == 9));
     }
 
     fn counting_waker(count: Arc<std::sync::atomic::AtomicUsize>) -> Waker {
@@ -796,7 +841,7 @@ mod tests {
         let hub = inbox.subscriber();
         let waiter = tokio::spawn({
             let inbox = inbox.clone();
-            async move { inbox.pop().await.offset }
+            async move { inbox.pop().await.map(|m| m.offset) }
         });
         tokio::task::yield_now().await;
         assert_eq!(hub.push(&message(7), true), Pushed::Queued);
@@ -804,6 +849,6 @@ mod tests {
             .await
             .expect("woken")
             .expect("task");
-        assert_eq!(offset, 7);
+        assert_eq!(offset, Some(7));
     }
 }

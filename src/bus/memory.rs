@@ -9,11 +9,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 pub use super::Retention;
+use super::control::Command;
 use super::{Engine, History, Hub, Map, Reply, RetentionPolicy, now, now_ms};
-use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+use crate::protocol::{Channel, Epoch, Gap, Message, Position, Publication};
 use crate::sync::Unpoisoned;
 
 /// The in-memory engine.
@@ -152,18 +151,18 @@ impl MemoryEngine {
         self.channels.locked().len()
     }
 
-    fn publish_now(&self, channel: &Channel, data: &[u8]) -> Arc<Message> {
+    fn publish_now(&self, channel: &Channel, publication: &Publication) -> Arc<Message> {
         let log = self.log(channel);
         let mut log = log.locked();
         let now = Instant::now();
         log.head += 1;
         log.touched = now;
-        let message = Arc::new(Message::new(
+        let message = Arc::new(Message::published(
             channel.clone(),
             log.epoch.clone(),
             log.head,
             now_ms(),
-            data,
+            publication,
         ));
         log.messages.push_back((now, message.clone()));
         log.trim(now);
@@ -195,8 +194,13 @@ async fn sweep_forever(engine: Weak<MemoryEngine>, every: Duration) {
 }
 
 impl Engine for MemoryEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
-        now(Ok(self.publish_now(channel, &data)))
+    fn command<'a>(&'a self, command: &'a Command) -> Reply<'a, ()> {
+        self.hub.users().apply(command);
+        now(Ok(()))
+    }
+
+    fn publish(&self, channel: &Channel, publication: Publication) -> Reply<'_, Arc<Message>> {
+        now(Ok(self.publish_now(channel, &publication)))
     }
 
     fn history<'a>(

@@ -5,16 +5,19 @@
 //! they never see HTTP. The hub and the subscription's history/live seam are shared by
 //! every engine, so the hardest part of the product has one tested implementation.
 
+pub mod control;
 mod express;
 mod hub;
 mod inbox;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 pub mod redis_cluster;
 mod redis_script;
 mod subscription;
 #[cfg(test)]
 mod tests;
+pub mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,11 +27,12 @@ use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
+use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position, Publication};
 
 pub use express::{CursorAfter, Express, Written};
 pub use hub::Hub;
 pub use inbox::ExpressSwitch;
+pub use presence::{PresencePolicy, Present};
 
 /// What an [`Engine`] call returns: its answer at once, as the embedded engine always
 /// has it, with no allocation; or a boxed future, for an engine that waits on a network.
@@ -57,8 +61,10 @@ pub use subscription::{Closed, Event, Subscription};
 /// Live delivery: an engine calls [`Hub::deliver`] for every message, in offset order per
 /// channel, on every node that [`Engine::watch`]es the channel.
 pub trait Engine: Send + Sync + 'static {
-    /// Appends compact JSON `data` to the channel's history, delivers it live, and returns it.
-    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>>;
+    /// Appends the publication to the channel's history, delivers it live, and returns it.
+    /// An engine that stores bytes keeps [`Message::stored_prefix`]'s form, so that the
+    /// sender and the excluded client travel to every node and into history.
+    fn publish(&self, channel: &Channel, publication: Publication) -> Reply<'_, Arc<Message>>;
 
     /// Reads up to `limit` retained messages after `from`; with `from` = `None`, only the
     /// current epoch and head ("from now on").
@@ -78,6 +84,29 @@ pub trait Engine: Send + Sync + 'static {
     /// Records `key` for `ttl` unless it is already recorded; true when this call
     /// recorded it. Makes connect tickets single-use across every node of the engine.
     fn claim_once<'a>(&'a self, key: &'a str, ttl: std::time::Duration) -> Reply<'a, bool>;
+
+    /// Everyone present in `channel` on every node, given `here`, this node's. The
+    /// embedded engine is one node: `here` is everyone.
+    fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
+        let _ = channel;
+        now(Ok(here))
+    }
+
+    /// Carries a server command to every node, this one included, which applies it
+    /// ([`users::Users::apply`]) to the user's sessions there.
+    fn command<'a>(&'a self, command: &'a control::Command) -> Reply<'a, ()>;
+
+    /// Tells the other nodes that `present` came to (`joined`) or left `channel` here;
+    /// resolves once they can see it.
+    fn presence_changed(
+        &self,
+        channel: &Channel,
+        present: &Present,
+        joined: bool,
+    ) -> Reply<'_, ()> {
+        let _ = (channel, present, joined);
+        now(Ok(()))
+    }
 
     /// Whether the engine currently answers (always, for an embedded one).
     fn is_up(&self) -> bool {
@@ -160,6 +189,8 @@ pub struct BusConfig {
     pub subscriber_queue: usize,
     /// Most messages one history read returns.
     pub history_limit: usize,
+    /// Which channels keep presence and announce joins and leaves.
+    pub presence: PresencePolicy,
 }
 
 /// The bus handle that transports hold: cheap to clone.
@@ -188,9 +219,18 @@ impl Bus {
         }
     }
 
-    /// Publishes compact JSON `data` to `channel`.
+    /// Publishes compact JSON `data` to `channel`, as a backend does.
     pub async fn publish(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
-        self.inner.engine.publish(channel, data).await
+        self.publish_as(channel, Publication::data(data)).await
+    }
+
+    /// Publishes a publication: with a sender, or leaving a client out.
+    pub async fn publish_as(
+        &self,
+        channel: &Channel,
+        publication: Publication,
+    ) -> Result<Arc<Message>> {
+        self.inner.engine.publish(channel, publication).await
     }
 
     /// An empty live subscription; add channels with [`Subscription::add`].
@@ -226,14 +266,108 @@ impl Bus {
         self.inner.hub.wake_all();
     }
 
+    /// Carries a server command to the user's sessions on every node.
+    pub async fn command(&self, command: &control::Command) -> Result<()> {
+        self.inner.engine.command(command).await
+    }
+
+    /// What a poll of `user` must apply of the server's recent commands.
+    pub fn recent_commands(&self, user: &str) -> users::Pending {
+        self.inner.hub.users().recent(user)
+    }
+
+    fn users(&self) -> &users::Users {
+        self.inner.hub.users()
+    }
+
+    /// Who is present in `channel`, on every node.
+    pub async fn presence(&self, channel: &Channel) -> Result<Vec<Present>> {
+        let here = self.inner.hub.roster().list(channel);
+        self.inner.engine.presence(channel, here).await
+    }
+
+    /// Whether some channel keeps presence: else nothing of presence runs or costs.
+    pub fn keeps_presence(&self) -> bool {
+        self.inner.config.presence.any()
+    }
+
+    /// Whether `channel` keeps presence.
+    pub fn tracks_presence(&self, channel: &Channel) -> bool {
+        self.inner.config.presence.tracks(channel)
+    }
+
+    /// Makes a polling client present in the channels of `cursor` that keep presence,
+    /// for [`presence::POLL_PRESENCE`] from now.
+    pub async fn polled(&self, cursor: &Cursor, present: &Arc<Present>) {
+        let until = std::time::Instant::now() + presence::POLL_PRESENCE;
+        for (channel, _) in &cursor.entries {
+            if self.tracks_presence(channel) {
+                let new = self.inner.hub.roster().join(channel, present, Some(until));
+                if new {
+                    self.changed(channel, present, true).await;
+                }
+            }
+        }
+    }
+
+    /// A stream of `present` now follows `channel`.
+    async fn joined(&self, channel: &Channel, present: &Arc<Present>) {
+        if self.tracks_presence(channel) && self.inner.hub.roster().join(channel, present, None) {
+            self.changed(channel, present, true).await;
+        }
+    }
+
+    /// A stream of `present` no longer follows `channel`; announced in the background, as
+    /// a subscription's end cannot wait.
+    fn left(&self, channel: &Channel, present: &Arc<Present>) {
+        if self.tracks_presence(channel) && self.inner.hub.roster().leave(channel, &present.client)
+        {
+            let (bus, channel, present) = (self.clone(), channel.clone(), present.clone());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { bus.changed(&channel, &present, false).await });
+            }
+        }
+    }
+
+    /// Polling clients that stopped polling leave; run every few seconds while some
+    /// channel keeps presence.
+    pub async fn expire_presence(&self) {
+        for (channel, present) in self.inner.hub.roster().expire(std::time::Instant::now()) {
+            self.changed(&channel, &present, false).await;
+        }
+    }
+
+    /// Tells the engine and, where the namespace asks, the channel's subscribers.
+    async fn changed(&self, channel: &Channel, present: &Present, joined: bool) {
+        if let Err(err) = self
+            .inner
+            .engine
+            .presence_changed(channel, present, joined)
+            .await
+        {
+            tracing::debug!(%channel, %err, "presence change not shared; the heartbeat retries");
+        }
+        if self.inner.config.presence.announces(channel) {
+            let publication = presence::announcement(present, joined);
+            if let Err(err) = self.publish_as(channel, publication).await {
+                tracing::warn!(%channel, %err, "presence event not published");
+            }
+        }
+    }
+
     /// Channels with at least one subscriber on this node.
     pub fn active_channels(&self) -> usize {
         self.inner.hub.channel_count()
     }
 
     /// A one-shot read for polling clients: everything after each position in `cursor`,
-    /// without registering for live messages. Returns the events and the advanced cursor.
-    pub async fn catch_up(&self, cursor: &Cursor) -> Result<(Vec<Event>, Cursor)> {
+    /// without registering for live messages. Returns the events and the advanced cursor;
+    /// a message that excludes `client` is left out, the cursor moving past it all the same.
+    pub async fn catch_up(
+        &self,
+        cursor: &Cursor,
+        client: Option<&str>,
+    ) -> Result<(Vec<Event>, Cursor)> {
         let mut events = Vec::new();
         let mut next = Cursor {
             entries: Vec::with_capacity(cursor.entries.len()),
@@ -241,6 +375,9 @@ impl Bus {
         for (channel, from) in &cursor.entries {
             let (_, end) = self.read_into(channel, from.as_ref(), &mut events).await?;
             next.entries.push((channel.clone(), Some(end)));
+        }
+        if let Some(client) = client {
+            events.retain(|event| !matches!(event, Event::Message(m) if m.excludes(client)));
         }
         Ok((events, next))
     }

@@ -1,7 +1,13 @@
 //! The Redis engine: many gateway nodes, one bus, no sticky sessions.
 //!
 //! The data layout and the scripts are `redis_script`'s, shared with the cluster
-//! engine; live messages are announced on `P:live:C` (or on shard channels). Each
+//! engine; live messages are announced on `P:live:C` (or on shard channels). Besides:
+//! - `P:control`, the pub/sub channel of the server API's commands, which every node
+//!   follows (see [`super::control`]).
+//! - `P:{C}:presence`, a sorted set of the clients present in `C` on every node (see
+//!   [`presence`]): a dead node's vanish within [`PRESENCE_TTL`].
+//!
+//! Each
 //! node subscribes only to the channels its own clients follow and hands every announced
 //! message to its hub once, whatever its number of local subscribers.
 //!
@@ -24,10 +30,17 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Value};
 use tokio::sync::{mpsc, watch};
 
+pub(super) mod presence;
+pub(super) mod topics;
+
+pub use presence::{PRESENCE_HEARTBEAT, PRESENCE_TTL};
+use topics::Topics;
+
+use super::control::Command;
 use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, log_key, unavailable};
-use super::{Engine, History, Hub, Reply, RetentionPolicy, later};
+use super::{Engine, History, Hub, Present, Reply, RetentionPolicy, later};
 use crate::error::{Error, Result};
-use crate::protocol::{Channel, Message, Position};
+use crate::protocol::{Channel, Message, Position, Publication};
 use crate::sync::Unpoisoned;
 
 /// Settings of the Redis engine.
@@ -42,41 +55,6 @@ pub struct RedisSettings {
     /// 0: each node subscribes to the channels its clients follow. N > 0: every message
     /// goes out on one of N shard channels and every node subscribes to all of them.
     pub shards: u32,
-}
-
-/// The pub/sub channel names live messages travel on.
-#[derive(Clone, Debug)]
-struct Topics {
-    prefix: String,
-    shards: u32,
-}
-
-impl Topics {
-    /// The pub/sub channel of `channel`'s messages.
-    fn of(&self, channel: &Channel) -> String {
-        if self.shards == 0 {
-            return format!("{}:live:{channel}", self.prefix);
-        }
-        // FNV-1a: stable across nodes and versions, unlike the std hasher.
-        let hash = channel
-            .as_str()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        format!("{}:shard:{}", self.prefix, hash % u64::from(self.shards))
-    }
-
-    /// The fixed set of shard channels (none without sharding).
-    fn fixed(&self) -> Vec<String> {
-        (0..self.shards)
-            .map(|n| format!("{}:shard:{n}", self.prefix))
-            .collect()
-    }
-
-    fn sharded(&self) -> bool {
-        self.shards > 0
-    }
 }
 
 /// Engine health and latency, exported by the gateway's metrics.
@@ -97,12 +75,14 @@ pub struct RedisEngine {
     connection: ConnectionManager,
     scripts: Scripts,
     watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<Watch>,
     up: Arc<AtomicBool>,
     metrics: EngineMetrics,
+    /// This node's presence changes, written in order by [`presence::keep`].
+    presence: mpsc::UnboundedSender<presence::Change>,
 }
 
-enum Command {
+enum Watch {
     Subscribe(Channel),
     Unsubscribe(Channel),
 }
@@ -125,6 +105,7 @@ impl RedisEngine {
         let connection =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         let (commands, receiver) = mpsc::unbounded_channel();
+        let (changes, changed) = mpsc::unbounded_channel();
         let topics = Topics {
             prefix: settings.prefix.clone(),
             shards: settings.shards,
@@ -138,7 +119,14 @@ impl RedisEngine {
             commands,
             up: Arc::new(AtomicBool::new(false)),
             metrics,
+            presence: changes,
         });
+        tokio::spawn(presence::keep(
+            engine.settings.prefix.clone(),
+            hub.clone(),
+            engine.connection.clone(),
+            changed,
+        ));
         let listener = Listener {
             client,
             hub,
@@ -175,10 +163,14 @@ impl RedisEngine {
         result
     }
 
-    async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
+    async fn publish_now(
+        &self,
+        channel: &Channel,
+        publication: Publication,
+    ) -> Result<Arc<Message>> {
         let invocation = self
             .scripts
-            .publish(channel, &data, self.topics.of(channel));
+            .publish(channel, &publication, self.topics.of(channel));
         let json = self
             .invoke(&invocation, &self.metrics.publish_seconds)
             .await?;
@@ -206,7 +198,7 @@ impl RedisEngine {
                 None => {
                     let (sender, receiver) = watch::channel(false);
                     watched.insert(channel.clone(), sender);
-                    let _ = self.commands.send(Command::Subscribe(channel.clone()));
+                    let _ = self.commands.send(Watch::Subscribe(channel.clone()));
                     receiver
                 }
             }
@@ -221,9 +213,9 @@ impl RedisEngine {
 }
 
 impl Engine for RedisEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
+    fn publish(&self, channel: &Channel, publication: Publication) -> Reply<'_, Arc<Message>> {
         let channel = channel.clone();
-        later(async move { self.publish_now(&channel, data).await })
+        later(async move { self.publish_now(&channel, publication).await })
     }
 
     fn history<'a>(
@@ -242,7 +234,7 @@ impl Engine for RedisEngine {
     fn unwatch(&self, channel: &Channel) {
         let removed = self.watched.locked().remove(channel).is_some();
         if removed {
-            let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
+            let _ = self.commands.send(Watch::Unsubscribe(channel.clone()));
         }
     }
 
@@ -260,6 +252,39 @@ impl Engine for RedisEngine {
                 .map_err(unavailable)?;
             Ok(reply.is_some())
         })
+    }
+
+    fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
+        let connection = self.connection.clone();
+        later(presence::read(
+            &self.settings.prefix,
+            connection,
+            channel,
+            here,
+        ))
+    }
+
+    fn presence_changed(
+        &self,
+        channel: &Channel,
+        present: &Present,
+        joined: bool,
+    ) -> Reply<'_, ()> {
+        let (change, written) = presence::Change::new(channel, present, joined);
+        let _ = self.presence.send(change);
+        later(async move {
+            match tokio::time::timeout(COMMAND_TIMEOUT, written).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Error::EngineUnavailable(
+                    "presence not written to redis".into(),
+                )),
+            }
+        })
+    }
+
+    fn command<'a>(&'a self, command: &'a Command) -> Reply<'a, ()> {
+        let topic = self.topics.control();
+        later(topics::announce(self.connection.clone(), topic, command))
     }
 
     fn is_up(&self) -> bool {
@@ -285,7 +310,8 @@ struct Listener {
 }
 
 impl Listener {
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Watch>) {
+        let control = self.topics.control();
         let mut backoff = Duration::from_millis(50);
         let mut reconnecting = false;
         loop {
@@ -316,7 +342,11 @@ impl Listener {
             let names: Vec<String> = if self.topics.sharded() {
                 self.topics.fixed()
             } else {
-                wanted.iter().map(|c| self.topics.of(c)).collect()
+                wanted
+                    .iter()
+                    .map(|c| self.topics.of(c))
+                    .chain(self.topics.fixed())
+                    .collect()
             };
             if !names.is_empty() && sink.subscribe(&names).await.is_err() {
                 continue;
@@ -339,8 +369,15 @@ impl Listener {
                     }
                     message = stream.next() => {
                         let Some(message) = message else { break };
+                        if message.get_channel_name() == control {
+                            match serde_json::from_slice::<Command>(message.get_payload_bytes()) {
+                                Ok(command) => self.hub.users().apply(&command),
+                                Err(_) => tracing::warn!("malformed command on redis pub/sub"),
+                            }
+                            continue;
+                        }
                         let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                        match Message::from_json(payload) {
+                        match Message::from_stored(payload) {
                             Some(message) => {
                                 self.hub.deliver(&Arc::new(message));
                             }
@@ -360,20 +397,20 @@ impl Listener {
         &self,
         sink: &mut redis::aio::PubSubSink,
         subscribed: &mut HashSet<Channel>,
-        command: Command,
+        command: Watch,
     ) -> redis::RedisResult<()> {
         // With shards the connection already follows every shard: nothing changes in
         // Redis, but a subscriber still waits for its watch to be applied.
         let sharded = self.topics.sharded();
         match command {
-            Command::Subscribe(channel) => {
+            Watch::Subscribe(channel) => {
                 if !sharded && !subscribed.contains(&channel) {
                     sink.subscribe(self.topics.of(&channel)).await?;
                     subscribed.insert(channel.clone());
                 }
                 self.mark_ready(std::slice::from_ref(&channel));
             }
-            Command::Unsubscribe(channel) => {
+            Watch::Unsubscribe(channel) => {
                 if !sharded && !self.is_wanted(&channel) && subscribed.remove(&channel) {
                     sink.unsubscribe(self.topics.of(&channel)).await?;
                 }
@@ -416,7 +453,7 @@ impl Listener {
                 .query_async(&mut connection)
                 .await;
             if let Ok(Value::BulkString(json)) = last {
-                if let Some(message) = Message::from_json(Bytes::from(json)) {
+                if let Some(message) = Message::from_stored(Bytes::from(json)) {
                     self.hub.deliver(&Arc::new(message));
                 }
             }

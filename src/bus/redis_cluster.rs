@@ -19,25 +19,36 @@
 //!
 //! A publish is acknowledged once `WAIT` reports it on `min_replicas` replicas, so that
 //! the replica promoted after a master dies holds every acknowledged message.
+//!
+//! The server API's commands travel on `P:control` with plain `PUBLISH`, which a cluster
+//! broadcasts to every node, so each gateway node follows it with one plain `SUBSCRIBE`
+//! (the cluster client subscribes it again after a reconnect). Presence uses the Redis
+//! engine's sorted sets (see [`super::redis`]); their keys carry the channel's hash tag,
+//! so each set lives in its channel's slot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::{Histogram, IntGauge};
+use prometheus::Histogram;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::redis::EngineMetrics;
+mod shared;
+
+use shared::{Shared, Watch, channel_of, control_topic, keep_presence, topic};
+
+use super::control::Command;
+use super::redis::{EngineMetrics, presence, topics};
 use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, unavailable};
-use super::{Engine, History, Hub, Reply, RetentionPolicy, later};
+use super::{Engine, History, Hub, Present, Reply, RetentionPolicy, later};
 use crate::error::{Error, Result};
-use crate::protocol::{Channel, Message, Position};
+use crate::protocol::{Channel, Message, Position, Publication};
 use crate::sync::Unpoisoned;
 
 /// Settings of the Redis Cluster engine.
@@ -65,48 +76,10 @@ pub struct RedisClusterEngine {
     scripts: Arc<Scripts>,
     connection: watch::Receiver<Option<ClusterConnection>>,
     shared: Arc<Shared>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<Watch>,
     metrics: EngineMetrics,
-}
-
-/// What the engine and its listener both hold.
-struct Shared {
-    watched: Mutex<HashMap<Channel, watch::Sender<bool>>>,
-    /// The last message of each watched channel this node saw, checked against the
-    /// history after a resubscription.
-    last: Mutex<HashMap<Channel, Arc<Message>>>,
-    up: AtomicBool,
-    gauge: IntGauge,
-}
-
-impl Shared {
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
-        self.gauge.set(i64::from(up));
-    }
-
-    fn is_wanted(&self, channel: &Channel) -> bool {
-        self.watched.locked().contains_key(channel)
-    }
-
-    /// Remembers `message` as the newest of its channel this node has seen.
-    fn saw(&self, message: &Arc<Message>) {
-        if !self.is_wanted(&message.channel) {
-            return;
-        }
-        let mut last = self.last.locked();
-        match last.get(&message.channel) {
-            Some(known) if known.epoch == message.epoch && known.offset >= message.offset => {}
-            _ => {
-                last.insert(message.channel.clone(), message.clone());
-            }
-        }
-    }
-}
-
-enum Command {
-    Subscribe(Channel),
-    Unsubscribe(Channel),
+    /// This node's presence changes, written in order by [`presence::keep`].
+    presence: mpsc::UnboundedSender<presence::Change>,
 }
 
 impl RedisClusterEngine {
@@ -140,6 +113,13 @@ impl RedisClusterEngine {
             settings.retention.clone(),
             "SPUBLISH",
         ));
+        let (changes, changed) = mpsc::unbounded_channel();
+        tokio::spawn(keep_presence(
+            settings.prefix.clone(),
+            hub.clone(),
+            connection.clone(),
+            changed,
+        ));
         let listener = Listener {
             hub,
             scripts: scripts.clone(),
@@ -155,6 +135,7 @@ impl RedisClusterEngine {
             shared,
             commands,
             metrics,
+            presence: changes,
         }))
     }
 
@@ -173,13 +154,17 @@ impl RedisClusterEngine {
         }
     }
 
-    async fn publish_now(&self, channel: &Channel, data: Bytes) -> Result<Arc<Message>> {
+    async fn publish_now(
+        &self,
+        channel: &Channel,
+        publication: Publication,
+    ) -> Result<Arc<Message>> {
         let started = Instant::now();
         let result = async {
             let mut connection = self.connection()?;
             let invocation =
                 self.scripts
-                    .publish(channel, &data, topic(self.scripts.prefix(), channel));
+                    .publish(channel, &publication, topic(self.scripts.prefix(), channel));
             let json = redis_script::invoke(&invocation, &mut connection).await?;
             self.replicated(&mut connection, channel).await?;
             redis_script::published(json)
@@ -254,7 +239,7 @@ impl RedisClusterEngine {
                 None => {
                     let (sender, receiver) = watch::channel(false);
                     watched.insert(channel.clone(), sender);
-                    let _ = self.commands.send(Command::Subscribe(channel.clone()));
+                    let _ = self.commands.send(Watch::Subscribe(channel.clone()));
                     receiver
                 }
             }
@@ -268,25 +253,10 @@ impl RedisClusterEngine {
     }
 }
 
-/// The shard channel of `channel`'s live messages, in the slot of its keys.
-fn topic(prefix: &str, channel: &Channel) -> String {
-    format!("{prefix}:{{{channel}}}:live")
-}
-
-/// The channel whose live messages travel on `topic`.
-fn channel_of(prefix: &str, topic: &[u8]) -> Option<Channel> {
-    let topic = std::str::from_utf8(topic).ok()?;
-    let name = topic
-        .strip_prefix(prefix)?
-        .strip_prefix(":{")?
-        .strip_suffix("}:live")?;
-    Channel::parse(name).ok()
-}
-
 impl Engine for RedisClusterEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
+    fn publish(&self, channel: &Channel, publication: Publication) -> Reply<'_, Arc<Message>> {
         let channel = channel.clone();
-        later(async move { self.publish_now(&channel, data).await })
+        later(async move { self.publish_now(&channel, publication).await })
     }
 
     fn history<'a>(
@@ -306,7 +276,7 @@ impl Engine for RedisClusterEngine {
         let removed = self.shared.watched.locked().remove(channel).is_some();
         if removed {
             self.shared.last.locked().remove(channel);
-            let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
+            let _ = self.commands.send(Watch::Unsubscribe(channel.clone()));
         }
     }
 
@@ -323,6 +293,39 @@ impl Engine for RedisClusterEngine {
                 .await
                 .map_err(unavailable)?;
             Ok(reply.is_some())
+        })
+    }
+
+    fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
+        later(async move {
+            let connection = self.connection()?;
+            presence::read(&self.settings.prefix, connection, channel, here).await
+        })
+    }
+
+    fn presence_changed(
+        &self,
+        channel: &Channel,
+        present: &Present,
+        joined: bool,
+    ) -> Reply<'_, ()> {
+        let (change, written) = presence::Change::new(channel, present, joined);
+        let _ = self.presence.send(change);
+        later(async move {
+            match tokio::time::timeout(COMMAND_TIMEOUT, written).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Error::EngineUnavailable(
+                    "presence not written to the redis cluster".into(),
+                )),
+            }
+        })
+    }
+
+    fn command<'a>(&'a self, command: &'a Command) -> Reply<'a, ()> {
+        later(async move {
+            let connection = self.connection()?;
+            let topic = control_topic(&self.settings.prefix);
+            topics::announce(connection, topic, command).await
         })
     }
 
@@ -353,7 +356,7 @@ impl Listener {
         mut self,
         client: redis::cluster::ClusterClient,
         connection_sender: watch::Sender<Option<ClusterConnection>>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::UnboundedReceiver<Watch>,
         mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     ) {
         let mut backoff = Duration::from_millis(50);
@@ -367,6 +370,15 @@ impl Listener {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         };
+        // The cluster client keeps this subscription across reconnects by itself.
+        let control = control_topic(self.scripts.prefix());
+        while !matches!(
+            tokio::time::timeout(COMMAND_TIMEOUT, connection.subscribe(&control)).await,
+            Ok(Ok(()))
+        ) {
+            tracing::debug!("could not subscribe to the control channel; retrying");
+            tokio::time::sleep(backoff).await;
+        }
         connection_sender.send_replace(Some(connection.clone()));
         self.shared.set_up(true);
         tracing::info!("redis cluster connected");
@@ -402,12 +414,12 @@ impl Listener {
 
     /// Brings the cluster in line with one watch change. The watched map is the truth:
     /// an unsubscribe for a channel watched again meanwhile is skipped.
-    async fn apply(&mut self, connection: &mut ClusterConnection, command: Command) {
+    async fn apply(&mut self, connection: &mut ClusterConnection, command: Watch) {
         match command {
-            Command::Subscribe(channel) => {
+            Watch::Subscribe(channel) => {
                 self.pending.insert(channel);
             }
-            Command::Unsubscribe(channel) => {
+            Watch::Unsubscribe(channel) => {
                 if self.shared.is_wanted(&channel) {
                     return;
                 }
@@ -476,13 +488,23 @@ impl Listener {
                 let Some(Value::BulkString(payload)) = push.data.get(1) else {
                     return;
                 };
-                match Message::from_json(Bytes::copy_from_slice(payload)) {
+                match Message::from_stored(Bytes::copy_from_slice(payload)) {
                     Some(message) => {
                         let message = Arc::new(message);
                         self.shared.saw(&message);
                         self.hub.deliver(&message);
                     }
                     None => tracing::warn!("malformed message on redis sharded pub/sub"),
+                }
+            }
+            // A server API command, from any node.
+            PushKind::Message => {
+                let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                    return;
+                };
+                match serde_json::from_slice::<Command>(payload) {
+                    Ok(command) => self.hub.users().apply(&command),
+                    Err(_) => tracing::warn!("malformed command on redis pub/sub"),
                 }
             }
             // The cluster dropped a subscription: its slot moved, or its master stepped
@@ -544,7 +566,7 @@ impl Listener {
         };
         match tail {
             Ok(Some(json)) => {
-                if let Some(message) = Message::from_json(Bytes::from(json)) {
+                if let Some(message) = Message::from_stored(Bytes::from(json)) {
                     let message = Arc::new(message);
                     self.shared.saw(&message);
                     self.hub.deliver(&message);

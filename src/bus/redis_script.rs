@@ -5,8 +5,13 @@
 //! Data layout, for prefix `P` and channel `C` (the hash tag `{C}` keeps a channel's keys,
 //! and its sharded pub/sub channel, in one cluster slot):
 //! - `P:{C}:meta`, a hash: `epoch` (the history's identity) and `head` (last offset).
-//! - `P:{C}:log`, a list of the retained message objects, oldest first. Offsets are
-//!   consecutive, so the message at offset `o` sits at index `o - first`.
+//! - `P:{C}:log`, a list of the retained messages, oldest first, each in
+//!   [`Message::stored_prefix`]'s form (the message object, led by the id of a client
+//!   left out of it). Offsets are consecutive, so the message at offset `o` sits at
+//!   index `o - first`.
+//!
+//! The publish script's ARGV[9] is the `from` head spliced into the object (empty for a
+//! server publish) and ARGV[10] the excluded client's prefix.
 //!
 //! Publishing is one script (offset, append, trim by count and age, expire, announce),
 //! so a publish is one round trip and atomic. A history read is one script too. When the
@@ -21,12 +26,13 @@ use redis::{Script, ScriptInvocation};
 
 use super::{History, RetentionPolicy, now_ms};
 use crate::error::{Error, Result};
-use crate::protocol::{Channel, Epoch, Gap, Message, Position};
+use crate::protocol::{Channel, Epoch, Gap, Message, Position, Publication};
 
 /// How long a command may take before the engine counts as unavailable.
 pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The publish script; `ANNOUNCE` is the command that announces the message live.
+/// The publish script; `ANNOUNCE` is the command that announces the message live, in the
+/// stored form.
 const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -35,8 +41,8 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'head', 1)
-local json = '{"channel":"' .. ARGV[1] .. '","epoch":"' .. epoch .. '","offset":' .. offset ..
-  ',"ts":' .. ARGV[3] .. ',"data":' .. ARGV[2] .. '}'
+local json = ARGV[10] .. '{"channel":"' .. ARGV[1] .. '","epoch":"' .. epoch .. '","offset":' ..
+  offset .. ',"ts":' .. ARGV[3] .. ARGV[9] .. ',"data":' .. ARGV[2] .. '}'
 redis.call('RPUSH', KEYS[2], json)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[5])
@@ -141,11 +147,11 @@ impl Scripts {
         )
     }
 
-    /// Appends `data` to `channel` and announces it on `topic`.
+    /// Appends `publication` to `channel` and announces it on `topic`.
     pub(super) fn publish(
         &self,
         channel: &Channel,
-        data: &[u8],
+        publication: &Publication,
         topic: String,
     ) -> ScriptInvocation<'_> {
         let (meta, log) = self.keys(channel);
@@ -154,13 +160,15 @@ impl Scripts {
         invocation
             .key(log)
             .arg(channel.as_str())
-            .arg(data)
+            .arg(&publication.data[..])
             .arg(now_ms())
             .arg(retention.max_messages)
             .arg(retention.max_age.as_millis() as u64)
             .arg(Epoch::random().as_str())
             .arg(topic)
-            .arg(idle_ttl_ms(retention.max_age));
+            .arg(idle_ttl_ms(retention.max_age))
+            .arg(&publication.head[..])
+            .arg(Message::stored_prefix(publication.exclude.as_deref()));
         invocation
     }
 
@@ -195,7 +203,7 @@ impl Scripts {
             .key(log)
             .arg(last.epoch.as_str())
             .arg(last.offset)
-            .arg(&last.json()[..])
+            .arg(stored(last))
             .arg(Epoch::random().as_str());
         invocation
     }
@@ -211,9 +219,18 @@ fn idle_ttl_ms(max_age: Duration) -> u64 {
     (max_age.as_millis() as u64).saturating_mul(2).max(1000)
 }
 
+/// `message` as the log keeps it (see [`Message::stored_prefix`]).
+fn stored(message: &Message) -> Vec<u8> {
+    let prefix = Message::stored_prefix(message.excluded());
+    let mut stored = Vec::with_capacity(prefix.len() + message.json().len());
+    stored.extend_from_slice(prefix.as_bytes());
+    stored.extend_from_slice(message.json());
+    stored
+}
+
 /// The message a publish script returned.
 pub(super) fn published(json: Vec<u8>) -> Result<Arc<Message>> {
-    Message::from_json(Bytes::from(json))
+    Message::from_stored(Bytes::from(json))
         .map(Arc::new)
         .ok_or_else(|| Error::Internal("redis returned a malformed message".into()))
 }
@@ -229,7 +246,7 @@ pub(super) fn history(channel: &Channel, raw: RawHistory) -> Result<History> {
     let head: u64 = head.parse().map_err(|_| malformed())?;
     let messages = raw
         .into_iter()
-        .map(|json| Message::from_json(Bytes::from(json)).map(Arc::new))
+        .map(|json| Message::from_stored(Bytes::from(json)).map(Arc::new))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(malformed)?;
     let gap = (gap == 1).then(|| Gap {

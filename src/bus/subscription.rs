@@ -14,6 +14,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
+mod client;
+
+use super::control::Control;
 use super::inbox::{ExpressSwitch, Inbox};
 use super::{Bus, Express};
 use crate::error::Result;
@@ -26,6 +29,9 @@ pub enum Event {
     Message(Arc<Message>),
     /// History was lost; the channel continues from `gap.first`.
     Gap(Gap),
+    /// A server command was applied (`POST /subscribe`, `/unsubscribe`, `/disconnect`):
+    /// the transport tells its client.
+    Control(Control),
 }
 
 /// Why a subscription ended on the bus side.
@@ -148,6 +154,9 @@ impl Subscription {
                         delivered: asked,
                     });
                     started.entries.push((channel.clone(), Some(start)));
+                    if let Some(present) = self.streaming() {
+                        self.bus.joined(channel, present).await;
+                    }
                 }
                 Err(err) => {
                     self.release(channel);
@@ -164,7 +173,7 @@ impl Subscription {
         for channel in channels {
             if let Some(index) = self.channels.iter().position(|f| f.channel == *channel) {
                 self.channels.remove(index);
-                self.release(channel);
+                self.unfollow(channel);
             }
         }
         let channels = &self.channels;
@@ -172,7 +181,16 @@ impl Subscription {
         self.pending.retain(|event| match event {
             Event::Message(m) => follows(&m.channel),
             Event::Gap(g) => follows(&g.channel),
+            Event::Control(_) => true,
         });
+    }
+
+    /// Stops following a channel it followed: it may leave the channel's presence.
+    fn unfollow(&self, channel: &Channel) {
+        if let Some(present) = self.streaming() {
+            self.bus.left(channel, present);
+        }
+        self.release(channel);
     }
 
     fn release(&self, channel: &Channel) {
@@ -326,39 +344,77 @@ impl Subscription {
 
     /// The next event, waiting for one. Cancel-safe.
     pub async fn next(&mut self) -> Result<Event, Closed> {
+        // One loop, skips included: every parked connection keeps this future.
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Ok(self.hand_out(event));
+                let event = self.hand_out(event);
+                if self.skipped(&event) {
+                    continue;
+                }
+                return Ok(event);
             }
             if self.inbox.is_cut() {
                 return Err(Closed::SlowConsumer);
             }
-            let message = match self.stash.take() {
-                Some(message) => message,
+            if self.stash.is_none() {
                 // No wait on `cut` here: the hub cuts a subscriber only when its queue
                 // is full, so this receive is ready whenever a cut happens, and the
                 // check above catches it. Waiting on the token as well would register
                 // and drop a waiter on it for every message.
-                None => self.inbox.pop().await,
-            };
-            if let Some(event) = self.accept(message) {
-                return Ok(event);
-            }
-            if let Some(message) = self.stash.clone() {
-                // Boxed: holes are rare, and an idle subscriber's task would otherwise
-                // keep room for a history read for as long as it waits.
-                if !Box::pin(self.fill(&message)).await {
-                    return Err(Closed::EngineUnavailable);
+                match self.inbox.pop().await {
+                    Some(message) => match self.accept(message) {
+                        Some(event) if self.skipped(&event) => continue,
+                        Some(event) => return Ok(event),
+                        None if self.stash.is_none() => continue,
+                        // A hole before the message, which is stashed.
+                        None => {}
+                    },
+                    None if self.inbox.take_command() => {}
+                    None => continue,
                 }
-                self.stash = None;
-                self.pending_accept(message);
+            }
+            // Boxed: holes and commands are rare, and an idle subscriber's task would
+            // otherwise keep room for a history read for as long as it waits.
+            if !Box::pin(self.slow_path()).await {
+                return Err(Closed::EngineUnavailable);
             }
         }
+    }
+
+    /// What `next` awaits rarely, behind one box so that its future keeps room for one
+    /// pointer: filling the hole before the stashed message, or, without one, applying
+    /// the server's commands. False when the engine could not be read.
+    async fn slow_path(&mut self) -> bool {
+        let Some(message) = self.stash.clone() else {
+            self.apply_commands().await;
+            return true;
+        };
+        if !self.fill(&message).await {
+            return false;
+        }
+        self.stash = None;
+        self.pending_accept(message);
+        true
     }
 
     /// The next event if one is ready without waiting; `None` otherwise.
     pub fn try_next(&mut self) -> Option<Result<Event, Closed>> {
         loop {
+            match self.try_next_unskipped()? {
+                Ok(event) if self.skipped(&event) => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// The next ready event, skipped or not.
+    fn try_next_unskipped(&mut self) -> Option<Result<Event, Closed>> {
+        loop {
+            // A server command's event comes from `next` alone, first of what a
+            // transport writes, so that a disconnect ends it before anything else.
+            if matches!(self.pending.front(), Some(Event::Control(_))) {
+                return None;
+            }
             if let Some(event) = self.pending.pop_front() {
                 return Some(Ok(self.hand_out(event)));
             }
@@ -384,6 +440,7 @@ impl Subscription {
         let (channel, position) = match &event {
             Event::Message(m) => (&m.channel, m.position()),
             Event::Gap(g) => (&g.channel, g.position()),
+            Event::Control(_) => return event,
         };
         if let Some(followed) = self.channels.iter_mut().find(|f| f.channel == *channel) {
             followed.delivered = position;
@@ -470,7 +527,8 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for followed in &self.channels {
-            self.release(&followed.channel);
+            self.unfollow(&followed.channel);
         }
+        self.release_member();
     }
 }

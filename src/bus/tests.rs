@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 
 use super::memory::{MemoryEngine, Retention};
 use super::*;
-use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position};
+use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position, Publication};
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -127,6 +127,10 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
         BusConfig {
             subscriber_queue: queue,
             history_limit,
+            presence: PresencePolicy {
+                default: (true, true),
+                namespaces: Default::default(),
+            },
         },
     );
     TestBus {
@@ -214,6 +218,7 @@ async fn next_message(sub: &mut Subscription) -> Arc<Message> {
     {
         Event::Message(m) => m,
         Event::Gap(g) => panic!("unexpected gap {g:?}"),
+        Event::Control(c) => panic!("unexpected control {c:?}"),
     }
 }
 
@@ -280,7 +285,7 @@ async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher(kind: Kind) {
         let mut sub = bus.subscribe();
         let from_position = iteration % 2 == 0;
         let start = if from_position {
-            let (_, now) = bus.catch_up(&cursor(&channel, None)).await.unwrap();
+            let (_, now) = bus.catch_up(&cursor(&channel, None), None).await.unwrap();
             let position = now.entries[0].1.clone().unwrap();
             let back = Position {
                 offset: position.offset.saturating_sub(iteration % 5),
@@ -326,7 +331,10 @@ async fn old_offset_and_wrong_epoch_are_reported_as_gaps(kind: Kind) {
         offset: 9,
     };
     for from in [old, wrong] {
-        let (events, next) = bus.catch_up(&cursor(&chat(), Some(from))).await.unwrap();
+        let (events, next) = bus
+            .catch_up(&cursor(&chat(), Some(from)), None)
+            .await
+            .unwrap();
         let Event::Gap(gap) = &events[0] else {
             panic!("expected a gap first, got {events:?}");
         };
@@ -342,7 +350,7 @@ async fn old_offset_and_wrong_epoch_are_reported_as_gaps(kind: Kind) {
             .iter()
             .map(|e| match e {
                 Event::Message(m) => m.offset,
-                Event::Gap(_) => panic!("one gap only"),
+                Event::Gap(_) | Event::Control(_) => panic!("one gap only"),
             })
             .collect();
         assert_eq!(offsets, vec![8, 9, 10]);
@@ -392,12 +400,18 @@ async fn idle_channels_are_swept_and_come_back_with_a_new_epoch() {
             max_age: Duration::from_millis(1),
         },
     );
-    let first = engine.publish(&chat(), data(1)).await.unwrap();
+    let first = engine
+        .publish(&chat(), Publication::data(data(1)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await; // let the message age past max_age
     // The background sweeper may have been first; either way the channel is gone.
     engine.sweep();
     assert_eq!(engine.channel_count(), 0);
-    let second = engine.publish(&chat(), data(2)).await.unwrap();
+    let second = engine
+        .publish(&chat(), Publication::data(data(2)))
+        .await
+        .unwrap();
     assert_eq!(second.offset, 1);
     assert_ne!(second.epoch, first.epoch);
 }
@@ -417,21 +431,26 @@ impl LossyEngine {
 }
 
 impl Engine for LossyEngine {
-    fn publish(&self, channel: &Channel, data: Bytes) -> Reply<'_, Arc<Message>> {
+    fn publish(&self, channel: &Channel, publication: Publication) -> Reply<'_, Arc<Message>> {
         let mut log = self.log.lock().unwrap();
         let offset = log.1.back().map_or(1, |m| m.offset + 1);
-        let message = Arc::new(Message::new(
+        let message = Arc::new(Message::published(
             channel.clone(),
             log.0.clone(),
             offset,
             0,
-            &data,
+            &publication,
         ));
         log.1.push_back(message.clone());
         if (self.deliver)(offset) {
             self.hub.deliver(&message);
         }
         now(Ok(message))
+    }
+
+    fn command<'a>(&'a self, command: &'a control::Command) -> Reply<'a, ()> {
+        self.hub.users().apply(command);
+        now(Ok(()))
     }
 
     fn history<'a>(
@@ -490,6 +509,7 @@ async fn missed_live_messages_are_filled_from_history() {
         BusConfig {
             subscriber_queue: 64,
             history_limit: 100,
+            presence: PresencePolicy::default(),
         },
     );
     let mut sub = bus.subscribe();
@@ -562,3 +582,4 @@ async fn resumed_by_compares_a_poll_with_the_subscription_as_text() {
     // What resumes as text is what the cursor parses to.
     assert_eq!(Cursor::parse(&text, 8).unwrap(), sub.cursor());
 }
+mod users;

@@ -19,7 +19,8 @@ pub enum ClientFrame<'a> {
         /// Channel names, unvalidated.
         channels: Vec<String>,
     },
-    /// `{"op":"publish","channel":"..","data":<JSON>,"id":7}`.
+    /// `{"op":"publish","channel":"..","data":<JSON>,"id":7}`, with an optional
+    /// `"exclude_client":".."`. One carrying `from` is refused (`from_not_allowed`).
     Publish {
         /// The channel name, unvalidated.
         channel: String,
@@ -27,6 +28,15 @@ pub enum ClientFrame<'a> {
         data: &'a serde_json::value::RawValue,
         /// Echoed in the `ack` or `error` frame.
         id: Option<u64>,
+        /// A client session not to hand the message to, unvalidated.
+        exclude_client: Option<String>,
+    },
+    /// `{"op":"presence","id":3,"channel":".."}`: who is in the channel.
+    Presence {
+        /// Echoed in the `presence` or `error` frame.
+        id: Option<u64>,
+        /// The channel name, unvalidated.
+        channel: String,
     },
     /// `{"op":"rpc","id":7,"method":"login","params":<JSON>}`: a call to the backend.
     Rpc {
@@ -59,6 +69,11 @@ struct RawFrame<'a> {
     method: Option<String>,
     #[serde(borrow, default)]
     params: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    exclude_client: Option<String>,
+    /// Read only to refuse it: the sender is the gateway's to set.
+    #[serde(borrow, default, deserialize_with = "present")]
+    from: Option<&'a serde_json::value::RawValue>,
 }
 
 /// `Some` for a present field, even one holding JSON `null`.
@@ -94,10 +109,16 @@ impl<'a> ClientFrame<'a> {
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
                 channels: raw.channels.ok_or_else(|| missing("channels"))?,
             }),
+            "publish" if raw.from.is_some() => Err((raw.id, Error::FromNotAllowed)),
             "publish" => Ok(ClientFrame::Publish {
                 channel: raw.channel.clone().ok_or_else(|| missing("channel"))?,
                 data: raw.data.ok_or_else(|| missing("data"))?,
                 id: raw.id,
+                exclude_client: raw.exclude_client,
+            }),
+            "presence" => Ok(ClientFrame::Presence {
+                id: raw.id,
+                channel: raw.channel.clone().ok_or_else(|| missing("channel"))?,
             }),
             "rpc" => Ok(ClientFrame::Rpc {
                 id: raw.id.ok_or_else(|| missing("id"))?,
@@ -107,7 +128,7 @@ impl<'a> ClientFrame<'a> {
             other => Err((
                 raw.id,
                 Error::BadFrame(format!(
-                    "unknown op {:?}: use subscribe, unsubscribe, publish or rpc",
+                    "unknown op {:?}: use subscribe, unsubscribe, publish, presence or rpc",
                     truncate_for_message(other)
                 )),
             )),
@@ -124,7 +145,10 @@ mod tests {
         let frame =
             ClientFrame::parse(r#"{"op":"publish","channel":"room\/1","data":null,"id":3}"#)
                 .unwrap();
-        let ClientFrame::Publish { channel, data, id } = frame else {
+        let ClientFrame::Publish {
+            channel, data, id, ..
+        } = frame
+        else {
             panic!("publish");
         };
         assert_eq!(
@@ -147,6 +171,15 @@ mod tests {
         assert_eq!(code(r#"{"op":"rpc","method":"login"}"#), "bad_frame");
         assert_eq!(code("{"), "bad_json");
         assert_eq!(code(r#"{"op":"dance"}"#), "bad_frame");
+        assert_eq!(
+            code(r#"{"op":"publish","channel":"a","data":1,"from":{"user":"x"}}"#),
+            "from_not_allowed"
+        );
+        assert_eq!(
+            code(r#"{"op":"publish","channel":"a","data":1,"from":null}"#),
+            "from_not_allowed"
+        );
+        assert_eq!(code(r#"{"op":"presence","id":3}"#), "bad_frame");
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), "bad_frame");
         assert_eq!(code(r#"{"op":"subscribe","extra":1}"#), "bad_frame");
         assert_eq!(code("[]"), "bad_frame");

@@ -1,9 +1,11 @@
-//! The message object as delivered (`{"channel":..,"epoch":..,"offset":..,"ts":..,"data":..}`),
-//! built once at publish and shared by every subscriber; the gap that stands in for lost
-//! history; and the compaction that keeps a payload on one line.
+//! The message object as delivered (`{"channel":..,"epoch":..,"offset":..,"ts":..,
+//! "from":{..},"data":..}`, `from` only on a client's publish), built once at publish and
+//! shared by every subscriber; what a publish hands an engine ([`Publication`]) and how an
+//! engine stores it ([`Message::stored`]); the gap that stands in for lost history; and the
+//! compaction that keeps a payload on one line.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -39,6 +41,39 @@ impl Gap {
     }
 }
 
+/// What a publish hands an engine: the payload, who sent it, who must not be handed it.
+#[derive(Clone, Debug, Default)]
+pub struct Publication {
+    /// Compact, valid JSON.
+    pub data: Bytes,
+    /// The message object's fields between `ts` and `data`, each led by a comma: the
+    /// gateway's `,"from":{..}` on a client's publish, `,"presence":".."` on a join or a
+    /// leave; empty on a backend's publish. Built by [`Publication::put_from`] and the
+    /// presence events only, never from a client's bytes.
+    pub head: Bytes,
+    /// The client session not to hand it to (`exclude_client`); its cursor still moves
+    /// past it.
+    pub exclude: Option<Arc<str>>,
+}
+
+impl Publication {
+    /// A publication of `data` alone, as a backend's.
+    pub fn data(data: Bytes) -> Self {
+        Publication {
+            data,
+            ..Publication::default()
+        }
+    }
+
+    /// Sets `from` to `{"user":..,"client":..}`, each `null` when unknown: the trusted
+    /// sender of a client's publish.
+    pub fn from(mut self, user: Option<&str>, client: Option<&str>) -> Self {
+        let from = serde_json::json!({"user": user, "client": client});
+        self.head = Bytes::from(format!(",\"from\":{from}"));
+        self
+    }
+}
+
 /// One published message, encoded once and shared by every subscriber and transport.
 pub struct Message {
     /// The channel it was published to.
@@ -53,6 +88,8 @@ pub struct Message {
     json: Bytes,
     /// Where `data` starts inside `json`.
     data_start: usize,
+    /// The client session not handed this message (see [`Publication::exclude`]).
+    exclude: Option<Arc<str>>,
     /// The WebSocket transport's frame, built on first use: most messages never reach a
     /// WebSocket (see [`Message::ws_encoding`]).
     ws_frame: OnceLock<Bytes>,
@@ -64,13 +101,34 @@ pub struct Message {
 impl Message {
     /// Builds a message around `data`, which must be compact, valid JSON.
     pub fn new(channel: Channel, epoch: Epoch, offset: u64, ts: u64, data: &[u8]) -> Self {
+        Self::published(
+            channel,
+            epoch,
+            offset,
+            ts,
+            &Publication::data(Bytes::copy_from_slice(data)),
+        )
+    }
+
+    /// Builds the message a publication becomes at `offset`.
+    pub fn published(
+        channel: Channel,
+        epoch: Epoch,
+        offset: u64,
+        ts: u64,
+        publication: &Publication,
+    ) -> Self {
         use std::fmt::Write as _;
-        let mut json = BytesMut::with_capacity(80 + channel.as_str().len() + data.len());
+        let (head, data) = (&publication.head, &publication.data);
+        let mut json =
+            BytesMut::with_capacity(80 + channel.as_str().len() + head.len() + data.len());
         // Channel and epoch alphabets need no JSON escaping; writing to BytesMut cannot fail.
         let _ = write!(
             json,
-            r#"{{"channel":"{channel}","epoch":"{epoch}","offset":{offset},"ts":{ts},"data":"#
+            r#"{{"channel":"{channel}","epoch":"{epoch}","offset":{offset},"ts":{ts}"#
         );
+        json.put_slice(head);
+        json.put_slice(b",\"data\":");
         let data_start = json.len();
         json.put_slice(data);
         json.put_u8(b'}');
@@ -81,6 +139,7 @@ impl Message {
             ts,
             json: json.freeze(),
             data_start,
+            exclude: publication.exclude.clone(),
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
         }
@@ -94,7 +153,10 @@ impl Message {
         let (channel, rest) = rest.split_once("\",\"epoch\":\"")?;
         let (epoch, rest) = rest.split_once("\",\"offset\":")?;
         let (offset, rest) = rest.split_once(",\"ts\":")?;
+        // The fields between `ts` and `data` (`from`, `presence`) are kept as they are.
+        // The first `,"data":` is the field: inside a string its quote would be escaped.
         let (ts, rest) = rest.split_once(",\"data\":")?;
+        let ts = &ts[..ts.find(|c: char| !c.is_ascii_digit()).unwrap_or(ts.len())];
         if !rest.ends_with('}') {
             return None;
         }
@@ -106,9 +168,46 @@ impl Message {
             ts: parse_offset(ts)?,
             data_start,
             json,
+            exclude: None,
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
         })
+    }
+
+    /// How an engine that stores messages as bytes (Redis) keeps it: the message object,
+    /// led by the excluded client's id when there is one. [`Message::from_stored`] reads it
+    /// back; the prefix is what an engine script puts before the object it builds.
+    pub fn stored_prefix(exclude: Option<&str>) -> &str {
+        // An id is base64url, never `{`: the first byte tells the two forms apart.
+        exclude.unwrap_or("")
+    }
+
+    /// Reads back what [`Message::stored_prefix`] and the message object make.
+    pub fn from_stored(stored: Bytes) -> Option<Self> {
+        let start = stored.iter().position(|&b| b == b'{')?;
+        if start == 0 {
+            return Self::from_json(stored);
+        }
+        let exclude = std::str::from_utf8(&stored[..start]).ok()?;
+        let exclude: Arc<str> = Arc::from(exclude);
+        let mut message = Self::from_json(stored.slice(start..))?;
+        message.exclude = Some(exclude);
+        Some(message)
+    }
+
+    /// Whether the client session `client` is not to be handed this message.
+    pub fn excludes(&self, client: &str) -> bool {
+        self.exclude.as_deref() == Some(client)
+    }
+
+    /// The client session not to be handed this message, if any.
+    pub fn excluded(&self) -> Option<&str> {
+        self.exclude.as_deref()
+    }
+
+    /// Whether some client session is not to be handed this message.
+    pub fn excludes_anyone(&self) -> bool {
+        self.exclude.is_some()
     }
 
     /// The message object as delivered by SSE and the polling transports.
@@ -252,11 +351,42 @@ mod tests {
         assert_eq!(gap.position().offset, 4);
     }
 
+    #[test]
+    fn from_and_exclusion_survive_storage() {
+        let publication = Publication {
+            exclude: Some(Arc::from("AAAAAAAAAAAAAAAAAAAAAA")),
+            ..Publication::data(Bytes::from_static(br#"{"t":1}"#))
+        }
+        .from(Some("al\"ice,\"data\":1}"), Some("AAAAAAAAAAAAAAAAAAAAAA"));
+        let m = Message::published(
+            Channel::parse("room:1").unwrap(),
+            Epoch::parse("k3Jd").unwrap(),
+            3,
+            1_764_300_000_000,
+            &publication,
+        );
+        let json: serde_json::Value = serde_json::from_slice(m.json()).unwrap();
+        assert_eq!(json["from"]["user"], "al\"ice,\"data\":1}");
+        assert_eq!(json["from"]["client"], "AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(json["data"], serde_json::json!({"t":1}));
+        let mut stored = Message::stored_prefix(publication.exclude.as_deref())
+            .as_bytes()
+            .to_vec();
+        stored.extend_from_slice(m.json());
+        let back = Message::from_stored(Bytes::from(stored)).unwrap();
+        assert_eq!(back.json(), m.json());
+        assert_eq!((back.ts, back.data()), (m.ts, &br#"{"t":1}"#[..]));
+        assert!(back.excludes("AAAAAAAAAAAAAAAAAAAAAA") && !back.excludes("B"));
+        let plain = Message::from_stored(m.json().clone()).unwrap();
+        assert!(!plain.excludes_anyone());
+    }
+
     /// A history keeps every retained message: the transports' encodings cost it one
     /// `Bytes` slot each, 40 bytes, whether built or not.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_message_is_its_fields_and_two_encoding_slots() {
-        assert_eq!(std::mem::size_of::<Message>(), 168);
+        // 168 before `exclude_client` (issue 23).
+        assert_eq!(std::mem::size_of::<Message>(), 184);
     }
 }

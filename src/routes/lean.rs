@@ -166,6 +166,8 @@ fn route_lean<'a>(
             Handler::Asset => asset(&app, req.path(), req.headers()),
             // Not lean: `find` above filtered them out.
             Handler::Rpc
+            | Handler::Presence
+            | Handler::Server(_)
             | Handler::DemoLogin
             | Handler::Health
             | Handler::Ready

@@ -18,7 +18,8 @@ use crate::config::{Config, Transport};
 use crate::error::{Error, Result};
 use crate::http::{Body, RequestHead, add_implied_headers, error_response, full, json, read_body};
 use crate::transport::{
-    assets, demo, long_poll, negotiate, publish, rpc, short_poll, sse, websocket,
+    assets, demo, long_poll, negotiate, presence, publish, rpc, server_api, short_poll, sse,
+    websocket,
 };
 
 use crate::sync::Unpoisoned;
@@ -215,6 +216,19 @@ async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<
                 rpc::enabled(&app)?;
                 let who = admit_caller(&app, &req).await?;
                 rpc::serve(app, who, req).await
+            })
+            .await
+        }
+        Handler::Presence => Box::pin(presence::serve(app, &req)).await,
+        Handler::Server(op) => {
+            Box::pin(async move {
+                let who = admit_caller(&app, &req).await?;
+                let limits = &app.config.limits;
+                let read = read_body(req.into_body(), limits.max_body_bytes);
+                let body = tokio::time::timeout(Config::ms(limits.body_read_timeout_ms), read)
+                    .await
+                    .map_err(|_| Error::RequestTimeout)??;
+                server_api::serve(&app, &who, op, &body).await
             })
             .await
         }

@@ -6,6 +6,7 @@
 
 use http::Method;
 
+use crate::bus::control::Op;
 use crate::config::Transport;
 use crate::http::Verb;
 use crate::http1::LeanRoute;
@@ -22,6 +23,10 @@ pub enum Handler {
     Publish,
     /// `POST /rpc`: a call to the application's backend.
     Rpc,
+    /// `GET /presence`: who is in a channel.
+    Presence,
+    /// `POST /subscribe`, `/unsubscribe`, `/disconnect`: the server API.
+    Server(Op),
     /// The demo's log-in (`demo = true` only).
     DemoLogin,
     /// Liveness.
@@ -76,7 +81,7 @@ const fn get(path: &'static str, handler: Handler, lean: bool, head: bool) -> Ro
 }
 
 /// Every route but the static files (see [`ASSET`]).
-static ROUTES: [Route; 11] = [
+static ROUTES: [Route; 15] = [
     Route {
         conn: true,
         upgrade: true,
@@ -127,6 +132,26 @@ static ROUTES: [Route; 11] = [
     Route {
         method: Verb::Post,
         ..get("/rpc", Handler::Rpc, false, false)
+    },
+    // Not lean: rare, and asked of the engine.
+    get("/presence", Handler::Presence, false, false),
+    // The server API: backends only, rare.
+    Route {
+        method: Verb::Post,
+        ..get("/subscribe", Handler::Server(Op::Subscribe), false, false)
+    },
+    Route {
+        method: Verb::Post,
+        ..get(
+            "/unsubscribe",
+            Handler::Server(Op::Unsubscribe),
+            false,
+            false,
+        )
+    },
+    Route {
+        method: Verb::Post,
+        ..get("/disconnect", Handler::Server(Op::Disconnect), false, false)
     },
     Route {
         method: Verb::Post,

@@ -16,14 +16,14 @@ use http::{Response, StatusCode};
 use tokio::time::Sleep;
 
 use crate::app::App;
-use crate::bus::{Event, Subscription};
+use crate::bus::{Event, Present, Subscription};
 use crate::config::Transport;
 use crate::error::{Refusal, Result};
 use crate::http::{Body, RequestHead, json};
 use crate::protocol::Cursor;
 use crate::query::Query;
 use crate::transport::session::{self, Issued};
-use crate::transport::{InFlight, poll_body, requested_cursor, shutting_down};
+use crate::transport::{InFlight, poll_body, presence, requested_cursor, shutting_down};
 
 /// Most events one answer carries; the rest wait for the next poll.
 const MAX_BATCH: usize = 1000;
@@ -66,9 +66,9 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
         // One box for both steps: they run one after the other, so it is as large as the
         // larger, and a poll is one allocation cheaper than with a box each.
         let (_in_flight, mut events, mut waiting, told) = Box::pin(async {
-            let (wanted, timeout, told) = admit(&app, req, carried).await?;
+            let (wanted, timeout, told, member) = admit(&app, req, carried).await?;
             let in_flight = InFlight::new(metrics);
-            let (events, waiting) = start(&app, wanted, timeout).await?;
+            let (events, waiting) = start(&app, wanted, timeout, member).await?;
             Ok::<_, crate::error::Error>((in_flight, events, waiting, told))
         })
         .await?;
@@ -179,17 +179,24 @@ impl Waiting {
 /// History is read once: the subscription registers before it reads (see
 /// `bus::subscription`), so a poll that finds nothing parks with nothing missed and no
 /// second read, which is the common case of a client polling again at once.
-async fn start(app: &App, wanted: Wanted, timeout: Duration) -> Result<(Vec<Event>, Waiting)> {
+async fn start(
+    app: &App,
+    wanted: Wanted,
+    timeout: Duration,
+    member: Option<Arc<Present>>,
+) -> Result<(Vec<Event>, Waiting)> {
+    let client = member.as_ref().map(|m| m.client.as_str());
     let answer_now = timeout.is_zero() || app.shutdown.is_cancelled();
     let mut subscription = match wanted {
         Wanted::Kept(kept) => kept,
         Wanted::From(cursor) if answer_now => {
-            let (events, next) = app.bus.catch_up(&cursor).await?;
+            let (events, next) = app.bus.catch_up(&cursor, client).await?;
             return Ok((events, Waiting::No(next)));
         }
         Wanted::From(cursor) => {
             // Boxed: a Carry is one pointer wherever the connection keeps it.
             let mut fresh = Box::new(app.bus.subscribe());
+            fresh.set_client(member.clone(), false);
             fresh.add(&cursor).await?;
             fresh
         }
@@ -218,7 +225,7 @@ async fn admit<R: RequestHead + Send + Sync>(
     app: &App,
     req: Box<R>,
     carried: Option<Carry>,
-) -> Result<(Wanted, Duration, Option<Box<Told>>)> {
+) -> Result<(Wanted, Duration, Option<Box<Told>>, Option<Arc<Present>>)> {
     let query = Query::parse(req.query());
     let max = app.config.limits.max_channels;
     let resumed = |kept: &Subscription| {
@@ -249,12 +256,12 @@ async fn admit<R: RequestHead + Send + Sync>(
         }
         Wanted::Kept(_) => {
             let mut cursor = requested_cursor(&query, None, max)?;
-            let (refused, remembered) = session::allowed(app, &who, &mut cursor).await?;
+            let (refused, remembered) = super::allowed(app, &who, &mut cursor).await?;
             issued = remembered.or(issued);
             (Wanted::From(cursor), refused)
         }
         Wanted::From(mut cursor) => {
-            let (refused, remembered) = session::allowed(app, &who, &mut cursor).await?;
+            let (refused, remembered) = super::allowed(app, &who, &mut cursor).await?;
             issued = remembered.or(issued);
             (Wanted::From(cursor), refused)
         }
@@ -268,7 +275,15 @@ async fn admit<R: RequestHead + Send + Sync>(
     if told.is_some() {
         timeout = Duration::ZERO;
     }
-    Ok((wanted, timeout, told))
+    let member = presence::member(app, &who, Transport::Longpoll);
+    if member.is_some() && app.bus.keeps_presence() {
+        let cursor = match &wanted {
+            Wanted::Kept(kept) => kept.cursor(),
+            Wanted::From(cursor) => cursor.clone(),
+        };
+        presence::polled(app, member.as_ref(), &cursor).await;
+    }
+    Ok((wanted, timeout, told, member))
 }
 
 /// `timeout=` in seconds, defaulting to the configured hold and capped at its maximum.

@@ -6,8 +6,10 @@ pub mod assets;
 pub mod demo;
 pub mod long_poll;
 pub mod negotiate;
+pub mod presence;
 pub mod publish;
 pub mod rpc;
+pub mod server_api;
 pub mod session;
 pub mod short_poll;
 pub mod sse;
@@ -243,9 +245,27 @@ pub async fn authorize_subscribe(
     cursor: &mut Cursor,
 ) -> Result<(Identity, Vec<Refusal>, Option<Box<session::Issued>>)> {
     let (who, issued) = session::identify(app, transport.name(), headers, query, conn).await?;
-    let (refused, remembered) = session::allowed(app, &who, cursor).await?;
+    let (refused, remembered) = allowed(app, &who, cursor).await?;
     // The later value carries all of the earlier one.
     Ok((who, refused, remembered.or(issued)))
+}
+
+/// [`session::allowed`], after the server API's recent commands for the user: the
+/// channels the server subscribed it to lately are kept whatever the rules say, those
+/// it unsubscribed it from are dropped.
+pub async fn allowed(
+    app: &App,
+    who: &Identity,
+    cursor: &mut Cursor,
+) -> Result<(Vec<Refusal>, Option<Box<session::Issued>>)> {
+    let granted = server_api::take_granted(app, who, cursor);
+    let answer = if cursor.entries.is_empty() && !granted.is_empty() {
+        (Vec::new(), None)
+    } else {
+        session::allowed(app, who, cursor).await?
+    };
+    server_api::put_back(cursor, granted, app.config.limits.max_channels);
+    Ok(answer)
 }
 
 /// Drops from `cursor` the channels the rules do not let `who` read, and names them: the
@@ -333,7 +353,7 @@ pub fn poll_body(
         .iter()
         .filter_map(|e| match e {
             Event::Gap(gap) => Some(gap.to_json()),
-            Event::Message(_) => None,
+            Event::Message(_) | Event::Control(_) => None,
         })
         .collect();
     if !gaps.is_empty() {

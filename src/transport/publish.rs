@@ -13,8 +13,9 @@ use crate::auth::Identity;
 use crate::config::HookEvent;
 use crate::error::{Error, Result};
 use crate::http::{Body, RequestHead, json};
-use crate::protocol::{Channel, Message, compact_json};
+use crate::protocol::{Channel, Message, Publication, compact_json};
 use crate::query::Query;
+use crate::session::ClientId;
 
 #[derive(Deserialize)]
 struct PublishRequest<'a> {
@@ -22,6 +23,19 @@ struct PublishRequest<'a> {
     channel: String,
     #[serde(borrow)]
     data: &'a RawValue,
+    /// A client session not to hand the message to (Socket.IO's `broadcast`).
+    #[serde(default)]
+    exclude_client: Option<String>,
+    /// Read only to refuse it: the sender is the gateway's to set.
+    #[serde(borrow, default, deserialize_with = "present")]
+    from: Option<&'a RawValue>,
+}
+
+/// `Some` for a present field, even one holding JSON `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+    Deserialize::deserialize(deserializer).map(Some)
 }
 
 /// The caller of a publish, once it has spent one of its connection's publish budget (a
@@ -93,11 +107,18 @@ async fn publish_one(
     who: &Identity,
     request: &PublishRequest<'_>,
 ) -> Result<Arc<Message>> {
+    if request.from.is_some() {
+        return Err(Error::FromNotAllowed);
+    }
     let max_bytes = app.config.limits.max_message_bytes;
     let (channel, data) = validate(&request.channel, request.data, max_bytes)?;
+    let exclude = excluded(request.exclude_client.as_deref())?;
     app.auth.check_publish(who, &channel)?;
     let data = hooked(app, who, &channel, data).await?;
-    let message = app.bus.publish(&channel, data).await?;
+    let message = app
+        .bus
+        .publish_as(&channel, publication(who, data, exclude))
+        .await?;
     app.metrics.published("http");
     Ok(message)
 }
@@ -111,6 +132,31 @@ pub async fn hooked(app: &App, who: &Identity, channel: &Channel, data: Bytes) -
         }
         _ => Ok(data),
     }
+}
+
+/// What `who` publishes: a client's publish carries its sender as `from` (its user, its
+/// client session), set here and nowhere else; a backend's carries none.
+pub fn publication(who: &Identity, data: Bytes, exclude: Option<ClientId>) -> Publication {
+    let publication = Publication {
+        exclude: exclude.map(|c| Arc::from(c.as_str())),
+        ..Publication::data(data)
+    };
+    if who.server {
+        return publication;
+    }
+    publication.from(who.user.as_deref(), who.client().map(ClientId::as_str))
+}
+
+/// Checks an `exclude_client`: an id as the gateway gives them.
+pub fn excluded(exclude_client: Option<&str>) -> Result<Option<ClientId>> {
+    exclude_client
+        .map(|text| {
+            ClientId::parse(text).ok_or_else(|| Error::BadParam {
+                name: "exclude_client",
+                reason: "not a client id".into(),
+            })
+        })
+        .transpose()
 }
 
 /// Checks a publish from any entry point: a valid channel and data within the size limit.

@@ -59,6 +59,7 @@ pub async fn identify(
     conn: Option<&ConnInfo>,
 ) -> Result<(Identity, Option<Box<Issued>>)> {
     let who = app.auth.identify(headers, query, &app.bus).await?;
+    super::server_api::refuse_disconnected(app, &who)?;
     let Some(hooks) = app.hooks.as_ref().filter(|_| !who.server) else {
         return Ok((who, None));
     };

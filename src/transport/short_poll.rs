@@ -12,7 +12,9 @@ use crate::config::Transport;
 use crate::error::Result;
 use crate::http::{Body, RequestHead, json};
 use crate::query::Query;
-use crate::transport::{InFlight, authorize_subscribe, poll_body, requested_cursor, session};
+use crate::transport::{
+    InFlight, authorize_subscribe, poll_body, presence, requested_cursor, session,
+};
 
 /// Answers with everything after the request's cursor, possibly nothing.
 pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Body>> {
@@ -29,8 +31,13 @@ pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Bod
     )
     .await?;
     session::polled(&app, &who);
+    let member = presence::member(&app, &who, Transport::Poll);
+    presence::polled(&app, member.as_ref(), &cursor).await;
     let _in_flight = InFlight::new(metrics);
-    let (events, next) = app.bus.catch_up(&cursor).await?;
+    let (events, next) = app
+        .bus
+        .catch_up(&cursor, member.as_ref().map(|m| m.client.as_str()))
+        .await?;
     let retry_ms = app
         .shutdown
         .is_cancelled()

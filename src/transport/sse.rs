@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Identity;
+use crate::bus::control::Control;
 use crate::bus::{CursorAfter, Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
 use crate::error::{Refusal, Result};
@@ -25,7 +26,7 @@ use crate::protocol::{Cursor, Message};
 use crate::query::Query;
 use crate::transport::session::Issued;
 use crate::transport::{
-    Session, authorize_subscribe, put_refused, requested_cursor, shutting_down,
+    Session, authorize_subscribe, presence, put_refused, requested_cursor, shutting_down,
 };
 use crate::wake::SideWaits;
 
@@ -69,6 +70,7 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
         .as_ref()
         .map_or_else(CancellationToken::new, |c| c.kill().clone());
     let mut subscription = app.bus.subscribe_with_cut(cut.clone());
+    subscription.set_client(presence::member(&app, &who, Transport::Sse), true);
     let start = subscription.add(&cursor).await?;
     let mut session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
     session.tell_backend(&app, &who);
@@ -210,6 +212,12 @@ fn events(
                         yield Bytes::from_static(b": heartbeat\n\n");
                     }
                 }
+                Step::Event(Ok(Event::Control(Control::Disconnected))) => {
+                    app.metrics.error("disconnected");
+                    session.ending("disconnected");
+                    yield Bytes::from_static(b"event: error\ndata: {\"code\":\"disconnected\"}\n\n");
+                    break;
+                }
                 Step::Event(Ok(Event::Message(message))) if subscription.take_written() > 0 => {
                     // The hub wrote part of it and the server has written the rest.
                     quiet_ticks = 0;
@@ -310,6 +318,26 @@ pub fn encode(
             out.put_slice(b"event: gap\nid: ");
             subscription.put_cursor(out);
             let _ = write!(out, "\ndata: {}\n\n", gap.to_json());
+        }
+        // `event: subscribed` / `event: unsubscribed`, `id:` the cursor that now includes
+        // (or leaves out) the channel; a disconnect ends the stream before it gets here.
+        Event::Control(control) => {
+            let (event, channels) = match control {
+                Control::Subscribed(start) => (
+                    "subscribed",
+                    start.entries.iter().map(|(c, _)| c.as_str()).collect(),
+                ),
+                Control::Unsubscribed(channel) => ("unsubscribed", vec![channel.as_str()]),
+                Control::Disconnected => ("error", Vec::new()),
+            };
+            let data = if channels.is_empty() {
+                serde_json::json!({"code": "disconnected"})
+            } else {
+                serde_json::json!({"channels": channels, "server": true})
+            };
+            let _ = write!(out, "event: {event}\nid: ");
+            subscription.put_cursor(out);
+            let _ = write!(out, "\ndata: {data}\n\n");
         }
     }
 }

@@ -17,6 +17,7 @@ fn namespace(subscribe: SubscribeRule, publish: PublishRule) -> NamespaceConfig 
         publish,
         history_max_messages: None,
         history_max_age_ms: None,
+        ..NamespaceConfig::default()
     }
 }
 

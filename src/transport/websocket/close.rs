@@ -15,6 +15,9 @@ pub const CLOSE_BACKEND_REFUSED: u16 = 4003;
 /// Close code when the backend's connect hook could not be asked (down, slow, nonsense);
 /// the client should retry later.
 pub const CLOSE_BACKEND_UNAVAILABLE: u16 = 4013;
+/// Close code when the application's backend ended the user's sessions
+/// (`POST /disconnect`): the client must not reconnect with the same credentials.
+pub const CLOSE_DISCONNECTED: u16 = 4009;
 /// Close code for a subscriber cut off because it could not keep up.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the engine cannot be read; the client should resume later.

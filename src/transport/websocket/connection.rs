@@ -18,19 +18,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Identity;
+use crate::bus::control::Control;
 use crate::bus::{Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
 use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
 use crate::metrics::TransportMetrics;
 use crate::protocol::Message;
-use crate::transport::Session;
 use crate::transport::session::Issued;
+use crate::transport::{Session, presence};
 use crate::wake::SideWaits;
 
 use super::close::{
-    CLOSE_BACKEND_REFUSED, CLOSE_BACKEND_UNAVAILABLE, CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED,
-    CLOSE_TOKEN_INVALID, close_code, read_error_close,
+    CLOSE_BACKEND_REFUSED, CLOSE_BACKEND_UNAVAILABLE, CLOSE_DISCONNECTED, CLOSE_TIMEOUT,
+    CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, close_code, read_error_close,
 };
 use super::wire::WsFrame as _;
 
@@ -107,7 +108,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let cut = conn
             .as_ref()
             .map_or_else(CancellationToken::new, |c| c.kill().clone());
-        let subscription = app.bus.subscribe_with_cut(cut.clone());
+        let mut subscription = app.bus.subscribe_with_cut(cut.clone());
+        let member = who
+            .as_ref()
+            .and_then(|who| presence::member(&app, who, Transport::Websocket));
+        subscription.set_client(member, true);
         let express = express.map(|sink| subscription.set_express(sink));
         let metrics = app.metrics.transport(Transport::Websocket);
         let mut session = Session::open(
@@ -145,6 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Error::TokenExpired => CLOSE_TOKEN_EXPIRED,
             Error::Backend(_) => CLOSE_BACKEND_REFUSED,
             Error::BackendUnavailable(_) => CLOSE_BACKEND_UNAVAILABLE,
+            Error::Disconnected => CLOSE_DISCONNECTED,
             _ => CLOSE_TOKEN_INVALID,
         };
         self.session.ending(err.label());
@@ -254,7 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Step::Event(Ok(event)) => {
                     let direct = match &event {
                         Event::Message(message) => self.try_direct(message),
-                        Event::Gap(_) => Direct::Refused,
+                        Event::Gap(_) | Event::Control(_) => Direct::Refused,
                     };
                     match direct {
                         Direct::Written => Ok(()),
@@ -438,6 +444,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     let json = gap.to_json();
                     Frame::text(format!(r#"{{"op":"gap",{}"#, &json[1..]))
                 }
+                Event::Control(Control::Disconnected) => {
+                    self.app.metrics.error("disconnected");
+                    return Err(Stop {
+                        reason: "disconnected",
+                        close: Some((CLOSE_DISCONNECTED, "disconnected".to_owned())),
+                    });
+                }
+                Event::Control(control) => Frame::text(control_frame(control)),
             };
             self.write(frame, false).await?;
             written += 1;
@@ -538,5 +552,24 @@ fn protocol_stop(err: &tungstenite::Error, app: &App) -> Stop {
     Stop {
         reason,
         close: Some((code, reason.to_owned())),
+    }
+}
+
+/// The frame that tells a client the server subscribed or unsubscribed it:
+/// `{"op":"subscribed","channels":[..],"cursor":"..","server":true}` and
+/// `{"op":"unsubscribed","channels":[..],"server":true}`.
+fn control_frame(control: &Control) -> String {
+    match control {
+        Control::Subscribed(start) => {
+            let names: Vec<&str> = start.entries.iter().map(|(c, _)| c.as_str()).collect();
+            serde_json::json!({"op": "subscribed", "channels": names,
+                "cursor": start.to_string(), "server": true})
+            .to_string()
+        }
+        Control::Unsubscribed(channel) => {
+            serde_json::json!({"op": "unsubscribed", "channels": [channel.as_str()], "server": true})
+                .to_string()
+        }
+        Control::Disconnected => r#"{"op":"disconnected"}"#.to_owned(),
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::protocol::ClientFrame;
 use crate::transport::publish::{self, acknowledgement, validate};
 use crate::transport::rpc::check_method;
-use crate::transport::{session, wanted_cursor};
+use crate::transport::{allowed, wanted_cursor};
 
 /// The RPCs of one connection: the answers of those in flight come back on `answers`.
 pub(super) struct Rpcs {
@@ -45,8 +45,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Ok(()) => Ok(()),
                 Err(err) => self.send_error(Some(id), &err).await,
             },
-            ClientFrame::Publish { channel, data, id } => {
-                match self.publish(&channel, data).await {
+            ClientFrame::Presence { id, channel } => match self.presence(&channel).await {
+                Ok(reply) => {
+                    let id = id.map_or_else(|| "null".to_owned(), |id| id.to_string());
+                    self.send_text(format!(r#"{{"op":"presence","id":{id},{}"#, &reply[1..]))
+                        .await
+                }
+                Err(err) => self.send_error(id, &err).await,
+            },
+            ClientFrame::Publish {
+                channel,
+                data,
+                id,
+                exclude_client,
+            } => {
+                match self
+                    .publish(&channel, data, exclude_client.as_deref())
+                    .await
+                {
                     Ok(ack) => match id {
                         Some(id) => {
                             self.send_text(format!(r#"{{"op":"ack","id":{id},{}"#, &ack[1..]))
@@ -69,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut wanted = wanted_cursor(channels, cursor, max)?;
         // The refused channels are left out before counting: they will not be followed.
         // The socket is the session: nothing to remember in a value.
-        let (refused, _) = session::allowed(&self.app, &self.who, &mut wanted).await?;
+        let (refused, _) = allowed(&self.app, &self.who, &mut wanted).await?;
         let new = wanted
             .entries
             .iter()
@@ -97,17 +113,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(serde_json::json!({"op": "unsubscribed", "channels": names}).to_string())
     }
 
-    async fn publish(&mut self, channel: &str, data: &RawValue) -> Result<String> {
+    async fn publish(
+        &mut self,
+        channel: &str,
+        data: &RawValue,
+        exclude_client: Option<&str>,
+    ) -> Result<String> {
         let (channel, data) = validate(channel, data, self.app.config.limits.max_message_bytes)?;
+        let exclude = publish::excluded(exclude_client)?;
         self.app.auth.check_publish(&self.who, &channel)?;
         if let (false, Some(conn)) = (self.who.server, &self.conn) {
             // The client behind a proxy was named at the handshake: the connection is its.
             conn.take_publish(None)?;
         }
         let data = publish::hooked(&self.app, &self.who, &channel, data).await?;
-        let message = self.app.bus.publish(&channel, data).await?;
+        let publication = publish::publication(&self.who, data, exclude);
+        let message = self.app.bus.publish_as(&channel, publication).await?;
         self.app.metrics.published("websocket");
         Ok(acknowledgement(&message))
+    }
+
+    /// Who is in `channel`, as `GET /presence` answers it, if this client may ask.
+    async fn presence(&mut self, channel: &str) -> Result<String> {
+        let channel = crate::protocol::Channel::parse(channel)?;
+        crate::transport::presence::check(&self.app, &self.who, &channel)?;
+        crate::transport::presence::answer(&self.app, &channel).await
     }
 
     /// Starts a call to the backend's `method`; its answer, `rpc_result` or `error` with

@@ -1,0 +1,156 @@
+//! This node's streams by user and users' recent server commands (see
+//! [`super::control`]): where a command that reached the node goes.
+
+use std::time::Instant;
+
+use super::Map;
+use super::control::{Command, Member, Op, RECENT};
+use super::inbox::Subscriber;
+use crate::protocol::Channel;
+use crate::sync::Unpoisoned;
+use std::sync::Mutex;
+
+/// Most users whose recent commands a node remembers; beyond it a command is applied to
+/// the streams here but not remembered for polls.
+const MAX_RECENT: usize = 100_000;
+
+/// What a user's polling clients have yet to learn.
+#[derive(Default)]
+struct Recent {
+    at: Option<Instant>,
+    subscribed: Vec<Channel>,
+    unsubscribed: Vec<Channel>,
+    disconnected: bool,
+}
+
+/// What a poll of a user must apply: see [`Users::recent`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Channels to follow from now on, whatever the rules say.
+    pub subscribed: Vec<Channel>,
+    /// Channels to drop.
+    pub unsubscribed: Vec<Channel>,
+    /// The user was disconnected: refuse the poll (`disconnected`).
+    pub disconnected: bool,
+}
+
+/// One user's streams on this node, by subscription id.
+type Streams = Vec<(u64, Subscriber)>;
+
+/// This node's streaming sessions by user, and users' recent commands.
+#[derive(Default)]
+pub struct Users {
+    streams: Mutex<Map<String, Streams>>,
+    recent: Mutex<Map<String, Recent>>,
+}
+
+impl Users {
+    /// Registers subscription `id`, a stream of `member`, under its user.
+    pub(super) fn register(&self, id: u64, member: &Member, subscriber: Subscriber) {
+        if let Some(user) = &member.present.user {
+            let mut streams = self.streams.locked();
+            streams
+                .entry(user.clone())
+                .or_default()
+                .push((id, subscriber));
+        }
+    }
+
+    /// Forgets subscription `id`.
+    pub(super) fn unregister(&self, id: u64, member: &Member) {
+        let Some(user) = &member.present.user else {
+            return;
+        };
+        let mut streams = self.streams.locked();
+        if let Some(members) = streams.get_mut(user) {
+            members.retain(|(at, _)| *at != id);
+            if members.is_empty() {
+                streams.remove(user);
+            }
+        }
+    }
+
+    /// Applies a command that reached this node: queued on each of the user's streams
+    /// here, and remembered for its polling clients.
+    pub fn apply(&self, command: &Command) {
+        self.remember(command);
+        let subscribers: Vec<Subscriber> = {
+            let streams = self.streams.locked();
+            streams
+                .get(&command.user)
+                .map(|m| m.iter().map(|(_, subscriber)| subscriber.clone()).collect())
+                .unwrap_or_default()
+        };
+        for subscriber in subscribers {
+            if let Some(member) = subscriber.client() {
+                member.queue(command);
+                subscriber.command_waiting();
+            }
+        }
+    }
+
+    fn remember(&self, command: &Command) {
+        let now = Instant::now();
+        let mut recent = self.recent.locked();
+        recent.retain(|_, r| r.at.is_some_and(|at| now.duration_since(at) < RECENT));
+        if recent.len() >= MAX_RECENT && !recent.contains_key(&command.user) {
+            tracing::warn!("too many users with recent server commands; one not remembered");
+            return;
+        }
+        let entry = recent.entry(command.user.clone()).or_default();
+        entry.at = Some(now);
+        match (command.op, &command.channel()) {
+            (Op::Subscribe, Some(channel)) => {
+                entry.unsubscribed.retain(|c| c != channel);
+                if !entry.subscribed.contains(channel) {
+                    entry.subscribed.push(channel.clone());
+                }
+            }
+            (Op::Unsubscribe, Some(channel)) => {
+                entry.subscribed.retain(|c| c != channel);
+                if !entry.unsubscribed.contains(channel) {
+                    entry.unsubscribed.push(channel.clone());
+                }
+            }
+            (Op::Disconnect, _) => entry.disconnected = true,
+            _ => {}
+        }
+    }
+
+    /// What `user`'s polls must apply: the commands of the last [`RECENT`].
+    pub fn recent(&self, user: &str) -> Pending {
+        let recent = self.recent.locked();
+        match recent.get(user) {
+            Some(r) if r.at.is_some_and(|at| at.elapsed() < RECENT) => Pending {
+                subscribed: r.subscribed.clone(),
+                unsubscribed: r.unsubscribed.clone(),
+                disconnected: r.disconnected,
+            },
+            _ => Pending::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_learn_recent_commands() {
+        let users = Users::default();
+        let room = Channel::parse("room:1").unwrap();
+        let command = |op| Command {
+            op,
+            user: "alice".into(),
+            channel: Some(room.to_string()),
+        };
+        users.apply(&command(Op::Subscribe));
+        assert_eq!(users.recent("alice").subscribed, vec![room.clone()]);
+        users.apply(&command(Op::Unsubscribe));
+        let pending = users.recent("alice");
+        assert!(pending.subscribed.is_empty() && pending.unsubscribed == vec![room.clone()]);
+        users.apply(&command(Op::Disconnect));
+        assert!(users.recent("alice").disconnected);
+        assert_eq!(users.recent("bob"), Pending::default());
+    }
+}
