@@ -18,6 +18,10 @@ declare namespace Cascade {
     /** When the gateway accepted it, in Unix milliseconds. */
     ts: number;
     data: T;
+    /** The sender of a client's publish, set by the gateway (absent on a backend's). */
+    from?: { user: string | null; client: string | null };
+    /** On a join or leave event of a channel that announces them (`data` is null). */
+    presence?: 'join' | 'leave';
   }
 
   /** Where a published message landed. */
@@ -131,6 +135,17 @@ declare namespace Cascade {
     subscribe<T = Json>(channel: string, fn?: (data: T, message: Message<T>) => void): this;
     /** Removes `fn` (or every handler) from `channel`; the last one leaves the channel. */
     unsubscribe(channel: string, fn?: (data: any, message: Message<any>) => void): this;
+    /** Who is in `channel` (its namespace must keep presence). */
+    presence(
+      channel: string,
+      callback?: (
+        err: { code: string; message: string } | null,
+        answer?: {
+          channel: string;
+          clients: { user: string | null; client: string; transport: string }[];
+        },
+      ) => void,
+    ): this;
     /** Publishes `data` (any JSON value) to `channel`. */
     publish(
       channel: string,

@@ -90,7 +90,9 @@
   var RACE_ROUND_TRIPS = 3;
 
   /** WebSocket close codes the gateway uses, by what they mean to the client. */
-  var CLOSE_REASONS = { 1012: 'shutdown', 4008: 'slow_consumer', 4011: 'engine_unavailable' };
+  var CLOSE_REASONS = {
+    1012: 'shutdown', 4008: 'slow_consumer', 4009: 'disconnected', 4011: 'engine_unavailable'
+  };
 
   // ---------------------------------------------------------------------------------------
   // Small helpers
@@ -375,8 +377,16 @@
       case 'message': client._message(frame); break;
       case 'gap': client._gap(frame); break;
       case 'subscribed':
+        // The backend subscribed this user (POST /subscribe): a subscription like any.
+        if (frame.server) { client._serverSubscribed(frame.channels); }
         this.refused(frame.refused);
         client._startAt(frame.cursor);
+        break;
+      case 'unsubscribed':
+        if (frame.server) { client._serverUnsubscribed(frame.channels); }
+        break;
+      case 'presence':
+        client._acked(frame.id, null, { channel: frame.channel, clients: frame.clients });
         break;
       case 'ack':
         client._acked(frame.id, null, { channel: frame.channel, epoch: frame.epoch, offset: frame.offset });
@@ -508,6 +518,14 @@
       var message = parse(event.data);
       if (message) { client._message(message); }
     };
+    this.es.addEventListener('subscribed', function (event) {
+      var body = parse(event.data) || {};
+      if (!self.dead && body.server) { client._serverSubscribed(body.channels || []); }
+    });
+    this.es.addEventListener('unsubscribed', function (event) {
+      var body = parse(event.data) || {};
+      if (!self.dead && body.server) { client._serverUnsubscribed(body.channels || []); }
+    });
     this.es.addEventListener('gap', function (event) {
       if (self.dead) { return; }
       var gap = parse(event.data);
@@ -844,7 +862,52 @@
     return this;
   };
 
-  /** Adds a handler for connect, disconnect, transport, gap, error, message or session. */
+  /**
+   * Who is in `channel`: `callback(err, {channel, clients: [{user, client, transport}]})`.
+   * Over the WebSocket when one is in use, else with GET /presence. The channel's
+   * namespace must keep presence, and the client be allowed to read it.
+   */
+  Client.prototype.presence = function (channel, callback) {
+    var self = this, done = typeof callback === 'function' ? callback : noop;
+    var rung = this.active;
+    if (rung && rung.name === 'websocket' && rung.send) {
+      var id = this.nextId++;
+      var timer = later(function () {
+        self._acked(id, { code: 'timeout', message: 'no answer in time' }, null);
+      }, this.options.timeouts.publish);
+      this.pending[id] = { callback: done, timer: timer };
+      if (rung.send({ op: 'presence', id: id, channel: channel }) !== false) { return this; }
+      cancel(timer);
+      delete this.pending[id];
+    }
+    request('GET', this._url('/presence?channel=' + encodeURIComponent(channel)), null,
+      this.options.timeouts.publish, function (err, body) {
+        if (err) { done(err); } else { done(null, body); }
+      });
+    return this;
+  };
+
+  /** A channel the backend subscribed this user to: it appears as a subscription. */
+  Client.prototype._serverSubscribed = function (channels) {
+    for (var i = 0; i < channels.length; i++) {
+      if (!has(this.subs, channels[i])) {
+        this._add(channels[i]);
+        this._emit('subscribed', { channel: channels[i], server: true });
+      }
+    }
+  };
+
+  /** A channel the backend unsubscribed this user from. */
+  Client.prototype._serverUnsubscribed = function (channels) {
+    for (var i = 0; i < channels.length; i++) {
+      if (has(this.subs, channels[i])) {
+        this._drop(channels[i]);
+        this._emit('unsubscribed', { channel: channels[i], server: true });
+      }
+    }
+  };
+
+  /** Adds a handler for connect, disconnect, transport, gap, error, message, session, subscribed or unsubscribed. */
   Client.prototype.on = function (event, fn) {
     (this.handlers[event] = this.handlers[event] || []).push(fn);
     return this;
@@ -1409,6 +1472,13 @@
     if (this.connected) {
       this.connected = false;
       this._emit('disconnect', { reason: info.reason, retryMs: info.retryMs });
+    }
+    // The backend ended this user's sessions (POST /disconnect): coming back with the
+    // same credentials would be refused; the application decides what follows.
+    if (info.reason === 'disconnected') {
+      this._emit('error', { code: 'disconnected', message: 'disconnected by the server' });
+      this.close();
+      return;
     }
     // An SSE stream says its token expired in an event of its own, with no status.
     var expired = info.reason === 'token_expired' ? { code: 'token_expired' } : null;
