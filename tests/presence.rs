@@ -45,7 +45,9 @@ async fn gateways(engine: EngineKind) -> (Arc<TestServer>, Arc<TestServer>) {
     let a = Arc::new(TestServer::start(config(engine, &prefix)).await);
     let b = match engine {
         EngineKind::Memory => a.clone(),
-        EngineKind::Redis => Arc::new(TestServer::start(config(engine, &prefix)).await),
+        EngineKind::Redis | EngineKind::RedisCluster => {
+            Arc::new(TestServer::start(config(engine, &prefix)).await)
+        }
     };
     (a, b)
 }
