@@ -5,7 +5,7 @@
 //! - `P:control`, the pub/sub channel of the server API's commands, which every node
 //!   follows (see [`super::control`]).
 //! - `P:{C}:presence`, a sorted set of the clients present in `C` on every node (see
-//!   [`presence`]): a dead node's vanish within [`PRESENCE_TTL`].
+//!   `presence`): a dead node's vanish within [`PRESENCE_TTL`].
 //!
 //! Each
 //! node subscribes only to the channels its own clients follow and hands every announced

@@ -48,7 +48,7 @@ pub struct Publication {
     pub data: Bytes,
     /// The message object's fields between `ts` and `data`, each led by a comma: the
     /// gateway's `,"from":{..}` on a client's publish, `,"presence":".."` on a join or a
-    /// leave; empty on a backend's publish. Built by [`Publication::put_from`] and the
+    /// leave; empty on a backend's publish. Built by [`Publication::from`] and the
     /// presence events only, never from a client's bytes.
     pub head: Bytes,
     /// The client session not to hand it to (`exclude_client`); its cursor still moves
