@@ -75,17 +75,22 @@ impl Log {
             return history;
         };
         let first = self.first();
-        let retained =
-            from.epoch == self.epoch && from.offset + 1 >= first && from.offset <= self.head;
-        let after = if retained {
+        let same = from.epoch == self.epoch;
+        let after = if same && from.offset + 1 >= first && from.offset <= self.head {
             from.offset
         } else {
+            // A cursor past the head (forged) gets a gap at the head, not what it holds.
+            let after = if same && from.offset > self.head {
+                self.head
+            } else {
+                first - 1
+            };
             history.gap = Some(Gap {
                 channel: channel.clone(),
                 epoch: self.epoch.clone(),
-                first,
+                first: after + 1,
             });
-            first - 1
+            after
         };
         // Retained offsets are exactly first..=head, so the index is arithmetic.
         let skip = (after + 1 - first) as usize;

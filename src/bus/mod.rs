@@ -413,7 +413,9 @@ impl Bus {
                 position = message.position();
                 events.push(Event::Message(message));
             }
-            if complete || position.offset >= history.head {
+            // A read that stopped at the end of an earlier epoch (a Redis promotion's fork)
+            // goes on into the current one.
+            if (complete && position.epoch == history.epoch) || position.offset >= history.head {
                 let start = start.unwrap_or_else(|| position.clone());
                 return Ok((start, position));
             }

@@ -112,7 +112,12 @@ impl RedisEngine {
         };
         let engine = Arc::new(RedisEngine {
             topics: topics.clone(),
-            scripts: Scripts::new(&settings.prefix, settings.retention.clone(), "PUBLISH"),
+            scripts: Scripts::new(
+                &settings.prefix,
+                settings.retention.clone(),
+                "PUBLISH",
+                false,
+            ),
             settings,
             connection,
             watched: Arc::default(),

@@ -12,8 +12,11 @@
 //! connection takes them along. The listener subscribes such channels again wherever
 //! their slot now lives, and after every resubscription it checks the channel's history
 //! against the last message it handed out (see `VERIFY` in `redis_script`):
-//! if a promoted replica lacks writes readers already have, the channel starts a new
-//! epoch, so they get an explicit gap rather than a reused offset. It then re-announces
+//! if the history lacks writes readers already have, the channel starts a new epoch, so
+//! they get an explicit gap rather than a reused offset. (Every script already starts
+//! one, keeping the history, on its first touch of a channel after a replica's
+//! promotion: see `PROMOTED` there. That closes the race in which a publish reuses an
+//! offset, or a reader resumes, before any node checked.) It then re-announces
 //! the last retained message, so subscribers notice anything missed meanwhile and fill it
 //! from history.
 //!
@@ -112,6 +115,7 @@ impl RedisClusterEngine {
             &settings.prefix,
             settings.retention.clone(),
             "SPUBLISH",
+            true,
         ));
         let (changes, changed) = mpsc::unbounded_channel();
         tokio::spawn(keep_presence(

@@ -34,6 +34,8 @@ mod local_cluster;
 /// A bus, and the local cluster its engine needs, if any.
 struct TestBus {
     bus: Bus,
+    /// The key prefix of a Redis engine.
+    prefix: String,
     _cluster: Option<Arc<local_cluster::RedisCluster>>,
 }
 
@@ -76,12 +78,13 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
     let hub = Arc::new(Hub::new());
     let history_limit = retention.max_messages;
     let mut cluster = None;
+    let prefix = format!("test-{}", Epoch::random());
     let engine: Arc<dyn Engine> = match kind {
         Kind::Memory => MemoryEngine::new(hub.clone(), retention),
         Kind::Redis | Kind::RedisSharded => {
             let settings = super::redis::RedisSettings {
                 url: redis_url(),
-                prefix: format!("test-{}", Epoch::random()),
+                prefix: prefix.clone(),
                 retention: retention.into(),
                 shards: if matches!(kind, Kind::RedisSharded) {
                     4
@@ -106,7 +109,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
             let shared = shared_cluster();
             let settings = super::redis_cluster::RedisClusterSettings {
                 urls: shared.url().split(',').map(str::to_owned).collect(),
-                prefix: format!("test-{}", Epoch::random()),
+                prefix: prefix.clone(),
                 retention: retention.into(),
                 min_replicas: 1,
             };
@@ -135,6 +138,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
     );
     TestBus {
         bus,
+        prefix,
         _cluster: cluster,
     }
 }
@@ -193,6 +197,7 @@ contract!(
     racing_publishers_get_consecutive_offsets,
     seam_has_no_gap_and_no_duplicate_under_a_racing_publisher,
     old_offset_and_wrong_epoch_are_reported_as_gaps,
+    a_cursor_ahead_of_the_head_gets_a_gap_not_a_replay,
     a_subscriber_that_does_not_read_is_cut_off_alone,
 );
 
@@ -356,6 +361,123 @@ async fn old_offset_and_wrong_epoch_are_reported_as_gaps(kind: Kind) {
         assert_eq!(offsets, vec![8, 9, 10]);
         assert_eq!(next.to_string(), format!("chat@{epoch}:10"));
     }
+}
+
+/// A cursor past the head of its epoch (forged, or holding writes a promoted Redis
+/// replica lost) gets a gap at the head, never the messages it already holds again.
+async fn a_cursor_ahead_of_the_head_gets_a_gap_not_a_replay(kind: Kind) {
+    let bus = bus(kind).await;
+    let mut epoch = None;
+    for n in 1..=5 {
+        epoch = Some(bus.publish(&chat(), data(n)).await.unwrap().epoch.clone());
+    }
+    let epoch = epoch.unwrap();
+    let ahead = Position {
+        epoch: epoch.clone(),
+        offset: 9,
+    };
+    let (events, next) = bus
+        .catch_up(&cursor(&chat(), Some(ahead)), None)
+        .await
+        .unwrap();
+    let [Event::Gap(gap)] = &events[..] else {
+        panic!("expected one gap and nothing else, got {events:?}");
+    };
+    assert_eq!((&gap.epoch, gap.first), (&epoch, 6));
+    assert_eq!(next.to_string(), format!("chat@{epoch}:5"));
+}
+
+/// What the Redis scripts do after a promotion started a new epoch (see `PROMOTED` in
+/// `redis_script`; the Redis Cluster tests cause real ones): the promotion is written
+/// here as the script writes it, on one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_cross_a_promotions_fork_through_one_gap() {
+    let bus = bus(Kind::Redis).await;
+    let mut old = None;
+    for n in 1..=5 {
+        old = Some(bus.publish(&chat(), data(n)).await.unwrap().epoch.clone());
+    }
+    let old = old.unwrap();
+    let new = Epoch::random();
+    let client = ::redis::Client::open(redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let meta = format!("{}:{{chat}}:meta", bus.prefix);
+    let _: () = ::redis::cmd("HSET")
+        .arg(&meta)
+        .arg(&[
+            "prev",
+            old.as_str(),
+            "pfirst",
+            "1",
+            "fork",
+            "5",
+            "epoch",
+            new.as_str(),
+        ])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for n in 6..=7 {
+        let message = bus.publish(&chat(), data(n)).await.unwrap();
+        assert_eq!((&message.epoch, message.offset), (&new, n));
+    }
+    let read = |epoch: &Epoch, offset: u64| {
+        let from = Position {
+            epoch: epoch.clone(),
+            offset,
+        };
+        let bus = &bus;
+        async move {
+            let (events, next) = bus
+                .catch_up(&cursor(&chat(), Some(from)), None)
+                .await
+                .unwrap();
+            let events: Vec<String> = events
+                .iter()
+                .map(|event| match event {
+                    Event::Message(m) => format!("{}:{}", m.epoch, m.offset),
+                    Event::Gap(g) => format!("gap {}:{}", g.epoch, g.first),
+                    Event::Control(_) => panic!("no control here"),
+                })
+                .collect();
+            (events, next.to_string())
+        }
+    };
+    let after = format!("chat@{new}:7");
+    // Behind the fork: the old epoch's messages, then one gap into the new epoch.
+    assert_eq!(
+        read(&old, 3).await,
+        (
+            vec![
+                format!("{old}:4"),
+                format!("{old}:5"),
+                format!("gap {new}:6"),
+                format!("{new}:6"),
+                format!("{new}:7"),
+            ],
+            after.clone()
+        )
+    );
+    // Past the fork (holding writes the promoted replica lost): a gap, no reused offset.
+    assert_eq!(
+        read(&old, 7).await,
+        (
+            vec![
+                format!("gap {new}:6"),
+                format!("{new}:6"),
+                format!("{new}:7")
+            ],
+            after.clone()
+        )
+    );
+    // An unknown epoch: everything retained, each part under its own epoch.
+    let unknown = Epoch::random();
+    let (events, next) = read(&unknown, 2).await;
+    assert_eq!(events[0], format!("gap {old}:1"));
+    assert_eq!(events[6], format!("gap {new}:6"));
+    assert_eq!((events.len(), next), (9, after.clone()));
+    // The current epoch reads as always.
+    assert_eq!(read(&new, 6).await, (vec![format!("{new}:7")], after));
 }
 
 async fn a_subscriber_that_does_not_read_is_cut_off_alone(kind: Kind) {
