@@ -1,12 +1,13 @@
-//! Issue 23's server side over real sockets, on the memory engine and on Redis (two
-//! gateways sharing one): the trusted sender `from`, `exclude_client`, presence and the
-//! server API (`POST /subscribe`, `/unsubscribe`, `/disconnect`).
+//! Issue 23's server side over real sockets, on the memory engine, on Redis and on a
+//! Redis Cluster (two gateways sharing one): the trusted sender `from`, `exclude_client`,
+//! presence and the server API (`POST /subscribe`, `/unsubscribe`, `/disconnect`).
 //!
-//! The Redis runs need a Redis at `CASCADE_TEST_REDIS_URL` (default 127.0.0.1:6379).
+//! The Redis runs need a Redis at `CASCADE_TEST_REDIS_URL` (default 127.0.0.1:6379); the
+//! Redis Cluster runs start a local cluster (`redis-server` on PATH), one for all of them.
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use cascade::auth::Auth;
 use cascade::auth::token::Claims;
@@ -38,18 +39,55 @@ fn config(engine: EngineKind, prefix: &str) -> Config {
     config
 }
 
+/// The local Redis Cluster of the cluster runs: started by the first that needs it,
+/// stopped (by PID) when the last gateway pair using it is gone.
+fn shared_cluster() -> Arc<support::redis_cluster::RedisCluster> {
+    static CLUSTER: Mutex<Weak<support::redis_cluster::RedisCluster>> = Mutex::new(Weak::new());
+    let mut shared = CLUSTER.lock().unwrap();
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(tokio::task::block_in_place(
+        support::redis_cluster::RedisCluster::start,
+    ));
+    *shared = Arc::downgrade(&cluster);
+    cluster
+}
+
 /// Two gateways on one Redis prefix; the memory engine is one node, so its runs use one
 /// gateway for both.
-async fn gateways(engine: EngineKind) -> (Arc<TestServer>, Arc<TestServer>) {
+async fn gateways(engine: EngineKind) -> Gateways {
     let prefix = format!("test-presence-{}", cascade::protocol::Epoch::random());
-    let a = Arc::new(TestServer::start(config(engine, &prefix)).await);
+    let cluster = matches!(engine, EngineKind::RedisCluster).then(shared_cluster);
+    let config = || {
+        let mut config = config(engine, &prefix);
+        if let Some(cluster) = &cluster {
+            config.redis_url = cluster.url();
+        }
+        config
+    };
+    let a = Arc::new(TestServer::start(config()).await);
     let b = match engine {
         EngineKind::Memory => a.clone(),
-        EngineKind::Redis | EngineKind::RedisCluster => {
-            Arc::new(TestServer::start(config(engine, &prefix)).await)
-        }
+        EngineKind::Redis | EngineKind::RedisCluster => Arc::new(TestServer::start(config()).await),
     };
-    (a, b)
+    // A cluster engine connects in the background; the test starts once both are ready.
+    for node in [&a, &b] {
+        eventually("the gateway is ready", || async {
+            node.get_json("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    Gateways {
+        nodes: (a, b),
+        _cluster: cluster,
+    }
+}
+
+/// Two gateways, and the cluster they share, if any (kept until the test ends).
+struct Gateways {
+    nodes: (Arc<TestServer>, Arc<TestServer>),
+    _cluster: Option<Arc<support::redis_cluster::RedisCluster>>,
 }
 
 fn token(config: &Config, user: &str) -> String {
@@ -101,7 +139,8 @@ async fn api(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
 }
 
 async fn sender_and_exclusion_reach_every_transport(engine: EngineKind) {
-    let (node_a, node_b) = gateways(engine).await;
+    let gateways = gateways(engine).await;
+    let (node_a, node_b) = gateways.nodes.clone();
     let (mut alice, alice_id) = ws(&node_a, Some("alice")).await;
     let (mut bob, _) = ws(&node_b, Some("bob")).await;
     alice.subscribe(&["chat"], None).await;
@@ -165,7 +204,8 @@ async fn sender_and_exclusion_reach_every_transport(engine: EngineKind) {
 }
 
 async fn a_poll_is_left_out_of_its_own_broadcast(engine: EngineKind) {
-    let (node_a, node_b) = gateways(engine).await;
+    let gateways = gateways(engine).await;
+    let (node_a, node_b) = gateways.nodes.clone();
     let token = token(&node_a.app.config, "carol");
     let (_, first) = node_a
         .get_json(&format!("/poll?channels=chat&token={token}"))
@@ -206,7 +246,8 @@ async fn a_poll_is_left_out_of_its_own_broadcast(engine: EngineKind) {
 }
 
 async fn presence_is_the_same_on_every_node(engine: EngineKind) {
-    let (node_a, node_b) = gateways(engine).await;
+    let gateways = gateways(engine).await;
+    let (node_a, node_b) = gateways.nodes.clone();
     let (mut watcher, _) = ws(&node_b, Some("watcher")).await;
     watcher.subscribe(&["room:1"], None).await;
     let (mut alice, alice_id) = ws(&node_a, Some("alice")).await;
@@ -285,7 +326,8 @@ async fn eventually_present(node: &TestServer, count: usize) -> Vec<Value> {
 }
 
 async fn the_server_api_reaches_every_session_of_a_user(engine: EngineKind) {
-    let (node_a, node_b) = gateways(engine).await;
+    let gateways = gateways(engine).await;
+    let (node_a, node_b) = gateways.nodes.clone();
     let (mut ws_alice, _) = ws(&node_a, Some("dave")).await;
     ws_alice.subscribe(&["lobby"], None).await;
     let token = token(&node_b.app.config, "dave");
@@ -378,6 +420,14 @@ macro_rules! engines {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(cascade::config::EngineKind::Redis).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(cascade::config::EngineKind::RedisCluster).await
                 }
             )*
         }
