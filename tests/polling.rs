@@ -204,14 +204,16 @@ async fn wrong_epoch_yields_gap() {
     assert_eq!(offsets(&body), vec![1, 2, 3]);
     assert_eq!(cursor(&body), format!("ep@{epoch}:3"));
 
-    // An offset beyond the head of the right epoch is not retained either.
+    // An offset beyond the head of the right epoch is not retained either; the gap puts
+    // the reader at the head without replaying what it claims to hold.
     let body = poll(&server, &format!("/poll?cursor=ep@{epoch}:99")).await;
     assert_eq!(
         body["gaps"],
-        json!([{"channel": "ep", "epoch": epoch, "first": 1}]),
+        json!([{"channel": "ep", "epoch": epoch, "first": 4}]),
         "{body}"
     );
-    assert_eq!(offsets(&body), vec![1, 2, 3]);
+    assert_eq!(offsets(&body), Vec::<u64>::new());
+    assert_eq!(cursor(&body), format!("ep@{epoch}:3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
