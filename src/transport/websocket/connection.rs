@@ -33,7 +33,7 @@ use super::close::{
     CLOSE_BACKEND_REFUSED, CLOSE_BACKEND_UNAVAILABLE, CLOSE_DISCONNECTED, CLOSE_TIMEOUT,
     CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, close_code, read_error_close,
 };
-use super::wire::WsFrame as _;
+use super::wire::{self, WsFrame as _};
 
 mod frames;
 
@@ -475,8 +475,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.write(Frame::Ping(Default::default()), true).await
     }
 
+    /// Writes a reply straight to the socket, once tungstenite holds nothing unwritten:
+    /// through tungstenite, its write buffer would keep the reply's size for the rest of
+    /// the connection's life (the first `session` frame alone cost every hooked
+    /// connection about 250 bytes).
     async fn send_text(&mut self, text: String) -> Result<(), Stop> {
-        self.write(Frame::text(text), true).await
+        if !self.direct {
+            self.write_flush().await?;
+        }
+        let wire = wire::text_frame(&text);
+        let tried = {
+            let mut cx = Context::from_waker(Waker::noop());
+            Pin::new(self.ws.get_mut()).poll_write(&mut cx, &wire)
+        };
+        let sent = match tried {
+            Poll::Ready(Ok(sent)) => sent,
+            Poll::Pending => 0,
+            Poll::Ready(Err(_)) => {
+                return Err(Stop {
+                    reason: "write_failed",
+                    close: None,
+                });
+            }
+        };
+        if sent == wire.len() {
+            return Ok(());
+        }
+        let socket = self.ws.get_mut();
+        let write = async {
+            socket.write_all(&wire[sent..]).await?;
+            Ok(socket.flush().await?)
+        };
+        guarded(write, &self.subscription, &self.app).await
     }
 
     async fn send_error(&mut self, id: Option<u64>, err: &Error) -> Result<(), Stop> {

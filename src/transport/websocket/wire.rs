@@ -69,6 +69,14 @@ fn encode(message: &Message) -> Bytes {
     wire.freeze()
 }
 
+/// `text` as a final, unmasked text frame, head and payload in one buffer.
+pub fn text_frame(text: &str) -> Bytes {
+    let mut wire = BytesMut::with_capacity(text.len() + 10);
+    put_head(&mut wire, text.len());
+    wire.put_slice(text.as_bytes());
+    wire.freeze()
+}
+
 /// Appends the head of a final, unmasked text frame of `len` bytes (RFC 6455, 5.2).
 fn put_head(out: &mut BytesMut, len: usize) {
     out.put_u8(0x81);
