@@ -262,6 +262,7 @@ fn encode(c: &mut Criterion) {
                     &[],
                     None,
                     None,
+                    None,
                     poll_metrics,
                 )
             });

@@ -509,6 +509,10 @@
         self.channels = without(self.channels, body && body.refused);
         client._session(body);
         client._refused(body && body.refused);
+        // Channels the server subscribed this client to (its connect hook's, or the
+        // server API's lately): followed like its own.
+        client._serverSubscribed((body && body.subscribed) || []);
+        client._serverUnsubscribed((body && body.unsubscribed) || []);
         client._startAt(body && body.cursor);
         done(null);
       }
@@ -633,6 +637,9 @@
     var self = this;
     cancel(this.timer);
     this.timer = null;
+    // One request at a time: a re-ask (sync) while an answer is being handled would
+    // otherwise leave a second poll parked at the gateway.
+    if (this.inflight) { this.inflight.abort(); this.inflight = null; }
     if (delay > 0) {
       this.timer = later(function () { self.timer = null; self.next(0); }, delay);
       return;
@@ -679,6 +686,10 @@
       }
       client._session(body);
       client._refused(body.refused);
+      // The backend subscribed or unsubscribed this user (POST /subscribe): the answer
+      // already carries the new channels' messages and positions.
+      client._serverSubscribed(body.subscribed || []);
+      client._serverUnsubscribed(body.unsubscribed || []);
       client._polled(body);
       if (!self.proven) { self.onProven(); }
       if (self.dead) { return; }

@@ -77,6 +77,13 @@ async fn connect_begins_a_session_on_every_transport_and_the_user_acts_as_a_toke
     let session = ws.recv().await;
     assert_eq!(session["op"], "session", "{session}");
     assert_eq!(session["client"].as_str().unwrap().len(), 22);
+    // The connect hook's channels are subscribed without the client asking.
+    let granted = ws.recv().await;
+    assert_eq!(
+        (&granted["op"], &granted["channels"], &granted["server"]),
+        (&json!("subscribed"), &json!(["room:granted"]), &json!(true)),
+        "{granted}"
+    );
     let reply = ws.subscribe(&["user:alice", "room:granted"], None).await;
     assert!(reply.get("refused").is_none(), "{reply}");
     let connect = &backend.calls("connect")[0];
@@ -86,12 +93,17 @@ async fn connect_begins_a_session_on_every_transport_and_the_user_acts_as_a_toke
     assert_eq!(connect.body["headers"]["cookie"], "sid=abc123");
     assert_eq!(connect.body["query"]["channels"], "x");
 
-    // SSE: the open event names the session.
+    // SSE: the open event names the session, and the channels subscribed for it.
     let mut sse = SseClient::connect(&server, "channels=user:alice", None).await;
     assert_eq!(sse.status, 200);
     let open = sse.next().await.unwrap().json();
     assert!(
         open["session"].is_string() && open["client"].is_string(),
+        "{open}"
+    );
+    assert_eq!(open["subscribed"], json!(["room:granted"]), "{open}");
+    assert!(
+        open["cursor"].as_str().unwrap().contains("room:granted@"),
         "{open}"
     );
 
@@ -100,6 +112,11 @@ async fn connect_begins_a_session_on_every_transport_and_the_user_acts_as_a_toke
         let (status, body) = get(&server, &format!("{path}?channels=user:alice")).await;
         assert_eq!(status, 200, "{body}");
         assert!(body["session"].is_string(), "{path}: {body}");
+        assert_eq!(
+            body["subscribed"],
+            json!(["room:granted"]),
+            "{path}: {body}"
+        );
         let last = backend.calls("connect").pop().unwrap();
         assert_eq!(last.body["transport"], transport);
         assert_eq!(last.body["headers"]["user-agent"], "hooks-test");
@@ -242,6 +259,7 @@ async fn the_subscribe_hook_decides_each_channel_on_every_transport() {
     };
     let mut ws = ws_with_cookie(&server, "").await;
     ws.recv().await;
+    ws.recv().await; // room:granted, subscribed for it by the connect hook
     let reply = ws.subscribe(&["open", "secret"], None).await;
     assert_eq!(reply["channels"], json!(["open"]));
     expect_refused(&reply);
@@ -278,6 +296,8 @@ async fn the_subscribe_hook_decides_each_channel_on_every_transport() {
     assert!(first["client"].is_string());
     let mut ws = ws_with_cookie(&server, "").await;
     ws.recv().await;
+    let granted = ws.recv().await;
+    assert_eq!(granted["server"], json!(true), "{granted}");
     ws.subscribe(&["room:granted"], None).await;
     assert!(
         backend
@@ -332,11 +352,13 @@ async fn the_publish_hook_replaces_or_refuses_a_clients_publish() {
     let server = TestServer::start(config).await;
     let mut reader = ws_with_cookie(&server, "").await;
     reader.recv().await;
+    reader.recv().await; // room:granted, subscribed for it by the connect hook
     reader.subscribe(&["chat"], None).await;
 
     // WebSocket: replaced data is what subscribers get; a refusal is an error frame.
     let mut ws = ws_with_cookie(&server, "").await;
     ws.recv().await;
+    ws.recv().await; // room:granted, subscribed for it by the connect hook
     ws.send(json!({"op": "publish", "channel": "chat", "data": {"text": "hi"}, "id": 1}))
         .await;
     assert_eq!(ws.recv().await["op"], "ack");
@@ -398,6 +420,7 @@ async fn rpc_over_websocket_and_post_rpc() {
     let server = TestServer::start(hooked(&backend, &ALL)).await;
     let mut ws = ws_with_cookie(&server, "").await;
     let session = ws.recv().await;
+    ws.recv().await; // room:granted, subscribed for it by the connect hook
     ws.send(json!({"op": "rpc", "id": 7, "method": "login", "params": {"name": "alice"}}))
         .await;
     let answer = ws.recv().await;

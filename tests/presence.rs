@@ -405,6 +405,67 @@ async fn the_server_api_reaches_every_session_of_a_user(engine: EngineKind) {
     );
 }
 
+/// A long poll parked when the backend subscribes its user answers at once, naming the
+/// channel, from where the channel stood when the backend asked: a message published
+/// right after the call is the first the client reads of it.
+async fn a_parked_long_poll_learns_a_server_subscription_at_once(engine: EngineKind) {
+    let gateways = gateways(engine).await;
+    let (node_a, node_b) = gateways.nodes.clone();
+    let token = token(&node_a.app.config, "erin");
+    let (_, first) = node_a
+        .get_json(&format!("/longpoll?channels=lobby&token={token}&timeout=0"))
+        .await;
+    let session = first["session"].as_str().unwrap().to_owned();
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let parked_path =
+        format!("/longpoll?cursor={cursor}&token={token}&session={session}&timeout=20");
+    let node = node_a.clone();
+    let parked = tokio::spawn(async move { node.get_json(&parked_path).await });
+    let series = r#"cascade_connections{transport="longpoll"}"#;
+    eventually("the long poll is parked", || async {
+        node_a.metric(series).await >= 1.0
+    })
+    .await;
+    let (status, _) = api(
+        &node_b,
+        "/subscribe",
+        json!({"user":"erin","channel":"news"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = api(
+        &node_b,
+        "/publish",
+        json!({"channel":"news","data":"first"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), parked)
+        .await
+        .expect("answered long before its 20 s hold")
+        .unwrap();
+    assert_eq!(
+        (status, &body["subscribed"]),
+        (200, &json!(["news"])),
+        "{body}"
+    );
+    let next = body["cursor"].as_str().unwrap();
+    assert!(next.contains("news@"), "{body}");
+    // The answer may carry the message already (it was published while the poll took
+    // the command in); else the next poll from its cursor reads it.
+    let (_, then) = node_b
+        .get_json(&format!(
+            "/poll?cursor={next}&token={token}&session={session}"
+        ))
+        .await;
+    let data: Vec<&Value> = [&body, &then]
+        .into_iter()
+        .flat_map(|b| b["messages"].as_array().unwrap())
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(data, vec![&json!("first")], "{body} then {then}");
+}
+
 macro_rules! engines {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -439,4 +500,5 @@ engines!(
     a_poll_is_left_out_of_its_own_broadcast,
     presence_is_the_same_on_every_node,
     the_server_api_reaches_every_session_of_a_user,
+    a_parked_long_poll_learns_a_server_subscription_at_once,
 );

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Present;
-use crate::protocol::{Channel, Cursor};
+use crate::protocol::{Channel, Cursor, Position};
 use crate::sync::Unpoisoned;
 
 /// How long every node remembers a user's commands for its polling clients' next poll,
@@ -43,12 +43,23 @@ pub struct Command {
     /// command is made, and again where it is read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Where a subscribe starts: the channel's position when the backend asked, as a
+    /// cursor of that one channel, so that what it publishes right after reaches the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 impl Command {
     /// Its channel, if it names a valid one.
     pub fn channel(&self) -> Option<Channel> {
         self.channel.as_deref().and_then(|c| Channel::parse(c).ok())
+    }
+
+    /// Where a subscribe to `channel` starts, if the command says.
+    pub fn start(&self, channel: &Channel) -> Option<Position> {
+        let cursor = Cursor::parse(self.start.as_deref()?, 1).ok()?;
+        let (named, position) = cursor.entries.into_iter().next()?;
+        (named == *channel).then_some(position).flatten()
     }
 }
 
@@ -103,6 +114,7 @@ mod tests {
             op: Op::Subscribe,
             user: "alice".into(),
             channel: Some("room:1".into()),
+            start: None,
         };
         let json = serde_json::to_string(&command).unwrap();
         assert_eq!(

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::Map;
 use super::control::{Command, Member, Op, RECENT};
 use super::inbox::Subscriber;
-use crate::protocol::Channel;
+use crate::protocol::{Channel, Position};
 use crate::sync::Unpoisoned;
 use std::sync::Mutex;
 
@@ -18,7 +18,7 @@ const MAX_RECENT: usize = 100_000;
 #[derive(Default)]
 struct Recent {
     at: Option<Instant>,
-    subscribed: Vec<Channel>,
+    subscribed: Vec<(Channel, Option<Position>)>,
     unsubscribed: Vec<Channel>,
     disconnected: bool,
 }
@@ -26,8 +26,9 @@ struct Recent {
 /// What a poll of a user must apply: see [`Users::recent`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pending {
-    /// Channels to follow from now on, whatever the rules say.
-    pub subscribed: Vec<Channel>,
+    /// Channels to follow from where the command started them (else from now on),
+    /// whatever the rules say.
+    pub subscribed: Vec<(Channel, Option<Position>)>,
     /// Channels to drop.
     pub unsubscribed: Vec<Channel>,
     /// The user was disconnected: refuse the poll (`disconnected`).
@@ -102,12 +103,14 @@ impl Users {
         match (command.op, &command.channel()) {
             (Op::Subscribe, Some(channel)) => {
                 entry.unsubscribed.retain(|c| c != channel);
-                if !entry.subscribed.contains(channel) {
-                    entry.subscribed.push(channel.clone());
+                if !entry.subscribed.iter().any(|(c, _)| c == channel) {
+                    entry
+                        .subscribed
+                        .push((channel.clone(), command.start(channel)));
                 }
             }
             (Op::Unsubscribe, Some(channel)) => {
-                entry.subscribed.retain(|c| c != channel);
+                entry.subscribed.retain(|(c, _)| c != channel);
                 if !entry.unsubscribed.contains(channel) {
                     entry.unsubscribed.push(channel.clone());
                 }
@@ -143,9 +146,10 @@ mod tests {
             op,
             user: "alice".into(),
             channel: Some(room.to_string()),
+            start: None,
         };
         users.apply(&command(Op::Subscribe));
-        assert_eq!(users.recent("alice").subscribed, vec![room.clone()]);
+        assert_eq!(users.recent("alice").subscribed, vec![(room.clone(), None)]);
         users.apply(&command(Op::Unsubscribe));
         let pending = users.recent("alice");
         assert!(pending.subscribed.is_empty() && pending.unsubscribed == vec![room.clone()]);

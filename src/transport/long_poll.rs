@@ -16,12 +16,14 @@ use http::{Response, StatusCode};
 use tokio::time::Sleep;
 
 use crate::app::App;
+use crate::bus::control::Control;
 use crate::bus::{Event, Present, Subscription};
 use crate::config::Transport;
-use crate::error::{Refusal, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::http::{Body, RequestHead, json};
 use crate::protocol::Cursor;
 use crate::query::Query;
+use crate::transport::server_api::Changes;
 use crate::transport::session::{self, Issued};
 use crate::transport::{InFlight, poll_body, presence, requested_cursor, shutting_down};
 
@@ -98,6 +100,13 @@ pub fn serve<'a, R: RequestHead + Send + Sync + 'static>(
                 () = timer.as_mut() => {}
             }
         }
+        // The server API ended the user's sessions while this poll waited.
+        if events
+            .iter()
+            .any(|e| matches!(e, Event::Control(Control::Disconnected)))
+        {
+            return Err(Error::Disconnected);
+        }
         Ok(answer(&app, &events, waiting, None, carry))
     }
 }
@@ -108,6 +117,8 @@ struct Told {
     refused: Vec<Refusal>,
     /// The client session it began.
     issued: Option<Box<Issued>>,
+    /// What the server API changed in its channels.
+    changes: Changes,
 }
 
 /// The poll's answer: `events`, the cursor after them and what it was `told`; the
@@ -132,6 +143,7 @@ fn answer(
         |out| waiting.put_cursor(out),
         told.map_or(&[], |t| &t.refused),
         told.and_then(|t| t.issued.as_deref()),
+        told.map(|t| &t.changes),
         retry_ms,
         metrics,
     );
@@ -244,7 +256,7 @@ async fn admit<R: RequestHead + Send + Sync>(
     )
     .await?;
     session::polled(app, &who);
-    let (wanted, refused) = match wanted {
+    let (wanted, refused, changes) = match wanted {
         // Credentials come with each poll: the kept subscription goes on only if these
         // allow all of it; else the poll starts afresh from its cursor.
         Wanted::Kept(kept)
@@ -252,26 +264,34 @@ async fn admit<R: RequestHead + Send + Sync>(
                 .channels()
                 .all(|channel| app.auth.check_subscribe(&who, channel).is_ok()) =>
         {
-            (Wanted::Kept(kept), Vec::new())
+            (Wanted::Kept(kept), Vec::new(), Changes::default())
         }
         Wanted::Kept(_) => {
             let mut cursor = requested_cursor(&query, None, max)?;
-            let (refused, remembered) = super::allowed(app, &who, &mut cursor).await?;
+            let (refused, remembered, changes) = super::allowed(app, &who, &mut cursor).await?;
             issued = remembered.or(issued);
-            (Wanted::From(cursor), refused)
+            (Wanted::From(cursor), refused, changes)
         }
         Wanted::From(mut cursor) => {
-            let (refused, remembered) = super::allowed(app, &who, &mut cursor).await?;
+            let (refused, remembered, mut changes) = super::allowed(app, &who, &mut cursor).await?;
+            if issued.is_some() {
+                super::subscribe_granted(app, &who, &mut cursor, &mut changes);
+            }
             issued = remembered.or(issued);
-            (Wanted::From(cursor), refused)
+            (Wanted::From(cursor), refused, changes)
         }
     };
     // A poll is never held past the expiry of the credentials it was allowed with, and
     // one that left channels out or began a session answers at once: the client should
     // know before it waits.
     let mut timeout = hold_time(app, &query)?.min(who.expires_in().unwrap_or(Duration::MAX));
-    let told =
-        (!refused.is_empty() || issued.is_some()).then(|| Box::new(Told { refused, issued }));
+    let told = (!refused.is_empty() || issued.is_some() || !changes.is_empty()).then(|| {
+        Box::new(Told {
+            refused,
+            issued,
+            changes,
+        })
+    });
     if told.is_some() {
         timeout = Duration::ZERO;
     }

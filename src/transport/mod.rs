@@ -233,9 +233,17 @@ pub fn wanted_cursor<'a>(
     Ok(cursor)
 }
 
+/// What a subscribing request was allowed: the channels refused, the client session it
+/// began (if any), and what the server API changed in its channels.
+pub type Allowed = (
+    Vec<Refusal>,
+    Option<Box<session::Issued>>,
+    server_api::Changes,
+);
+
 /// Identifies the caller, with its client session ([`session::identify`]), and keeps the
-/// channels of `cursor` it may read ([`session::allowed`]); returns who it is, the
-/// channels refused, and the session it began, if any.
+/// channels of `cursor` it may read ([`session::allowed`]); returns who it is and what
+/// it was allowed ([`Allowed`]).
 pub async fn authorize_subscribe(
     app: &App,
     transport: Transport,
@@ -243,29 +251,49 @@ pub async fn authorize_subscribe(
     query: &Query<'_>,
     conn: Option<&crate::conn::ConnInfo>,
     cursor: &mut Cursor,
-) -> Result<(Identity, Vec<Refusal>, Option<Box<session::Issued>>)> {
+) -> Result<(Identity, Allowed)> {
     let (who, issued) = session::identify(app, transport.name(), headers, query, conn).await?;
-    let (refused, remembered) = allowed(app, &who, cursor).await?;
+    let (refused, remembered, mut changes) = allowed(app, &who, cursor).await?;
+    if issued.is_some() {
+        subscribe_granted(app, &who, cursor, &mut changes);
+    }
     // The later value carries all of the earlier one.
-    Ok((who, refused, remembered.or(issued)))
+    Ok((who, (refused, remembered.or(issued), changes)))
+}
+
+/// Adds to `cursor`, from now, the channels the connect hook granted a session that
+/// this request began: they are subscribed for the client without it asking, and
+/// `changes` tells it so. Within `limits.max_channels`.
+pub fn subscribe_granted(
+    app: &App,
+    who: &Identity,
+    cursor: &mut Cursor,
+    changes: &mut server_api::Changes,
+) {
+    let Some(session) = &who.session else { return };
+    for channel in &session.granted {
+        if cursor.entries.len() >= app.config.limits.max_channels {
+            break;
+        }
+        if !cursor.entries.iter().any(|(c, _)| c == channel) {
+            cursor.entries.push((channel.clone(), None));
+            changes.subscribed.push(channel.clone());
+        }
+    }
 }
 
 /// [`session::allowed`], after the server API's recent commands for the user: the
 /// channels the server subscribed it to lately are kept whatever the rules say, those
 /// it unsubscribed it from are dropped.
-pub async fn allowed(
-    app: &App,
-    who: &Identity,
-    cursor: &mut Cursor,
-) -> Result<(Vec<Refusal>, Option<Box<session::Issued>>)> {
-    let granted = server_api::take_granted(app, who, cursor);
-    let answer = if cursor.entries.is_empty() && !granted.is_empty() {
+pub async fn allowed(app: &App, who: &Identity, cursor: &mut Cursor) -> Result<Allowed> {
+    let (granted, changes) = server_api::take_granted(app, who, cursor);
+    let (refused, issued) = if cursor.entries.is_empty() && !granted.is_empty() {
         (Vec::new(), None)
     } else {
         session::allowed(app, who, cursor).await?
     };
     server_api::put_back(cursor, granted, app.config.limits.max_channels);
-    Ok(answer)
+    Ok((refused, issued, changes))
 }
 
 /// Drops from `cursor` the channels the rules do not let `who` read, and names them: the
@@ -318,16 +346,50 @@ pub fn put_refused(out: &mut BytesMut, refused: &[Refusal]) {
     );
 }
 
+/// Appends `,"subscribed":[..]` and `,"unsubscribed":[..]`: the server API's changes to a
+/// poll's channels, from the request's admission and from a live subscription's
+/// [`Control`](crate::bus::control::Control) events.
+pub fn put_changes(out: &mut BytesMut, events: &[Event], changes: Option<&server_api::Changes>) {
+    use crate::bus::control::Control;
+    let mut subscribed: Vec<&str> = Vec::new();
+    let mut unsubscribed: Vec<&str> = Vec::new();
+    if let Some(changes) = changes {
+        subscribed.extend(changes.subscribed.iter().map(Channel::as_str));
+        unsubscribed.extend(changes.unsubscribed.iter().map(Channel::as_str));
+    }
+    for event in events {
+        match event {
+            Event::Control(Control::Subscribed(cursor)) => {
+                subscribed.extend(cursor.entries.iter().map(|(channel, _)| channel.as_str()))
+            }
+            Event::Control(Control::Unsubscribed(channel)) => unsubscribed.push(channel.as_str()),
+            _ => {}
+        }
+    }
+    for (name, channels) in [("subscribed", subscribed), ("unsubscribed", unsubscribed)] {
+        if !channels.is_empty() {
+            out.put_slice(format!(",\"{name}\":").as_bytes());
+            out.put_slice(
+                serde_json::to_string(&channels)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+        }
+    }
+}
+
 /// Encodes the polling answer `{"messages":[..],"cursor":"..","gaps":[..],"refused":[..]}`,
 /// recording the deliveries; `put_cursor` appends the cursor's text (a subscription writes
 /// its own without building a [`Cursor`]), `refused` names the channels left out,
-/// `issued` the client session the request began, and `retry_ms` is added when the
-/// gateway is draining.
+/// `issued` the client session the request began, `changes` what the server API changed
+/// in its channels (with those a live subscription applied, from `events`), and
+/// `retry_ms` is added when the gateway is draining.
 pub fn poll_body(
     events: &[Event],
     put_cursor: impl FnOnce(&mut BytesMut),
     refused: &[Refusal],
     issued: Option<&session::Issued>,
+    changes: Option<&server_api::Changes>,
     retry_ms: Option<u64>,
     metrics: &TransportMetrics,
 ) -> Vec<u8> {
@@ -363,6 +425,7 @@ pub fn poll_body(
         body.put_u8(b']');
     }
     put_refused(&mut body, refused);
+    put_changes(&mut body, events, changes);
     if let Some(issued) = issued {
         issued.put(&mut body);
     }

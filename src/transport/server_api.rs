@@ -55,10 +55,23 @@ pub async fn serve(app: &App, who: &Identity, op: Op, body: &[u8]) -> Result<Res
             });
         }
     };
+    // A subscribe starts where the channel is now: whatever the backend publishes once
+    // this call returned reaches the user's sessions, however fast it follows.
+    let start = match (op, &channel) {
+        (Op::Subscribe, Some(name)) => {
+            let here = Cursor {
+                entries: vec![(Channel::parse(name)?, None)],
+            };
+            let (_, start) = app.bus.catch_up(&here, None).await?;
+            Some(start.to_string())
+        }
+        _ => None,
+    };
     let command = Command {
         op,
         user: request.user,
         channel,
+        start,
     };
     app.bus.command(&command).await?;
     Ok(json(StatusCode::OK, r#"{"ok":true}"#.to_owned()))
@@ -75,32 +88,58 @@ pub fn refuse_disconnected(app: &App, who: &Identity) -> Result<()> {
     }
 }
 
+/// What the server API changed in a poll's channels: the client is told, so that it
+/// follows them as its own (`"subscribed"` and `"unsubscribed"` in the answer).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Channels the server subscribed the user to that the request did not name.
+    pub subscribed: Vec<Channel>,
+    /// Channels the request named that the server unsubscribed the user from.
+    pub unsubscribed: Vec<Channel>,
+}
+
+impl Changes {
+    /// Whether the client has nothing to learn.
+    pub fn is_empty(&self) -> bool {
+        self.subscribed.is_empty() && self.unsubscribed.is_empty()
+    }
+}
+
 /// The channels of a poll by `who` that the server subscribed it to lately, taken out
 /// of `cursor` before the rules look at it: they are the backend's decision. Put them
-/// back with [`put_back`] once the rules kept what they allow.
+/// back with [`put_back`] once the rules kept what they allow. Also says what the
+/// request did not know of.
 pub fn take_granted(
     app: &App,
     who: &Identity,
     cursor: &mut Cursor,
-) -> Vec<(Channel, Option<crate::protocol::Position>)> {
+) -> (Vec<(Channel, Option<crate::protocol::Position>)>, Changes) {
+    let mut changes = Changes::default();
     let Some(user) = who.user.as_deref().filter(|_| !who.server) else {
-        return Vec::new();
+        return (Vec::new(), changes);
     };
     let recent = app.bus.recent_commands(user);
     if recent.subscribed.is_empty() && recent.unsubscribed.is_empty() {
-        return Vec::new();
+        return (Vec::new(), changes);
     }
-    cursor
-        .entries
-        .retain(|(channel, _)| !recent.unsubscribed.contains(channel));
+    cursor.entries.retain(|(channel, _)| {
+        let dropped = recent.unsubscribed.contains(channel);
+        if dropped {
+            changes.unsubscribed.push(channel.clone());
+        }
+        !dropped
+    });
     let mut granted = Vec::new();
-    for channel in recent.subscribed {
+    for (channel, start) in recent.subscribed {
         match cursor.entries.iter().position(|(c, _)| *c == channel) {
             Some(at) => granted.push(cursor.entries.remove(at)),
-            None => granted.push((channel, None)),
+            None => {
+                changes.subscribed.push(channel.clone());
+                granted.push((channel, start));
+            }
         }
     }
-    granted
+    (granted, changes)
 }
 
 /// Puts back what [`take_granted`] took, within `max` channels.

@@ -21,7 +21,7 @@ pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Bod
     let metrics = app.metrics.transport(Transport::Poll);
     let query = Query::parse(req.query());
     let mut cursor = requested_cursor(&query, None, app.config.limits.max_channels)?;
-    let (who, refused, issued) = authorize_subscribe(
+    let (who, (refused, issued, changes)) = authorize_subscribe(
         &app,
         Transport::Poll,
         req.headers(),
@@ -47,6 +47,7 @@ pub async fn serve<R: RequestHead>(app: Arc<App>, req: R) -> Result<Response<Bod
         |out| next.put(out),
         &refused,
         issued.as_deref(),
+        Some(&changes),
         retry_ms,
         metrics,
     );

@@ -24,9 +24,11 @@ use crate::error::{Refusal, Result};
 use crate::http::{Body, RequestHead};
 use crate::protocol::{Cursor, Message};
 use crate::query::Query;
+use crate::transport::server_api::Changes;
 use crate::transport::session::Issued;
 use crate::transport::{
-    Session, authorize_subscribe, presence, put_refused, requested_cursor, shutting_down,
+    Session, authorize_subscribe, presence, put_changes, put_refused, requested_cursor,
+    shutting_down,
 };
 use crate::wake::SideWaits;
 
@@ -54,7 +56,7 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let mut cursor = requested_cursor(&query, last_event_id, app.config.limits.max_channels)?;
-    let (who, refused, issued) = authorize_subscribe(
+    let (who, (refused, issued, changes)) = authorize_subscribe(
         &app,
         Transport::Sse,
         req.headers(),
@@ -75,7 +77,13 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     let mut session = Session::open(Transport::Sse, metrics, conn.map(|c| c.remote()), cut);
     session.tell_backend(&app, &who);
     let slot = ExpressSlot::default();
-    let open = open_event(&start, &refused, issued.as_deref(), app.config.sse.retry_ms);
+    let open = open_event(
+        &start,
+        &refused,
+        issued.as_deref(),
+        &changes,
+        app.config.sse.retry_ms,
+    );
     let frames = events(app.clone(), subscription, open, session, who, slot.clone())
         .map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(Body::Boxed(StreamBody::new(frames).boxed_unsync()));
@@ -91,12 +99,14 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
     Ok(response)
 }
 
-/// The `open` event: where delivery starts, the channels refused and the client session
-/// begun, if any.
+/// The `open` event: where delivery starts, the channels refused, what the server
+/// subscribed the client to (and unsubscribed it from), and the client session begun, if
+/// any.
 fn open_event(
     start: &Cursor,
     refused: &[Refusal],
     issued: Option<&Issued>,
+    changes: &Changes,
     retry_ms: u64,
 ) -> Bytes {
     let mut out = BytesMut::new();
@@ -105,6 +115,7 @@ fn open_event(
         "retry: {retry_ms}\nevent: open\nid: {start}\ndata: {{\"cursor\":\"{start}\""
     );
     put_refused(&mut out, refused);
+    put_changes(&mut out, &[], Some(changes));
     if let Some(issued) = issued {
         issued.put(&mut out);
     }

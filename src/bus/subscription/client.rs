@@ -24,14 +24,16 @@ impl Subscription {
             debug_assert!(false, "set_client after add or set_express");
             return;
         }
-        if let Some(member) = self.inbox.client().filter(|m| m.streams) {
+        // A parked long poll too: a server command wakes it, and its answer tells the
+        // client at once instead of after its hold.
+        if let Some(member) = self.inbox.client() {
             let subscriber = self.inbox.subscriber();
             self.bus.users().register(self.id, member, subscriber);
         }
     }
 
     pub(super) fn release_member(&self) {
-        if let Some(member) = self.inbox.client().filter(|m| m.streams) {
+        if let Some(member) = self.inbox.client() {
             self.bus.users().unregister(self.id, member);
         }
     }
@@ -48,7 +50,7 @@ impl Subscription {
                 (Op::Subscribe, Some(channel)) if !self.follows(&channel) => {
                     let at = self.pending.len();
                     let wanted = Cursor {
-                        entries: vec![(channel.clone(), None)],
+                        entries: vec![(channel.clone(), command.start(&channel))],
                     };
                     match self.add(&wanted).await {
                         Ok(start) => {

@@ -128,6 +128,7 @@ async fn server_commands_reach_the_users_streams(kind: Kind) {
         op,
         user: ALICE.into(),
         channel: channel.map(|c| c.to_string()),
+        start: None,
     };
     bus.command(&command(Op::Subscribe, Some(&room)))
         .await

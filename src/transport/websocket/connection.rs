@@ -36,6 +36,9 @@ use super::close::{
 use super::wire::{self, WsFrame as _};
 
 mod frames;
+mod server;
+
+use server::control_frame;
 
 /// Most queued events written in one batch before flushing.
 const MAX_BATCH: usize = 256;
@@ -164,13 +167,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Serves the connection until it ends; `issued` is the client session its handshake
     /// began, which the client is told of first.
     pub(super) async fn run(&mut self, issued: Option<Box<Issued>>) {
-        if let Some(issued) = issued {
-            let mut frame = serde_json::json!({"op": "session"});
-            issued.add_to(&mut frame);
-            // Boxed: it runs once, and the task should not keep room for it.
-            if Box::pin(self.send_text(frame.to_string())).await.is_err() {
-                return;
-            }
+        // Boxed: it runs once, and the task should not keep room for it.
+        if let Some(issued) = issued
+            && Box::pin(self.greet(issued)).await.is_err()
+        {
+            return;
         }
         let ping_every = Duration::from_millis(self.app.config.websocket.ping_interval_ms);
         let mut ping =
@@ -582,24 +583,5 @@ fn protocol_stop(err: &tungstenite::Error, app: &App) -> Stop {
     Stop {
         reason,
         close: Some((code, reason.to_owned())),
-    }
-}
-
-/// The frame that tells a client the server subscribed or unsubscribed it:
-/// `{"op":"subscribed","channels":[..],"cursor":"..","server":true}` and
-/// `{"op":"unsubscribed","channels":[..],"server":true}`.
-fn control_frame(control: &Control) -> String {
-    match control {
-        Control::Subscribed(start) => {
-            let names: Vec<&str> = start.entries.iter().map(|(c, _)| c.as_str()).collect();
-            serde_json::json!({"op": "subscribed", "channels": names,
-                "cursor": start.to_string(), "server": true})
-            .to_string()
-        }
-        Control::Unsubscribed(channel) => {
-            serde_json::json!({"op": "unsubscribed", "channels": [channel.as_str()], "server": true})
-                .to_string()
-        }
-        Control::Disconnected => r#"{"op":"disconnected"}"#.to_owned(),
     }
 }

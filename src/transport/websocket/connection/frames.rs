@@ -85,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut wanted = wanted_cursor(channels, cursor, max)?;
         // The refused channels are left out before counting: they will not be followed.
         // The socket is the session: nothing to remember in a value.
-        let (refused, _) = allowed(&self.app, &self.who, &mut wanted).await?;
+        let (refused, _, _) = allowed(&self.app, &self.who, &mut wanted).await?;
         let new = wanted
             .entries
             .iter()
