@@ -3,6 +3,11 @@
  * `room:<name>`. Presence is plain messages on `chat` (online / here / offline), so the
  * demo needs nothing from the gateway beyond publish and subscribe.
  *
+ * With `?backend` in the page's URL it is the front of the example chat backend
+ * (examples/chat): the connect hook logs in by name, rooms are joined and told through the
+ * backend's calls (rpc), the sender is the gateway's trusted `from`, and who is online
+ * comes from presence.
+ *
  * ES5, like the client, so that it runs wherever the client does.
  */
 (function () {
@@ -16,6 +21,7 @@
     poll: 'short polling'
   };
 
+  var backend = /[?&]backend(?:[=&]|$)/.test(location.search);
   var me = null;
   var token = null;       // a client token, to read this user's private messages (user:<name>)
   var client = null;
@@ -125,7 +131,7 @@
     $('leave-room').hidden = conv.kind !== 'room';
     $('text').placeholder = conv.kind === 'dm' ? 'Message ' + conv.name + ' privately'
       : conv.kind === 'room' ? 'Message ' + conv.title : 'Message everyone';
-    if (conv.kind === 'dm' && !token && !conv.warned) {
+    if (conv.kind === 'dm' && !token && !backend && !conv.warned) {
       conv.warned = true;
       note(conv, 'Private messages need a token, and this gateway signed none for you (its ' +
         '/demo/login needs token.hmac_secret): user:' + conv.name + ' is readable by ' + conv.name +
@@ -184,6 +190,7 @@
    * does not follow the recipient's inbox), so it is shown when acknowledged.
    */
   function send(data, channel, conv) {
+    if (backend) { sendThroughBackend(data, conv); return; }
     data.from = me;
     data.transport = client.transport;
     client.publish(channel, data, function (err) {
@@ -243,6 +250,81 @@
     }
   }
 
+  /**
+   * The backend's way: a line to everyone is the client's own publish (the gateway adds
+   * `from`); a room's or a private one is a call, whose answer shows it here, since the
+   * backend leaves the sender out.
+   */
+  function sendThroughBackend(data, conv) {
+    if (data.type !== 'text') { return; }
+    var done = function (err) {
+      if (err) {
+        note(conv, 'Not sent (' + err.code + '): ' + data.text);
+      } else if (conv.kind !== 'everyone') {
+        add(conv, { kind: 'message', from: me, text: data.text, ts: Date.now(), transport: client.transport });
+      }
+    };
+    if (conv.kind === 'everyone') {
+      client.publish('chat', { text: data.text }, done);
+    } else if (conv.kind === 'room') {
+      client.rpc('tell', { room: conv.name, text: data.text }, done);
+    } else {
+      client.rpc('whisper', { to: conv.name, text: data.text }, done);
+    }
+  }
+
+  /** A message from the example backend (or a client's own, with `from`) in demo terms. */
+  function fromBackend(data, message) {
+    if (!data || typeof data !== 'object') { return null; }
+    var sender = typeof data.user === 'string' ? data.user
+      : message.from && message.from.user;
+    if (!sender) { return null; }
+    if (data.joined) { return { type: 'join', from: sender }; }
+    if (data.left) { return { type: 'leave', from: sender }; }
+    if (typeof data.text === 'string') { return { type: 'text', from: sender, text: data.text }; }
+    return null;
+  }
+
+  /** Every message of the backend mode, server-side subscriptions included. */
+  function routeFromBackend(message) {
+    var data = fromBackend(message.data, message);
+    if (!data) { return; }
+    var channel = message.channel, conv = null;
+    if (channel === 'chat') {
+      conv = conversations.everyone;
+    } else if (channel.indexOf('room:') === 0) {
+      var room = channel.slice(5);
+      conv = conversations['room:' + room];
+      // The backend subscribed this user (this tab or another of theirs joined).
+      if (!conv && data.type === 'join' && data.from === me) {
+        conv = conversation('room:' + room, 'room', room, channel);
+      }
+    } else if (channel === 'user:' + me && data.type === 'text') {
+      conv = conversation('dm:' + data.from, 'dm', data.from, 'user:' + data.from);
+    }
+    if (conv) { received(data, message, conv); }
+    if (channel === 'chat' || data.type === 'join' || data.type === 'leave') { refreshPeople(); }
+  }
+
+  /** Who is online: presence of `chat`, with each client's rung. */
+  function refreshPeople() {
+    client.presence('chat', function (err, answer) {
+      if (err) { return; }
+      var online = {};
+      for (var i = 0; i < answer.clients.length; i++) {
+        var c = answer.clients[i];
+        if (c.user && c.user !== me) { online[c.user] = c.transport; }
+      }
+      for (var name in people) {
+        if (people.hasOwnProperty(name) && !online.hasOwnProperty(name)) { people[name].online = false; }
+      }
+      for (var user in online) {
+        if (online.hasOwnProperty(user)) { people[user] = { online: true, transport: online[user] }; }
+      }
+      renderSidebar();
+    });
+  }
+
   function follow(conv) {
     client.subscribe(conv.channel, function (data, message) { received(data, message, conv); });
   }
@@ -250,6 +332,15 @@
   function joinRoom(name) {
     var key = 'room:' + name;
     if (conversations[key]) { open(key); return; }
+    if (backend) {
+      client.rpc('join', { room: name }, function (err) {
+        if (err) { note(conversations[current], 'Could not join ' + name + ' (' + err.code + ')'); return; }
+        var conv = conversation(key, 'room', name, 'room:' + name);
+        note(conv, 'You joined # ' + name + ' (the backend subscribed you).');
+        open(key);
+      });
+      return;
+    }
     var conv = conversation(key, 'room', name, 'room:' + name);
     follow(conv);
     note(conv, 'You joined ' + conv.title + '. Everyone in it sees what you write here.');
@@ -260,8 +351,12 @@
   function leaveRoom(key) {
     var conv = conversations[key];
     if (!conv || conv.kind !== 'room') { return; }
-    send({ type: 'leave' }, conv.channel, conv);
-    client.unsubscribe(conv.channel);
+    if (backend) {
+      client.rpc('leave', { room: conv.name });
+    } else {
+      send({ type: 'leave' }, conv.channel, conv);
+      client.unsubscribe(conv.channel);
+    }
     delete conversations[key];
     order.splice(order.indexOf(key), 1);
     open('everyone');
@@ -284,7 +379,9 @@
   }
 
   function login(name, transport, withToken) {
-    me = name;
+    // The example backend knows lower-case names only.
+    me = backend ? name.toLowerCase() : name;
+    name = me;
     token = withToken || null;
     $('login').hidden = true;
     $('app').hidden = false;
@@ -292,11 +389,25 @@
     avatar($('me-avatar'), name);
     client = Cascade.connect('', {
       transports: transport ? [transport] : undefined,
-      token: token || undefined
+      token: token || undefined,
+      query: backend ? { name: name } : undefined,
+      // A tab of its own: a shared connection does not yet pass a hooked session's
+      // server subscriptions and session value on to its tabs (README, Known issues).
+      share: backend ? false : undefined
     });
     var everyone = conversation('everyone', 'everyone', 'everyone', 'chat');
-    follow(everyone);
-    if (token) {
+    if (backend) {
+      // The connect hook makes `name` this session's user and subscribes `chat`; the
+      // inbox is readable by its owner; rooms arrive when the backend subscribes us.
+      client.subscribe('user:' + name);
+      client.on('message', routeFromBackend);
+      client.on('connect', refreshPeople);
+      // Presence has no join event on `chat` here: look again now and then.
+      setInterval(refreshPeople, 3000);
+    } else {
+      follow(everyone);
+    }
+    if (token && !backend) {
       // The personal inbox: only its owner, proven by the token, may read it.
       client.subscribe('user:' + name, function (data, message) {
         if (!data || data.type !== 'text' || typeof data.from !== 'string') { return; }
@@ -312,7 +423,7 @@
     client.on('transport', showTransport);
     client.on('connect', function (info) {
       showTransport(info.transport);
-      if (!announced) {
+      if (!announced && !backend) {
         announced = true;
         send({ type: 'online' }, 'chat', everyone);
       }
@@ -328,6 +439,7 @@
     note(everyone, 'Welcome, ' + name + '. Messages here go to everyone on channel chat.');
     open('everyone');
     window.addEventListener('pagehide', function () {
+      if (backend) { return; }
       var body = JSON.stringify({ channel: 'chat', data: { type: 'offline', from: me } });
       if (navigator.sendBeacon) { navigator.sendBeacon('/publish', body); }
     });
@@ -342,7 +454,7 @@
     if (!NAME.test(name)) { $('name').focus(); return; }
     var transport = $('transport').value;
     var typed = $('token').value.replace(/\s+/g, '');
-    if (typed) { login(name, transport, typed); return; }
+    if (typed || backend) { login(name, transport, typed || null); return; }
     // The dev gateway signs a token for the name (POST /demo/login); without one, chat
     // and rooms still work, private messages do not.
     var xhr = new XMLHttpRequest();

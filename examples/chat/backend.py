@@ -32,6 +32,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -44,6 +45,10 @@ SECRET = os.environ.get("CASCADE_HOOKS_SECRET", "").encode()
 LISTEN = os.environ.get("CHAT_LISTEN", "127.0.0.1:3000")
 
 NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+# The rooms each user joined (this process's memory: a real backend keeps it in its
+# database), so that a client asking for one again is allowed.
+JOINED = {}
+LOCK = threading.Lock()
 ROOM = re.compile(r"^[a-z0-9_]{1,32}$")
 MAX_TEXT = 2000
 # The largest hook body read: the gateway's own are far smaller.
@@ -121,9 +126,14 @@ def on_connect(event):
 
 def on_subscribe(event):
     # Rooms are joined through the `join` RPC (the backend subscribes the user), never
-    # by asking: anything else the channel rules allowed is fine.
-    if event["channel"].startswith("room:"):
-        raise Refused("join_first", "join the room with the join call")
+    # by asking; a client asking again for a room its user joined (a polling client
+    # does on every request) is allowed. Anything else the channel rules allowed is fine.
+    channel = event["channel"]
+    if channel.startswith("room:"):
+        with LOCK:
+            joined = channel in JOINED.get(event.get("user"), set())
+        if not joined:
+            raise Refused("join_first", "join the room with the join call")
     return {}
 
 
@@ -153,12 +163,16 @@ def on_rpc(event):
         return {}
     if method == "join":
         channel = room_of(params)
+        with LOCK:
+            JOINED.setdefault(user, set()).add(channel)
         gateway("POST", "/subscribe", {"user": user, "channel": channel})
         publish(channel, {"user": user, "joined": True})
         return {"channel": channel}
     if method == "leave":
         channel = room_of(params)
         publish(channel, {"user": user, "left": True})
+        with LOCK:
+            JOINED.get(user, set()).discard(channel)
         gateway("POST", "/unsubscribe", {"user": user, "channel": channel})
         return {"channel": channel}
     if method == "tell":
