@@ -1821,6 +1821,7 @@
     this.tokenAsks = {};   // n -> done
     this.nextAsk = 1;
     this.remembered = null;
+    this.server = {};      // channels the server subscribed the connection to (hooks)
   }
 
   Hub.prototype.receive = function (msg) {
@@ -1860,7 +1861,21 @@
         self.out.all({ op: 'remember', name: name });
       }
     };
+    this.server = {};
     up._positioned = function () { if (self.upstream === up) { self.answerWaiting(); } };
+    // A hooked session is the tabs' too: they send its value with their own requests
+    // (publish, rpc), and follow what the server subscribes the connection to.
+    up.on('session', function () { self.out.all(self.state()); });
+    up.on('subscribed', function (e) {
+      if (!e.server) { return; }
+      self.server[e.channel] = true;
+      self.tellServer([e.channel], []);
+    });
+    up.on('unsubscribed', function (e) {
+      if (!e.server) { return; }
+      delete self.server[e.channel];
+      self.tellServer([], [e.channel]);
+    });
     up.on('message', function (m) { self.out.channel(m.channel, { op: 'message', m: m }); });
     up.on('gap', function (gap) { self.out.channel(gap.channel, { op: 'gap', gap: gap }); });
     up.on('connect', function () { self.out.all(self.state()); });
@@ -1889,7 +1904,29 @@
 
   Hub.prototype.state = function () {
     var up = this.upstream;
-    return { op: 'state', connected: !!(up && up.connected), transport: up ? up.transport : null };
+    return {
+      op: 'state',
+      connected: !!(up && up.connected),
+      transport: up ? up.transport : null,
+      client: up ? up.clientId : null,
+      session: up ? up.session || null : null
+    };
+  };
+
+  /** Every tab follows the channels the server subscribed the connection to, or not. */
+  Hub.prototype.tellServer = function (subscribed, unsubscribed) {
+    var gone = [];
+    for (var j = 0; j < unsubscribed.length; j++) { gone.push({ channel: unsubscribed[j] }); }
+    for (var id in this.tabs) {
+      if (has(this.tabs, id)) {
+        var tab = this.tabs[id];
+        tab.channels = without(tab.channels, gone);
+        for (var i = 0; i < subscribed.length; i++) {
+          if (tab.channels.indexOf(subscribed[i]) < 0) { tab.channels.push(subscribed[i]); }
+        }
+      }
+    }
+    this.out.all({ op: 'server', subscribed: subscribed, unsubscribed: unsubscribed });
   };
 
   /** A tab's (new) channels and positions; answered with the hub's positions. */
@@ -1925,11 +1962,20 @@
     var state = this.state();
     state.op = 'joined';
     this.out.send(msg.tab, state);
+    var server = Object.keys(this.server);
+    if (server.length) {
+      for (i = 0; i < server.length; i++) {
+        if (tab.channels.indexOf(server[i]) < 0) { tab.channels.push(server[i]); }
+      }
+      this.out.send(msg.tab, { op: 'server', subscribed: server, unsubscribed: [] });
+    }
     this.answer(msg.tab);
   };
 
   /** Drops `channel` from the connection when no tab follows it any more. */
   Hub.prototype.release = function (channel) {
+    // The server's subscriptions stay until the server drops them.
+    if (this.server[channel]) { return; }
     for (var id in this.tabs) {
       if (has(this.tabs, id) && this.tabs[id].channels.indexOf(channel) >= 0) { return; }
     }
@@ -2057,6 +2103,10 @@
         break;
       case 'gap': client._gap(msg.gap); break;
       case 'refused': client._refused(msg.refused); break;
+      case 'server':
+        client._serverSubscribed(msg.subscribed || []);
+        client._serverUnsubscribed(msg.unsubscribed || []);
+        break;
       case 'error': client._emit('error', msg.error); break;
       case 'remember': client._remember(msg.name); break;
       case 'token?': client._lendToken(this.link, msg.n); break;
@@ -2068,6 +2118,7 @@
 
   SharedRung.prototype.state = function (msg) {
     if (msg.transport) { this.name = msg.transport; }
+    if (typeof msg.session === 'string') { this.client._session({ client: msg.client, session: msg.session }); }
     if (!this.proven) {
       if (this.joined && msg.connected && this.name) {
         this.proven = true;

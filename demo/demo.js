@@ -390,10 +390,7 @@
     client = Cascade.connect('', {
       transports: transport ? [transport] : undefined,
       token: token || undefined,
-      query: backend ? { name: name } : undefined,
-      // A tab of its own: a shared connection does not yet pass a hooked session's
-      // server subscriptions and session value on to its tabs (README, Known issues).
-      share: backend ? false : undefined
+      query: backend ? { name: name } : undefined
     });
     var everyone = conversation('everyone', 'everyone', 'everyone', 'chat');
     if (backend) {

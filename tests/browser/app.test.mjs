@@ -173,6 +173,40 @@ test('the example chat runs on the client API: rpc on two rungs, rooms, presence
   await bob.context().close();
 });
 
+test('with the default shared connection, every tab gets the hooked session and the server subscriptions', async () => {
+  // Two tabs of one browser share one connection (a SharedWorker holds it).
+  const context = await browser.newContext();
+  const url = testPageUrl(front.url, { channels: ['user:erin'], client: { query: { name: 'erin' } } });
+  const tabs = [];
+  for (let i = 0; i < 2; i++) {
+    const tab = await context.newPage();
+    await tab.goto(url);
+    await tab.waitForFunction(() => window.__client && window.__client.transport, null, { timeout: DEADLINE_MS });
+    await tab.evaluate(() => {
+      window.__all = [];
+      window.__client.on('message', (m) => window.__all.push(m));
+    });
+    tabs.push(tab);
+  }
+  assert.equal(await tabs[0].evaluate(() => window.__client.shareRole), 'worker');
+  // A call from a tab goes with the session: the backend knows the caller.
+  assert.deepEqual(await rpc(tabs[1], 'join', { room: 'den' }), { result: { channel: 'room:den' } });
+  for (const tab of tabs) await received(tab, 'room:den', { user: 'erin', joined: true });
+  // Someone else's line in the room reaches both tabs; a tab's own publish carries `from`.
+  const gina = await user('gina', 'longpoll');
+  assert.deepEqual(await rpc(gina, 'join', { room: 'den' }), { result: { channel: 'room:den' } });
+  assert.deepEqual(await rpc(gina, 'tell', { room: 'den', text: 'hello den' }), { result: {} });
+  for (const tab of tabs) await received(tab, 'room:den', { user: 'gina', text: 'hello den' });
+  const err = await tabs[0].evaluate(
+    () => new Promise((resolve) => window.__client.publish('chat', { text: 'from a tab' }, (e) => resolve(e))),
+  );
+  assert.equal(err, null);
+  const line = await received(gina, 'chat', { text: 'from a tab' });
+  assert.equal(line.from.user, 'erin');
+  await gina.context().close();
+  await context.close();
+});
+
 /** Opens the demo at /?backend and logs in as `name` on `transport` ('' for automatic). */
 async function demoUser(name, transport) {
   const context = await browser.newContext({ viewport: { width: 900, height: 600 } });
