@@ -50,6 +50,8 @@ mod engine;
 mod floor;
 #[path = "load/gateway.rs"]
 mod gateway;
+#[path = "load/hookd.rs"]
+mod hookd;
 #[path = "load/http.rs"]
 mod http;
 #[path = "load/peers.rs"]
@@ -206,6 +208,14 @@ struct Args {
     /// Run as the floor server on $CASCADE_LISTEN (the load tool starts itself so).
     #[arg(long, hide = true)]
     serve_floor: bool,
+    /// Run as the stand-in hooks backend on $CASCADE_LISTEN (the load tool starts itself so).
+    #[arg(long, hide = true)]
+    serve_hooks: bool,
+    /// Turn the gateway's hooks on for these events (comma-separated, e.g.
+    /// connect,subscribe,disconnect), answered by a stand-in backend on the generator's
+    /// core that accepts every connect as a user of its own.
+    #[arg(long, value_name = "EVENTS")]
+    hooks: Option<String>,
     /// Attach to a running gateway (http://127.0.0.x:PORT) instead of starting one.
     #[arg(long)]
     url: Option<String>,
@@ -515,16 +525,21 @@ fn cpu_choice(text: &str) -> Option<String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.serve_floor {
+    if args.serve_floor || args.serve_hooks {
         let addr = std::env::var("CASCADE_LISTEN")
             .ok()
             .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
-            eprintln!("load: --serve-floor wants CASCADE_LISTEN=127.0.0.1:PORT");
+            eprintln!("load: --serve-floor and --serve-hooks want CASCADE_LISTEN=127.0.0.1:PORT");
             return ExitCode::FAILURE;
         };
-        if let Err(error) = floor::serve(addr) {
-            eprintln!("load: floor server: {error}");
+        let served = if args.serve_hooks {
+            hookd::serve(addr)
+        } else {
+            floor::serve(addr)
+        };
+        if let Err(error) = served {
+            eprintln!("load: stand-in server: {error}");
             return ExitCode::FAILURE;
         }
         return ExitCode::SUCCESS;
@@ -547,7 +562,31 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     let opts = resolve(args, scenario)?;
     let load_before = load_average();
     let tag = format!("{:x}", fastrand::u32(..));
-    let env = gateway_env(args, &opts, &tag)?;
+    let mut env = gateway_env(args, &opts, &tag)?;
+    // Started before the gateways, which need its address, and before pinning this
+    // process; it runs on the generator's cores and is killed by PID when dropped.
+    let mut backend = match &args.hooks {
+        Some(events) => {
+            let backend = Gateway::spawn(&Launch {
+                bin: Some(std::env::current_exe().map_err(|e| format!("this executable: {e}"))?),
+                args: vec!["--serve-hooks".to_owned()],
+                build: false,
+                cpu: cpu_choice(&args.cpu),
+                env: Vec::new(),
+                node: 0,
+                log: Some("load-hooks.log"),
+            })?;
+            let hooks = [
+                ("CASCADE_HOOKS_URL", format!("http://{}", backend.addr)),
+                ("CASCADE_HOOKS_EVENTS", events.clone()),
+            ];
+            // Before the caller's --env, so that those still win.
+            let at = env.len() - args.env.len();
+            env.splice(at..at, hooks.map(|(k, v)| (k.to_owned(), v)));
+            Some(backend)
+        }
+        None => None,
+    };
     // Children inherit the raised limit, so raise it before starting the gateway.
     let (soft, hard) = gateway::raise_nofile();
     let wanted = opts.connections.max(opts.subscribers) as u64 + 64;
@@ -590,6 +629,7 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
                     cpu: gateway_cpu.clone(),
                     env: env.clone(),
                     node,
+                    log: None,
                 })?);
             }
             gateways
@@ -612,6 +652,9 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     let run_tag = tag.clone();
     let report = runtime.block_on(async move {
         let mut gateways = gateways;
+        if let Some(backend) = &mut backend {
+            backend.wait_ready(Duration::from_secs(10)).await?;
+        }
         for gateway in &mut gateways {
             gateway.wait_ready(Duration::from_secs(10)).await?;
         }
@@ -640,6 +683,9 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     report.param("engine", args.engine.name());
     report.param("nodes", args.nodes);
     report.param("server", args.server.name());
+    if let Some(events) = &args.hooks {
+        report.param("hooks", events.as_str());
+    }
 
     let gateway_cpu_text = gateway_cpu.as_deref().unwrap_or("any");
     let generator_cpu_text = generator_cpu.as_deref().unwrap_or("any");

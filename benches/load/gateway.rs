@@ -27,6 +27,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Node number (0 for the first); names the log file when several nodes run.
     pub node: usize,
+    /// The log file's name in the target directory, instead of one named by `node`.
+    pub log: Option<&'static str>,
 }
 
 /// The gateway under test.
@@ -114,9 +116,10 @@ impl Gateway {
         }
         command.env("CASCADE_LISTEN", addr.to_string());
         command.envs(launch.env.iter().map(|(k, v)| (k, v)));
-        let log = match launch.node {
-            0 => target_dir().join("load-gateway.log"),
-            n => target_dir().join(format!("load-gateway-{}.log", n + 1)),
+        let log = match (launch.log, launch.node) {
+            (Some(name), _) => target_dir().join(name),
+            (None, 0) => target_dir().join("load-gateway.log"),
+            (None, n) => target_dir().join(format!("load-gateway-{}.log", n + 1)),
         };
         let stderr = File::create(&log)
             .map(Stdio::from)
