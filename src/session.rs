@@ -37,39 +37,63 @@ pub const MAX_META_BYTES: usize = 1024;
 ///
 /// Not a secret and not a credential (nothing is granted by knowing one: a session is
 /// proved by its signed value), so the process's fast generator, seeded from the OS, is
-/// enough; it only has to be unique.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClientId(Arc<str>);
+/// enough; it only has to be unique. Held inline (22 bytes, `Copy`): every idle session
+/// keeps it in several places, and an allocation for each would cost more than the id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId([u8; CLIENT_ID_LEN]);
 
 impl ClientId {
     /// A fresh id.
     pub fn random() -> Self {
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let id: String = (0..CLIENT_ID_LEN)
-            .map(|_| ALPHABET[fastrand::usize(..64)] as char)
-            .collect();
-        ClientId(Arc::from(id))
+        ClientId(std::array::from_fn(|_| ALPHABET[fastrand::usize(..64)]))
     }
 
     /// An id as the gateway writes them, or `None`.
     pub fn parse(text: &str) -> Option<Self> {
-        let valid = text.len() == CLIENT_ID_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        valid.then(|| ClientId(Arc::from(text)))
+        let bytes: [u8; CLIENT_ID_LEN] = text.as_bytes().try_into().ok()?;
+        let valid = bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+        valid.then_some(ClientId(bytes))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Every constructor checks for ASCII, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl std::fmt::Display for ClientId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for ClientId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        ClientId::parse(&text).ok_or_else(|| serde::de::Error::custom("not a client id"))
     }
 }
 
@@ -78,14 +102,16 @@ impl std::fmt::Display for ClientId {
 pub struct ClientSession {
     /// The session's id.
     pub client: ClientId,
-    /// The user the connect hook accepted, if it named one.
-    pub user: Option<String>,
+    /// The user the connect hook accepted, if it named one (shared with the identity,
+    /// presence and the users index rather than copied into each).
+    pub user: Option<Arc<str>>,
     /// Channels the connect hook subscribed the client to: readable whatever the channel
-    /// rules say, and asked of no subscribe hook.
-    pub granted: Vec<Channel>,
+    /// rules say, and asked of no subscribe hook. (Boxed slices, not vectors: exact, and
+    /// smaller in the record every session keeps.)
+    pub granted: Box<[Channel]>,
     /// Channels the subscribe hook allowed: not asked again in this session (the channel
     /// rules still apply). Kept to [`MAX_ALLOWED_BYTES`] of names.
-    pub allowed: Vec<Channel>,
+    pub allowed: Box<[Channel]>,
     /// The connect hook's `expire_at`, unix seconds: the session ends then.
     pub expire_at: Option<u64>,
     /// The connect hook's `meta`, passed to the later hooks.
@@ -98,8 +124,8 @@ impl ClientSession {
         ClientSession {
             client: ClientId::random(),
             user: None,
-            granted: Vec::new(),
-            allowed: Vec::new(),
+            granted: Box::default(),
+            allowed: Box::default(),
             expire_at: None,
             meta: None,
         }
@@ -113,16 +139,19 @@ impl ClientSession {
     /// The same session, remembering that the subscribe hook allowed `channels`, as far
     /// as [`MAX_ALLOWED_BYTES`] lets it; `None` when nothing new is remembered.
     pub fn allowing<'a>(&self, channels: impl IntoIterator<Item = &'a Channel>) -> Option<Self> {
-        let mut more = self.clone();
-        let mut bytes: usize = more.allowed.iter().map(|c| c.as_str().len() + 1).sum();
+        let mut allowed = self.allowed.to_vec();
+        let mut bytes: usize = allowed.iter().map(|c| c.as_str().len() + 1).sum();
         for channel in channels {
-            if more.allows(channel) || bytes + channel.as_str().len() + 1 > MAX_ALLOWED_BYTES {
+            if allowed.contains(channel) || bytes + channel.as_str().len() + 1 > MAX_ALLOWED_BYTES {
                 continue;
             }
             bytes += channel.as_str().len() + 1;
-            more.allowed.push(channel.clone());
+            allowed.push(channel.clone());
         }
-        (more.allowed.len() > self.allowed.len()).then_some(more)
+        (allowed.len() > self.allowed.len()).then(|| ClientSession {
+            allowed: allowed.into_boxed_slice(),
+            ..self.clone()
+        })
     }
 
     /// Whether the connect hook granted `channel`.
@@ -202,7 +231,7 @@ impl Sessions {
         let claims = SessionClaims {
             typ: "session".into(),
             cid: session.client.as_str().to_owned(),
-            sub: session.user.clone(),
+            sub: session.user.as_deref().map(str::to_owned),
             ch: session
                 .granted
                 .iter()
@@ -235,7 +264,7 @@ impl Sessions {
         }
         Some(ClientSession {
             client: ClientId::parse(&claims.cid)?,
-            user: claims.sub,
+            user: claims.sub.map(Arc::from),
             granted: claims
                 .ch
                 .iter()
@@ -268,9 +297,9 @@ mod tests {
     fn session() -> ClientSession {
         ClientSession {
             client: ClientId::random(),
-            user: Some("alice".into()),
-            granted: vec![Channel::parse("room:1").unwrap()],
-            allowed: Vec::new(),
+            user: Some(Arc::from("alice")),
+            granted: Box::new([Channel::parse("room:1").unwrap()]),
+            allowed: Box::default(),
             expire_at: None,
             meta: Some(RawValue::from_string(r#"{"name":"Alice"}"#.into()).unwrap()),
         }

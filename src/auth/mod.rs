@@ -31,8 +31,9 @@ use token::{Claims, Tickets, Verifier, now_secs};
 /// Who is asking, as far as permissions go.
 #[derive(Clone, Debug)]
 pub struct Identity {
-    /// The token's `sub`; `None` for anonymous clients and backends.
-    pub user: Option<String>,
+    /// The token's `sub` (or the connect hook's user); `None` for anonymous clients and
+    /// backends. Shared with the client session rather than copied.
+    pub user: Option<Arc<str>>,
     /// The token's `channels` patterns.
     pub subscribe: Vec<Pattern>,
     /// The token's `publish` patterns.
@@ -69,7 +70,7 @@ impl Identity {
 
     fn from_claims(claims: Claims) -> Self {
         Identity {
-            user: Some(claims.sub),
+            user: Some(Arc::from(claims.sub)),
             subscribe: claims.channels.into_iter().map(Pattern::new).collect(),
             publish: claims.publish.into_iter().map(Pattern::new).collect(),
             expires_at: Some(claims.exp),

@@ -7,7 +7,7 @@
 //! polling client holds nothing between requests: every node remembers the user's recent
 //! commands for [`RECENT`], and its next poll, on whichever node, applies them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -77,7 +77,7 @@ pub enum Control {
 /// A streaming session of a user, as commands reach it.
 pub struct Member {
     /// Who it is.
-    pub present: Arc<Present>,
+    pub present: Present,
     /// Whether following a channel makes the client present in it (a stream); a polling
     /// client is made present by each poll instead ([`super::Bus::polled`]).
     pub streams: bool,
@@ -85,7 +85,7 @@ pub struct Member {
 }
 
 impl Member {
-    pub(super) fn new(present: Arc<Present>, streams: bool) -> Self {
+    pub(super) fn new(present: Present, streams: bool) -> Self {
         Member {
             present,
             streams,

@@ -298,7 +298,7 @@ impl Bus {
 
     /// Makes a polling client present in the channels of `cursor` that keep presence,
     /// for [`presence::POLL_PRESENCE`] from now.
-    pub async fn polled(&self, cursor: &Cursor, present: &Arc<Present>) {
+    pub async fn polled(&self, cursor: &Cursor, present: &Present) {
         let until = std::time::Instant::now() + presence::POLL_PRESENCE;
         for (channel, _) in &cursor.entries {
             if self.tracks_presence(channel) {
@@ -311,7 +311,7 @@ impl Bus {
     }
 
     /// A stream of `present` now follows `channel`.
-    async fn joined(&self, channel: &Channel, present: &Arc<Present>) {
+    async fn joined(&self, channel: &Channel, present: &Present) {
         if self.tracks_presence(channel) && self.inner.hub.roster().join(channel, present, None) {
             self.changed(channel, present, true).await;
         }
@@ -319,7 +319,7 @@ impl Bus {
 
     /// A stream of `present` no longer follows `channel`; announced in the background, as
     /// a subscription's end cannot wait.
-    fn left(&self, channel: &Channel, present: &Arc<Present>) {
+    fn left(&self, channel: &Channel, present: &Present) {
         if self.tracks_presence(channel) && self.inner.hub.roster().leave(channel, &present.client)
         {
             let (bus, channel, present) = (self.clone(), channel.clone(), present.clone());

@@ -11,6 +11,7 @@
 //! itself (`"presence":"join"` and `"from"` naming who), so they reach its subscribers in
 //! order with its other messages on every transport, and stay in its history.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Map;
 use crate::protocol::{Channel, Publication};
+use crate::session::ClientId;
 use crate::sync::Unpoisoned;
 
 /// How long a poll keeps its client present: a long poll's longest hold and a client's
@@ -27,14 +29,17 @@ use crate::sync::Unpoisoned;
 pub const POLL_PRESENCE: Duration = Duration::from_secs(60);
 
 /// One client session in a channel, as `GET /presence` lists it.
+///
+/// Cloned into every channel it is present in; a clone allocates nothing (the user is
+/// shared, the id inline, the transport a name of the program's own).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Present {
     /// Its user, if it has one.
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
     /// Its client session id.
-    pub client: String,
+    pub client: ClientId,
     /// The transport it is on (`websocket`, `sse`, `longpoll`, `poll`).
-    pub transport: String,
+    pub transport: Cow<'static, str>,
 }
 
 /// Which namespaces keep presence, and which of them announce joins and leaves.
@@ -74,7 +79,7 @@ impl PresencePolicy {
 
 /// A client's place in one channel on this node.
 struct Seat {
-    present: Arc<Present>,
+    present: Present,
     /// Its streaming subscriptions to the channel.
     streams: u32,
     /// Until when its polls keep it present.
@@ -90,7 +95,7 @@ pub struct Roster {
 impl Roster {
     /// Makes `present` present in `channel`, by a stream (`poll` = `None`) or for a poll's
     /// while; true when it was not present before.
-    pub fn join(&self, channel: &Channel, present: &Arc<Present>, poll: Option<Instant>) -> bool {
+    pub fn join(&self, channel: &Channel, present: &Present, poll: Option<Instant>) -> bool {
         let mut channels = self.channels.locked();
         let seats = channels.entry(channel.clone()).or_default();
         let seat = match seats
@@ -116,12 +121,12 @@ impl Roster {
     }
 
     /// Ends one stream of `client` in `channel`; true when it is no longer present.
-    pub fn leave(&self, channel: &Channel, client: &str) -> bool {
+    pub fn leave(&self, channel: &Channel, client: &ClientId) -> bool {
         let mut channels = self.channels.locked();
         let Some(seats) = channels.get_mut(channel) else {
             return false;
         };
-        let Some(at) = seats.iter().position(|s| s.present.client == client) else {
+        let Some(at) = seats.iter().position(|s| s.present.client == *client) else {
             return false;
         };
         let seat = &mut seats[at];
@@ -137,7 +142,7 @@ impl Roster {
     }
 
     /// Removes the polling clients whose while has passed; returns who left where.
-    pub fn expire(&self, now: Instant) -> Vec<(Channel, Arc<Present>)> {
+    pub fn expire(&self, now: Instant) -> Vec<(Channel, Present)> {
         let mut gone = Vec::new();
         let mut channels = self.channels.locked();
         channels.retain(|channel, seats| {
@@ -160,12 +165,12 @@ impl Roster {
     pub fn list(&self, channel: &Channel) -> Vec<Present> {
         let channels = self.channels.locked();
         channels.get(channel).map_or_else(Vec::new, |seats| {
-            seats.iter().map(|s| (*s.present).clone()).collect()
+            seats.iter().map(|s| s.present.clone()).collect()
         })
     }
 
     /// Every channel's clients on this node, for an engine's heartbeat.
-    pub fn snapshot(&self) -> Vec<(Channel, Vec<Arc<Present>>)> {
+    pub fn snapshot(&self) -> Vec<(Channel, Vec<Present>)> {
         let channels = self.channels.locked();
         channels
             .iter()
@@ -181,7 +186,7 @@ impl Roster {
 pub fn announcement(present: &Present, join: bool) -> Publication {
     let event = if join { "join" } else { "leave" };
     let mut publication = Publication::data(Bytes::from_static(b"null"))
-        .from(present.user.as_deref(), Some(&present.client));
+        .from(present.user.as_deref(), Some(present.client.as_str()));
     let mut head = format!(",\"presence\":\"{event}\"").into_bytes();
     head.extend_from_slice(&publication.head);
     publication.head = Bytes::from(head);
@@ -202,12 +207,13 @@ pub fn merge(mut here: Vec<Present>, there: Vec<Present>) -> Vec<Present> {
 mod tests {
     use super::*;
 
-    fn present(client: &str) -> Arc<Present> {
-        Arc::new(Present {
-            user: Some("alice".into()),
-            client: client.into(),
+    /// A client of id `client` padded to an id's length with `A`s.
+    fn present(client: &str) -> Present {
+        Present {
+            user: Some(Arc::from("alice")),
+            client: ClientId::parse(&format!("{client:A<22}")).unwrap(),
             transport: "websocket".into(),
-        })
+        }
     }
 
     #[test]
@@ -219,12 +225,12 @@ mod tests {
         let now = Instant::now();
         assert!(roster.join(&room, &present("b"), Some(now + POLL_PRESENCE)));
         assert_eq!(roster.list(&room).len(), 2);
-        assert!(!roster.leave(&room, "a"));
-        assert!(roster.leave(&room, "a"));
+        assert!(!roster.leave(&room, &present("a").client));
+        assert!(roster.leave(&room, &present("a").client));
         assert!(roster.expire(now).is_empty());
         let gone = roster.expire(now + POLL_PRESENCE);
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].1.client, "b");
+        assert_eq!(gone[0].1.client, present("b").client);
         assert!(roster.list(&room).is_empty());
         assert!(roster.snapshot().is_empty());
     }
@@ -234,7 +240,7 @@ mod tests {
         let publication = announcement(&present("a"), true);
         assert_eq!(
             &publication.head[..],
-            br#","presence":"join","from":{"user":"alice","client":"a"}"#
+            br#","presence":"join","from":{"user":"alice","client":"aAAAAAAAAAAAAAAAAAAAAA"}"#
         );
     }
 }

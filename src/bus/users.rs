@@ -1,6 +1,7 @@
 //! This node's streams by user and users' recent server commands (see
 //! [`super::control`]): where a command that reached the node goes.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Map;
@@ -35,13 +36,47 @@ pub struct Pending {
     pub disconnected: bool,
 }
 
-/// One user's streams on this node, by subscription id.
-type Streams = Vec<(u64, Subscriber)>;
+/// One user's streams on this node, by subscription id. Most users have one, kept
+/// inline: an idle connection should not pay for a vector of one.
+enum Streams {
+    One(u64, Subscriber),
+    Many(Vec<(u64, Subscriber)>),
+}
+
+impl Streams {
+    fn push(&mut self, id: u64, subscriber: Subscriber) {
+        match self {
+            Streams::One(first, only) => {
+                *self = Streams::Many(vec![(*first, only.clone()), (id, subscriber)]);
+            }
+            Streams::Many(all) => all.push((id, subscriber)),
+        }
+    }
+
+    /// Forgets stream `id`; true when none is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Streams::One(at, _) => *at == id,
+            Streams::Many(all) => {
+                all.retain(|(at, _)| *at != id);
+                all.is_empty()
+            }
+        }
+    }
+
+    fn subscribers(&self) -> Vec<Subscriber> {
+        match self {
+            Streams::One(_, subscriber) => vec![subscriber.clone()],
+            Streams::Many(all) => all.iter().map(|(_, s)| s.clone()).collect(),
+        }
+    }
+}
 
 /// This node's streaming sessions by user, and users' recent commands.
 #[derive(Default)]
 pub struct Users {
-    streams: Mutex<Map<String, Streams>>,
+    /// Keyed by the user's name as its sessions share it, so a key costs no copy.
+    streams: Mutex<Map<Arc<str>, Streams>>,
     recent: Mutex<Map<String, Recent>>,
 }
 
@@ -50,10 +85,12 @@ impl Users {
     pub(super) fn register(&self, id: u64, member: &Member, subscriber: Subscriber) {
         if let Some(user) = &member.present.user {
             let mut streams = self.streams.locked();
-            streams
-                .entry(user.clone())
-                .or_default()
-                .push((id, subscriber));
+            match streams.get_mut(&**user) {
+                Some(theirs) => theirs.push(id, subscriber),
+                None => {
+                    streams.insert(user.clone(), Streams::One(id, subscriber));
+                }
+            }
         }
     }
 
@@ -63,11 +100,11 @@ impl Users {
             return;
         };
         let mut streams = self.streams.locked();
-        if let Some(members) = streams.get_mut(user) {
-            members.retain(|(at, _)| *at != id);
-            if members.is_empty() {
-                streams.remove(user);
-            }
+        if streams
+            .get_mut(&**user)
+            .is_some_and(|theirs| theirs.remove(id))
+        {
+            streams.remove(&**user);
         }
     }
 
@@ -78,8 +115,8 @@ impl Users {
         let subscribers: Vec<Subscriber> = {
             let streams = self.streams.locked();
             streams
-                .get(&command.user)
-                .map(|m| m.iter().map(|(_, subscriber)| subscriber.clone()).collect())
+                .get(command.user.as_str())
+                .map(Streams::subscribers)
                 .unwrap_or_default()
         };
         for subscriber in subscribers {

@@ -15,6 +15,11 @@ use hyper_util::rt::TokioExecutor;
 /// How long an idle connection to the backend is kept for the next call.
 const IDLE: Duration = Duration::from_secs(30);
 
+/// Bytes read from the backend at a time. hyper's default starts at 8 KiB and adapts
+/// upwards, for each connection in the pool; an answer is usually a few hundred bytes,
+/// and a larger one is simply read in more steps.
+const READ_BUFFER: usize = 2048;
+
 /// Why a call brought no answer to read.
 #[derive(Debug)]
 pub enum Failure {
@@ -46,6 +51,7 @@ impl Client {
             .enable_http1()
             .wrap_connector(http);
         let pool = Pool::builder(TokioExecutor::new())
+            .http1_read_buf_exact_size(READ_BUFFER)
             .pool_idle_timeout(IDLE)
             .pool_max_idle_per_host(max_idle)
             .build(https);

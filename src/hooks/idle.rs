@@ -25,13 +25,13 @@ pub(super) struct Idle {
 /// A watched session: when it last polled, and who it is, to tell the backend.
 pub(super) struct Seen {
     at: Instant,
-    pub(super) user: Option<String>,
+    pub(super) user: Option<Arc<str>>,
     pub(super) session: Arc<ClientSession>,
 }
 
 impl Idle {
     /// Records a poll of `session` by `user`.
-    pub(super) fn touch(&self, user: Option<&str>, session: &Arc<ClientSession>) {
+    pub(super) fn touch(&self, user: Option<&Arc<str>>, session: &Arc<ClientSession>) {
         let mut seen = self.seen.locked();
         if let Some(entry) = seen.get_mut(&session.client) {
             entry.at = Instant::now();
@@ -40,10 +40,10 @@ impl Idle {
         if seen.len() < MAX_WATCHED {
             let entry = Seen {
                 at: Instant::now(),
-                user: user.map(str::to_owned),
+                user: user.cloned(),
                 session: session.clone(),
             };
-            seen.insert(session.client.clone(), entry);
+            seen.insert(session.client, entry);
         }
     }
 
@@ -53,7 +53,7 @@ impl Idle {
         let gone: Vec<ClientId> = seen
             .iter()
             .filter(|(_, entry)| entry.at.elapsed() >= after)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .collect();
         gone.iter().filter_map(|id| seen.remove(id)).collect()
     }

@@ -195,7 +195,7 @@ async fn start(
     app: &App,
     wanted: Wanted,
     timeout: Duration,
-    member: Option<Arc<Present>>,
+    member: Option<Present>,
 ) -> Result<(Vec<Event>, Waiting)> {
     let client = member.as_ref().map(|m| m.client.as_str());
     let answer_now = timeout.is_zero() || app.shutdown.is_cancelled();
@@ -237,7 +237,7 @@ async fn admit<R: RequestHead + Send + Sync>(
     app: &App,
     req: Box<R>,
     carried: Option<Carry>,
-) -> Result<(Wanted, Duration, Option<Box<Told>>, Option<Arc<Present>>)> {
+) -> Result<(Wanted, Duration, Option<Box<Told>>, Option<Present>)> {
     let query = Query::parse(req.query());
     let max = app.config.limits.max_channels;
     let resumed = |kept: &Subscription| {

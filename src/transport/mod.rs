@@ -160,7 +160,7 @@ impl Drop for Session {
 /// token patterns an open connection need not keep twice).
 struct Goodbye {
     hooks: Arc<crate::hooks::Hooks>,
-    user: Option<String>,
+    user: Option<Arc<str>>,
     session: Arc<crate::session::ClientSession>,
 }
 

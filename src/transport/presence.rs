@@ -51,27 +51,25 @@ pub async fn answer(app: &App, channel: &Channel) -> Result<String> {
 /// The client `who` is to presence and to `exclude_client`, on `transport`: its session,
 /// if it has one. A stream without a session gets an id of its own where some namespace
 /// keeps presence, so that it can be listed.
-pub fn member(app: &App, who: &Identity, transport: Transport) -> Option<Arc<Present>> {
+pub fn member(app: &App, who: &Identity, transport: Transport) -> Option<Present> {
     if who.server {
         return None;
     }
     let streaming = matches!(transport, Transport::Websocket | Transport::Sse);
     let client = match who.client() {
-        Some(client) => client.as_str().to_owned(),
-        None if streaming && app.bus.keeps_presence() => {
-            crate::session::ClientId::random().as_str().to_owned()
-        }
+        Some(client) => *client,
+        None if streaming && app.bus.keeps_presence() => crate::session::ClientId::random(),
         None => return None,
     };
-    Some(Arc::new(Present {
+    Some(Present {
         user: who.user.clone(),
         client,
-        transport: transport.name().to_owned(),
-    }))
+        transport: transport.name().into(),
+    })
 }
 
 /// Makes a polling client present in the channels it polls, where they keep presence.
-pub async fn polled(app: &App, member: Option<&Arc<Present>>, cursor: &Cursor) {
+pub async fn polled(app: &App, member: Option<&Present>, cursor: &Cursor) {
     if let Some(member) = member {
         app.bus.polled(cursor, member).await;
     }

@@ -91,7 +91,7 @@ pub(in crate::bus) async fn keep<C: ConnectionLike>(
                     let mut pipe = redis::pipe();
                     let key = key(&prefix, &channel);
                     for present in clients {
-                        if let Ok(member) = serde_json::to_string(&*present) {
+                        if let Ok(member) = serde_json::to_string(&present) {
                             pipe.zadd(&key, member, until).ignore();
                         }
                     }

@@ -17,7 +17,7 @@ impl Subscription {
     ///
     /// Set it first, before the subscription follows a channel or lends an express
     /// writer: it is kept by the inbox, which is then not yet shared.
-    pub fn set_client(&mut self, client: Option<Arc<Present>>, streams: bool) {
+    pub fn set_client(&mut self, client: Option<Present>, streams: bool) {
         let member = client.map(|present| Arc::new(Member::new(present, streams)));
         if !self.inbox.set_client(member) {
             tracing::error!("a subscription's client was set after it was shared; ignored");
@@ -80,13 +80,15 @@ impl Subscription {
     /// Whether `event` is a message this subscriber is left out of.
     pub(super) fn skipped(&self, event: &Event) -> bool {
         match (event, self.inbox.client()) {
-            (Event::Message(message), Some(member)) => message.excludes(&member.present.client),
+            (Event::Message(message), Some(member)) => {
+                message.excludes(member.present.client.as_str())
+            }
             _ => false,
         }
     }
 
     /// The client present by this stream, if it is one.
-    pub(super) fn streaming(&self) -> Option<&Arc<Present>> {
+    pub(super) fn streaming(&self) -> Option<&Present> {
         self.inbox
             .client()
             .filter(|m| m.streams)
