@@ -80,9 +80,10 @@ impl Subscription {
     /// Whether `event` is a message this subscriber is left out of.
     pub(super) fn skipped(&self, event: &Event) -> bool {
         match (event, self.inbox.client()) {
-            (Event::Message(message), Some(member)) => {
-                message.excludes(member.present.client.as_str())
-            }
+            // The id is compared only when the message names one: most name none.
+            (Event::Message(message), Some(member)) => message
+                .excluded()
+                .is_some_and(|excluded| member.present.client == *excluded),
             _ => false,
         }
     }
