@@ -147,6 +147,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if app.config.engine != EngineKind::Memory {
             tokio::spawn(warn_if_engine_down(app.clone()));
         }
+        if let Some(tls) = app.tls.clone() {
+            tokio::spawn(reload_on_sighup(tls));
+        }
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -267,6 +270,25 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// Reloads the TLS certificate and key on each SIGHUP (a bad pair keeps the old one).
+async fn reload_on_sighup(tls: std::sync::Arc<cascade::tls::Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot listen for SIGHUP: the certificate reloads on file changes only"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tls.reload();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn wait_for_signal() {
