@@ -473,3 +473,21 @@ async fn a_gateway_without_a_certificate_is_plain_http_and_half_a_pair_is_refuse
         .expect("missing files refused");
     assert!(err.to_string().contains("/nowhere/cert.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn an_h2_request_from_the_gateways_own_origin_is_allowed() {
+    let cert = TestCert::new();
+    let server = tls::start(&cert, |_| {}).await;
+    let mut h2 = H2::connect(server.addr, &cert.der).await;
+    // HTTP/2 has no Host header: the same-origin check reads `:authority`.
+    for (origin, status) in [
+        ("https://localhost", 200),
+        ("https://elsewhere.example", 403),
+    ] {
+        let req = hyper::Request::get("https://localhost/poll?channels=news")
+            .header("origin", origin)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(h2.send(req).await.status(), status, "{origin}");
+    }
+}

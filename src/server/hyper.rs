@@ -16,7 +16,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::header::HOST;
+use http::{HeaderValue, Method};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -99,6 +100,15 @@ where
     let streams = ends.http2.as_ref().map(|d| d.activity.clone());
     let kept = routes::KeptPoll::default();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // HTTP/2 names the host in `:authority`: given as `Host` too (as a proxy to HTTP/1.1
+        // would, RFC 9113 §8.3.1), so that the same-origin check and the forwarding rules
+        // read one header whichever HTTP the request came in.
+        if req.version() == http::Version::HTTP_2 && !req.headers().contains_key(HOST) {
+            let authority = req.uri().authority().map(|a| a.as_str());
+            if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
         let refused = info.forwarded(req.headers_mut()).err();
         req.extensions_mut().insert(info.clone());
         let stream = streams.as_ref().map(|s| s.open());
