@@ -491,3 +491,60 @@ async fn an_h2_request_from_the_gateways_own_origin_is_allowed() {
         assert_eq!(h2.send(req).await.status(), status, "{origin}");
     }
 }
+
+#[tokio::test]
+async fn an_sse_stream_over_https1_delivers_large_messages_to_a_late_reader_whole() {
+    let cert = TestCert::new();
+    let server = tls::start(&cert, |_| {}).await;
+    let tls = tls::connect(server.addr, &cert.der, Alpn::Http1).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/sse?channels=big")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // The stream is open (its first event) before anything is published.
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert!(first.is_data());
+    // Written by the hub (express) and the stream's own task into a TLS session whose
+    // socket fills while the client reads nothing.
+    let mut h2 = H2::connect(server.addr, &cert.der).await;
+    let pad = "y".repeat(60 * 1024);
+    const MESSAGES: u64 = 30;
+    for n in 1..=MESSAGES {
+        publish_h2(&mut h2, "big", json!({"n": n, "pad": pad})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut text = String::new();
+    let mut seen = 0;
+    while seen < MESSAGES {
+        let frame = within(body.frame())
+            .await
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).expect("utf-8"));
+        }
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let message: Value = serde_json::from_str(data).expect("json event");
+            if message["data"]["pad"].is_string() {
+                seen += 1;
+                assert_eq!(message["data"]["n"].as_u64(), Some(seen), "in order");
+                assert_eq!(
+                    message["data"]["pad"].as_str().map(str::len),
+                    Some(pad.len())
+                );
+            }
+        }
+    }
+}

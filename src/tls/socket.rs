@@ -306,3 +306,15 @@ impl AsyncWrite for TlsSocket {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every idle TLS connection keeps one (inside its task, or the WebSocket's and SSE
+    /// stream's shared socket), beside rustls' heap: its 4 KiB read buffer, the record
+    /// keys. A change that grows it re-measures the TLS idle rows (BENCHMARKS.md).
+    #[test]
+    fn a_tls_socket_fits_its_budget() {
+        let size = std::mem::size_of::<super::TlsSocket>();
+        assert!(size <= 1280, "TlsSocket is {size} bytes");
+    }
+}
