@@ -142,13 +142,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
                  set CASCADE_API_KEYS for your backend"
             );
         }
+        let sighup = app.tls.clone().map(reload_on_sighup);
         let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
         tracing::info!(listen = %listener.local_addr()?, "cascade listening");
         if app.config.engine != EngineKind::Memory {
             tokio::spawn(warn_if_engine_down(app.clone()));
         }
-        if let Some(tls) = app.tls.clone() {
-            tokio::spawn(reload_on_sighup(tls));
+        if let Some(sighup) = sighup {
+            tokio::spawn(sighup);
         }
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
@@ -273,22 +274,26 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Reloads the TLS certificate and key on each SIGHUP (a bad pair keeps the old one).
-async fn reload_on_sighup(tls: std::sync::Arc<cascade::tls::Tls>) {
+/// The handler is installed before this returns, so that a SIGHUP sent once the port is
+/// bound never meets the default action (exit).
+fn reload_on_sighup(tls: std::sync::Arc<cascade::tls::Tls>) -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!(
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        match hup {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tls.reload();
+                }
+            }
+            Err(_) => tracing::warn!(
                 "cannot listen for SIGHUP: the certificate reloads on file changes only"
-            );
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tls.reload();
+            ),
         }
+        #[cfg(not(unix))]
+        let _ = tls;
     }
-    #[cfg(not(unix))]
-    let _ = tls;
 }
 
 async fn wait_for_signal() {

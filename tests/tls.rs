@@ -548,3 +548,107 @@ async fn an_sse_stream_over_https1_delivers_large_messages_to_a_late_reader_whol
         }
     }
 }
+
+#[tokio::test]
+async fn an_http2_connection_that_sends_no_request_is_dropped_at_the_header_deadline() {
+    let cert = TestCert::new();
+    let server = tls::start(&cert, |c| c.limits.header_read_timeout_ms = 300).await;
+    let start = Instant::now();
+    let mut tls = tls::connect(server.addr, &cert.der, Alpn::H2).await;
+    // The preface and SETTINGS, and then nothing.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    tls.write_all(&out).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "dropped");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        metric(
+            &server,
+            &cert,
+            r#"cascade_errors_total{code="request_timeout"}"#
+        )
+        .await
+            >= 1.0
+    );
+}
+
+/// The gateway binary, killed by its PID when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_in_the_running_binary() {
+    let cert = TestCert::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("CASCADE_")) {
+        command.env_remove(key);
+    }
+    let child = command
+        .env("CASCADE_LISTEN", addr.to_string())
+        .env("CASCADE_LOG", "warn")
+        .env("CASCADE_TLS_CERT_FILE", &cert.cert_file)
+        .env("CASCADE_TLS_KEY_FILE", &cert.key_file)
+        // Only the signal reloads within this test.
+        .env("CASCADE_TLS_RELOAD_CHECK_MS", "3600000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cascade");
+    let child = Child(child);
+    let first = cert.der.clone();
+    eventually("the gateway serves", || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert_eq!(tls::presented(addr, &first).await.as_ref(), Some(&first));
+    let cert = cert.renew();
+    let pid = i32::try_from(child.0.id()).unwrap();
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    eventually("the new certificate", || async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // Trusting only the new certificate: the handshake succeeds once it is served.
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots.add(cert.der.clone()).unwrap();
+        #[allow(deprecated)]
+        let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .is_ok()
+    })
+    .await;
+    drop(child);
+}
