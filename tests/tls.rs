@@ -652,3 +652,24 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
     .await;
     drop(child);
 }
+
+#[tokio::test]
+async fn an_rsa_certificate_is_served_over_http1_and_h2() {
+    let cert = TestCert::rsa();
+    assert!(
+        std::fs::read_to_string(&cert.key_file)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    let server = tls::start(&cert, |_| {}).await;
+    assert_eq!(
+        tls::presented(server.addr, &cert.der).await.as_ref(),
+        Some(&cert.der)
+    );
+    assert_eq!(
+        tls::https1_get(server.addr, &cert.der, "/healthz").await.0,
+        200
+    );
+    let mut h2 = H2::connect(server.addr, &cert.der).await;
+    assert_eq!(h2.get("/healthz").await.0, 200);
+}

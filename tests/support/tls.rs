@@ -60,6 +60,26 @@ impl TestCert {
         self
     }
 
+    /// A self-signed RSA (2048-bit) certificate, its key in PKCS#8.
+    pub fn rsa() -> Self {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        use rsa::{Generate, PrivateKey};
+        let mut cert = Self::new();
+        let key = PrivateKey::generate()
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("pkcs8");
+        let pair = rcgen::KeyPair::from_pem_and_sign_algo(&key, &rcgen::PKCS_RSA_SHA256)
+            .expect("rsa key pair");
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let made = rcgen::CertificateParams::new(names)
+            .and_then(|params| params.self_signed(&pair))
+            .expect("rsa certificate");
+        write_atomically(&cert.key_file, key.as_bytes());
+        write_atomically(&cert.cert_file, made.pem().as_bytes());
+        cert.der = made.der().clone();
+        cert
+    }
+
     /// The gateway's config with this certificate.
     pub fn config(&self) -> Config {
         let mut config = test_config();
