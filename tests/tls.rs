@@ -673,3 +673,28 @@ async fn an_rsa_certificate_is_served_over_http1_and_h2() {
     let mut h2 = H2::connect(server.addr, &cert.der).await;
     assert_eq!(h2.get("/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_client_over_the_connection_limit_is_closed_before_its_handshake() {
+    let cert = TestCert::new();
+    let server = tls::start(&cert, |c| c.limits.max_connections = 1).await;
+    // The one connection allowed, held open.
+    let _held = tls::connect(server.addr, &cert.der, Alpn::Http1).await;
+    let mut refused = TcpStream::connect(server.addr).await.unwrap();
+    // A ClientHello's first bytes: the gateway reads none of it.
+    let _ = refused.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05]).await;
+    closed_within(&mut refused, Duration::from_secs(2)).await;
+    drop(_held);
+    // The gateway lets go of the held connection's slot when it sees the close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the refusal counted", || async {
+        // The held connection is gone: this metrics request is the one allowed now.
+        let (status, body) = tls::https1_get(server.addr, &cert.der, "/metrics").await;
+        status == 200
+            && metric_value(
+                std::str::from_utf8(&body).unwrap(),
+                r#"cascade_errors_total{code="too_many_connections"}"#,
+            ) >= 1.0
+    })
+    .await;
+}
