@@ -698,3 +698,40 @@ async fn a_client_over_the_connection_limit_is_closed_before_its_handshake() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn draining_tells_tls_clients_to_come_back_on_both_protocols() {
+    let cert = TestCert::new();
+    let server = tls::start(&cert, |_| {}).await;
+    let mut wss = tls::wss(server.addr, &cert.der).await;
+    wss.subscribe(&["chat"], None).await;
+    let mut h2 = H2::connect(server.addr, &cert.der).await;
+    assert_eq!(h2.get("/healthz").await.0, 200);
+    let mut ws_h2 = h2.websocket().await;
+    ws_h2.subscribe(&["chat"], None).await;
+    let sse = h2
+        .send(
+            hyper::Request::get("https://localhost/sse?channels=chat")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    let mut sse = sse.into_body();
+    let drained = tokio::spawn(server.shutdown());
+    // WebSockets on both protocols close with 1012 (service restart), the SSE stream on
+    // the HTTP/2 connection says `reconnect`, and the drain finishes.
+    assert_eq!(wss.closed().await.0, 1012);
+    assert_eq!(ws_h2.closed().await.0, 1012);
+    let mut text = String::new();
+    while !text.contains("event: reconnect") {
+        match within(sse.frame()).await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+            other => panic!("the stream ended without reconnect: {text:?} {other:?}"),
+        }
+    }
+    within(drained).await.expect("drained");
+}
