@@ -735,3 +735,32 @@ async fn draining_tells_tls_clients_to_come_back_on_both_protocols() {
     }
     within(drained).await.expect("drained");
 }
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_are_both_served() {
+    use tokio_rustls::rustls::{self, ProtocolVersion};
+    let cert = TestCert::new();
+    let server = tls::start(&cert, |_| {}).await;
+    for (version, expected) in [
+        (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+    ] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der.clone()).unwrap();
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let config = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = within(
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .expect("handshake");
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(expected));
+    }
+}
