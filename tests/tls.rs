@@ -336,7 +336,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
 #[tokio::test]
 async fn hostile_handshakes_are_dropped_within_the_deadline_and_counted() {
     let cert = TestCert::new();
-    let server = tls::start(&cert, |c| c.tls.handshake_timeout_ms = 300).await;
+    let server = tls::start(&cert, |c| c.tls.handshake_timeout_ms = 1000).await;
 
     let start = Instant::now();
     // Connected, and silent.
@@ -355,12 +355,15 @@ async fn hostile_handshakes_are_dropped_within_the_deadline_and_counted() {
         .unwrap();
 
     let limit = Duration::from_secs(3);
-    assert!(closed_within(&mut garbage, limit).await < Duration::from_millis(250));
+    // Garbage at once, well before the deadline; the others at it.
+    closed_within(&mut garbage, limit).await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(500), "{took:?}");
     for stream in [&mut silent, &mut trickle] {
         closed_within(stream, limit).await;
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(250),
+            took >= Duration::from_millis(950),
             "dropped at the deadline, not before: {took:?}"
         );
     }
