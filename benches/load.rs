@@ -60,6 +60,8 @@ mod peers;
 mod report;
 #[path = "load/scenarios.rs"]
 mod scenarios;
+#[path = "load/tls.rs"]
+mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -256,6 +258,14 @@ struct Args {
     /// A free-form note stored with the JSON line.
     #[arg(long)]
     note: Option<String>,
+    /// The started gateway serves a certificate made for the run, and every client speaks
+    /// TLS to it (ALPN http/1.1; see --h2-streams).
+    #[arg(long)]
+    tls: bool,
+    /// idle, sse, with --tls: SSE streams carried this many to an HTTP/2 connection, as a
+    /// browser's; --connections counts streams.
+    #[arg(long, default_value_t = 0)]
+    h2_streams: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -311,6 +321,8 @@ pub struct Options {
     pub gateway_cores: Vec<usize>,
     /// The cores this generator is pinned to (empty when unpinned).
     pub generator_cores: Vec<usize>,
+    /// idle over TLS: SSE streams per HTTP/2 connection (0: HTTP/1.1, one per client).
+    pub h2_streams: usize,
 }
 
 fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
@@ -403,6 +415,14 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             args.redis_url
         ));
     }
+    if args.h2_streams > 0
+        && !(args.tls && scenario == Scenario::Idle && transport == Transport::Sse)
+    {
+        return Err("--h2-streams is for the idle scenario over sse with --tls".to_owned());
+    }
+    if args.tls && (args.server != Server::Cascade || args.url.is_some()) {
+        return Err("--tls is for a Cascade gateway this run starts".to_owned());
+    }
     if args.duration == 0 || args.duration > 600 {
         return Err("--duration must be 1 to 600 seconds".to_owned());
     }
@@ -458,6 +478,7 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             list => gateway::cpu_list(list)
                 .ok_or_else(|| format!("--cpu: {list:?} is not a CPU list"))?,
         },
+        h2_streams: args.h2_streams,
     })
 }
 
@@ -586,6 +607,22 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
             Some(backend)
         }
         None => None,
+    };
+    // Kept until the run ends: the files are removed on drop.
+    let _certificate = match args.tls {
+        true => {
+            let cert = tls::enable()?;
+            env.push((
+                "CASCADE_TLS_CERT_FILE".to_owned(),
+                cert.cert_file.display().to_string(),
+            ));
+            env.push((
+                "CASCADE_TLS_KEY_FILE".to_owned(),
+                cert.key_file.display().to_string(),
+            ));
+            Some(cert)
+        }
+        false => None,
     };
     // Children inherit the raised limit, so raise it before starting the gateway.
     let (soft, hard) = gateway::raise_nofile();

@@ -19,6 +19,7 @@ use crate::hooks::Hooks;
 use crate::limits::{ConnectionLimiter, PublishRate};
 use crate::metrics::Metrics;
 use crate::session::Sessions;
+use crate::tls::Tls;
 
 /// Shared application state; handlers receive it as `Arc<App>`.
 pub struct App {
@@ -42,6 +43,8 @@ pub struct App {
     pub hooks: Option<Arc<Hooks>>,
     /// Issues and verifies the session values polling clients carry.
     pub sessions: Sessions,
+    /// TLS termination, when `[tls]` names a certificate.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl App {
@@ -107,6 +110,11 @@ impl App {
         }
         let sessions = Sessions::from_config(&config)?;
         let shutdown = Shutdown::default();
+        let tls = Tls::from_config(&config.tls, metrics.errors_handle("tls_reload_failed"))?;
+        if let Some(tls) = &tls {
+            let stop = shutdown.clone();
+            tokio::spawn(tls.clone().watch(async move { stop.cancelled().await }));
+        }
         if bus.keeps_presence() {
             tokio::spawn(expire_presence(bus.clone(), shutdown.clone()));
         }
@@ -120,6 +128,7 @@ impl App {
             metrics,
             shutdown,
             streams: TaskTracker::new(),
+            tls,
         }))
     }
 

@@ -6,8 +6,12 @@
 //! Lists are comma-separated (`CASCADE_TRANSPORTS=sse,poll`).
 
 mod hooks;
+mod limits;
+mod tls;
 
 pub use hooks::{HookEvent, HooksConfig};
+pub use limits::LimitsConfig;
+pub use tls::TlsConfig;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +80,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Calls to the application's backend (docs/HOOKS.md); off while `url` is empty.
     pub hooks: HooksConfig,
+    /// TLS termination (HTTPS, and HTTP/2 for browsers); off while `cert_file` is empty.
+    pub tls: TlsConfig,
 }
 
 /// Client token settings.
@@ -249,37 +255,6 @@ pub struct WebSocketConfig {
     pub max_frame_bytes: usize,
 }
 
-/// Limits that bound what one client can cost the gateway.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Largest `data` payload of one message, in bytes.
-    pub max_message_bytes: usize,
-    /// Largest HTTP request body, in bytes.
-    pub max_body_bytes: usize,
-    /// Most channels one subscription may follow.
-    pub max_channels: usize,
-    /// Messages queued for one subscriber before it is cut off as `slow_consumer`.
-    pub subscriber_queue: usize,
-    /// How long one write to a client may block before it is cut off, in milliseconds.
-    pub write_timeout_ms: u64,
-    /// Open connections in total; beyond, new ones are refused.
-    pub max_connections: usize,
-    /// Open connections per client IP; 0 means no per-IP limit.
-    pub max_connections_per_ip: usize,
-    /// Sustained publishes per second on one connection (token bucket).
-    pub publish_rate_per_second: u32,
-    /// Publishes one connection may burst above the sustained rate.
-    pub publish_burst: u32,
-    /// How long a client may take to send its request headers, in milliseconds.
-    pub header_read_timeout_ms: u64,
-    /// How long a client may take to send a request body, in milliseconds.
-    pub body_read_timeout_ms: u64,
-    /// How long an HTTP/2 connection may stay open with no request in flight, in
-    /// milliseconds.
-    pub http2_idle_timeout_ms: u64,
-}
-
 /// Graceful shutdown.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -326,6 +301,7 @@ impl Default for Config {
             },
             namespaces: default_namespaces(),
             hooks: HooksConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -368,25 +344,6 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             ping_interval_ms: 25_000,
             max_frame_bytes: 128 * 1024,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_message_bytes: 64 * 1024,
-            max_body_bytes: 128 * 1024,
-            max_channels: 128,
-            subscriber_queue: 1024,
-            write_timeout_ms: 10_000,
-            max_connections: 50_000,
-            max_connections_per_ip: 1000,
-            publish_rate_per_second: 20,
-            publish_burst: 50,
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 10_000,
-            http2_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -491,12 +448,37 @@ impl Config {
                 "websocket.ping_interval_ms",
                 self.websocket.ping_interval_ms,
             ),
+            (
+                "limits.http2_max_concurrent_streams",
+                self.limits.http2_max_concurrent_streams.into(),
+            ),
+            ("limits.http2_keepalive_ms", self.limits.http2_keepalive_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
                 bail!("{key} must be greater than 0");
             }
         }
+        // RFC 9113 §6.5.2: a window below 65 535 is allowed but stalls every upload.
+        let windows = [
+            (
+                "limits.http2_stream_window_bytes",
+                self.limits.http2_stream_window_bytes,
+            ),
+            (
+                "limits.http2_connection_window_bytes",
+                self.limits.http2_connection_window_bytes,
+            ),
+        ];
+        for (key, value) in windows {
+            if !(65_535..=(1 << 31) - 1).contains(&value) {
+                bail!("{key} must be from 65535 to 2147483647");
+            }
+        }
+        if self.limits.http2_max_header_list_bytes < 1024 {
+            bail!("limits.http2_max_header_list_bytes must be at least 1024");
+        }
+        self.tls.validate()?;
         self.hooks.validate()
     }
 

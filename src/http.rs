@@ -109,6 +109,11 @@ pub fn error_response(err: &Error) -> Response<Body> {
     response
 }
 
+/// Keeps an HTTP/2 stream counted as in flight after its response is sent: an extended
+/// CONNECT's, whose stream the WebSocket then is. Whoever takes the stream over holds it.
+#[derive(Clone)]
+pub struct HeldStream(pub std::sync::Arc<dyn Send + Sync>);
+
 /// What the subscribing routes read of a request, whichever server took it: hyper's
 /// [`Request`], or the lean path's [`LeanRequest`].
 pub trait RequestHead {

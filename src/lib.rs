@@ -4,7 +4,7 @@
 //! # The map
 //!
 //! ```text
-//!   clients ──> server (accept, limits, HTTP/1 or HTTP/2, hand-offs, drain)
+//!   clients ──> server (accept, limits, TLS (tls), HTTP/1 or HTTP/2, hand-offs, drain)
 //!                 │ HTTP/1: http1 (hand-written, generic over the socket) while requests
 //!                 │ are lean routes, asking routes through its Router trait; else hyper
 //!                 ▼
@@ -39,6 +39,9 @@
 //!   to hyper at its first other request. Both dispatch from the one table. `http1` knows
 //!   HTTP/1 and the [`socket::Socket`] contract, not the transports: it asks through
 //!   [`http1::Router`] and ends in a typed hand-off ([`http1::Next`]).
+//! - [`tls`] terminates TLS when a certificate is configured: ALPN `h2` goes to hyper's
+//!   HTTP/2, `http/1.1` to the lean path over [`tls::TlsSocket`], which keeps the socket
+//!   contract; the certificate reloads without a restart.
 //! - Errors are one enum, [`error::Error`], turned into responses only in [`http`].
 //! - [`wake`]: a long-lived connection polls its occasional waits (shutdown, expiry,
 //!   timers, the socket's read side) only after one fired, not on every delivery.
@@ -62,5 +65,6 @@ pub mod server;
 pub mod session;
 pub mod socket;
 pub mod sync;
+pub mod tls;
 pub mod transport;
 pub mod wake;

@@ -142,10 +142,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
                  set CASCADE_API_KEYS for your backend"
             );
         }
+        let sighup = app.tls.clone().map(reload_on_sighup);
         let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
         tracing::info!(listen = %listener.local_addr()?, "cascade listening");
         if app.config.engine != EngineKind::Memory {
             tokio::spawn(warn_if_engine_down(app.clone()));
+        }
+        if let Some(sighup) = sighup {
+            tokio::spawn(sighup);
         }
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
@@ -267,6 +271,29 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// Reloads the TLS certificate and key on each SIGHUP (a bad pair keeps the old one).
+/// The handler is installed before this returns, so that a SIGHUP sent once the port is
+/// bound never meets the default action (exit).
+fn reload_on_sighup(tls: std::sync::Arc<cascade::tls::Tls>) -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        match hup {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tls.reload();
+                }
+            }
+            Err(_) => tracing::warn!(
+                "cannot listen for SIGHUP: the certificate reloads on file changes only"
+            ),
+        }
+        #[cfg(not(unix))]
+        let _ = tls;
+    }
 }
 
 async fn wait_for_signal() {

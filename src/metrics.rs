@@ -32,11 +32,16 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     published: IntCounterVec,
     errors: IntCounterVec,
+    /// TLS handshakes finished, by the ALPN protocol chosen: `h2`, `http/1.1`, `none`.
+    tls_handshakes: [IntCounter; 3],
     /// Channels with at least one subscriber on this node.
     pub active_channels: IntGauge,
     engine: crate::bus::redis::EngineMetrics,
     hooks: HookMetrics,
 }
+
+/// The `alpn` labels of `cascade_tls_handshakes_total`.
+const TLS_ALPN: [&str; 3] = ["h2", "http/1.1", "none"];
 
 /// The outcomes of a call to the backend, as `cascade_hook_requests_total`'s `result`.
 pub const HOOK_RESULTS: [&str; 5] = ["ok", "refused", "unavailable", "timeout", "invalid"];
@@ -188,6 +193,14 @@ impl Metrics {
             &["code"],
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "cascade_tls_handshakes_total",
+                "TLS handshakes finished, by the protocol ALPN chose (h2, http/1.1, none).",
+            ),
+            &["alpn"],
+        )
+        .expect("valid metric");
         let active_channels = IntGauge::new(
             "cascade_active_channels",
             "Channels with at least one subscriber on this node.",
@@ -245,6 +258,7 @@ impl Metrics {
             Box::new(fallbacks.clone()),
             Box::new(published.clone()),
             Box::new(errors.clone()),
+            Box::new(tls_handshakes.clone()),
             Box::new(active_channels.clone()),
             Box::new(hook_requests.clone()),
             Box::new(hook_duration.clone()),
@@ -280,6 +294,7 @@ impl Metrics {
             fallbacks,
             published,
             errors,
+            tls_handshakes: TLS_ALPN.map(|alpn| tls_handshakes.with_label_values(&[alpn])),
             active_channels,
             engine: crate::bus::redis::EngineMetrics {
                 up: engine_up,
@@ -331,6 +346,21 @@ impl Metrics {
     /// Counts a refused request or frame by its error code.
     pub fn error(&self, code: &str) {
         self.errors.with_label_values(&[code]).inc();
+    }
+
+    /// The counter of errors with `code`, for a task that counts them without the rest.
+    pub fn errors_handle(&self, code: &str) -> IntCounter {
+        self.errors.with_label_values(&[code])
+    }
+
+    /// Counts a finished TLS handshake by the protocol its ALPN chose.
+    pub fn tls_handshake(&self, alpn: Option<&[u8]>) {
+        let i = match alpn {
+            Some(b"h2") => 0,
+            Some(b"http/1.1") => 1,
+            _ => 2,
+        };
+        self.tls_handshakes[i].inc();
     }
 
     /// Counts an error answer by its code: once for each channel it refuses when it names

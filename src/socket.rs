@@ -6,8 +6,8 @@
 //! from its own task (see [`crate::bus::Express`]), beside the connection that owns it.
 //! Both need more than `AsyncRead`/`AsyncWrite`: [`Socket`] is that contract, so that the
 //! path is written once for any socket that keeps it. A TCP socket keeps it as it is; a TLS
-//! stream would have to hold its session behind a lock of its own to be written from two
-//! tasks, and is not one yet.
+//! session keeps it by holding its state behind a lock of its own ([`crate::tls::TlsSocket`]),
+//! and buffers what its socket did not take, which [`Socket::poll_flush`] sends.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -36,6 +36,11 @@ pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
     fn try_write(&self, bytes: &[u8]) -> io::Result<usize>;
     /// Writes what the socket takes of `bufs` now, in order.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Ready once everything written has gone to the kernel: at once for a bare socket,
+    /// which buffers nothing of its own.
+    fn poll_flush(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Socket for TcpStream {
@@ -145,9 +150,8 @@ impl<T: Holds> AsyncWrite for SharedSocket<T> {
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // A socket buffers nothing of its own.
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

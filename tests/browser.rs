@@ -41,12 +41,23 @@ fn browser_tests_pass_in_headless_chromium() {
         "the browser tests need: {} ({INSTALL})",
         missing.join(", ")
     );
+    // tls.test.mjs's certificate, made here so that the machine needs no openssl.
+    let certs = std::env::temp_dir().join(format!("cascade-browser-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&certs).expect("certificate dir");
+    let made = rcgen::generate_simple_self_signed(["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("rcgen");
+    let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
     let status = Command::new("node")
         .args(["--test", "--test-timeout=120000", "tests/browser/"])
         .env("CASCADE_BIN", env!("CARGO_BIN_EXE_cascade"))
+        .env("CASCADE_TEST_TLS_CERT", &cert)
+        .env("CASCADE_TEST_TLS_KEY", &key)
         .current_dir(root)
         .status()
         .expect("run node --test");
+    let _ = std::fs::remove_dir_all(&certs);
     assert!(status.success(), "browser tests failed: {status}");
 }
 

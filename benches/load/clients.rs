@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -22,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use cascade::config::Transport;
 
-use crate::http::{Conn, connect, find, rfind};
+use crate::http::{Conn, find, rfind};
 use crate::peers;
 
 /// Microseconds since the unix epoch.
@@ -276,16 +275,17 @@ pub async fn open_websocket(
     addr: SocketAddr,
     follow: &Follow,
     path: &str,
-) -> Result<WebSocketStream<TcpStream>, String> {
-    let stream = connect(addr, follow.source)
+) -> Result<WebSocketStream<crate::tls::Stream>, String> {
+    let stream = crate::tls::connect(addr, follow.source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let scheme = if crate::tls::enabled() { "wss" } else { "ws" };
     // Small buffers: thousands of these share one process.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
     let (ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://{addr}{path}"),
+        format!("{scheme}://{addr}{path}"),
         stream,
         Some(config),
     )

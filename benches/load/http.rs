@@ -50,9 +50,9 @@ pub struct Head {
     pub length: Length,
 }
 
-/// One keep-alive connection.
+/// One keep-alive connection (over TLS in a `--tls` run).
 pub struct Conn {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     buf: BytesMut,
 }
 
@@ -60,7 +60,7 @@ impl Conn {
     /// Connects to `addr`, from `source` when given.
     pub async fn open(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Self> {
         Ok(Conn {
-            stream: connect(addr, source).await?,
+            stream: crate::tls::connect(addr, source).await?,
             buf: BytesMut::with_capacity(4096),
         })
     }

@@ -94,6 +94,9 @@ impl Run {
         tally: &Arc<Tally>,
         stop: &CancellationToken,
     ) -> Vec<JoinHandle<()>> {
+        if self.opts.h2_streams > 0 {
+            return self.subscribe_h2(count, tally, stop);
+        }
         let slots = Arc::new(Semaphore::new(self.opts.connect_concurrency.max(1)));
         let mut tasks = Vec::with_capacity(count);
         let hold_s = self.opts.duration.as_secs() + 30;
@@ -128,6 +131,37 @@ impl Run {
             )));
         }
         tasks
+    }
+
+    /// `count` SSE streams on one channel, `--h2-streams` to an HTTP/2 connection, each
+    /// counted confirmed when its answer's head came.
+    fn subscribe_h2(
+        &self,
+        count: usize,
+        tally: &Arc<Tally>,
+        stop: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let per = self.opts.h2_streams;
+        let path = format!("/sse?channels={}", self.channel(0));
+        let sources = &self.opts.sources;
+        (0..count.div_ceil(per))
+            .map(|c| {
+                let streams = per.min(count - c * per);
+                let (tally, stop, path) = (tally.clone(), stop.clone(), path.clone());
+                let addr = self.subscriber_addr(c);
+                let source = (!sources.is_empty()).then(|| sources[c % sources.len()]);
+                tokio::spawn(async move {
+                    let opened = || {
+                        tally.confirmed.fetch_add(1, Ordering::Relaxed);
+                    };
+                    let held = crate::tls::h2_sse(addr, source, &path, streams, opened, stop);
+                    if let Err(error) = held.await {
+                        tally.failed.fetch_add(streams, Ordering::Relaxed);
+                        tally.error(format!("h2 sse: {error}"));
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Waits until every subscriber is confirmed or has failed; long polls must also show
@@ -228,6 +262,12 @@ pub async fn idle(run: &Run) -> Result<Report, String> {
     let o = &run.opts;
     let mut report = Report::new("idle", o.transport);
     report.param("connections", o.connections);
+    if crate::tls::enabled() {
+        report.param("tls", true);
+    }
+    if o.h2_streams > 0 {
+        report.param("h2_streams_per_connection", o.h2_streams);
+    }
     if o.negotiate {
         report.param("negotiate", true);
     }

@@ -240,12 +240,20 @@ async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<
     }
 }
 
-/// A WebSocket handshake hyper took: answered `101`, and the connection spawned on the
-/// socket hyper switches.
+/// A WebSocket handshake hyper took: answered `101` (or `200` to an HTTP/2 extended
+/// CONNECT), and the connection spawned on the socket (or stream) hyper switches.
 async fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>> {
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let (response, accepted) = websocket::handshake(app.clone(), &req).await?;
+    let (response, accepted) = if req.method() == Method::CONNECT {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>();
+        websocket::connect(app.clone(), &req, protocol.map(|p| p.as_str())).await?
+    } else {
+        websocket::handshake(app.clone(), &req).await?
+    };
+    // An HTTP/2 stream stays counted in flight for the WebSocket's life.
+    let held = req.extensions_mut().remove::<crate::http::HeldStream>();
     app.streams.spawn(async move {
+        let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);

@@ -181,7 +181,12 @@ impl Route {
     /// Whether it answers `method`.
     pub fn allows(&self, method: &Method) -> bool {
         match self.method {
-            Verb::Get => *method == Method::GET || (self.head && *method == Method::HEAD),
+            // RFC 8441: a WebSocket on an HTTP/2 stream is an extended CONNECT.
+            Verb::Get => {
+                *method == Method::GET
+                    || (self.head && *method == Method::HEAD)
+                    || (self.upgrade && *method == Method::CONNECT)
+            }
             Verb::Post => *method == Method::POST,
         }
     }
@@ -230,6 +235,8 @@ mod tests {
     fn methods_and_allow_follow_the_table() {
         let sse = find("/sse").unwrap();
         assert!(sse.allows(&Method::GET) && !sse.allows(&Method::HEAD));
+        assert!(!sse.allows(&Method::CONNECT));
+        assert!(find("/ws").unwrap().allows(&Method::CONNECT));
         assert_eq!(sse.allow(), "GET");
         let health = find("/healthz").unwrap();
         assert!(health.allows(&Method::HEAD));

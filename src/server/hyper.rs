@@ -1,16 +1,29 @@
 //! The rest of a connection, served by hyper: HTTP/1 after the lean path handed it over,
 //! and HTTP/2, whose deadlines hyper does not keep (see `h2`). The drain asks each such
 //! connection to finish what it has in flight.
+//!
+//! HTTP/2's limits per connection (the same over TLS and h2c), from `[limits]`:
+//! `http2_max_concurrent_streams` (128), `http2_max_header_list_bytes` (16 KiB, the lean
+//! path's head limit), the flow-control windows `http2_stream_window_bytes` (64 KiB) and
+//! `http2_connection_window_bytes` (256 KiB: the most request body one connection can have
+//! waiting), `http2_keepalive_ms` (a PING after 30 s without a frame; no answer within as
+//! long again closes the connection: one that reads nothing cannot hold its streams
+//! forever). Each stream's send buffer is [`H2_SEND_BUFFER`]. RFC 8441's extended CONNECT
+//! is on, so that a WebSocket can be a stream of the page's connection.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HOST;
+use http::{HeaderValue, Method};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Protocol;
 use super::h2;
@@ -32,16 +45,32 @@ pub(super) struct Protocols {
     pub(super) first_bytes_within: Duration,
 }
 
+/// Most response bytes hyper queues on one HTTP/2 stream beyond what the client's window
+/// lets through (hyper's default is 400 KiB): an SSE stream's next events wait in its
+/// subscription's bounded queue instead.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
 impl Protocols {
     pub(super) fn new(app: &App) -> Self {
-        let header_timeout = Duration::from_millis(app.config.limits.header_read_timeout_ms);
+        let limits = &app.config.limits;
+        let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+        let keepalive = Duration::from_millis(limits.http2_keepalive_ms);
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             // A slowloris client that trickles its headers is dropped.
             .header_read_timeout(header_timeout);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(limits.http2_max_header_list_bytes)
+            .initial_stream_window_size(limits.http2_stream_window_bytes)
+            .initial_connection_window_size(limits.http2_connection_window_bytes)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive)
+            .enable_connect_protocol();
         Protocols {
             http1,
             http2,
@@ -51,13 +80,16 @@ impl Protocols {
 }
 
 /// Serves the rest of a connection with hyper. `None` when the server dropped it.
-pub(super) async fn serve_hyper(
-    io: Prefixed<tokio::net::TcpStream>,
+pub(super) async fn serve_hyper<S>(
+    io: Prefixed<S>,
     protocol: Protocol,
     info: ConnInfo,
     app: Arc<App>,
     protocols: &Protocols,
-) -> Option<hyper::Result<()>> {
+) -> Option<hyper::Result<()>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let kill = info.kill().clone();
     let ends = Ends {
         app: app.clone(),
@@ -68,9 +100,24 @@ pub(super) async fn serve_hyper(
     let streams = ends.http2.as_ref().map(|d| d.activity.clone());
     let kept = routes::KeptPoll::default();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // HTTP/2 names the host in `:authority`: given as `Host` too (as a proxy to HTTP/1.1
+        // would, RFC 9113 §8.3.1), so that the same-origin check and the forwarding rules
+        // read one header whichever HTTP the request came in.
+        if req.version() == http::Version::HTTP_2 && !req.headers().contains_key(HOST) {
+            let authority = req.uri().authority().map(|a| a.as_str());
+            if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
         let refused = info.forwarded(req.headers_mut()).err();
         req.extensions_mut().insert(info.clone());
         let stream = streams.as_ref().map(|s| s.open());
+        // An extended CONNECT (a WebSocket) outlives its response: its stream stays in
+        // flight for as long as whoever takes the upgrade holds this.
+        if let Some(streams) = streams.as_ref().filter(|_| req.method() == Method::CONNECT) {
+            let held: Arc<dyn Send + Sync> = Arc::new(streams.open());
+            req.extensions_mut().insert(crate::http::HeldStream(held));
+        }
         let app = app.clone();
         let kept = kept.clone();
         // Boxed: hyper keeps room for one in-flight request future per connection for

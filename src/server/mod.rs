@@ -3,7 +3,8 @@
 //! `run` takes a bound listener (tests pass port 0) and serves until the app's shutdown
 //! token is cancelled. An HTTP/1 connection starts on the hand-written HTTP/1 path
 //! ([`crate::http1`]) and moves to hyper (`hyper`) at its first request that path does not
-//! take; an HTTP/2 one is hyper's from the start. The HTTP/1 path's hand-offs (a
+//! take; an HTTP/2 one is hyper's from the start. With a certificate configured, every
+//! connection is TLS (`tls`): its ALPN, not its first bytes, says which HTTP it speaks. The HTTP/1 path's hand-offs (a
 //! WebSocket's socket, an SSE stream's) are spawned here as tasks of their own. Draining then tells every client to come back after a
 //! randomized delay: WebSockets close with 1012, SSE streams end after a `retry:`, parked
 //! long polls are answered. The process waits for all of that up to the drain deadline.
@@ -29,6 +30,7 @@ mod h2;
 mod hyper;
 #[cfg(test)]
 mod sizes;
+mod tls;
 
 use hyper::{Protocols, serve_hyper};
 
@@ -55,7 +57,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
             Ok(permit) => permit,
             Err(reason) => {
                 let err = Error::TooManyConnections(reason);
-                tokio::spawn(refuse(stream, err, app.clone()));
+                if app.tls.is_some() {
+                    // A plain-text answer means nothing to a TLS client, and a handshake
+                    // is what the limit saves: closed, and counted.
+                    app.metrics.error(err.label());
+                } else {
+                    tokio::spawn(refuse(stream, err, app.clone()));
+                }
                 continue;
             }
         };
@@ -64,7 +72,16 @@ pub async fn run(listener: TcpListener, app: Arc<App>) {
         let limits = &app.config.limits;
         let budget = TokenBucket::new(limits.publish_rate_per_second, limits.publish_burst);
         let info = ConnInfo::new(permit, budget);
-        connections.spawn(serve(stream, info, app.clone(), protocols.clone()));
+        match &app.tls {
+            Some(tls) => connections.spawn(tls::serve(
+                stream,
+                info,
+                app.clone(),
+                tls.clone(),
+                protocols.clone(),
+            )),
+            None => connections.spawn(serve(stream, info, app.clone(), protocols.clone())),
+        };
     }
 
     drop(listener);

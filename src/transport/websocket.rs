@@ -53,6 +53,49 @@ pub async fn handshake<R: RequestHead + Sync>(
         return Err(Error::BadRequest("a WebSocket handshake needs HTTP/1.1"));
     }
     let accept = accept_key(req.headers())?;
+    let (mut response, accepted) = accept_caller(app, req).await;
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    Ok((response, accepted))
+}
+
+/// Checks an HTTP/2 extended CONNECT (RFC 8441) whose `:protocol` is `protocol`: the `200`
+/// answer, after which the stream is the WebSocket, and what the connection needs.
+pub async fn connect<R: RequestHead + Sync>(
+    app: Arc<App>,
+    req: &R,
+    protocol: Option<&str>,
+) -> Result<(Response<Body>, Box<Accepted>)> {
+    if req.version() != http::Version::HTTP_2 || protocol != Some("websocket") {
+        return Err(Error::BadRequest(
+            "CONNECT opens a WebSocket only over HTTP/2, with :protocol websocket",
+        ));
+    }
+    // RFC 8441 §5: no key and no accept; the version is checked as over HTTP/1.1.
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Error::UpgradeRequired("Sec-WebSocket-Version must be 13"));
+    }
+    // `200`, with no body: hyper sends no length for a CONNECT's answer.
+    Ok(accept_caller(app, req).await)
+}
+
+/// Identifies the caller of an accepted handshake: an answer to complete, and what the
+/// connection needs once the socket is switched.
+async fn accept_caller<R: RequestHead + Sync>(
+    app: Arc<App>,
+    req: &R,
+) -> (Response<Body>, Box<Accepted>) {
     // Browsers cannot read the status of a refused handshake, so bad credentials are
     // reported after the upgrade, as a 4001/4002 close with the reason.
     let query = Query::parse(req.query());
@@ -65,15 +108,7 @@ pub async fn handshake<R: RequestHead + Sync>(
         conn.as_ref(),
     )
     .await;
-    let mut response = Response::new(full(""));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).map_err(|e| Error::Internal(e.to_string()))?,
-    );
+    let response = Response::new(full(""));
     let accepted = Accepted {
         app,
         who,
@@ -82,7 +117,7 @@ pub async fn handshake<R: RequestHead + Sync>(
         echo: query.get("echo").is_some(),
     };
     // Boxed: it travels through the lean path's futures, which would each keep room for it.
-    Ok((response, Box::new(accepted)))
+    (response, Box::new(accepted))
 }
 
 /// An accepted handshake, waiting for its socket.

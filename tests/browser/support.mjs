@@ -111,7 +111,10 @@ export async function startGateway(env = {}, port = null, { config = null } = {}
       resolve({ code, signal });
     }),
   );
-  const url = `http://127.0.0.1:${port}`;
+  // Over TLS when given a certificate (tls.test.mjs): fetch from this process then needs
+  // NODE_TLS_REJECT_UNAUTHORIZED=0, which that test sets for its self-signed certificate.
+  const scheme = env.CASCADE_TLS_CERT_FILE ? 'https' : 'http';
+  const url = `${scheme}://127.0.0.1:${port}`;
   const gateway = {
     port,
     url,
@@ -228,7 +231,7 @@ export function metricValue(text, name, labels = {}) {
  * what the application receives, in `window.__app`, with performance.now() times (0 is the
  * start of navigation).
  */
-const TEST_PAGE = `<!doctype html>
+export const TEST_PAGE = `<!doctype html>
 <meta charset="utf-8">
 <link rel="icon" href="data:,">
 <title>cascade browser test</title>
@@ -396,13 +399,14 @@ export async function startFront(upstreamPort, mode = {}) {
 /**
  * Headless Chromium from the Debian package, warmed up: a fresh browser's first page load,
  * WebSocket and event stream pay a few hundred milliseconds of start-up that would
- * otherwise land in the first scenario's timings.
+ * otherwise land in the first scenario's timings. `args`: more Chromium switches.
  */
-export async function launchBrowser() {
+export async function launchBrowser({ args = [] } = {}) {
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: [
+      ...args,
       '--headless',
       '--no-sandbox',
       '--disable-gpu',

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod nodes;
 pub mod raw_http;
 pub mod redis_cluster;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -174,11 +175,10 @@ where
     }
 }
 
-/// A WebSocket client speaking the JSON frame protocol.
-pub struct WsClient {
-    pub ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+/// A WebSocket client speaking the JSON frame protocol, over a plain socket by default
+/// (over TLS or an HTTP/2 stream: see `tls`).
+pub struct WsClient<S = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    pub ws: tokio_tungstenite::WebSocketStream<S>,
 }
 
 impl WsClient {
@@ -188,7 +188,9 @@ impl WsClient {
             .expect("websocket connect");
         WsClient { ws }
     }
+}
 
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(WsMessage::text(frame.to_string()))
