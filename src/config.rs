@@ -6,8 +6,10 @@
 //! Lists are comma-separated (`CASCADE_TRANSPORTS=sse,poll`).
 
 mod hooks;
+mod socketio;
 
 pub use hooks::{HookEvent, HooksConfig};
+pub use socketio::SocketIoConfig;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +78,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Calls to the application's backend (docs/HOOKS.md); off while `url` is empty.
     pub hooks: HooksConfig,
+    /// The Socket.IO endpoint (docs/SOCKETIO.md).
+    pub socketio: SocketIoConfig,
 }
 
 /// Client token settings.
@@ -326,6 +330,7 @@ impl Default for Config {
             },
             namespaces: default_namespaces(),
             hooks: HooksConfig::default(),
+            socketio: SocketIoConfig::default(),
         }
     }
 }
@@ -497,12 +502,7 @@ impl Config {
                 bail!("{key} must be greater than 0");
             }
         }
-        self.hooks.validate()
-    }
-
-    /// Whether the backend is called for `event`.
-    pub fn hook(&self, event: HookEvent) -> bool {
-        !self.hooks.url.is_empty() && self.hooks.events.contains(&event)
+        self.hooks.validate().and(self.socketio.validate())
     }
 
     /// Whether client tokens or connect tickets are signed with [`DEVELOPMENT_SECRET`]:

@@ -66,10 +66,23 @@ impl Publication {
     }
 
     /// Sets `from` to `{"user":..,"client":..}`, each `null` when unknown: the trusted
-    /// sender of a client's publish.
+    /// sender of a client's publish. Keeps an `event` already set.
     pub fn from(mut self, user: Option<&str>, client: Option<&str>) -> Self {
         let from = serde_json::json!({"user": user, "client": client});
-        self.head = Bytes::from(format!(",\"from\":{from}"));
+        let mut head = format!(",\"from\":{from}").into_bytes();
+        head.extend_from_slice(&self.head);
+        self.head = Bytes::from(head);
+        self
+    }
+
+    /// Names the message's `event` (what a Socket.IO client's `socket.on` listens for),
+    /// an [`is_event_name`] the caller checked.
+    pub fn event(mut self, event: &str) -> Self {
+        debug_assert!(is_event_name(event));
+        let mut head = self.head.to_vec();
+        // The alphabet needs no JSON escaping.
+        head.extend_from_slice(format!(",\"event\":\"{event}\"").as_bytes());
+        self.head = Bytes::from(head);
         self
     }
 }
@@ -215,6 +228,15 @@ impl Message {
         &self.json
     }
 
+    /// The publish's `event` name, if it named one ([`Publication::event`]).
+    pub fn event(&self) -> Option<&str> {
+        // The fields before `data` are the gateway's own, built without a client's bytes:
+        // the marker cannot occur inside a string there.
+        let head = std::str::from_utf8(&self.json[..self.data_start]).ok()?;
+        let (_, rest) = head.split_once(",\"event\":\"")?;
+        rest.split_once('"').map(|(event, _)| event)
+    }
+
     /// The data payload alone (a slice of the shared JSON).
     pub fn data(&self) -> &[u8] {
         &self.json[self.data_start..self.json.len() - 1]
@@ -251,6 +273,18 @@ impl fmt::Debug for Message {
             .field("offset", &self.offset)
             .finish_non_exhaustive()
     }
+}
+
+/// Longest `event` name of a publish, in bytes.
+pub const MAX_EVENT_LEN: usize = 64;
+
+/// Whether `name` may be a publish's `event`: 1 to 64 of `A-Z a-z 0-9 _ - . : /`.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
 }
 
 /// Validates `raw` as JSON and strips insignificant whitespace, so that a payload never
