@@ -1,0 +1,199 @@
+//! `/socket.io/` over real sockets, without a Socket.IO library: Engine.IO's own answers
+//! to bad input (each counted, none costing another session anything), the handshake's
+//! fields, and a polling session's connect and delivery on the memory engine. The real
+//! clients (socket.io-client, python-socketio) are driven from tests/browser/.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn url(server: &TestServer, query: &str) -> String {
+    server.url(&format!("/socket.io/?{query}"))
+}
+
+/// Opens a polling session; its sid.
+async fn handshake(server: &TestServer) -> String {
+    let text = get_text(&url(server, "EIO=4&transport=polling")).await;
+    let open: Value =
+        serde_json::from_str(text.strip_prefix('0').expect("an open packet")).unwrap();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 300);
+    assert_eq!(open["pingTimeout"], 1000);
+    assert_eq!(open["maxPayload"], 4096);
+    open["sid"].as_str().unwrap().to_owned()
+}
+
+async fn post(server: &TestServer, sid: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    http()
+        .post(url(server, &format!("EIO=4&transport=polling&sid={sid}")))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn poll(server: &TestServer, sid: &str) -> String {
+    get_text(&url(server, &format!("EIO=4&transport=polling&sid={sid}"))).await
+}
+
+async fn start() -> TestServer {
+    let mut config = test_config();
+    config.socketio.ping_interval_ms = 300;
+    config.socketio.ping_timeout_ms = 1000;
+    config.socketio.max_payload_bytes = 4096;
+    TestServer::start(config).await
+}
+
+/// A bad request: method, query, body, status, Engine.IO code, message, metric label.
+type Case = (
+    reqwest::Method,
+    &'static str,
+    &'static [u8],
+    u16,
+    u64,
+    &'static str,
+    &'static str,
+);
+
+#[tokio::test]
+async fn bad_input_gets_engine_io_answers_and_is_counted() {
+    let server = start().await;
+    let good = handshake(&server).await;
+    let cases: [Case; 7] = [
+        (
+            reqwest::Method::GET,
+            "EIO=3&transport=polling",
+            b"",
+            400,
+            5,
+            "Unsupported protocol version",
+            "socketio_unsupported_protocol_version",
+        ),
+        (
+            reqwest::Method::GET,
+            "EIO=4&transport=carrier-pigeon",
+            b"",
+            400,
+            0,
+            "Transport unknown",
+            "socketio_transport_unknown",
+        ),
+        (
+            reqwest::Method::POST,
+            "EIO=4&transport=polling",
+            b"40",
+            400,
+            2,
+            "Bad handshake method",
+            "socketio_bad_handshake_method",
+        ),
+        (
+            reqwest::Method::GET,
+            "EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAAAA",
+            b"",
+            400,
+            1,
+            "Session ID unknown",
+            "socketio_session_unknown",
+        ),
+        (
+            reqwest::Method::GET,
+            "EIO=4&transport=polling&sid=../etc",
+            b"",
+            400,
+            1,
+            "Session ID unknown",
+            "socketio_session_unknown",
+        ),
+        (
+            reqwest::Method::GET,
+            "EIO=4&transport=websocket",
+            b"",
+            400,
+            3,
+            "Bad request",
+            "socketio_bad_request",
+        ),
+        (
+            reqwest::Method::PUT,
+            "EIO=4&transport=polling",
+            b"",
+            405,
+            0,
+            "",
+            "method_not_allowed",
+        ),
+    ];
+    for (method, query, body, status, code, message, label) in cases {
+        let before = server
+            .metric(&format!(r#"cascade_errors_total{{code="{label}"}}"#))
+            .await;
+        let response = http()
+            .request(method.clone(), url(&server, query))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {query}");
+        if status == 400 {
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(answer, json!({"code": code, "message": message}), "{query}");
+        }
+        let after = server
+            .metric(&format!(r#"cascade_errors_total{{code="{label}"}}"#))
+            .await;
+        assert_eq!(after, before + 1.0, "{label} counted");
+    }
+    // Bad packets and a payload over maxPayload: Bad request, and the session they
+    // named is not harmed for it.
+    let bad_bodies: [&[u8]; 5] = [b"bAAAA", b"7", b"4x", b"42[1]", &[b'4'; 5000]];
+    for body in bad_bodies {
+        let response = post(&server, &good, body.to_vec()).await;
+        assert_eq!(response.status().as_u16(), 400);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["code"], 3);
+    }
+    let other = handshake(&server).await;
+    assert_eq!(post(&server, &other, "40").await.status().as_u16(), 200);
+    assert!(poll(&server, &other).await.starts_with("40{"));
+    assert_eq!(post(&server, &good, "40").await.status().as_u16(), 200);
+    assert!(poll(&server, &good).await.starts_with("40{"));
+}
+
+#[tokio::test]
+async fn a_polling_session_connects_and_receives_events_with_offsets() {
+    let server = start().await;
+    let sid = handshake(&server).await;
+    // Nothing pending: held, then a ping.
+    let started = std::time::Instant::now();
+    assert_eq!(poll(&server, &sid).await, "2");
+    assert!(started.elapsed().as_millis() >= 250);
+    assert_eq!(post(&server, &sid, "3").await.text().await.unwrap(), "ok");
+    // A connect to a namespace not served, then to `/`, in one payload.
+    assert_eq!(
+        post(&server, &sid, "40/admin,\u{1e}40")
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let answer = poll(&server, &sid).await;
+    let packets: Vec<&str> = answer.split('\u{1e}').collect();
+    assert_eq!(packets[0], r#"44/admin,{"message":"Invalid namespace"}"#);
+    let connected: Value = serde_json::from_str(packets[1].strip_prefix("40").unwrap()).unwrap();
+    assert!(connected["sid"].as_str().is_some() && connected["pid"].as_str().is_some());
+    // Without hooks there is no backend to call: an emit that asks for an ack gets the
+    // error as its argument.
+    assert_eq!(
+        post(&server, &sid, r#"421["hello",1]"#)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let ack = poll(&server, &sid).await;
+    assert!(ack.starts_with("431[{\"error\""), "{ack}");
+    let polling = r#"cascade_connections_total{transport="socketio-polling"}"#;
+    assert!(server.metric(polling).await >= 5.0);
+}
