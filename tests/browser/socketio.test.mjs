@@ -92,6 +92,22 @@ for (const [name, options] of Object.entries(TRANSPORTS)) {
   });
 }
 
+for (const [name, options] of Object.entries(TRANSPORTS)) {
+  test(`POST /disconnect ends a socket over ${name} as a server disconnect`, async () => {
+    const { API_KEY } = await import('./support.mjs');
+    const socket = await connect(gateway.url, { ...options, auth: { name: `gone_${name}` } });
+    const reason = new Promise((resolve) => socket.once('disconnect', resolve));
+    const response = await fetch(`${gateway.url}/disconnect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-cascade-api-key': API_KEY },
+      body: JSON.stringify({ user: `gone_${name}` }),
+    });
+    assert.equal(response.status, 200);
+    assert.equal(await reason, 'io server disconnect');
+    socket.close();
+  });
+}
+
 test('a refused connect is a connect_error with the backend message', async () => {
   await assert.rejects(connect(gateway.url, { auth: { name: 'mallory' } }), (err) => {
     assert.match(err.message, /not you/);

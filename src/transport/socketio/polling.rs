@@ -151,7 +151,17 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
     if !rooms.entries.is_empty() {
         subscription.add(&rooms).await?;
     }
-    let events = gather(&app, &mut subscription).await;
+    // The server disconnected the user lately (`POST /disconnect`) while this socket was
+    // between polls: it is told now, on whichever node.
+    let disconnected = joined
+        .as_ref()
+        .and_then(|j| j.user.as_deref())
+        .is_some_and(|user| app.bus.recent_commands(user).disconnected);
+    let events = if disconnected {
+        vec![Event::Control(Control::Disconnected)]
+    } else {
+        gather(&app, &mut subscription).await
+    };
     let mailbox_channel = &mailbox.entries[0].0;
     let mut packets = Vec::new();
     let metrics = app.metrics.socketio(false);
@@ -166,7 +176,14 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
                 packets.push(socket::deliver(m, &rooms));
                 metrics.record_delivery(m.json().len(), m.ts, now);
             }
-            Event::Control(Control::Disconnected) => packets.push(packet::DISCONNECT.into()),
+            Event::Control(Control::Disconnected) => {
+                packets.push(packet::DISCONNECT.into());
+                if let Some(mut ending) = joined.clone() {
+                    socket::ended(&app, &ending, "disconnected");
+                    ending.ended = true;
+                    write(&app, &socket_key, &ending).await?;
+                }
+            }
             Event::Control(Control::Subscribed(added)) => {
                 for (channel, at) in &added.entries {
                     if !rooms.entries.iter().any(|(c, _)| c == channel) {

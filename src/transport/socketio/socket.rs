@@ -189,6 +189,7 @@ async fn recover(app: &App, fields: &serde_json::Map<String, serde_json::Value>)
     let mut rooms = Cursor::parse(offset, app.config.limits.max_channels).ok()?;
     let asked = rooms.entries.len();
     let who = Identity::anonymous().in_session(Arc::new(session.clone()));
+    crate::transport::server_api::refuse_disconnected(app, &who).ok()?;
     let (refused, _, _) = crate::transport::allowed(app, &who, &mut rooms)
         .await
         .ok()?;
