@@ -197,3 +197,75 @@ async fn a_polling_session_connects_and_receives_events_with_offsets() {
     let polling = r#"cascade_connections_total{transport="socketio-polling"}"#;
     assert!(server.metric(polling).await >= 5.0);
 }
+
+/// Connects session `sid` with `auth`; the CONNECT answer's object.
+async fn connect(server: &TestServer, sid: &str, auth: &Value) -> Value {
+    assert_eq!(
+        post(server, sid, format!("40{auth}"))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let answer = poll(server, sid).await;
+    let first = answer.split('\u{1e}').next().unwrap();
+    serde_json::from_str(first.strip_prefix("40").expect("a connect answer")).unwrap()
+}
+
+#[tokio::test]
+async fn recovery_holds_after_a_short_disconnect_and_not_after_a_long_one() {
+    let mut config = test_config();
+    config.socketio.ping_interval_ms = 300;
+    config.socketio.ping_timeout_ms = 300;
+    config.socketio.recovery_ms = 300;
+    // Without hooks the socket is granted no room; the offset names `chat`, which the
+    // rules let anyone read, and is checked like any cursor a client sends.
+    let server = TestServer::start(config).await;
+    let sid = handshake_with(&server, 300, 300).await;
+    let first = connect(&server, &sid, &json!({})).await;
+    let pid = first["pid"].as_str().unwrap().to_owned();
+    let (epoch, offset) = server.publish("chat", json!({"n": 1})).await;
+    let offset_text = format!("chat@{epoch}:{offset}");
+    // Missed while away: delivered on recovery, in order, after the answer.
+    server.publish("chat", json!({"n": 2})).await;
+    let again = handshake_with(&server, 300, 300).await;
+    let auth = json!({"pid": pid, "offset": offset_text});
+    assert_eq!(
+        post(&server, &again, format!("40{auth}"))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let answer = poll(&server, &again).await;
+    let packets: Vec<&str> = answer.split('\u{1e}').collect();
+    let recovered: Value = serde_json::from_str(packets[0].strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(recovered["pid"], pid.as_str(), "recovered: the same pid");
+    assert_eq!(recovered["sid"], first["sid"], "the same socket id");
+    let missed = if packets.len() > 1 {
+        packets[1].to_owned()
+    } else {
+        poll(&server, &again).await
+    };
+    assert!(
+        missed.starts_with(r#"42["message",{"n":2},"chat@"#),
+        "{missed}"
+    );
+    // Long after its last sign of life: a new socket, not recovered.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let late = handshake_with(&server, 300, 300).await;
+    let answer = connect(&server, &late, &json!({"pid": pid, "offset": offset_text})).await;
+    assert_ne!(answer["pid"], pid.as_str(), "not recovered");
+    assert_ne!(answer["sid"], first["sid"]);
+}
+
+/// Opens a polling session on a server with these ping settings; its sid.
+async fn handshake_with(server: &TestServer, interval: u64, timeout: u64) -> String {
+    let text = get_text(&url(server, "EIO=4&transport=polling")).await;
+    let open: Value = serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(
+        (open["pingInterval"].as_u64(), open["pingTimeout"].as_u64()),
+        (Some(interval), Some(timeout))
+    );
+    open["sid"].as_str().unwrap().to_owned()
+}
