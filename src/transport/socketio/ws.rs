@@ -98,7 +98,7 @@ pub async fn upgrade(
             subscription: None,
         };
         let reason = conn.run(sid).await;
-        conn.end(reason).await;
+        Box::pin(conn.end(reason)).await;
     });
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -147,15 +147,12 @@ impl Conn {
                 }
             }
             Some(sid) => {
-                if let Err(reason) = self.take_over(&sid).await {
+                if let Err(reason) = Box::pin(self.take_over(&sid)).await {
                     return reason;
                 }
             }
         }
-        let (answers, mut answered) = tokio::sync::mpsc::channel::<String>(16);
-        let rpc_slots = Arc::new(tokio::sync::Semaphore::new(
-            self.app.config.hooks.max_rpc_in_flight,
-        ));
+        let mut rpcs = Rpcs::default();
         let interval = Duration::from_millis(io.ping_interval_ms);
         let mut ping_at = Instant::now() + interval;
         let mut pong_due: Option<Instant> = None;
@@ -172,7 +169,9 @@ impl Conn {
                         }
                         _ => return "client_closed",
                     };
-                    match self.incoming(&text, &answers, &rpc_slots).await {
+                    // Boxed: a connect calls the backend, and an idle connection's task
+                    // would otherwise keep room for that call for as long as it lives.
+                    match Box::pin(self.incoming(&text, &mut rpcs)).await {
                         Ok(Some(())) => pong_due = None,
                         Ok(None) => {}
                         Err(reason) => return reason,
@@ -180,13 +179,13 @@ impl Conn {
                 }
                 event = next(&mut self.subscription) => {
                     match event {
-                        Ok(event) => if let Err(reason) = self.deliver(event).await {
+                        Ok(event) => if let Err(reason) = Box::pin(self.deliver(event)).await {
                             return reason;
                         },
                         Err(closed) => return closed.code(),
                     }
                 }
-                Some(answer) = answered.recv() => {
+                Some(answer) = rpcs.answered() => {
                     if self.send(answer).await.is_err() {
                         return "client_closed";
                     }
@@ -279,12 +278,7 @@ impl Conn {
     }
 
     /// Acts on a client's packet; `Some` for a pong.
-    async fn incoming(
-        &mut self,
-        text: &str,
-        answers: &tokio::sync::mpsc::Sender<String>,
-        slots: &Arc<tokio::sync::Semaphore>,
-    ) -> Result<Option<()>, &'static str> {
+    async fn incoming(&mut self, text: &str, rpcs: &mut Rpcs) -> Result<Option<()>, &'static str> {
         let bad = |app: &App| {
             app.metrics.error(EngineIoError::BadRequest.label());
             "bad_packet"
@@ -317,6 +311,9 @@ impl Conn {
                 .await;
                 match answer {
                     Ok(joined) => {
+                        // Read by the connect hook alone: not kept for the connection's
+                        // life (a later CONNECT on it is made without them).
+                        self.headers = HeaderMap::new();
                         let ack = packet::connected(&joined.client, &joined.pid);
                         let max = self.app.config.limits.max_channels;
                         let rooms = Cursor::parse(&joined.rooms, max).unwrap_or_default();
@@ -342,7 +339,9 @@ impl Conn {
                 let (name, args) = packet.event().ok_or_else(|| bad(&self.app))?;
                 let args: Vec<Box<serde_json::value::RawValue>> =
                     args.into_iter().map(ToOwned::to_owned).collect();
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let max = self.app.config.hooks.max_rpc_in_flight;
+                let (answers, slots) = rpcs.open(max);
+                let Ok(slot) = slots.try_acquire_owned() else {
                     if let Some(id) = packet.id {
                         let err = Error::RateLimited;
                         self.app.metrics.error_answer(&err);
@@ -351,7 +350,7 @@ impl Conn {
                     }
                     return Ok(None);
                 };
-                let (app, answers, id) = (self.app.clone(), answers.clone(), packet.id);
+                let (app, id) = (self.app.clone(), packet.id);
                 tokio::spawn(async move {
                     let args: Vec<&serde_json::value::RawValue> =
                         args.iter().map(AsRef::as_ref).collect();
@@ -423,6 +422,48 @@ impl Conn {
             socket::seen(&self.app, &joined, Duration::ZERO).await;
         }
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// The backend calls of a connection's events, made beside it: made at its first event,
+/// so that a connection that never emits keeps none of it.
+#[derive(Default)]
+struct Rpcs {
+    open: Option<Box<RpcChannel>>,
+}
+
+struct RpcChannel {
+    answers: tokio::sync::mpsc::Sender<String>,
+    answered: tokio::sync::mpsc::Receiver<String>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Rpcs {
+    /// Where answers go, and the slots that bound the calls in flight to `max`.
+    fn open(
+        &mut self,
+        max: usize,
+    ) -> (
+        tokio::sync::mpsc::Sender<String>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
+        let channel = self.open.get_or_insert_with(|| {
+            let (answers, answered) = tokio::sync::mpsc::channel(max.max(1));
+            Box::new(RpcChannel {
+                answers,
+                answered,
+                slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            })
+        });
+        (channel.answers.clone(), channel.slots.clone())
+    }
+
+    /// The next acknowledgement to send; pending until a call was made.
+    async fn answered(&mut self) -> Option<String> {
+        match &mut self.open {
+            Some(channel) => channel.answered.recv().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
