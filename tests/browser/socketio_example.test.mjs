@@ -116,7 +116,9 @@ test('the Socket.IO chat page runs unchanged on Cascade in Chromium', async () =
     await alice.waitForFunction(() => /websocket/.test(document.getElementById('status').textContent), null, { timeout: DEADLINE_MS });
     assert.match(await bob.textContent('#status'), /polling/);
   } catch (err) {
-    err.message += `\nalice: ${alice.logs.join('\n')}\nbob: ${bob.logs.join('\n')}`;
-    throw err;
+    const lines = async (page) => JSON.stringify(await page.evaluate(() => window.chat.lines));
+    throw new Error(
+      `${err.stack}\nalice: ${await lines(alice)} ${alice.logs.join('\n')}\nbob: ${await lines(bob)} ${bob.logs.join('\n')}`,
+    );
   }
 });

@@ -36,8 +36,8 @@ use crate::transport::InFlight;
 pub const TRANSPORT: &str = "socketio-websocket";
 
 /// The read buffer of a connection: Socket.IO's frames are small, and an idle connection
-/// keeps it (tungstenite's default is 128 KiB).
-const READ_BUFFER: usize = 4 * 1024;
+/// keeps it (tungstenite's default is 128 KiB; it grows for a larger frame).
+const READ_BUFFER: usize = 1024;
 
 /// Answers a WebSocket handshake on `/socket.io/` with `101` and runs the connection.
 pub async fn upgrade(
@@ -262,8 +262,13 @@ impl Conn {
         mailbox: Option<Cursor>,
     ) -> Result<()> {
         let mut subscription = self.app.bus.subscribe();
-        if let Some(joined) = &joined {
+        let mut joined = joined;
+        if let Some(joined) = &mut joined {
             subscription.set_client(Some(joined.present(TRANSPORT)), true);
+            // Kept as `rooms` and told the client already: not kept twice for the
+            // connection's life.
+            joined.rooms = String::new();
+            joined.pid = String::new();
         }
         if let Some(mailbox) = &mailbox {
             subscription.add(mailbox).await?;
