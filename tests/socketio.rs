@@ -269,3 +269,22 @@ async fn handshake_with(server: &TestServer, interval: u64, timeout: u64) -> Str
     );
     open["sid"].as_str().unwrap().to_owned()
 }
+
+#[tokio::test]
+async fn a_publishs_event_reaches_cascades_own_clients_too() {
+    let server = start().await;
+    let (_, before) = server.get_json("/poll?channels=chat").await;
+    let cursor = before["cursor"].as_str().unwrap().to_owned();
+    let publish = |body: Value| http().post(server.url("/publish")).json(&body).send();
+    let response = publish(json!({"channel": "chat", "event": "news", "data": {"n": 1}}));
+    assert_eq!(response.await.unwrap().status().as_u16(), 200);
+    let (_, body) = server.get_json(&format!("/poll?cursor={cursor}")).await;
+    let message = &body["messages"][0];
+    assert_eq!(message["event"], "news", "{body}");
+    assert_eq!(message["data"], json!({"n": 1}));
+    let bad = publish(json!({"channel": "chat", "event": "no spaces", "data": 1}));
+    let bad = bad.await.unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let answer: Value = bad.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "bad_param");
+}

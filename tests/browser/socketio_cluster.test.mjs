@@ -1,6 +1,7 @@
 // No sticky sessions: two and three gateways on one Redis behind a proxy that sends each
 // request to the next node in turn. Polling-only socket.io-client sessions connect, emit
-// with acks, receive every message in order, and every node serves some of their polls.
+// with acks, receive every message in order, every node serves some of their polls, and
+// a reconnect is recovered with what it missed.
 //
 // Needs Redis at CASCADE_TEST_REDIS_URL (default redis://127.0.0.1:6379/0), as the Rust
 // multi-node tests do; fails loudly without it.
@@ -10,6 +11,8 @@ import http from 'node:http';
 import { after, test } from 'node:test';
 
 import { API_KEY, startGateway } from './support.mjs';
+import { io } from 'socket.io-client';
+
 import { collect, connect, hooksEnv, startBackend, waitFor } from './sio_support.mjs';
 
 const REDIS = process.env.CASCADE_TEST_REDIS_URL || 'redis://127.0.0.1:6379/0';
@@ -104,6 +107,39 @@ for (const count of [2, 3]) {
     } finally {
       a.close();
       b.close();
+    }
+
+    // Recovery on Redis: the reconnect's polls land on any node, and it is recovered
+    // with what was published while it was away.
+    const c = io(proxy.url, {
+      ...options,
+      forceNew: true,
+      auth: { name: `nc${count}` },
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 200,
+    });
+    try {
+      const got = collect(c, 'message');
+      await new Promise((resolve) => c.once('connect', resolve));
+      const id = c.id;
+      const send = (n) =>
+        fetch(`${proxy.url}/publish`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-cascade-api-key': API_KEY },
+          body: JSON.stringify({ channel: 'chat', data: { r: n } }),
+        });
+      await send(1);
+      await waitFor(got, 1);
+      c.io.engine.close();
+      await send(2);
+      await send(3);
+      await new Promise((resolve) => c.once('connect', resolve));
+      assert.equal(c.recovered, true, 'recovered across nodes');
+      assert.equal(c.id, id);
+      await waitFor(got, 3);
+      assert.deepEqual(got.map((m) => m.r), [1, 2, 3]);
+    } finally {
+      c.close();
     }
   });
 }
