@@ -288,3 +288,29 @@ async fn a_publishs_event_reaches_cascades_own_clients_too() {
     let answer: Value = bad.json().await.unwrap();
     assert_eq!(answer["error"]["code"], "bad_param");
 }
+
+#[tokio::test]
+async fn a_socket_follows_the_channels_its_auth_asks_for_where_the_rules_allow() {
+    let server = start().await;
+    let sid = handshake(&server).await;
+    let answer = connect(&server, &sid, &json!({"channels": ["chat", "user:bob"]})).await;
+    assert!(answer["pid"].is_string(), "{answer}");
+    server.publish("chat", json!({"n": 1})).await;
+    let mut got = String::new();
+    while !got.contains("42[") {
+        got = poll(&server, &sid).await;
+    }
+    assert!(got.starts_with(r#"42["message",{"n":1},"chat@"#), "{got}");
+    // Nothing allowed: the connect is refused, with the code.
+    let other = handshake(&server).await;
+    assert_eq!(
+        post(&server, &other, r#"40{"channels":["user:bob"]}"#)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let refused = poll(&server, &other).await;
+    let error: Value = serde_json::from_str(refused.strip_prefix("44").unwrap()).unwrap();
+    assert!(error["data"]["code"].is_string(), "{refused}");
+}

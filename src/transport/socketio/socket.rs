@@ -155,6 +155,28 @@ async fn begin(
     {
         rooms.entries.push((personal, None));
     }
+    // Channels the client asks for in `auth.channels`, as a Cascade client names them:
+    // checked by the channel rules and the subscribe hook; those refused are left out.
+    if let Some(asked) = fields
+        .get("channels")
+        .and_then(|c| c.as_array())
+        .filter(|a| !a.is_empty())
+    {
+        let names = asked.iter().filter_map(|c| c.as_str());
+        let max = app.config.limits.max_channels;
+        let mut wanted = crate::transport::wanted_cursor(Some(names), "", max)?;
+        wanted
+            .entries
+            .retain(|(c, _)| !rooms.entries.iter().any(|(r, _)| r == c));
+        if !wanted.entries.is_empty() {
+            crate::transport::session::allowed(app, &who, &mut wanted).await?;
+            for entry in wanted.entries {
+                if rooms.entries.len() < max {
+                    rooms.entries.push(entry);
+                }
+            }
+        }
+    }
     // Positions now, so that whichever node serves the next poll starts here.
     let (_, rooms) = app.bus.catch_up(&rooms, None).await?;
     Ok(Joined {
