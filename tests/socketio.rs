@@ -314,3 +314,41 @@ async fn a_socket_follows_the_channels_its_auth_asks_for_where_the_rules_allow()
     let error: Value = serde_json::from_str(refused.strip_prefix("44").unwrap()).unwrap();
     assert!(error["data"]["code"].is_string(), "{refused}");
 }
+
+#[tokio::test]
+async fn a_websocket_that_answers_no_ping_is_closed_and_one_that_does_stays() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let server = start().await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let started = std::time::Instant::now();
+    let (mut silent, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut polite, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let mut pings = 0;
+    // The polite one answers every ping for 2 s; the silent one is closed meanwhile,
+    // after the ping interval (300 ms) and timeout (1000 ms).
+    let mut silent_closed = None;
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        tokio::select! {
+            frame = silent.next(), if silent_closed.is_none() => {
+                if !matches!(frame, Some(Ok(Frame::Text(_)))) {
+                    silent_closed = Some(started.elapsed());
+                }
+            }
+            frame = polite.next() => {
+                let Some(Ok(Frame::Text(text))) = frame else { panic!("polite closed: {frame:?}") };
+                if text.as_str() == "2" {
+                    pings += 1;
+                    polite.send(Frame::text("3")).await.unwrap();
+                }
+            }
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+    }
+    let closed = silent_closed.expect("the silent client is closed");
+    assert!(
+        closed >= std::time::Duration::from_millis(1200),
+        "{closed:?}"
+    );
+    assert!(pings >= 4, "{pings} pings answered");
+}

@@ -109,6 +109,9 @@ pub struct Message {
     /// The SSE transport's event for subscribers of this channel alone, built on first
     /// use (see [`Message::sse_encoding`]).
     sse_event: OnceLock<Bytes>,
+    /// The Socket.IO transport's event for sockets that follow this channel alone, built
+    /// on first use (see [`Message::sio_encoding`]).
+    sio_event: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -155,6 +158,7 @@ impl Message {
             exclude: publication.exclude.clone(),
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
+            sio_event: OnceLock::new(),
         }
     }
 
@@ -184,6 +188,7 @@ impl Message {
             exclude: None,
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
+            sio_event: OnceLock::new(),
         })
     }
 
@@ -254,6 +259,14 @@ impl Message {
     /// owns the encoding and is the one caller, always with the same `encode`.
     pub(crate) fn sse_encoding(&self, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
         self.sse_event.get_or_init(|| encode(self))
+    }
+
+    /// The Socket.IO event packet this message keeps for sockets that follow its channel
+    /// alone (their recovery offset is the message's own position): `encode`d on its first
+    /// use, then the same bytes for every such socket. The Socket.IO transport owns the
+    /// encoding and is the one caller, always with the same `encode`.
+    pub(crate) fn sio_encoding(&self, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
+        self.sio_event.get_or_init(|| encode(self))
     }
 
     /// The position a reader holds once it has this message.
@@ -419,8 +432,9 @@ mod tests {
     /// `Bytes` slot each, 40 bytes, whether built or not.
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_message_is_its_fields_and_two_encoding_slots() {
-        // 168 before `exclude_client` (issue 23).
-        assert_eq!(std::mem::size_of::<Message>(), 184);
+    fn a_message_is_its_fields_and_three_encoding_slots() {
+        // 168 before `exclude_client` (issue 23); 184 before the Socket.IO event's slot
+        // (issue 24), which spares a fan-out to Socket.IO sockets an encoding per socket.
+        assert_eq!(std::mem::size_of::<Message>(), 224);
     }
 }

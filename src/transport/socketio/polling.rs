@@ -173,7 +173,8 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
             }
             Event::Message(m) if joined.is_some() => {
                 socket::advance(&mut rooms, m);
-                packets.push(socket::deliver(m, &rooms));
+                let packet = socket::deliver(m, &rooms);
+                packets.push(String::from_utf8_lossy(&packet).into_owned());
                 metrics.record_delivery(m.json().len(), m.ts, now);
             }
             Event::Control(Control::Disconnected) => {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -302,12 +303,22 @@ pub fn ended(app: &App, joined: &Joined, reason: &'static str) {
 
 /// The event packet of a room's message, with `rooms` (the socket's cursor, moved past
 /// it by the caller) as its recovery offset.
-pub fn deliver(message: &Message, rooms: &Cursor) -> String {
-    packet::event(
-        message.event().unwrap_or("message"),
-        message.data(),
-        Some(&rooms.to_string()),
-    )
+pub fn deliver(message: &Message, rooms: &Cursor) -> Bytes {
+    let encode = |message: &Message, offset: &str| {
+        let event = message.event().unwrap_or("message");
+        Bytes::from(packet::event(event, message.data(), Some(offset)))
+    };
+    if rooms.entries.len() == 1 {
+        // The offset is the message's own position: one packet for every such socket,
+        // built once, as Cascade's own transports build their frames.
+        return message
+            .sio_encoding(|m| {
+                let offset = format!("{}@{}:{}", m.channel, m.epoch, m.offset);
+                encode(m, &offset)
+            })
+            .clone();
+    }
+    encode(message, &rooms.to_string())
 }
 
 /// Moves `rooms` past `message`.

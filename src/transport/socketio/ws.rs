@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::packet::{self, Engine, Kind};
@@ -156,8 +157,13 @@ impl Conn {
         let interval = Duration::from_millis(io.ping_interval_ms);
         let mut ping_at = Instant::now() + interval;
         let mut pong_due: Option<Instant> = None;
+        // One timer and one shutdown wait for the connection's life, not one per turn of
+        // the loop (a turn per delivery).
+        let timer = tokio::time::sleep_until(ping_at);
+        tokio::pin!(timer);
+        let shutdown = self.app.shutdown.cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
-            let deadline = pong_due.unwrap_or(ping_at);
             tokio::select! {
                 frame = self.ws.next() => {
                     let text = match frame {
@@ -172,17 +178,32 @@ impl Conn {
                     // Boxed: a connect calls the backend, and an idle connection's task
                     // would otherwise keep room for that call for as long as it lives.
                     match Box::pin(self.incoming(&text, &mut rpcs)).await {
-                        Ok(Some(())) => pong_due = None,
+                        Ok(Some(())) => {
+                            pong_due = None;
+                            timer.as_mut().reset(ping_at);
+                        }
                         Ok(None) => {}
                         Err(reason) => return reason,
                     }
                 }
                 event = next(&mut self.subscription) => {
-                    match event {
-                        Ok(event) => if let Err(reason) = Box::pin(self.deliver(event)).await {
-                            return reason;
-                        },
+                    let out = match event {
+                        Ok(event) => self.outgoing(event),
                         Err(closed) => return closed.code(),
+                    };
+                    match out {
+                        Out::Send(frame) => {
+                            if self.ws.send(frame).await.is_err() {
+                                return "client_closed";
+                            }
+                        }
+                        Out::Nothing => {}
+                        Out::End(reason, last) => {
+                            if let Some(frame) = last {
+                                let _ = self.ws.send(frame).await;
+                            }
+                            return reason;
+                        }
                     }
                 }
                 Some(answer) = rpcs.answered() => {
@@ -190,7 +211,7 @@ impl Conn {
                         return "client_closed";
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     if pong_due.is_some() {
                         return "ping_timeout";
                     }
@@ -198,9 +219,11 @@ impl Conn {
                         return "client_closed";
                     }
                     ping_at = Instant::now() + interval;
-                    pong_due = Some(Instant::now() + Duration::from_millis(io.ping_timeout_ms));
+                    let due = Instant::now() + Duration::from_millis(io.ping_timeout_ms);
+                    pong_due = Some(due);
+                    timer.as_mut().reset(due);
                 }
-                () = self.app.shutdown.cancelled() => return "shutdown",
+                () = &mut shutdown => return "shutdown",
             }
         }
     }
@@ -376,44 +399,47 @@ impl Conn {
         Ok(None)
     }
 
-    /// Writes one event of the subscription.
-    async fn deliver(&mut self, event: Event) -> Result<(), &'static str> {
-        let metrics = self.app.metrics.socketio(true);
-        let packet = match event {
+    /// What one event of the subscription makes the connection write.
+    fn outgoing(&mut self, event: Event) -> Out {
+        let text = |text: String| Out::Send(Frame::text(text));
+        match event {
             Event::Message(m) if Some(&m.channel) == self.mailbox.as_ref() => {
                 match socket::posted(&m) {
-                    Some(packet) if packet != "6" => packet,
-                    _ => return Ok(()),
+                    Some(packet) if packet != "6" => text(packet),
+                    _ => Out::Nothing,
                 }
             }
             Event::Message(m) if self.joined.is_some() => {
                 socket::advance(&mut self.rooms, &m);
+                let metrics = self.app.metrics.socketio(true);
                 metrics.record_delivery(m.json().len(), m.ts, crate::bus::now_ms());
-                socket::deliver(&m, &self.rooms)
+                match Utf8Bytes::try_from(socket::deliver(&m, &self.rooms)) {
+                    Ok(packet) => Out::Send(Frame::Text(packet)),
+                    Err(_) => Out::End("bad_packet", None),
+                }
             }
-            Event::Control(Control::Disconnected) => {
-                let _ = self.send(packet::DISCONNECT.into()).await;
-                return Err("disconnected");
-            }
+            Event::Control(Control::Disconnected) => Out::End(
+                "disconnected",
+                Some(Frame::text(packet::DISCONNECT.to_owned())),
+            ),
             Event::Control(Control::Subscribed(added)) => {
                 for (channel, at) in added.entries {
                     if !self.rooms.entries.iter().any(|(c, _)| *c == channel) {
                         self.rooms.entries.push((channel, at));
                     }
                 }
-                return Ok(());
+                Out::Nothing
             }
             Event::Control(Control::Unsubscribed(channel)) => {
                 self.rooms.entries.retain(|(c, _)| *c != channel);
-                return Ok(());
+                Out::Nothing
             }
             Event::Gap(_) => {
-                metrics.gaps.inc();
-                return Ok(());
+                self.app.metrics.socketio(true).gaps.inc();
+                Out::Nothing
             }
-            Event::Message(_) => return Ok(()),
-        };
-        self.send(packet).await.map_err(|_| "client_closed")
+            Event::Message(_) => Out::Nothing,
+        }
     }
 
     async fn send(&mut self, text: String) -> Result<(), ()> {
@@ -428,6 +454,16 @@ impl Conn {
         }
         let _ = self.ws.close(None).await;
     }
+}
+
+/// What the connection writes for one event of its subscription.
+enum Out {
+    /// A frame.
+    Send(Frame),
+    /// Nothing (a control event applied, a noop, a gap).
+    Nothing,
+    /// The connection ends for this reason, after this last frame.
+    End(&'static str, Option<Frame>),
 }
 
 /// The backend calls of a connection's events, made beside it: made at its first event,
