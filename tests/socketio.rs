@@ -352,3 +352,21 @@ async fn a_websocket_that_answers_no_ping_is_closed_and_one_that_does_stays() {
     );
     assert!(pings >= 4, "{pings} pings answered");
 }
+
+#[tokio::test]
+async fn no_client_reads_or_writes_a_session_mailbox() {
+    let server = start().await;
+    let sid = handshake(&server).await;
+    let (status, body) = server.get_json(&format!("/poll?channels=sio:{sid}")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let response = http()
+        .post(server.url("/publish"))
+        .json(&json!({"channel": format!("sio:{sid}"), "data": "40{}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+}

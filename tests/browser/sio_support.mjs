@@ -3,7 +3,10 @@
 // rooms through the server API), and helpers around the real `socket.io-client`.
 
 import { createHmac } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 
 import { io } from 'socket.io-client';
 
@@ -89,6 +92,13 @@ export function hooksEnv(backendUrl) {
     CASCADE_SOCKETIO_PING_INTERVAL_MS: '2000',
     CASCADE_SOCKETIO_PING_TIMEOUT_MS: '3000',
   };
+}
+
+/** A config file whose top-level channels keep presence (no environment variable does). */
+export function presenceConfig() {
+  const file = path.join(os.tmpdir(), `cascade-sio-${process.pid}.toml`);
+  writeFileSync(file, '[channels]\npresence = true\n');
+  return file;
 }
 
 /** A connected socket of the real client; rejects on `connect_error`. */

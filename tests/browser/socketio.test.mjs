@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { publish, sleep, startGateway } from './support.mjs';
-import { collect, connect, hooksEnv, startBackend, waitFor } from './sio_support.mjs';
+import { collect, connect, hooksEnv, presenceConfig, startBackend, waitFor } from './sio_support.mjs';
 
 const TRANSPORTS = {
   websocket: { transports: ['websocket'] },
@@ -19,7 +19,7 @@ let backend;
 
 before(async () => {
   backend = await startBackend(() => gateway.url);
-  gateway = await startGateway(hooksEnv(backend.url));
+  gateway = await startGateway(hooksEnv(backend.url), null, { config: presenceConfig() });
 });
 
 after(async () => {
@@ -56,6 +56,13 @@ for (const [name, options] of Object.entries(TRANSPORTS)) {
         if (name === 'default') {
           await waitFor({ get length() { return socket.io.engine.transport.name === 'websocket' ? 1 : 0; } }, 1);
         }
+        // Present in its rooms, under its transport's name.
+        const { API_KEY } = await import('./support.mjs');
+        const presence = await (await fetch(`${gateway.url}/presence?channel=chat`, { headers: { 'x-cascade-api-key': API_KEY } })).json();
+        const me = presence.clients.find((c) => c.client === socket.id);
+        assert.ok(me, JSON.stringify(presence));
+        assert.equal(me.user, `ann_${name}`);
+        assert.match(me.transport, name === 'polling' ? /^socketio-polling$/ : /^socketio-(websocket|polling)$/);
       } finally {
         socket.close();
       }

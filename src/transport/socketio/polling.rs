@@ -145,7 +145,10 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
     let mailbox = Cursor::parse(&state.mailbox, 1).map_err(|_| bad())?;
     let mut subscription = app.bus.subscribe();
     if let Some(joined) = &joined {
-        subscription.set_client(Some(joined.present(TRANSPORT)), false);
+        let present = joined.present(TRANSPORT);
+        // Present in its rooms for a while after each poll, as a Cascade poller is.
+        crate::transport::presence::polled(&app, Some(&present), &rooms).await;
+        subscription.set_client(Some(present), false);
     }
     subscription.add(&mailbox).await?;
     if !rooms.entries.is_empty() {

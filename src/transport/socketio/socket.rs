@@ -336,7 +336,7 @@ pub fn advance(rooms: &mut Cursor, message: &Message) {
 /// that are not room messages (connect answers, acknowledgements) to whichever node
 /// serves its next poll. Named after the session id, which only its client knows.
 pub fn mailbox(sid: &str) -> Result<Channel> {
-    Channel::parse(&format!("sio:{sid}"))
+    Channel::parse(&format!("{}:{sid}", crate::auth::rules::RESERVED))
 }
 
 /// Puts an Engine.IO packet in the session's mailbox.
