@@ -202,6 +202,11 @@ struct Args {
     /// The Redis of --engine redis (loopback only).
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     redis_url: String,
+    /// Cascade's subscribers speak Socket.IO on `/socket.io/` (Engine.IO 4 over WebSocket,
+    /// the channel asked for in the CONNECT's `auth.channels`), the same client load as
+    /// `--server socketio`'s: Cascade and Socket.IO 4.8 side by side on one wire.
+    #[arg(long)]
+    socketio: bool,
     /// What to start and measure: the Cascade gateway, the floor server (one write per
     /// delivery, no queues or tasks: the least any server spends on this machine), or a
     /// peer (nchan, socketio) for comparison on the same machine.
@@ -403,6 +408,13 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             args.server.name()
         ));
     }
+    if args.socketio
+        && (args.server != Server::Cascade
+            || transport != Transport::Websocket
+            || !matches!(scenario, Scenario::Fanout | Scenario::Idle))
+    {
+        return Err("--socketio runs Cascade's fanout and idle over websocket".to_owned());
+    }
     if args.batch > 1 && (args.server != Server::Cascade || scenario == Scenario::Idle) {
         return Err("--batch is for Cascade's fanout, channels and poll publishers".to_owned());
     }
@@ -446,6 +458,7 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
         own_channel: args.own_channel,
         negotiate: args.negotiate,
         wire: match args.server {
+            Server::Cascade if args.socketio => clients::Wire::CascadeSocketio,
             Server::Cascade | Server::Floor => clients::Wire::Cascade,
             Server::Nchan => clients::Wire::Nchan,
             Server::Socketio => clients::Wire::Socketio,
@@ -722,6 +735,9 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     report.param("server", args.server.name());
     if let Some(events) = &args.hooks {
         report.param("hooks", events.as_str());
+    }
+    if args.socketio {
+        report.param("wire", "socketio");
     }
 
     let gateway_cpu_text = gateway_cpu.as_deref().unwrap_or("any");

@@ -163,6 +163,12 @@ impl Shutdown {
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.token.cancelled()
     }
+
+    /// [`Shutdown::cancelled`], owning its token: for a connection that waits on it for
+    /// its whole life beside borrows of its own state.
+    pub fn cancelled_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
 }
 
 /// Which channels keep presence and announce joins and leaves: per namespace.

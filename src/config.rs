@@ -7,10 +7,12 @@
 
 mod hooks;
 mod limits;
+mod socketio;
 mod tls;
 
 pub use hooks::{HookEvent, HooksConfig};
 pub use limits::LimitsConfig;
+pub use socketio::SocketIoConfig;
 pub use tls::TlsConfig;
 
 use std::collections::BTreeMap;
@@ -80,6 +82,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Calls to the application's backend (docs/HOOKS.md); off while `url` is empty.
     pub hooks: HooksConfig,
+    /// The Socket.IO endpoint (docs/SOCKETIO.md).
+    pub socketio: SocketIoConfig,
     /// TLS termination (HTTPS, and HTTP/2 for browsers); off while `cert_file` is empty.
     pub tls: TlsConfig,
 }
@@ -301,6 +305,7 @@ impl Default for Config {
             },
             namespaces: default_namespaces(),
             hooks: HooksConfig::default(),
+            socketio: SocketIoConfig::default(),
             tls: TlsConfig::default(),
         }
     }
@@ -479,12 +484,7 @@ impl Config {
             bail!("limits.http2_max_header_list_bytes must be at least 1024");
         }
         self.tls.validate()?;
-        self.hooks.validate()
-    }
-
-    /// Whether the backend is called for `event`.
-    pub fn hook(&self, event: HookEvent) -> bool {
-        !self.hooks.url.is_empty() && self.hooks.events.contains(&event)
+        self.hooks.validate().and(self.socketio.validate())
     }
 
     /// Whether client tokens or connect tickets are signed with [`DEVELOPMENT_SECRET`]:

@@ -130,9 +130,61 @@ pub enum Error {
     /// The application's backend refused, with its own code and message.
     #[error("{}", .0.message)]
     Backend(Box<BackendRefusal>),
+    /// A request to `/socket.io/` that Engine.IO refuses, answered in Engine.IO's own
+    /// form (`{"code":1,"message":"Session ID unknown"}`) so that its clients understand.
+    #[error("{}", .0.message())]
+    EngineIo(EngineIoError),
     /// A bug or an I/O failure on our side.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Engine.IO's own error codes, as its servers answer them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineIoError {
+    /// 0: `transport` is neither `polling` nor `websocket`.
+    TransportUnknown,
+    /// 1: no such session (or it ended).
+    SessionIdUnknown,
+    /// 2: a handshake by anything but `GET`.
+    BadHandshakeMethod,
+    /// 3: a request or packet Engine.IO cannot read (a payload over the limit included).
+    BadRequest,
+    /// 4: refused.
+    Forbidden,
+    /// 5: `EIO` is not 4.
+    UnsupportedProtocolVersion,
+}
+
+impl EngineIoError {
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Engine.IO's message for the code, word for word.
+    pub fn message(self) -> &'static str {
+        match self {
+            EngineIoError::TransportUnknown => "Transport unknown",
+            EngineIoError::SessionIdUnknown => "Session ID unknown",
+            EngineIoError::BadHandshakeMethod => "Bad handshake method",
+            EngineIoError::BadRequest => "Bad request",
+            EngineIoError::Forbidden => "Forbidden",
+            EngineIoError::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+
+    /// The metric label it is counted under.
+    pub fn label(self) -> &'static str {
+        match self {
+            EngineIoError::TransportUnknown => "socketio_transport_unknown",
+            EngineIoError::SessionIdUnknown => "socketio_session_unknown",
+            EngineIoError::BadHandshakeMethod => "socketio_bad_handshake_method",
+            EngineIoError::BadRequest => "socketio_bad_request",
+            EngineIoError::Forbidden => "socketio_forbidden",
+            EngineIoError::UnsupportedProtocolVersion => "socketio_unsupported_protocol_version",
+        }
+    }
 }
 
 /// A refusal by the application's backend, passed on to the client as given.
@@ -191,6 +243,7 @@ impl Error {
             Error::BackendTimeout => "backend_timeout",
             Error::BackendInvalid(_) => "backend_invalid",
             Error::Backend(_) => "backend_refused",
+            Error::EngineIo(err) => err.label(),
             Error::Internal(_) => "internal",
         }
     }
@@ -223,6 +276,8 @@ impl Error {
             Error::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::BackendInvalid(_) => StatusCode::BAD_GATEWAY,
             Error::Backend(refusal) => refusal.status,
+            Error::EngineIo(EngineIoError::Forbidden) => StatusCode::FORBIDDEN,
+            Error::EngineIo(_) => StatusCode::BAD_REQUEST,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -254,6 +309,9 @@ impl Error {
     /// The error body, `{"error":{"code":..,"message":..}}`, with `"refused":[..]` beside
     /// `error` when it names refused channels.
     pub fn to_json(&self) -> String {
+        if let Error::EngineIo(err) = self {
+            return serde_json::json!({"code": err.code(), "message": err.message()}).to_string();
+        }
         let mut body =
             serde_json::json!({"error": {"code": self.code(), "message": self.message()}});
         if !self.refused().is_empty() {

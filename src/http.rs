@@ -153,6 +153,8 @@ pub enum Verb {
     Get,
     /// `POST`.
     Post,
+    /// `GET` or `POST`: Engine.IO's polling reads with one and writes with the other.
+    GetOrPost,
 }
 
 /// A `GET` request as the server's lean path takes it: its origin-form target, the

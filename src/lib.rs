@@ -10,7 +10,8 @@
 //!                 ▼
 //!               routes (THE route table; one admission; one handler per route)
 //!                 │
-//!        transport::{websocket, sse, long_poll, short_poll, negotiate, publish, assets}
+//!        transport::{websocket, sse, long_poll, short_poll, negotiate, publish, assets,
+//!                   socketio (Engine.IO/Socket.IO; its polling sessions kept in the engine)}
 //!                │ auth: who is asking, may they    │ only Bus and Subscription
 //!                ▼ subscribe / publish here?        ▼
 //!              auth                      bus: Bus ── Subscription (history/live seam)

@@ -23,10 +23,14 @@ pub const FALLBACK_REASONS: [&str; 7] = [
     "error",
 ];
 
+/// The `transport` labels of the Socket.IO endpoint: polling, WebSocket.
+pub const SOCKETIO_TRANSPORTS: [&str; 2] = ["socketio-polling", "socketio-websocket"];
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
     transports: [TransportMetrics; 4],
+    socketio: [TransportMetrics; 2],
     /// Negotiations answered.
     pub negotiations: IntCounter,
     fallbacks: IntCounterVec,
@@ -275,8 +279,8 @@ impl Metrics {
             }),
             duration: HookEvent::ALL.map(|event| hook_duration.with_label_values(&[event.name()])),
         };
-        let transports = Transport::ALL.map(|t| {
-            let label = [t.name()];
+        let per_label = |name: &str| {
+            let label = [name];
             TransportMetrics {
                 open: open.with_label_values(&label),
                 served: served.with_label_values(&label),
@@ -286,10 +290,13 @@ impl Metrics {
                 slow_consumers: slow.with_label_values(&label),
                 gaps: gaps.with_label_values(&label),
             }
-        });
+        };
+        let transports = Transport::ALL.map(|t| per_label(t.name()));
+        let socketio = SOCKETIO_TRANSPORTS.map(per_label);
         Metrics {
             registry,
             transports,
+            socketio,
             negotiations,
             fallbacks,
             published,
@@ -323,6 +330,11 @@ impl Metrics {
             .position(|t| *t == transport)
             .unwrap_or(0);
         &self.transports[index]
+    }
+
+    /// The handles of a Socket.IO transport: `websocket` or else polling.
+    pub fn socketio(&self, websocket: bool) -> &TransportMetrics {
+        &self.socketio[usize::from(websocket)]
     }
 
     /// Counts a client-reported failure of `from`, after which it moved on to `to`.

@@ -32,6 +32,11 @@ fn browser_tests_pass_in_headless_chromium() {
             root.join("node_modules/playwright-core").exists(),
             "node_modules (npm ci)",
         ),
+        (
+            std::env::var_os("CASCADE_TEST_PYTHON").is_some()
+                || root.join(".venv-tests/bin/python").exists(),
+            ".venv-tests (pip install -r tests/python/requirements.txt)",
+        ),
     ]
     .into_iter()
     .filter_map(|(present, what)| (!present).then_some(what))

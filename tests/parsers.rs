@@ -1,5 +1,6 @@
 //! Property tests of every parser that faces the network: channel names, cursors, WebSocket
-//! client frames, query strings, tokens and tickets, and channel patterns.
+//! client frames, query strings, tokens and tickets, channel patterns, and Engine.IO and
+//! Socket.IO packets.
 //!
 //! Each property runs `CASCADE_FUZZ_CASES` generated inputs (default 2000) and prints how
 //! many it ran (`cargo test --test parsers -- --nocapture`). Properties: no input panics,
@@ -10,6 +11,8 @@
 mod harness;
 #[path = "parsers/hostile.rs"]
 mod hostile;
+#[path = "parsers/socketio.rs"]
+mod socketio;
 #[path = "parsers/tokens.rs"]
 mod tokens;
 

@@ -558,3 +558,106 @@ async fn a_master_killed_before_its_replica_caught_up_reports_a_gap() {
     assert!(outcome.refused > 0, "the kill was mid-stream: {outcome:?}");
     assert!(outcome.gaps > 0, "the fork was reported: {outcome:?}");
 }
+
+/// A Socket.IO polling session on a Redis Cluster: its requests alternate between two
+/// nodes, and its connect answer, its acknowledgement and every message of its room
+/// arrive, once and in order (its state is kept by the cluster, its packets travel by
+/// the bus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_polling_session_moves_between_nodes() {
+    let _turn = one_at_a_time().await;
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let prefix = format!("test-sio-{}", std::process::id());
+    let secret = "a token secret for the socket.io cluster test";
+    let env = [
+        ("CASCADE_ENGINE", "redis-cluster"),
+        ("CASCADE_REDIS_URL", url.as_str()),
+        ("CASCADE_REDIS_PREFIX", prefix.as_str()),
+        ("CASCADE_API_KEYS", API_KEY),
+        ("CASCADE_TOKEN_HMAC_SECRET", secret),
+        ("CASCADE_SOCKETIO_PING_INTERVAL_MS", "500"),
+    ];
+    let nodes: Vec<Node> = (0..2).map(|_| Node::spawn(&env)).collect();
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args([
+            "token",
+            "--sub",
+            "ann",
+            "--channels",
+            "",
+            "--publish",
+            "",
+            "--ttl",
+            "1h",
+        ])
+        .env("CASCADE_TOKEN_HMAC_SECRET", secret)
+        .env("CASCADE_LOG", "warn")
+        .output()
+        .expect("cascade token");
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let engine_io = |node: &Node, sid: Option<&str>| {
+        let sid = sid.map(|s| format!("&sid={s}")).unwrap_or_default();
+        node.url(&format!("/socket.io/?EIO=4&transport=polling{sid}"))
+    };
+    let open = get_text(&engine_io(&nodes[0], None)).await;
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let post = |node: usize, body: String| {
+        http()
+            .post(engine_io(&nodes[node], Some(&sid)))
+            .body(body)
+            .send()
+    };
+    let connect = post(1, format!("40{}", json!({ "token": token })))
+        .await
+        .unwrap();
+    assert_eq!(connect.status().as_u16(), 200);
+    let mut packets: Vec<String> = Vec::new();
+    let mut poll_at = 0;
+    let mut poll = async |packets: &mut Vec<String>| {
+        let answer = get_text(&engine_io(&nodes[poll_at % 2], Some(&sid))).await;
+        poll_at += 1;
+        packets.extend(
+            answer
+                .split('\u{1e}')
+                .filter(|p| *p != "2")
+                .map(str::to_owned),
+        );
+    };
+    while packets.is_empty() {
+        poll(&mut packets).await;
+    }
+    assert!(packets.remove(0).starts_with("40{\"sid\""));
+    let total = 20u64;
+    for n in 1..=total {
+        publish(&nodes[n as usize % 2], "user:ann", n)
+            .await
+            .expect("publish");
+    }
+    // An emit on one node, acknowledged by whichever serves the next poll.
+    assert_eq!(
+        post(0, r#"427["hello"]"#.into())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while packets.len() < total as usize + 1 && Instant::now() < deadline {
+        poll(&mut packets).await;
+    }
+    let acks: Vec<&String> = packets.iter().filter(|p| p.starts_with("437[")).collect();
+    assert_eq!(acks.len(), 1, "{packets:?}");
+    let got: Vec<u64> = packets
+        .iter()
+        .filter(|p| p.starts_with("42["))
+        .map(|p| {
+            let args: Value = serde_json::from_str(&p[2..]).unwrap();
+            args[1]["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(got, (1..=total).collect::<Vec<_>>(), "{packets:?}");
+    assert!(poll_at >= 2, "both nodes served polls");
+}

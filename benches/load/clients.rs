@@ -119,6 +119,8 @@ pub enum Wire {
     Nchan,
     /// Socket.IO's (see `peers`).
     Socketio,
+    /// Socket.IO's, on Cascade's `/socket.io/` (see `peers`).
+    CascadeSocketio,
 }
 
 /// Marks `n`s seen by one subscriber and feeds the shared tally.
@@ -249,7 +251,9 @@ pub async fn subscriber(
             Transport::Websocket => match follow.wire {
                 Wire::Cascade => websocket(addr, &follow, &mut receiver, &mut ready).await,
                 Wire::Nchan => peers::nchan(addr, &follow, &mut receiver, &mut ready).await,
-                Wire::Socketio => peers::socketio(addr, &follow, &mut receiver, &mut ready).await,
+                Wire::Socketio | Wire::CascadeSocketio => {
+                    peers::socketio(addr, &follow, &mut receiver, &mut ready).await
+                }
             },
             Transport::Sse => sse(addr, &follow, &mut receiver, &mut ready).await,
             Transport::Longpoll => long_poll(addr, &follow, &mut receiver, &mut ready).await,

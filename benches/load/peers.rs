@@ -73,7 +73,8 @@ pub async fn nchan(
 }
 
 /// An Engine.IO v4 WebSocket: the open packet, the namespace's connect, `subscribe` to
-/// the channel's room, then `message` events; pings are answered.
+/// the channel's room (on Cascade: the channel asked for in the connect), then `message`
+/// events; pings are answered.
 pub async fn socketio(
     addr: SocketAddr,
     follow: &Follow,
@@ -82,6 +83,7 @@ pub async fn socketio(
 ) -> Result<(), String> {
     let mut ws = open_websocket(addr, follow, "/socket.io/?EIO=4&transport=websocket").await?;
     let channel = follow.channels.split(',').next().unwrap_or_default();
+    let cascade = follow.wire == crate::clients::Wire::CascadeSocketio;
     while let Some(frame) = ws.next().await {
         let Frame::Text(text) = frame.map_err(|e| format!("read: {e}"))? else {
             continue;
@@ -97,9 +99,15 @@ pub async fn socketio(
                 ready.confirm();
                 None
             }
-            // Engine.IO's open: connect to the default namespace.
+            // Engine.IO's open: connect to the default namespace (on Cascade, asking for
+            // the channel: its rooms are decided at connect).
+            [b'0', ..] if cascade => Some(format!(r#"40{{"channels":["{channel}"]}}"#)),
             [b'0', ..] => Some("40".to_owned()),
-            // The namespace is connected: join the channel's room.
+            // The namespace is connected: on Cascade, with the channel; else join its room.
+            [b'4', b'0', ..] if cascade => {
+                ready.confirm();
+                None
+            }
             [b'4', b'0', ..] => Some(format!(r#"42["subscribe","{channel}"]"#)),
             // Ping: pong, or the server drops the client.
             [b'2'] => Some("3".to_owned()),

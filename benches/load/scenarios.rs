@@ -283,10 +283,12 @@ pub async fn idle(run: &Run) -> Result<Report, String> {
     let own_opened = own_stats();
     tokio::time::sleep(o.settle).await;
     let after = run.stats()?;
-    let gauge = format!(
-        r#"cascade_connections{{transport="{}"}}"#,
+    let label = if o.wire == crate::clients::Wire::CascadeSocketio {
+        "socketio-websocket"
+    } else {
         o.transport.name()
-    );
+    };
+    let gauge = format!(r#"cascade_connections{{transport="{label}"}}"#);
     let open_on_gateway = run.metric(&gauge).await;
     finish(&stop, tasks).await;
     let confirmed = confirmed?;

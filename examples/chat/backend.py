@@ -17,6 +17,12 @@ API with an API key. Nothing of the chat's logic lives in the gateway:
 - who is online: the `online` RPC answers from `GET /presence`;
 - history: the gateway keeps it; a client resumes from its cursor.
 
+The same logic serves a Socket.IO page (examples/socketio/, docs/SOCKETIO.md): its socket
+connects with no name and gets a guest user of its own (`guest_<client id>`), then
+`socket.emit('login', name)` calls the `login` RPC, which records the name for that user;
+an emit's arguments arrive as `params`, an array; every publish names its Socket.IO
+`event` (`msg`).
+
 Run (see README.md beside this file):
 
     CASCADE_API_KEY=dev-key CASCADE_HOOKS_SECRET=dev-hooks python3 examples/chat/backend.py
@@ -45,6 +51,9 @@ SECRET = os.environ.get("CASCADE_HOOKS_SECRET", "").encode()
 LISTEN = os.environ.get("CHAT_LISTEN", "127.0.0.1:3000")
 
 NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+# Socket.IO guests' names, after their `login`: user -> name, name -> user.
+NAMES = {}
+USERS = {}
 # The rooms each user joined (this process's memory: a real backend keeps it in its
 # database), so that a client asking for one again is allowed.
 JOINED = {}
@@ -94,7 +103,8 @@ def gateway(method, path, body=None):
 
 
 def publish(channel, data, exclude_client=None):
-    body = {"channel": channel, "data": data}
+    # `event`: what a Socket.IO client listens for; Cascade's own clients ignore it.
+    body = {"channel": channel, "event": "msg", "data": data}
     if exclude_client:
         body["exclude_client"] = exclude_client
     return gateway("POST", "/publish", body)
@@ -117,8 +127,11 @@ def room_of(params):
 
 
 def on_connect(event):
-    """Login by name: `?name=alice` on the client's first request."""
+    """Login by name: `?name=alice` on the client's first request; a Socket.IO socket
+    without one is a guest until its `login`."""
     name = (event.get("query") or {}).get("name", "").lower()
+    if not name and event.get("transport", "").startswith("socketio"):
+        return {"user": "guest_" + event["client"], "channels": ["chat"]}
     if not NAME.match(name):
         raise Refused("bad_name", "a name is 1 to 32 of a-z 0-9 _")
     return {"user": name, "channels": ["chat"], "meta": {"name": name}}
@@ -151,41 +164,65 @@ def on_rpc(event):
     method, params = event["method"], event.get("params") or {}
     if not user:
         raise Refused("login_first", "log in with ?name=")
+    if isinstance(params, list):
+        # A Socket.IO emit: its arguments. `login` takes a name; the others one object.
+        if method == "login":
+            return login(user, params[0] if params else None)
+        params = params[0] if params and isinstance(params[0], dict) else {}
+    with LOCK:
+        shown = NAMES.get(user, user)
     if method == "say":
         # Everyone but the sender: the sender shows its own line at once.
-        answer = publish("chat", {"user": user, "text": text_of(params)}, client)
+        answer = publish("chat", {"user": shown, "text": text_of(params)}, client)
         return {"offset": answer.get("offset")}
     if method == "whisper":
         to = params.get("to") if isinstance(params, dict) else None
         if not isinstance(to, str) or not NAME.match(to):
             raise Refused("bad_name", "whisper to a user's name")
-        publish("user:" + to, {"user": user, "private": True, "text": text_of(params)})
+        with LOCK:
+            to_user = USERS.get(to, to)
+        publish("user:" + to_user, {"user": shown, "private": True, "text": text_of(params)})
         return {}
     if method == "join":
         channel = room_of(params)
         with LOCK:
             JOINED.setdefault(user, set()).add(channel)
         gateway("POST", "/subscribe", {"user": user, "channel": channel})
-        publish(channel, {"user": user, "joined": True})
+        publish(channel, {"user": shown, "joined": True})
         return {"channel": channel}
     if method == "leave":
         channel = room_of(params)
-        publish(channel, {"user": user, "left": True})
+        publish(channel, {"user": shown, "left": True})
         with LOCK:
             JOINED.get(user, set()).discard(channel)
         gateway("POST", "/unsubscribe", {"user": user, "channel": channel})
         return {"channel": channel}
     if method == "tell":
         channel = room_of(params)
-        publish(channel, {"user": user, "text": text_of(params)}, client)
+        publish(channel, {"user": shown, "text": text_of(params)}, client)
         return {}
     if method == "online":
         channel = room_of(params) if params.get("room") else "chat"
         query = urllib.parse.urlencode({"channel": channel})
         presence = gateway("GET", "/presence?" + query)
-        users = sorted({c.get("user") for c in presence.get("clients", []) if c.get("user")})
+        with LOCK:
+            users = sorted({NAMES.get(c["user"], c["user"])
+                            for c in presence.get("clients", []) if c.get("user")})
         return {"channel": channel, "users": users}
     raise Refused("no_such_call", "calls: say, whisper, join, leave, tell, online")
+
+
+def login(user, name):
+    """A Socket.IO guest names itself: private messages to the name reach its user."""
+    if not isinstance(name, str) or not NAME.match(name.lower()):
+        raise Refused("bad_name", "a name is 1 to 32 of a-z 0-9 _")
+    name = name.lower()
+    with LOCK:
+        if USERS.get(name, user) != user:
+            raise Refused("name_taken", f"{name} is logged in elsewhere")
+        NAMES[user] = name
+        USERS[name] = user
+    return {"name": name}
 
 
 def on_disconnect(event):

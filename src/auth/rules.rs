@@ -79,6 +79,20 @@ impl Default for NamespaceConfig {
 /// The namespace of personal channels, whose subscribe rule is always `owner`.
 pub const PERSONAL: &str = "user";
 
+/// The namespace of the gateway's own channels (a Socket.IO session's mailbox,
+/// `sio:<session id>`): no client may read or write them, whatever the rules say.
+pub const RESERVED: &str = "sio";
+
+/// Refuses a client a channel of the [`RESERVED`] namespace.
+fn reserved(who: &Identity, channel: &Channel) -> Result<(), Error> {
+    if channel.namespace() == Some(RESERVED) && !who.server {
+        return Err(Error::Forbidden(format!(
+            "{channel}: the {RESERVED}: namespace is the gateway's own"
+        )));
+    }
+    Ok(())
+}
+
 /// The built-in namespaces: personal channels, readable by their owner only.
 pub fn default_namespaces() -> BTreeMap<String, NamespaceConfig> {
     BTreeMap::from([(
@@ -143,6 +157,7 @@ impl Rules {
 
     /// Allows or refuses a subscription.
     pub fn check_subscribe(&self, who: &Identity, channel: &Channel) -> Result<(), Error> {
+        reserved(who, channel)?;
         // A channel the connect hook granted is the backend's decision, not the rules'.
         if who.server || who.session.as_ref().is_some_and(|s| s.grants(channel)) {
             return Ok(());
@@ -162,6 +177,7 @@ impl Rules {
 
     /// Allows or refuses a publish.
     pub fn check_publish(&self, who: &Identity, channel: &Channel) -> Result<(), Error> {
+        reserved(who, channel)?;
         if who.server {
             return Ok(());
         }

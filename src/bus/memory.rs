@@ -9,6 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 pub use super::Retention;
 use super::control::Command;
 use super::{Engine, History, Hub, Map, Reply, RetentionPolicy, now, now_ms};
@@ -23,7 +25,13 @@ pub struct MemoryEngine {
     channels: Mutex<Map<Channel, Arc<Mutex<Log>>>>,
     /// Keys claimed once, with their expiry.
     claimed: Mutex<HashMap<String, Instant>>,
+    /// Values kept ([`Engine::keep`]), with their expiry; swept when the map has doubled
+    /// since the last sweep, so a write costs O(1) amortised.
+    kept: Mutex<(HashMap<String, Kept>, usize)>,
 }
+
+/// A kept value and when it expires.
+type Kept = (Bytes, Instant);
 
 struct Log {
     retention: Retention,
@@ -114,6 +122,7 @@ impl MemoryEngine {
             retention,
             channels: Mutex::default(),
             claimed: Mutex::new(HashMap::new()),
+            kept: Mutex::new((HashMap::new(), 64)),
         });
         let weak = Arc::downgrade(&engine);
         let every = engine
@@ -233,6 +242,28 @@ impl Engine for MemoryEngine {
             claimed.insert(key.to_owned(), at + ttl);
         }
         now(Ok(fresh))
+    }
+
+    fn keep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, ()> {
+        let at = Instant::now();
+        let mut kept = self.kept.locked();
+        let (values, sweep_at) = &mut *kept;
+        if values.len() >= *sweep_at {
+            values.retain(|_, (_, expires)| *expires > at);
+            *sweep_at = (values.len() * 2).max(64);
+        }
+        values.insert(key.to_owned(), (value, at + ttl));
+        now(Ok(()))
+    }
+
+    fn kept<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Bytes>> {
+        let kept = self.kept.locked();
+        let value = kept
+            .0
+            .get(key)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(value, _)| value.clone());
+        now(Ok(value))
     }
 
     fn name(&self) -> &'static str {

@@ -85,6 +85,22 @@ pub trait Engine: Send + Sync + 'static {
     /// recorded it. Makes connect tickets single-use across every node of the engine.
     fn claim_once<'a>(&'a self, key: &'a str, ttl: std::time::Duration) -> Reply<'a, bool>;
 
+    /// Keeps `value` under `key` for `ttl`, replacing what was kept there, where every
+    /// node of the engine reads it: the state of a Socket.IO polling session, which any
+    /// node may serve. The default keeps nothing and says so.
+    fn keep<'a>(&'a self, key: &'a str, value: Bytes, ttl: std::time::Duration) -> Reply<'a, ()> {
+        let _ = (key, value, ttl);
+        now(Err(crate::error::Error::EngineUnavailable(
+            "this engine keeps no values".into(),
+        )))
+    }
+
+    /// What [`Engine::keep`] kept under `key`, unless it expired.
+    fn kept<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Bytes>> {
+        let _ = key;
+        now(Ok(None))
+    }
+
     /// Everyone present in `channel` on every node, given `here`, this node's. The
     /// embedded engine is one node: `here` is everyone.
     fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
@@ -252,6 +268,16 @@ impl Bus {
     /// Records `key` once for `ttl` across all nodes; false when it was already recorded.
     pub async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> Result<bool> {
         self.inner.engine.claim_once(key, ttl).await
+    }
+
+    /// Keeps `value` under `key` for `ttl` on every node ([`Engine::keep`]).
+    pub async fn keep(&self, key: &str, value: Bytes, ttl: std::time::Duration) -> Result<()> {
+        self.inner.engine.keep(key, value, ttl).await
+    }
+
+    /// What [`Bus::keep`] kept under `key`, unless it expired.
+    pub async fn kept(&self, key: &str) -> Result<Option<Bytes>> {
+        self.inner.engine.kept(key).await
     }
 
     /// The engine's name and whether it currently answers.

@@ -30,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Value};
 use tokio::sync::{mpsc, watch};
 
+pub(super) mod kept;
 pub(super) mod presence;
 pub(super) mod topics;
 
@@ -257,6 +258,19 @@ impl Engine for RedisEngine {
                 .map_err(unavailable)?;
             Ok(reply.is_some())
         })
+    }
+
+    fn keep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, ()> {
+        let prefix = &self.settings.prefix;
+        later(kept::keep(self.connection.clone(), prefix, key, value, ttl))
+    }
+
+    fn kept<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Bytes>> {
+        later(kept::kept(
+            self.connection.clone(),
+            &self.settings.prefix,
+            key,
+        ))
     }
 
     fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {

@@ -47,7 +47,7 @@ mod shared;
 use shared::{Shared, Watch, channel_of, control_topic, keep_presence, topic};
 
 use super::control::Command;
-use super::redis::{EngineMetrics, presence, topics};
+use super::redis::{EngineMetrics, kept, presence, topics};
 use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, unavailable};
 use super::{Engine, History, Hub, Present, Reply, RetentionPolicy, later};
 use crate::error::{Error, Result};
@@ -298,6 +298,15 @@ impl Engine for RedisClusterEngine {
                 .map_err(unavailable)?;
             Ok(reply.is_some())
         })
+    }
+
+    fn keep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, ()> {
+        let prefix = &self.settings.prefix;
+        later(async move { kept::keep(self.connection()?, prefix, key, value, ttl).await })
+    }
+
+    fn kept<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Bytes>> {
+        later(async move { kept::kept(self.connection()?, &self.settings.prefix, key).await })
     }
 
     fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {

@@ -90,6 +90,13 @@ impl Default for HooksConfig {
     }
 }
 
+impl super::Config {
+    /// Whether the backend is called for `event`.
+    pub fn hook(&self, event: HookEvent) -> bool {
+        !self.hooks.url.is_empty() && self.hooks.events.contains(&event)
+    }
+}
+
 impl HooksConfig {
     /// Refuses a `[hooks]` the gateway could not use.
     pub(super) fn validate(&self) -> anyhow::Result<()> {

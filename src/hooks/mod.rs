@@ -79,6 +79,8 @@ pub struct Connecting<'a> {
     pub query: &'a Query<'a>,
     /// Who its token (if any) says it is.
     pub user: Option<&'a str>,
+    /// A Socket.IO client's handshake `auth` object, passed as the body's `auth`.
+    pub auth: Option<&'a RawValue>,
 }
 
 impl Hooks {
@@ -179,6 +181,10 @@ impl Hooks {
         });
         if let Some(user) = connecting.user {
             body["user"] = user.into();
+        }
+        if let Some(auth) = connecting.auth {
+            // Valid JSON: it was parsed as a packet's data.
+            body["auth"] = serde_json::from_str(auth.get()).unwrap_or(Value::Null);
         }
         let token_user = connecting.user.map(str::to_owned);
         self.call(HookEvent::Connect, &body, |result| {

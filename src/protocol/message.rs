@@ -66,10 +66,23 @@ impl Publication {
     }
 
     /// Sets `from` to `{"user":..,"client":..}`, each `null` when unknown: the trusted
-    /// sender of a client's publish.
+    /// sender of a client's publish. Keeps an `event` already set.
     pub fn from(mut self, user: Option<&str>, client: Option<&str>) -> Self {
         let from = serde_json::json!({"user": user, "client": client});
-        self.head = Bytes::from(format!(",\"from\":{from}"));
+        let mut head = format!(",\"from\":{from}").into_bytes();
+        head.extend_from_slice(&self.head);
+        self.head = Bytes::from(head);
+        self
+    }
+
+    /// Names the message's `event` (what a Socket.IO client's `socket.on` listens for),
+    /// an [`is_event_name`] the caller checked.
+    pub fn event(mut self, event: &str) -> Self {
+        debug_assert!(is_event_name(event));
+        let mut head = self.head.to_vec();
+        // The alphabet needs no JSON escaping.
+        head.extend_from_slice(format!(",\"event\":\"{event}\"").as_bytes());
+        self.head = Bytes::from(head);
         self
     }
 }
@@ -96,6 +109,9 @@ pub struct Message {
     /// The SSE transport's event for subscribers of this channel alone, built on first
     /// use (see [`Message::sse_encoding`]).
     sse_event: OnceLock<Bytes>,
+    /// The Socket.IO transport's event for sockets that follow this channel alone, built
+    /// on first use (see [`Message::sio_encoding`]).
+    sio_event: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -142,6 +158,7 @@ impl Message {
             exclude: publication.exclude.clone(),
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
+            sio_event: OnceLock::new(),
         }
     }
 
@@ -171,6 +188,7 @@ impl Message {
             exclude: None,
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
+            sio_event: OnceLock::new(),
         })
     }
 
@@ -215,6 +233,15 @@ impl Message {
         &self.json
     }
 
+    /// The publish's `event` name, if it named one ([`Publication::event`]).
+    pub fn event(&self) -> Option<&str> {
+        // The fields before `data` are the gateway's own, built without a client's bytes:
+        // the marker cannot occur inside a string there.
+        let head = std::str::from_utf8(&self.json[..self.data_start]).ok()?;
+        let (_, rest) = head.split_once(",\"event\":\"")?;
+        rest.split_once('"').map(|(event, _)| event)
+    }
+
     /// The data payload alone (a slice of the shared JSON).
     pub fn data(&self) -> &[u8] {
         &self.json[self.data_start..self.json.len() - 1]
@@ -234,6 +261,14 @@ impl Message {
         self.sse_event.get_or_init(|| encode(self))
     }
 
+    /// The Socket.IO event packet this message keeps for sockets that follow its channel
+    /// alone (their recovery offset is the message's own position): `encode`d on its first
+    /// use, then the same bytes for every such socket. The Socket.IO transport owns the
+    /// encoding and is the one caller, always with the same `encode`.
+    pub(crate) fn sio_encoding(&self, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
+        self.sio_event.get_or_init(|| encode(self))
+    }
+
     /// The position a reader holds once it has this message.
     pub fn position(&self) -> Position {
         Position {
@@ -251,6 +286,18 @@ impl fmt::Debug for Message {
             .field("offset", &self.offset)
             .finish_non_exhaustive()
     }
+}
+
+/// Longest `event` name of a publish, in bytes.
+pub const MAX_EVENT_LEN: usize = 64;
+
+/// Whether `name` may be a publish's `event`: 1 to 64 of `A-Z a-z 0-9 _ - . : /`.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
 }
 
 /// Validates `raw` as JSON and strips insignificant whitespace, so that a payload never
@@ -385,8 +432,9 @@ mod tests {
     /// `Bytes` slot each, 40 bytes, whether built or not.
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_message_is_its_fields_and_two_encoding_slots() {
-        // 168 before `exclude_client` (issue 23).
-        assert_eq!(std::mem::size_of::<Message>(), 184);
+    fn a_message_is_its_fields_and_three_encoding_slots() {
+        // 168 before `exclude_client` (issue 23); 184 before the Socket.IO event's slot
+        // (issue 24), which spares a fan-out to Socket.IO sockets an encoding per socket.
+        assert_eq!(std::mem::size_of::<Message>(), 224);
     }
 }

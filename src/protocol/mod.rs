@@ -25,4 +25,4 @@ pub use cursor::{
     Cursor, Fit, Position, cursor_len_max, put_cursor, split_ascii, split_once_ascii,
 };
 pub use frames::ClientFrame;
-pub use message::{Gap, Message, Publication, compact_json};
+pub use message::{Gap, MAX_EVENT_LEN, Message, Publication, compact_json, is_event_name};

@@ -169,6 +169,7 @@ fn route_lean<'a>(
             | Handler::Presence
             | Handler::Server(_)
             | Handler::DemoLogin
+            | Handler::SocketIo
             | Handler::Health
             | Handler::Ready
             | Handler::Metrics => Err(Error::NotFound(crate::protocol::truncate_for_message(

@@ -18,8 +18,8 @@ use crate::config::{Config, Transport};
 use crate::error::{Error, Result};
 use crate::http::{Body, RequestHead, add_implied_headers, error_response, full, json, read_body};
 use crate::transport::{
-    assets, demo, long_poll, negotiate, presence, publish, rpc, server_api, short_poll, sse,
-    websocket,
+    assets, demo, long_poll, negotiate, presence, publish, rpc, server_api, short_poll, socketio,
+    sse, websocket,
 };
 
 use crate::sync::Unpoisoned;
@@ -232,6 +232,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, kept: KeptPoll) -> Result<
             })
             .await
         }
+        Handler::SocketIo => Box::pin(socketio::serve(app, req)).await,
         Handler::DemoLogin => Box::pin(demo::login(app, req)).await,
         Handler::Health => Ok(health(&app)),
         Handler::Ready => ready(&app),

@@ -27,6 +27,8 @@ pub enum Handler {
     Presence,
     /// `POST /subscribe`, `/unsubscribe`, `/disconnect`: the server API.
     Server(Op),
+    /// `/socket.io/`: Engine.IO 4 / Socket.IO 5 (polling and WebSocket).
+    SocketIo,
     /// The demo's log-in (`demo = true` only).
     DemoLogin,
     /// Liveness.
@@ -81,7 +83,7 @@ const fn get(path: &'static str, handler: Handler, lean: bool, head: bool) -> Ro
 }
 
 /// Every route but the static files (see [`ASSET`]).
-static ROUTES: [Route; 15] = [
+static ROUTES: [Route; 16] = [
     Route {
         conn: true,
         upgrade: true,
@@ -157,6 +159,18 @@ static ROUTES: [Route; 15] = [
         method: Verb::Post,
         ..get("/demo/login", Handler::DemoLogin, false, false)
     },
+    // Not lean: its polls are read and written by hyper, and its WebSocket is upgraded
+    // there (tokio-tungstenite over hyper's upgraded connection).
+    Route {
+        method: Verb::GetOrPost,
+        upgrade: true,
+        ..get(
+            crate::transport::socketio::PATH,
+            Handler::SocketIo,
+            false,
+            false,
+        )
+    },
     get(HEALTHZ, Handler::Health, false, true),
     get("/readyz", Handler::Ready, false, true),
     get("/metrics", Handler::Metrics, false, true),
@@ -188,6 +202,7 @@ impl Route {
                     || (self.upgrade && *method == Method::CONNECT)
             }
             Verb::Post => *method == Method::POST,
+            Verb::GetOrPost => *method == Method::GET || *method == Method::POST,
         }
     }
 
@@ -195,6 +210,7 @@ impl Route {
     pub fn allow(&self) -> &'static str {
         match (self.method, self.head) {
             (Verb::Post, _) => "POST",
+            (Verb::GetOrPost, _) => "GET, POST",
             (_, true) => "GET, HEAD",
             _ => "GET",
         }

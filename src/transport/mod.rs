@@ -12,6 +12,7 @@ pub mod rpc;
 pub mod server_api;
 pub mod session;
 pub mod short_poll;
+pub mod socketio;
 pub mod sse;
 pub mod websocket;
 

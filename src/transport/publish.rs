@@ -26,6 +26,10 @@ struct PublishRequest<'a> {
     /// A client session not to hand the message to (Socket.IO's `broadcast`).
     #[serde(default)]
     exclude_client: Option<String>,
+    /// The event name a Socket.IO client receives it as (default `message`), also
+    /// delivered to Cascade's own clients in the message object.
+    #[serde(default)]
+    event: Option<String>,
     /// Read only to refuse it: the sender is the gateway's to set.
     #[serde(borrow, default, deserialize_with = "present")]
     from: Option<&'a RawValue>,
@@ -113,12 +117,14 @@ async fn publish_one(
     let max_bytes = app.config.limits.max_message_bytes;
     let (channel, data) = validate(&request.channel, request.data, max_bytes)?;
     let exclude = excluded(request.exclude_client.as_deref())?;
+    let event = request.event.as_deref().map(checked_event).transpose()?;
     app.auth.check_publish(who, &channel)?;
     let data = hooked(app, who, &channel, data).await?;
-    let message = app
-        .bus
-        .publish_as(&channel, publication(who, data, exclude))
-        .await?;
+    let mut publication = publication(who, data, exclude);
+    if let Some(event) = event {
+        publication = publication.event(event);
+    }
+    let message = app.bus.publish_as(&channel, publication).await?;
     app.metrics.published("http");
     Ok(message)
 }
@@ -145,6 +151,18 @@ pub fn publication(who: &Identity, data: Bytes, exclude: Option<ClientId>) -> Pu
         return publication;
     }
     publication.from(who.user.as_deref(), who.client().map(ClientId::as_str))
+}
+
+/// Checks a publish's `event` name.
+fn checked_event(event: &str) -> Result<&str> {
+    if crate::protocol::is_event_name(event) {
+        Ok(event)
+    } else {
+        Err(Error::BadParam {
+            name: "event",
+            reason: "1 to 64 of A-Z a-z 0-9 _ - . : /".into(),
+        })
+    }
 }
 
 /// Checks an `exclude_client`: an id as the gateway gives them.

@@ -73,6 +73,7 @@ pub async fn identify(
             headers,
             query,
             user: who.user.as_deref(),
+            auth: None,
         };
         hooks.connect(connecting).await.map_err(unavailable)?
     } else {

@@ -1,0 +1,42 @@
+//! Values kept for a while under `P:kept:<key>` ([`crate::bus::Engine::keep`]): the state
+//! of Socket.IO polling sessions, which any node may serve. Shared by both Redis engines.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionLike;
+
+use crate::bus::redis_script::unavailable;
+use crate::error::Result;
+
+/// `SET P:kept:<key> value PX ttl`.
+pub(in crate::bus) async fn keep<C: ConnectionLike>(
+    mut connection: C,
+    prefix: &str,
+    key: &str,
+    value: Bytes,
+    ttl: Duration,
+) -> Result<()> {
+    redis::cmd("SET")
+        .arg(format!("{prefix}:kept:{key}"))
+        .arg(value.as_ref())
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async::<()>(&mut connection)
+        .await
+        .map_err(unavailable)
+}
+
+/// `GET P:kept:<key>`.
+pub(in crate::bus) async fn kept<C: ConnectionLike>(
+    mut connection: C,
+    prefix: &str,
+    key: &str,
+) -> Result<Option<Bytes>> {
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("{prefix}:kept:{key}"))
+        .query_async(&mut connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(value.map(Bytes::from))
+}
