@@ -6,6 +6,7 @@ pub mod nodes;
 pub mod raw_http;
 pub mod redis_cluster;
 pub mod tls;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
