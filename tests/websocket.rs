@@ -1,3 +1,8 @@
+//! The WebSocket contract over real sockets, on every wire a client may come by: plain
+//! `ws://`, `wss://` on HTTP/1.1, and RFC 8441 extended CONNECT on an HTTP/2 stream over
+//! TLS. Each test is written once, taking its [`Wire`], and run on each wire by
+//! [`on_every_wire!`] as `plain::name`, `wss_h1::name` and `h2::name`.
+
 mod support;
 
 use std::sync::Arc;
@@ -6,12 +11,71 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
+use support::wire::{Gateway, Io, Wire, Ws};
 use support::*;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// Runs the tests on one wire, in a module of their own:
+/// `wire_tests!(Plain, plain: #[tokio::test] name; ...)` makes `plain::name`, which calls
+/// `name(Wire::Plain)`.
+macro_rules! wire_tests {
+    ($wire:ident, $module:ident: $(#[$attr:meta] $name:ident;)*) => {
+        mod $module {
+            use super::Wire;
+            $(
+                #[$attr]
+                async fn $name() {
+                    super::$name(Wire::$wire).await
+                }
+            )*
+        }
+    };
+}
+
+/// Runs the tests of `every` on each wire, and those of `http1` on the HTTP/1.1 wires only
+/// (each says why it cannot hold on HTTP/2).
+macro_rules! on_every_wire {
+    (every: {$($every:tt)*} http1: {$($http1:tt)*}) => {
+        wire_tests!(Plain, plain: $($every)* $($http1)*);
+        wire_tests!(TlsH1, wss_h1: $($every)* $($http1)*);
+        wire_tests!(TlsH2, h2: $($every)*);
+    };
+}
+
+on_every_wire! {
+    every: {
+        #[tokio::test] messages_arrive_in_order_with_their_offsets;
+        #[tokio::test] publish_with_an_id_is_acked_and_without_one_is_not;
+        #[tokio::test] subscribe_with_a_cursor_replays_history_then_goes_live;
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        subscribe_with_a_cursor_during_publishing_has_no_seam;
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        resuming_after_a_disconnect_loses_and_repeats_nothing;
+        #[tokio::test] a_cursor_outside_retained_history_yields_a_gap_then_continues;
+        #[tokio::test] unsubscribe_stops_delivery_for_that_channel_only;
+        #[tokio::test] one_connection_follows_several_channels;
+        #[tokio::test] the_server_pings;
+        #[tokio::test] a_client_that_answers_pings_stays_connected;
+        #[tokio::test] a_silent_client_is_dropped_after_two_ping_intervals;
+        #[tokio::test] a_client_frame_is_answered_while_a_backlog_is_being_written;
+        #[tokio::test] large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order;
+        #[tokio::test] pongs_and_messages_interleave_as_whole_frames;
+        #[tokio::test] subscribing_again_reports_the_position_after_messages_already_delivered;
+        #[tokio::test] subscribing_again_reports_each_channel_after_messages_already_delivered;
+        #[tokio::test] pings_meeting_a_part_written_message_are_answered_after_it;
+        #[tokio::test] a_late_reader_of_two_channels_gets_every_message_whole_and_once;
+    }
+    http1: {
+        // About HTTP/1.1's connection hand-off from the lean path to hyper, which HTTP/2
+        // has not: every h2 stream is hyper's, and every h2 WebSocket of this suite is
+        // already opened on a connection that carried a request first (`GET /healthz`).
+        #[tokio::test] a_websocket_opened_after_another_request_is_served_through_hyper;
+    }
+}
+
 /// The next frame, which must be a message; returns (channel, epoch, offset, data.n).
-async fn recv_message(ws: &mut WsClient) -> (String, String, u64, u64) {
+async fn recv_message(ws: &mut Ws) -> (String, String, u64, u64) {
     let frame = ws.recv().await;
     assert_eq!(frame["op"], "message", "{frame}");
     (
@@ -25,7 +89,7 @@ async fn recv_message(ws: &mut WsClient) -> (String, String, u64, u64) {
 /// Reads messages of `channel` and asserts they are exactly `range`, in order, each
 /// carrying `{"n": offset}` (the publishers here publish n at offset n).
 async fn expect_offsets(
-    ws: &mut WsClient,
+    ws: &mut Ws,
     channel: &str,
     epoch: &str,
     range: std::ops::RangeInclusive<u64>,
@@ -53,10 +117,9 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-#[tokio::test]
-async fn messages_arrive_in_order_with_their_offsets() {
-    let server = TestServer::default().await;
-    let mut ws = WsClient::connect(&server).await;
+async fn messages_arrive_in_order_with_their_offsets(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let mut ws = server.ws().await;
     let reply = ws.subscribe(&["chat"], None).await;
     assert_eq!(reply["channels"], json!(["chat"]));
     let start = reply["cursor"].as_str().expect("cursor").to_owned();
@@ -82,13 +145,12 @@ async fn messages_arrive_in_order_with_their_offsets() {
     }
 }
 
-#[tokio::test]
-async fn publish_with_an_id_is_acked_and_without_one_is_not() {
-    let server = TestServer::default().await;
-    let mut subscriber = WsClient::connect(&server).await;
+async fn publish_with_an_id_is_acked_and_without_one_is_not(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let mut subscriber = server.ws().await;
     let reply = subscriber.subscribe(&["chat"], None).await;
     let epoch = epoch_of(reply["cursor"].as_str().unwrap());
-    let mut publisher = WsClient::connect(&server).await;
+    let mut publisher = server.ws().await;
 
     publisher
         .send(json!({"op": "publish", "channel": "chat", "data": {"n": 1}, "id": 7}))
@@ -124,14 +186,13 @@ async fn publish_with_an_id_is_acked_and_without_one_is_not() {
     );
 }
 
-#[tokio::test]
-async fn subscribe_with_a_cursor_replays_history_then_goes_live() {
-    let server = TestServer::default().await;
+async fn subscribe_with_a_cursor_replays_history_then_goes_live(wire: Wire) {
+    let server = Gateway::default(wire).await;
     let mut epoch = String::new();
     for n in 1..=10 {
         epoch = server.publish("chat", json!({"n": n})).await.0;
     }
-    let mut ws = WsClient::connect(&server).await;
+    let mut ws = server.ws().await;
     let cursor = format!("chat@{epoch}:4");
     let reply = ws.subscribe(&["chat"], Some(&cursor)).await;
     assert_eq!(
@@ -152,26 +213,19 @@ async fn subscribe_with_a_cursor_replays_history_then_goes_live() {
 
 /// Subscribing from a position while a publisher races must give every message after the
 /// position exactly once, whether it came from history or live.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_with_a_cursor_during_publishing_has_no_seam() {
-    let server = TestServer::default().await;
-    let client = http();
-    let base = server.url("");
+async fn subscribe_with_a_cursor_during_publishing_has_no_seam(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let http = server.http();
     for round in 0..4u64 {
         let channel = format!("race{round}");
         let total = 150u64;
-        let (epoch, _) = post(&client, &base, &channel, 1).await;
+        let (epoch, _) = http.publish(&channel, json!({"n": 1})).await;
         let published = Arc::new(AtomicU64::new(1));
         let publisher = tokio::spawn({
-            let (client, base, channel, published) = (
-                client.clone(),
-                base.clone(),
-                channel.clone(),
-                published.clone(),
-            );
+            let (http, channel, published) = (http.clone(), channel.clone(), published.clone());
             async move {
                 for n in 2..=total {
-                    assert_eq!(post(&client, &base, &channel, n).await.1, n);
+                    assert_eq!(http.publish(&channel, json!({"n": n})).await.1, n);
                     published.store(n, Ordering::SeqCst);
                     if n % 4 == 0 {
                         tokio::task::yield_now().await;
@@ -187,30 +241,29 @@ async fn subscribe_with_a_cursor_during_publishing_has_no_seam() {
         })
         .await;
         let from = join_at - 5;
-        let mut ws = WsClient::connect(&server).await;
+        let mut ws = server.ws().await;
         let cursor = format!("{channel}@{epoch}:{from}");
         let reply = ws.subscribe(&[&channel], Some(&cursor)).await;
         assert_eq!(reply["cursor"], cursor.as_str());
         expect_offsets(&mut ws, &channel, &epoch, from + 1..=total).await;
         within(publisher).await.expect("publisher");
-        post(&client, &base, &channel, total + 1).await;
+        http.publish(&channel, json!({"n": total + 1})).await;
         expect_offsets(&mut ws, &channel, &epoch, total + 1..=total + 1).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resuming_after_a_disconnect_loses_and_repeats_nothing() {
-    let server = TestServer::default().await;
+async fn resuming_after_a_disconnect_loses_and_repeats_nothing(wire: Wire) {
+    let server = Gateway::default(wire).await;
     let total = 120u64;
-    let mut first = WsClient::connect(&server).await;
+    let mut first = server.ws().await;
     let reply = first.subscribe(&["chat"], None).await;
     let epoch = epoch_of(reply["cursor"].as_str().unwrap());
 
     let publisher = tokio::spawn({
-        let (client, base) = (http(), server.url(""));
+        let http = server.http();
         async move {
             for n in 1..=total {
-                post(&client, &base, "chat", n).await;
+                http.publish("chat", json!({"n": n})).await;
                 if n % 3 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -228,7 +281,7 @@ async fn resuming_after_a_disconnect_loses_and_repeats_nothing() {
     drop(first);
 
     // Messages keep being published while no connection is open.
-    let mut second = WsClient::connect(&server).await;
+    let mut second = server.ws().await;
     let cursor = format!("chat@{epoch}:{last}");
     let reply = second.subscribe(&["chat"], Some(&cursor)).await;
     assert_eq!(reply["cursor"], cursor.as_str());
@@ -240,11 +293,10 @@ async fn resuming_after_a_disconnect_loses_and_repeats_nothing() {
 
 /// With only 5 messages retained, a position before them or from another epoch is
 /// answered with a gap at the first retained offset, then history, then live messages.
-#[tokio::test]
-async fn a_cursor_outside_retained_history_yields_a_gap_then_continues() {
+async fn a_cursor_outside_retained_history_yields_a_gap_then_continues(wire: Wire) {
     let mut config = test_config();
     config.history.max_messages = 5;
-    let server = TestServer::start(config).await;
+    let server = Gateway::start(wire, config).await;
     let mut epoch = String::new();
     for n in 1..=20 {
         epoch = server.publish("chat", json!({"n": n})).await.0;
@@ -253,7 +305,7 @@ async fn a_cursor_outside_retained_history_yields_a_gap_then_continues() {
     let wrong_epoch = "chat@Bogus1:19".to_owned();
     // Each round publishes one more live message: the next offset is 21, then 22.
     for (next, cursor) in (21u64..).zip([old, wrong_epoch]) {
-        let mut ws = WsClient::connect(&server).await;
+        let mut ws = server.ws().await;
         let reply = ws.subscribe(&["chat"], Some(&cursor)).await;
         let first_retained = next - 5;
         assert_eq!(
@@ -279,10 +331,9 @@ async fn a_cursor_outside_retained_history_yields_a_gap_then_continues() {
     );
 }
 
-#[tokio::test]
-async fn unsubscribe_stops_delivery_for_that_channel_only() {
-    let server = TestServer::default().await;
-    let mut ws = WsClient::connect(&server).await;
+async fn unsubscribe_stops_delivery_for_that_channel_only(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let mut ws = server.ws().await;
     let reply = ws.subscribe(&["a", "b"], None).await;
     assert_eq!(reply["channels"], json!(["a", "b"]));
     let (ea, _) = server.publish("a", json!({"n": 1})).await;
@@ -304,10 +355,9 @@ async fn unsubscribe_stops_delivery_for_that_channel_only() {
     }
 }
 
-#[tokio::test]
-async fn one_connection_follows_several_channels() {
-    let server = TestServer::default().await;
-    let mut ws = WsClient::connect(&server).await;
+async fn one_connection_follows_several_channels(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let mut ws = server.ws().await;
     let reply = ws.subscribe(&["x", "y"], None).await;
     assert_eq!(reply["channels"], json!(["x", "y"]));
     let cursor = reply["cursor"].as_str().unwrap();
@@ -335,13 +385,10 @@ async fn one_connection_follows_several_channels() {
     assert_eq!(received, published);
 }
 
-#[tokio::test]
-async fn the_server_pings() {
-    let server = TestServer::default().await;
-    let interval = Duration::from_millis(server.app.config.websocket.ping_interval_ms);
-    let (mut ws, _) = within(tokio_tungstenite::connect_async(server.ws_url()))
-        .await
-        .expect("connect");
+async fn the_server_pings(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let interval = Duration::from_millis(server.config().websocket.ping_interval_ms);
+    let mut ws = server.ws().await.ws;
     let start = Instant::now();
     let ping = tokio::time::timeout(interval * 6, async {
         loop {
@@ -363,11 +410,10 @@ async fn the_server_pings() {
 
 /// tokio-tungstenite answers pings while it is being read, so a reading client stays
 /// connected well past two ping intervals.
-#[tokio::test]
-async fn a_client_that_answers_pings_stays_connected() {
-    let server = TestServer::default().await;
-    let interval = Duration::from_millis(server.app.config.websocket.ping_interval_ms);
-    let mut ws = WsClient::connect(&server).await;
+async fn a_client_that_answers_pings_stays_connected(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let interval = Duration::from_millis(server.config().websocket.ping_interval_ms);
+    let mut ws = server.ws().await;
     let start = Instant::now();
     let mut pings = 0;
     while pings < 5 {
@@ -392,11 +438,10 @@ async fn a_client_that_answers_pings_stays_connected() {
 
 /// A client that completes the upgrade and then never sends a byte (not even a pong) is
 /// dropped once it has been silent for two ping intervals.
-#[tokio::test]
-async fn a_silent_client_is_dropped_after_two_ping_intervals() {
-    let server = TestServer::default().await;
-    let interval = Duration::from_millis(server.app.config.websocket.ping_interval_ms);
-    let mut raw = raw_ws::connect(server.addr, None).await;
+async fn a_silent_client_is_dropped_after_two_ping_intervals(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let interval = Duration::from_millis(server.config().websocket.ping_interval_ms);
+    let mut raw = server.raw_ws().await;
     let start = Instant::now();
     eventually("the connection to be counted", || async {
         server
@@ -410,7 +455,8 @@ async fn a_silent_client_is_dropped_after_two_ping_intervals() {
     loop {
         match within(raw.read_frame()).await {
             Some((raw_ws::PING, _)) => pings += 1,
-            // A close frame before the drop is acceptable; the TCP close must follow.
+            // A close frame before the drop is acceptable; the TCP close (on HTTP/2, the
+            // stream's end) must follow.
             Some((raw_ws::CLOSE, _)) => {}
             Some((opcode, payload)) => panic!(
                 "unexpected frame {opcode:#x}: {}",
@@ -440,8 +486,7 @@ async fn a_silent_client_is_dropped_after_two_ping_intervals() {
 
 /// A client's frame is read as soon as it arrives, even while the server is still
 /// writing a backlog: deliveries never starve the socket's read side.
-#[tokio::test]
-async fn a_client_frame_is_answered_while_a_backlog_is_being_written() {
+async fn a_client_frame_is_answered_while_a_backlog_is_being_written(wire: Wire) {
     const BACKLOG: u64 = 5000;
     let mut config = test_config();
     config.limits.subscriber_queue = 10_000;
@@ -450,8 +495,8 @@ async fn a_client_frame_is_answered_while_a_backlog_is_being_written() {
     // default 10 s was reached with the whole suite running beside a profiler).
     config.websocket.ping_interval_ms = 30_000;
     config.limits.write_timeout_ms = 120_000;
-    let server = TestServer::start(config).await;
-    let mut ws = WsClient::connect(&server).await;
+    let server = Gateway::start(wire, config).await;
+    let mut ws = server.ws().await;
     ws.subscribe(&["firehose"], None).await;
     // 20 MB, far more than the loopback socket buffers hold: the server is still writing
     // when the client's frame arrives.
@@ -492,13 +537,12 @@ async fn a_client_frame_is_answered_while_a_backlog_is_being_written() {
 /// Messages go straight to the socket while it has room; one that finds it nearly full is
 /// written in part and finished before anything else, and one that finds it full waits in
 /// tungstenite. Whichever way each took, the client reads whole frames, in order.
-#[tokio::test]
-async fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() {
+async fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order(wire: Wire) {
     const MESSAGES: u64 = 200;
     let mut config = test_config();
     config.websocket.ping_interval_ms = 30_000;
-    let server = TestServer::start(config).await;
-    let mut ws = WsClient::connect(&server).await;
+    let server = Gateway::start(wire, config).await;
+    let mut ws = server.ws().await;
     ws.subscribe(&["big"], None).await;
     // 12 MB, one message at a time: more than the loopback socket buffers hold, so the
     // writes meet a socket with less room than a frame.
@@ -518,7 +562,7 @@ async fn large_messages_to_a_client_that_reads_late_arrive_whole_and_in_order() 
 }
 
 /// Sends a ping whose payload is `n`.
-async fn ping(ws: &mut WsClient, n: u64) {
+async fn ping(ws: &mut Ws, n: u64) {
     use futures_util::SinkExt;
     let payload = n.to_be_bytes().to_vec();
     ws.ws
@@ -530,7 +574,7 @@ async fn ping(ws: &mut WsClient, n: u64) {
 /// Reads messages `{"n": 1..=messages}` and the pongs to pings 1..=`pongs`, interleaved
 /// in any way, asserting that each kind arrives whole and in order; `pad`, if given, is
 /// the length of every message's `pad`.
-async fn read_messages_and_pongs(ws: &mut WsClient, messages: u64, pongs: u64, pad: Option<usize>) {
+async fn read_messages_and_pongs(ws: &mut Ws, messages: u64, pongs: u64, pad: Option<usize>) {
     let (mut next, mut pong) = (1, 1);
     while next <= messages || pong <= pongs {
         match within(ws.ws.next()).await {
@@ -554,12 +598,11 @@ async fn read_messages_and_pongs(ws: &mut WsClient, messages: u64, pongs: u64, p
 
 /// The server answers pings (through tungstenite) in the middle of a stream of messages
 /// (written straight to the socket): neither ever cuts into the other's frames.
-#[tokio::test]
-async fn pongs_and_messages_interleave_as_whole_frames() {
+async fn pongs_and_messages_interleave_as_whole_frames(wire: Wire) {
     const MESSAGES: u64 = 300;
     const EVERY: u64 = 6;
-    let server = TestServer::default().await;
-    let mut ws = WsClient::connect(&server).await;
+    let server = Gateway::default(wire).await;
+    let mut ws = server.ws().await;
     ws.subscribe(&["mixed"], None).await;
     for n in 1..=MESSAGES {
         server.publish("mixed", json!({"n": n})).await;
@@ -572,10 +615,9 @@ async fn pongs_and_messages_interleave_as_whole_frames() {
 
 /// Messages the fan-out wrote to an idle socket itself, without waking the connection,
 /// still move the connection's position: subscribing again to the channel reports it.
-#[tokio::test]
-async fn subscribing_again_reports_the_position_after_messages_already_delivered() {
-    let server = TestServer::default().await;
-    let mut ws = WsClient::connect(&server).await;
+async fn subscribing_again_reports_the_position_after_messages_already_delivered(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let mut ws = server.ws().await;
     let first = ws.subscribe(&["tally"], None).await;
     let epoch = epoch_of(first["cursor"].as_str().expect("cursor"));
     for n in 1..=3 {
@@ -591,10 +633,9 @@ async fn subscribing_again_reports_the_position_after_messages_already_delivered
 /// The same for a client of several channels, whose messages the fan-out writes express
 /// too: subscribing again reports each channel where its last message left it, and after
 /// an unsubscribe the other channel's messages still come and the dropped one's do not.
-#[tokio::test]
-async fn subscribing_again_reports_each_channel_after_messages_already_delivered() {
-    let server = TestServer::default().await;
-    let mut ws = WsClient::connect(&server).await;
+async fn subscribing_again_reports_each_channel_after_messages_already_delivered(wire: Wire) {
+    let server = Gateway::default(wire).await;
+    let mut ws = server.ws().await;
     let first = ws.subscribe(&["left", "right"], None).await;
     let cursor = first["cursor"].as_str().expect("cursor").to_owned();
     let (left, right) = cursor.split_once(',').expect("two channels");
@@ -620,13 +661,12 @@ async fn subscribing_again_reports_each_channel_after_messages_already_delivered
 /// finish before it writes anything else, a pong included. Every frame arrives whole,
 /// messages and pongs each in order. (Which ping meets a part-written message, if any, is
 /// up to the scheduler: the test checks the stream, not the race.)
-#[tokio::test]
-async fn pings_meeting_a_part_written_message_are_answered_after_it() {
+async fn pings_meeting_a_part_written_message_are_answered_after_it(wire: Wire) {
     const MESSAGES: u64 = 120;
     let mut config = test_config();
     config.websocket.ping_interval_ms = 30_000;
-    let server = TestServer::start(config).await;
-    let mut ws = WsClient::connect(&server).await;
+    let server = Gateway::start(wire, config).await;
+    let mut ws = server.ws().await;
     ws.subscribe(&["heavy"], None).await;
     // 7 MB: the loopback socket fills long before the client starts reading.
     let pad = "z".repeat(60 * 1024);
@@ -642,8 +682,7 @@ async fn pings_meeting_a_part_written_message_are_answered_after_it() {
 /// A client of two channels that reads only at the end: the fan-out writes to it express
 /// until a message is taken only in part, which must leave the connection's position where
 /// it was, so that the connection still delivers that message, whole and once.
-#[tokio::test]
-async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once() {
+async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once(wire: Wire) {
     const MESSAGES: u64 = 120;
     // The client reads nothing until all is published: no ping timeout meanwhile, and no
     // write timeout either, however long a loaded machine takes to publish it (the test
@@ -651,8 +690,8 @@ async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once() {
     let mut config = test_config();
     config.websocket.ping_interval_ms = 30_000;
     config.limits.write_timeout_ms = 120_000;
-    let server = TestServer::start(config).await;
-    let mut ws = WsClient::connect(&server).await;
+    let server = Gateway::start(wire, config).await;
+    let mut ws = server.ws().await;
     ws.subscribe(&["wide", "quiet"], None).await;
     // 7 MB: the loopback socket fills long before the client starts reading.
     let pad = "z".repeat(60 * 1024);
@@ -666,22 +705,20 @@ async fn a_late_reader_of_two_channels_gets_every_message_whole_and_once() {
 
 /// A connection that carried another request first is hyper's: its WebSocket handshake is
 /// answered there, and the socket hyper switches carries the same protocol.
-#[tokio::test]
-async fn a_websocket_opened_after_another_request_is_served_through_hyper() {
+async fn a_websocket_opened_after_another_request_is_served_through_hyper(wire: Wire) {
     use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::protocol::Role;
-    let server = TestServer::default().await;
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
+    let server = Gateway::default(wire).await;
+    let mut stream = server.http1_connection().await;
     // Not a lean route: the connection goes to hyper for good.
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
+    stream.flush().await.unwrap();
     let mut seen = Vec::new();
-    let read_head = async |stream: &mut tokio::net::TcpStream, seen: &mut Vec<u8>| {
+    let read_head = async |stream: &mut Box<dyn Io>, seen: &mut Vec<u8>| {
         loop {
             if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
@@ -715,6 +752,7 @@ async fn a_websocket_opened_after_another_request_is_served_through_hyper() {
         )
         .await
         .unwrap();
+    stream.flush().await.unwrap();
     let head = read_head(&mut stream, &mut seen).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(seen.is_empty(), "nothing after the 101 yet");

@@ -6,6 +6,7 @@ pub mod nodes;
 pub mod raw_http;
 pub mod redis_cluster;
 pub mod tls;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -354,7 +355,7 @@ pub mod raw_ws {
     use std::net::SocketAddr;
 
     use bytes::{Buf, BytesMut};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::{TcpSocket, TcpStream};
 
     use super::within;
@@ -368,9 +369,10 @@ pub mod raw_ws {
     pub const CLOSE: u8 = 0x8;
     pub const PING: u8 = 0x9;
 
-    /// An upgraded connection and the bytes read past the handshake.
-    pub struct RawWs {
-        pub stream: TcpStream,
+    /// An upgraded connection and the bytes read past the handshake; over a `TcpStream`
+    /// by default, or any stream (TLS, an HTTP/2 stream: see `wire`).
+    pub struct RawWs<S = TcpStream> {
+        pub stream: S,
         buffer: BytesMut,
     }
 
@@ -381,15 +383,25 @@ pub mod raw_ws {
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
         }
-        let mut stream = within(socket.connect(addr)).await.expect("connect");
+        let stream = within(socket.connect(addr)).await.expect("connect");
+        handshake(stream, &addr.to_string()).await
+    }
+
+    /// Upgrades `stream`, a fresh HTTP/1.1 connection to the gateway, to a WebSocket on
+    /// `/ws` by hand.
+    pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        host: &str,
+    ) -> RawWs<S> {
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream
             .write_all(request.as_bytes())
             .await
             .expect("write upgrade");
+        stream.flush().await.expect("flush upgrade");
         let mut buffer = BytesMut::with_capacity(1024);
         let end = loop {
             if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -413,7 +425,15 @@ pub mod raw_ws {
         RawWs { stream, buffer }
     }
 
-    impl RawWs {
+    /// A stream already upgraded to a WebSocket (an RFC 8441 stream: no HTTP/1.1 head).
+    pub fn upgraded<S>(stream: S) -> RawWs<S> {
+        RawWs {
+            stream,
+            buffer: BytesMut::with_capacity(1024),
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
         /// Sends one masked text frame.
         pub async fn send_text(&mut self, text: &str) {
             let payload = text.as_bytes();
@@ -433,6 +453,7 @@ pub mod raw_ws {
             frame.extend_from_slice(&mask);
             frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
             self.stream.write_all(&frame).await.expect("write frame");
+            self.stream.flush().await.expect("flush frame");
         }
 
         /// The next frame as (opcode, payload), without a deadline; `None` once the server
