@@ -3,6 +3,7 @@
 // everyone but the sender, and connection state recovery.
 
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
 import { publish, sleep, startGateway } from './support.mjs';
@@ -19,7 +20,12 @@ let backend;
 
 before(async () => {
   backend = await startBackend(() => gateway.url);
-  gateway = await startGateway(hooksEnv(backend.url), null, { config: presenceConfig() });
+  const config = presenceConfig();
+  try {
+    gateway = await startGateway(hooksEnv(backend.url), null, { config });
+  } finally {
+    rmSync(config, { force: true });
+  }
 });
 
 after(async () => {
