@@ -94,7 +94,10 @@ export function hooksEnv(backendUrl) {
   };
 }
 
-/** A config file whose top-level channels keep presence (no environment variable does). */
+/**
+ * A config file whose top-level channels keep presence (no environment variable does);
+ * the caller removes it once the gateway has read it.
+ */
 export function presenceConfig() {
   const file = path.join(os.tmpdir(), `cascade-sio-${process.pid}.toml`);
   writeFileSync(file, '[channels]\npresence = true\n');

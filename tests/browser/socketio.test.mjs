@@ -3,6 +3,7 @@
 // everyone but the sender, and connection state recovery.
 
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
 import { publish, sleep, startGateway } from './support.mjs';
@@ -19,7 +20,12 @@ let backend;
 
 before(async () => {
   backend = await startBackend(() => gateway.url);
-  gateway = await startGateway(hooksEnv(backend.url), null, { config: presenceConfig() });
+  const config = presenceConfig();
+  try {
+    gateway = await startGateway(hooksEnv(backend.url), null, { config });
+  } finally {
+    rmSync(config, { force: true });
+  }
 });
 
 after(async () => {
@@ -103,7 +109,10 @@ for (const [name, options] of Object.entries(TRANSPORTS)) {
   test(`POST /disconnect ends a socket over ${name} as a server disconnect`, async () => {
     const { API_KEY } = await import('./support.mjs');
     const socket = await connect(gateway.url, { ...options, auth: { name: `gone_${name}` } });
-    const reason = new Promise((resolve) => socket.once('disconnect', resolve));
+    const reason = new Promise((resolve, reject) => {
+      socket.once('disconnect', resolve);
+      setTimeout(() => reject(new Error('no disconnect within 15 s')), 15_000).unref();
+    });
     const response = await fetch(`${gateway.url}/disconnect`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'x-cascade-api-key': API_KEY },

@@ -270,6 +270,21 @@ impl Conn {
         {
             rooms = Cursor::parse(&joined.rooms, max).unwrap_or_default();
         }
+        // The server's commands since the last poll: a stream registers for them only
+        // from now on.
+        if let Some(who) = joined.as_ref().and_then(Joined::identity) {
+            let app = &self.app;
+            if who
+                .user
+                .as_deref()
+                .is_some_and(|user| app.bus.recent_commands(user).disconnected)
+            {
+                let _ = self.send(packet::DISCONNECT.into()).await;
+                return Err("disconnected");
+            }
+            let (granted, _) = crate::transport::server_api::take_granted(app, &who, &mut rooms);
+            crate::transport::server_api::put_back(&mut rooms, granted, max);
+        }
         let mailbox_at = Cursor::parse(&state.mailbox, 1).map_err(|_| "session_unknown")?;
         self.mailbox = Some(mailbox);
         self.follow(joined, rooms, Some(mailbox_at))
