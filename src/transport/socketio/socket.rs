@@ -50,6 +50,26 @@ pub struct Joined {
 }
 
 impl Joined {
+    /// A socket of client session `session`, following `rooms`, recovered by `pid`; a new
+    /// generation, so that a poll that followed an older connect takes these rooms.
+    fn new(session: &ClientSession, rooms: &Cursor, pid: String) -> Self {
+        Joined {
+            generation: fastrand::u64(1..),
+            client: session.client.as_str().to_owned(),
+            user: session.user.as_deref().map(str::to_owned),
+            granted: session
+                .granted
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            expire_at: session.expire_at,
+            meta: session.meta.clone(),
+            rooms: rooms.to_string(),
+            pid,
+            ended: false,
+        }
+    }
+
     /// The identity hooks and rules see.
     pub fn identity(&self) -> Option<Identity> {
         let session = ClientSession {
@@ -181,21 +201,8 @@ async fn begin(
     }
     // Positions now, so that whichever node serves the next poll starts here.
     let (_, rooms) = app.bus.catch_up(&rooms, None).await?;
-    Ok(Joined {
-        generation: fastrand::u64(1..),
-        client: session.client.as_str().to_owned(),
-        user: session.user.as_deref().map(str::to_owned),
-        granted: session
-            .granted
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect(),
-        expire_at: session.expire_at,
-        meta: session.meta.clone(),
-        rooms: rooms.to_string(),
-        pid: app.sessions.issue(&session)?,
-        ended: false,
-    })
+    let pid = app.sessions.issue(&session)?;
+    Ok(Joined::new(&session, &rooms, pid))
 }
 
 /// Socket.IO's connection state recovery: `auth.pid` (the signed session) and
@@ -224,21 +231,7 @@ async fn recover(app: &App, fields: &serde_json::Map<String, serde_json::Value>)
     if events.iter().any(|e| matches!(e, Event::Gap(_))) {
         return None;
     }
-    Some(Joined {
-        generation: fastrand::u64(1..),
-        client: session.client.as_str().to_owned(),
-        user: session.user.as_deref().map(str::to_owned),
-        granted: session
-            .granted
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect(),
-        expire_at: session.expire_at,
-        meta: session.meta.clone(),
-        rooms: rooms.to_string(),
-        pid: pid.to_owned(),
-        ended: false,
-    })
+    Some(Joined::new(&session, &rooms, pid.to_owned()))
 }
 
 /// The key that says a socket's session was seen lately, for recovery.
