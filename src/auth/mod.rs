@@ -103,14 +103,6 @@ impl Identity {
         self.expires_at
             .map(|exp| Duration::from_secs(exp.saturating_sub(now_secs())))
     }
-
-    /// Resolves when the credentials expire (never, for anonymous clients and backends).
-    pub async fn expired(&self) {
-        match self.expires_in() {
-            Some(left) => tokio::time::sleep(left).await,
-            None => std::future::pending().await,
-        }
-    }
 }
 
 /// Credentials checking and channel rules, built once from config.

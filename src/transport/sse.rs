@@ -16,7 +16,6 @@ use hyper::body::Frame;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::auth::Identity;
 use crate::bus::control::Control;
 use crate::bus::{CursorAfter, Event, Express, ExpressSwitch, Subscription};
 use crate::config::Transport;
@@ -84,8 +83,15 @@ pub async fn serve<R: RequestHead + Send>(app: Arc<App>, req: R) -> Result<Respo
         &changes,
         app.config.sse.retry_ms,
     );
-    let frames = events(app.clone(), subscription, open, session, who, slot.clone())
-        .map(|bytes| Ok(Frame::data(bytes)));
+    let frames = events(
+        app.clone(),
+        subscription,
+        open,
+        session,
+        who.expires_in(),
+        slot.clone(),
+    )
+    .map(|bytes| Ok(Frame::data(bytes)));
     let mut response = Response::new(Body::Boxed(StreamBody::new(frames).boxed_unsync()));
     response.extensions_mut().insert(slot);
     let headers = response.headers_mut();
@@ -128,7 +134,7 @@ fn events(
     mut subscription: Subscription,
     open: Bytes,
     mut session: Session,
-    who: Identity,
+    expires_in: Option<Duration>,
     slot: ExpressSlot,
 ) -> impl Stream<Item = Bytes> + Send {
     let heartbeat_every = Duration::from_millis(app.config.sse.heartbeat_ms);
@@ -138,8 +144,9 @@ fn events(
         let _tracked = tracked;
         let metrics = app.metrics.transport(Transport::Sse);
         yield open;
-        let expiry = who.expired();
-        tokio::pin!(expiry);
+        // Boxed, and only for credentials that expire: a timer inline (and the identity
+        // it would borrow) would cost every idle stream its room.
+        let mut expiry = expires_in.map(|left| Box::pin(tokio::time::sleep(left)));
         // Ticks at half the interval; a heartbeat goes out after two ticks without an
         // event, so the stream is never silent for longer than the interval, and a
         // delivery only clears a count instead of resetting a timer.
@@ -188,7 +195,10 @@ fn events(
                         // The stream ends with the credentials it was opened with; checked
                         // before the subscription, so that a steady backlog cannot keep it
                         // open past them.
-                        if expiry.as_mut().poll(&mut side_cx).is_ready() {
+                        if expiry
+                            .as_mut()
+                            .is_some_and(|expiry| expiry.as_mut().poll(&mut side_cx).is_ready())
+                        {
                             return Poll::Ready(Step::Expired);
                         }
                         if heartbeat.poll_tick(&mut side_cx).is_ready() {

@@ -177,9 +177,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let app = self.app.clone();
-        let who = self.who.clone();
-        let expiry = who.expired();
-        tokio::pin!(expiry);
+        // Boxed, and only for credentials that expire: a timer inline (and the identity
+        // copy it would borrow) would cost every idle socket's task its room.
+        let mut expiry = self
+            .who
+            .expires_in()
+            .map(|left| Box::pin(tokio::time::sleep(left)));
         // Created once, not per turn of the loop: each creation registers a waiter.
         let shutdown = app.shutdown.cancelled();
         tokio::pin!(shutdown);
@@ -212,7 +215,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         if shutdown.as_mut().poll(&mut side_cx).is_ready() {
                             return Poll::Ready(Step::Shutdown);
                         }
-                        if expiry.as_mut().poll(&mut side_cx).is_ready() {
+                        if expiry
+                            .as_mut()
+                            .is_some_and(|expiry| expiry.as_mut().poll(&mut side_cx).is_ready())
+                        {
                             return Poll::Ready(Step::Expired);
                         }
                         // After these, the rest has not been polled yet: look again next
@@ -287,7 +293,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await;
+            // Boxed: the loop's locals are still in scope here, and the close's timer
+            // would otherwise add its room to every task.
+            let close = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame)));
+            let _ = Box::pin(close).await;
         }
     }
 
