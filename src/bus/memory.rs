@@ -23,8 +23,10 @@ pub struct MemoryEngine {
     retention: RetentionPolicy,
     // std Mutex: held only for map lookups, never across an await.
     channels: Mutex<Map<Channel, Arc<Mutex<Log>>>>,
-    /// Keys claimed once, with their expiry.
-    claimed: Mutex<HashMap<String, Instant>>,
+    /// Keys claimed once, with their expiry; swept when the map has doubled since the
+    /// last sweep (every Socket.IO socket's end claims one), so a claim costs O(1)
+    /// amortised.
+    claimed: Mutex<(HashMap<String, Instant>, usize)>,
     /// Values kept ([`Engine::keep`]), with their expiry; swept when the map has doubled
     /// since the last sweep, so a write costs O(1) amortised.
     kept: Mutex<(HashMap<String, Kept>, usize)>,
@@ -121,7 +123,7 @@ impl MemoryEngine {
             hub,
             retention,
             channels: Mutex::default(),
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Mutex::new((HashMap::new(), 64)),
             kept: Mutex::new((HashMap::new(), 64)),
         });
         let weak = Arc::downgrade(&engine);
@@ -236,10 +238,14 @@ impl Engine for MemoryEngine {
     fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
         let at = Instant::now();
         let mut claimed = self.claimed.locked();
-        claimed.retain(|_, expires| *expires > at);
-        let fresh = !claimed.contains_key(key);
+        let (keys, sweep_at) = &mut *claimed;
+        if keys.len() >= *sweep_at {
+            keys.retain(|_, expires| *expires > at);
+            *sweep_at = (keys.len() * 2).max(64);
+        }
+        let fresh = keys.get(key).is_none_or(|expires| *expires <= at);
         if fresh {
-            claimed.insert(key.to_owned(), at + ttl);
+            keys.insert(key.to_owned(), at + ttl);
         }
         now(Ok(fresh))
     }
@@ -264,6 +270,28 @@ impl Engine for MemoryEngine {
             .filter(|(_, expires)| *expires > Instant::now())
             .map(|(value, _)| value.clone());
         now(Ok(value))
+    }
+
+    fn rekeep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, bool> {
+        let at = Instant::now();
+        let mut kept = self.kept.locked();
+        let live = kept.0.get_mut(key).filter(|(_, expires)| *expires > at);
+        let found = live.is_some();
+        if let Some(entry) = live {
+            *entry = (value, at + ttl);
+        }
+        now(Ok(found))
+    }
+
+    fn prolong<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
+        let at = Instant::now();
+        let mut kept = self.kept.locked();
+        let live = kept.0.get_mut(key).filter(|(_, expires)| *expires > at);
+        let found = live.is_some();
+        if let Some((_, expires)) = live {
+            *expires = at + ttl;
+        }
+        now(Ok(found))
     }
 
     fn name(&self) -> &'static str {

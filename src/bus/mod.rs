@@ -101,6 +101,27 @@ pub trait Engine: Send + Sync + 'static {
         now(Ok(None))
     }
 
+    /// Replaces what [`Engine::keep`] kept under `key`, for `ttl` from now, only while
+    /// something is kept there: false, and nothing kept, once it expired. A Socket.IO
+    /// session's state written at the end of a poll does not bring an expired one back.
+    fn rekeep<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: std::time::Duration,
+    ) -> Reply<'a, bool> {
+        let _ = (key, value, ttl);
+        now(Ok(false))
+    }
+
+    /// Makes what [`Engine::keep`] kept under `key` expire `ttl` from now, unchanged;
+    /// false when nothing is kept there. A value another request may rewrite meanwhile
+    /// (a Socket.IO socket) is kept alive without being written back stale.
+    fn prolong<'a>(&'a self, key: &'a str, ttl: std::time::Duration) -> Reply<'a, bool> {
+        let _ = (key, ttl);
+        now(Ok(false))
+    }
+
     /// Everyone present in `channel` on every node, given `here`, this node's. The
     /// embedded engine is one node: `here` is everyone.
     fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
@@ -278,6 +299,16 @@ impl Bus {
     /// What [`Bus::keep`] kept under `key`, unless it expired.
     pub async fn kept(&self, key: &str) -> Result<Option<Bytes>> {
         self.inner.engine.kept(key).await
+    }
+
+    /// Replaces what is kept under `key` only while it is ([`Engine::rekeep`]).
+    pub async fn rekeep(&self, key: &str, value: Bytes, ttl: std::time::Duration) -> Result<bool> {
+        self.inner.engine.rekeep(key, value, ttl).await
+    }
+
+    /// Makes what is kept under `key` expire `ttl` from now ([`Engine::prolong`]).
+    pub async fn prolong(&self, key: &str, ttl: std::time::Duration) -> Result<bool> {
+        self.inner.engine.prolong(key, ttl).await
     }
 
     /// The engine's name and whether it currently answers.

@@ -273,6 +273,22 @@ impl Engine for RedisEngine {
         ))
     }
 
+    fn rekeep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, bool> {
+        let prefix = &self.settings.prefix;
+        later(kept::rekeep(
+            self.connection.clone(),
+            prefix,
+            key,
+            value,
+            ttl,
+        ))
+    }
+
+    fn prolong<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
+        let prefix = &self.settings.prefix;
+        later(kept::prolong(self.connection.clone(), prefix, key, ttl))
+    }
+
     fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
         let connection = self.connection.clone();
         later(presence::read(

@@ -309,6 +309,16 @@ impl Engine for RedisClusterEngine {
         later(async move { kept::kept(self.connection()?, &self.settings.prefix, key).await })
     }
 
+    fn rekeep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, bool> {
+        let prefix = &self.settings.prefix;
+        later(async move { kept::rekeep(self.connection()?, prefix, key, value, ttl).await })
+    }
+
+    fn prolong<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
+        let prefix = &self.settings.prefix;
+        later(async move { kept::prolong(self.connection()?, prefix, key, ttl).await })
+    }
+
     fn presence<'a>(&'a self, channel: &'a Channel, here: Vec<Present>) -> Reply<'a, Vec<Present>> {
         later(async move {
             let connection = self.connection()?;

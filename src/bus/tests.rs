@@ -199,7 +199,42 @@ contract!(
     old_offset_and_wrong_epoch_are_reported_as_gaps,
     a_cursor_ahead_of_the_head_gets_a_gap_not_a_replay,
     a_subscriber_that_does_not_read_is_cut_off_alone,
+    a_kept_value_is_rekept_and_prolonged_only_while_it_lives,
 );
+
+/// What a Socket.IO session's state relies on: `rekeep` and `prolong` act only on a live
+/// value and never bring an expired one back; `claim_once` is won once.
+async fn a_kept_value_is_rekept_and_prolonged_only_while_it_lives(kind: Kind) {
+    // Held whole: it keeps the shared Redis Cluster running.
+    let test = bus(kind).await;
+    let bus = &test.bus;
+    let short = Duration::from_millis(300);
+    let long = Duration::from_secs(30);
+    assert!(!bus.rekeep("k", Bytes::from("x"), long).await.unwrap());
+    assert!(!bus.prolong("k", long).await.unwrap());
+    assert_eq!(bus.kept("k").await.unwrap(), None, "nothing brought back");
+    bus.keep("k", Bytes::from("a"), short).await.unwrap();
+    assert!(bus.rekeep("k", Bytes::from("b"), short).await.unwrap());
+    assert!(bus.prolong("k", long).await.unwrap());
+    tokio::time::sleep(short * 2).await;
+    assert_eq!(
+        bus.kept("k").await.unwrap(),
+        Some(Bytes::from("b")),
+        "prolonged past its first expiry, with the value rekept"
+    );
+    bus.keep("gone", Bytes::from("a"), short).await.unwrap();
+    tokio::time::sleep(short * 2).await;
+    assert!(!bus.rekeep("gone", Bytes::from("b"), long).await.unwrap());
+    assert!(!bus.prolong("gone", long).await.unwrap());
+    assert_eq!(bus.kept("gone").await.unwrap(), None);
+    assert!(bus.claim_once("end", short).await.unwrap());
+    assert!(!bus.claim_once("end", short).await.unwrap());
+    tokio::time::sleep(short * 2).await;
+    assert!(
+        bus.claim_once("end", short).await.unwrap(),
+        "claimable once expired"
+    );
+}
 
 fn chat() -> Channel {
     Channel::parse("chat").unwrap()

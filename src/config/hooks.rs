@@ -28,8 +28,9 @@ pub struct HooksConfig {
     /// How long a client session value stays valid without a connect hook's
     /// `expire_at`, in milliseconds; a polling client past it is connected again.
     pub session_ttl_ms: u64,
-    /// A polling client that has not polled for this long is gone (the disconnect
-    /// hook), in milliseconds.
+    /// A `/longpoll` or `/poll` client that has not polled for this long is gone (the
+    /// disconnect hook), in milliseconds. Socket.IO's polling sockets go by their
+    /// session's expiry instead (`socketio.ping_interval_ms + ping_timeout_ms`).
     pub poll_idle_ms: u64,
 }
 

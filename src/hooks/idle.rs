@@ -4,8 +4,13 @@
 //!
 //! Kept per node: a client whose polls go to several nodes is seen by each, and each tells
 //! the backend once it stops polling there (see docs/HOOKS.md).
+//!
+//! Socket.IO's polling sessions keep their state in the engine instead, which says when
+//! one is over on every node; [`Watched`] only keeps which of them this node served and
+//! when to look at them next (the looking is `transport::socketio::quiet`'s).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -78,4 +83,93 @@ pub(super) fn sweep<T: Send + Sync + 'static>(
             }
         }
     });
+}
+
+/// Sessions kept in the engine that this node served, by id, with when it looks at each
+/// next: a 40-byte entry a session, at most [`MAX_WATCHED`] of them.
+#[derive(Default)]
+pub struct Watched {
+    due: Mutex<HashMap<ClientId, Instant>>,
+    started: AtomicBool,
+}
+
+impl Watched {
+    /// Looks at `id` at `due` (or later, when it was due later already); false when the
+    /// map is full and `id` is not watched.
+    pub fn watch(&self, id: ClientId, due: Instant) -> bool {
+        let mut watched = self.due.locked();
+        if let Some(at) = watched.get_mut(&id) {
+            *at = (*at).max(due);
+            return true;
+        }
+        if watched.len() >= MAX_WATCHED {
+            return false;
+        }
+        watched.insert(id, due);
+        true
+    }
+
+    /// Removes and returns the ids due by `now`, at most `max` of them.
+    pub fn due(&self, now: Instant, max: usize) -> Vec<ClientId> {
+        let mut watched = self.due.locked();
+        let due: Vec<ClientId> = watched
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .take(max)
+            .collect();
+        for id in &due {
+            watched.remove(id);
+        }
+        due
+    }
+
+    /// How many ids are watched.
+    pub fn len(&self) -> usize {
+        self.due.locked().len()
+    }
+
+    /// Whether no id is watched.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True for the first caller only: the one that starts looking at them.
+    pub fn start(&self) -> bool {
+        !self.started.swap(true, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_ids_are_bounded_and_taken_once_due() {
+        let watched = Watched::default();
+        let now = Instant::now();
+        let (early, late) = (ClientId::random(), ClientId::random());
+        assert!(watched.watch(early, now));
+        assert!(watched.watch(late, now + Duration::from_secs(60)));
+        // Seen again with an earlier due time: the later one holds.
+        assert!(watched.watch(late, now));
+        assert_eq!(watched.due(now, 10), vec![early]);
+        assert!(watched.due(now, 10).is_empty(), "taken once");
+        assert_eq!(watched.len(), 1);
+        for _ in 1..MAX_WATCHED {
+            assert!(watched.watch(ClientId::random(), now));
+        }
+        assert!(!watched.watch(ClientId::random(), now), "full");
+        assert!(
+            watched.watch(late, now),
+            "one watched already is seen again"
+        );
+        assert_eq!(watched.due(now, 5).len(), 5, "at most max");
+        assert!(watched.start() && !watched.start(), "started once");
+        assert_eq!(
+            std::mem::size_of::<(ClientId, Instant)>(),
+            40,
+            "as documented"
+        );
+    }
 }

@@ -10,7 +10,7 @@
 
 pub mod answer;
 mod client;
-mod idle;
+pub mod idle;
 pub mod sign;
 
 use std::net::IpAddr;
@@ -64,6 +64,7 @@ pub struct Hooks {
     max_channels: usize,
     idle: idle::Idle,
     poll_idle: Duration,
+    socketio: idle::Watched,
 }
 
 /// What the connect hook is told about a client starting a session.
@@ -109,6 +110,7 @@ impl Hooks {
             max_channels: config.limits.max_channels,
             idle: idle::Idle::default(),
             poll_idle: Duration::from_millis(hooks.poll_idle_ms),
+            socketio: idle::Watched::default(),
         })
     }
 
@@ -132,6 +134,11 @@ impl Hooks {
         {
             self.idle.touch(who.user.as_ref(), session);
         }
+    }
+
+    /// The Socket.IO polling sessions this node served, watched for going quiet.
+    pub fn socketio_watched(&self) -> &idle::Watched {
+        &self.socketio
     }
 
     /// Whether the backend is called for `event`.

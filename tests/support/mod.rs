@@ -5,6 +5,7 @@ pub mod backend;
 pub mod nodes;
 pub mod raw_http;
 pub mod redis_cluster;
+pub mod socketio;
 pub mod tls;
 pub mod wire;
 

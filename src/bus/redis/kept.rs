@@ -40,3 +40,39 @@ pub(in crate::bus) async fn kept<C: ConnectionLike>(
         .map_err(unavailable)?;
     Ok(value.map(Bytes::from))
 }
+
+/// `SET P:kept:<key> value XX PX ttl`: true when something was kept there.
+pub(in crate::bus) async fn rekeep<C: ConnectionLike>(
+    mut connection: C,
+    prefix: &str,
+    key: &str,
+    value: Bytes,
+    ttl: Duration,
+) -> Result<bool> {
+    let reply: Option<String> = redis::cmd("SET")
+        .arg(format!("{prefix}:kept:{key}"))
+        .arg(value.as_ref())
+        .arg("XX")
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async(&mut connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(reply.is_some())
+}
+
+/// `PEXPIRE P:kept:<key> ttl`: true when something was kept there.
+pub(in crate::bus) async fn prolong<C: ConnectionLike>(
+    mut connection: C,
+    prefix: &str,
+    key: &str,
+    ttl: Duration,
+) -> Result<bool> {
+    let set: u8 = redis::cmd("PEXPIRE")
+        .arg(format!("{prefix}:kept:{key}"))
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async(&mut connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(set == 1)
+}

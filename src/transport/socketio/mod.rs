@@ -1,7 +1,8 @@
 //! `/socket.io/`: Engine.IO 4 and Socket.IO 5, so that a page written for
 //! `socket.io-client` 3.x/4.x connects to Cascade by changing only its URL
 //! (docs/SOCKETIO.md). Polling ([`polling`]), WebSocket and the upgrade ([`ws`]), the
-//! default namespace's socket ([`socket`]), and the packets ([`packet`]).
+//! default namespace's socket ([`socket`]), the packets ([`packet`]), and the disconnect
+//! hook's word on a polling socket that went quiet ([`quiet`]).
 //!
 //! Written by hand rather than on socketioxide/engineioxide: their sessions live in one
 //! process's memory, so every poll of a session must reach the node that opened it
@@ -11,6 +12,7 @@
 
 pub mod packet;
 pub mod polling;
+pub mod quiet;
 pub mod socket;
 pub mod ws;
 

@@ -220,6 +220,9 @@ pub fn ack(id: u64, argument: &str) -> String {
 /// A Socket.IO disconnect of `/` by the server (Engine.IO message included).
 pub const DISCONNECT: &str = "41";
 
+/// Engine.IO's close: the session is over, the client opens another.
+pub const CLOSE: &str = "1";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,15 @@
 //! Engine.IO's HTTP long-polling, with no sticky sessions: every request of a session may
 //! land on any node. Nothing of a session lives in a node's memory between requests:
 //!
-//! - its poll state (its rooms' cursor, its mailbox position) is kept in the engine under
-//!   `sio:<sid>` ([`crate::bus::Bus::keep`]), written only by `GET`s, which Engine.IO
-//!   never overlaps;
+//! - its poll state (its rooms' cursor, its mailbox position, when it was last polled) is
+//!   kept in the engine under `sio:<sid>` ([`crate::bus::Bus::keep`]), written only by
+//!   `GET`s, which Engine.IO never overlaps, and only while it lives: once it expired
+//!   (`pingInterval + pingTimeout` after the last poll) the session is over on every node;
 //! - its socket ([`Joined`]: the session the connect hook accepted, its rooms at connect)
-//!   under `sio:<sid>:s`, written only by the `POST` that carried the CONNECT;
+//!   under `sio:<sid>:s`, written by the `POST` that carried the CONNECT (or ended it),
+//!   kept alive by every `GET` without being rewritten, and outliving the poll state so
+//!   that the node that finds the session quiet can tell the backend who it was
+//!   ([`super::quiet`]);
 //! - packets that are not room messages (the connect answer, acknowledgements, the noop
 //!   that ends a poll during an upgrade) travel through the session's mailbox channel, so
 //!   a poll parked on one node wakes for a `POST` served by another.
@@ -22,6 +26,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use super::packet::{self, BadPacket, Engine, Kind};
+use super::quiet;
 use super::socket::{self, Joined};
 use crate::app::App;
 use crate::bus::Event;
@@ -51,6 +56,10 @@ pub struct PollState {
     pub rooms: String,
     /// The mailbox's cursor text.
     pub mailbox: String,
+    /// When the last poll ended, unix milliseconds on the node that served it: when the
+    /// state will expire, for a node deciding when to look at it again.
+    #[serde(default)]
+    pub seen_ms: u64,
 }
 
 /// The key of a session's poll state.
@@ -69,6 +78,12 @@ pub fn session_ttl(app: &App) -> Duration {
     Duration::from_millis(io.ping_interval_ms + io.ping_timeout_ms)
 }
 
+/// How long a session's socket outlives its last request: twice its state's, so that it
+/// is still there when the state expires and a node looks for whom to tell.
+pub fn joined_ttl(app: &App) -> Duration {
+    session_ttl(app) * 2
+}
+
 /// Reads a kept JSON value.
 pub async fn read<T: for<'de> Deserialize<'de>>(app: &App, key: &str) -> Result<Option<T>> {
     Ok(app
@@ -78,12 +93,14 @@ pub async fn read<T: for<'de> Deserialize<'de>>(app: &App, key: &str) -> Result<
         .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
 
-/// Keeps a JSON value for the session's lifetime.
-pub async fn write<T: Serialize>(app: &App, key: &str, value: &T) -> Result<()> {
+/// Keeps a JSON value for `ttl`.
+pub async fn write<T: Serialize>(app: &App, key: &str, value: &T, ttl: Duration) -> Result<()> {
+    app.bus.keep(key, json(value)?, ttl).await
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Bytes> {
     let bytes = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
-    app.bus
-        .keep(key, Bytes::from(bytes), session_ttl(app))
-        .await
+    Ok(Bytes::from(bytes))
 }
 
 /// Opens a polling session: its state kept, its mailbox's position taken; the Engine.IO
@@ -102,9 +119,10 @@ pub async fn handshake(app: &App) -> Result<Response<Body>> {
         .await?;
     let state = PollState {
         mailbox: start.to_string(),
+        seen_ms: crate::bus::now_ms(),
         ..PollState::default()
     };
-    write(app, &state_key(sid.as_str()), &state).await?;
+    write(app, &state_key(sid.as_str()), &state, session_ttl(app)).await?;
     let io = &app.config.socketio;
     Ok(text(packet::open(
         sid.as_str(),
@@ -167,6 +185,8 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
     };
     let mailbox_channel = &mailbox.entries[0].0;
     let mut packets = Vec::new();
+    // Whether this poll ended the socket (a server disconnect).
+    let mut ended_here = false;
     let metrics = app.metrics.socketio(false);
     let now = crate::bus::now_ms();
     for event in &events {
@@ -182,10 +202,11 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
             }
             Event::Control(Control::Disconnected) => {
                 packets.push(packet::DISCONNECT.into());
-                if let Some(mut ending) = joined.clone() {
-                    socket::ended(&app, &ending, "disconnected");
+                if let Some(mut ending) = joined.clone().filter(|_| !ended_here) {
+                    ended_here = true;
+                    quiet::end(&app, &ending, "disconnected").await;
                     ending.ended = true;
-                    write(&app, &socket_key, &ending).await?;
+                    write(&app, &socket_key, &ending, joined_ttl(&app)).await?;
                 }
             }
             Event::Control(Control::Subscribed(added)) => {
@@ -222,9 +243,24 @@ pub async fn get(app: Arc<App>, sid: &str) -> Result<Response<Body>> {
     }
     .to_string();
     drop(subscription);
-    write(&app, &key, &state).await?;
-    if let Some(joined) = &joined {
-        socket::seen(&app, joined, session_ttl(&app)).await;
+    state.seen_ms = crate::bus::now_ms();
+    let ttl = session_ttl(&app);
+    // Written only while it lives: a session that expired while this poll was parked is
+    // over (a node may have told the backend so), and its next request is refused.
+    let prolonged = async {
+        match &joined {
+            Some(_) => app.bus.prolong(&socket_key, joined_ttl(&app)).await,
+            None => Ok(false),
+        }
+    };
+    let (live, _) = tokio::try_join!(app.bus.rekeep(&key, json(&state)?, ttl), prolonged)?;
+    if !live {
+        packets.push(packet::CLOSE.into());
+    } else if let Some(joined) = &joined {
+        socket::seen(&app, joined, ttl).await;
+        if !ended_here {
+            quiet::watch(&app, sid);
+        }
     }
     if packets.is_empty() {
         packets.push("2".into());
@@ -304,7 +340,8 @@ pub async fn post(app: Arc<App>, sid: &str, req: Request<Incoming>) -> Result<Re
                         .await;
                         match answer {
                             Ok(new) => {
-                                write(&app, &joined_key(sid), &new).await?;
+                                write(&app, &joined_key(sid), &new, joined_ttl(&app)).await?;
+                                quiet::watch(&app, sid);
                                 socket::seen(&app, &new, session_ttl(&app)).await;
                                 let ack = packet::connected(&new.client, &new.pid);
                                 socket::post(&app, &mailbox, &ack).await?;
@@ -325,9 +362,9 @@ pub async fn post(app: Arc<App>, sid: &str, req: Request<Incoming>) -> Result<Re
                     }
                     Kind::Disconnect if packet.namespace == "/" => {
                         if let Some(mut ending) = joined.take() {
-                            socket::ended(&app, &ending, "client_closed");
+                            quiet::end(&app, &ending, "client_closed").await;
                             ending.ended = true;
-                            write(&app, &joined_key(sid), &ending).await?;
+                            write(&app, &joined_key(sid), &ending, joined_ttl(&app)).await?;
                         }
                     }
                     _ => {}
@@ -335,9 +372,9 @@ pub async fn post(app: Arc<App>, sid: &str, req: Request<Incoming>) -> Result<Re
             }
             Engine::Close => {
                 if let Some(mut ending) = joined.take() {
-                    socket::ended(&app, &ending, "client_closed");
+                    quiet::end(&app, &ending, "client_closed").await;
                     ending.ended = true;
-                    write(&app, &joined_key(sid), &ending).await?;
+                    write(&app, &joined_key(sid), &ending, joined_ttl(&app)).await?;
                 }
                 // Ends a poll parked elsewhere.
                 socket::post(&app, &mailbox, "6").await?;

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::packet::{self, Engine, Kind};
 use super::polling::{self, PollState};
+use super::quiet;
 use super::socket::{self, Joined};
 use crate::app::App;
 use crate::bus::control::Control;
@@ -279,6 +280,9 @@ impl Conn {
                 .as_deref()
                 .is_some_and(|user| app.bus.recent_commands(user).disconnected)
             {
+                if let Some(joined) = &joined {
+                    quiet::end(app, joined, "disconnected").await;
+                }
                 let _ = self.send(packet::DISCONNECT.into()).await;
                 return Err("disconnected");
             }
@@ -289,7 +293,18 @@ impl Conn {
         self.mailbox = Some(mailbox);
         self.follow(joined, rooms, Some(mailbox_at))
             .await
-            .map_err(|_| "engine_unavailable")
+            .map_err(|_| "engine_unavailable")?;
+        // From here this connection tells the socket's end, and the polling session's
+        // quiet end is not told (docs/SOCKETIO.md). Lost to a node that found the session
+        // over first: so it is. An engine that cannot be asked leaves the telling here.
+        if let Some(joined) = &self.joined
+            && quiet::told(&self.app)
+            && let Ok(false) = quiet::claim_end(&self.app, joined).await
+        {
+            self.joined = None;
+            return Err("session_unknown");
+        }
+        Ok(())
     }
 
     /// Becomes `joined`'s connection (when it is one), following `rooms` (and `mailbox`).
