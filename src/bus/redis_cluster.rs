@@ -8,9 +8,12 @@
 //! redirects and refreshes its slot map by itself.
 //!
 //! Sharded subscriptions are this engine's to keep: a node drops them (with an
-//! `sunsubscribe` push) when their slot moves away or its master steps down, and a lost
-//! connection takes them along. The listener subscribes such channels again wherever
-//! their slot now lives, and after every resubscription it checks the channel's history
+//! `sunsubscribe` push) when their slot moves away or its master steps down, a lost
+//! connection takes them along, and so does a connection the cluster client closes
+//! after a slot refresh, without a word. The listener (see `listener`) subscribes such
+//! channels again wherever their slot now lives, proves each subscription with a probe
+//! published on the shard channel, and subscribes again when the probe does not come
+//! back. After every resubscription it checks the channel's history
 //! against the last message it handed out (see `VERIFY` in `redis_script`):
 //! if the history lacks writes readers already have, the channel starts a new epoch, so
 //! they get an explicit gap rather than a reused offset. (Every script already starts
@@ -29,7 +32,6 @@
 //! engine's sorted sets (see [`super::redis`]); their keys carry the channel's hash tag,
 //! so each set lives in its channel's slot.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,12 +41,15 @@ use prometheus::Histogram;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{ProtocolVersion, Value};
 use tokio::sync::{mpsc, watch};
 
+mod listener;
+mod probe;
 mod shared;
 
-use shared::{Shared, Watch, channel_of, control_topic, keep_presence, topic};
+use listener::Listener;
+use shared::{Shared, Watch, control_topic, keep_presence, topic};
 
 use super::control::Command;
 use super::redis::{EngineMetrics, kept, presence, topics};
@@ -69,9 +74,6 @@ pub struct RedisClusterSettings {
 
 /// How long a publish waits for its replicas before it fails as `engine_unavailable`.
 const REPLICATION_TIMEOUT_MS: u64 = 500;
-
-/// Longest pause between attempts to resubscribe a channel the cluster dropped.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The Redis Cluster engine.
 pub struct RedisClusterEngine {
@@ -124,13 +126,7 @@ impl RedisClusterEngine {
             connection.clone(),
             changed,
         ));
-        let listener = Listener {
-            hub,
-            scripts: scripts.clone(),
-            shared: shared.clone(),
-            confirmed: HashSet::new(),
-            pending: HashSet::new(),
-        };
+        let listener = Listener::new(hub, scripts.clone(), shared.clone());
         tokio::spawn(listener.run(client, connection_sender, command_receiver, push_receiver));
         Ok(Arc::new(RedisClusterEngine {
             settings,
@@ -358,249 +354,5 @@ impl Engine for RedisClusterEngine {
 
     fn name(&self) -> &'static str {
         "redis-cluster"
-    }
-}
-
-/// The sharded pub/sub side: keeps the cluster subscribed to exactly the watched
-/// channels, wherever their slots move, and hands live messages to the hub.
-struct Listener {
-    hub: Arc<Hub>,
-    scripts: Arc<Scripts>,
-    shared: Arc<Shared>,
-    /// Channels the cluster confirmed at least once since they were watched: a further
-    /// confirmation is a resubscription, after which messages may have been missed.
-    confirmed: HashSet<Channel>,
-    /// Watched channels the cluster does not carry to us right now.
-    pending: HashSet<Channel>,
-}
-
-impl Listener {
-    async fn run(
-        mut self,
-        client: redis::cluster::ClusterClient,
-        connection_sender: watch::Sender<Option<ClusterConnection>>,
-        mut commands: mpsc::UnboundedReceiver<Watch>,
-        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
-    ) {
-        let mut backoff = Duration::from_millis(50);
-        let mut connection = loop {
-            let attempt = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection());
-            if let Ok(Ok(connection)) = attempt.await {
-                break connection;
-            }
-            tracing::debug!("redis cluster not reachable yet; retrying");
-            // Watches queue up meanwhile; the watched map says what to subscribe.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        };
-        // The cluster client keeps this subscription across reconnects by itself.
-        let control = control_topic(self.scripts.prefix());
-        while !matches!(
-            tokio::time::timeout(COMMAND_TIMEOUT, connection.subscribe(&control)).await,
-            Ok(Ok(()))
-        ) {
-            tracing::debug!("could not subscribe to the control channel; retrying");
-            tokio::time::sleep(backoff).await;
-        }
-        connection_sender.send_replace(Some(connection.clone()));
-        self.shared.set_up(true);
-        tracing::info!("redis cluster connected");
-        self.pending = self.shared.watched.locked().keys().cloned().collect();
-        let mut backoff = Duration::ZERO;
-        loop {
-            if !self.pending.is_empty() {
-                self.resubscribe(&mut connection).await;
-                backoff = if self.pending.is_empty() {
-                    Duration::ZERO
-                } else {
-                    (backoff * 2).clamp(Duration::from_millis(25), MAX_BACKOFF)
-                };
-            }
-            let retry = tokio::time::sleep(if self.pending.is_empty() {
-                Duration::from_secs(3600)
-            } else {
-                backoff
-            });
-            tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    self.apply(&mut connection, command).await;
-                }
-                push = pushes.recv() => {
-                    let Some(push) = push else { return };
-                    self.take(&mut connection, push).await;
-                }
-                _ = retry => {}
-            }
-        }
-    }
-
-    /// Brings the cluster in line with one watch change. The watched map is the truth:
-    /// an unsubscribe for a channel watched again meanwhile is skipped.
-    async fn apply(&mut self, connection: &mut ClusterConnection, command: Watch) {
-        match command {
-            Watch::Subscribe(channel) => {
-                self.pending.insert(channel);
-            }
-            Watch::Unsubscribe(channel) => {
-                if self.shared.is_wanted(&channel) {
-                    return;
-                }
-                self.confirmed.remove(&channel);
-                self.pending.remove(&channel);
-                let name = topic(self.scripts.prefix(), &channel);
-                let unsubscribe = connection.sunsubscribe(name);
-                if !matches!(
-                    tokio::time::timeout(COMMAND_TIMEOUT, unsubscribe).await,
-                    Ok(Ok(()))
-                ) {
-                    // Harmless: a message of an unwatched channel finds no subscriber.
-                    tracing::debug!(%channel, "sunsubscribe failed");
-                }
-            }
-        }
-    }
-
-    /// Subscribes every pending channel that is still watched, stopping at the first
-    /// failure (the cluster is then still settling; the caller retries later).
-    async fn resubscribe(&mut self, connection: &mut ClusterConnection) {
-        let channels: Vec<Channel> = self.pending.iter().cloned().collect();
-        for channel in channels {
-            if !self.shared.is_wanted(&channel) {
-                self.pending.remove(&channel);
-                continue;
-            }
-            let name = topic(self.scripts.prefix(), &channel);
-            match tokio::time::timeout(COMMAND_TIMEOUT, connection.ssubscribe(name)).await {
-                Ok(Ok(())) => {
-                    self.pending.remove(&channel);
-                    self.mark_ready(&channel);
-                    if !self.confirmed.insert(channel.clone())
-                        && !self.catch_up(connection, &channel).await
-                    {
-                        self.pending.insert(channel);
-                        return;
-                    }
-                }
-                failed => {
-                    let error = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        _ => "timed out".into(),
-                    };
-                    tracing::debug!(%channel, error, "ssubscribe failed; retrying");
-                    self.shared.set_up(false);
-                    return;
-                }
-            }
-        }
-        self.shared.set_up(true);
-    }
-
-    /// Handles one push from the cluster: a live message, or a change of subscriptions.
-    async fn take(&mut self, connection: &mut ClusterConnection, push: PushInfo) {
-        let prefix = self.scripts.prefix();
-        let channel = || match push.data.first() {
-            Some(Value::BulkString(name)) => channel_of(prefix, name),
-            _ => None,
-        };
-        if push.kind != PushKind::SMessage {
-            tracing::debug!(kind = ?push.kind, data = ?push.data, "cluster push");
-        }
-        match push.kind {
-            PushKind::SMessage => {
-                let Some(Value::BulkString(payload)) = push.data.get(1) else {
-                    return;
-                };
-                match Message::from_stored(Bytes::copy_from_slice(payload)) {
-                    Some(message) => {
-                        let message = Arc::new(message);
-                        self.shared.saw(&message);
-                        self.hub.deliver(&message);
-                    }
-                    None => tracing::warn!("malformed message on redis sharded pub/sub"),
-                }
-            }
-            // A server API command, from any node.
-            PushKind::Message => {
-                let Some(Value::BulkString(payload)) = push.data.get(1) else {
-                    return;
-                };
-                match serde_json::from_slice::<Command>(payload) {
-                    Ok(command) => self.hub.users().apply(&command),
-                    Err(_) => tracing::warn!("malformed command on redis pub/sub"),
-                }
-            }
-            // The cluster dropped a subscription: its slot moved, or its master stepped
-            // down. Subscribe again where the slot lives now.
-            PushKind::SUnsubscribe => {
-                if let Some(channel) = channel().filter(|c| self.shared.is_wanted(c)) {
-                    tracing::info!(%channel, "sharded subscription dropped by the cluster");
-                    self.pending.insert(channel);
-                }
-            }
-            // The client resubscribed on its own (after a reconnect or a new slot map).
-            PushKind::SSubscribe => {
-                if let Some(channel) = channel().filter(|c| self.shared.is_wanted(c)) {
-                    if !self.confirmed.insert(channel.clone())
-                        && !self.catch_up(connection, &channel).await
-                    {
-                        self.pending.insert(channel);
-                    }
-                }
-            }
-            // A node's connection broke: its subscriptions may be gone for good if its
-            // master died. Subscribe everything again; a live subscription just confirms.
-            PushKind::Disconnection => {
-                tracing::warn!("a redis cluster connection was lost; resubscribing");
-                self.shared.set_up(false);
-                let watched = self.shared.watched.locked();
-                self.pending.extend(watched.keys().cloned());
-            }
-            _ => {}
-        }
-    }
-
-    fn mark_ready(&self, channel: &Channel) {
-        if let Some(ready) = self.shared.watched.locked().get(channel) {
-            ready.send_replace(true);
-        }
-    }
-
-    /// After a resubscription: checks the history against the last message seen (a
-    /// fork starts a new epoch) and re-announces the last retained message, so that
-    /// subscribers who missed messages see a hole and fill it. False when the cluster
-    /// could not be read; the caller tries again.
-    async fn catch_up(&self, connection: &mut ClusterConnection, channel: &Channel) -> bool {
-        let last = self.shared.last.locked().get(channel).cloned();
-        let tail: Result<Option<Vec<u8>>> = match &last {
-            Some(last) => {
-                let invocation = self.scripts.verify(last);
-                redis_script::invoke(&invocation, connection).await
-            }
-            None => {
-                let (_, log) = self.scripts.keys(channel);
-                let mut read = redis::cmd("LINDEX");
-                read.arg(log).arg(-1);
-                match tokio::time::timeout(COMMAND_TIMEOUT, read.query_async(connection)).await {
-                    Ok(result) => result.map_err(unavailable),
-                    Err(_) => Err(Error::EngineUnavailable("LINDEX timed out".into())),
-                }
-            }
-        };
-        match tail {
-            Ok(Some(json)) => {
-                if let Some(message) = Message::from_stored(Bytes::from(json)) {
-                    let message = Arc::new(message);
-                    self.shared.saw(&message);
-                    self.hub.deliver(&message);
-                }
-                true
-            }
-            Ok(None) => true,
-            Err(err) => {
-                tracing::debug!(%channel, %err, "could not check history after a resubscription");
-                false
-            }
-        }
     }
 }

@@ -297,6 +297,38 @@ impl Drop for RedisCluster {
     }
 }
 
+/// Where the cluster at `url` (as [`RedisCluster::url`] gives it) holds sharded
+/// subscriptions: each node's role, its shard channels and the clients subscribed to
+/// any. Printed when a stream stalls, to tell a lost subscription from a lost message.
+pub fn shard_subscriptions(url: &str) -> String {
+    let mut report = String::new();
+    for port in url
+        .split(',')
+        .filter_map(|u| u.rsplit(':').next()?.parse::<u16>().ok())
+    {
+        let cli = |args: &[&str]| {
+            let mut command = Command::new("redis-cli");
+            command
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(args);
+            run(command, Duration::from_secs(5)).unwrap_or_else(|| "(no answer)".into())
+        };
+        let role = cli(&["ROLE"]);
+        let channels = cli(&["PUBSUB", "SHARDCHANNELS"]);
+        let clients = cli(&["CLIENT", "LIST"]);
+        let subscribed: Vec<&str> = clients
+            .lines()
+            .filter(|l| !l.contains(" ssub=0 ") && l.contains(" ssub="))
+            .collect();
+        report.push_str(&format!(
+            "{port}: {} channels {:?} subscribed clients {subscribed:#?}\n",
+            role.lines().next().unwrap_or("?"),
+            channels.lines().collect::<Vec<_>>(),
+        ));
+    }
+    report
+}
+
 /// Runs `command` to completion within `limit` (killing it by PID when it overruns);
 /// its trimmed stdout when it succeeded. Its output must fit a pipe's buffer.
 fn run(mut command: Command, limit: Duration) -> Option<String> {
