@@ -48,9 +48,11 @@ declare namespace Cascade {
 
   /**
    * How the tabs of an origin share one connection: `true` (the default) through a
-   * SharedWorker running cascade.js where the browser has one, else a leader tab elected
-   * with a Web Lock and reached over a BroadcastChannel, else one connection per tab;
-   * `'leader'` skips the SharedWorker; `false` opts out (one connection per tab).
+   * SharedWorker running cascade.js where the browser has one (a lone tab keeps a
+   * connection of its own until a second tab comes), else a leader tab elected with a Web
+   * Lock (without Web Locks, a lease in localStorage) and reached over a BroadcastChannel
+   * (without one, `storage` events), else one connection per tab; `'leader'` skips the
+   * SharedWorker; `false` opts out (one connection per tab).
    */
   type Share = boolean | 'leader';
 
@@ -127,8 +129,9 @@ declare namespace Cascade {
     /** The rung in use (by the shared connection, when shared), or null while disconnected. */
     readonly transport: Transport | null;
     /**
-     * How the connection is shared: `'worker'` (a SharedWorker holds it), `'leader'` (this
-     * tab holds it for the others), `'follower'` (another tab does), or null (this tab's own).
+     * How the connection is shared: `'worker'` (a SharedWorker holds it, or this tab's own
+     * while no other tab needs it), `'leader'` (this tab holds it for the others),
+     * `'follower'` (another tab does), or null (this tab's own).
      */
     readonly shareRole: ShareRole | null;
     /** Calls `fn(data, message)` for every message on `channel`, from now on. */

@@ -23,17 +23,19 @@
  * sessionStorage), raceDelayMs (the head start a WebSocket or SSE attempt gets before long
  * polling starts beside it and carries the messages until the stream proves itself;
  * default 250, at least three /negotiate round trips; false: no race), share (true by default: the tabs of an origin share one
- * connection, through a SharedWorker running this file where there is one, else a leader
- * tab elected with a Web Lock over a BroadcastChannel, else one per tab; 'leader': no
- * SharedWorker; false: one connection per tab), workerUrl (this script's URL for the
+ * connection, through a SharedWorker running this file where there is one (a lone tab
+ * uses its own until a second one comes), else a leader tab elected with a Web Lock (or a
+ * localStorage lease) over a BroadcastChannel (or storage events), else one per tab;
+ * 'leader': no SharedWorker; false: one connection per tab), workerUrl (this script's URL for the
  * SharedWorker; by default the src of the script tag that loaded it).
  * Deadlines are judged by the wall clock: one whose timer fires late (a throttled or
  * frozen background tab) starts over instead of failing the connection.
  * Events: connect {transport}, disconnect {reason, retryMs}, transport (name), gap
  * {channel, epoch, first}, error {code, message, channel} (`channel` when the gateway
  * refused that channel, which the client then drops), message (every delivered message).
- * c.transport is the rung in use, or null while disconnected; c.shareRole is 'worker',
- * 'leader' (this tab holds the shared connection), 'follower' or null (not shared).
+ * c.transport is the rung in use, or null while disconnected; c.shareRole is 'worker'
+ * (shared through the worker), 'leader' (this tab holds the shared connection), 'follower'
+ * or null (not shared).
  *
  * The wire contract is docs/PROTOCOL.md; the gateway serves this file at /cascade.js.
  */
@@ -775,7 +777,8 @@
     this.lacks = {};       // rungs the tabs' browser lacks, for a hub's connection in a worker
     this.storage = null;   // where the last rung is remembered, when not sessionStorage
     this.link = undefined; // to the hub of a shared connection: undefined until tried, null for none
-    this.tabLock = null;   // the Web Lock that tells hubs this tab lives (see whenHeld)
+    this.standby = null;   // the SharedRung waiting for the hub's connection while this tab uses its own
+    this.tabLock = null;   // the Web Lock that tells hubs this tab lives (see tabPost)
     /** How the connection is shared: 'worker', 'leader' (this tab runs it), 'follower', or null. */
     this.shareRole = null;
     var channels = options.channels || [];
@@ -939,6 +942,7 @@
     cancel(this.probeTimer);
     this._endCycle();
     if (this.probe) { this.probe.close(); this.probe = null; }
+    if (this.standby) { this.standby.close(); this.standby = null; }
     var wasConnected = this.connected;
     if (this.active) { this.active.close(); this.active = null; }
     this.transport = null;
@@ -1198,8 +1202,14 @@
    */
   Client.prototype._connect = function () {
     if (this.closed || this.active || this.cycle) { return; }
-    if (this.link === undefined) { this.link = this._shareLink(); }
-    if (this.link) {
+    if (this.link === undefined) {
+      this.link = this._shareLink();
+      if (this.link && this.link.hubAlive) {
+        this._lookForHub();
+        return;
+      }
+    }
+    if (this.link && !this.standby) {
       this._connectShared();
       return;
     }
@@ -1465,6 +1475,7 @@
     if (!rung.racing && Object.keys(this.failed).length) { this._negotiate(noop); }
     this._sync();
     this._scheduleProbe();
+    if (this.standby && !rung.shared) { this._joinStandingBy(); }
   };
 
   /** The active rung was lost: reconnect, from the same rung, after a delay. */
@@ -1549,6 +1560,7 @@
   /** Tells the active rung about channel changes, replacing it when it cannot adapt. */
   Client.prototype._sync = function () {
     var rung = this.active;
+    if (this.standby && this.standby.opened && !this.closed) { this.standby.sync(); }
     if (!rung || this.closed) { return; }
     if (rung.sync() === false && !(this.probe && this.probe.replacing)) {
       if (this.probe) { this.probe.close(); this.probe = null; }
@@ -1574,7 +1586,8 @@
       this.shareRole = 'worker';
     } else {
       link = leaderLink(this, key);
-      if (link) { this.shareRole = 'follower'; }
+      // A lone tab may have been elected already (see leaseElection).
+      if (link && !this.shareRole) { this.shareRole = 'follower'; }
     }
     return link;
   };
@@ -1608,6 +1621,61 @@
       lacks: this._lacking(),
       remembered: this._remembered()
     };
+  };
+
+  /**
+   * Asks whether the worker's hub already serves other tabs. If it does, this tab waits on
+   * the hub's connection; if not, starting a SharedWorker costs the first message more than
+   * a connection does (a process to start, the script to load), and a lone tab needs no
+   * sharing: it connects on its own at once and stands by (see `_standBy`).
+   */
+  Client.prototype._lookForHub = function () {
+    var self = this, cycle = this.cycle = {};
+    this.link.hubAlive(function (alive) {
+      if (self.cycle !== cycle) { return; }
+      self.cycle = null;
+      if (alive) {
+        self._connectShared();
+      } else {
+        self._standBy();
+      }
+    });
+  };
+
+  /**
+   * Joins the hub as a tab that has a connection of its own: the hub opens its connection
+   * once a second tab joins, and this tab then moves to it (the hub's positions and a
+   * catch-up from GET /poll see that it loses nothing) and lets its own go.
+   */
+  Client.prototype._standBy = function () {
+    var rung = new SharedRung(this, this.link);
+    rung.standby = true;
+    this.standby = rung;
+    if (this.active) {
+      this._joinStandingBy();
+    } else {
+      // The hub is joined (and a worker started) once this tab's own connection works, so
+      // that starting them does not compete with it for the first message.
+      this._connect();
+    }
+  };
+
+  /** The tab's own connection works: it joins the hub, and moves to it once it is up. */
+  Client.prototype._joinStandingBy = function () {
+    var self = this, rung = this.standby;
+    if (!rung || rung.opened) { return; }
+    rung.opened = true;
+    rung.open(function () {
+      if (self.standby !== rung || self.closed) { rung.close(); return; }
+      self.standby = null;
+      rung.standby = false;
+      // The tab's own connection, wherever it stands, makes way.
+      cancel(self.reconnectTimer);
+      self.reconnectTimer = null;
+      self._endCycle();
+      if (self.probe) { self.probe.close(); self.probe = null; }
+      self._promote(rung);
+    });
   };
 
   Client.prototype._connectShared = function () {
@@ -1652,6 +1720,14 @@
     if (this.closed || this.shareRole !== 'worker') { return; }
     this.shareRole = null;
     this.options.share = 'leader';
+    if (this.standby) {
+      // The tab's own connection carries on and stands by for a leader tab's instead.
+      this.standby.close();
+      this.standby = null;
+      this.link = this._shareLink();
+      if (this.link) { this._standBy(); }
+      return;
+    }
     var rung = this.active || (this.cycle && this.cycle.rung);
     this.link = undefined;
     this.cycle = null;
@@ -1745,7 +1821,9 @@
   // ---------------------------------------------------------------------------------------
   // One connection for all tabs. The connection itself (an ordinary Client, the "upstream")
   // lives in a hub: in a SharedWorker running this very file where the browser has one, else
-  // in one tab elected leader with a Web Lock, the others reaching it over a BroadcastChannel.
+  // in one tab elected leader with a Web Lock (or a localStorage lease), the others reaching
+  // it over a BroadcastChannel (or storage events). A worker's hub opens its connection only
+  // once two tabs share it: a lone tab does not wait for a worker to start (see _lookForHub).
   // Each tab keeps a Client of its own (its channels, positions, dedupe and handlers) whose
   // one rung is a SharedRung talking to the hub. The hub forwards every message of a channel
   // to the tabs that follow it; a tab that is behind the hub (it followed an older leader)
@@ -1816,7 +1894,9 @@
    */
   function Hub(out) {
     this.out = out;
-    this.tabs = {};        // tab id -> {channels: [], getToken: bool, waiting: {channel: true}}
+    // tab id -> {channels: [], getToken: bool, waiting: {channel: true}, standby: bool, watched: bool}
+    this.tabs = {};
+    this.config = {};      // a tab's, to open the connection with when it is needed
     this.upstream = null;
     this.tokenAsks = {};   // n -> done
     this.nextAsk = 1;
@@ -1828,6 +1908,8 @@
     if (!msg || typeof msg.tab !== 'string') { return; }
     if (msg.op === 'join') {
       this.join(msg);
+    } else if (msg.op === 'held') {
+      if (this.tabs[msg.tab]) { this.watch(msg.tab); }
     } else if (msg.op === 'leave') {
       this.leave(msg.tab);
     } else if (msg.op === 'token' && this.tokenAsks[msg.n]) {
@@ -1929,36 +2011,58 @@
     this.out.all({ op: 'server', subscribed: subscribed, unsubscribed: unsubscribed });
   };
 
+  /**
+   * Whether the hub needs a connection of its own: a tab waits on it, or two tabs stand by
+   * on connections of their own (a lone tab keeps its own: see `_standBy`).
+   */
+  Hub.prototype.needed = function () {
+    var count = 0;
+    for (var id in this.tabs) {
+      if (has(this.tabs, id)) {
+        if (!this.tabs[id].standby) { return true; }
+        count += 1;
+      }
+    }
+    return count > 1;
+  };
+
   /** A tab's (new) channels and positions; answered with the hub's positions. */
   Hub.prototype.join = function (msg) {
-    if (!this.upstream) { this.start(msg.config || {}); }
-    var up = this.upstream, tab = this.tabs[msg.tab], i, channel;
+    var tab = this.tabs[msg.tab], i, channel;
+    // The latest tab's (a fresher token), should the connection have to be opened anew.
+    if (msg.config) { this.config = msg.config; }
     if (!tab) {
-      tab = this.tabs[msg.tab] = { channels: [], getToken: false, waiting: {} };
-      this.watch(msg.tab);
+      tab = this.tabs[msg.tab] = {
+        channels: [], getToken: false, waiting: {}, standby: false, watched: false
+      };
     }
+    if (msg.held) { this.watch(msg.tab); }
     tab.getToken = !!(msg.config && msg.config.getToken);
-    var wanted = [], given = positions(msg.cursor), at = {};
-    for (i = 0; i < given.length; i++) { at[given[i].channel] = given[i]; }
+    tab.standby = !!msg.standby;
+    var wanted = [];
     for (i = 0; i < (msg.channels || []).length; i++) {
       channel = msg.channels[i];
-      if (typeof channel !== 'string' || !CHANNEL.test(channel)) { continue; }
-      wanted.push(channel);
-      if (!has(up.subs, channel)) {
-        // A channel new to the connection starts where this tab stands, so the tab (the
-        // new leader's own, after a hand-over) misses nothing.
-        if (at[channel]) { up.pos[channel] = { epoch: at[channel].epoch, offset: at[channel].offset }; }
-        up._add(channel);
-      }
+      if (typeof channel === 'string' && CHANNEL.test(channel)) { wanted.push(channel); }
     }
     var dropped = tab.channels;
     tab.channels = wanted;
-    for (i = 0; i < dropped.length; i++) {
-      if (wanted.indexOf(dropped[i]) < 0) { this.release(dropped[i]); }
-    }
     tab.waiting = {};
     for (i = 0; i < wanted.length; i++) { tab.waiting[wanted[i]] = true; }
-    up._sync();
+    if (!this.upstream && this.needed()) {
+      this.start(this.config);
+      // The tabs that stood by follow their channels from now on; each one reads what it
+      // missed from its own position (SharedRung.subscribed) before it lets its own go.
+      for (var id in this.tabs) {
+        if (has(this.tabs, id) && id !== msg.tab) { this.follow(this.tabs[id].channels, null); }
+      }
+    }
+    if (this.upstream) {
+      this.follow(wanted, tab.standby ? null : msg.cursor);
+      for (i = 0; i < dropped.length; i++) {
+        if (wanted.indexOf(dropped[i]) < 0) { this.release(dropped[i]); }
+      }
+      this.upstream._sync();
+    }
     var state = this.state();
     state.op = 'joined';
     this.out.send(msg.tab, state);
@@ -1970,6 +2074,21 @@
       this.out.send(msg.tab, { op: 'server', subscribed: server, unsubscribed: [] });
     }
     this.answer(msg.tab);
+  };
+
+  /**
+   * Adds `channels` to the connection. One new to it starts where the tab of `cursor`
+   * stands, so that tab (the new leader's own, after a hand-over) misses nothing.
+   */
+  Hub.prototype.follow = function (channels, cursor) {
+    var up = this.upstream, given = positions(cursor), at = {}, i;
+    for (i = 0; i < given.length; i++) { at[given[i].channel] = given[i]; }
+    for (i = 0; i < channels.length; i++) {
+      var channel = channels[i];
+      if (has(up.subs, channel)) { continue; }
+      if (at[channel]) { up.pos[channel] = { epoch: at[channel].epoch, offset: at[channel].offset }; }
+      up._add(channel);
+    }
   };
 
   /** Drops `channel` from the connection when no tab follows it any more. */
@@ -2004,8 +2123,9 @@
    * its own for as long as it lives, so the hub's request for that lock is granted then.
    */
   Hub.prototype.watch = function (id) {
-    var self = this, locks = root.navigator && root.navigator.locks;
-    if (!locks || typeof locks.request !== 'function') { return; }
+    var self = this, locks = root.navigator && root.navigator.locks, tab = this.tabs[id];
+    if (!tab || tab.watched || !locks || typeof locks.request !== 'function') { return; }
+    tab.watched = true;
     try {
       locks.request('cascade-tab ' + id, function () { self.leave(id); }).then(noop, noop);
     } catch (e) { /* unsupported here: tabs say goodbye on pagehide */ }
@@ -2078,6 +2198,7 @@
     var client = this.client, channels = client._channels();
     this.link.send({
       op: 'join',
+      standby: !!this.standby,
       channels: channels,
       cursor: client._cursor(channels),
       config: client._shareConfig()
@@ -2205,31 +2326,29 @@
 
   /**
    * Holds the Web Lock `cascade-tab <id>` while this page lives (a hub watches it to learn
-   * the tab is gone), then calls `ready`; at once where there are no Web Locks. The tab
-   * joins only once it holds the lock: a hub that asked first would get it at once.
+   * the tab is gone), then calls `held`; never where there are no Web Locks.
    */
-  function holdTabLock(id, ready) {
+  function holdTabLock(id, held) {
     var locks = root.navigator && root.navigator.locks;
-    if (!locks || typeof locks.request !== 'function' || typeof root.Promise !== 'function') {
-      ready();
-      return;
-    }
+    if (!locks || typeof locks.request !== 'function' || typeof root.Promise !== 'function') { return; }
     try {
       locks.request('cascade-tab ' + id, function () {
-        ready();
+        held();
         return new root.Promise(noop);
       }).then(noop, noop);
-    } catch (e) {
-      ready();
-    }
+    } catch (e) { /* no lock: the hub learns of the tab's end from its goodbye */ }
   }
 
   /**
-   * `post` once the tab holds its lock; until then messages wait in order. The lock is
-   * taken once per client: a link that replaces another (a worker that failed) reuses it.
+   * Wraps `post` so that the hub learns when it may watch this tab's lock: a join says
+   * whether the tab holds it, and the tab says so once it does. Messages are not held back
+   * for the lock (that would cost the first message a round trip to the lock manager): a
+   * hub that asked for the lock before the tab held it would be granted it at once. The
+   * lock is taken once per client: a link that replaces another (a worker that failed)
+   * reuses it.
    */
-  function whenHeld(client, post) {
-    var lock = client.tabLock;
+  function tabPost(client, post) {
+    var lock = client.tabLock, sent = false;
     if (!lock) {
       lock = client.tabLock = { held: false, waiting: [] };
       holdTabLock(client.tabId, function () {
@@ -2238,32 +2357,47 @@
         lock.waiting = null;
       });
     }
-    var queue = [], held = lock.held;
-    if (!held) {
+    if (!lock.held) {
       lock.waiting.push(function () {
-        held = true;
-        for (var i = 0; i < queue.length; i++) { post(queue[i]); }
-        queue = null;
+        if (sent) { post({ op: 'held', tab: client.tabId }); }
       });
     }
     return function (msg) {
-      if (held) { post(msg); } else { queue.push(msg); }
+      if (msg.op === 'join') {
+        msg.held = lock.held;
+        sent = true;
+      }
+      post(msg);
     };
   }
+
+  /** The SharedWorker of hub `key`, by version: a page never joins a worker of another build. */
+  function workerName(key) { return 'cascade ' + VERSION + ' ' + key; }
 
   /** The hub in a SharedWorker running this file; null where that cannot be. */
   function workerLink(client, key) {
     var url = client.options.workerUrl || SCRIPT_URL;
     if (!url || typeof root.SharedWorker !== 'function') { return null; }
-    var worker;
-    try {
-      // The version in the name: a page never joins a worker running another build.
-      worker = new root.SharedWorker(url, { name: 'cascade ' + VERSION + ' ' + key });
-    } catch (e) {
-      return null; // another origin, or workers are blocked here
+    var worker = null, port = null, tab = client.tabId, hubLock = 'cascade-hub ' + workerName(key);
+    // The worker starts with the first message to it: a lone tab connects on its own first,
+    // and starts it only then (it costs a process and the script's load).
+    function start() {
+      if (worker) { return !!port; }
+      try {
+        worker = new root.SharedWorker(url, { name: workerName(key) });
+      } catch (e) {
+        worker = {}; // another origin, or workers are blocked here
+        later(function () { client._unshare(); }, 0);
+        return false;
+      }
+      port = worker.port;
+      port.onmessage = function (event) { link.onmessage(event.data || {}); };
+      worker.onerror = function () { client._unshare(); };
+      port.start();
+      return true;
     }
-    var port = worker.port, tab = client.tabId;
-    var post = whenHeld(client, function (msg) {
+    var post = tabPost(client, function (msg) {
+      if (!start()) { return; }
       try { port.postMessage(msg); } catch (e) { /* closed */ }
     });
     var link = {
@@ -2273,30 +2407,212 @@
         msg.tab = tab;
         post(msg);
       },
+      /** Calls `done(true)` when the worker's hub serves other tabs (it holds its lock). */
+      hubAlive: function (done) {
+        heldLocks(function (names) { done(names.indexOf(hubLock) >= 0); });
+      },
       close: function () {
+        if (!port) { return; }
         link.send({ op: 'leave' });
         try { port.close(); } catch (e) { /* closed */ }
       }
     };
-    port.onmessage = function (event) { link.onmessage(event.data || {}); };
-    worker.onerror = function () { client._unshare(); };
-    port.start();
+    if (!(root.navigator && root.navigator.locks)) {
+      // Without Web Locks the hub cannot watch the tab: it says goodbye.
+      onPageHide(function (event) { if (port && !(event && event.persisted)) { link.send({ op: 'leave' }); } });
+    }
     return link;
   }
 
   /**
-   * The hub in the tab that holds the Web Lock `cascade <key>`; the others reach it over a
-   * BroadcastChannel. When the leader goes, the lock passes to another tab, which starts a
-   * hub of its own and tells the others to join it; null without both.
+   * The Web Locks held in this origin, asked for as this script loads: the answer is a round
+   * trip to the browser's lock manager (tens of ms on a busy machine), which a lone tab
+   * would otherwise wait for before it connects. Taken from then for a second, else asked
+   * again.
+   */
+  var lockQuery = queryLocks();
+
+  function queryLocks() {
+    var query = { at: Date.now(), names: null, waiting: [] };
+    var locks = !IN_SHARED_WORKER && root.navigator && root.navigator.locks;
+    function answer(names) {
+      query.names = names;
+      var waiting = query.waiting;
+      query.waiting = [];
+      for (var i = 0; i < waiting.length; i++) { waiting[i](names); }
+    }
+    if (!locks || typeof locks.query !== 'function') {
+      query.names = [];
+      return query;
+    }
+    try {
+      locks.query().then(function (state) {
+        var held = (state && state.held) || [], names = [];
+        for (var i = 0; i < held.length; i++) { names.push(held[i].name); }
+        answer(names);
+      }, function () { answer([]); });
+    } catch (e) {
+      query.names = [];
+    }
+    return query;
+  }
+
+  /** Calls `done(names)` with the names of the Web Locks held in this origin (see lockQuery). */
+  function heldLocks(done) {
+    if (Date.now() - lockQuery.at > 1000) { lockQuery = queryLocks(); }
+    if (lockQuery.names) {
+      done(lockQuery.names);
+    } else {
+      lockQuery.waiting.push(done);
+    }
+  }
+
+  /** localStorage, where this page may use it. */
+  function localStore() {
+    try {
+      var s = root.localStorage;
+      return s && typeof s.getItem === 'function' ? s : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /** Calls `fn` when the page goes (closed, navigated away, or put in the back-forward cache). */
+  function onPageHide(fn) {
+    if (typeof root.addEventListener === 'function') { root.addEventListener('pagehide', fn); }
+  }
+
+  /**
+   * A BroadcastChannel-like bus over `storage` events, for browsers without one: each tab
+   * writes its messages to a localStorage key of its own, which the other tabs of the
+   * origin see change (the writer does not, as with a BroadcastChannel). Null without
+   * localStorage.
+   */
+  function storageBus(name) {
+    var store = localStore();
+    if (!store || typeof root.addEventListener !== 'function') { return null; }
+    var prefix = 'cascade-bus ' + name + ' ', mine = prefix + randomId(), n = 0;
+    var bus = { onmessage: noop };
+    function heard(event) {
+      var key = event.key;
+      if (typeof key !== 'string' || key.indexOf(prefix) !== 0 || key === mine || !event.newValue) { return; }
+      var data = parse(event.newValue);
+      if (data && data.m) { bus.onmessage({ data: data.m }); }
+    }
+    root.addEventListener('storage', heard);
+    bus.postMessage = function (msg) {
+      // A count makes every write a change (the same value twice would not be seen).
+      try { store.setItem(mine, JSON.stringify({ n: n++, m: msg })); } catch (e) { /* full or denied */ }
+    };
+    bus.close = function () {
+      if (typeof root.removeEventListener === 'function') { root.removeEventListener('storage', heard); }
+      try { store.removeItem(mine); } catch (e) { /* denied */ }
+    };
+    return bus;
+  }
+
+  /** How long a leader tab's lease lasts unless renewed, and how often the leader renews it. */
+  var LEASE_MS = 5000;
+  var RENEW_MS = 1000;
+  /** How long a tab that claimed the lease waits before it reads back who won it. */
+  var SETTLE_MS = 60;
+
+  /**
+   * Elects a leader among the tabs with a lease in localStorage, for browsers without Web
+   * Locks: {id, until}, renewed by the leader every RENEW_MS, free once it lapses (a leader
+   * that crashed) or is given up (a leader's page going). A tab claims a free lease by
+   * writing its id and leads if the id is still there SETTLE_MS later (the last of several
+   * claims wins; the first tab of an origin leads at once and checks after). A leader that
+   * finds the lease taken (its timers slept past the lease, in a background tab) steps
+   * down. Calls `lead()` and `stepDown()`; returns {check(gone), resign()}, or null
+   * without localStorage.
+   */
+  function leaseElection(name, tab, lead, stepDown) {
+    var store = localStore();
+    if (!store) { return null; }
+    var key = 'cascade-lease ' + name, leading = false, claimed = false, first = true;
+    function read() {
+      var lease = parse(store.getItem(key));
+      return lease && typeof lease.id === 'string' && typeof lease.until === 'number' ? lease : null;
+    }
+    function write() {
+      try {
+        store.setItem(key, JSON.stringify({ id: tab, until: Date.now() + LEASE_MS }));
+      } catch (e) { /* full or denied */ }
+    }
+    function confirm() {
+      claimed = false;
+      var lease = read(), won = !!(lease && lease.id === tab);
+      if (won && !leading) {
+        leading = true;
+        lead();
+      } else if (!won && leading) {
+        leading = false; // another tab's claim came last
+        stepDown();
+      }
+    }
+    var election = {
+      /** Renews the lease, or claims it when it is free (or held by `gone`, a tab that resigned). */
+      check: function (gone) {
+        var lease, now = Date.now();
+        try { lease = read(); } catch (e) { return; }
+        if (leading) {
+          if (lease && lease.id !== tab && lease.until > now) {
+            leading = false;
+            stepDown();
+          } else {
+            write();
+          }
+        } else if (!claimed && (!lease || lease.until <= now || lease.id === tab || lease.id === gone)) {
+          claimed = true;
+          write();
+          later(confirm, SETTLE_MS);
+          if (!lease && first) {
+            // No lease at all when this tab first looks: it is most likely the origin's only
+            // tab (another one's would be there, if lapsed), so it leads at once rather
+            // than after SETTLE_MS; should another have claimed too, the confirmation
+            // makes one of them step down.
+            leading = true;
+            lead();
+          }
+        }
+        first = false;
+      },
+      /** Gives the lease up (the page goes), so that another tab need not wait for it to lapse. */
+      resign: function () {
+        if (!leading) { return; }
+        leading = false;
+        try {
+          var lease = read();
+          if (lease && lease.id === tab) { store.removeItem(key); }
+        } catch (e) { /* denied */ }
+      }
+    };
+    (function renew() {
+      election.check(null);
+      // Followers look a little less often than the leader renews, at random, so that the
+      // tabs of a lapsed lease do not all claim it at once.
+      later(renew, leading ? RENEW_MS : RENEW_MS + Math.floor(Math.random() * RENEW_MS));
+    }());
+    return election;
+  }
+
+  /**
+   * The hub in one tab elected leader; the others reach it over a BroadcastChannel (or,
+   * without one, over `storage` events). The leader is the tab that holds the Web Lock
+   * `cascade <key>`, or without Web Locks the lease in localStorage (see leaseElection).
+   * When the leader goes, the lock (or lease) passes to another tab, which starts a hub of
+   * its own and tells the others to join it; null where the tabs cannot elect or talk.
    */
   function leaderLink(client, key) {
     var locks = root.navigator && root.navigator.locks;
-    if (typeof root.BroadcastChannel !== 'function' || !locks || typeof locks.request !== 'function') {
-      return null;
-    }
-    var name = 'cascade ' + key, tab = client.tabId, closed = false;
-    var bus = new root.BroadcastChannel(name), hub = null;
-    var post = whenHeld(client, function (msg) {
+    var useLocks = !!(locks && typeof locks.request === 'function' && typeof root.Promise === 'function');
+    if (!useLocks && !localStore()) { return null; }
+    var name = 'cascade ' + key, tab = client.tabId, closed = false, hub = null, election = null;
+    var bus = typeof root.BroadcastChannel === 'function'
+      ? new root.BroadcastChannel(name) : storageBus(name);
+    if (!bus) { return null; }
+    var post = tabPost(client, function (msg) {
       if (hub) {
         soon(function () { if (hub) { hub.receive(msg); } });
       } else {
@@ -2327,6 +2643,8 @@
       if (msg.to === 'hub') {
         if (hub) { hub.receive(msg); }
       } else if (msg.to === tab || msg.to === '*') {
+        // The leader gave up its lease: claim it now rather than when it lapses.
+        if (msg.op === 'resign' && election) { election.check(msg.from); }
         if (!closed) { link.onmessage(msg); }
       }
     };
@@ -2339,17 +2657,43 @@
       msg.to = '*';
       bus.postMessage(msg);
     }
-    try {
-      locks.request(name, function () {
-        hub = new Hub({ send: send, channel: function (channel, msg) { all(msg); }, all: all });
-        client.shareRole = 'leader';
-        all({ op: 'leader' });
-        return new root.Promise(noop); // held while this page lives
-      }).then(noop, noop);
-    } catch (e) {
-      bus.close();
-      return null;
+    function lead() {
+      hub = new Hub({ send: send, channel: function (channel, msg) { all(msg); }, all: all });
+      client.shareRole = 'leader';
+      all({ op: 'leader' });
     }
+    if (useLocks) {
+      try {
+        locks.request(name, function () {
+          lead();
+          return new root.Promise(noop); // held while this page lives
+        }).then(noop, noop);
+      } catch (e) {
+        bus.close();
+        return null;
+      }
+      return link;
+    }
+    election = leaseElection(name, tab, lead, function () {
+      // Another tab leads now (this one's timers slept past its lease): it announces
+      // itself, and this tab joins it like the others.
+      var upstream = hub && hub.upstream;
+      hub = null;
+      client.shareRole = 'follower';
+      if (upstream) { upstream.close(); }
+      deliver({ op: 'leader' });
+    });
+    // Without Web Locks no hub learns that a tab went: each one says goodbye.
+    onPageHide(function (event) {
+      if (event && event.persisted) { return; }
+      if (hub) {
+        election.resign();
+        bus.postMessage({ op: 'resign', to: '*', from: tab });
+      } else {
+        link.send({ op: 'leave' });
+      }
+      if (bus.close && typeof root.BroadcastChannel !== 'function') { bus.close(); }
+    });
     return link;
   }
 
@@ -2379,10 +2723,41 @@
       }
     };
     hub = new Hub(out);
-    var leave = hub.leave;
+    // Held while the hub has tabs: a tab that finds it held joins (and waits on) this hub's
+    // connection rather than opening one of its own first (see Client._lookForHub).
+    var locks = root.navigator && root.navigator.locks;
+    var hubLock = { wanted: false, requested: false, release: null };
+    function holdHubLock(wanted) {
+      hubLock.wanted = wanted;
+      if (!wanted && hubLock.release) {
+        hubLock.release();
+        hubLock.release = null;
+        hubLock.requested = false;
+      }
+      if (!wanted || hubLock.requested || !locks || typeof locks.request !== 'function' ||
+          typeof root.Promise !== 'function') {
+        return;
+      }
+      hubLock.requested = true;
+      try {
+        locks.request('cascade-hub ' + root.name, function () {
+          if (!hubLock.wanted) {
+            hubLock.requested = false;
+            return undefined; // the tabs left while it was asked for
+          }
+          return new root.Promise(function (resolve) { hubLock.release = resolve; });
+        }).then(noop, noop);
+      } catch (e) { /* no lock: every tab stands by first */ }
+    }
+    var join = hub.join, leave = hub.leave;
+    hub.join = function (msg) {
+      join.call(hub, msg);
+      holdHubLock(true);
+    };
     hub.leave = function (id) {
       delete ports[id];
       leave.call(hub, id);
+      if (!Object.keys(hub.tabs).length) { holdHubLock(false); }
     };
     root.onconnect = function (event) {
       var port = event.ports[0];

@@ -476,10 +476,18 @@ export const WITHOUT = {
   broadcastchannel: () => {
     delete window.BroadcastChannel;
   },
+  // Web Locks: an attribute of Navigator.prototype, not of `navigator` itself.
+  locks: () => {
+    delete Navigator.prototype.locks;
+  },
 };
 
-/** What an old browser lacks: every feature the client would use beyond XMLHttpRequest. */
-export const LEGACY = ['websocket', 'eventsource', 'sharedworker', 'broadcastchannel'];
+/**
+ * What an old browser lacks: every feature the client would use beyond XMLHttpRequest and
+ * localStorage (which such a browser has: its tabs share a connection through a leader
+ * tab elected with a lease in localStorage, talking over `storage` events).
+ */
+export const LEGACY = ['websocket', 'eventsource', 'sharedworker', 'broadcastchannel', 'locks'];
 
 /** A fresh context (fresh sessionStorage) and page, with `remove` features deleted. */
 export async function openPage(browser, remove = []) {

@@ -1,7 +1,9 @@
 // One connection for all tabs of an origin: seven pages of one browser profile share one
-// gateway connection (through a SharedWorker, or a leader tab when the SharedWorker is off),
-// each with its own subscriptions and handlers; closing the tab that holds the connection
-// (or the first one, with a worker) mid-stream loses no message in the others.
+// gateway connection (through a SharedWorker, or a leader tab when the SharedWorker is off,
+// elected with a Web Lock or, without Web Locks, a lease in localStorage), each with its own
+// subscriptions and handlers; closing the tab that holds the connection (or the first one,
+// with a worker) mid-stream loses no message in the others. A lone tab connects on its own
+// and moves to the worker's connection when a second tab comes.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -13,6 +15,8 @@ import {
   metricValue,
   publish,
   sleep,
+  ticker,
+  WITHOUT,
   startFront,
   startGateway,
   testPageUrl,
@@ -43,16 +47,21 @@ async function connections(gateway) {
   };
 }
 
-for (const { share, role } of [
+for (const { share, role, remove = [], how = role } of [
   { share: true, role: 'worker' },
-  { share: 'leader', role: 'leader' },
+  { share: 'leader', role: 'leader', how: 'leader by Web Lock' },
+  // Without Web Locks: the leader holds a lease in localStorage; the tabs talk over a
+  // BroadcastChannel, or without one over `storage` events.
+  { share: 'leader', role: 'leader', remove: ['locks'], how: 'leader by lease, BroadcastChannel' },
+  { share: 'leader', role: 'leader', remove: ['locks', 'broadcastchannel'], how: 'leader by lease, storage events' },
 ]) {
-  test(`${TABS} tabs share one sse connection (${role}); closing the ${role === 'leader' ? 'leader' : 'first'} tab loses nothing`, async () => {
+  test(`${TABS} tabs share one sse connection (${how}); closing the ${role === 'leader' ? 'leader' : 'first'} tab loses nothing`, async () => {
     // No WebSocket on the gateway: every rung but it counts against the browser's six
     // connections per origin, which is what sharing is for.
     const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
     const front = await startFront(gateway.port);
     const context = await browser.newContext();
+    for (const feature of remove) await context.addInitScript(WITHOUT[feature]);
     try {
       const pages = [];
       for (let i = 0; i < TABS; i++) {
@@ -79,12 +88,17 @@ for (const { share, role } of [
       const before = await connections(gateway);
       assert.equal(before.sse, 1, before.text);
 
+      if (remove.includes('locks')) {
+        assert.equal(await pages[0].evaluate(() => typeof navigator.locks), 'undefined');
+      }
       const leaderAt = role === 'leader' ? roles.indexOf('leader') : 0;
+      let closedAt = null;
       for (let n = 1; n <= MESSAGES; n++) {
         await publish(gateway.url, 'feed', { n });
         if (n % 10 === 0) await publish(gateway.url, 'side', { n });
         if (n === MESSAGES / 2) {
           await pages[leaderAt].close();
+          closedAt = Date.now();
         }
         await sleep(5);
       }
@@ -102,13 +116,15 @@ for (const { share, role } of [
           assert.deepEqual(side.map((m) => m.n), [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]);
         }
       }
+      const handOverMs = Date.now() - closedAt;
       if (role === 'leader') {
         const newRoles = await Promise.all(open.map((p) => p.evaluate(() => window.__client.shareRole)));
         assert.equal(newRoles.filter((r) => r === 'leader').length, 1, newRoles.join());
       }
       // The closed leader's stream is gone: one connection again.
       await eventually('one connection after the hand-over', async () => (await connections(gateway)).all === 1);
-      console.log(`${TABS} tabs (${role}): ${before.all} gateway connection before, 1 after closing a tab; requests ${JSON.stringify(front.counts.paths)}`);
+      console.log(`${TABS} tabs (${how}): ${before.all} gateway connection before, 1 after closing a tab, ` +
+        `every message in every tab ${handOverMs} ms after the close; requests ${JSON.stringify(front.counts.paths)}`);
     } finally {
       await context.close();
       await front.close();
@@ -116,6 +132,100 @@ for (const { share, role } of [
     }
   });
 }
+
+test('a lone tab connects on its own, and moves to the worker\'s connection when a second tab comes', async () => {
+  const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
+  const front = await startFront(gateway.port);
+  const context = await browser.newContext();
+  const tick = ticker(gateway.url, 'feed');
+  try {
+    const first = await context.newPage();
+    await first.goto(testPageUrl(front.url, { channels: ['feed'] }));
+    await waitForMessages(first, 'feed', 5);
+    // Its own stream: no SharedWorker start-up before its first message.
+    assert.equal(await first.evaluate(() => window.__client.shareRole), 'worker');
+    assert.equal(await first.evaluate(() => window.__client.active.shared || false), false);
+    assert.equal((await connections(gateway)).all, 1);
+    const second = await context.newPage();
+    await second.goto(testPageUrl(front.url, { channels: ['feed'] }));
+    await waitForMessages(second, 'feed', 5);
+    // Both on the worker's connection, the first tab's own let go.
+    await first.waitForFunction(() => window.__client.active && window.__client.active.shared === true, null, { timeout: 20_000 });
+    assert.equal(await second.evaluate(() => window.__client.active.shared), true);
+    await eventually('one connection for both tabs', async () => (await connections(gateway)).all === 1);
+    for (const page of [first, second]) {
+      const count = (await page.evaluate(() => window.__app.received.feed.length)) + 20;
+      const received = await waitForMessages(page, 'feed', count);
+      assert.equal(contiguous(received), null, 'the move lost and repeated nothing');
+      assert.deepEqual(await page.evaluate(() => window.__app.gaps), []);
+      assert.deepEqual(await page.evaluate(() => window.__app.disconnects), []);
+    }
+    const firstAt = async (page) => Math.round(await page.evaluate(() => window.__app.firstMessageAt));
+    console.log(`a lone tab, then two: first message ${await firstAt(first)} ms from navigation on its own ` +
+      `connection, the second tab's ${await firstAt(second)} ms (the worker's connection opened for it); ` +
+      `requests ${JSON.stringify(front.counts.paths)}`);
+    assert.equal(front.counts.paths['/sse'], 2, 'the first tab\'s own stream and the worker\'s');
+  } finally {
+    await tick.stop();
+    await context.close();
+    await front.close();
+    await gateway.stop();
+  }
+});
+
+test('without Web Locks, a leader asleep past its lease is replaced, and steps down when it wakes', async () => {
+  // A background tab's timers can sleep past the lease (Chromium throttles and freezes such
+  // tabs); the debugger's pause stops the leader's page the same way, headless.
+  const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
+  const front = await startFront(gateway.port);
+  const context = await browser.newContext();
+  await context.addInitScript(WITHOUT.locks);
+  try {
+    const pages = [];
+    for (let i = 0; i < 3; i++) {
+      const page = await context.newPage();
+      await page.goto(testPageUrl(front.url, { channels: ['feed'], client: { share: 'leader' } }));
+      await waitForTransport(page, 'sse');
+      pages.push(page);
+    }
+    const roles = await Promise.all(pages.map((p) => p.evaluate(() => window.__client.shareRole)));
+    const leader = pages[roles.indexOf('leader')];
+    assert.ok(leader, roles.join());
+    const others = pages.filter((p) => p !== leader);
+    await eventually('one connection', async () => (await connections(gateway)).all === 1);
+    for (let n = 1; n <= 10; n++) await publish(gateway.url, 'feed', { n });
+    for (const page of pages) await waitForMessages(page, 'feed', 10);
+    const cdp = await context.newCDPSession(leader);
+    await cdp.send('Debugger.enable');
+    await cdp.send('Debugger.pause');
+    const pausedAt = Date.now();
+    for (let n = 11; n <= 40; n++) {
+      await publish(gateway.url, 'feed', { n });
+      await sleep(20);
+    }
+    // The lease lapses (5 s), another tab leads, and reads from its own position.
+    for (const page of others) await waitForMessages(page, 'feed', 40);
+    const replacedMs = Date.now() - pausedAt;
+    const newRoles = await Promise.all(others.map((p) => p.evaluate(() => window.__client.shareRole)));
+    assert.equal(newRoles.filter((r) => r === 'leader').length, 1, newRoles.join());
+    await cdp.send('Debugger.resume');
+    // Awake, the old leader finds the lease taken, lets its connection go and follows.
+    await leader.waitForFunction(() => window.__client.shareRole === 'follower', null, { timeout: 20_000 });
+    for (let n = 41; n <= 50; n++) await publish(gateway.url, 'feed', { n });
+    for (const page of pages) {
+      await waitForMessages(page, 'feed', 50);
+      await sleep(100);
+      const received = await page.evaluate(() => window.__app.received.feed);
+      assert.deepEqual(received.map((m) => m.n), Array.from({ length: 50 }, (_, i) => i + 1));
+    }
+    await eventually('one connection after the old leader stepped down', async () => (await connections(gateway)).all === 1);
+    console.log(`lease: a sleeping leader replaced ${replacedMs} ms after it fell asleep; requests ${JSON.stringify(front.counts.paths)}`);
+  } finally {
+    await context.close();
+    await front.close();
+    await gateway.stop();
+  }
+});
 
 test('share: false keeps one connection per tab', async () => {
   const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
