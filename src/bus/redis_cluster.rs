@@ -281,19 +281,8 @@ impl Engine for RedisClusterEngine {
     }
 
     fn claim_once<'a>(&'a self, key: &'a str, ttl: Duration) -> Reply<'a, bool> {
-        later(async move {
-            let mut connection = self.connection()?;
-            let reply: Option<String> = redis::cmd("SET")
-                .arg(format!("{}:once:{key}", self.settings.prefix))
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async(&mut connection)
-                .await
-                .map_err(unavailable)?;
-            Ok(reply.is_some())
-        })
+        let prefix = &self.settings.prefix;
+        later(async move { kept::claim_once(self.connection()?, prefix, key, ttl).await })
     }
 
     fn keep<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> Reply<'a, ()> {

@@ -1,5 +1,6 @@
 //! Values kept for a while under `P:kept:<key>` ([`crate::bus::Engine::keep`]): the state
-//! of Socket.IO polling sessions, which any node may serve. Shared by both Redis engines.
+//! of Socket.IO polling sessions, which any node may serve, and one-time claims under
+//! `P:once:<key>`. Shared by both Redis engines.
 
 use std::time::Duration;
 
@@ -43,16 +44,38 @@ pub(in crate::bus) async fn kept<C: ConnectionLike>(
 
 /// `SET P:kept:<key> value XX PX ttl`: true when something was kept there.
 pub(in crate::bus) async fn rekeep<C: ConnectionLike>(
-    mut connection: C,
+    connection: C,
     prefix: &str,
     key: &str,
     value: Bytes,
     ttl: Duration,
 ) -> Result<bool> {
+    let key = format!("{prefix}:kept:{key}");
+    set_if(connection, &key, value.as_ref(), "XX", ttl).await
+}
+
+/// `SET P:once:<key> 1 NX PX ttl`: true for the first caller ([`crate::bus::Engine::claim_once`]).
+pub(in crate::bus) async fn claim_once<C: ConnectionLike>(
+    connection: C,
+    prefix: &str,
+    key: &str,
+    ttl: Duration,
+) -> Result<bool> {
+    set_if(connection, &format!("{prefix}:once:{key}"), b"1", "NX", ttl).await
+}
+
+/// `SET key value <NX|XX> PX ttl`: whether it was set.
+async fn set_if<C: ConnectionLike>(
+    mut connection: C,
+    key: &str,
+    value: &[u8],
+    condition: &str,
+    ttl: Duration,
+) -> Result<bool> {
     let reply: Option<String> = redis::cmd("SET")
-        .arg(format!("{prefix}:kept:{key}"))
-        .arg(value.as_ref())
-        .arg("XX")
+        .arg(key)
+        .arg(value)
+        .arg(condition)
         .arg("PX")
         .arg(ttl.as_millis().max(1) as u64)
         .query_async(&mut connection)

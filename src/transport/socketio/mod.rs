@@ -10,6 +10,7 @@
 //! bus, so any node serves any request. What it may not touch: engines (only
 //! [`crate::bus::Bus`]), and HTTP statuses (its refusals are [`EngineIoError`]s).
 
+pub mod kept;
 pub mod packet;
 pub mod polling;
 pub mod quiet;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::polling::{self, PollState};
+use super::kept::{self, PollState};
 use super::socket::{self, Joined};
 use crate::app::App;
 use crate::config::HookEvent;
@@ -47,7 +47,7 @@ pub fn watch(app: &Arc<App>, sid: &str) {
         return;
     }
     let watched = hooks.socketio_watched();
-    watched.watch(id, Instant::now() + polling::session_ttl(app));
+    watched.watch(id, Instant::now() + kept::session_ttl(app));
     if watched.start() {
         tokio::spawn(sweep(Arc::downgrade(app)));
     }
@@ -60,9 +60,9 @@ fn end_key(client: &str) -> String {
 
 /// Claims the telling of `joined`'s end across every node: true for the one caller that
 /// tells it. Held until every kept trace of the socket is gone: its socket lives two
-/// session lifetimes past its last poll ([`polling::joined_ttl`]), the claim three.
+/// session lifetimes past its last poll ([`kept::joined_ttl`]), the claim three.
 pub async fn claim_end(app: &App, joined: &Joined) -> Result<bool> {
-    let ttl = polling::session_ttl(app) * 3;
+    let ttl = kept::session_ttl(app) * 3;
     app.bus.claim_once(&end_key(&joined.client), ttl).await
 }
 
@@ -82,7 +82,7 @@ pub async fn end(app: &App, joined: &Joined, reason: &'static str) {
 async fn sweep(app: Weak<App>) {
     let every = {
         let Some(app) = app.upgrade() else { return };
-        (polling::session_ttl(&app) / 8).max(Duration::from_millis(20))
+        (kept::session_ttl(&app) / 8).max(Duration::from_millis(20))
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,9 +114,9 @@ async fn sweep(app: Weak<App>) {
 /// here, told elsewhere, or nothing to tell). `every` is the sweep's period.
 async fn look(app: &App, sid: ClientId, every: Duration) -> Option<Instant> {
     let sid = sid.as_str();
-    let ttl = polling::session_ttl(app);
+    let ttl = kept::session_ttl(app);
     let retry = Some(Instant::now() + every);
-    let state = match polling::read::<PollState>(app, &polling::state_key(sid)).await {
+    let state = match kept::read::<PollState>(app, &kept::state_key(sid)).await {
         Ok(state) => state,
         Err(_) => return retry,
     };
@@ -127,7 +127,7 @@ async fn look(app: &App, sid: ClientId, every: Duration) -> Option<Instant> {
         let left = Duration::from_millis(expires.saturating_sub(crate::bus::now_ms()));
         return Some(Instant::now() + left.clamp(every, ttl));
     }
-    let joined = match polling::read::<Joined>(app, &polling::joined_key(sid)).await {
+    let joined = match kept::read::<Joined>(app, &kept::joined_key(sid)).await {
         Ok(joined) => joined.filter(|j| !j.ended)?,
         Err(_) => return retry,
     };

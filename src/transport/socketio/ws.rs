@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::kept::{self, PollState};
 use super::packet::{self, Engine, Kind};
-use super::polling::{self, PollState};
 use super::quiet;
 use super::socket::{self, Joined};
 use crate::app::App;
@@ -61,7 +61,7 @@ pub async fn upgrade(
         return Err(Error::EngineIo(EngineIoError::BadRequest));
     }
     if let Some(sid) = &sid
-        && polling::read::<PollState>(&app, &polling::state_key(sid))
+        && kept::read::<PollState>(&app, &kept::state_key(sid))
             .await?
             .is_none()
     {
@@ -257,10 +257,10 @@ impl Conn {
                 Err(_) => return Err("bad_packet"),
             }
         }
-        let (state_key, joined_key) = (polling::state_key(sid), polling::joined_key(sid));
+        let (state_key, joined_key) = (kept::state_key(sid), kept::joined_key(sid));
         let (state, joined) = tokio::join!(
-            polling::read::<PollState>(&self.app, &state_key),
-            polling::read::<Joined>(&self.app, &joined_key)
+            kept::read::<PollState>(&self.app, &state_key),
+            kept::read::<Joined>(&self.app, &joined_key)
         );
         let state = state.ok().flatten().ok_or("session_unknown")?;
         let joined = joined.ok().flatten().filter(|j| !j.ended);
