@@ -164,6 +164,21 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
         .expect("timed out waiting")
 }
 
+/// A hyper response's status and whole body, read within [`DEADLINE`].
+pub async fn status_and_body<B>(response: hyper::Response<B>) -> (u16, bytes::Bytes)
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt as _;
+    let status = response.status().as_u16();
+    let body = within(response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
 /// Polls `check` until it returns true, failing after [`DEADLINE`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

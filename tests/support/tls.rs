@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cascade::config::Config;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -20,7 +20,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::{TestServer, WsClient, test_config, within};
+use super::{TestServer, WsClient, status_and_body, test_config, within};
 
 /// A certificate for `localhost` and 127.0.0.1 and its key, as PEM files in a directory
 /// of their own (removed on drop).
@@ -211,12 +211,7 @@ impl H2 {
             .body(Full::new(Bytes::new()))
             .unwrap();
         let response = self.send(req).await;
-        let status = response.status().as_u16();
-        let body = within(response.into_body().collect())
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, body)
+        status_and_body(response).await
     }
 
     /// A WebSocket on a new stream of this connection (RFC 8441).
@@ -272,12 +267,7 @@ pub async fn https1_get(
         .body(Empty::<Bytes>::new())
         .unwrap();
     let response = within(sender.send_request(req)).await.expect("h1 request");
-    let status = response.status().as_u16();
-    let body = within(response.into_body().collect())
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
+    status_and_body(response).await
 }
 
 /// A gateway over TLS with `cert`, and `config` for the rest.

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use cascade::config::Config;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,7 +19,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::tls::{self, Alpn, H2, TestCert};
-use super::{DEADLINE, TestServer, WsClient, metric_value, raw_ws, test_config, within};
+use super::{
+    DEADLINE, TestServer, WsClient, metric_value, raw_ws, status_and_body, test_config, within,
+};
 
 /// A byte stream a WebSocket runs on, whichever the wire.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -255,12 +257,7 @@ impl Http {
                     .await
                     .expect("timed out waiting for a response")
                     .expect("request");
-                let status = response.status().as_u16();
-                let body = within(response.into_body().collect())
-                    .await
-                    .expect("body")
-                    .to_bytes();
-                (status, body)
+                status_and_body(response).await
             }
         }
     }
