@@ -51,7 +51,7 @@ impl App {
     /// Builds the state, starting the configured engine. Must run inside a tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         let auth = Auth::from_config(&config)?;
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::with_publish_backlog(config.limits.publish_backlog));
         let metrics = Metrics::new();
         let retention = retention_policy(&config);
         let history_limit = retention.max_messages();

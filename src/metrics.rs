@@ -40,6 +40,12 @@ pub struct Metrics {
     tls_handshakes: [IntCounter; 3],
     /// Channels with at least one subscriber on this node.
     pub active_channels: IntGauge,
+    /// Deliveries queued on this node and not yet taken by their subscribers.
+    pub fanout_backlog: IntGauge,
+    /// Publishes answered late because the fan-out backlog was over its bound.
+    publish_waits: IntCounter,
+    /// Time those publishes waited, in seconds.
+    publish_wait_seconds: prometheus::Counter,
     engine: crate::bus::redis::EngineMetrics,
     hooks: HookMetrics,
 }
@@ -210,6 +216,21 @@ impl Metrics {
             "Channels with at least one subscriber on this node.",
         )
         .expect("valid metric");
+        let fanout_backlog = IntGauge::new(
+            "cascade_fanout_backlog",
+            "Deliveries queued on this node and not yet taken by their subscribers.",
+        )
+        .expect("valid metric");
+        let publish_waits = IntCounter::new(
+            "cascade_publish_waits_total",
+            "HTTP publishes answered late because the fan-out backlog was over limits.publish_backlog.",
+        )
+        .expect("valid metric");
+        let publish_wait_seconds = prometheus::Counter::new(
+            "cascade_publish_wait_seconds_total",
+            "Time HTTP publishes waited for the fan-out backlog.",
+        )
+        .expect("valid metric");
 
         let engine_up = IntGauge::new(
             "cascade_engine_up",
@@ -264,6 +285,9 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(tls_handshakes.clone()),
             Box::new(active_channels.clone()),
+            Box::new(fanout_backlog.clone()),
+            Box::new(publish_waits.clone()),
+            Box::new(publish_wait_seconds.clone()),
             Box::new(hook_requests.clone()),
             Box::new(hook_duration.clone()),
         ] {
@@ -303,6 +327,9 @@ impl Metrics {
             errors,
             tls_handshakes: TLS_ALPN.map(|alpn| tls_handshakes.with_label_values(&[alpn])),
             active_channels,
+            fanout_backlog,
+            publish_waits,
+            publish_wait_seconds,
             engine: crate::bus::redis::EngineMetrics {
                 up: engine_up,
                 publish_seconds: engine_roundtrip.with_label_values(&["publish"]),
@@ -310,6 +337,12 @@ impl Metrics {
             },
             hooks,
         }
+    }
+
+    /// Counts a publish that waited `waited` for the fan-out backlog.
+    pub fn publish_waited(&self, waited: std::time::Duration) {
+        self.publish_waits.inc();
+        self.publish_wait_seconds.inc_by(waited.as_secs_f64());
     }
 
     /// The handles the backend hooks report through.

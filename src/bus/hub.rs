@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use super::Map;
+use super::backlog::Backlog;
 use super::inbox::{Pushed, Subscriber};
 use super::presence::Roster;
 use super::users::Users;
@@ -50,6 +51,8 @@ pub struct Hub {
     roster: Roster,
     /// This node's streams by user, for the server API's commands.
     users: Users,
+    /// Deliveries queued and not yet taken.
+    backlog: Backlog,
 }
 
 impl Default for Hub {
@@ -59,8 +62,14 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub whose publishes never wait for its backlog.
     pub fn new() -> Self {
+        Self::with_publish_backlog(0)
+    }
+
+    /// An empty hub whose backends' publishes wait while more than `limit` deliveries
+    /// are queued (0: never); see [`Backlog`].
+    pub fn with_publish_backlog(limit: u64) -> Self {
         Hub {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
@@ -68,6 +77,7 @@ impl Hub {
             write_ns: AtomicU64::new(0),
             roster: Roster::default(),
             users: Users::default(),
+            backlog: Backlog::new(limit),
         }
     }
 
@@ -126,6 +136,9 @@ impl Hub {
             }
         } else {
             subscribers.by_id.values().for_each(&mut hand);
+        }
+        if delivered > 0 {
+            self.backlog.add(delivered);
         }
         if written > 0 {
             let each = (self.now_ns() - start) / written as u64;
@@ -186,6 +199,11 @@ impl Hub {
     /// This node's streams by user, for the server API's commands.
     pub fn users(&self) -> &Users {
         &self.users
+    }
+
+    /// Deliveries queued on this node and not yet taken.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
     }
 
     /// This node's clients in channels that keep presence.

@@ -383,17 +383,25 @@ impl Inbox {
         })
         .await
     }
-}
 
-impl Drop for Inbox {
-    fn drop(&mut self) {
+    /// Closes the inbox: later pushes are dropped. Returns how many messages it still
+    /// held, which nobody will take; 0 once closed.
+    pub(super) fn close(&self) -> usize {
         let mut state = self.shared.lock();
         self.shared.closed.store(true, Ordering::Relaxed);
         // The hub may still hold a handle until it is unregistered: free the messages now,
         // and the socket the express lane holds.
+        let held = state.queue.len();
         state.queue = VecDeque::new();
         state.waker = None;
         state.lane = None;
+        held
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

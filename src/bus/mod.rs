@@ -5,6 +5,7 @@
 //! they never see HTTP. The hub and the subscription's history/live seam are shared by
 //! every engine, so the hardest part of the product has one tested implementation.
 
+mod backlog;
 pub mod control;
 mod express;
 mod hub;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::protocol::{Channel, Cursor, Epoch, Gap, Message, Position, Publication};
 
+pub use backlog::Backlog;
 pub use express::{CursorAfter, Express, Written};
 pub use hub::Hub;
 pub use inbox::ExpressSwitch;
@@ -410,6 +412,11 @@ impl Bus {
                 tracing::warn!(%channel, %err, "presence event not published");
             }
         }
+    }
+
+    /// Deliveries queued on this node and not yet taken; a backend's publish waits on it.
+    pub fn backlog(&self) -> &Backlog {
+        self.inner.hub.backlog()
     }
 
     /// Channels with at least one subscriber on this node.

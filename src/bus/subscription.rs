@@ -76,6 +76,9 @@ pub struct Subscription {
     /// A live message taken off the queue whose hole is being filled; kept here so that
     /// `next` stays cancel-safe across the history read.
     stash: Option<Arc<Message>>,
+    /// Messages taken off the queue since the node's backlog was last told: it is told
+    /// once per batch a transport takes, not once per message.
+    taken: u32,
 }
 
 impl Subscription {
@@ -87,6 +90,15 @@ impl Subscription {
             channels: Vec::new(),
             pending: VecDeque::new(),
             stash: None,
+            taken: 0,
+        }
+    }
+
+    /// Tells the node's backlog what was taken since it was last told.
+    fn settle_taken(&mut self) {
+        if self.taken > 0 {
+            self.bus.hub().backlog().take(self.taken as usize);
+            self.taken = 0;
         }
     }
 
@@ -357,12 +369,14 @@ impl Subscription {
                 return Err(Closed::SlowConsumer);
             }
             if self.stash.is_none() {
+                // What the last batch took, before waiting for the next.
+                self.settle_taken();
                 // No wait on `cut` here: the hub cuts a subscriber only when its queue
                 // is full, so this receive is ready whenever a cut happens, and the
                 // check above catches it. Waiting on the token as well would register
                 // and drop a waiter on it for every message.
                 match self.inbox.pop().await {
-                    Some(message) => match self.accept(message) {
+                    Some(message) => match self.take(message) {
                         Some(event) if self.skipped(&event) => continue,
                         Some(event) => return Ok(event),
                         None if self.stash.is_none() => continue,
@@ -425,8 +439,11 @@ impl Subscription {
                 // A hole needs a history read; only `next` may await it.
                 return None;
             }
-            let message = self.inbox.try_pop()?;
-            if let Some(event) = self.accept(message) {
+            let Some(message) = self.inbox.try_pop() else {
+                self.settle_taken();
+                return None;
+            };
+            if let Some(event) = self.take(message) {
                 return Some(Ok(event));
             }
             if self.stash.is_some() {
@@ -446,6 +463,12 @@ impl Subscription {
             followed.delivered = position;
         }
         event
+    }
+
+    /// Places a message taken off the queue, counting it for the backlog.
+    fn take(&mut self, message: Arc<Message>) -> Option<Event> {
+        self.taken += 1;
+        self.accept(message)
     }
 
     /// Places a live message: returns it, handed out, when it is the next one; drops a
@@ -526,6 +549,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // Closed first, so that no push lands after what it held is counted.
+        self.taken += self.inbox.close() as u32;
+        self.settle_taken();
         for followed in &self.channels {
             self.unfollow(&followed.channel);
         }

@@ -15,6 +15,10 @@ pub struct LimitsConfig {
     pub max_channels: usize,
     /// Messages queued for one subscriber before it is cut off as `slow_consumer`.
     pub subscriber_queue: usize,
+    /// Deliveries queued on the node, not yet written, above which an HTTP publish's
+    /// answer waits for the writers to catch up (at most a second, and only while they
+    /// do); 0 never waits.
+    pub publish_backlog: u64,
     /// How long one write to a client may block before it is cut off, in milliseconds.
     pub write_timeout_ms: u64,
     /// Open connections in total; beyond, new ones are refused.
@@ -54,6 +58,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 128 * 1024,
             max_channels: 128,
             subscriber_queue: 1024,
+            publish_backlog: 32_768,
             write_timeout_ms: 10_000,
             max_connections: 50_000,
             max_connections_per_ip: 1000,

@@ -318,6 +318,9 @@ fn metrics(app: &App) -> Response<Body> {
     app.metrics
         .active_channels
         .set(app.bus.active_channels() as i64);
+    app.metrics
+        .fanout_backlog
+        .set(app.bus.backlog().queued() as i64);
     let mut response = Response::new(full(app.metrics.encode()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -59,14 +59,23 @@ pub async fn admit(app: &App, head: &(impl RequestHead + Sync)) -> Result<Identi
 
 /// Answers a publish whose caller was admitted ([`admit`]) and whose body was read: one
 /// message, or an array of them (a batch), with their positions.
+///
+/// The answer waits while this node's fan-out backlog is over `limits.publish_backlog`
+/// (see [`crate::bus::Backlog`]): a backend publishing as fast as it is answered then
+/// goes at the pace the node writes, instead of queueing ever longer waits for everyone.
 pub async fn publish(app: &App, who: &Identity, body: &[u8]) -> Result<Response<Body>> {
-    if body.trim_ascii_start().first() == Some(&b'[') {
-        return publish_batch(app, who, body).await;
+    let answer = if body.trim_ascii_start().first() == Some(&b'[') {
+        publish_batch(app, who, body).await?
+    } else {
+        let request: PublishRequest =
+            serde_json::from_slice(body).map_err(|e| Error::BadJson(e.to_string()))?;
+        let message = publish_one(app, who, &request).await?;
+        json(StatusCode::OK, acknowledgement(&message))
+    };
+    if let Some(waited) = app.bus.backlog().wait().await {
+        app.metrics.publish_waited(waited);
     }
-    let request: PublishRequest =
-        serde_json::from_slice(body).map_err(|e| Error::BadJson(e.to_string()))?;
-    let message = publish_one(app, who, &request).await?;
-    Ok(json(StatusCode::OK, acknowledgement(&message)))
+    Ok(answer)
 }
 
 /// Publishes a backend's batch in its order, answering each message in its place: its
