@@ -232,7 +232,9 @@ struct Args {
     /// API key for publishing; the started gateway gets it in CASCADE_API_KEYS.
     #[arg(long, env = "CASCADE_BENCH_API_KEY")]
     api_key: Option<String>,
-    /// CPU list for the started gateway (`taskset -c`), or `none`.
+    /// CPU list for the started gateway (`taskset -c`), or `none`; with --nodes, one
+    /// list per node separated by `/` (`0/1`: node 1 on cpu 0, node 2 on cpu 1; nodes
+    /// past the last list take the lists again from the first).
     #[arg(long, default_value = "0")]
     gateway_cpu: String,
     /// CPU list for this generator (`taskset -a -p -c`), or `none`.
@@ -483,8 +485,18 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
             .unwrap_or_else(|| format!("load-{:016x}", fastrand::u64(..))),
         gateway_cores: match (&args.url, args.gateway_cpu.as_str()) {
             (Some(_), _) | (None, "none") => Vec::new(),
-            (None, list) => gateway::cpu_list(list)
-                .ok_or_else(|| format!("--gateway-cpu: {list:?} is not a CPU list"))?,
+            (None, lists) => {
+                let mut cores = Vec::new();
+                for list in lists.split('/') {
+                    cores.extend(
+                        gateway::cpu_list(list)
+                            .ok_or_else(|| format!("--gateway-cpu: {list:?} is not a CPU list"))?,
+                    );
+                }
+                cores.sort_unstable();
+                cores.dedup();
+                cores
+            }
         },
         generator_cores: match args.cpu.as_str() {
             "none" => Vec::new(),
@@ -555,6 +567,12 @@ fn online_cpus() -> i64 {
 
 fn cpu_choice(text: &str) -> Option<String> {
     (text != "none").then(|| text.to_owned())
+}
+
+/// Node `node`'s CPU list out of `/`-separated lists, round robin.
+fn node_cpu(lists: &str, node: usize) -> &str {
+    let lists: Vec<&str> = lists.split('/').collect();
+    lists[node % lists.len()]
 }
 
 fn main() -> ExitCode {
@@ -657,7 +675,8 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     let gateways = match &args.url {
         Some(url) => vec![Gateway::attach(url, args.pid)?],
         // Started before pinning this process, so the gateways do not inherit our core.
-        // All nodes share the --gateway-cpu list. A failure drops (kills) those started.
+        // Each node takes its own --gateway-cpu list, or all share one. A failure drops
+        // (kills) those started.
         None => {
             let (bin, bin_args) = match args.server {
                 Server::Cascade => (
@@ -676,7 +695,9 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
                     bin: Some(bin.clone()),
                     args: bin_args.clone(),
                     build: false,
-                    cpu: gateway_cpu.clone(),
+                    cpu: gateway_cpu
+                        .as_deref()
+                        .map(|lists| node_cpu(lists, node).to_owned()),
                     env: env.clone(),
                     node,
                     log: None,
