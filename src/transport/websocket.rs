@@ -193,6 +193,8 @@ fn unbox<T>(boxed: Box<T>) -> T {
 /// tungstenite's buffers for one connection, each bounded.
 fn ws_config(config: &crate::config::Config) -> WebSocketConfig {
     const WRITE_BUFFER: usize = 4 * 1024;
+    // 512 until issue 26: 256 bytes more of every idle socket.
+    const READ_BUFFER: usize = 256;
     let limits = &config.websocket;
     // Room for the largest frame the gateway writes (a message, or a reply naming up to
     // `max_channels` channels), on top of what is batched before a write. tungstenite's
@@ -200,8 +202,11 @@ fn ws_config(config: &crate::config::Config) -> WebSocketConfig {
     // without reading (see `Connection::owe_pong`).
     let largest = config.limits.max_message_bytes.max(limits.max_frame_bytes) + 64 * 1024;
     WebSocketConfig::default()
-        // The default 128 KiB read buffer is allocated eagerly per connection.
-        .read_buffer_size(512)
+        // The default 128 KiB read buffer is allocated eagerly per connection and kept
+        // for its life (tungstenite never gives it back), so it is sized for what a
+        // subscriber sends: a subscribe frame fits in one read. It is also the most one
+        // read takes, so a larger frame (a publish) costs a read per 256 bytes.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + largest)
         .max_message_size(Some(limits.max_frame_bytes))
