@@ -158,12 +158,25 @@ impl Hub {
         self.clock.elapsed().as_nanos() as u64 + 1
     }
 
-    /// Registers a subscriber on `channel`; returns true when it is the channel's first.
-    pub(super) fn register(&self, channel: &Channel, id: u64, subscriber: Subscriber) -> bool {
+    /// Registers a subscriber on `channel`; returns true when it is the channel's first,
+    /// and the hub's own copy of the channel's name.
+    ///
+    /// A subscription keeps the name the hub keeps rather than the one its client sent:
+    /// one allocation per channel instead of one per subscriber (48 bytes with malloc's).
+    pub(super) fn register(
+        &self,
+        channel: &Channel,
+        id: u64,
+        subscriber: Subscriber,
+    ) -> (bool, Channel) {
         let mut shard = self.shard(channel).writing();
         let subscribers = &mut shard.entry(channel.clone()).or_default().by_id;
         subscribers.insert(id, subscriber);
-        subscribers.len() == 1
+        let first = subscribers.len() == 1;
+        let name = shard
+            .get_key_value(channel)
+            .map_or_else(|| channel.clone(), |(name, _)| name.clone());
+        (first, name)
     }
 
     /// Removes a subscriber from `channel`; returns true when the channel has none left.
@@ -253,8 +266,8 @@ mod tests {
         let fast_inbox = Inbox::new(8, None);
         let slow = slow_inbox.subscriber();
         let fast = fast_inbox.subscriber();
-        assert!(hub.register(&chat, 1, slow.clone()));
-        assert!(!hub.register(&chat, 2, fast.clone()));
+        assert!(hub.register(&chat, 1, slow.clone()).0);
+        assert!(!hub.register(&chat, 2, fast.clone()).0);
         assert_eq!(hub.deliver(&message(&chat, 1)), 2);
         assert_eq!(hub.deliver(&message(&chat, 2)), 1);
         assert!(slow.is_cut());

@@ -463,10 +463,19 @@ impl Bus {
                 .engine
                 .history(channel, from.as_ref(), limit)
                 .await?;
-            let mut position = from.clone().unwrap_or(Position {
-                epoch: history.epoch.clone(),
-                offset: history.head,
-            });
+            // The engine's epoch where the reader's is the same, not the copy parsed from
+            // its cursor: the subscription keeps this position for as long as it lives.
+            let mut position = match &from {
+                Some(from) if from.epoch == history.epoch => Position {
+                    epoch: history.epoch.clone(),
+                    offset: from.offset,
+                },
+                Some(from) => from.clone(),
+                None => Position {
+                    epoch: history.epoch.clone(),
+                    offset: history.head,
+                },
+            };
             if let Some(gap) = history.gap {
                 position = gap.position();
                 events.push(Event::Gap(gap));

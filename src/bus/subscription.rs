@@ -144,7 +144,7 @@ impl Subscription {
             }
             let subscriber = self.inbox.subscriber();
             // Register before reading history: see the module comment.
-            self.bus.hub().register(channel, self.id, subscriber);
+            let (_, name) = self.bus.hub().register(channel, self.id, subscriber);
             let read = async {
                 self.bus.engine().watch(channel).await?;
                 let mut events = Vec::new();
@@ -160,8 +160,19 @@ impl Subscription {
                     // Until the first event is handed out, a cursor repeats what was asked
                     // for: resuming with it reports a pending gap again, never skips it.
                     let asked = from.clone().unwrap_or_else(|| start.clone());
+                    // The epoch `end` shares with the engine where they are the same, not
+                    // the copy parsed from the client's cursor: 32 bytes of every
+                    // resuming subscription (a long poll's, nearly always).
+                    let asked = if asked.epoch == end.epoch {
+                        Position {
+                            epoch: end.epoch.clone(),
+                            offset: asked.offset,
+                        }
+                    } else {
+                        asked
+                    };
                     self.channels.push(Followed {
-                        channel: channel.clone(),
+                        channel: name,
                         read: end,
                         delivered: asked,
                     });
