@@ -82,8 +82,8 @@ impl RedisSentinel {
         })
     }
 
-    /// Fails over by hand (`SENTINEL FAILOVER`) and returns once the old master follows
-    /// the new one and is in sync.
+    /// Fails over by hand (`SENTINEL FAILOVER`) and returns once the sentinels name the
+    /// new master; the old one rejoins as a replica later (see [`Self::wait_settled`]).
     pub fn failover(&self) {
         let old = self.master_port().expect("a master");
         let port = self.sentinels[0].port;
@@ -92,7 +92,6 @@ impl RedisSentinel {
         self.wait_until("the sentinels to name a new master", || {
             self.master_port().is_some_and(|now| now != old)
         });
-        self.wait_settled();
     }
 
     /// Kills the master (SIGKILL) and returns once the sentinels name its replica.
