@@ -289,3 +289,47 @@ async fn without_wait_publishes_resume_once_a_killed_master_is_replaced() {
         "{outcome:?}"
     );
 }
+
+/// A node hears of failovers from one sentinel; when that one falls silent (stopped,
+/// its connection left open), the node still finds the new master by asking again
+/// (every 5 s), the silent sentinel costing each lookup its one-second timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sentinel_does_not_keep_a_node_on_the_old_master() {
+    if !redis_server_present() {
+        return;
+    }
+    let _turn = one_at_a_time().await;
+    let mut set = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .unwrap();
+    let nodes = nodes(1, &set, "silent", "0");
+    // The node looks the master up after it starts listening.
+    eventually("the node to be ready", || async {
+        let ready = http().get(nodes[0].url("/readyz")).send().await;
+        ready.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    publish(&nodes[0], "chat", 1).await.expect("publish");
+    let set = tokio::task::spawn_blocking(move || {
+        set.pause_sentinel(0, true);
+        set.failover();
+        set
+    })
+    .await
+    .unwrap();
+    let new = set.master_port().expect("a new master");
+    let followed = format!("master=127.0.0.1:{new}");
+    eventually("the node to follow the new master", || async {
+        nodes[0].log().iter().any(|l| l.contains(&followed))
+    })
+    .await;
+    publish(&nodes[0], "chat", 2).await.expect("publish");
+    let key = format!("test-silent-{}:{{chat}}:meta", std::process::id());
+    let head = set.cli(new, &["HGET", &key, "head"]);
+    assert_eq!(head, "2", "the publish reached the new master");
+    for line in nodes[0].log().iter().filter(|l| l.contains("redis")) {
+        eprintln!("node 0: {line}");
+    }
+    let mut set = set;
+    set.pause_sentinel(0, false);
+}

@@ -19,6 +19,8 @@ const SETTLE: Duration = Duration::from_secs(40);
 struct Server {
     port: u16,
     child: Option<Child>,
+    /// Stopped (SIGSTOP): its connections stay open and it answers nothing.
+    paused: bool,
 }
 
 /// A running set; every process is killed (by PID) and the directory removed on drop.
@@ -43,11 +45,19 @@ impl RedisSentinel {
         let mut set = RedisSentinel {
             data: ports[..2]
                 .iter()
-                .map(|&port| Server { port, child: None })
+                .map(|&port| Server {
+                    port,
+                    child: None,
+                    paused: false,
+                })
                 .collect(),
             sentinels: ports[2..]
                 .iter()
-                .map(|&port| Server { port, child: None })
+                .map(|&port| Server {
+                    port,
+                    child: None,
+                    paused: false,
+                })
                 .collect(),
             dir,
         };
@@ -73,7 +83,7 @@ impl RedisSentinel {
 
     /// The port of the master as the first answering sentinel names it.
     pub fn master_port(&self) -> Option<u16> {
-        self.sentinels.iter().find_map(|s| {
+        self.live_sentinels().find_map(|s| {
             let reply = self.try_cli(
                 s.port,
                 &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
@@ -86,7 +96,7 @@ impl RedisSentinel {
     /// new master; the old one rejoins as a replica later (see [`Self::wait_settled`]).
     pub fn failover(&self) {
         let old = self.master_port().expect("a master");
-        let port = self.sentinels[0].port;
+        let port = self.live_sentinels().next().expect("a sentinel").port;
         let reply = self.cli(port, &["SENTINEL", "FAILOVER", MASTER_NAME]);
         assert_eq!(reply, "OK", "SENTINEL FAILOVER");
         self.wait_until("the sentinels to name a new master", || {
@@ -181,7 +191,7 @@ impl RedisSentinel {
                     })
             });
             in_sync
-                && self.sentinels.iter().all(|s| {
+                && self.live_sentinels().all(|s| {
                     let named = self
                         .try_cli(
                             s.port,
@@ -197,6 +207,24 @@ impl RedisSentinel {
                     named && peers == 2 && replicas
                 })
         });
+    }
+
+    /// Stops (SIGSTOP) or continues (SIGCONT) the sentinel `index`.
+    pub fn pause_sentinel(&mut self, index: usize, paused: bool) {
+        let sentinel = &mut self.sentinels[index];
+        let pid = sentinel.child.as_ref().expect("a running sentinel").id();
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let mut command = Command::new("kill");
+        command.args([signal, &pid.to_string()]);
+        assert!(
+            run(command, Duration::from_secs(5)).is_some(),
+            "kill {signal} {pid}"
+        );
+        sentinel.paused = paused;
+    }
+
+    fn live_sentinels(&self) -> impl Iterator<Item = &Server> {
+        self.sentinels.iter().filter(|s| !s.paused)
     }
 
     fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
