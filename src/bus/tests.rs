@@ -5,7 +5,9 @@
 //! Every contract test runs against every engine. The Redis runs need a Redis at
 //! `CASCADE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) and fail loudly without
 //! one; the Redis Cluster runs start a local cluster (`redis-server` and `redis-cli` on
-//! PATH), shared by the runs that overlap; each bus uses a fresh key prefix.
+//! PATH), shared by the runs that overlap, and so do the Sentinel runs (a master, a
+//! replica and three sentinels, the engine told only the sentinels); each bus uses a
+//! fresh key prefix.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
