@@ -64,6 +64,7 @@ impl App {
                     prefix: config.redis_prefix.clone(),
                     retention,
                     shards: config.redis_shards,
+                    min_replicas: config.redis_min_replicas,
                 },
                 metrics.engine(),
             )

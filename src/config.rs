@@ -7,11 +7,13 @@
 
 mod hooks;
 mod limits;
+mod redis_url;
 mod socketio;
 mod tls;
 
 pub use hooks::{HookEvent, HooksConfig};
 pub use limits::LimitsConfig;
+pub use redis_url::SentinelUrl;
 pub use socketio::SocketIoConfig;
 pub use tls::TlsConfig;
 
@@ -38,8 +40,9 @@ pub struct Config {
     pub engine: EngineKind,
     /// Serves the chat demo at `/` (with `/demo.js` and `/demo.css`); off in production.
     pub demo: bool,
-    /// The Redis server of the `redis` engine (`redis://host:port/db`), or the seed
-    /// nodes of the `redis-cluster` engine, comma-separated.
+    /// The Redis server of the `redis` engine (`redis://host:port/db`, or its sentinels
+    /// as `redis+sentinel://host:port,host:port/master`), or the seed nodes of the
+    /// `redis-cluster` engine, comma-separated.
     pub redis_url: String,
     /// Prefix of every Redis key and pub/sub channel, so that several clusters (or test
     /// runs) can share one Redis.
@@ -47,8 +50,9 @@ pub struct Config {
     /// How Redis pub/sub carries live messages: 0 = each node subscribes to the channels
     /// its clients follow; N = N fixed shard channels that every node follows.
     pub redis_shards: u32,
-    /// `redis-cluster` engine: replicas that must hold a publish before it is
-    /// acknowledged, so that a failover loses nothing acknowledged (0: do not wait).
+    /// `redis-cluster` engine, and `redis` behind Sentinel: replicas that must hold a
+    /// publish before it is acknowledged, so that a failover loses nothing acknowledged
+    /// (0: do not wait).
     pub redis_min_replicas: u32,
     /// Retained history per channel.
     pub history: HistoryConfig,
@@ -418,6 +422,11 @@ impl Config {
         if !prefix_ok {
             bail!("redis_prefix: use 1 to 64 of A-Z a-z 0-9 _ - . :");
         }
+        if self.engine == EngineKind::Redis {
+            if let Err(err) = SentinelUrl::parse(&self.redis_url) {
+                bail!("redis_url: {err}");
+            }
+        }
         if self.redis_shards > 1024 {
             bail!("redis_shards: at most 1024");
         }
@@ -645,6 +654,20 @@ mod tests {
             (c.engine, c.redis_min_replicas),
             (EngineKind::RedisCluster, 1)
         );
+    }
+
+    #[test]
+    fn the_redis_engine_takes_a_sentinel_url() {
+        let sentinel = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster";
+        let c = Config::from_sources(
+            "",
+            env(&[("CASCADE_ENGINE", "redis"), ("CASCADE_REDIS_URL", sentinel)]),
+        )
+        .unwrap();
+        assert_eq!(c.redis_url, sentinel);
+        let bad = "engine = \"redis\"\nredis_url = \"redis+sentinel://h:99999/m\"";
+        let err = Config::from_sources(bad, env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("redis_url"), "{err:#}");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!                                               │            ▲
 //!                                          dyn Engine ──> Hub (local fan-out, bounded queues)
 //!                                               │
-//!            bus::memory (embedded) | bus::redis (many nodes) | bus::redis_cluster
+//!            bus::memory (embedded) | bus::redis (many nodes; Sentinel) | bus::redis_cluster
 //!
 //!   leaves: protocol, conn, query, forwarded, limits, metrics, config, error
 //! ```

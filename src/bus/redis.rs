@@ -7,6 +7,12 @@
 //! - `P:{C}:presence`, a sorted set of the clients present in `C` on every node (see
 //!   `presence`): a dead node's vanish within [`PRESENCE_TTL`].
 //!
+//! The master is one fixed server (`redis://`), or the one that Sentinel names
+//! (`redis+sentinel://`), followed across failovers (see `sentinel`). Behind Sentinel a
+//! publish is acknowledged once `WAIT` reports it on `min_replicas` replicas, and the
+//! scripts start a new epoch on their first touch of a channel after a promotion (see
+//! `PROMOTED` in `redis_script`), so a failover never reuses an offset a reader holds.
+//!
 //! Each
 //! node subscribes only to the channels its own clients follow and hands every announced
 //! message to its hub once, whatever its number of local subscribers.
@@ -18,27 +24,29 @@
 //! channel's last retained message to its hub: subscribers that missed messages see a
 //! hole and fill it from history, so nothing Redis still holds is lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use prometheus::{Histogram, IntGauge};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Value};
 use tokio::sync::{mpsc, watch};
 
 pub(super) mod kept;
+mod listener;
 pub(super) mod presence;
+mod sentinel;
 pub(super) mod topics;
+
+use listener::Listener;
+use sentinel::Primary;
 
 pub use presence::{PRESENCE_HEARTBEAT, PRESENCE_TTL};
 use topics::Topics;
 
 use super::control::Command;
-use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, log_key, unavailable};
+use super::redis_script::{self, COMMAND_TIMEOUT, Scripts, unavailable};
 use super::{Engine, History, Hub, Present, Reply, RetentionPolicy, later};
 use crate::error::{Error, Result};
 use crate::protocol::{Channel, Message, Position, Publication};
@@ -47,7 +55,7 @@ use crate::sync::Unpoisoned;
 /// Settings of the Redis engine.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `redis+sentinel://host:port,host:port/master/db`.
     pub url: String,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
@@ -56,7 +64,13 @@ pub struct RedisSettings {
     /// 0: each node subscribes to the channels its clients follow. N > 0: every message
     /// goes out on one of N shard channels and every node subscribes to all of them.
     pub shards: u32,
+    /// Behind Sentinel: replicas that must hold a publish before it is acknowledged (0:
+    /// do not wait). Ignored for a fixed server, which may well have no replica.
+    pub min_replicas: u32,
 }
+
+/// How long a publish waits for its replicas before it fails as `engine_unavailable`.
+const REPLICATION_TIMEOUT_MS: u64 = 500;
 
 /// Engine health and latency, exported by the gateway's metrics.
 #[derive(Clone)]
@@ -73,8 +87,8 @@ pub struct EngineMetrics {
 pub struct RedisEngine {
     settings: RedisSettings,
     topics: Topics,
-    connection: ConnectionManager,
-    scripts: Scripts,
+    connection: Primary,
+    scripts: Arc<Scripts>,
     watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
     commands: mpsc::UnboundedSender<Watch>,
     up: Arc<AtomicBool>,
@@ -96,15 +110,7 @@ impl RedisEngine {
         settings: RedisSettings,
         metrics: EngineMetrics,
     ) -> Result<Arc<Self>> {
-        let client = Client::open(settings.url.as_str())
-            .map_err(|e| Error::EngineUnavailable(format!("bad redis_url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let connection = Primary::open(&settings.url)?;
         let (commands, receiver) = mpsc::unbounded_channel();
         let (changes, changed) = mpsc::unbounded_channel();
         let topics = Topics {
@@ -113,12 +119,12 @@ impl RedisEngine {
         };
         let engine = Arc::new(RedisEngine {
             topics: topics.clone(),
-            scripts: Scripts::new(
+            scripts: Arc::new(Scripts::new(
                 &settings.prefix,
                 settings.retention.clone(),
                 "PUBLISH",
-                false,
-            ),
+                connection.followed(),
+            )),
             settings,
             connection,
             watched: Arc::default(),
@@ -134,7 +140,9 @@ impl RedisEngine {
             changed,
         ));
         let listener = Listener {
-            client,
+            master: engine.connection.master(),
+            scripts: engine.scripts.clone(),
+            last: HashMap::new(),
             hub,
             topics,
             prefix: engine.settings.prefix.clone(),
@@ -180,7 +188,37 @@ impl RedisEngine {
         let json = self
             .invoke(&invocation, &self.metrics.publish_seconds)
             .await?;
+        self.replicated().await?;
         redis_script::published(json)
+    }
+
+    /// Behind Sentinel, waits until the master has passed everything this node wrote to
+    /// `min_replicas` replicas, so that the replica promoted after the master dies holds
+    /// every acknowledged message. The connection manager multiplexes one connection, so
+    /// the `WAIT` follows the publish on it; should the manager reconnect in between,
+    /// the `WAIT` counts from the new connection's start and may pass early: the window
+    /// is one lost connection wide, and the epoch check after a promotion still turns
+    /// any loss into a gap.
+    async fn replicated(&self) -> Result<()> {
+        let wanted = self.settings.min_replicas;
+        if wanted == 0 || !self.connection.followed() {
+            return Ok(());
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(REPLICATION_TIMEOUT_MS);
+        let mut connection = self.connection.clone();
+        let reached: i64 =
+            match tokio::time::timeout(COMMAND_TIMEOUT, wait.query_async(&mut connection)).await {
+                Ok(Ok(reached)) => reached,
+                Ok(Err(err)) => return Err(unavailable(err)),
+                Err(_) => return Err(Error::EngineUnavailable("WAIT timed out".into())),
+            };
+        if reached < i64::from(wanted) {
+            return Err(Error::EngineUnavailable(format!(
+                "the publish reached {reached} of {wanted} replicas in time"
+            )));
+        }
+        Ok(())
     }
 
     async fn history_now(
@@ -317,170 +355,5 @@ impl Engine for RedisEngine {
 
     fn name(&self) -> &'static str {
         "redis"
-    }
-}
-
-/// The pub/sub side: owns the subscriber connection, keeps it subscribed to exactly the
-/// watched channels, and reconnects forever.
-struct Listener {
-    client: Client,
-    hub: Arc<Hub>,
-    topics: Topics,
-    prefix: String,
-    watched: Arc<Mutex<HashMap<Channel, watch::Sender<bool>>>>,
-    up: Arc<AtomicBool>,
-    gauge: IntGauge,
-    connection: ConnectionManager,
-}
-
-impl Listener {
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Watch>) {
-        let control = self.topics.control();
-        let mut backoff = Duration::from_millis(50);
-        let mut reconnecting = false;
-        loop {
-            let pubsub =
-                match tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()).await {
-                    Ok(Ok(pubsub)) => pubsub,
-                    _ => {
-                        self.set_up(false);
-                        // Keep taking commands so that the wanted set is right on reconnect.
-                        let sleep = tokio::time::sleep(backoff);
-                        tokio::pin!(sleep);
-                        loop {
-                            tokio::select! {
-                                _ = &mut sleep => break,
-                                // The watched map is the source of truth on reconnect;
-                                // queued commands only need draining.
-                                command = commands.recv() => if command.is_none() { return },
-                            }
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        reconnecting = true;
-                        continue;
-                    }
-                };
-            let (mut sink, mut stream) = pubsub.split();
-            let wanted: Vec<Channel> = self.wanted();
-            let mut subscribed: HashSet<Channel> = wanted.iter().cloned().collect();
-            let names: Vec<String> = if self.topics.sharded() {
-                self.topics.fixed()
-            } else {
-                wanted
-                    .iter()
-                    .map(|c| self.topics.of(c))
-                    .chain(self.topics.fixed())
-                    .collect()
-            };
-            if !names.is_empty() && sink.subscribe(&names).await.is_err() {
-                continue;
-            }
-            self.mark_ready(&wanted);
-            self.set_up(true);
-            backoff = Duration::from_millis(50);
-            if reconnecting {
-                self.replay_tails(&wanted).await;
-                tracing::info!(channels = wanted.len(), "redis pub/sub resubscribed");
-            }
-            reconnecting = true;
-            loop {
-                tokio::select! {
-                    command = commands.recv() => {
-                        let Some(command) = command else { return };
-                        if self.apply(&mut sink, &mut subscribed, command).await.is_err() {
-                            break;
-                        }
-                    }
-                    message = stream.next() => {
-                        let Some(message) = message else { break };
-                        if message.get_channel_name() == control {
-                            match serde_json::from_slice::<Command>(message.get_payload_bytes()) {
-                                Ok(command) => self.hub.users().apply(&command),
-                                Err(_) => tracing::warn!("malformed command on redis pub/sub"),
-                            }
-                            continue;
-                        }
-                        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                        match Message::from_stored(payload) {
-                            Some(message) => {
-                                self.hub.deliver(&Arc::new(message));
-                            }
-                            None => tracing::warn!(channel = message.get_channel_name(), "malformed message on redis pub/sub"),
-                        }
-                    }
-                }
-            }
-            self.set_up(false);
-            tracing::warn!("redis pub/sub connection lost; reconnecting");
-        }
-    }
-
-    /// Brings Redis in line with one watch change. The watched map is the truth: an
-    /// unsubscribe for a channel watched again meanwhile is skipped.
-    async fn apply(
-        &self,
-        sink: &mut redis::aio::PubSubSink,
-        subscribed: &mut HashSet<Channel>,
-        command: Watch,
-    ) -> redis::RedisResult<()> {
-        // With shards the connection already follows every shard: nothing changes in
-        // Redis, but a subscriber still waits for its watch to be applied.
-        let sharded = self.topics.sharded();
-        match command {
-            Watch::Subscribe(channel) => {
-                if !sharded && !subscribed.contains(&channel) {
-                    sink.subscribe(self.topics.of(&channel)).await?;
-                    subscribed.insert(channel.clone());
-                }
-                self.mark_ready(std::slice::from_ref(&channel));
-            }
-            Watch::Unsubscribe(channel) => {
-                if !sharded && !self.is_wanted(&channel) && subscribed.remove(&channel) {
-                    sink.unsubscribe(self.topics.of(&channel)).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn wanted(&self) -> Vec<Channel> {
-        self.watched.locked().keys().cloned().collect()
-    }
-
-    fn is_wanted(&self, channel: &Channel) -> bool {
-        self.watched.locked().contains_key(channel)
-    }
-
-    fn mark_ready(&self, channels: &[Channel]) {
-        let watched = self.watched.locked();
-        for channel in channels {
-            if let Some(ready) = watched.get(channel) {
-                ready.send_replace(true);
-            }
-        }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
-        self.gauge.set(i64::from(up));
-    }
-
-    /// Announces each channel's last retained message to the hub, so that subscribers who
-    /// missed messages while the connection was down notice the hole and fill it.
-    async fn replay_tails(&self, channels: &[Channel]) {
-        let mut connection = self.connection.clone();
-        for channel in channels {
-            let key = log_key(&self.prefix, channel);
-            let last: redis::RedisResult<Value> = redis::cmd("LINDEX")
-                .arg(key)
-                .arg(-1)
-                .query_async(&mut connection)
-                .await;
-            if let Ok(Value::BulkString(json)) = last {
-                if let Some(message) = Message::from_stored(Bytes::from(json)) {
-                    self.hub.deliver(&Arc::new(message));
-                }
-            }
-        }
     }
 }

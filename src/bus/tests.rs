@@ -5,7 +5,9 @@
 //! Every contract test runs against every engine. The Redis runs need a Redis at
 //! `CASCADE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) and fail loudly without
 //! one; the Redis Cluster runs start a local cluster (`redis-server` and `redis-cli` on
-//! PATH), shared by the runs that overlap; each bus uses a fresh key prefix.
+//! PATH), shared by the runs that overlap, and so do the Sentinel runs (a master, a
+//! replica and three sentinels, the engine told only the sentinels); each bus uses a
+//! fresh key prefix.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -26,17 +28,21 @@ enum Kind {
     RedisSharded,
     /// A Redis Cluster of 3 masters and 3 replicas.
     RedisCluster,
+    /// Redis behind Sentinel: a master, a replica and three sentinels.
+    RedisSentinel,
 }
 
 #[path = "../../tests/support/redis_cluster.rs"]
 mod local_cluster;
+#[path = "../../tests/support/redis_sentinel.rs"]
+mod local_sentinel;
 
 /// A bus, and the local cluster its engine needs, if any.
 struct TestBus {
     bus: Bus,
     /// The key prefix of a Redis engine.
     prefix: String,
-    _cluster: Option<Arc<local_cluster::RedisCluster>>,
+    _local: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::ops::Deref for TestBus {
@@ -61,6 +67,20 @@ fn shared_cluster() -> Arc<local_cluster::RedisCluster> {
     cluster
 }
 
+/// The sentinel set of the Sentinel runs, shared as the cluster is.
+fn shared_sentinel() -> Arc<local_sentinel::RedisSentinel> {
+    static SET: Mutex<Weak<local_sentinel::RedisSentinel>> = Mutex::new(Weak::new());
+    let mut shared = SET.lock().unwrap();
+    if let Some(set) = shared.upgrade() {
+        return set;
+    }
+    let set = Arc::new(tokio::task::block_in_place(
+        local_sentinel::RedisSentinel::start,
+    ));
+    *shared = Arc::downgrade(&set);
+    set
+}
+
 /// Waits until `engine` answers, failing loudly when it does not in time.
 async fn until_up(engine: &dyn Engine, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -77,13 +97,21 @@ fn redis_url() -> String {
 async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
     let hub = Arc::new(Hub::new());
     let history_limit = retention.max_messages;
-    let mut cluster = None;
+    let mut local: Option<Arc<dyn std::any::Any + Send + Sync>> = None;
     let prefix = format!("test-{}", Epoch::random());
     let engine: Arc<dyn Engine> = match kind {
         Kind::Memory => MemoryEngine::new(hub.clone(), retention),
-        Kind::Redis | Kind::RedisSharded => {
+        Kind::Redis | Kind::RedisSharded | Kind::RedisSentinel => {
+            let url = if matches!(kind, Kind::RedisSentinel) {
+                let set = shared_sentinel();
+                let url = set.url();
+                local = Some(set);
+                url
+            } else {
+                redis_url()
+            };
             let settings = super::redis::RedisSettings {
-                url: redis_url(),
+                url: url.clone(),
                 prefix: prefix.clone(),
                 retention: retention.into(),
                 shards: if matches!(kind, Kind::RedisSharded) {
@@ -91,6 +119,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
                 } else {
                     0
                 },
+                min_replicas: u32::from(matches!(kind, Kind::RedisSentinel)),
             };
             let engine = super::redis::RedisEngine::new(
                 hub.clone(),
@@ -99,8 +128,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
             )
             .expect("redis engine");
             let what = format!(
-                "Redis must answer at {} for the redis engine tests (.ci/run starts one)",
-                redis_url()
+                "Redis must answer at {url} for the redis engine tests (.ci/run starts one)"
             );
             until_up(&*engine, &what).await;
             engine
@@ -113,7 +141,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
                 retention: retention.into(),
                 min_replicas: 1,
             };
-            cluster = Some(shared);
+            local = Some(shared);
             let engine = super::redis_cluster::RedisClusterEngine::new(
                 hub.clone(),
                 settings,
@@ -139,7 +167,7 @@ async fn bus_with(kind: Kind, retention: Retention, queue: usize) -> TestBus {
     TestBus {
         bus,
         prefix,
-        _cluster: cluster,
+        _local: local,
     }
 }
 
@@ -187,6 +215,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::RedisCluster).await
+                }
+            )*
+        }
+        mod redis_sentinel {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::RedisSentinel).await
                 }
             )*
         }
@@ -297,7 +333,7 @@ async fn seam_has_no_gap_and_no_duplicate_under_a_racing_publisher(kind: Kind) {
     let iterations = match kind {
         Kind::Memory => 200,
         // Each iteration connects afresh; fewer keep the run short.
-        Kind::Redis | Kind::RedisSharded | Kind::RedisCluster => 40,
+        Kind::Redis | Kind::RedisSharded | Kind::RedisCluster | Kind::RedisSentinel => 40,
     };
     // Keeps a local cluster up across the iterations' buses.
     let _first = bus(kind).await;

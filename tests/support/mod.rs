@@ -5,7 +5,9 @@ pub mod backend;
 pub mod nodes;
 pub mod raw_http;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod socketio;
+pub mod stream;
 pub mod tls;
 pub mod wire;
 
