@@ -75,7 +75,7 @@ async fn a_websocket_task_fits_its_budget() {
     // accepted handshake's box was freed at once, then 8 more for the subscription's
     // count of messages taken, which tells the node's backlog once per batch instead of
     // once per message (issue 26).
-    budget("websocket task", size_of_val(&task), 1216, 1232);
+    budget("websocket task", size_of_val(&task), 1216, 1216);
 }
 
 /// An SSE stream's task on the lean path, once it has its socket.
