@@ -2379,6 +2379,7 @@
     var url = client.options.workerUrl || SCRIPT_URL;
     if (!url || typeof root.SharedWorker !== 'function') { return null; }
     var worker = null, port = null, tab = client.tabId, hubLock = 'cascade-hub ' + workerName(key);
+    var loneLock = 'cascade-lone ' + workerName(key);
     // The worker starts with the first message to it: a lone tab connects on its own first,
     // and starts it only then (it costs a process and the script's load).
     function start() {
@@ -2407,9 +2408,21 @@
         msg.tab = tab;
         post(msg);
       },
-      /** Calls `done(true)` when the worker's hub serves other tabs (it holds its lock). */
+      /**
+       * Calls `done(true)` when this tab should wait on the worker's connection: its hub
+       * serves other tabs (it holds its lock), or another tab is already connecting on its
+       * own (it holds the lone lock). Of a burst of tabs only the first one to claim that
+       * lock connects on its own; the others start the hub's connection at once, so the
+       * burst opens two connections, not one per tab.
+       */
       hubAlive: function (done) {
-        heldLocks(function (names) { done(names.indexOf(hubLock) >= 0); });
+        var alive = null, lone = null;
+        function settle() {
+          if (alive === null || lone === null) { return; }
+          done(alive || !lone);
+        }
+        claimLock(loneLock, function (mine) { lone = mine; settle(); });
+        heldLocks(function (names) { alive = names.indexOf(hubLock) >= 0; settle(); });
       },
       close: function () {
         if (!port) { return; }
@@ -2464,6 +2477,26 @@
       done(lockQuery.names);
     } else {
       lockQuery.waiting.push(done);
+    }
+  }
+
+  /**
+   * Takes the Web Lock `name` if no other page holds it, for as long as this page lives;
+   * `done(true)` when this page got it. Without Web Locks every page gets it.
+   */
+  function claimLock(name, done) {
+    var locks = root.navigator && root.navigator.locks;
+    if (!locks || typeof locks.request !== 'function' || typeof root.Promise !== 'function') {
+      done(true);
+      return;
+    }
+    try {
+      locks.request(name, { ifAvailable: true }, function (lock) {
+        done(!!lock);
+        return lock ? new root.Promise(noop) : undefined;
+      }).then(noop, function () { done(true); });
+    } catch (e) {
+      done(true);
     }
   }
 

@@ -173,6 +173,39 @@ test('a lone tab connects on its own, and moves to the worker\'s connection when
   }
 });
 
+test(`${TABS} tabs opened at once converge on one connection, and the burst opens at most two streams`, async () => {
+  // The first tab connects on its own at once; the others, seeing it start, wait on the
+  // worker's connection instead of each opening a stream of their own.
+  const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
+  const front = await startFront(gateway.port);
+  const context = await browser.newContext();
+  const tick = ticker(gateway.url, 'feed');
+  try {
+    const pages = await Promise.all(Array.from({ length: TABS }, () => context.newPage()));
+    const openedAt = Date.now();
+    await Promise.all(pages.map((page) => page.goto(testPageUrl(front.url, { channels: ['feed'] }))));
+    for (const page of pages) await waitForMessages(page, 'feed', 5);
+    const allMs = Date.now() - openedAt;
+    await eventually(`one connection for ${TABS} tabs`, async () => (await connections(gateway)).all === 1);
+    for (const page of pages) {
+      await page.waitForFunction(() => window.__client.active && window.__client.active.shared === true, null, { timeout: 20_000 });
+      const count = (await page.evaluate(() => window.__app.received.feed.length)) + 5;
+      const received = await waitForMessages(page, 'feed', count);
+      assert.equal(contiguous(received), null, 'each message once, in order');
+    }
+    const streams = front.counts.paths['/sse'] || 0;
+    console.log(`${TABS} tabs opened at once: ${streams} SSE requests, ${front.counts.paths['/longpoll'] || 0} long polls, ` +
+      `every tab's first 5 messages within ${allMs} ms; requests ${JSON.stringify(front.counts.paths)}`);
+    assert.ok(streams <= 2, `${streams} SSE requests for a burst of ${TABS} tabs`);
+    assert.equal((await connections(gateway)).all, 1);
+  } finally {
+    await tick.stop();
+    await context.close();
+    await front.close();
+    await gateway.stop();
+  }
+});
+
 test('without Web Locks, a leader asleep past its lease is replaced, and steps down when it wakes', async () => {
   // A background tab's timers can sleep past the lease (Chromium throttles and freezes such
   // tabs); the debugger's pause stops the leader's page the same way, headless.
