@@ -765,7 +765,8 @@
     this.attempt = 0;      // reconnect attempts since a rung last worked
     this.reconnectTimer = null;
     this.probeTimer = null;
-    this.pending = {};     // publish or rpc id -> {callback, timer}
+    this.pending = {};     // publish or rpc id -> {callback, timer, rung}
+    this.draining = [];    // rungs replaced with answers still owed on them (see _retire)
     // The client session the gateway began (with backend hooks): its id, and the value
     // sent back with every request so that a poll is not a new session.
     this.clientId = null;
@@ -825,7 +826,7 @@
       var timer = deadline(function () {
         self._acked(id, { code: 'timeout', message: 'no acknowledgement in time' }, null);
       }, this.options.timeouts.publish);
-      this.pending[id] = { callback: done, timer: timer };
+      this.pending[id] = { callback: done, timer: timer, rung: rung };
       if (rung.publish(id, channel, data)) { return this; }
       cancel(timer);
       delete this.pending[id];
@@ -864,7 +865,7 @@
       var timer = later(function () {
         self._acked(id, { code: 'timeout', message: 'no answer in time' }, null);
       }, this.options.timeouts.rpc);
-      this.pending[id] = { callback: done, timer: timer };
+      this.pending[id] = { callback: done, timer: timer, rung: rung };
       if (rung.rpc(id, method, params)) { return this; }
       cancel(timer);
       delete this.pending[id];
@@ -889,7 +890,7 @@
       var timer = later(function () {
         self._acked(id, { code: 'timeout', message: 'no answer in time' }, null);
       }, this.options.timeouts.publish);
-      this.pending[id] = { callback: done, timer: timer };
+      this.pending[id] = { callback: done, timer: timer, rung: rung };
       if (rung.send({ op: 'presence', id: id, channel: channel }) !== false) { return this; }
       cancel(timer);
       delete this.pending[id];
@@ -945,6 +946,7 @@
     if (this.standby) { this.standby.close(); this.standby = null; }
     var wasConnected = this.connected;
     if (this.active) { this.active.close(); this.active = null; }
+    while (this.draining.length) { this.draining.pop().close(); }
     this.transport = null;
     this.connected = false;
     this._failPending('closed');
@@ -1083,11 +1085,52 @@
     delete this.pending[id];
     cancel(entry.timer);
     safely(entry.callback, this, [err, position]);
+    if (entry.rung && this.draining.indexOf(entry.rung) >= 0 && !this._owed(entry.rung)) {
+      this._drained(entry.rung);
+    }
   };
 
+  /** Whether answers are still owed on `rung` (publishes, rpcs sent on it). */
+  Client.prototype._owed = function (rung) {
+    for (var id in this.pending) {
+      if (has(this.pending, id) && this.pending[id].rung === rung) { return true; }
+    }
+    return false;
+  };
+
+  /**
+   * Closes `rung`, which another replaced, or keeps it open (delivering into the dedupe
+   * like any) until the answers owed on it came or their deadline passed: the protocol
+   * has no idempotency key, so a publish cannot be sent again elsewhere without the risk
+   * of a duplicate, and closing the socket would lose its acknowledgement.
+   */
+  Client.prototype._retire = function (rung) {
+    if (!this._owed(rung)) { rung.close(); return; }
+    var self = this;
+    this.draining.push(rung);
+    rung.drainTimer = later(function () { self._drained(rung); }, this.options.timeouts.publish);
+  };
+
+  /** A replaced rung is done: closed, and what it still owed fails. */
+  Client.prototype._drained = function (rung) {
+    var at = this.draining.indexOf(rung);
+    if (at < 0) { return; }
+    this.draining.splice(at, 1);
+    cancel(rung.drainTimer);
+    rung.close();
+    for (var id in this.pending) {
+      if (has(this.pending, id) && this.pending[id].rung === rung) {
+        this._acked(id, { code: 'disconnected', message: 'the connection ended before the acknowledgement' }, null);
+      }
+    }
+  };
+
+  /** Fails what is owed on the connection in use; a replaced rung still draining answers its own. */
   Client.prototype._failPending = function (code) {
     var ids = Object.keys(this.pending);
     for (var i = 0; i < ids.length; i++) {
+      var entry = this.pending[ids[i]];
+      if (!entry || (code !== 'closed' && entry.rung && this.draining.indexOf(entry.rung) >= 0)) { continue; }
       this._acked(ids[i], { code: code, message: 'the connection ended before the acknowledgement' }, null);
     }
   };
@@ -1457,7 +1500,7 @@
     var previous = this.active;
     if (!rung.racing && !rung.shared) { this.worked[rung.name] = true; }
     this.active = rung;
-    if (previous && previous !== rung) { previous.close(); }
+    if (previous && previous !== rung) { this._retire(previous); }
     this.attempt = 0;
     var changed = this.lastTransport !== rung.name;
     this.transport = this.lastTransport = rung.name;
@@ -1480,6 +1523,10 @@
 
   /** The active rung was lost: reconnect, from the same rung, after a delay. */
   Client.prototype._down = function (rung, info) {
+    if (this.draining.indexOf(rung) >= 0) {
+      this._drained(rung);
+      return;
+    }
     if (rung === this.probe) {
       this.probe = null;
       this._scheduleProbe();
