@@ -3,7 +3,8 @@
 // elected with a Web Lock or, without Web Locks, a lease in localStorage), each with its own
 // subscriptions and handlers; closing the tab that holds the connection (or the first one,
 // with a worker) mid-stream loses no message in the others. A lone tab connects on its own
-// and moves to the worker's connection when a second tab comes.
+// and moves to the worker's connection when a second tab comes (its WebSocket publishes in
+// flight still acknowledged); of a burst of tabs only the first connects on its own.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
