@@ -765,7 +765,8 @@
     this.attempt = 0;      // reconnect attempts since a rung last worked
     this.reconnectTimer = null;
     this.probeTimer = null;
-    this.pending = {};     // publish or rpc id -> {callback, timer}
+    this.pending = {};     // publish or rpc id -> {callback, timer, rung}
+    this.draining = [];    // rungs replaced with answers still owed on them (see _retire)
     // The client session the gateway began (with backend hooks): its id, and the value
     // sent back with every request so that a poll is not a new session.
     this.clientId = null;
@@ -825,7 +826,7 @@
       var timer = deadline(function () {
         self._acked(id, { code: 'timeout', message: 'no acknowledgement in time' }, null);
       }, this.options.timeouts.publish);
-      this.pending[id] = { callback: done, timer: timer };
+      this.pending[id] = { callback: done, timer: timer, rung: rung };
       if (rung.publish(id, channel, data)) { return this; }
       cancel(timer);
       delete this.pending[id];
@@ -864,7 +865,7 @@
       var timer = later(function () {
         self._acked(id, { code: 'timeout', message: 'no answer in time' }, null);
       }, this.options.timeouts.rpc);
-      this.pending[id] = { callback: done, timer: timer };
+      this.pending[id] = { callback: done, timer: timer, rung: rung };
       if (rung.rpc(id, method, params)) { return this; }
       cancel(timer);
       delete this.pending[id];
@@ -889,7 +890,7 @@
       var timer = later(function () {
         self._acked(id, { code: 'timeout', message: 'no answer in time' }, null);
       }, this.options.timeouts.publish);
-      this.pending[id] = { callback: done, timer: timer };
+      this.pending[id] = { callback: done, timer: timer, rung: rung };
       if (rung.send({ op: 'presence', id: id, channel: channel }) !== false) { return this; }
       cancel(timer);
       delete this.pending[id];
@@ -945,6 +946,7 @@
     if (this.standby) { this.standby.close(); this.standby = null; }
     var wasConnected = this.connected;
     if (this.active) { this.active.close(); this.active = null; }
+    while (this.draining.length) { this.draining.pop().close(); }
     this.transport = null;
     this.connected = false;
     this._failPending('closed');
@@ -1083,11 +1085,52 @@
     delete this.pending[id];
     cancel(entry.timer);
     safely(entry.callback, this, [err, position]);
+    if (entry.rung && this.draining.indexOf(entry.rung) >= 0 && !this._owed(entry.rung)) {
+      this._drained(entry.rung);
+    }
   };
 
+  /** Whether answers are still owed on `rung` (publishes, rpcs sent on it). */
+  Client.prototype._owed = function (rung) {
+    for (var id in this.pending) {
+      if (has(this.pending, id) && this.pending[id].rung === rung) { return true; }
+    }
+    return false;
+  };
+
+  /**
+   * Closes `rung`, which another replaced, or keeps it open (delivering into the dedupe
+   * like any) until the answers owed on it came or their deadline passed: the protocol
+   * has no idempotency key, so a publish cannot be sent again elsewhere without the risk
+   * of a duplicate, and closing the socket would lose its acknowledgement.
+   */
+  Client.prototype._retire = function (rung) {
+    if (!this._owed(rung)) { rung.close(); return; }
+    var self = this;
+    this.draining.push(rung);
+    rung.drainTimer = later(function () { self._drained(rung); }, this.options.timeouts.publish);
+  };
+
+  /** A replaced rung is done: closed, and what it still owed fails. */
+  Client.prototype._drained = function (rung) {
+    var at = this.draining.indexOf(rung);
+    if (at < 0) { return; }
+    this.draining.splice(at, 1);
+    cancel(rung.drainTimer);
+    rung.close();
+    for (var id in this.pending) {
+      if (has(this.pending, id) && this.pending[id].rung === rung) {
+        this._acked(id, { code: 'disconnected', message: 'the connection ended before the acknowledgement' }, null);
+      }
+    }
+  };
+
+  /** Fails what is owed on the connection in use; a replaced rung still draining answers its own. */
   Client.prototype._failPending = function (code) {
     var ids = Object.keys(this.pending);
     for (var i = 0; i < ids.length; i++) {
+      var entry = this.pending[ids[i]];
+      if (!entry || (code !== 'closed' && entry.rung && this.draining.indexOf(entry.rung) >= 0)) { continue; }
       this._acked(ids[i], { code: code, message: 'the connection ended before the acknowledgement' }, null);
     }
   };
@@ -1457,7 +1500,7 @@
     var previous = this.active;
     if (!rung.racing && !rung.shared) { this.worked[rung.name] = true; }
     this.active = rung;
-    if (previous && previous !== rung) { previous.close(); }
+    if (previous && previous !== rung) { this._retire(previous); }
     this.attempt = 0;
     var changed = this.lastTransport !== rung.name;
     this.transport = this.lastTransport = rung.name;
@@ -1480,6 +1523,10 @@
 
   /** The active rung was lost: reconnect, from the same rung, after a delay. */
   Client.prototype._down = function (rung, info) {
+    if (this.draining.indexOf(rung) >= 0) {
+      this._drained(rung);
+      return;
+    }
     if (rung === this.probe) {
       this.probe = null;
       this._scheduleProbe();
@@ -1906,12 +1953,19 @@
 
   Hub.prototype.receive = function (msg) {
     if (!msg || typeof msg.tab !== 'string') { return; }
+    if (this.tabs[msg.tab]) { this.tabs[msg.tab].seen = Date.now(); }
     if (msg.op === 'join') {
       this.join(msg);
     } else if (msg.op === 'held') {
       if (this.tabs[msg.tab]) { this.watch(msg.tab); }
     } else if (msg.op === 'leave') {
       this.leave(msg.tab);
+    } else if (msg.op === 'ping') {
+      // A follower found the lease lapsed: answered, it knows the leader lives.
+      this.out.send(msg.tab, { op: 'pong' });
+    } else if (msg.op === 'alive' && !this.tabs[msg.tab]) {
+      // A tab this hub let go (it was silent too long) or never knew: it joins again.
+      this.out.send(msg.tab, { op: 'rejoin' });
     } else if (msg.op === 'token' && this.tokenAsks[msg.n]) {
       var done = this.tokenAsks[msg.n];
       delete this.tokenAsks[msg.n];
@@ -2033,7 +2087,8 @@
     if (msg.config) { this.config = msg.config; }
     if (!tab) {
       tab = this.tabs[msg.tab] = {
-        channels: [], getToken: false, waiting: {}, standby: false, watched: false
+        channels: [], getToken: false, waiting: {}, standby: false, watched: false,
+        seen: Date.now(), pinged: 0
       };
     }
     if (msg.held) { this.watch(msg.tab); }
@@ -2116,6 +2171,27 @@
     // The last tab left: no connection until one joins again.
     this.upstream.close();
     this.upstream = null;
+  };
+
+  /**
+   * Lets go of the tabs that went without a word, where no Web Lock tells (see `watch`):
+   * a tab silent for a while is pinged, and one silent past TAB_SILENT_MS that did not
+   * answer a ping ANSWER_MS old is dropped. Told so, one that was only frozen joins again
+   * when it wakes (and reads what it missed). The hub's own tab (`local`) is never dropped.
+   */
+  Hub.prototype.sweep = function (now) {
+    for (var id in this.tabs) {
+      if (!has(this.tabs, id) || id === this.local) { continue; }
+      var tab = this.tabs[id], silent = now - tab.seen, pinged = tab.pinged > tab.seen;
+      if (tab.watched) { continue; }
+      if (silent > TAB_SILENT_MS && pinged && now - tab.pinged >= ANSWER_MS) {
+        this.leave(id);
+        this.out.send(id, { op: 'rejoin' });
+      } else if (silent > 2 * HEARTBEAT_MS && !pinged) {
+        tab.pinged = now;
+        this.out.send(id, { op: 'ping' });
+      }
+    }
   };
 
   /**
@@ -2233,6 +2309,7 @@
       case 'token?': client._lendToken(this.link, msg.n); break;
       case 'newToken': if (typeof msg.token === 'string') { client.token = msg.token; } break;
       case 'leader': this.join(); break; // a new hub: it knows nothing of this tab yet
+      case 'rejoin': this.join(); break; // the hub let this tab go while it was silent
       default: break;
     }
   };
@@ -2379,6 +2456,7 @@
     var url = client.options.workerUrl || SCRIPT_URL;
     if (!url || typeof root.SharedWorker !== 'function') { return null; }
     var worker = null, port = null, tab = client.tabId, hubLock = 'cascade-hub ' + workerName(key);
+    var loneLock = 'cascade-lone ' + workerName(key);
     // The worker starts with the first message to it: a lone tab connects on its own first,
     // and starts it only then (it costs a process and the script's load).
     function start() {
@@ -2407,9 +2485,21 @@
         msg.tab = tab;
         post(msg);
       },
-      /** Calls `done(true)` when the worker's hub serves other tabs (it holds its lock). */
+      /**
+       * Calls `done(true)` when this tab should wait on the worker's connection: its hub
+       * serves other tabs (it holds its lock), or another tab is already connecting on its
+       * own (it holds the lone lock). Of a burst of tabs only the first one to claim that
+       * lock connects on its own; the others start the hub's connection at once, so the
+       * burst opens two connections, not one per tab.
+       */
       hubAlive: function (done) {
-        heldLocks(function (names) { done(names.indexOf(hubLock) >= 0); });
+        var alive = null, lone = null;
+        function settle() {
+          if (alive === null || lone === null) { return; }
+          done(alive || !lone);
+        }
+        claimLock(loneLock, function (mine) { lone = mine; settle(); });
+        heldLocks(function (names) { alive = names.indexOf(hubLock) >= 0; settle(); });
       },
       close: function () {
         if (!port) { return; }
@@ -2467,6 +2557,26 @@
     }
   }
 
+  /**
+   * Takes the Web Lock `name` if no other page holds it, for as long as this page lives;
+   * `done(true)` when this page got it. Without Web Locks every page gets it.
+   */
+  function claimLock(name, done) {
+    var locks = root.navigator && root.navigator.locks;
+    if (!locks || typeof locks.request !== 'function' || typeof root.Promise !== 'function') {
+      done(true);
+      return;
+    }
+    try {
+      locks.request(name, { ifAvailable: true }, function (lock) {
+        done(!!lock);
+        return lock ? new root.Promise(noop) : undefined;
+      }).then(noop, function () { done(true); });
+    } catch (e) {
+      done(true);
+    }
+  }
+
   /** localStorage, where this page may use it. */
   function localStore() {
     try {
@@ -2516,28 +2626,42 @@
   var RENEW_MS = 1000;
   /** How long a tab that claimed the lease waits before it reads back who won it. */
   var SETTLE_MS = 60;
+  /**
+   * How often a follower tells the hub it lives (its own timers: a background tab's may
+   * fire once a minute), how long the hub waits for an answer to a ping (a message
+   * handler runs at once even in a throttled tab; only a frozen or crashed one is silent),
+   * and how long a tab may be silent before a hub that pinged it lets its channels go.
+   */
+  var HEARTBEAT_MS = 1000;
+  var ANSWER_MS = 1000;
+  var TAB_SILENT_MS = 5000;
 
   /**
    * Elects a leader among the tabs with a lease in localStorage, for browsers without Web
-   * Locks: {id, until}, renewed by the leader every RENEW_MS, free once it lapses (a leader
-   * that crashed) or is given up (a leader's page going). A tab claims a free lease by
-   * writing its id and leads if the id is still there SETTLE_MS later (the last of several
-   * claims wins; the first tab of an origin leads at once and checks after). A leader that
-   * finds the lease taken (its timers slept past the lease, in a background tab) steps
-   * down. Calls `lead()` and `stepDown()`; returns {check(gone), resign()}, or null
-   * without localStorage.
+   * Locks: {id, until}, renewed by the leader every RENEW_MS and whenever it handles an
+   * event (`renew()`: a follower's heartbeat, a message; a background tab's timers may
+   * fire only once a minute, its event handlers run at once), free once it lapses and the
+   * leader does not answer a ping (`ask(done)` calls done(true) when it answered within
+   * ANSWER_MS: it is throttled, not gone) or once it is given up (a leader's page going).
+   * A tab claims a free lease by writing its id and leads if the id is still there
+   * SETTLE_MS later (the last of several claims wins; the first tab of an origin leads at
+   * once and checks after). A leader that finds the lease taken (its page slept past the
+   * lease and did not answer) steps down. Calls `lead()` and `stepDown()`; returns
+   * {check(gone), renew(), resign()}, or null without localStorage.
    */
-  function leaseElection(name, tab, lead, stepDown) {
+  function leaseElection(name, tab, lead, stepDown, ask) {
     var store = localStore();
     if (!store) { return null; }
-    var key = 'cascade-lease ' + name, leading = false, claimed = false, first = true;
+    var key = 'cascade-lease ' + name, leading = false, claimed = false, asking = false;
+    var first = true, written = 0;
     function read() {
       var lease = parse(store.getItem(key));
       return lease && typeof lease.id === 'string' && typeof lease.until === 'number' ? lease : null;
     }
     function write() {
+      written = Date.now();
       try {
-        store.setItem(key, JSON.stringify({ id: tab, until: Date.now() + LEASE_MS }));
+        store.setItem(key, JSON.stringify({ id: tab, until: written + LEASE_MS }));
       } catch (e) { /* full or denied */ }
     }
     function confirm() {
@@ -2551,6 +2675,11 @@
         stepDown();
       }
     }
+    function claim() {
+      claimed = true;
+      write();
+      later(confirm, SETTLE_MS);
+    }
     var election = {
       /** Renews the lease, or claims it when it is free (or held by `gone`, a tab that resigned). */
       check: function (gone) {
@@ -2563,10 +2692,8 @@
           } else {
             write();
           }
-        } else if (!claimed && (!lease || lease.until <= now || lease.id === tab || lease.id === gone)) {
-          claimed = true;
-          write();
-          later(confirm, SETTLE_MS);
+        } else if (!claimed && !asking && (!lease || lease.id === tab || lease.id === gone)) {
+          claim();
           if (!lease && first) {
             // No lease at all when this tab first looks: it is most likely the origin's only
             // tab (another one's would be there, if lapsed), so it leads at once rather
@@ -2575,8 +2702,21 @@
             leading = true;
             lead();
           }
+        } else if (!claimed && !asking && lease.until <= now) {
+          // Lapsed: the leader may only be throttled. It takes over only if the leader
+          // does not answer (and so renew) in time.
+          asking = true;
+          ask(function (answered) {
+            asking = false;
+            var again = read();
+            if (!answered && !leading && !claimed && (!again || again.until <= Date.now())) { claim(); }
+          });
         }
         first = false;
+      },
+      /** The leader handled an event: it lives, and renews its lease (at most twice a RENEW_MS). */
+      renew: function () {
+        if (leading && Date.now() - written >= RENEW_MS / 2) { election.check(null); }
       },
       /** Gives the lease up (the page goes), so that another tab need not wait for it to lapse. */
       resign: function () {
@@ -2609,6 +2749,7 @@
     var useLocks = !!(locks && typeof locks.request === 'function' && typeof root.Promise === 'function');
     if (!useLocks && !localStore()) { return null; }
     var name = 'cascade ' + key, tab = client.tabId, closed = false, hub = null, election = null;
+    var answered = null; // while a follower asks whether the leader lives: called on any word from it
     var bus = typeof root.BroadcastChannel === 'function'
       ? new root.BroadcastChannel(name) : storageBus(name);
     if (!bus) { return null; }
@@ -2638,29 +2779,62 @@
     function deliver(msg) {
       if (!closed) { soon(function () { link.onmessage(msg); }); }
     }
+    /** Any event the leader handles renews its lease: its timers may sleep for a minute. */
+    function renew() {
+      if (hub && election) { election.renew(); }
+    }
     bus.onmessage = function (event) {
       var msg = event.data || {};
       if (msg.to === 'hub') {
+        renew();
         if (hub) { hub.receive(msg); }
       } else if (msg.to === tab || msg.to === '*') {
         // The leader gave up its lease: claim it now rather than when it lapses.
         if (msg.op === 'resign' && election) { election.check(msg.from); }
+        if (msg.op !== 'resign' && answered) { answered(); }
+        // The hub asks whether this tab lives: the answer comes from a message handler,
+        // which runs at once even where the tab's timers are throttled.
+        if (msg.op === 'ping' && !closed && !hub) { link.send({ op: 'alive' }); }
         if (!closed) { link.onmessage(msg); }
       }
     };
     function send(to, msg) {
+      renew();
       msg.to = to;
       if (to === tab) { deliver(msg); } else { bus.postMessage(msg); }
     }
     function all(msg) {
+      renew();
       deliver(msg);
       msg.to = '*';
       bus.postMessage(msg);
     }
     function lead() {
-      hub = new Hub({ send: send, channel: function (channel, msg) { all(msg); }, all: all });
+      var mine = hub = new Hub({ send: send, channel: function (channel, msg) { all(msg); }, all: all });
+      hub.local = tab;
       client.shareRole = 'leader';
       all({ op: 'leader' });
+      // Tabs that go without a word (crashed, or no pagehide) are let go.
+      (function sweep() {
+        if (hub !== mine) { return; }
+        mine.sweep(Date.now());
+        later(sweep, RENEW_MS);
+      }());
+    }
+    /** Asks the leader whether it lives: `done(true)` on any word from it within ANSWER_MS. */
+    function ask(done) {
+      var timer = null;
+      answered = function () {
+        answered = null;
+        cancel(timer);
+        done(true);
+      };
+      timer = later(function () {
+        if (!answered) { return; }
+        answered = null;
+        done(false);
+      }, ANSWER_MS);
+      bus.postMessage({ op: 'ping', to: 'hub', tab: tab });
     }
     if (useLocks) {
       try {
@@ -2674,6 +2848,13 @@
       }
       return link;
     }
+    // A follower's heartbeat: the hub lets a silent tab's channels go, and the leader
+    // renews its lease on each one, however rarely its own timers fire.
+    (function beat() {
+      if (closed) { return; }
+      if (!hub) { link.send({ op: 'alive' }); }
+      later(beat, HEARTBEAT_MS);
+    }());
     election = leaseElection(name, tab, lead, function () {
       // Another tab leads now (this one's timers slept past its lease): it announces
       // itself, and this tab joins it like the others.
@@ -2682,7 +2863,7 @@
       client.shareRole = 'follower';
       if (upstream) { upstream.close(); }
       deliver({ op: 'leader' });
-    });
+    }, ask);
     // Without Web Locks no hub learns that a tab went: each one says goodbye.
     onPageHide(function (event) {
       if (event && event.persisted) { return; }

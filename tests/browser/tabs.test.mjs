@@ -3,7 +3,8 @@
 // elected with a Web Lock or, without Web Locks, a lease in localStorage), each with its own
 // subscriptions and handlers; closing the tab that holds the connection (or the first one,
 // with a worker) mid-stream loses no message in the others. A lone tab connects on its own
-// and moves to the worker's connection when a second tab comes.
+// and moves to the worker's connection when a second tab comes (its WebSocket publishes in
+// flight still acknowledged); of a burst of tabs only the first connects on its own.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -13,6 +14,7 @@ import {
   eventually,
   launchBrowser,
   metricValue,
+  mintToken,
   publish,
   sleep,
   ticker,
@@ -165,6 +167,93 @@ test('a lone tab connects on its own, and moves to the worker\'s connection when
       `connection, the second tab's ${await firstAt(second)} ms (the worker's connection opened for it); ` +
       `requests ${JSON.stringify(front.counts.paths)}`);
     assert.equal(front.counts.paths['/sse'], 2, 'the first tab\'s own stream and the worker\'s');
+  } finally {
+    await tick.stop();
+    await context.close();
+    await front.close();
+    await gateway.stop();
+  }
+});
+
+test('WebSocket publishes in flight when a lone tab moves to the worker\'s connection are all acknowledged, none repeated', async () => {
+  const gateway = await startGateway({ CASCADE_LIMITS_PUBLISH_RATE_PER_SECOND: '100000', CASCADE_LIMITS_PUBLISH_BURST: '100000' });
+  const front = await startFront(gateway.port);
+  const context = await browser.newContext();
+  const token = mintToken({ sub: 'tester', channels: 'feed', publish: 'feed' });
+  const page = (p) => p.goto(testPageUrl(front.url, { channels: ['feed'], client: { token, timeouts: { publish: 5000 } } }));
+  try {
+    const first = await context.newPage();
+    await page(first);
+    await waitForTransport(first, 'websocket');
+    assert.equal(await first.evaluate(() => window.__client.active.shared || false), false);
+    // Every frame from the gateway 100 ms late (a far gateway): the publishes of the last
+    // 100 ms before the move are still owed their acknowledgement when it comes.
+    await first.evaluate(() => {
+      const client = window.__client;
+      const ws = client.active.ws;
+      const onmessage = ws.onmessage;
+      ws.onmessage = (event) => setTimeout(() => onmessage.call(ws, event), 100);
+      const state = (window.__pub = { sent: 0, acks: [], errors: [], owedAtMove: null, after: 0 });
+      const promote = client._promote;
+      client._promote = function (rung) {
+        if (rung.shared && state.owedAtMove === null) state.owedAtMove = Object.keys(client.pending).length;
+        return promote.call(this, rung);
+      };
+      (function burst() {
+        for (let i = 0; i < 5; i++) {
+          state.sent += 1;
+          client.publish('feed', { n: state.sent }, (err, position) => {
+            if (err) state.errors.push(err.code);
+            else state.acks.push(position.offset);
+          });
+        }
+        if (state.owedAtMove === null || state.after++ < 10) setTimeout(burst, 10);
+      })();
+    });
+    const second = await context.newPage();
+    await page(second);
+    await first.waitForFunction(() => window.__pub.owedAtMove !== null && window.__pub.after > 10, null, { timeout: 20_000 });
+    await first.waitForFunction(() => window.__pub.acks.length + window.__pub.errors.length === window.__pub.sent, null, { timeout: 20_000 });
+    const state = await first.evaluate(() => window.__pub);
+    console.log(`a lone tab moving to the worker with ${state.owedAtMove} WebSocket publishes owed: ` +
+      `${state.acks.length} of ${state.sent} acknowledged, errors ${JSON.stringify(state.errors)}`);
+    assert.ok(state.owedAtMove > 0, 'publishes were in flight at the move');
+    assert.deepEqual(state.errors, []);
+    assert.deepEqual([...state.acks].sort((a, b) => a - b), Array.from({ length: state.sent }, (_, i) => i + 1));
+    // The channel holds each publish once: the next one lands right after them.
+    assert.equal((await publish(gateway.url, 'feed', { n: 0 })).offset, state.sent + 1);
+  } finally {
+    await context.close();
+    await front.close();
+    await gateway.stop();
+  }
+});
+
+test(`${TABS} tabs opened at once converge on one connection, and the burst opens at most two streams`, async () => {
+  // The first tab connects on its own at once; the others, seeing it start, wait on the
+  // worker's connection instead of each opening a stream of their own.
+  const gateway = await startGateway({ CASCADE_TRANSPORTS: 'sse,longpoll,poll' });
+  const front = await startFront(gateway.port);
+  const context = await browser.newContext();
+  const tick = ticker(gateway.url, 'feed');
+  try {
+    const pages = await Promise.all(Array.from({ length: TABS }, () => context.newPage()));
+    const openedAt = Date.now();
+    await Promise.all(pages.map((page) => page.goto(testPageUrl(front.url, { channels: ['feed'] }))));
+    for (const page of pages) await waitForMessages(page, 'feed', 5);
+    const allMs = Date.now() - openedAt;
+    await eventually(`one connection for ${TABS} tabs`, async () => (await connections(gateway)).all === 1);
+    for (const page of pages) {
+      await page.waitForFunction(() => window.__client.active && window.__client.active.shared === true, null, { timeout: 20_000 });
+      const count = (await page.evaluate(() => window.__app.received.feed.length)) + 5;
+      const received = await waitForMessages(page, 'feed', count);
+      assert.equal(contiguous(received), null, 'each message once, in order');
+    }
+    const streams = front.counts.paths['/sse'] || 0;
+    console.log(`${TABS} tabs opened at once: ${streams} SSE requests, ${front.counts.paths['/longpoll'] || 0} long polls, ` +
+      `every tab's first 5 messages within ${allMs} ms; requests ${JSON.stringify(front.counts.paths)}`);
+    assert.ok(streams <= 2, `${streams} SSE requests for a burst of ${TABS} tabs`);
+    assert.equal((await connections(gateway)).all, 1);
   } finally {
     await tick.stop();
     await context.close();
