@@ -58,7 +58,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 128 * 1024,
             max_channels: 128,
             subscriber_queue: 1024,
-            publish_backlog: 32_768,
+            publish_backlog: 8_192,
             write_timeout_ms: 10_000,
             max_connections: 50_000,
             max_connections_per_ip: 1000,
