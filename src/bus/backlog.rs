@@ -70,7 +70,7 @@ impl Backlog {
         self.limit > 0 && self.queued.load(Ordering::Relaxed) > self.limit
     }
 
-    /// Waits while the backlog is over the limit and shrinking, at most [`MAX_WAIT`].
+    /// Waits while the backlog is over the limit and shrinking, at most a second in all.
     /// Returns how long it waited, `None` when it did not.
     pub async fn wait(&self) -> Option<Duration> {
         if !self.over() {

@@ -200,12 +200,7 @@ impl RedisClusterEngine {
                 Ok(Err(err)) => return Err(unavailable(err)),
                 Err(_) => return Err(Error::EngineUnavailable("WAIT timed out".into())),
             };
-        if reached < i64::from(wanted) {
-            return Err(Error::EngineUnavailable(format!(
-                "the publish reached {reached} of {wanted} replicas in time"
-            )));
-        }
-        Ok(())
+        redis_script::replicated(reached, wanted)
     }
 
     async fn history_now(

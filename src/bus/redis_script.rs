@@ -342,6 +342,17 @@ pub(super) fn history(channel: &Channel, raw: RawHistory) -> Result<History> {
     })
 }
 
+/// `WAIT`'s answer as the bus reports it: a publish is acknowledged only once `wanted`
+/// replicas hold it.
+pub(super) fn replicated(reached: i64, wanted: u32) -> Result<()> {
+    if reached < i64::from(wanted) {
+        return Err(Error::EngineUnavailable(format!(
+            "the publish reached {reached} of {wanted} replicas in time"
+        )));
+    }
+    Ok(())
+}
+
 /// A Redis error as the bus reports it.
 pub(super) fn unavailable(err: redis::RedisError) -> Error {
     Error::EngineUnavailable(format!("redis: {err}"))

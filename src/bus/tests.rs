@@ -36,6 +36,8 @@ enum Kind {
 mod local_cluster;
 #[path = "../../tests/support/redis_sentinel.rs"]
 mod local_sentinel;
+#[path = "../../tests/support/process.rs"]
+mod process;
 
 /// A bus, and the local cluster its engine needs, if any.
 struct TestBus {

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod nodes;
+pub mod process;
 pub mod raw_http;
 pub mod redis_cluster;
 pub mod redis_sentinel;

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::process::run;
+
 /// How long the cluster may take to form, fail over or settle.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -327,32 +329,6 @@ pub fn shard_subscriptions(url: &str) -> String {
         ));
     }
     report
-}
-
-/// Runs `command` to completion within `limit` (killing it by PID when it overruns);
-/// its trimmed stdout when it succeeded. Its output must fit a pipe's buffer.
-fn run(mut command: Command, limit: Duration) -> Option<String> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-cli on PATH");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().ok()? {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut stdout).ok()?;
-    status.success().then(|| stdout.trim().to_owned())
 }
 
 /// `count` ports of 127.0.0.1 that are free, each with its cluster bus port (+10000).

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::process::run;
+
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "cascade-test";
 
@@ -269,31 +271,6 @@ fn spawn(mut command: Command) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server on PATH")
-}
-
-/// Runs `command` within `limit`; its stdout when it succeeded.
-fn run(mut command: Command, limit: Duration) -> Option<String> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-cli on PATH");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().ok()? {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut stdout).ok()?;
-    status.success().then(|| stdout.trim().to_owned())
 }
 
 /// `count` distinct free ports of 127.0.0.1.
