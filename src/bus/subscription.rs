@@ -8,13 +8,13 @@
 //! from its position, which fills the hole or reports an explicit gap. The same code serves
 //! every engine.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 mod client;
+mod pending;
 
 use super::control::Control;
 use super::inbox::{ExpressSwitch, Inbox};
@@ -72,7 +72,7 @@ pub struct Subscription {
     /// `limits.max_channels` entries, usually one, and is searched on every delivery,
     /// where a linear scan beats hashing the channel name.
     channels: Vec<Followed>,
-    pending: VecDeque<Event>,
+    pending: pending::Pending,
     /// A live message taken off the queue whose hole is being filled; kept here so that
     /// `next` stays cancel-safe across the history read.
     stash: Option<Arc<Message>>,
@@ -88,7 +88,7 @@ impl Subscription {
             id,
             inbox: Inbox::new(queue_len, cut),
             channels: Vec::new(),
-            pending: VecDeque::new(),
+            pending: Default::default(),
             stash: None,
             taken: 0,
         }
