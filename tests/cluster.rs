@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::nodes::{Node, RedisServer};
+// Publishers are backends: they authenticate with an API key, as in production.
+use support::stream::{API_KEY, NodeUrl};
 use support::*;
 
 fn redis_url() -> String {
     std::env::var("CASCADE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
-
-/// Publishers are backends: they authenticate with an API key, as in production.
-const API_KEY: &str = "cluster-test-key";
 
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -42,22 +41,7 @@ fn nodes(count: usize, url: &str, prefix: &str) -> Vec<Node> {
 /// Publishes `{"n": n}` to `channel` on `node`; returns the acknowledged offset, or the
 /// error code when the gateway refused.
 async fn publish(node: &Node, channel: &str, n: u64) -> Result<(String, u64), String> {
-    let response = http()
-        .post(node.url("/publish"))
-        .header("X-Cascade-Api-Key", API_KEY)
-        .json(&json!({"channel": channel, "data": {"n": n}}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(body["error"]["code"].as_str().unwrap_or("?").to_owned());
-    }
-    Ok((
-        body["epoch"].as_str().unwrap().to_owned(),
-        body["offset"].as_u64().unwrap(),
-    ))
+    NodeUrl(node.url("")).publish(channel, n).await
 }
 
 /// Publishes 1..=total to `chat` on `node` in the background, pausing 2 ms after every
