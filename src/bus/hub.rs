@@ -5,17 +5,15 @@
 //! [`super::express`]). It never blocks and never waits on a reader: a full queue cuts
 //! that subscriber off (`slow_consumer`) and leaves everyone else untouched.
 
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use super::Map;
 use super::backlog::Backlog;
-use super::inbox::{Pushed, Subscriber};
+use super::inbox::Subscriber;
 use super::presence::Roster;
 use super::users::Users;
+use super::walk::{Fanout, Turn, Walker};
 use crate::protocol::{Channel, Message};
 use crate::sync::UnpoisonedRw;
 
@@ -23,36 +21,20 @@ use crate::sync::UnpoisonedRw;
 /// channels rarely contend.
 const SHARDS: usize = 32;
 
-/// Express writes are allowed while they would keep a channel's fan-out busy for at most
-/// this share of the time between its messages (1 / `EXPRESS_SHARE`). Beyond it the
-/// messages come faster than one write each can serve: queued, they go out in batches.
-const EXPRESS_SHARE: u64 = 2;
-
-/// One channel's local subscribers.
-#[derive(Default)]
-struct Subscribers {
-    /// In subscription order, which a walk follows: subscribers that came one after
-    /// the other mostly have neighbouring file descriptors and kernel sockets, and a walk
-    /// in that order finds more of the kernel's per-socket data in the cache than one in
-    /// hash order (about 7 % less system time per express write).
-    by_id: BTreeMap<u64, Subscriber>,
-    /// When its last fan-out began, in nanoseconds of the hub's clock; 0 before the first.
-    last_walk: AtomicU64,
-}
+/// Part of the channel map.
+type Shard = RwLock<Map<Channel, Arc<Fanout>>>;
 
 /// The per-node registry of live subscribers, by channel.
 pub struct Hub {
     hasher: foldhash::fast::RandomState,
-    shards: Box<[RwLock<Map<Channel, Subscribers>>]>,
-    clock: Instant,
-    /// What an express write has cost lately, in nanoseconds (a moving average).
-    write_ns: AtomicU64,
+    shards: Box<[Shard]>,
+    /// Walks each channel's messages over its subscribers; shared with the walks split
+    /// over other workers.
+    walker: Arc<Walker>,
     /// This node's clients in channels that keep presence.
     roster: Roster,
     /// This node's streams by user, for the server API's commands.
     users: Users,
-    /// Deliveries queued and not yet taken.
-    backlog: Backlog,
 }
 
 impl Default for Hub {
@@ -68,20 +50,19 @@ impl Hub {
     }
 
     /// An empty hub whose backends' publishes wait while more than `limit` deliveries
-    /// are queued (0: never); see [`Backlog`].
+    /// are queued (0: never); see [`Backlog`]. Made inside a runtime with several
+    /// workers, it splits a wide channel's walk over them.
     pub fn with_publish_backlog(limit: u64) -> Self {
         Hub {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            clock: Instant::now(),
-            write_ns: AtomicU64::new(0),
+            walker: Arc::new(Walker::new(limit)),
             roster: Roster::default(),
             users: Users::default(),
-            backlog: Backlog::new(limit),
         }
     }
 
-    fn shard(&self, channel: &Channel) -> &RwLock<Map<Channel, Subscribers>> {
+    fn shard(&self, channel: &Channel) -> &Shard {
         let index = self.hasher.hash_one(channel) as usize % SHARDS;
         &self.shards[index]
     }
@@ -90,72 +71,31 @@ impl Hub {
     /// idle ones while the channel's messages are far enough apart, queued otherwise.
     ///
     /// Engines must call this in offset order per channel. Returns how many subscribers
-    /// were handed the message.
+    /// this call handed the message (and any it walked for other publishers); a walk
+    /// going on elsewhere, or parts of it split over other workers, are not counted.
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
-        // std RwLock, not tokio's: never held across an await, and a push never blocks (an
-        // express write does not wait for the socket).
-        let shard = self.shard(&message.channel).reading();
-        let Some(subscribers) = shard.get(&message.channel) else {
-            return 0;
-        };
-        let start = self.now_ns();
-        let last = subscribers.last_walk.swap(start, Ordering::Relaxed);
-        let walk = subscribers.by_id.len() as u64 * self.write_ns.load(Ordering::Relaxed);
-        // A message that leaves a client out goes through the queues, where each
-        // subscription knows whether it is that client (see `Subscription::set_client`).
-        let express = (last == 0
-            || walk.saturating_mul(EXPRESS_SHARE) <= start.saturating_sub(last))
-            && !message.excludes_anyone();
-        let (mut delivered, mut written) = (0, 0);
-        let mut hand = |subscriber: &Subscriber| match subscriber.push(message, express) {
-            Pushed::Queued => delivered += 1,
-            Pushed::Written => written += 1,
-            Pushed::Full => subscriber.cut_off(),
-            // The subscriber is being dropped; its Drop unregisters it.
-            Pushed::Closed => {}
-        };
-        if express && subscribers.by_id.len() > 1 {
-            // Express writes are system calls: a walk of them under the shard's lock would
-            // hold off every subscribe and unsubscribe on its channels for milliseconds.
-            // It walks a copy instead; queued pushes, nanoseconds each, walk the map.
-            let copy: Vec<Subscriber> = subscribers.by_id.values().cloned().collect();
-            drop(shard);
-            // Each write is a system call whose kernel work sweeps the cache, so the next
-            // subscriber's inbox and lane were misses of their own, one after the other,
-            // on every step: a third of the walk's user time. Their loads start a step or
-            // two ahead instead: the inbox two ahead, and the lane, whose address is in
-            // the inbox, one ahead.
-            for (at, subscriber) in copy.iter().enumerate() {
-                if let Some(next) = copy.get(at + 2) {
-                    next.prefetch();
-                }
-                if let Some(next) = copy.get(at + 1) {
-                    next.prefetch_lane();
-                }
-                hand(subscriber);
-            }
-        } else {
-            subscribers.by_id.values().for_each(&mut hand);
+        match self.enqueue(message) {
+            Some(turn) => self.walk(turn),
+            None => 0,
         }
-        if delivered > 0 {
-            self.backlog.add(delivered);
-        }
-        if written > 0 {
-            let each = (self.now_ns() - start) / written as u64;
-            let average = self.write_ns.load(Ordering::Relaxed);
-            let average = if average == 0 {
-                each
-            } else {
-                (average * 7 + each) / 8
-            };
-            self.write_ns.store(average, Ordering::Relaxed);
-        }
-        delivered + written
     }
 
-    /// Nanoseconds since the hub was made; never 0.
-    fn now_ns(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64 + 1
+    /// Queues `message` for its channel's walk, in offset order: an engine calls this
+    /// while it holds whatever orders its offsets, then lets go of that and walks the
+    /// turn, if it got one, with [`Hub::walk`]. [`Hub::deliver`] does both.
+    pub fn enqueue(&self, message: &Arc<Message>) -> Option<Turn> {
+        let fanout = self
+            .shard(&message.channel)
+            .reading()
+            .get(&message.channel)?
+            .clone();
+        self.walker.enqueue(fanout, message)
+    }
+
+    /// Walks a channel's queued messages (see [`Hub::enqueue`]). Returns how many
+    /// subscribers this call handed a message.
+    pub fn walk(&self, turn: Turn) -> usize {
+        self.walker.walk(turn)
     }
 
     /// Registers a subscriber on `channel`; returns true when it is the channel's first,
@@ -170,9 +110,10 @@ impl Hub {
         subscriber: Subscriber,
     ) -> (bool, Channel) {
         let mut shard = self.shard(channel).writing();
-        let subscribers = &mut shard.entry(channel.clone()).or_default().by_id;
-        subscribers.insert(id, subscriber);
-        let first = subscribers.len() == 1;
+        let first = shard
+            .entry(channel.clone())
+            .or_default()
+            .insert(id, subscriber);
         let name = shard
             .get_key_value(channel)
             .map_or_else(|| channel.clone(), |(name, _)| name.clone());
@@ -182,11 +123,10 @@ impl Hub {
     /// Removes a subscriber from `channel`; returns true when the channel has none left.
     pub(super) fn unregister(&self, channel: &Channel, id: u64) -> bool {
         let mut shard = self.shard(channel).writing();
-        let Some(subscribers) = shard.get_mut(channel) else {
+        let Some(fanout) = shard.get(channel) else {
             return false;
         };
-        subscribers.by_id.remove(&id);
-        if subscribers.by_id.is_empty() {
+        if fanout.remove(id) {
             shard.remove(channel);
             return true;
         }
@@ -197,8 +137,8 @@ impl Hub {
     pub fn wake_all(&self) {
         for shard in self.shards.iter() {
             let shard = shard.reading();
-            for subscriber in shard.values().flat_map(|s| s.by_id.values()) {
-                subscriber.wake();
+            for fanout in shard.values() {
+                fanout.for_each(Subscriber::wake);
             }
         }
     }
@@ -216,7 +156,7 @@ impl Hub {
 
     /// Deliveries queued on this node and not yet taken.
     pub fn backlog(&self) -> &Backlog {
-        &self.backlog
+        self.walker.backlog()
     }
 
     /// This node's clients in channels that keep presence.
@@ -305,7 +245,7 @@ mod tests {
         assert_eq!(hub.deliver(&first), 1);
         assert!(inbox.try_pop().is_none(), "the first message went express");
         // As if a write took a minute: the next message comes sooner than that.
-        hub.write_ns.store(60_000_000_000, Ordering::Relaxed);
+        hub.shard(&chat).reading()[&chat].set_write_ns(60_000_000_000);
         assert!(inbox.arm_at(&chat, &first.position()));
         assert_eq!(hub.deliver(&message(&chat, 2)), 1);
         assert_eq!(inbox.try_pop().map(|m| m.offset), Some(2), "queued");
@@ -368,5 +308,101 @@ mod tests {
         );
         assert!(inboxes[2].try_pop().is_none(), "written");
         assert_eq!(inboxes[2].moved(), [(None, first.position())]);
+    }
+
+    /// Notes the thread each write was made on.
+    struct Threads(Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>);
+
+    impl crate::bus::Express for Threads {
+        fn write(
+            &self,
+            _: &Message,
+            _: Option<crate::bus::CursorAfter<'_>>,
+        ) -> crate::bus::Written {
+            self.0.lock().unwrap().push(std::thread::current().id());
+            crate::bus::Written::All
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wide_walk_is_split_over_the_workers() {
+        let hub = Hub::new();
+        let chat = Channel::parse("chat").unwrap();
+        let (first, before) = first_of(&chat);
+        let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let inboxes: Vec<Inbox> = (0..1024)
+            .map(|id| {
+                let inbox = Inbox::new(8, None);
+                inbox.set_express(Arc::new(Threads(threads.clone())));
+                hub.register(&chat, id, inbox.subscriber());
+                assert!(inbox.arm_at(&chat, &before));
+                inbox
+            })
+            .collect();
+        // The test's own thread walks one part; a worker walks the other.
+        assert_eq!(hub.deliver(&first), 512);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while threads.lock().unwrap().len() < inboxes.len() {
+            assert!(std::time::Instant::now() < deadline, "every part walked");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut seen = threads.lock().unwrap().clone();
+        seen.sort_unstable_by_key(|id| format!("{id:?}"));
+        seen.dedup();
+        assert_eq!(seen.len(), 2, "two threads wrote");
+        assert!(inboxes.iter().all(|inbox| inbox.try_pop().is_none()));
+        assert_eq!(hub.backlog().queued(), 0, "nothing queued stays counted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_walk_queues_each_subscribers_messages_in_offset_order() {
+        const MESSAGES: u64 = 300;
+        let hub = Arc::new(Hub::new());
+        let chat = Channel::parse("chat").unwrap();
+        let inboxes: Vec<Inbox> = (0..1024)
+            .map(|id| {
+                let inbox = Inbox::new(MESSAGES as usize, None);
+                hub.register(&chat, id, inbox.subscriber());
+                inbox
+            })
+            .collect();
+        // Two publishers in turn, as an engine's lock would order them.
+        let order = Arc::new(std::sync::Mutex::new(0u64));
+        let publishers: Vec<_> = (0..2)
+            .map(|_| {
+                let (hub, chat, order) = (hub.clone(), chat.clone(), order.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let turn = {
+                            let mut offset = order.lock().unwrap();
+                            if *offset == MESSAGES {
+                                return;
+                            }
+                            *offset += 1;
+                            hub.enqueue(&message(&chat, *offset))
+                        };
+                        if let Some(turn) = turn {
+                            hub.walk(turn);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            publisher.join().unwrap();
+        }
+        for (at, inbox) in inboxes.iter().enumerate() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            for offset in 1..=MESSAGES {
+                let popped = loop {
+                    if let Some(message) = inbox.try_pop() {
+                        break message;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "inbox {at}: {offset}");
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                };
+                assert_eq!(popped.offset, offset, "inbox {at}");
+            }
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The embedded engine: one process, histories in memory.
 //!
 //! Each channel has a log (epoch, head offset, retained messages) behind its own mutex.
-//! Publishing assigns the offset, appends and hands the message to the hub while holding
-//! that mutex, which is what keeps live delivery in offset order under racing publishers.
+//! Publishing assigns the offset, appends and queues the message for the hub's walk while
+//! holding that mutex, which is what keeps live delivery in offset order under racing
+//! publishers; the walk itself comes after the mutex is let go.
 //! Idle channels are swept so that memory follows the live working set.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 
 pub use super::Retention;
 use super::control::Command;
-use super::{Engine, History, Hub, Map, Reply, RetentionPolicy, now, now_ms};
+use super::{Engine, History, Hub, Map, Reply, RetentionPolicy, Turn, now, now_ms};
 use crate::protocol::{Channel, Epoch, Gap, Message, Position, Publication};
 use crate::sync::Unpoisoned;
 
@@ -113,6 +114,30 @@ impl Log {
             .collect();
         history
     }
+
+    /// Appends a publication and queues it for its walk.
+    fn append(
+        &mut self,
+        channel: &Channel,
+        publication: &Publication,
+        hub: &Hub,
+    ) -> (Arc<Message>, Option<Turn>) {
+        let now = Instant::now();
+        self.head += 1;
+        self.touched = now;
+        let message = Arc::new(Message::published(
+            channel.clone(),
+            self.epoch.clone(),
+            self.head,
+            now_ms(),
+            publication,
+        ));
+        self.messages.push_back((now, message.clone()));
+        self.trim(now);
+        // Queued under the log lock: this is the ordering guarantee the hub relies on.
+        let turn = hub.enqueue(&message);
+        (message, turn)
+    }
 }
 
 impl MemoryEngine {
@@ -169,21 +194,12 @@ impl MemoryEngine {
 
     fn publish_now(&self, channel: &Channel, publication: &Publication) -> Arc<Message> {
         let log = self.log(channel);
-        let mut log = log.locked();
-        let now = Instant::now();
-        log.head += 1;
-        log.touched = now;
-        let message = Arc::new(Message::published(
-            channel.clone(),
-            log.epoch.clone(),
-            log.head,
-            now_ms(),
-            publication,
-        ));
-        log.messages.push_back((now, message.clone()));
-        log.trim(now);
-        // Delivered under the log lock: this is the ordering guarantee the hub relies on.
-        self.hub.deliver(&message);
+        let (message, turn) = log.locked().append(channel, publication, &self.hub);
+        // Walked after the log lock is let go: a publisher racing on this channel, or a
+        // history read, waits for the append, not for the walk.
+        if let Some(turn) = turn {
+            self.hub.walk(turn);
+        }
         message
     }
 

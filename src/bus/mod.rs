@@ -19,6 +19,7 @@ mod subscription;
 #[cfg(test)]
 mod tests;
 pub mod users;
+mod walk;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ pub use express::{CursorAfter, Express, Written};
 pub use hub::Hub;
 pub use inbox::ExpressSwitch;
 pub use presence::{PresencePolicy, Present};
+pub use walk::Turn;
 
 /// What an [`Engine`] call returns: its answer at once, as the embedded engine always
 /// has it, with no allocation; or a boxed future, for an engine that waits on a network.

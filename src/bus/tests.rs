@@ -238,7 +238,46 @@ contract!(
     a_cursor_ahead_of_the_head_gets_a_gap_not_a_replay,
     a_subscriber_that_does_not_read_is_cut_off_alone,
     a_kept_value_is_rekept_and_prolonged_only_while_it_lives,
+    a_wide_channel_gets_every_message_once_in_order_under_racing_publishers,
 );
+
+/// A channel this wide is walked in parts over both workers, and racing publishers leave
+/// their messages to the walk going on: every subscriber still gets each message once,
+/// in offset order, with no gap.
+async fn a_wide_channel_gets_every_message_once_in_order_under_racing_publishers(kind: Kind) {
+    const SUBSCRIBERS: usize = 600;
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 50;
+    let bus = bus(kind).await;
+    let channel = Channel::parse("wide").unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut sub = bus.subscribe();
+        sub.add(&cursor(&channel, None)).await.unwrap();
+        subs.push(sub);
+    }
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| {
+            let bus = bus.bus.clone();
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    bus.publish(&channel, data(n)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    for (at, sub) in subs.iter_mut().enumerate() {
+        for expected in 1..=PUBLISHERS * EACH {
+            let message = next_message(sub).await;
+            assert_eq!(message.offset, expected, "subscriber {at}");
+        }
+        assert!(sub.try_next().is_none(), "subscriber {at}: nothing more");
+    }
+}
 
 /// What a Socket.IO session's state relies on: `rekeep` and `prolong` act only on a live
 /// value and never bring an expired one back; `claim_once` is won once.

@@ -131,6 +131,10 @@ impl Listener {
                             Some(message) => self.deliver(Arc::new(message)),
                             None => tracing::warn!(channel = message.get_channel_name(), "malformed message on redis pub/sub"),
                         }
+                        // A wide channel's walk goes on on other workers after `deliver`
+                        // returns; reading on while the node's backlog is over its bound
+                        // would only queue more.
+                        self.hub.backlog().wait().await;
                     }
                 }
             }

@@ -301,6 +301,10 @@ impl Listener {
                     }
                     None => tracing::warn!("malformed message on redis sharded pub/sub"),
                 }
+                // A wide channel's walk goes on on other workers after `deliver` returns;
+                // reading on while the node's backlog is over its bound would only queue
+                // more.
+                self.hub.backlog().wait().await;
             }
             // A server API command, from any node.
             PushKind::Message => {
