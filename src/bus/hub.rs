@@ -310,37 +310,59 @@ mod tests {
         assert_eq!(inboxes[2].moved(), [(None, first.position())]);
     }
 
-    /// Notes the thread each write was made on.
-    struct Threads(Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>);
+    /// Notes the thread each write was made on, and holds a thread's first write until
+    /// two threads have written (for at most two seconds): parts walked one after the
+    /// other on one thread would end up with one.
+    struct Meet(Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>);
 
-    impl crate::bus::Express for Threads {
+    impl crate::bus::Express for Meet {
         fn write(
             &self,
             _: &Message,
             _: Option<crate::bus::CursorAfter<'_>>,
         ) -> crate::bus::Written {
-            self.0.lock().unwrap().push(std::thread::current().id());
+            let me = std::thread::current().id();
+            let first = {
+                let mut seen = self.0.lock().unwrap();
+                let first = !seen.contains(&me);
+                seen.push(me);
+                first
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while first && std::time::Instant::now() < deadline {
+                let mut seen = self.0.lock().unwrap().clone();
+                seen.sort_unstable_by_key(|id| format!("{id:?}"));
+                seen.dedup();
+                if seen.len() > 1 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
             crate::bus::Written::All
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wide_walk_is_split_over_the_workers() {
-        let hub = Hub::new();
+        let hub = Arc::new(Hub::new());
         let chat = Channel::parse("chat").unwrap();
         let (first, before) = first_of(&chat);
         let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let inboxes: Vec<Inbox> = (0..1024)
             .map(|id| {
                 let inbox = Inbox::new(8, None);
-                inbox.set_express(Arc::new(Threads(threads.clone())));
+                inbox.set_express(Arc::new(Meet(threads.clone())));
                 hub.register(&chat, id, inbox.subscriber());
                 assert!(inbox.arm_at(&chat, &before));
                 inbox
             })
             .collect();
-        // The test's own thread walks one part; a worker walks the other.
-        assert_eq!(hub.deliver(&first), 512);
+        // Published from a worker, as a request or an engine's listener would.
+        let publisher = hub.clone();
+        let handed = tokio::spawn(async move { publisher.deliver(&first) })
+            .await
+            .unwrap();
+        assert_eq!(handed, 0, "every part is left to the workers");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while threads.lock().unwrap().len() < inboxes.len() {
             assert!(std::time::Instant::now() < deadline, "every part walked");
@@ -349,7 +371,7 @@ mod tests {
         let mut seen = threads.lock().unwrap().clone();
         seen.sort_unstable_by_key(|id| format!("{id:?}"));
         seen.dedup();
-        assert_eq!(seen.len(), 2, "two threads wrote");
+        assert_eq!(seen.len(), 2, "both workers wrote");
         assert!(inboxes.iter().all(|inbox| inbox.try_pop().is_none()));
         assert_eq!(hub.backlog().queued(), 0, "nothing queued stays counted");
     }
@@ -357,7 +379,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_split_walk_queues_each_subscribers_messages_in_offset_order() {
         const MESSAGES: u64 = 300;
-        let hub = Arc::new(Hub::new());
+        let mut hub = Hub::new();
+        Arc::get_mut(&mut hub.walker).unwrap().split_every_walk();
+        let hub = Arc::new(hub);
         let chat = Channel::parse("chat").unwrap();
         let inboxes: Vec<Inbox> = (0..1024)
             .map(|id| {

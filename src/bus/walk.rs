@@ -10,10 +10,10 @@
 //!
 //! A walk reads a snapshot of the channel's subscribers, made at the first walk after
 //! they change, so a hot channel's walks take no lock on its subscribers and copy none of
-//! them. A channel of [`SPREAD_FROM`] subscribers or more is walked in parts, one per
-//! worker: each part's pushes, wake-ups and express writes run on a core of their own,
-//! and the part that ends last walks the next message, so that every subscriber still
-//! gets its channel's messages in order.
+//! them. An express walk (see [`super::express`]) over [`SPREAD_FROM`] subscribers or
+//! more is walked in parts, one per worker: each part's writes run on a core of their
+//! own, and the part that ends last walks the next message, so that every subscriber
+//! still gets its channel's messages in order.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,9 +32,9 @@ use crate::sync::Unpoisoned;
 /// messages come faster than one write each can serve: queued, they go out in batches.
 const EXPRESS_SHARE: u64 = 2;
 
-/// From this many subscribers on, a channel's walk is split over the workers. Below it a
-/// part's spawn and hand-over (a few microseconds) would not pay for itself when the
-/// messages are queued (tens of nanoseconds a subscriber).
+/// From this many subscribers on, an express walk is split over the workers: a walk of
+/// about a millisecond of writes or more, against a few microseconds for a part's spawn
+/// and hand-over.
 const SPREAD_FROM: usize = 512;
 
 /// No part of a split walk has fewer subscribers than this.
@@ -156,6 +156,8 @@ pub(super) struct Walker {
     backlog: Backlog,
     /// The runtime and its number of workers, when it has more than one.
     workers: Option<(Handle, usize)>,
+    /// Whether queued walks are split too (tests of the hand-over between parts).
+    split_queued: bool,
 }
 
 impl Walker {
@@ -173,7 +175,14 @@ impl Walker {
             clock: Instant::now(),
             backlog: Backlog::new(limit),
             workers,
+            split_queued: false,
         }
+    }
+
+    /// Splits queued walks as well as express ones, for tests of the hand-over.
+    #[cfg(test)]
+    pub(super) fn split_every_walk(&mut self) {
+        self.split_queued = true;
     }
 
     /// Deliveries queued on this node and not yet taken.
@@ -197,8 +206,8 @@ impl Walker {
         Some(Turn(fanout))
     }
 
-    /// Walks the turn's queue until it is empty, or until a split walk leaves the rest to
-    /// its last part. Returns how many subscribers this thread handed a message.
+    /// Walks the turn's queue until it is empty, or until a walk split in parts leaves the
+    /// rest to its last part. Returns how many subscribers this thread handed a message.
     pub(super) fn walk(self: &Arc<Self>, Turn(fanout): Turn) -> usize {
         let mut handed = 0;
         while let Some((message, counted)) = fanout.next() {
@@ -210,15 +219,18 @@ impl Walker {
             } else {
                 self.backlog.take(counted - len);
             }
-            let parts = self.parts(len);
             let start = self.now_ns();
             let last = fanout.last_walk.swap(start, Ordering::Relaxed);
-            let walk_ns = len as u64 * fanout.write_ns.load(Ordering::Relaxed) / parts as u64;
+            // The whole walk's writes, even when parts run side by side: an express write
+            // costs several times a batched one, and is worth it only while the channel's
+            // writes would keep one core busy for at most a share of the time.
+            let walk_ns = len as u64 * fanout.write_ns.load(Ordering::Relaxed);
             // A message that leaves a client out goes through the queues, where each
             // subscription knows whether it is that client (see `Subscription::set_client`).
             let express = (last == 0
                 || walk_ns.saturating_mul(EXPRESS_SHARE) <= start.saturating_sub(last))
                 && !message.excludes_anyone();
+            let parts = self.parts(len, express);
             let walk = Walk {
                 message,
                 express,
@@ -230,9 +242,14 @@ impl Walker {
                 handed += self.walk_part(&fanout, &walk, 0);
                 continue;
             }
+            // Every part is spawned, none walked here: a task spawned from a worker goes
+            // into that worker's next-task slot, where no other worker can take it, and
+            // each later spawn moves the one before into the worker's queue, where an
+            // idle worker steals it. So the parts run side by side, and this thread
+            // (a publisher's request, or an engine's listener) goes on at once.
             let walk = Arc::new(walk);
             if let Some((handle, _)) = &self.workers {
-                for part in 1..parts {
+                for part in 0..parts {
                     let (walker, fanout, walk) = (self.clone(), fanout.clone(), walk.clone());
                     handle.spawn(async move {
                         walker.walk_part(&fanout, &walk, part);
@@ -242,19 +259,23 @@ impl Walker {
                     });
                 }
             }
-            handed += self.walk_part(&fanout, &walk, 0);
-            if walk.left.fetch_sub(1, Ordering::AcqRel) != 1 {
-                // A part still runs elsewhere; the one that ends last goes on.
-                return handed;
-            }
+            return handed;
         }
         handed
     }
 
     /// How many parts a walk over `len` subscribers is split into.
-    fn parts(&self, len: usize) -> usize {
+    ///
+    /// Only an express walk is split: its writes are system calls, microseconds each, and
+    /// side by side they end sooner. A queued walk's pushes take tens of nanoseconds; split,
+    /// its parts wake each subscriber's task sooner, which then writes one message where
+    /// it would have written a batch: on two shared cores, 2.4 times the gateway's CPU per
+    /// delivery unpaced (BENCHMARKS.md).
+    fn parts(&self, len: usize, express: bool) -> usize {
         match &self.workers {
-            Some((_, workers)) if len >= SPREAD_FROM => (len / PART_MIN).min(*workers),
+            Some((_, workers)) if (express || self.split_queued) && len >= SPREAD_FROM => {
+                (len / PART_MIN).min(*workers)
+            }
             _ => 1,
         }
     }
