@@ -2,7 +2,10 @@
 //! several gateways in one process).
 //!
 //! Per-transport handles are resolved once at start-up: the delivery path increments plain
-//! counters and never looks a label up.
+//! counters and never looks a label up, and its own counters are striped by thread (see
+//! [`deliveries`]).
+
+use std::sync::Arc;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -10,6 +13,9 @@ use prometheus::{
 };
 
 use crate::config::{HookEvent, Transport};
+
+mod deliveries;
+pub use deliveries::{Deliveries, DeliveryCollector};
 
 /// Reasons a client may give for a failed rung; anything else is counted as `other` so
 /// that clients cannot blow up the label cardinality.
@@ -81,12 +87,8 @@ pub struct TransportMetrics {
     pub open: IntGauge,
     /// Connections accepted or requests served.
     pub served: IntCounter,
-    /// Messages delivered.
-    pub delivered: IntCounter,
-    /// Bytes of message payload written.
-    pub bytes: IntCounter,
-    /// Publish-to-delivery lag.
-    pub lag: Histogram,
+    /// Messages delivered, their bytes and their publish-to-delivery lag.
+    pub deliveries: Arc<Deliveries>,
     /// Subscribers cut off because they could not keep up.
     pub slow_consumers: IntCounter,
     /// Gaps reported to clients.
@@ -97,10 +99,7 @@ impl TransportMetrics {
     /// Records one delivered message of `bytes` bytes published at `ts_ms`.
     #[inline] // On every delivery; a call across codegen units otherwise.
     pub fn record_delivery(&self, bytes: usize, ts_ms: u64, now_ms: u64) {
-        self.delivered.inc();
-        self.bytes.inc_by(bytes as u64);
-        self.lag
-            .observe(now_ms.saturating_sub(ts_ms) as f64 / 1000.0);
+        self.deliveries.record(bytes, ts_ms, now_ms);
     }
 }
 
@@ -127,34 +126,6 @@ impl Metrics {
                 "cascade_connections_total",
                 "Connections accepted (websocket, sse) or requests served (longpoll, poll).",
             ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let delivered = IntCounterVec::new(
-            Opts::new(
-                "cascade_messages_delivered_total",
-                "Messages delivered to clients.",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let bytes = IntCounterVec::new(
-            Opts::new(
-                "cascade_delivered_bytes_total",
-                "Bytes of delivered message JSON written to clients.",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let lag = prometheus::HistogramVec::new(
-            HistogramOpts::new(
-                "cascade_delivery_lag_seconds",
-                "Time from publish to the delivery write.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
             &["transport"],
         )
         .expect("valid metric");
@@ -274,9 +245,6 @@ impl Metrics {
             Box::new(engine_roundtrip.clone()),
             Box::new(open.clone()),
             Box::new(served.clone()),
-            Box::new(delivered.clone()),
-            Box::new(bytes.clone()),
-            Box::new(lag.clone()),
             Box::new(slow.clone()),
             Box::new(gaps.clone()),
             Box::new(negotiations.clone()),
@@ -308,15 +276,23 @@ impl Metrics {
             TransportMetrics {
                 open: open.with_label_values(&label),
                 served: served.with_label_values(&label),
-                delivered: delivered.with_label_values(&label),
-                bytes: bytes.with_label_values(&label),
-                lag: lag.with_label_values(&label),
+                deliveries: Arc::new(Deliveries::default()),
                 slow_consumers: slow.with_label_values(&label),
                 gaps: gaps.with_label_values(&label),
             }
         };
         let transports = Transport::ALL.map(|t| per_label(t.name()));
         let socketio = SOCKETIO_TRANSPORTS.map(per_label);
+        let deliveries = Transport::ALL
+            .iter()
+            .map(|t| t.name())
+            .chain(SOCKETIO_TRANSPORTS)
+            .zip(transports.iter().chain(&socketio))
+            .map(|(name, t)| (name.to_owned(), t.deliveries.clone()))
+            .collect();
+        registry
+            .register(Box::new(DeliveryCollector::new(deliveries)))
+            .expect("unique metric names");
         Metrics {
             registry,
             transports,
