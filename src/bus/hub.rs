@@ -429,4 +429,81 @@ mod tests {
             }
         }
     }
+
+    /// Panics at its first write, as a transport's bug would.
+    struct PanicOnce(std::sync::atomic::AtomicBool);
+
+    impl crate::bus::Express for PanicOnce {
+        fn write(
+            &self,
+            _: &Message,
+            _: Option<crate::bus::CursorAfter<'_>>,
+        ) -> crate::bus::Written {
+            if !self.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                panic!("a transport's bug");
+            }
+            crate::bus::Written::All
+        }
+    }
+
+    /// Subscribers of `chat`, armed before its first message; the first one's writes
+    /// panic once.
+    fn with_a_panicking_subscriber(hub: &Hub, chat: &Channel, count: u64) -> Vec<Inbox> {
+        let (_, before) = first_of(chat);
+        (0..count)
+            .map(|id| {
+                let inbox = Inbox::new(8, None);
+                if id == 0 {
+                    let once = PanicOnce(std::sync::atomic::AtomicBool::new(false));
+                    inbox.set_express(Arc::new(once));
+                } else {
+                    inbox.set_express(Arc::new(Accept));
+                }
+                hub.register(chat, id, inbox.subscriber());
+                assert!(inbox.arm_at(chat, &before));
+                inbox
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_that_panics_leaves_the_channel_to_the_next_publish() {
+        let hub = Arc::new(Hub::new());
+        let chat = Channel::parse("chat").unwrap();
+        let inboxes = with_a_panicking_subscriber(&hub, &chat, 2);
+        let (first, _) = first_of(&chat);
+        let publisher = hub.clone();
+        let walked = tokio::spawn(async move { publisher.deliver(&first) }).await;
+        assert!(walked.unwrap_err().is_panic());
+        // Queued for the subscriber whose write panicked, written to the other.
+        assert_eq!(hub.deliver(&message(&chat, 2)), 2);
+        assert_eq!(inboxes[0].try_pop().map(|m| m.offset), Some(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_walk_whose_part_panics_leaves_the_channel_to_the_next_publish() {
+        let hub = Arc::new(Hub::new());
+        let chat = Channel::parse("chat").unwrap();
+        let inboxes = with_a_panicking_subscriber(&hub, &chat, 1024);
+        let (first, _) = first_of(&chat);
+        let second = message(&chat, 2);
+        let publisher = hub.clone();
+        tokio::spawn(async move { publisher.deliver(&first) })
+            .await
+            .unwrap();
+        // The part without the panic wrote the first message; the second goes out once
+        // a publish finds the turn given up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let last = inboxes.last().unwrap();
+        let mut moved = Vec::new();
+        while !moved.contains(&(None, second.position())) {
+            assert!(std::time::Instant::now() < deadline, "moved {moved:?}");
+            let (publisher, second) = (hub.clone(), second.clone());
+            tokio::spawn(async move { publisher.deliver(&second) })
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            moved.extend(last.moved());
+        }
+    }
 }

@@ -149,6 +149,40 @@ impl Walk {
     }
 }
 
+/// Gives a channel's turn up when its walker panics (a transport's write, say), so that
+/// the next publisher takes it and walks what is queued, instead of the channel's
+/// messages waiting for a walk that never comes.
+struct GiveUpTurn<'a>(&'a Fanout);
+
+impl Drop for GiveUpTurn<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.walks.locked().walking = false;
+        }
+    }
+}
+
+/// Counts a part of a split walk as ended, even one that panicked; after a panic, the last
+/// part to end gives the channel's turn up (see [`GiveUpTurn`]).
+struct EndPart<'a>(&'a Fanout, &'a Walk);
+
+impl EndPart<'_> {
+    /// Ends the part normally: true when it was the last, which then walks on.
+    fn last(self) -> bool {
+        let last = self.1.left.fetch_sub(1, Ordering::AcqRel) == 1;
+        std::mem::forget(self);
+        last
+    }
+}
+
+impl Drop for EndPart<'_> {
+    fn drop(&mut self) {
+        if self.1.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.walks.locked().walking = false;
+        }
+    }
+}
+
 /// What every channel's walks share: the clock, the node's backlog and the runtime that
 /// wide walks are split over.
 pub(super) struct Walker {
@@ -209,6 +243,7 @@ impl Walker {
     /// Walks the turn's queue until it is empty, or until a walk split in parts leaves the
     /// rest to its last part. Returns how many subscribers this thread handed a message.
     pub(super) fn walk(self: &Arc<Self>, Turn(fanout): Turn) -> usize {
+        let _unwinding = GiveUpTurn(&fanout);
         let mut handed = 0;
         while let Some((message, counted)) = fanout.next() {
             let subscribers = fanout.snapshot();
@@ -252,9 +287,10 @@ impl Walker {
                 for part in 0..parts {
                     let (walker, fanout, walk) = (self.clone(), fanout.clone(), walk.clone());
                     handle.spawn(async move {
+                        let end = EndPart(&fanout, &walk);
                         walker.walk_part(&fanout, &walk, part);
-                        if walk.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            walker.walk(Turn(fanout));
+                        if end.last() {
+                            walker.walk(Turn(fanout.clone()));
                         }
                     });
                 }
