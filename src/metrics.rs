@@ -3,7 +3,7 @@
 //!
 //! Per-transport handles are resolved once at start-up: the delivery path increments plain
 //! counters and never looks a label up, and its own counters are striped by thread (see
-//! [`deliveries`]).
+//! [`Deliveries`]).
 
 use std::sync::Arc;
 
