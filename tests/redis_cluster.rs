@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -48,85 +46,18 @@ fn nodes_with(count: usize, cluster: &RedisCluster, test: &str, min_replicas: &s
     (0..count).map(|_| Node::spawn(&env)).collect()
 }
 
-/// What a disrupted stream came to.
-#[derive(Debug)]
-struct Outcome {
-    /// Gaps the subscriber was told of.
-    gaps: usize,
-    /// Acknowledged messages it did not get, each covered by a reported gap.
-    covered: usize,
-    /// Publishes refused (and retried) during the disruption.
-    refused: usize,
-    /// Times the subscriber had to reconnect and resume from its cursor.
-    resumed: usize,
-    /// Whether publishing went on after the disruption was over.
-    outlived: bool,
-    /// The longest the subscriber waited between two events (the publisher sends one
-    /// every 5 ms or so): how long the disruption held the stream up.
-    longest_wait: Duration,
-}
-
-/// Runs a publisher on node 0 and a WebSocket subscriber on node 1 of `cluster`, calls
-/// `disrupt` (on a blocking thread) once `at` messages are acknowledged, and checks what
-/// the subscriber saw against what was acknowledged.
+/// Streams 300 messages through two nodes on `cluster` and disrupts it after 60 (see
+/// [`stream_through`](support::stream::stream_through)).
 async fn stream_through(
     cluster: RedisCluster,
     test: &str,
     min_replicas: &str,
     disrupt: impl FnOnce(&mut RedisCluster) + Send + 'static,
 ) -> (Outcome, RedisCluster) {
-    let (total, at) = (300, 60);
     let nodes = nodes_with(2, &cluster, test, min_replicas);
-    let start = subscribed_position(&nodes[1], "chat").await;
-    let cursor = format!("chat@{}:{}", start.0, start.1);
-    let acked = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(OnceLock::new());
-    let publisher = spawn_publisher(&nodes[0], "chat", total, acked.clone(), last.clone());
     let url = cluster.url();
-    let follower = follow(
-        &nodes[1],
-        "chat",
-        cursor,
-        |seen| last.get().is_some_and(|last| reached(seen, last)),
-        || {
-            for line in nodes[1].log().iter().filter(|l| l.contains("redis")) {
-                eprintln!("node 1: {line}");
-            }
-            support::redis_cluster::shard_subscriptions(&url)
-        },
-    );
-    let disruption = async {
-        eventually("the first acknowledgements", || async {
-            acked.load(Ordering::Relaxed) >= at
-        })
-        .await;
-        let mut cluster = cluster;
-        let cluster = tokio::task::spawn_blocking(move || {
-            disrupt(&mut cluster);
-            cluster
-        })
-        .await
-        .expect("disruption");
-        (cluster, acked.load(Ordering::Relaxed))
-    };
-    let ((seen, resumed, longest_wait), (cluster, acked_by_then)) =
-        tokio::join!(follower, disruption);
-    let support::stream::Published { acks, refused, .. } = publisher.await.unwrap();
-    let (gaps, covered) = check(start, &seen, &acks);
-    let outcome = Outcome {
-        gaps,
-        covered,
-        refused,
-        resumed,
-        outlived: acked_by_then < total,
-        longest_wait,
-    };
-    // Shown when a test fails: how the subscriber's node followed the cluster.
-    for line in nodes[1].log().iter().filter(|l| l.contains("redis")) {
-        eprintln!("node 1: {line}");
-    }
-    eprintln!("{test}: {} acknowledged, {outcome:?}", acks.len());
-    (outcome, cluster)
+    let engine_state = || support::redis_cluster::shard_subscriptions(&url);
+    support::stream::stream_through(test, &nodes, (300, 60), cluster, disrupt, engine_state).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::nodes::Node;
@@ -98,110 +96,21 @@ async fn publish_and_subscribe_through_the_sentinels() {
     assert!(logged.contains("following the master"), "{logged}");
 }
 
-/// What a failover did to a stream, measured from the moment it began.
-#[derive(Debug)]
-struct Outcome {
-    /// Gaps the subscriber was told of.
-    gaps: usize,
-    /// Acknowledged messages it did not get, each covered by a reported gap.
-    covered: usize,
-    /// Publishes refused (and retried) during the failover.
-    refused: usize,
-    /// Times the subscriber had to reconnect and resume from its cursor.
-    resumed: usize,
-    /// Whether publishing went on after the failover was over.
-    outlived: bool,
-    /// From the failover's start to the first publish acknowledged after the longest
-    /// pause between two acknowledgements (the publisher sends every 5 ms or so).
-    publish_back: Duration,
-    /// The longest the subscriber waited between two events.
-    longest_wait: Duration,
-}
-
-/// Runs a publisher on node 0 and a WebSocket subscriber on node 1, calls `disrupt` (on
-/// a blocking thread) once `at` messages are acknowledged, and checks what the
-/// subscriber saw against what was acknowledged.
+/// Streams 600 messages through two nodes on a fresh Sentinel set and disrupts it after
+/// 60 (see [`stream_through`](support::stream::stream_through)).
 async fn stream_through(
     test: &str,
     min_replicas: &str,
     disrupt: impl FnOnce(&mut RedisSentinel) + Send + 'static,
 ) -> Outcome {
-    let (total, at) = (600, 60);
     let set = tokio::task::spawn_blocking(RedisSentinel::start)
         .await
         .unwrap();
     let nodes = nodes(2, &set, test, min_replicas);
-    let start = subscribed_position(&nodes[1], "chat").await;
-    let cursor = format!("chat@{}:{}", start.0, start.1);
-    let acked = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(OnceLock::new());
-    let publisher = spawn_publisher(&nodes[0], "chat", total, acked.clone(), last.clone());
-    let follower = follow(
-        &nodes[1],
-        "chat",
-        cursor,
-        |seen| last.get().is_some_and(|last| reached(seen, last)),
-        || {
-            for line in nodes[1].log().iter().filter(|l| l.contains("redis")) {
-                eprintln!("node 1: {line}");
-            }
-            String::new()
-        },
-    );
-    let disruption = async {
-        eventually("the first acknowledgements", || async {
-            acked.load(Ordering::Relaxed) >= at
-        })
-        .await;
-        let began = Instant::now();
-        let mut set = set;
-        let set = tokio::task::spawn_blocking(move || {
-            disrupt(&mut set);
-            set
-        })
+    let engine_state = String::new;
+    support::stream::stream_through(test, &nodes, (600, 60), set, disrupt, engine_state)
         .await
-        .expect("disruption");
-        (set, began, acked.load(Ordering::Relaxed))
-    };
-    let ((seen, resumed, longest_wait), (_set, began, acked_by_then)) =
-        tokio::join!(follower, disruption);
-    let published = publisher.await.unwrap();
-    let (gaps, covered) = check(start, &seen, &published.acks);
-    let after: Vec<Instant> = published
-        .acked_at
-        .iter()
-        .copied()
-        .filter(|&t| t >= began)
-        .collect();
-    let mut publish_back = after.first().map_or(Duration::ZERO, |t| *t - began);
-    let mut longest_pause = publish_back;
-    for pair in after.windows(2) {
-        if pair[1] - pair[0] > Duration::from_millis(200) {
-            eprintln!(
-                "{test}: no acknowledgement from +{:?} to +{:?}",
-                pair[0] - began,
-                pair[1] - began
-            );
-        }
-        if pair[1] - pair[0] > longest_pause {
-            longest_pause = pair[1] - pair[0];
-            publish_back = pair[1] - began;
-        }
-    }
-    let outcome = Outcome {
-        gaps,
-        covered,
-        refused: published.refused,
-        resumed,
-        outlived: acked_by_then < total,
-        publish_back,
-        longest_wait,
-    };
-    for line in nodes[1].log().iter().filter(|l| l.contains("redis")) {
-        eprintln!("node 1: {line}");
-    }
-    eprintln!("{test}: {} acknowledged, {outcome:?}", published.acks.len());
-    outcome
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

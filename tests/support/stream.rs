@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::http;
 use super::nodes::Node;
+use super::{eventually, http};
 
 /// Publishers are backends: they authenticate with an API key, as in production.
 pub const API_KEY: &str = "stream-test-key";
@@ -258,4 +258,113 @@ pub async fn subscribed_position(node: &Node, channel: &str) -> (String, u64) {
     let cursor = reply["cursor"].as_str().unwrap();
     let (epoch, offset) = cursor.split_once('@').unwrap().1.split_once(':').unwrap();
     (epoch.to_owned(), offset.parse().unwrap())
+}
+
+/// What a disrupted stream came to.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Gaps the subscriber was told of.
+    pub gaps: usize,
+    /// Acknowledged messages it did not get, each covered by a reported gap.
+    pub covered: usize,
+    /// Publishes refused (and retried) during the disruption.
+    pub refused: usize,
+    /// Times the subscriber had to reconnect and resume from its cursor.
+    pub resumed: usize,
+    /// Whether publishing went on after the disruption was over.
+    pub outlived: bool,
+    /// From the disruption's start to the first publish acknowledged after the longest
+    /// pause between two acknowledgements (the publisher sends every 5 ms or so).
+    pub publish_back: Duration,
+    /// The longest the subscriber waited between two events: how long the disruption
+    /// held the stream up.
+    pub longest_wait: Duration,
+}
+
+/// Runs a publisher of `total` messages to `chat` on `nodes[0]` and a WebSocket subscriber
+/// on `nodes[1]`, calls `disrupt` on `engine` (on a blocking thread) once `at` messages
+/// are acknowledged, and checks what the subscriber saw against what was acknowledged.
+/// `engine_state` describes the engine when the subscriber stalls.
+pub async fn stream_through<E: Send + 'static>(
+    test: &str,
+    nodes: &[Node],
+    (total, at): (u64, u64),
+    engine: E,
+    disrupt: impl FnOnce(&mut E) + Send + 'static,
+    engine_state: impl Fn() -> String,
+) -> (Outcome, E) {
+    let node_log = || {
+        for line in nodes[1].log().iter().filter(|l| l.contains("redis")) {
+            eprintln!("node 1: {line}");
+        }
+    };
+    let start = subscribed_position(&nodes[1], "chat").await;
+    let cursor = format!("chat@{}:{}", start.0, start.1);
+    let acked = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(OnceLock::new());
+    let publisher = spawn_publisher(&nodes[0], "chat", total, acked.clone(), last.clone());
+    let follower = follow(
+        &nodes[1],
+        "chat",
+        cursor,
+        |seen| last.get().is_some_and(|last| reached(seen, last)),
+        || {
+            node_log();
+            engine_state()
+        },
+    );
+    let disruption = async {
+        eventually("the first acknowledgements", || async {
+            acked.load(Ordering::Relaxed) >= at
+        })
+        .await;
+        let began = Instant::now();
+        let mut engine = engine;
+        let engine = tokio::task::spawn_blocking(move || {
+            disrupt(&mut engine);
+            engine
+        })
+        .await
+        .expect("disruption");
+        (engine, began, acked.load(Ordering::Relaxed))
+    };
+    let ((seen, resumed, longest_wait), (engine, began, acked_by_then)) =
+        tokio::join!(follower, disruption);
+    let published = publisher.await.unwrap();
+    let (gaps, covered) = check(start, &seen, &published.acks);
+    let outcome = Outcome {
+        gaps,
+        covered,
+        refused: published.refused,
+        resumed,
+        outlived: acked_by_then < total,
+        publish_back: publish_back(test, &published.acked_at, began),
+        longest_wait,
+    };
+    // Shown when a test fails: how the subscriber's node followed the engine.
+    node_log();
+    eprintln!("{test}: {} acknowledged, {outcome:?}", published.acks.len());
+    (outcome, engine)
+}
+
+/// From `began` to the first acknowledgement after the longest pause between two (or
+/// before the first); pauses over 200 ms are printed.
+fn publish_back(test: &str, acked_at: &[Instant], began: Instant) -> Duration {
+    let after: Vec<Instant> = acked_at.iter().copied().filter(|&t| t >= began).collect();
+    let mut publish_back = after.first().map_or(Duration::ZERO, |t| *t - began);
+    let mut longest_pause = publish_back;
+    for pair in after.windows(2) {
+        if pair[1] - pair[0] > Duration::from_millis(200) {
+            eprintln!(
+                "{test}: no acknowledgement from +{:?} to +{:?}",
+                pair[0] - began,
+                pair[1] - began
+            );
+        }
+        if pair[1] - pair[0] > longest_pause {
+            longest_pause = pair[1] - pair[0];
+            publish_back = pair[1] - began;
+        }
+    }
+    publish_back
 }
