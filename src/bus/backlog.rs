@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::sync::thread_slot;
+
 /// A wait ends when the backlog has not shrunk for this long: its rest is not being
 /// written, so waiting longer would not help.
 const STALL: Duration = Duration::from_millis(20);
@@ -25,49 +27,96 @@ const STALL: Duration = Duration::from_millis(20);
 /// No publish waits longer than this in all.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
+/// Stripes of the count; threads beyond this many share them.
+const STRIPES: usize = 16;
+
+/// Most deliveries a stripe keeps before it moves them into the total.
+const MAX_FLUSH: i64 = 64;
+
+/// A count on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Line(AtomicI64);
+
 /// Deliveries queued on this node and not yet taken by their subscribers.
+///
+/// Every walk and every writer's batch changes the count, from every core. So each
+/// thread counts into a stripe of its own, which moves what it holds into the shared
+/// total once that passes a few dozen deliveries either way: the shared line is written
+/// once per few batches instead of once per batch. Publishes compare the total against
+/// the limit, which it is within `STRIPES × flush` of (a quarter of the limit at most).
 pub struct Backlog {
-    /// Signed: a subscriber may take a message before the walk that queued it has added
-    /// its count.
-    queued: AtomicI64,
+    /// What the stripes have moved in. Signed, like each stripe: a subscriber may take a
+    /// message before the walk that queued it has added its count.
+    total: Line,
+    stripes: Box<[Line]>,
+    /// A stripe's share beyond which it moves into the total.
+    flush: i64,
     /// Above this, publishes wait; 0 means they never do.
     limit: i64,
-    /// Told when the backlog falls to the limit.
+    /// Told when the total falls to the limit.
     below: Notify,
 }
 
 impl Backlog {
     /// An empty backlog whose publishes wait above `limit` queued deliveries (0: never).
     pub fn new(limit: u64) -> Self {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let flush = if limit == 0 {
+            MAX_FLUSH
+        } else {
+            (limit / (4 * STRIPES as i64)).clamp(1, MAX_FLUSH)
+        };
         Backlog {
-            queued: AtomicI64::new(0),
-            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            total: Line::default(),
+            stripes: (0..STRIPES).map(|_| Line::default()).collect(),
+            flush,
+            limit,
             below: Notify::new(),
         }
     }
 
-    /// Deliveries queued now.
+    /// Deliveries queued now, the stripes' shares included.
     pub fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed).max(0) as u64
+        let held: i64 = self
+            .stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum();
+        (self.total.0.load(Ordering::Relaxed) + held).max(0) as u64
     }
 
     /// Counts `count` deliveries queued by one walk.
     pub(super) fn add(&self, count: usize) {
-        self.queued.fetch_add(count as i64, Ordering::Relaxed);
+        self.change(count as i64);
     }
 
     /// Counts `count` deliveries taken (or dropped with their subscriber).
     pub(super) fn take(&self, count: usize) {
-        let count = count as i64;
-        let before = self.queued.fetch_sub(count, Ordering::Relaxed);
-        if self.limit > 0 && before > self.limit && before - count <= self.limit {
+        self.change(-(count as i64));
+    }
+
+    fn change(&self, delta: i64) {
+        let stripe = &self.stripes[thread_slot() % STRIPES].0;
+        if (stripe.fetch_add(delta, Ordering::Relaxed) + delta).abs() < self.flush {
+            return;
+        }
+        // Another thread on this stripe may have moved it already.
+        let moved = stripe.swap(0, Ordering::Relaxed);
+        let before = self.total.0.fetch_add(moved, Ordering::Relaxed);
+        if self.limit > 0 && before > self.limit && before + moved <= self.limit {
             self.below.notify_waiters();
         }
     }
 
+    /// The total the stripes have moved in, which publishes go by.
+    fn total(&self) -> i64 {
+        self.total.0.load(Ordering::Relaxed)
+    }
+
     /// Whether a publish would wait now.
     pub fn over(&self) -> bool {
-        self.limit > 0 && self.queued.load(Ordering::Relaxed) > self.limit
+        self.limit > 0 && self.total() > self.limit
     }
 
     /// Waits while the backlog is over the limit and shrinking, at most a second in all.
@@ -77,19 +126,18 @@ impl Backlog {
             return None;
         }
         let start = Instant::now();
-        let mut last = self.queued.load(Ordering::Relaxed);
+        let mut last = self.total();
         loop {
             let below = self.below.notified();
             tokio::pin!(below);
             // Registered before the check, so a fall to the limit between the two is
             // not missed.
             below.as_mut().enable();
-            let now = self.queued.load(Ordering::Relaxed);
-            if now <= self.limit {
+            if self.total() <= self.limit {
                 break;
             }
             if tokio::time::timeout(STALL, below).await.is_err() {
-                let now = self.queued.load(Ordering::Relaxed);
+                let now = self.total();
                 if now >= last || start.elapsed() >= MAX_WAIT {
                     break;
                 }
@@ -143,6 +191,30 @@ mod tests {
         let backlog = Backlog::new(0);
         backlog.add(1_000_000);
         assert_eq!(backlog.wait().await, None);
+    }
+
+    #[test]
+    fn every_threads_share_is_counted_and_the_total_stays_near() {
+        let backlog = Arc::new(Backlog::new(8192));
+        let threads: Vec<_> = (0..8)
+            .map(|thread| {
+                let backlog = backlog.clone();
+                std::thread::spawn(move || {
+                    for round in 0..5_000 {
+                        backlog.add(1 + (round + thread) % 40);
+                        backlog.take(1 + (round + thread) % 40);
+                    }
+                    backlog.add(thread + 1);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // 1 + 2 + … + 8, most of it still in the threads' stripes.
+        assert_eq!(backlog.queued(), 36);
+        let off = (backlog.total() - 36).abs();
+        assert!(off <= 8192 / 4, "the total is {off} off");
     }
 
     #[test]

@@ -8,9 +8,8 @@
 //! thread adds to a stripe of its own, and a scrape sums the stripes: the exported
 //! families are the same as before, name for name and bucket for bucket.
 
-use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
@@ -48,29 +47,11 @@ impl Default for Deliveries {
     }
 }
 
-thread_local! {
-    /// This thread's stripe, handed out in turn at its first delivery.
-    static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The stripe the next thread is given.
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-fn stripe_index() -> usize {
-    STRIPE.with(|stripe| {
-        stripe.get().unwrap_or_else(|| {
-            let index = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            stripe.set(Some(index));
-            index
-        })
-    })
-}
-
 impl Deliveries {
     /// Records one delivered message of `bytes` bytes published at `ts_ms`.
     #[inline]
     pub fn record(&self, bytes: usize, ts_ms: u64, now_ms: u64) {
-        let stripe = &self.stripes[stripe_index()];
+        let stripe = &self.stripes[crate::sync::thread_slot() % STRIPES];
         let lag_ms = now_ms.saturating_sub(ts_ms);
         let seconds = lag_ms as f64 / 1000.0;
         let bucket = LAG_BUCKETS
