@@ -32,6 +32,12 @@
 //! cargo bench --bench load -- fanout --engine redis --nodes 2 --subscribers 1000 --rate 200
 //! ```
 //!
+//! `--engine redis-cluster` starts a Redis Cluster of its own for the run (3 masters, 3
+//! replicas, on free ports of 127.0.0.1, `redis-server` and `redis-cli` on PATH, every
+//! server stopped by PID afterwards) and points every node at it, with the engine's
+//! defaults (a publish waits for one replica). Its servers stay unpinned like a Redis's;
+//! their CPU (all six) and their masters' calls are recorded.
+//!
 //! Going further than one process allows: the open-file limit is per process, and one
 //! source address has one ephemeral port range. Run several generators against one
 //! gateway (`--url http://127.0.0.1:PORT --pid PID`), each with its own
@@ -56,6 +62,10 @@ mod hookd;
 mod http;
 #[path = "load/peers.rs"]
 mod peers;
+#[path = "../tests/support/process.rs"]
+mod process;
+#[path = "../tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/scenarios.rs"]
@@ -192,11 +202,12 @@ struct Args {
     /// generator shows as latency rather than as cut-off subscribers].
     #[arg(long)]
     queue: Option<usize>,
-    /// Engine of the started gateways: memory, or redis (every node on one Redis).
+    /// Engine of the started gateways: memory, redis (every node on one Redis) or
+    /// redis-cluster (every node on a local cluster the run starts).
     #[arg(long, value_enum, default_value_t = EngineChoice::Memory)]
     engine: EngineChoice,
     /// Gateway nodes to start (1 to 8); subscribers are spread over them round robin,
-    /// publishers post to the first. More than one needs --engine redis.
+    /// publishers post to the first. More than one needs a Redis engine.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// The Redis of --engine redis (loopback only).
@@ -364,8 +375,11 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
     if args.nodes == 0 || args.nodes > 8 {
         return Err("--nodes must be 1 to 8".to_owned());
     }
-    if args.nodes > 1 && args.engine != EngineChoice::Redis {
-        return Err("--nodes above 1 needs --engine redis (memory nodes share nothing)".to_owned());
+    if args.nodes > 1 && !args.engine.shared() {
+        return Err(
+            "--nodes above 1 needs --engine redis or redis-cluster (memory nodes share nothing)"
+                .to_owned(),
+        );
     }
     if args.own_channel && scenario == Scenario::Idle {
         return Err("--own-channel is for fanout, channels and poll".to_owned());
@@ -509,7 +523,12 @@ fn resolve(args: &Args, scenario: Scenario) -> Result<Options, String> {
 
 /// The gateway's environment: quiet logs, room for the run, the engine, then the
 /// caller's overrides.
-fn gateway_env(args: &Args, o: &Options, tag: &str) -> Result<Vec<(String, String)>, String> {
+fn gateway_env(
+    args: &Args,
+    o: &Options,
+    tag: &str,
+    redis_url: Option<&str>,
+) -> Result<Vec<(String, String)>, String> {
     let queue = args.queue.unwrap_or((o.messages as usize).max(1024));
     let hold_ms = (o.duration.as_secs() + 60) * 1000;
     let mut env: Vec<(String, String)> = [
@@ -531,8 +550,8 @@ fn gateway_env(args: &Args, o: &Options, tag: &str) -> Result<Vec<(String, Strin
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     env.push(("CASCADE_ENGINE".to_owned(), args.engine.name().to_owned()));
-    if args.engine == EngineChoice::Redis {
-        env.push(("CASCADE_REDIS_URL".to_owned(), args.redis_url.clone()));
+    if let Some(url) = redis_url {
+        env.push(("CASCADE_REDIS_URL".to_owned(), url.to_owned()));
         env.push(("CASCADE_REDIS_PREFIX".to_owned(), redis_prefix(tag)));
     }
     for pair in &args.env {
@@ -614,7 +633,17 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
     let opts = resolve(args, scenario)?;
     let load_before = load_average();
     let tag = format!("{:x}", fastrand::u32(..));
-    let mut env = gateway_env(args, &opts, &tag)?;
+    let attached = args.url.is_some();
+    // Started before anything else, and before pinning this process: its servers stay
+    // unpinned, like a Redis's. Stopped by PID when dropped, at the end of this function.
+    let cluster = (args.engine == EngineChoice::RedisCluster && !attached)
+        .then(redis_cluster::RedisCluster::start);
+    let redis_url = match args.engine {
+        EngineChoice::Memory => None,
+        EngineChoice::Redis => Some(args.redis_url.clone()),
+        EngineChoice::RedisCluster => cluster.as_ref().map(|c| c.url()),
+    };
+    let mut env = gateway_env(args, &opts, &tag, redis_url.as_deref())?;
     // Started before the gateways, which need its address, and before pinning this
     // process; it runs on the generator's cores and is killed by PID when dropped.
     let mut backend = match &args.hooks {
@@ -716,9 +745,7 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let attached = args.url.is_some();
-    let redis_url =
-        (args.engine == EngineChoice::Redis && !attached).then(|| args.redis_url.clone());
+    let redis_url = redis_url.filter(|_| !attached);
     let run_redis_url = redis_url.clone();
     let run_tag = tag.clone();
     let report = runtime.block_on(async move {
@@ -744,7 +771,7 @@ fn run(args: &Args, scenario: Scenario) -> Result<(), String> {
         drop(run);
         report
     });
-    if let Some(url) = &redis_url {
+    if let Some(url) = redis_url.as_ref().filter(|_| cluster.is_none()) {
         match engine::cleanup(url, &redis_prefix(&tag)) {
             Some(n) => eprintln!("load: deleted {n} Redis keys of this run"),
             None => eprintln!("load: warning: could not delete this run's Redis keys"),

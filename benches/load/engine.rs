@@ -1,7 +1,8 @@
-//! The engine behind the gateways: `memory` (each node alone) or `redis` (every node on
-//! one Redis, loopback only). For Redis this module also reads what the server did in
-//! the measured window (`INFO commandstats`, `INFO stats`, `INFO cpu`) and removes the
-//! run's keys afterwards.
+//! The engine behind the gateways: `memory` (each node alone), `redis` (every node on
+//! one Redis, loopback only) or `redis-cluster` (every node on a local Redis Cluster of 3
+//! masters and 3 replicas that the run starts). For Redis this module also reads what
+//! the servers did in the measured window (`INFO commandstats`, `INFO stats`, `INFO
+//! cpu`) and removes the run's keys afterwards (a run's cluster goes with its keys).
 //!
 //! Every Redis call here has a one-second connect, read and write timeout, and the key
 //! clean-up is bounded in scan rounds.
@@ -19,6 +20,9 @@ pub enum EngineChoice {
     Memory,
     /// Redis: every node on one Redis, with a prefix unique to the run.
     Redis,
+    /// Redis Cluster: every node on a local cluster of 3 masters and 3 replicas, started
+    /// for the run.
+    RedisCluster,
 }
 
 impl EngineChoice {
@@ -27,7 +31,13 @@ impl EngineChoice {
         match self {
             EngineChoice::Memory => "memory",
             EngineChoice::Redis => "redis",
+            EngineChoice::RedisCluster => "redis-cluster",
         }
+    }
+
+    /// Whether several nodes share this engine's messages.
+    pub fn shared(self) -> bool {
+        self != EngineChoice::Memory
     }
 }
 
@@ -69,16 +79,38 @@ pub struct Snapshot {
     stats: BTreeMap<String, u64>,
     /// `used_cpu_user + used_cpu_sys`, seconds, of the whole server.
     cpu_s: f64,
+    /// The server is a replica.
+    replica: bool,
 }
 
-/// Reads commandstats, stats and CPU from the Redis at `url`; `None` if it does not
-/// answer within the timeout.
+/// Reads commandstats, stats and CPU from the Redis at `url`, or from every server of a
+/// comma-separated list (a cluster's nodes: the CPU of all, the commands and traffic of
+/// the masters, as a replica's count the replication stream again); `None` if one does
+/// not answer within the timeout.
 pub fn snapshot(url: &str) -> Option<Snapshot> {
+    let mut sum = Snapshot::default();
+    for server in url.split(',') {
+        let snap = snapshot_one(server)?;
+        sum.cpu_s += snap.cpu_s;
+        if snap.replica {
+            continue;
+        }
+        for (total, each) in [(&mut sum.calls, snap.calls), (&mut sum.stats, snap.stats)] {
+            for (key, value) in each {
+                *total.entry(key).or_default() += value;
+            }
+        }
+    }
+    Some(sum)
+}
+
+fn snapshot_one(url: &str) -> Option<Snapshot> {
     let mut conn = connect(url)?;
     let text: String = redis::cmd("INFO")
         .arg("commandstats")
         .arg("stats")
         .arg("cpu")
+        .arg("replication")
         .query(&mut conn)
         .ok()?;
     let mut snap = Snapshot::default();
@@ -103,6 +135,8 @@ pub fn snapshot(url: &str) -> Option<Snapshot> {
             }
         } else if matches!(key, "used_cpu_user" | "used_cpu_sys") {
             snap.cpu_s += value.parse::<f64>().unwrap_or(0.0);
+        } else if key == "role" {
+            snap.replica = value == "slave";
         }
     }
     Some(snap)
@@ -133,7 +167,9 @@ pub fn window(before: &Snapshot, after: &Snapshot, messages: u64) -> Map<String,
     };
     let mut out = Map::new();
     let evalsha = delta(&before.calls, &after.calls, "evalsha");
-    let publish = delta(&before.calls, &after.calls, "publish");
+    // A cluster's live messages are sharded pub/sub.
+    let publish = delta(&before.calls, &after.calls, "publish")
+        + delta(&before.calls, &after.calls, "spublish");
     let commands = delta(&before.stats, &after.stats, "total_commands_processed");
     out.insert("redis_evalsha_per_message".into(), per_message(evalsha));
     out.insert("redis_publish_per_message".into(), per_message(publish));
