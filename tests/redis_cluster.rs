@@ -129,6 +129,7 @@ async fn live_delivery_spreads_over_the_shards() {
     let prefix = format!("test-spread-{}", std::process::id());
     let channels: Vec<String> = (0..12).map(|i| format!("room{i}")).collect();
     let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let reads_before = history_reads(&cluster);
     let mut ws = nodes[1].ws().await;
     ws.subscribe(&names, None).await;
     let mut masters = std::collections::HashSet::new();
@@ -155,6 +156,36 @@ async fn live_delivery_spreads_over_the_shards() {
         assert_eq!(frame["op"], "message", "{frame}");
         got.insert(frame["channel"].as_str().unwrap().to_owned());
     }
+    // Each channel's live message came after the push confirming its subscription, on
+    // the same connection, so the listener has handled every one of those by now. A
+    // subscription's read of where the channel stands and a publish read the log's
+    // head once each; a listener that took its own confirmations for the client's
+    // resubscriptions read each channel's history again, on the task that every live
+    // message of the node waits behind.
+    let reads = history_reads(&cluster) - reads_before;
+    assert!(
+        reads <= 2 * channels.len() as u64,
+        "{reads} history reads for {} new channels",
+        channels.len()
+    );
+}
+
+/// `LINDEX` calls on the cluster's masters so far, scripts' included: one per history
+/// read of a channel's log head.
+fn history_reads(cluster: &RedisCluster) -> u64 {
+    cluster
+        .nodes()
+        .iter()
+        .filter(|node| node.master)
+        .map(|node| {
+            let stats = cluster.cli(node.port, &["INFO", "commandstats"]);
+            stats
+                .lines()
+                .find_map(|line| line.strip_prefix("cmdstat_lindex:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// The key of `test`'s channel `chat`, whose slot the disruptions aim at.

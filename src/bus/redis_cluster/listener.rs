@@ -58,6 +58,13 @@ pub(super) struct Listener {
     probes: Probes,
     /// When each channel's live feed was found broken, until a probe proves it again.
     broken: HashMap<Channel, Instant>,
+    /// This listener's own `SSUBSCRIBE`s whose confirming push has not come yet, by
+    /// channel. That push is not the client resubscribing on its own, and what a
+    /// resubscription of ours needs (a catch-up) follows the command itself: read as the
+    /// client's, each cost a history round trip on this task, which every live message
+    /// of the node waited behind (a thousand new channels held live delivery up for up to
+    /// a second on a busy two-core machine; BENCHMARKS.md).
+    echoes: HashMap<Channel, u32>,
 }
 
 impl Listener {
@@ -70,6 +77,7 @@ impl Listener {
             pending: HashSet::new(),
             probes: Probes::new(),
             broken: HashMap::new(),
+            echoes: HashMap::new(),
         }
     }
 
@@ -159,6 +167,7 @@ impl Listener {
                 self.pending.remove(&channel);
                 self.probes.cancel(&channel);
                 self.broken.remove(&channel);
+                self.echoes.remove(&channel);
                 let name = topic(self.scripts.prefix(), &channel);
                 let unsubscribe = connection.sunsubscribe(name);
                 if !matches!(
@@ -183,6 +192,8 @@ impl Listener {
                 continue;
             }
             let name = topic(self.scripts.prefix(), &channel);
+            // Counted before it is sent: its confirming push may come before the reply.
+            *self.echoes.entry(channel.clone()).or_default() += 1;
             match tokio::time::timeout(COMMAND_TIMEOUT, connection.ssubscribe(name)).await {
                 Ok(Ok(())) => {
                     self.pending.remove(&channel);
@@ -197,7 +208,16 @@ impl Listener {
                 }
                 failed => {
                     let error = match failed {
-                        Ok(Err(err)) => err.to_string(),
+                        Ok(Err(err)) => {
+                            // Refused: no push confirms it. (One that timed out may still
+                            // be confirmed, so its count stays; should that push never
+                            // come, the client's next resubscription of the channel is
+                            // taken for it, and the catch-up it skips only delays a
+                            // quiet channel's last message to its next one, whose hole
+                            // is filled from history.)
+                            self.echo_came(&channel);
+                            err.to_string()
+                        }
                         _ => "timed out".into(),
                     };
                     tracing::debug!(%channel, error, "ssubscribe failed; retrying");
@@ -333,9 +353,13 @@ impl Listener {
                     self.pending.insert(channel);
                 }
             }
-            // The client resubscribed on its own (after a reconnect or a new slot map).
+            // Our own subscription confirmed, or the client resubscribed on its own
+            // (after a reconnect or a new slot map).
             PushKind::SSubscribe => {
                 if let Some(channel) = channel().filter(|c| self.shared.is_wanted(c)) {
+                    if self.echo_came(&channel) {
+                        return;
+                    }
                     if !self.confirmed.insert(channel.clone())
                         && !self.catch_up(connection, &channel).await
                     {
@@ -357,6 +381,19 @@ impl Listener {
             }
             _ => {}
         }
+    }
+
+    /// Counts one of our own subscriptions of `channel` as confirmed; false when none
+    /// was waiting for it.
+    fn echo_came(&mut self, channel: &Channel) -> bool {
+        let Some(count) = self.echoes.get_mut(channel) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.echoes.remove(channel);
+        }
+        true
     }
 
     fn mark_ready(&self, channel: &Channel) {
