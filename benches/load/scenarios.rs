@@ -359,6 +359,7 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
     let tally = Arc::new(Tally::new());
     let stop = CancellationToken::new();
     let before = run.stats()?;
+    let started = Instant::now();
     let tasks = run
         .subscribe(o.subscribers, channels, per_channel, &tally, &stop)
         .await;
@@ -369,6 +370,9 @@ pub async fn delivery(run: &Run) -> Result<Report, String> {
             return Err(e);
         }
     };
+    // From the first connection to the last subscription confirmed: with many channels,
+    // how fast the engine takes new channels on.
+    report.result("establish_s", started.elapsed().as_secs_f64());
     let connected_nodes = run.node_stats()?;
     let connected = sum_stats(&connected_nodes);
     let redis0 = run.redis_url.as_deref().and_then(crate::engine::snapshot);

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
@@ -43,6 +44,10 @@ use crate::sync::Unpoisoned;
 
 /// Longest pause between attempts to resubscribe a channel the cluster dropped.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Most commands of one kind (subscriptions, probes) sent before their replies are
+/// awaited.
+const BATCH: usize = 256;
 
 /// Keeps the cluster subscribed to the watched channels; see the module doc.
 pub(super) struct Listener {
@@ -135,6 +140,11 @@ impl Listener {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     self.apply(&mut connection, command).await;
+                    // The rest of a burst (clients joining new channels) too, so that
+                    // its subscriptions go out in one batch.
+                    while let Ok(command) = commands.try_recv() {
+                        self.apply(&mut connection, command).await;
+                    }
                 }
                 push = pushes.recv() => {
                     let Some(push) = push else { return };
@@ -182,89 +192,123 @@ impl Listener {
     }
 
     /// Subscribes every pending channel that is still watched, reconciles the ones
-    /// subscribed before from history, and probes each; stops at the first failure (the
-    /// cluster is then still settling; the caller retries later).
+    /// subscribed before from history, and probes each; stops after the first batch with
+    /// a failure (the cluster is then still settling; the caller retries later).
+    ///
+    /// A batch's commands are sent together and their replies awaited together: the
+    /// cluster connection pipelines them. One at a time, each new channel held this task,
+    /// and every live message of the node waiting behind it, for two round trips.
     async fn resubscribe(&mut self, connection: &mut ClusterConnection) {
+        let shared = &self.shared;
+        self.pending.retain(|channel| shared.is_wanted(channel));
         let channels: Vec<Channel> = self.pending.iter().cloned().collect();
-        for channel in channels {
-            if !self.shared.is_wanted(&channel) {
-                self.pending.remove(&channel);
-                continue;
+        for batch in channels.chunks(BATCH) {
+            let prefix = self.scripts.prefix();
+            for channel in batch {
+                // Counted before it is sent: its confirming push may come before the reply.
+                *self.echoes.entry(channel.clone()).or_default() += 1;
             }
-            let name = topic(self.scripts.prefix(), &channel);
-            // Counted before it is sent: its confirming push may come before the reply.
-            *self.echoes.entry(channel.clone()).or_default() += 1;
-            match tokio::time::timeout(COMMAND_TIMEOUT, connection.ssubscribe(name)).await {
-                Ok(Ok(())) => {
-                    self.pending.remove(&channel);
-                    self.mark_ready(&channel);
-                    if (!self.confirmed.insert(channel.clone())
-                        && !self.catch_up(connection, &channel).await)
-                        || !self.probe(connection, &channel).await
-                    {
-                        self.pending.insert(channel);
-                        return;
+            let replies =
+                join_all(batch.iter().map(|channel| {
+                    let mut connection = connection.clone();
+                    let name = topic(prefix, channel);
+                    async move {
+                        tokio::time::timeout(COMMAND_TIMEOUT, connection.ssubscribe(name)).await
                     }
-                }
-                failed => {
-                    let error = match failed {
-                        Ok(Err(err)) => {
-                            // Refused: no push confirms it. (One that timed out may still
-                            // be confirmed, so its count stays; should that push never
-                            // come, the client's next resubscription of the channel is
-                            // taken for it, and the catch-up it skips only delays a
-                            // quiet channel's last message to its next one, whose hole
-                            // is filled from history.)
-                            self.echo_came(&channel);
-                            err.to_string()
+                }))
+                .await;
+            let (mut refused, mut subscribed) = (false, Vec::with_capacity(batch.len()));
+            for (channel, reply) in batch.iter().zip(replies) {
+                let error = match reply {
+                    Ok(Ok(())) => {
+                        self.pending.remove(channel);
+                        self.mark_ready(channel);
+                        if !self.confirmed.insert(channel.clone())
+                            && !self.catch_up(connection, channel).await
+                        {
+                            self.pending.insert(channel.clone());
+                        } else {
+                            subscribed.push(channel.clone());
                         }
-                        _ => "timed out".into(),
-                    };
-                    tracing::debug!(%channel, error, "ssubscribe failed; retrying");
-                    self.shared.set_up(false);
-                    return;
-                }
+                        continue;
+                    }
+                    Ok(Err(err)) => {
+                        // Refused: no push confirms it. (One that timed out may still be
+                        // confirmed, so its count stays; should that push never come, the
+                        // client's next resubscription of the channel is taken for it,
+                        // and the catch-up it skips only delays a quiet channel's last
+                        // message to its next one, whose hole is filled from history.)
+                        self.echo_came(channel);
+                        err.to_string()
+                    }
+                    Err(_) => "timed out".into(),
+                };
+                tracing::debug!(%channel, error, "ssubscribe failed; retrying");
+                refused = true;
+            }
+            let probed = self.probe(connection, &subscribed).await;
+            if refused {
+                self.shared.set_up(false);
+                return;
+            }
+            if !probed || batch.iter().any(|channel| self.pending.contains(channel)) {
+                return;
             }
         }
         self.shared.set_up(true);
     }
 
-    /// Publishes a probe on `channel`'s shard channel, on the slot's master as a
-    /// publish goes. False when the cluster did not take it (the caller retries).
-    async fn probe(&mut self, connection: &mut ClusterConnection, channel: &Channel) -> bool {
-        let payload = self.probes.send(channel, Instant::now());
-        let name = topic(self.scripts.prefix(), channel);
-        let route = Route::with_slot(Slot::for_key(&name), SlotAddr::Master);
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-        let mut publish = redis::cmd("SPUBLISH");
-        publish.arg(&name).arg(payload);
-        let sent =
-            tokio::time::timeout(COMMAND_TIMEOUT, connection.route_command(publish, routing));
-        match sent.await {
-            Ok(Ok(_)) => true,
-            failed => {
-                self.probes.cancel(channel);
-                let error = match failed {
+    /// Publishes a probe on each channel's shard channel, on the slot's master as a
+    /// publish goes, a batch at a time. A channel whose probe the cluster did not take is
+    /// pending again (the caller retries); false when there was one.
+    async fn probe(&mut self, connection: &mut ClusterConnection, channels: &[Channel]) -> bool {
+        let mut all = true;
+        for batch in channels.chunks(BATCH) {
+            let now = Instant::now();
+            let prefix = self.scripts.prefix();
+            let sends: Vec<_> = batch
+                .iter()
+                .map(|channel| {
+                    let payload = self.probes.send(channel, now);
+                    let name = topic(prefix, channel);
+                    let route = Route::with_slot(Slot::for_key(&name), SlotAddr::Master);
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    let mut publish = redis::cmd("SPUBLISH");
+                    publish.arg(&name).arg(payload);
+                    let mut connection = connection.clone();
+                    async move {
+                        let sent = connection.route_command(publish, routing);
+                        tokio::time::timeout(COMMAND_TIMEOUT, sent).await
+                    }
+                })
+                .collect();
+            for (channel, sent) in batch.iter().zip(join_all(sends).await) {
+                let error = match sent {
+                    Ok(Ok(_)) => continue,
                     Ok(Err(err)) => err.to_string(),
-                    _ => "timed out".into(),
+                    Err(_) => "timed out".into(),
                 };
                 tracing::debug!(%channel, error, "probe not published; retrying");
-                false
+                self.probes.cancel(channel);
+                self.pending.insert(channel.clone());
+                all = false;
             }
         }
+        all
     }
 
     /// Probes every watched channel not already being subscribed or probed.
     async fn probe_all(&mut self, connection: &mut ClusterConnection) {
-        let watched: Vec<Channel> = self.shared.watched.locked().keys().cloned().collect();
-        for channel in watched {
-            if self.pending.contains(&channel) || self.probes.is_out(&channel) {
-                continue;
-            }
-            if !self.probe(connection, &channel).await {
-                self.pending.insert(channel);
-            }
-        }
+        let watched: Vec<Channel> = self
+            .shared
+            .watched
+            .locked()
+            .keys()
+            .filter(|channel| !self.pending.contains(*channel) && !self.probes.is_out(channel))
+            .cloned()
+            .collect();
+        self.probe(connection, &watched).await;
     }
 
     /// Subscribes again the channels whose probes did not come back in time.
