@@ -246,12 +246,13 @@ impl Listener {
                 tracing::debug!(%channel, error, "ssubscribe failed; retrying");
                 refused = true;
             }
-            let probed = self.probe(connection, &subscribed).await;
+            self.probe(connection, &subscribed).await;
             if refused {
                 self.shared.set_up(false);
                 return;
             }
-            if !probed || batch.iter().any(|channel| self.pending.contains(channel)) {
+            // A catch-up or a probe that failed left its channel pending.
+            if batch.iter().any(|channel| self.pending.contains(channel)) {
                 return;
             }
         }
@@ -260,9 +261,8 @@ impl Listener {
 
     /// Publishes a probe on each channel's shard channel, on the slot's master as a
     /// publish goes, a batch at a time. A channel whose probe the cluster did not take is
-    /// pending again (the caller retries); false when there was one.
-    async fn probe(&mut self, connection: &mut ClusterConnection, channels: &[Channel]) -> bool {
-        let mut all = true;
+    /// pending again (the caller retries).
+    async fn probe(&mut self, connection: &mut ClusterConnection, channels: &[Channel]) {
         for batch in channels.chunks(BATCH) {
             let now = Instant::now();
             let prefix = self.scripts.prefix();
@@ -292,10 +292,8 @@ impl Listener {
                 tracing::debug!(%channel, error, "probe not published; retrying");
                 self.probes.cancel(channel);
                 self.pending.insert(channel.clone());
-                all = false;
             }
         }
-        all
     }
 
     /// Probes every watched channel not already being subscribed or probed.
